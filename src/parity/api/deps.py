@@ -1,0 +1,98 @@
+"""Annotated dependencies: the container, units of work, the caller's identity, idempotency.
+
+The write unit of work commits *before* the response is sent (``scope="function"``), so a
+failed commit turns into an error response instead of a success already on the wire."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.auth import service as auth_service
+from parity.auth.errors import TokenInvalid
+from parity.auth.schemas import Principal
+from parity.container import Container
+from parity.idempotency.service import IdempotencyGuard, request_fingerprint
+
+
+def get_container(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
+    container = get_container(request)
+    async with container.db.write_session() as session:
+        yield session
+        await session.commit()
+
+
+async def _read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    container = get_container(request)
+    async with container.db.read_session() as session:
+        yield session
+
+
+WriteSession = Annotated[AsyncSession, Depends(_write_session, scope="function")]
+ReadSession = Annotated[AsyncSession, Depends(_read_session, scope="function")]
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise TokenInvalid("missing Authorization: Bearer <token>", code="unauthenticated")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise TokenInvalid("Authorization must be 'Bearer <token>'", code="unauthenticated")
+    return value.strip()
+
+
+async def get_principal(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    container = get_container(request)
+    raw = _bearer(authorization)
+    # A short read of its own: released before the handler's unit of work starts.
+    async with container.db.read_session() as session:
+        principal = await auth_service.authenticate(
+            session, container.settings.admins, container.clock.now(), raw
+        )
+    request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_idempotency(
+    request: Request,
+    session: WriteSession,
+    principal: CurrentPrincipal,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> IdempotencyGuard:
+    container = get_container(request)
+    body = await request.body()
+    # /api/v1/X and its /api/X mirror are the same resource.
+    prefix = container.settings.server_endpoint
+    path = request.url.path
+    if path.startswith(prefix + "/v1/"):
+        path = prefix + path[len(prefix) + 3 :]
+    return IdempotencyGuard(
+        session=session,
+        identity=principal.identity,
+        key=idempotency_key,
+        method=request.method,
+        path=path,
+        fingerprint=request_fingerprint(request.method, path, body),
+        now=container.clock.now(),
+        ttl_seconds=container.settings.idempotency_ttl_seconds,
+    )
+
+
+Idempotency = Annotated[IdempotencyGuard, Depends(get_idempotency)]

@@ -1,0 +1,145 @@
+"""The one error → HTTP table and the one envelope:
+``{"error": {"code", "message", "details"}}``. Never a stack trace in a body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from parity.errors import Category, ParityError
+from parity.logging import get_logger
+
+log = get_logger("parity.api")
+
+STATUS: dict[Category, int] = {
+    Category.INVALID: 422,
+    Category.UNAUTHENTICATED: 401,
+    Category.FORBIDDEN: 403,
+    Category.NOT_FOUND: 404,
+    Category.CONFLICT: 409,
+    Category.GONE: 410,
+    Category.TOO_LARGE: 413,
+    Category.UPGRADE_REQUIRED: 426,
+    Category.RATE_LIMITED: 429,
+    Category.NOT_IMPLEMENTED: 501,
+    Category.UNAVAILABLE: 503,
+}
+
+HTTP_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def envelope(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or (str(loc[0]) if loc else "body")
+
+
+async def _parity_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ParityError)
+    status = STATUS[exc.category]
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return envelope(status, exc.code, exc.message, exc.details, headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        errors.append(
+            {"field": _field(loc), "in": str(loc[0]) if loc else "body", "message": err["msg"]}
+        )
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    return envelope(422, "validation_error", summary or "invalid request", {"errors": errors})
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 404 and message == "Not Found":
+        message = "no such route"
+    return envelope(exc.status_code, code, message, headers=dict(exc.headers or {}))
+
+
+async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("integrity_conflict", error=type(exc).__name__)
+    return envelope(409, "conflict", "the request conflicts with the current state; retry")
+
+
+async def _db_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.error("database_unavailable", error=type(exc).__name__, detail=str(exc)[:200])
+    return envelope(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry later",
+        headers={"Retry-After": "2"},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    rid = getattr(request.state, "request_id", None)
+    log.exception("unhandled_error", error=type(exc).__name__)
+    return envelope(500, "internal_error", "internal error", {"request_id": rid})
+
+
+DB_DOWN: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    ConnectionError,
+    OSError,
+)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ParityError, _parity_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    for exc_type in DB_DOWN:
+        app.add_exception_handler(exc_type, _db_unavailable)
+    app.add_exception_handler(DBAPIError, _db_dbapi)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+async def _db_dbapi(request: Request, exc: Exception) -> JSONResponse:
+    # asyncpg wraps a lost connection in a generic DBAPIError flagged as invalidated.
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return await _db_unavailable(request, exc)
+    if _looks_like_connection_loss(exc):
+        return await _db_unavailable(request, exc)
+    return await _unexpected(request, exc)
+
+
+def _looks_like_connection_loss(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    name = type(orig).__name__ if orig is not None else ""
+    return any(k in name for k in ("Connection", "CannotConnect", "InterfaceError", "Shutdown"))

@@ -1,0 +1,128 @@
+"""All SQL of the identity domain."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.api.pagination import Cursor
+from parity.auth.models import Account, AuthNonce, AuthToken
+
+
+async def ensure_account(session: AsyncSession, address: str, now: datetime) -> None:
+    account = await session.get(Account, address)
+    if account is None:
+        session.add(Account(address=address, created_at=now, last_login_at=None))
+        await session.flush()
+
+
+async def touch_login(session: AsyncSession, address: str, now: datetime) -> None:
+    await session.execute(
+        update(Account).where(Account.address == address).values(last_login_at=now)
+    )
+
+
+async def add_nonce(session: AsyncSession, nonce: AuthNonce) -> None:
+    session.add(nonce)
+    await session.flush()
+
+
+async def open_nonces(
+    session: AsyncSession, address: str, now: datetime, limit: int, nonce: str | None
+) -> list[AuthNonce]:
+    q = select(AuthNonce).where(
+        AuthNonce.address == address,
+        AuthNonce.consumed_at.is_(None),
+        AuthNonce.expires_at > now,
+    )
+    if nonce is not None:
+        q = q.where(AuthNonce.nonce == nonce)
+    q = q.order_by(AuthNonce.issued_at.desc()).limit(limit)
+    return list((await session.scalars(q)).all())
+
+
+async def count_open_nonces(session: AsyncSession, address: str, now: datetime) -> int:
+    return len(await open_nonces(session, address, now, 1000, None))
+
+
+async def consume_nonce(session: AsyncSession, nonce_id: uuid.UUID, now: datetime) -> bool:
+    """Conditional update: only one transaction can consume a nonce."""
+    res = await session.execute(
+        update(AuthNonce)
+        .where(AuthNonce.id == nonce_id, AuthNonce.consumed_at.is_(None))
+        .values(consumed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(res, "rowcount", 0) == 1)
+
+
+async def add_token(session: AsyncSession, token: AuthToken) -> None:
+    session.add(token)
+    await session.flush()
+
+
+async def find_token(session: AsyncSession, token_hash: str) -> AuthToken | None:
+    return (
+        await session.scalars(select(AuthToken).where(AuthToken.token_hash == token_hash))
+    ).first()
+
+
+async def revoke_token(session: AsyncSession, token_id: uuid.UUID, now: datetime) -> bool:
+    res = await session.execute(
+        update(AuthToken)
+        .where(AuthToken.id == token_id, AuthToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(res, "rowcount", 0) == 1)
+
+
+async def revoke_all(session: AsyncSession, address: str, now: datetime) -> int:
+    res = await session.execute(
+        update(AuthToken)
+        .where(AuthToken.address == address, AuthToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(res, "rowcount", 0))
+
+
+async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> AuthToken | None:
+    tok = await session.get(AuthToken, key_id)
+    return tok if tok is not None and tok.kind == "api_key" else None
+
+
+async def list_api_keys(
+    session: AsyncSession, address: str, limit: int, after: Cursor | None
+) -> list[AuthToken]:
+    q = select(AuthToken).where(AuthToken.address == address, AuthToken.kind == "api_key")
+    if after is not None:
+        ts, id_ = after
+        q = q.where(
+            or_(AuthToken.created_at < ts, and_(AuthToken.created_at == ts, AuthToken.id < id_))
+        )
+    q = q.order_by(AuthToken.created_at.desc(), AuthToken.id.desc()).limit(limit + 1)
+    return list((await session.scalars(q)).all())
+
+
+async def prune(session: AsyncSession, now: datetime, token_grace_before: datetime) -> int:
+    """Delete expired nonces and tokens that expired or were revoked before the grace cut-off."""
+    n1 = await session.execute(delete(AuthNonce).where(AuthNonce.expires_at < now))
+    n2 = await session.execute(
+        delete(AuthToken).where(
+            or_(
+                AuthToken.expires_at < token_grace_before,
+                AuthToken.revoked_at < token_grace_before,
+            )
+        )
+    )
+    return int(getattr(n1, "rowcount", 0)) + int(getattr(n2, "rowcount", 0))
+
+
+async def count_accounts(session: AsyncSession) -> int:
+    from sqlalchemy import func
+
+    return int((await session.scalar(select(func.count()).select_from(Account))) or 0)

@@ -1,0 +1,216 @@
+"""Identity use cases: SIWE sign-in, token checks, logout, API keys, operator scope."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.api.pagination import Cursor
+from parity.auth import repository as repo
+from parity.auth.errors import (
+    AdminRequired,
+    ApiKeyNotFound,
+    InvalidSignature,
+    NonceInvalid,
+    TokenInvalid,
+)
+from parity.auth.models import AuthNonce, AuthToken
+from parity.auth.schemas import Principal
+from parity.auth.signatures import checksum, normalize_address, recover_signer
+from parity.clock import Clock
+from parity.core.identity import siwe
+from parity.errors import RateLimited
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    public_url: str
+    chain_id: int
+    nonce_ttl_seconds: int
+    session_ttl_seconds: int
+    max_open_nonces: int
+    admins: frozenset[str]
+
+
+@dataclass(frozen=True)
+class AuthDeps:
+    config: AuthConfig
+    clock: Clock
+    random_bytes: Callable[[int], bytes]
+
+
+async def issue_nonce(session: AsyncSession, deps: AuthDeps, address: str) -> AuthNonce:
+    """Create a single-use nonce and store the exact SIWE message the client must sign."""
+    addr = normalize_address(address)
+    now = deps.clock.now()
+    if await repo.count_open_nonces(session, addr, now) >= 4 * deps.config.max_open_nonces:
+        raise RateLimited(
+            "too many open sign-in nonces for this address; sign one or wait for expiry"
+        )
+    nonce = siwe.make_nonce(deps.random_bytes(16))
+    url = urlsplit(deps.config.public_url)
+    expires = now + timedelta(seconds=deps.config.nonce_ttl_seconds)
+    message = siwe.build_message(
+        siwe.SiweRequest(
+            domain=url.netloc or url.path,
+            address=checksum(addr),
+            uri=deps.config.public_url,
+            chain_id=deps.config.chain_id,
+            nonce=nonce,
+            issued_at=now,
+            expiration_time=expires,
+        )
+    )
+    row = AuthNonce(
+        id=uuid.uuid4(),
+        address=addr,
+        nonce=nonce,
+        message=message,
+        issued_at=now,
+        expires_at=expires,
+        consumed_at=None,
+    )
+    await repo.add_nonce(session, row)
+    return row
+
+
+async def exchange_signature(
+    session: AsyncSession, deps: AuthDeps, address: str, signature: str, nonce: str | None
+) -> tuple[str, AuthToken]:
+    """Verify an EIP-191 signature of an open nonce's message; consume the nonce and create a
+    session token in the same transaction. Reused or expired nonces are refused."""
+    addr = normalize_address(address)
+    now = deps.clock.now()
+    candidates = await repo.open_nonces(session, addr, now, deps.config.max_open_nonces, nonce)
+    if not candidates:
+        raise NonceInvalid("no open sign-in nonce for this address (used, expired or unknown)")
+    chosen: AuthNonce | None = None
+    for cand in candidates:
+        if recover_signer(cand.message, signature) == addr:
+            chosen = cand
+            break
+    if chosen is None:
+        raise InvalidSignature("signature was not made by this address over an issued message")
+    if not await repo.consume_nonce(session, chosen.id, now):
+        raise NonceInvalid("nonce already used")
+    await repo.ensure_account(session, addr, now)
+    await repo.touch_login(session, addr, now)
+    expires = now + timedelta(seconds=deps.config.session_ttl_seconds)
+    return await _create_token(session, deps, addr, "session", expires_at=expires)
+
+
+async def _create_token(
+    session: AsyncSession,
+    deps: AuthDeps,
+    address: str,
+    kind: str,
+    *,
+    expires_at: datetime | None,
+    name: str | None = None,
+    runner_id: uuid.UUID | None = None,
+) -> tuple[str, AuthToken]:
+    raw = siwe.make_token(kind, deps.random_bytes(32))
+    row = AuthToken(
+        id=uuid.uuid4(),
+        kind=kind,
+        token_hash=siwe.hash_token(raw),
+        display_prefix=raw[:16],
+        address=address,
+        name=name,
+        runner_id=runner_id,
+        created_at=deps.clock.now(),
+        expires_at=expires_at,
+        revoked_at=None,
+    )
+    await repo.add_token(session, row)
+    return raw, row
+
+
+async def issue_runner_token(
+    session: AsyncSession, deps: AuthDeps, address: str, runner_id: uuid.UUID
+) -> tuple[str, AuthToken]:
+    """A runner token lives until re-registration or revocation."""
+    await repo.ensure_account(session, address, deps.clock.now())
+    return await _create_token(session, deps, address, "runner", expires_at=None, runner_id=runner_id)
+
+
+async def authenticate(
+    session: AsyncSession, admins: frozenset[str], now: datetime, raw_token: str
+) -> Principal:
+    """Resolve a bearer token in one indexed lookup by its SHA-256."""
+    if siwe.token_kind(raw_token) is None:
+        raise TokenInvalid("unrecognised token")
+    row = await repo.find_token(session, siwe.hash_token(raw_token))
+    if row is None:
+        raise TokenInvalid("unknown token")
+    if row.revoked_at is not None:
+        raise TokenInvalid("token revoked")
+    if row.expires_at is not None and row.expires_at <= now:
+        raise TokenInvalid("token expired")
+    return Principal(
+        address=row.address,
+        kind=row.kind,
+        token_id=row.id,
+        is_admin=row.address in admins,
+        runner_id=row.runner_id,
+    )
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise AdminRequired("this operation needs the operator scope (ADMIN_ADDRESSES)")
+
+
+async def logout(session: AsyncSession, deps: AuthDeps, principal: Principal) -> None:
+    await repo.revoke_token(session, principal.token_id, deps.clock.now())
+
+
+async def create_api_key(
+    session: AsyncSession, deps: AuthDeps, principal: Principal, name: str, days: int | None
+) -> tuple[str, AuthToken]:
+    now = deps.clock.now()
+    expires = now + timedelta(days=days) if days else None
+    return await _create_token(
+        session, deps, principal.address, "api_key", expires_at=expires, name=name
+    )
+
+
+async def list_api_keys(
+    session: AsyncSession, principal: Principal, limit: int, after: Cursor | None
+) -> list[AuthToken]:
+    return await repo.list_api_keys(session, principal.address, limit, after)
+
+
+async def revoke_api_key(
+    session: AsyncSession, deps: AuthDeps, principal: Principal, key_id: uuid.UUID
+) -> AuthToken:
+    row = await repo.get_api_key(session, key_id)
+    # Someone else's key answers exactly like a missing one: ids are not an oracle.
+    if row is None or (row.address != principal.address and not principal.is_admin):
+        raise ApiKeyNotFound(f"API key {key_id} not found")
+    await repo.revoke_token(session, row.id, deps.clock.now())
+    await session.refresh(row)
+    return row
+
+
+async def revoke_account_tokens(
+    session: AsyncSession, deps: AuthDeps, principal: Principal, address: str
+) -> int:
+    """Operator action: revoke every token of an account."""
+    require_admin(principal)
+    return await repo.revoke_all(session, normalize_address(address), deps.clock.now())
+
+
+async def prune_expired(session: AsyncSession, now: datetime) -> int:
+    return await repo.prune(session, now, now - timedelta(days=7))
+
+
+async def count_accounts(session: AsyncSession) -> int:
+    return await repo.count_accounts(session)
+
+

@@ -1,0 +1,120 @@
+"""The `parity-server` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from parity import __version__
+from parity.config import Settings, load_settings
+from parity.db import migrate
+from parity.db.lockfile import AlreadyRunning
+from parity.errors import ConfigError
+from parity.logging import configure_logging
+
+app = typer.Typer(
+    name="parity-server",
+    help="Coordination server for a decentralized AI and compute network.",
+    no_args_is_help=False,
+    add_completion=False,
+)
+
+
+def _settings(config: str | None) -> Settings:
+    try:
+        return load_settings(env_file=config or ".env")
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", help="Path of a .env file (default ./.env)")
+]
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """With no command, runs the server (as the original CLI did)."""
+    if ctx.invoked_subcommand is None:
+        server(config)
+
+
+@app.command()
+def server(config: ConfigOpt = None) -> None:
+    """Run the API server and its background loops (embedded SQLite unless DATABASE_URL)."""
+    from parity.cli.server import run_server
+
+    settings = _settings(config)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        run_server(settings)
+    except AlreadyRunning as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except migrate.SchemaTooNew as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: cannot start: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("migrate")
+def migrate_cmd(
+    config: ConfigOpt = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 unless the schema is at head; change nothing")
+    ] = False,
+    downgrade: Annotated[
+        str | None, typer.Option("--downgrade", help="Downgrade to this revision (e.g. base)")
+    ] = None,
+) -> None:
+    """Apply database migrations (under the migration lock on PostgreSQL)."""
+    settings = _settings(config)
+    url = settings.resolved_database_url
+    if settings.embedded:
+        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if check:
+            st = asyncio.run(migrate.schema_status(url))
+            typer.echo(f"current: {st.current or 'none'}  head: {st.head}")
+            if st.too_new:
+                typer.echo("database is newer than this code", err=True)
+            raise typer.Exit(0 if st.up_to_date else 1)
+        if downgrade:
+            st = asyncio.run(migrate.downgrade(url, downgrade))
+        else:
+            st = asyncio.run(migrate.upgrade(url))
+    except migrate.SchemaTooNew as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"error: database unreachable: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"schema at {st.current or 'base'} (head {st.head})")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def _register_optional() -> None:
+    from parity.cli.auth import register_auth_command
+
+    register_auth_command(app)
+
+
+_register_optional()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,248 @@
+"""Configuration: one pydantic-settings root, read once at start-up.
+
+Names follow the original server's README (SERVER_*, DATABASE_*, RUNNER_*, FILECOIN_*); the Go
+code's BLOCKCHAIN_* spellings are accepted as aliases (FILECOIN_* wins; a conflict is warned).
+A bad value stops start-up with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from parity.errors import ConfigError
+
+# FILECOIN_* key -> the Go code's BLOCKCHAIN_* alias.
+ALIASES: dict[str, str] = {
+    "FILECOIN_RPC": "BLOCKCHAIN_RPC",
+    "FILECOIN_CHAIN_ID": "BLOCKCHAIN_CHAIN_ID",
+    "FILECOIN_TOKEN_ADDRESS": "BLOCKCHAIN_TOKEN_ADDRESS",
+    "FILECOIN_STAKE_WALLET_ADDRESS": "BLOCKCHAIN_STAKE_WALLET_ADDRESS",
+    "FILECOIN_TOKEN_SYMBOL": "BLOCKCHAIN_TOKEN_SYMBOL",
+    "FILECOIN_NETWORK_NAME": "BLOCKCHAIN_NETWORK_NAME",
+    "FILECOIN_IPFS_ENDPOINT": "BLOCKCHAIN_IPFS_ENDPOINT",
+    "FILECOIN_GATEWAY_URL": "BLOCKCHAIN_GATEWAY_URL",
+    "FILECOIN_CREATE_STORAGE_DEALS": "BLOCKCHAIN_CREATE_STORAGE_DEALS",
+}
+
+
+class Settings(BaseSettings):
+    """Every key, with its unit. `.env.example` documents the same list."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
+
+    # -- server
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(8080, ge=1, le=65535)
+    server_endpoint: str = "/api"
+    server_public_url: str = ""
+    parity_home: Path = Path("~/.parity")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    shutdown_grace_seconds: float = Field(20.0, gt=0)
+    max_request_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+
+    # -- database
+    database_url: str = ""
+    database_username: str = ""
+    database_password: str = ""
+    database_host: str = ""
+    database_port: int = Field(5432, ge=1, le=65535)
+    database_name: str = ""
+    database_pool_size: int = Field(10, ge=1)
+    database_busy_timeout_ms: int = Field(5000, ge=0)
+
+    # -- scheduling (SCHEDULER_INTERVAL keeps its original meaning: heartbeat timeout in minutes)
+    scheduler_interval: float | None = Field(None, gt=0)
+    scheduler_interval_seconds: float = Field(5.0, gt=0)
+    runner_offline_timeout_seconds: float | None = Field(None, gt=0)
+    runner_heartbeat_interval_seconds: float = Field(30.0, gt=0)
+    task_lease_seconds: float | None = Field(None, gt=0)
+    retention_interval_seconds: float = Field(3600.0, gt=0)
+
+    # -- identity
+    admin_addresses: str = ""
+    auth_session_ttl_seconds: int = Field(86400, gt=0)
+    auth_nonce_ttl_seconds: int = Field(300, gt=0)
+    auth_max_open_nonces: int = Field(5, ge=1)
+    idempotency_ttl_seconds: int = Field(86400, gt=0)
+
+    # -- chain and storage (FILECOIN_*, aliases BLOCKCHAIN_*)
+    filecoin_rpc: str = ""
+    filecoin_chain_id: int = Field(314159, ge=1)
+    filecoin_token_address: str = ""
+    filecoin_stake_wallet_address: str = ""
+    filecoin_token_symbol: str = "TOKEN"
+    filecoin_network_name: str = ""
+    filecoin_ipfs_endpoint: str = ""
+    filecoin_gateway_url: str = ""
+    filecoin_create_storage_deals: bool = False
+    filecoin_confirmations: int = Field(5, ge=0)
+
+    # -- webhooks
+    webhook_allow_private: bool | None = None
+
+    @field_validator("server_endpoint")
+    @classmethod
+    def _endpoint_is_a_path(cls, v: str) -> str:
+        if "://" in v:
+            raise ValueError(f"must be a path such as /api, not a URL ({v!r})")
+        if not v.startswith("/"):
+            raise ValueError(f"must start with '/' ({v!r})")
+        return v.rstrip("/") or ""
+
+    @field_validator("admin_addresses")
+    @classmethod
+    def _admin_addresses_are_addresses(cls, v: str) -> str:
+        for part in _split(v):
+            if not (part.startswith("0x") and len(part) == 42):
+                raise ValueError(f"not a 0x address: {part!r}")
+            int(part[2:], 16)
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_scheme(cls, v: str) -> str:
+        if v and not v.startswith(("sqlite", "postgresql", "postgres")):
+            raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _no_storage_deals(self) -> Settings:
+        if self.filecoin_create_storage_deals:
+            raise ValueError(
+                "FILECOIN_CREATE_STORAGE_DEALS=true is not supported: Filecoin storage deals are "
+                "not implemented; content is stored in IPFS only"
+            )
+        return self
+
+    # Only init kwargs: load_settings() merges the environment and .env itself so that the
+    # FILECOIN_/BLOCKCHAIN_ alias rule is applied in one place.
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    # -- derived values
+    @property
+    def home(self) -> Path:
+        return self.parity_home.expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgres://"):
+                url = "postgresql+asyncpg://" + url[len("postgres://") :]
+            elif url.startswith("postgresql://"):
+                url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+            elif url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite"):
+                url = "sqlite+aiosqlite://" + url[len("sqlite://") :]
+            return url
+        if self.database_host:
+            auth = quote(self.database_username or "postgres", safe="")
+            if self.database_password:
+                auth += ":" + quote(self.database_password, safe="")
+            name = self.database_name or "parity"
+            return f"postgresql+asyncpg://{auth}@{self.database_host}:{self.database_port}/{name}"
+        return f"sqlite+aiosqlite:///{self.home / 'parity.db'}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def admins(self) -> frozenset[str]:
+        return frozenset(a.lower() for a in _split(self.admin_addresses))
+
+    @property
+    def offline_timeout_seconds(self) -> float:
+        if self.runner_offline_timeout_seconds is not None:
+            return self.runner_offline_timeout_seconds
+        if self.scheduler_interval is not None:
+            return self.scheduler_interval * 60.0
+        return 300.0
+
+    @property
+    def lease_seconds(self) -> float:
+        floor = 3 * self.runner_heartbeat_interval_seconds
+        return max(self.task_lease_seconds or floor, floor)
+
+    @property
+    def allow_private_webhooks(self) -> bool:
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return self.embedded
+
+    @property
+    def public_url(self) -> str:
+        if self.server_public_url:
+            return self.server_public_url.rstrip("/")
+        return f"http://{self.server_host}:{self.server_port}"
+
+
+def _split(v: str) -> list[str]:
+    return [p.strip() for p in v.split(",") if p.strip()]
+
+
+def _merge_sources(environ: Mapping[str, str], env_file: Path | None) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(environ)
+    return merged
+
+
+def _apply_aliases(raw: dict[str, str]) -> dict[str, str]:
+    upper = {k.upper(): v for k, v in raw.items()}
+    for canonical, alias in ALIASES.items():
+        if alias in upper:
+            if canonical in upper and upper[canonical] != upper[alias]:
+                warnings.warn(
+                    f"{canonical} and {alias} are both set and differ; using {canonical}",
+                    stacklevel=3,
+                )
+            upper.setdefault(canonical, upper[alias])
+            del upper[alias]
+    return upper
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> Settings:
+    """Read settings from the environment and an optional .env file (environment wins)."""
+    env = os.environ if environ is None else environ
+    path = Path(env.get("PARITY_CONFIG_PATH", env_file)) if env_file is not None else None
+    raw = _apply_aliases(_merge_sources(env, path))
+    known = {name.upper() for name in Settings.model_fields}
+    data: dict[str, Any] = {k.lower(): v for k, v in raw.items() if k in known and v != ""}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "settings"
+        key = loc.upper() if loc != "settings" else "configuration"
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = f" (got {value!r})" if isinstance(value, str | int | float) and loc else ""
+        parts.append(f"{key}: {msg}{shown}")
+    return "invalid configuration: " + "; ".join(parts)

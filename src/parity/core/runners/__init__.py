@@ -1,0 +1,1 @@
+"""Pure runner rules: heartbeat liveness and lease timing."""

@@ -1,0 +1,1 @@
+"""Pure task rules: the status machine, the retry policy and runner placement."""

@@ -1,0 +1,7 @@
+"""Imports every domain's models so Base.metadata is complete (Alembic, tests)."""
+
+from parity.auth import models as auth_models
+from parity.db.base import Base
+from parity.idempotency import models as idempotency_models
+
+__all__ = ["Base", "auth_models", "idempotency_models"]

@@ -1,0 +1,121 @@
+"""Engines and units of work for SQLite (embedded) and PostgreSQL.
+
+SQLite (ARCHITECTURE §2.1): WAL, synchronous=NORMAL, foreign_keys, busy_timeout; writes open
+with BEGIN IMMEDIATE on a one-connection engine and are serialized by an asyncio lock, reads use
+their own pool. PostgreSQL: one pooled engine for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, busy_ms: int) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so BEGIN is ours to emit.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cur.close()
+
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Database:
+    """Owns the engines; hands out sessions. Services never commit: the boundary does."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = 10, busy_timeout_ms: int = 5000, nullpool: bool = False
+    ) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.dialect = "sqlite" if self.is_sqlite else "postgresql"
+        if self.is_sqlite:
+            self.write_engine = _sqlite_engine(
+                url, immediate=True, pool_size=1, busy_ms=busy_timeout_ms
+            )
+            self.read_engine = _sqlite_engine(
+                url, immediate=False, pool_size=4, busy_ms=busy_timeout_ms
+            )
+            self._write_lock: asyncio.Lock | None = asyncio.Lock()
+        else:
+            if nullpool:
+                engine = create_async_engine(url, poolclass=NullPool)
+            else:
+                engine = create_async_engine(
+                    url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=10
+                )
+            self.write_engine = self.read_engine = engine
+            self._write_lock = None
+        self._writer = async_sessionmaker(self.write_engine, expire_on_commit=False)
+        self._reader = async_sessionmaker(self.read_engine, expire_on_commit=False)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        if self._write_lock is None:
+            yield
+        else:
+            async with self._write_lock:
+                yield
+
+    @contextlib.asynccontextmanager
+    async def write_session(self) -> AsyncIterator[AsyncSession]:
+        """A session for a unit of work that writes. The caller commits (or it rolls back)."""
+        async with self._locked():
+            session = self._writer()
+            try:
+                yield session
+            except BaseException:
+                await session.rollback()
+                raise
+            finally:
+                await session.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write unit of work that commits on success (jobs, CLI)."""
+        async with self.write_session() as session:
+            yield session
+            await session.commit()
+
+    @contextlib.asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        session = self._reader()
+        try:
+            yield session
+        finally:
+            await session.close()
+
+    async def ping(self) -> None:
+        async with self.read_engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.write_engine.dispose()
+        if self.read_engine is not self.write_engine:
+            await self.read_engine.dispose()

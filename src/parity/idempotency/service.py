@@ -1,0 +1,86 @@
+"""Idempotency-Key on creating POSTs: same key + same identity → the stored response for the
+retention window; the same key with a different body → 422. The record is written in the same
+transaction as the work, so a replay can never see a response whose effects were rolled back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.errors import InvalidInput
+from parity.idempotency import repository as repo
+from parity.idempotency.models import IdempotencyRecord
+
+MAX_KEY_LENGTH = 255
+
+
+class IdempotencyKeyReused(InvalidInput):
+    code = "idempotency_key_reused"
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status_code: int
+    body: Any
+
+
+def request_fingerprint(method: str, path: str, body: bytes) -> str:
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+
+
+@dataclass
+class IdempotencyGuard:
+    session: AsyncSession
+    identity: str
+    key: str | None
+    method: str
+    path: str
+    fingerprint: str
+    now: datetime
+    ttl_seconds: int
+
+    async def replay(self) -> StoredResponse | None:
+        if self.key is None:
+            return None
+        if not self.key or len(self.key) > MAX_KEY_LENGTH:
+            raise InvalidInput("Idempotency-Key", f"must be 1–{MAX_KEY_LENGTH} characters")
+        rec = await repo.find(self.session, self.identity, self.key)
+        if rec is None:
+            return None
+        if rec.expires_at <= self.now:
+            await repo.remove(self.session, rec)
+            return None
+        if rec.request_hash != self.fingerprint:
+            raise IdempotencyKeyReused(
+                "Idempotency-Key", "already used with a different request body or path"
+            )
+        return StoredResponse(rec.status_code, json.loads(rec.response_body))
+
+    async def remember(self, status_code: int, body: Any) -> None:
+        if self.key is None:
+            return
+        await repo.add(
+            self.session,
+            IdempotencyRecord(
+                id=uuid.uuid4(),
+                identity=self.identity,
+                key=self.key,
+                method=self.method,
+                path=self.path,
+                request_hash=self.fingerprint,
+                status_code=status_code,
+                response_body=json.dumps(body, separators=(",", ":")),
+                created_at=self.now,
+                expires_at=self.now + timedelta(seconds=self.ttl_seconds),
+            ),
+        )
+
+
+async def prune(session: AsyncSession, now: datetime) -> int:
+    return await repo.prune(session, now)

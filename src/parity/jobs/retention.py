@@ -1,0 +1,22 @@
+"""Retention: prune expired nonces, old tokens and idempotency records. Ledger rows are never
+pruned (no ledger table is touched here)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.auth import service as auth_service
+from parity.idempotency import service as idempotency_service
+from parity.jobs.runner import PeriodicJob
+
+
+async def prune_once(session: AsyncSession, now: datetime) -> int:
+    n = await auth_service.prune_expired(session, now)
+    n += await idempotency_service.prune(session, now)
+    return n
+
+
+def retention_job(interval_seconds: float) -> PeriodicJob:
+    return PeriodicJob("retention", interval_seconds, prune_once)
