@@ -37,7 +37,9 @@ PG_ADMIN_URL = os.environ.get(
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"parity test database: {TEST_DB}" + (f" ({PG_ADMIN_URL})" if TEST_DB == "postgres" else "")
+    return f"parity test database: {TEST_DB}" + (
+        f" ({PG_ADMIN_URL})" if TEST_DB == "postgres" else ""
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -86,9 +86,7 @@ async def test_concurrent_use_of_one_nonce_yields_one_token(client: httpx.AsyncC
         "signature": _sign(ALICE, body["message"]),
         "nonce": body["nonce"],
     }
-    results = await asyncio.gather(
-        *[client.post("/api/v1/auth/token", json=req) for _ in range(5)]
-    )
+    results = await asyncio.gather(*[client.post("/api/v1/auth/token", json=req) for _ in range(5)])
     codes = sorted(r.status_code for r in results)
     assert codes.count(200) == 1
     assert all(c in (401, 409) for c in codes if c != 200)
@@ -280,4 +278,6 @@ async def test_too_many_open_nonces_is_rate_limited(client: httpx.AsyncClient):
     assert codes[20] == 429
     # Another address is unaffected.
     other = Account.create()
-    assert (await client.post("/api/v1/auth/nonce", json={"address": other.address})).status_code == 200
+    assert (
+        await client.post("/api/v1/auth/nonce", json={"address": other.address})
+    ).status_code == 200

@@ -136,7 +136,9 @@ async def issue_runner_token(
 ) -> tuple[str, AuthToken]:
     """A runner token lives until re-registration or revocation."""
     await repo.ensure_account(session, address, deps.clock.now())
-    return await _create_token(session, deps, address, "runner", expires_at=None, runner_id=runner_id)
+    return await _create_token(
+        session, deps, address, "runner", expires_at=None, runner_id=runner_id
+    )
 
 
 async def authenticate(
@@ -212,5 +214,3 @@ async def prune_expired(session: AsyncSession, now: datetime) -> int:
 
 async def count_accounts(session: AsyncSession) -> int:
     return await repo.count_accounts(session)
-
-

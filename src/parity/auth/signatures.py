@@ -7,7 +7,7 @@ from typing import cast
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_utils import is_checksum_address, to_checksum_address
+from eth_utils.address import is_checksum_address, to_checksum_address
 
 from parity.auth.errors import InvalidAddress, InvalidSignature
 

@@ -29,6 +29,8 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.container.draining = True
         super().handle_exit(sig, frame)
+        # A requested stop that completed gracefully exits 0 instead of re-raising the signal.
+        self._captured_signals.clear()
 
 
 def run_server(settings: Settings) -> None:

@@ -26,7 +26,5 @@ async def remove(session: AsyncSession, record: IdempotencyRecord) -> None:
 
 
 async def prune(session: AsyncSession, now: datetime) -> int:
-    res = await session.execute(
-        delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now)
-    )
+    res = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now))
     return int(getattr(res, "rowcount", 0))

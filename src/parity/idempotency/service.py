@@ -49,7 +49,7 @@ class IdempotencyGuard:
         if self.key is None:
             return None
         if not self.key or len(self.key) > MAX_KEY_LENGTH:
-            raise InvalidInput("Idempotency-Key", f"must be 1–{MAX_KEY_LENGTH} characters")
+            raise InvalidInput("Idempotency-Key", f"must be 1 to {MAX_KEY_LENGTH} characters")
         rec = await repo.find(self.session, self.identity, self.key)
         if rec is None:
             return None

@@ -91,11 +91,9 @@ class JobRunner:
 
     def start(self) -> None:
         self._stop.clear()
-        self._tasks = [
-            asyncio.create_task(self._loop(j), name=f"job:{j.name}") for j in self.jobs
-        ]
+        self._tasks = [asyncio.create_task(self._loop(j), name=f"job:{j.name}") for j in self.jobs]
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Stop at a tick boundary; a tick still running after ``timeout`` is cancelled."""
         self._stop.set()
         if not self._tasks:

@@ -1,0 +1,87 @@
+# Parity Server. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+SRC     = src tests bench
+COMPOSE ?= docker compose
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build run test clean fmt imports format lint format-lint check-format \
+        install-lint-tools watch install uninstall docker-build docker-up docker-down \
+        docker-logs docker-clean docker-ps docker-exec
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+
+deps: $(BIN)/python ## Create .venv and install the server with its dev tools
+	$(BIN)/pip install -q -e ".[dev]"
+
+build: deps ## Build a wheel and sdist into dist/
+	$(BIN)/pip install -q build
+	$(BIN)/python -m build
+
+run: deps ## Start the server on the embedded default (SQLite under ~/.parity)
+	$(BIN)/parity-server server
+
+test: ## Everything: venv, install, lint, PostgreSQL, pytest on SQLite and PostgreSQL
+	bash scripts/test.sh
+
+clean: ## Remove build outputs and caches (keeps .venv)
+	rm -rf build dist *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -exec rm -rf {} +
+
+fmt: format ## Alias of format
+
+imports: ## Sort imports
+	$(BIN)/ruff check --select I --fix $(SRC)
+
+format: ## Format the code
+	$(BIN)/ruff format $(SRC)
+	$(BIN)/ruff check --select I --fix $(SRC)
+
+lint: ## ruff, mypy --strict on src/, import-linter layering contracts
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+format-lint: format lint ## Format, then lint
+
+check-format: ## Fail if formatting would change anything
+	$(BIN)/ruff format --check $(SRC)
+
+install-lint-tools: deps ## Install ruff, mypy and import-linter (part of the dev extra)
+
+watch: deps ## Run the server and restart it when the code changes
+	$(BIN)/uvicorn --factory parity.asgi:create --reload --reload-dir src --host 127.0.0.1 --port 8080
+
+install: ## Install the parity-server and parity-runner commands for this user
+	$(PYTHON) -m pip install --user .
+
+uninstall: ## Uninstall the commands
+	$(PYTHON) -m pip uninstall -y parity-server
+
+docker-build: ## Build the image
+	$(COMPOSE) build
+
+docker-up: ## Start server and PostgreSQL in the background
+	$(COMPOSE) up -d
+
+docker-down: ## Stop them
+	$(COMPOSE) down
+
+docker-logs: ## Follow the logs
+	$(COMPOSE) logs -f
+
+docker-clean: ## Stop them and remove volumes and images
+	$(COMPOSE) down -v --rmi local
+
+docker-ps: ## List the containers
+	$(COMPOSE) ps
+
+docker-exec: ## Open a shell in the server container
+	$(COMPOSE) exec server /bin/sh

@@ -1,0 +1,219 @@
+"""Error envelope, route mirroring, idempotency, request ids, body limits, offline docs, and
+the unit of work committing before the response."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.app import create_app
+from parity.auth.models import AuthToken
+from parity.container import Container
+from parity.db.session import Database
+from tests.conftest import ALICE, TEST_DB, bearer, make_settings, sign_in
+
+
+def _is_envelope(body: dict[str, object]) -> bool:
+    err = body.get("error")
+    return isinstance(err, dict) and {"code", "message", "details"} <= set(err)
+
+
+async def test_unknown_route_gets_the_envelope(client: httpx.AsyncClient):
+    r = await client.get("/api/v1/no-such-thing")
+    assert r.status_code == 404
+    assert _is_envelope(r.json()) and r.json()["error"]["code"] == "not_found"
+
+
+async def test_wrong_method_gets_the_envelope(client: httpx.AsyncClient):
+    r = await client.delete("/api/v1/auth/nonce")
+    assert r.status_code == 405
+    assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_malformed_json_is_422_not_500(client: httpx.AsyncClient):
+    r = await client.post(
+        "/api/v1/auth/nonce", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert _is_envelope(r.json())
+
+
+async def test_validation_error_names_the_field(client: httpx.AsyncClient):
+    token = await sign_in(client, ALICE)
+    r = await client.post("/api/v1/auth/keys", json={"name": ""}, headers=bearer(token))
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "validation_error"
+    assert err["details"]["errors"][0]["field"] == "name"
+    assert "name" in err["message"]
+    extra = await client.post(
+        "/api/v1/auth/keys", json={"name": "x", "bogus": 1}, headers=bearer(token)
+    )
+    assert extra.status_code == 422
+    assert extra.json()["error"]["details"]["errors"][0]["field"] == "bogus"
+
+
+async def test_every_v1_route_is_mirrored_under_api(client: httpx.AsyncClient):
+    spec = (await client.get("/openapi.json")).json()
+    v1 = [(p, m) for p, ops in spec["paths"].items() if p.startswith("/api/v1/") for m in ops]
+    assert len(v1) >= 8
+    for path, method in v1:
+        concrete = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", path)
+        mirror = "/api/" + concrete[len("/api/v1/") :]
+        r = await client.request(method.upper(), mirror)
+        body = r.json() if r.content else {}
+        assert body.get("error", {}).get("message") != "no such route", (method, mirror)
+        assert r.status_code != 405, (method, mirror)
+
+
+async def test_health_and_status_on_both_prefixes(client: httpx.AsyncClient):
+    for prefix in ("/api", "/api/v1"):
+        h = await client.get(f"{prefix}/health")
+        assert h.status_code == 200 and h.json()["database"] == "ok"
+    s = (await client.get("/api/status")).json()
+    assert s["version"] and s["uptime_seconds"] >= 0
+    assert s["backends"]["database"] == ("postgresql" if TEST_DB == "postgres" else "sqlite")
+    assert s["backends"]["chain"] == "off"
+    assert "accounts" in s["counts"]
+
+
+async def test_request_id_is_echoed_or_generated(client: httpx.AsyncClient):
+    r = await client.get("/", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r2 = await client.get("/", headers={"X-Request-ID": "bad id with spaces"})
+    assert (
+        r2.headers["x-request-id"] != "bad id with spaces" and len(r2.headers["x-request-id"]) == 32
+    )
+
+
+async def test_oversized_body_is_413(container: Container):
+    small = Container(
+        settings=make_settings(
+            container.settings.resolved_database_url,
+            container.settings.home,
+            max_request_body_bytes=100,
+        ),
+        db=container.db,
+        clock=container.clock,
+    )
+    app = create_app(small, run_migrations=False, start_jobs=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    ) as c:
+        r = await c.post("/api/v1/auth/nonce", json={"address": "0x" + "a" * 40, "pad": "x" * 200})
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "payload_too_large"
+
+
+async def test_docs_page_works_offline(client: httpx.AsyncClient):
+    docs = await client.get("/docs")
+    assert docs.status_code == 200
+    assert "cdn" not in docs.text.lower()
+    assert "/openapi.json" in docs.text
+    spec = (await client.get("/openapi.json")).json()
+    assert "/api/v1/auth/token" in spec["paths"]
+    # The /api mirror is served but not duplicated in the schema.
+    assert "/api/auth/token" not in spec["paths"]
+
+
+async def test_idempotency_key_replays_the_stored_response(client: httpx.AsyncClient):
+    token = await sign_in(client, ALICE)
+    h = bearer(token) | {"Idempotency-Key": "create-1"}
+    first = await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=h)
+    again = await client.post("/api/auth/keys", json={"name": "k"}, headers=h)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    listed = await client.get("/api/v1/auth/keys", headers=bearer(token))
+    assert len(listed.json()["items"]) == 1
+    changed = await client.post("/api/v1/auth/keys", json={"name": "other"}, headers=h)
+    assert changed.status_code == 422
+    assert changed.json()["error"]["code"] == "idempotency_key_reused"
+    # Without the header every POST creates.
+    await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=bearer(token))
+    listed = await client.get("/api/v1/auth/keys", headers=bearer(token))
+    assert len(listed.json()["items"]) == 2
+
+
+async def test_idempotency_keys_are_scoped_to_the_identity(client: httpx.AsyncClient):
+    from tests.conftest import BOB
+
+    a = await sign_in(client, ALICE)
+    b = await sign_in(client, BOB)
+    ra = await client.post(
+        "/api/v1/auth/keys", json={"name": "k"}, headers=bearer(a) | {"Idempotency-Key": "same"}
+    )
+    rb = await client.post(
+        "/api/v1/auth/keys", json={"name": "k"}, headers=bearer(b) | {"Idempotency-Key": "same"}
+    )
+    assert ra.status_code == rb.status_code == 201
+    assert ra.json()["id"] != rb.json()["id"]
+
+
+async def test_commit_failure_is_503_and_changes_nothing(
+    client: httpx.AsyncClient, container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    token = await sign_in(client, ALICE)
+
+    async def count() -> int:
+        async with container.db.read_session() as s:
+            return int(await s.scalar(select(func.count()).select_from(AuthToken)) or 0)
+
+    before = await count()
+    original = AsyncSession.commit
+
+    async def failing_commit(self: AsyncSession) -> None:
+        raise OperationalError("COMMIT", {}, Exception("injected commit failure"))
+
+    monkeypatch.setattr(AsyncSession, "commit", failing_commit)
+    r = await client.post("/api/v1/auth/keys", json={"name": "lost"}, headers=bearer(token))
+    monkeypatch.setattr(AsyncSession, "commit", original)
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "database_unavailable"
+    assert r.headers["retry-after"]
+    assert await count() == before
+    assert "stack" not in r.text.lower() and "Traceback" not in r.text
+
+
+async def test_database_down_gives_503_on_health_and_reads(tmp_path: Path):
+    if TEST_DB == "postgres":
+        url = "postgresql+asyncpg://postgres@127.0.0.1:1/parity"  # nothing listens on port 1
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'x' / 'parity.db'}"
+    settings = make_settings(url, tmp_path / "home")
+    c = Container(settings=settings, db=Database(url))
+    app = create_app(c, run_migrations=False, start_jobs=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
+    ) as cl:
+        h = await cl.get("/api/health")
+        assert h.status_code == 503
+        assert h.json()["error"]["code"] == "database_unavailable"
+        n = await cl.post("/api/v1/auth/nonce", json={"address": ALICE.address})
+        assert n.status_code == 503
+        # The no-database endpoint still answers.
+        assert (await cl.get("/")).status_code == 200
+    await c.db.dispose()
+
+
+def test_secrets_never_reach_the_log(capsys: pytest.CaptureFixture[str]):
+    from parity.logging import configure_logging, get_logger
+
+    configure_logging("info", "json")
+    get_logger("t").info(
+        "login",
+        authorization="Bearer ps_sess_" + "a" * 64,
+        signature="0x" + "b" * 130,
+        note="token ps_key_" + "c" * 64 + " used",
+    )
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    data = json.loads(line)
+    assert data["authorization"] == "[redacted]"
+    assert data["signature"] == "[redacted]"
+    assert "c" * 64 not in data["note"]

@@ -1,0 +1,121 @@
+"""Configuration parsing, aliases and refusal of bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parity.config import load_settings
+from parity.errors import ConfigError
+
+
+def test_defaults_give_embedded_sqlite_under_parity_home(tmp_path: Path):
+    s = load_settings({"PARITY_HOME": str(tmp_path)}, env_file=None)
+    assert s.embedded
+    assert s.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'parity.db'}"
+    assert s.server_endpoint == "/api" and s.server_port == 8080
+
+
+def test_database_parts_compose_a_postgres_url():
+    s = load_settings(
+        {
+            "DATABASE_HOST": "db",
+            "DATABASE_PORT": "5433",
+            "DATABASE_USERNAME": "u",
+            "DATABASE_PASSWORD": "p@ss",
+            "DATABASE_NAME": "parity",
+        },
+        env_file=None,
+    )
+    assert s.resolved_database_url == "postgresql+asyncpg://u:p%40ss@db:5433/parity"
+    assert not s.embedded
+
+
+def test_database_url_overrides_parts_and_plain_schemes_get_async_drivers():
+    s = load_settings(
+        {"DATABASE_URL": "postgres://x@h/d", "DATABASE_HOST": "ignored"}, env_file=None
+    )
+    assert s.resolved_database_url == "postgresql+asyncpg://x@h/d"
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"SERVER_PORT": "eighty"}, "SERVER_PORT"),
+        ({"SERVER_PORT": "70000"}, "SERVER_PORT"),
+        ({"SERVER_ENDPOINT": "http://localhost:8080"}, "SERVER_ENDPOINT"),
+        ({"SERVER_ENDPOINT": "api"}, "SERVER_ENDPOINT"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"ADMIN_ADDRESSES": "0x12,bob"}, "ADMIN_ADDRESSES"),
+        ({"SCHEDULER_INTERVAL_SECONDS": "0"}, "SCHEDULER_INTERVAL_SECONDS"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"FILECOIN_CHAIN_ID": "-1"}, "FILECOIN_CHAIN_ID"),
+    ],
+)
+def test_bad_values_stop_startup_naming_the_key(env: dict[str, str], key: str):
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env, env_file=None)
+    assert key in str(exc.value)
+
+
+def test_storage_deals_are_refused_at_startup():
+    with pytest.raises(ConfigError, match="FILECOIN_CREATE_STORAGE_DEALS"):
+        load_settings({"FILECOIN_CREATE_STORAGE_DEALS": "true"}, env_file=None)
+    with pytest.raises(ConfigError, match="not supported"):
+        load_settings({"BLOCKCHAIN_CREATE_STORAGE_DEALS": "true"}, env_file=None)
+
+
+def test_blockchain_aliases_are_accepted():
+    s = load_settings({"BLOCKCHAIN_RPC": "http://rpc", "BLOCKCHAIN_CHAIN_ID": "314"}, env_file=None)
+    assert s.filecoin_rpc == "http://rpc" and s.filecoin_chain_id == 314
+
+
+def test_filecoin_wins_over_blockchain_and_the_conflict_is_warned():
+    with pytest.warns(UserWarning, match="FILECOIN_RPC and BLOCKCHAIN_RPC"):
+        s = load_settings(
+            {"FILECOIN_RPC": "http://new", "BLOCKCHAIN_RPC": "http://old"}, env_file=None
+        )
+    assert s.filecoin_rpc == "http://new"
+
+
+def test_dotenv_file_is_read_and_environment_wins(tmp_path: Path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("SERVER_PORT=9001\nSERVER_HOST=0.0.0.0\n")
+    s = load_settings({"SERVER_PORT": "9002"}, env_file=env_file)
+    assert s.server_port == 9002 and s.server_host == "0.0.0.0"
+
+
+def test_parity_config_path_points_at_another_file(tmp_path: Path):
+    other = tmp_path / "custom.env"
+    other.write_text("SERVER_PORT=9100\n")
+    s = load_settings({"PARITY_CONFIG_PATH": str(other)}, env_file=".env")
+    assert s.server_port == 9100
+
+
+def test_scheduler_interval_keeps_its_original_meaning_in_minutes():
+    s = load_settings({"SCHEDULER_INTERVAL": "2"}, env_file=None)
+    assert s.offline_timeout_seconds == 120.0
+    s2 = load_settings(
+        {"SCHEDULER_INTERVAL": "2", "RUNNER_OFFLINE_TIMEOUT_SECONDS": "45"}, env_file=None
+    )
+    assert s2.offline_timeout_seconds == 45.0
+
+
+def test_lease_is_at_least_three_heartbeats():
+    s = load_settings(
+        {"RUNNER_HEARTBEAT_INTERVAL_SECONDS": "10", "TASK_LEASE_SECONDS": "5"}, env_file=None
+    )
+    assert s.lease_seconds == 30.0
+
+
+def test_admin_addresses_are_lowercased_and_split():
+    a = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+    s = load_settings({"ADMIN_ADDRESSES": f" {a} , 0x{'ab' * 20}"}, env_file=None)
+    assert s.admins == {a.lower(), "0x" + "ab" * 20}
+
+
+def test_private_webhooks_default_on_only_in_embedded_mode():
+    assert load_settings({}, env_file=None).allow_private_webhooks is True
+    pg = load_settings({"DATABASE_URL": "postgresql+asyncpg://x@h/d"}, env_file=None)
+    assert pg.allow_private_webhooks is False
