@@ -18,8 +18,13 @@ from parity.db import migrate
 from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob
 from parity.logging import get_logger
+from parity.runners.router import router as runners_router
 from parity.system.router import root_router
 from parity.system.router import router as system_router
+from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job
+from parity.tasks.pushes import PushLoop
+from parity.tasks.router import router as tasks_router
+from parity.tasks.runner_router import router as runner_tasks_router
 
 log = get_logger("parity.app")
 
@@ -29,11 +34,23 @@ def api_router() -> APIRouter:
     api = APIRouter()
     api.include_router(system_router)
     api.include_router(auth_router)
+    # Runner-side task routes first: /runners/tasks/... must not be read as /runners/{id}.
+    api.include_router(runner_tasks_router)
+    api.include_router(runners_router)
+    api.include_router(tasks_router)
     return api
 
 
 def build_jobs(container: Container) -> list[PeriodicJob]:
-    return [retention_job(container.settings.retention_interval_seconds)]
+    s = container.settings
+    deps = container.tasks
+    tick = s.scheduler_interval_seconds
+    return [
+        retention_job(s.retention_interval_seconds),
+        lease_expiry_job(deps, tick),
+        liveness_job(deps, tick, s.offline_timeout_seconds),
+        offer_expiry_job(deps, tick),
+    ]
 
 
 def create_app(
@@ -41,6 +58,13 @@ def create_app(
 ) -> FastAPI:
     settings = container.settings
     jobs = JobRunner(container.db, container.clock, build_jobs(container))
+    pushes = PushLoop(
+        container.db,
+        container.clock,
+        container.wakeups.push_event,
+        interval=settings.push_interval_seconds,
+        allow_private=settings.allow_private_webhooks,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,10 +73,14 @@ def create_app(
             log.info("schema_ready", revision=status.current)
         if start_jobs:
             jobs.start()
+            pushes.start()
         log.info("server_started", mode="embedded" if settings.embedded else "postgresql")
         try:
             yield
         finally:
+            container.draining = True
+            container.wakeups.wake_all()
+            await pushes.stop()
             await jobs.stop(timeout=settings.shutdown_grace_seconds / 2)
             await container.db.dispose()
             log.info("server_stopped")

@@ -67,6 +67,16 @@ class Settings(BaseSettings):
     runner_heartbeat_interval_seconds: float = Field(30.0, gt=0)
     task_lease_seconds: float | None = Field(None, gt=0)
     retention_interval_seconds: float = Field(3600.0, gt=0)
+    task_offer_seconds: float = Field(10.0, gt=0)
+    task_max_pending_per_client: int = Field(10000, ge=1)
+    task_max_pending_total: int = Field(1000000, ge=1)
+    task_log_max_bytes: int = Field(1024 * 1024, ge=1024)
+    task_output_inline_max_bytes: int = Field(64 * 1024, ge=1024)
+    task_retry_base_seconds: float = Field(5.0, ge=0)
+    task_retry_max_seconds: float = Field(300.0, ge=0)
+    long_poll_recheck_seconds: float = Field(2.0, gt=0)
+    push_interval_seconds: float = Field(1.0, gt=0)
+    runner_min_version: str = "0.0.0"
 
     # -- identity
     admin_addresses: str = ""

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from parity.auth.service import AuthConfig, AuthDeps
 from parity.clock import Clock, SystemClock
 from parity.config import Settings
+from parity.core.tasks.retry import RetryPolicy
 from parity.db.session import Database
+from parity.runners.service import RunnerConfig
+from parity.tasks.deps import TaskDeps
+from parity.tasks.wakeups import WakeHub
 
 
 @dataclass
@@ -21,6 +25,35 @@ class Container:
     random_bytes: Callable[[int], bytes] = secrets.token_bytes
     started_monotonic: float = field(default_factory=time.monotonic)
     draining: bool = False
+    wakeups: WakeHub = field(default_factory=WakeHub)
+
+    @property
+    def tasks(self) -> TaskDeps:
+        s = self.settings
+        return TaskDeps(
+            clock=self.clock,
+            random_bytes=self.random_bytes,
+            wakeups=self.wakeups,
+            lease_seconds=s.lease_seconds,
+            offer_seconds=s.task_offer_seconds,
+            retry=RetryPolicy(
+                base_delay_seconds=s.task_retry_base_seconds,
+                max_delay_seconds=max(s.task_retry_max_seconds, s.task_retry_base_seconds),
+            ),
+            log_max_bytes=s.task_log_max_bytes,
+            output_inline_max_bytes=s.task_output_inline_max_bytes,
+            max_pending_per_client=s.task_max_pending_per_client,
+            max_pending_total=s.task_max_pending_total,
+        )
+
+    @property
+    def runners(self) -> RunnerConfig:
+        s = self.settings
+        return RunnerConfig(
+            allow_private_webhooks=s.allow_private_webhooks,
+            min_version=s.runner_min_version,
+            offline_timeout_seconds=s.offline_timeout_seconds,
+        )
 
     @property
     def auth(self) -> AuthDeps:

@@ -15,6 +15,7 @@ from parity.auth import service as auth_service
 from parity.auth.errors import TokenInvalid
 from parity.auth.schemas import Principal
 from parity.container import Container
+from parity.db.hooks import run_after_commit
 from parity.idempotency.service import IdempotencyGuard, request_fingerprint
 
 
@@ -31,6 +32,8 @@ async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with container.db.write_session() as session:
         yield session
         await session.commit()
+    # Outside the write lock: wake-ups and pushes see committed data.
+    await run_after_commit(session)
 
 
 async def _read_session(request: Request) -> AsyncIterator[AsyncSession]:

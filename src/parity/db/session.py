@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from parity.db.hooks import discard_after_commit, run_after_commit
+
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, busy_ms: int) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
@@ -91,6 +93,7 @@ class Database:
             try:
                 yield session
             except BaseException:
+                discard_after_commit(session)
                 await session.rollback()
                 raise
             finally:
@@ -98,10 +101,12 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A write unit of work that commits on success (jobs, CLI)."""
+        """A write unit of work that commits on success (jobs, CLI), then runs its
+        after-commit callbacks."""
         async with self.write_session() as session:
             yield session
             await session.commit()
+        await run_after_commit(session)
 
     @contextlib.asynccontextmanager
     async def read_session(self) -> AsyncIterator[AsyncSession]:

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.clock import Clock
+from parity.db.hooks import run_after_commit
 from parity.db.session import Database
 from parity.logging import get_logger
 
@@ -75,6 +76,7 @@ class JobRunner:
                     return TickResult(TickOutcome.SKIPPED)
             items = await job.tick(session, self.clock.now())
             await session.commit()
+        await run_after_commit(session)
         self.ticks[job.name] += 1
         return TickResult(TickOutcome.RAN, items)
 
@@ -93,7 +95,7 @@ class JobRunner:
         self._stop.clear()
         self._tasks = [asyncio.create_task(self._loop(j), name=f"job:{j.name}") for j in self.jobs]
 
-    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def stop(self, timeout: float = 10.0) -> None:
         """Stop at a tick boundary; a tick still running after ``timeout`` is cancelled."""
         self._stop.set()
         if not self._tasks:

@@ -1,0 +1,188 @@
+"""Runner registry endpoints. Static paths come before /runners/{runner_id}."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
+from parity.api.pagination import Page, PageParamsDep, make_page
+from parity.runners import service
+from parity.runners.schemas import (
+    Heartbeat,
+    HeartbeatAnswer,
+    RunnerRead,
+    RunnerRegister,
+    RunnerRegistered,
+    RunnerStats,
+    WebhookSet,
+    WebhookSetRead,
+)
+from parity.runners.views import by_id, runner_read
+from parity.tasks.schemas import ClaimRead
+from parity.tasks.views import task_read
+
+router = APIRouter(tags=["runners"])
+
+
+async def _read(session: Any, runner: Any) -> RunnerRead:
+    models = await service.models_for(session, [runner])
+    counts = await service.active_counts(session, [runner])
+    return runner_read(runner, by_id(models, runner.id), counts.get(runner.id, 0))
+
+
+async def _register(
+    body: RunnerRegister,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    idem: Idempotency,
+    c: ContainerDep,
+) -> Any:
+    stored = await idem.replay()
+    if stored is not None:
+        return JSONResponse(stored.body, status_code=stored.status_code)
+    reg = await service.register(session, c.auth, c.tasks, c.runners, principal, body)
+    out = RunnerRegistered(
+        runner=await _read(session, reg.runner),
+        runner_token=reg.runner_token,
+        webhook_secret=reg.webhook_secret,
+        claims=[
+            ClaimRead(
+                task=task_read(t),
+                claim_token=tok,
+                attempt=attempt,
+                lease_seconds=c.tasks.lease_seconds,
+                lease_expires_at=t.lease_expires_at or t.updated_at,
+            )
+            for t, tok, attempt in reg.claims
+        ],
+    )
+    await idem.remember(201, out.model_dump(mode="json"))
+    return out
+
+
+router.add_api_route(
+    "/runners",
+    _register,
+    methods=["POST"],
+    status_code=201,
+    response_model=RunnerRegistered,
+    summary="Register (or re-register) a runner",
+    description=(
+        "Wallet token required. A device_id belongs to the first wallet that registers it "
+        "(another wallet gets 409 device_owned_by_other_wallet). Re-registration rotates the "
+        "runner token and returns current claims with fresh claim tokens."
+    ),
+)
+router.add_api_route(
+    "/runners/register",
+    _register,
+    methods=["POST"],
+    status_code=201,
+    response_model=RunnerRegistered,
+    include_in_schema=False,
+)
+
+
+@router.post("/runners/heartbeat", response_model=HeartbeatAnswer)
+async def heartbeat(
+    body: Heartbeat, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+) -> HeartbeatAnswer:
+    """Runner token. Records liveness and usage, renews the leases of the listed claims, and
+    answers which claims are revoked and which tasks must be cancelled."""
+    res = await service.heartbeat(session, c.tasks, principal, body)
+    return HeartbeatAnswer(
+        revoked=res.revoked,
+        cancel=res.cancel,
+        renewed=res.renewed,
+        lease_seconds=c.tasks.lease_seconds,
+    )
+
+
+@router.get("/runners/stats", response_model=RunnerStats)
+async def stats(principal: CurrentPrincipal, session: ReadSession) -> Any:
+    """Network-wide counts: runners by derived status, capacity online, tasks queued."""
+    return await service.stats(session)
+
+
+async def _set_webhook(
+    body: WebhookSet, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+) -> WebhookSetRead:
+    runner, secret = await service.set_webhook(session, c.tasks, c.runners, principal, body.url)
+    assert secret is not None
+    return WebhookSetRead(id=runner.id, url=body.url, webhook_secret=secret)
+
+
+router.add_api_route(
+    "/runners/webhooks",
+    _set_webhook,
+    methods=["PUT"],
+    response_model=WebhookSetRead,
+    summary="Set this runner's push URL (SSRF-guarded); returns the signing secret",
+)
+router.add_api_route(
+    "/runners/webhooks",
+    _set_webhook,
+    methods=["POST"],
+    status_code=201,
+    response_model=WebhookSetRead,
+    include_in_schema=False,
+)
+
+
+@router.delete("/runners/webhooks", status_code=204)
+async def clear_webhook(
+    principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+) -> Response:
+    await service.set_webhook(session, c.tasks, c.runners, principal, None)
+    return Response(status_code=204)
+
+
+@router.get("/runners", response_model=Page[RunnerRead])
+async def list_runners(
+    principal: CurrentPrincipal, session: ReadSession, page: PageParamsDep
+) -> Page[RunnerRead]:
+    """Your runners (all runners for an operator), newest first."""
+    rows = await service.list_runners(session, principal, page.limit, page.cursor)
+    models = await service.models_for(session, rows)
+    counts = await service.active_counts(session, rows)
+    items = [runner_read(r, by_id(models, r.id), counts.get(r.id, 0)) for r in rows]
+    last = rows[min(len(rows), page.limit) - 1] if rows else None
+    return make_page(items, page.limit, (last.created_at, last.id) if last else None)
+
+
+@router.get("/runners/{runner_id}", response_model=RunnerRead)
+async def get_runner(
+    runner_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+) -> RunnerRead:
+    runner = await service.get_runner(session, principal, runner_id)
+    return await _read(session, runner)
+
+
+@router.post("/runners/{runner_id}/drain", response_model=RunnerRead)
+async def drain(
+    runner_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+) -> RunnerRead:
+    """Owner or operator: stop giving this runner new work; current work continues."""
+    runner = await service.set_draining(session, c.tasks, principal, runner_id, True)
+    return await _read(session, runner)
+
+
+@router.post("/runners/{runner_id}/resume", response_model=RunnerRead)
+async def resume(
+    runner_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+) -> RunnerRead:
+    runner = await service.set_draining(session, c.tasks, principal, runner_id, False)
+    return await _read(session, runner)
+
+
+@router.post("/runners/{runner_id}/ban", response_model=RunnerRead)
+async def ban(
+    runner_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+) -> RunnerRead:
+    """Operator only: revoke the runner's token and expire its leases."""
+    runner = await service.ban(session, c.tasks, principal, runner_id)
+    return await _read(session, runner)

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from parity.tasks.schemas import ClaimRead
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    cpu_cores: float = Field(0, ge=0, le=4096)
+    memory_mb: int = Field(0, ge=0, le=64 * 1024 * 1024)
+    gpus: int = Field(0, ge=0, le=256)
+    docker: bool = False
+    fl: bool = False
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model_name: str = Field(min_length=1, max_length=200)
+    is_loaded: bool = True
+    max_tokens: int = Field(4096, ge=1, le=10_000_000)
+
+
+class RunnerRegister(BaseModel):
+    # wallet_address and status of the old runner are accepted and ignored: identity is the token.
+    model_config = ConfigDict(extra="ignore")
+    device_id: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._:-]+$")
+    webhook: str | None = Field(None, max_length=2048)
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    max_concurrent_tasks: int = Field(1, ge=1, le=256)
+    labels: dict[str, str] = Field(default_factory=dict)
+    models: list[ModelInfo] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("models", "model_capabilities"),
+        max_length=500,
+    )
+    runner_version: str | None = Field(None, max_length=40)
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    # "busy" from the old runner is read as online: busy is derived by the server.
+    status: Literal["online", "draining", "offline", "busy"] = "online"
+    cpu_usage: float | None = Field(None, ge=0, le=1)
+    memory_usage: float | None = Field(None, ge=0, le=1)
+    claims: list[str] = Field(default_factory=list, max_length=1000)
+    models: list[ModelInfo] | None = Field(
+        None, validation_alias=AliasChoices("models", "model_capabilities"), max_length=500
+    )
+
+
+class HeartbeatAnswer(BaseModel):
+    revoked: list[str] = Field(description="Claim tokens that no longer hold any task")
+    cancel: list[uuid.UUID] = Field(description="Tasks whose cancellation was requested")
+    renewed: list[uuid.UUID]
+    lease_seconds: float
+
+
+class RunnerRead(BaseModel):
+    id: uuid.UUID
+    device_id: str
+    owner_address: str
+    wallet_address: str
+    status: str
+    reported_status: str
+    webhook: str | None
+    capabilities: Capabilities
+    max_concurrent_tasks: int
+    labels: dict[str, Any]
+    models: list[ModelInfo]
+    active_claims: int
+    runner_version: str | None
+    cpu_usage: float | None
+    memory_usage: float | None
+    last_heartbeat: datetime
+    banned: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunnerRegistered(BaseModel):
+    runner: RunnerRead
+    runner_token: str
+    webhook_secret: str | None = Field(
+        None, description="Verifies the server's pushes to this runner (shown at registration)"
+    )
+    claims: list[ClaimRead]
+
+
+class WebhookSet(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: str = Field(min_length=1, max_length=2048)
+
+
+class WebhookSetRead(BaseModel):
+    id: uuid.UUID
+    url: str
+    webhook_secret: str
+
+
+class RunnerStats(BaseModel):
+    total: int
+    online: int
+    busy: int
+    draining: int
+    offline: int
+    banned: int
+    active_claims: int
+    capacity: Capabilities
+    pending_tasks: int
+    running_tasks: int

@@ -1,0 +1,28 @@
+"""What the task services need, built once from settings by the container."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from parity.clock import Clock
+from parity.core.tasks.retry import RetryPolicy
+from parity.tasks.wakeups import WakeHub
+
+
+@dataclass(frozen=True)
+class TaskDeps:
+    clock: Clock
+    random_bytes: Callable[[int], bytes]
+    wakeups: WakeHub
+    lease_seconds: float
+    offer_seconds: float
+    retry: RetryPolicy
+    log_max_bytes: int
+    output_inline_max_bytes: int
+    max_pending_per_client: int
+    max_pending_total: int
+
+    def rand(self) -> float:
+        """A float in [0, 1) from the injected random source (for jitter)."""
+        return int.from_bytes(self.random_bytes(4), "big") / 2**32

@@ -1,0 +1,466 @@
+"""The runner side of the queue: claim, start, complete, fail, release, lease renewal, logs,
+and lease expiry. Every transition is fenced by the claim token bound to (task, attempt,
+runner); repeating a transition with the same token answers with the current task."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.core.identity.siwe import hash_token
+from parity.core.tasks.placement import Resources, fits
+from parity.core.tasks.states import ACTIVE, TaskStatus, TaskType
+from parity.runners import repository as runners_repo
+from parity.runners.models import Runner
+from parity.tasks import repository as repo
+from parity.tasks.deps import TaskDeps
+from parity.tasks.errors import (
+    ClaimInvalid,
+    InvalidTransition,
+    RunnerNotEligible,
+    StaleClaim,
+    TaskNotClaimable,
+    TaskNotFound,
+)
+from parity.tasks.models import Task, TaskAttempt, TaskLog, TaskResult
+
+CLAIM_PREFIX = "ps_claim_"
+
+
+@dataclass(frozen=True)
+class Claim:
+    tasks: list[Task]
+    token: str
+    lease_seconds: float
+    lease_expires_at: datetime
+
+
+def new_claim_token(deps: TaskDeps) -> str:
+    return CLAIM_PREFIX + deps.random_bytes(32).hex()
+
+
+def _labels_match(required: dict[str, object], labels: dict[str, object]) -> bool:
+    return all(labels.get(k) == v for k, v in required.items())
+
+
+async def _eligible_runner(session: AsyncSession, runner_id: uuid.UUID) -> Runner:
+    # Locking the runner row serializes this runner's claims: no overcommit.
+    runner = await runners_repo.get(session, runner_id, lock=True)
+    if runner is None or runner.banned_at is not None:
+        raise RunnerNotEligible("this runner is unknown or banned")
+    return runner
+
+
+async def claim(
+    session: AsyncSession,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    *,
+    max_tasks: int = 1,
+    start: bool = False,
+    task_id: uuid.UUID | None = None,
+) -> Claim | None:
+    """Claim up to ``max_tasks`` pending tasks that fit this runner (or one named task)."""
+    now = deps.clock.now()
+    runner = await _eligible_runner(session, runner_id)
+    if runner.status != "online":
+        if task_id is not None:
+            raise RunnerNotEligible(f"runner is {runner.status}; only online runners claim")
+        return None
+    usage = await repo.active_usage(session, runner.id)
+    slots = runner.max_concurrent_tasks - usage.count
+    capacity = Resources(runner.cpu_cores, runner.memory_mb, runner.gpus, runner.docker)
+    in_use = Resources(usage.cpu_cores, usage.memory_mb, usage.gpus, False)
+    if slots <= 0:
+        if task_id is not None:
+            raise RunnerNotEligible(
+                "runner is at max_concurrent_tasks", details={"active_claims": usage.count}
+            )
+        return None
+    want = min(max_tasks, slots)
+    candidates = await repo.claimable(
+        session,
+        runner.id,
+        now,
+        free_cpu=capacity.cpu_cores - in_use.cpu_cores,
+        free_memory=capacity.memory_mb - in_use.memory_mb,
+        free_gpus=capacity.gpus - in_use.gpus,
+        docker=runner.docker,
+        limit=want + 8,
+        task_id=task_id,
+    )
+    chosen: list[uuid.UUID] = []
+    for t in candidates:
+        need = Resources(t.req_cpu_cores, t.req_memory_mb, t.req_gpus, t.req_docker)
+        if not fits(need, capacity, in_use) or not _labels_match(
+            t.required_labels or {}, runner.labels or {}
+        ):
+            continue
+        in_use = Resources(
+            in_use.cpu_cores + need.cpu_cores,
+            in_use.memory_mb + need.memory_mb,
+            in_use.gpus + need.gpus,
+            False,
+        )
+        chosen.append(t.id)
+        if len(chosen) >= want:
+            break
+    if not chosen:
+        if task_id is not None:
+            await _explain_unclaimable(session, runner, task_id, now)
+        return None
+    token = new_claim_token(deps)
+    lease_until = now + timedelta(seconds=deps.lease_seconds)
+    rows = await repo.mark_claimed(
+        session, chosen, runner.id, hash_token(token), now, lease_until, start
+    )
+    if not rows:
+        return None
+    return Claim(rows, token, deps.lease_seconds, lease_until)
+
+
+async def _explain_unclaimable(
+    session: AsyncSession, runner: Runner, task_id: uuid.UUID, now: datetime
+) -> None:
+    task = await repo.get(session, task_id)
+    if task is None:
+        raise TaskNotFound(f"task {task_id} not found")
+    details: dict[str, object] = {"status": task.status}
+    if task.status != TaskStatus.PENDING:
+        raise TaskNotClaimable(f"task is {task.status}", details=details)
+    if task.available_at > now:
+        details["available_at"] = task.available_at.isoformat()
+        raise TaskNotClaimable("task is not available yet", details=details)
+    if task.target_runner_id not in (None, runner.id):
+        details["target_runner_id"] = str(task.target_runner_id)
+        if task.offer_expires_at is not None:
+            details["offer_expires_at"] = task.offer_expires_at.isoformat()
+        raise TaskNotClaimable("task is offered to another runner", details=details)
+    if runner.id in await repo.exclusions(session, task.id):
+        raise RunnerNotEligible("this runner already failed this task", details=details)
+    raise RunnerNotEligible(
+        "task does not fit this runner (resources, docker, labels or free capacity)",
+        details={
+            "required": {
+                "cpu_cores": task.req_cpu_cores,
+                "memory_mb": task.req_memory_mb,
+                "gpus": task.req_gpus,
+                "docker": task.req_docker,
+                "labels": task.required_labels,
+            }
+        },
+    )
+
+
+async def available_for(
+    session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, limit: int
+) -> list[Task]:
+    """What this runner could claim now (read only, nothing locked on SQLite)."""
+    runner = await runners_repo.get(session, runner_id)
+    if runner is None or runner.banned_at is not None:
+        raise RunnerNotEligible("this runner is unknown or banned")
+    usage = await repo.active_usage(session, runner.id)
+    return await repo.claimable(
+        session,
+        runner.id,
+        deps.clock.now(),
+        free_cpu=runner.cpu_cores - usage.cpu_cores,
+        free_memory=runner.memory_mb - usage.memory_mb,
+        free_gpus=runner.gpus - usage.gpus,
+        docker=runner.docker,
+        limit=limit,
+        lock=False,
+    )
+
+
+@dataclass
+class Fenced:
+    task: Task
+    attempt: TaskAttempt
+    current: bool
+
+
+async def _fence(
+    session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID, token: str
+) -> Fenced:
+    task = await repo.get(session, task_id, lock=True)
+    if task is None:
+        raise TaskNotFound(f"task {task_id} not found")
+    attempt = await repo.attempt_by_token(session, task_id, hash_token(token))
+    if attempt is None or attempt.runner_id != runner_id:
+        raise ClaimInvalid("claim_token does not belong to this runner and task")
+    current = task.attempts == attempt.attempt and task.claim_token_hash == hash_token(token)
+    return Fenced(task, attempt, current and task.status in ACTIVE)
+
+
+def _not_current(f: Fenced, wanted: str) -> Exception:
+    if f.task.attempts > f.attempt.attempt:
+        return StaleClaim(
+            f"claim of attempt {f.attempt.attempt} is stale (task is at attempt {f.task.attempts})",
+            details={"status": f.task.status, "attempt": f.task.attempts},
+        )
+    return InvalidTransition(
+        f"cannot {wanted}: task is {f.task.status}", details={"status": f.task.status}
+    )
+
+
+async def start(
+    session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
+) -> Task:
+    f = await _fence(session, task_id, runner_id, token)
+    if not f.current:
+        raise _not_current(f, "start")
+    if f.task.status == TaskStatus.ASSIGNED:
+        now = deps.clock.now()
+        f.task.status = TaskStatus.RUNNING.value
+        f.task.started_at = now
+        f.task.updated_at = now
+        f.attempt.started_at = now
+        await session.flush()
+    return f.task
+
+
+def _cap_output(output: str | None, limit: int) -> tuple[str | None, bool]:
+    if output is None:
+        return None, False
+    raw = output.encode()
+    if len(raw) <= limit:
+        return output, False
+    marker = f"\n[output truncated: {len(raw)} bytes, {limit} kept inline]"
+    return raw[:limit].decode(errors="ignore") + marker, True
+
+
+async def complete(
+    session: AsyncSession,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    token: str,
+    *,
+    output: str | None,
+    output_cid: str | None,
+    exit_code: int | None,
+    error: str | None,
+    result_hash: str | None,
+    usage: dict[str, object],
+) -> Task:
+    """Accept the one completion of a task. ``complete`` from ``assigned`` implies start."""
+    f = await _fence(session, task_id, runner_id, token)
+    if not f.current:
+        if f.attempt.outcome == "completed":
+            return f.task  # a retried completion after a timeout
+        raise _not_current(f, "complete")
+    now = deps.clock.now()
+    task = f.task
+    started = task.started_at or f.attempt.started_at or now
+    inline, _ = _cap_output(output, deps.output_inline_max_bytes)
+    digest = result_hash or (
+        hashlib.sha256((output or "").encode()).hexdigest() if output is not None else None
+    )
+    await repo.add_result(
+        session,
+        TaskResult(
+            id=uuid.uuid4(),
+            task_id=task.id,
+            attempt=task.attempts,
+            runner_id=runner_id,
+            output=inline,
+            output_cid=output_cid,
+            exit_code=exit_code,
+            error=error,
+            result_hash=digest,
+            usage=dict(usage),
+            execution_seconds=max((now - started).total_seconds(), 0.0),
+            created_at=now,
+        ),
+    )
+    task.status = TaskStatus.COMPLETED.value
+    task.started_at = started
+    task.completed_at = now
+    task.updated_at = now
+    task.lease_expires_at = None
+    task.claim_token_hash = None
+    f.attempt.started_at = f.attempt.started_at or started
+    f.attempt.ended_at = now
+    f.attempt.outcome = "completed"
+    f.attempt.exit_code = exit_code
+    await session.flush()
+    return task
+
+
+async def _retry_or_fail(
+    session: AsyncSession, deps: TaskDeps, task: Task, reason: str, exclude: uuid.UUID | None
+) -> None:
+    now = deps.clock.now()
+    task.last_error = reason
+    task.updated_at = now
+    task.lease_expires_at = None
+    task.claim_token_hash = None
+    if task.status == TaskStatus.CANCEL_REQUESTED:
+        task.status = TaskStatus.CANCELLED.value
+        task.completed_at = now
+        return
+    decision = deps.retry.decide_after_failure(task.attempts, task.max_attempts, now, deps.rand())
+    if decision.retry and decision.available_at is not None:
+        task.status = TaskStatus.PENDING.value
+        task.available_at = decision.available_at
+        task.runner_id = None
+        task.target_runner_id = None
+        task.offer_expires_at = None
+        if exclude is not None:
+            await repo.add_exclusion(session, task.id, exclude)
+    else:
+        task.status = TaskStatus.FAILED.value
+        task.completed_at = now
+    await session.flush()
+
+
+async def fail(
+    session: AsyncSession,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    token: str,
+    *,
+    error: str,
+    exit_code: int | None,
+) -> Task:
+    """A failed run: retried later on another runner while attempts remain, else ``failed``."""
+    f = await _fence(session, task_id, runner_id, token)
+    if not f.current:
+        if f.attempt.outcome == "failed":
+            return f.task
+        raise _not_current(f, "fail")
+    now = deps.clock.now()
+    f.attempt.ended_at = now
+    f.attempt.outcome = "failed"
+    f.attempt.exit_code = exit_code
+    f.attempt.error = error[:4000]
+    await _retry_or_fail(session, deps, f.task, error[:4000], exclude=runner_id)
+    return f.task
+
+
+async def release(
+    session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
+) -> Task:
+    """Give a claimed task back untouched (graceful shutdown): not counted as a failure."""
+    f = await _fence(session, task_id, runner_id, token)
+    if not f.current:
+        if f.attempt.outcome == "released":
+            return f.task
+        raise _not_current(f, "release")
+    await _release(session, deps, f.task, f.attempt, "released")
+    return f.task
+
+
+async def _release(
+    session: AsyncSession, deps: TaskDeps, task: Task, attempt: TaskAttempt | None, why: str
+) -> None:
+    now = deps.clock.now()
+    if attempt is not None:
+        attempt.ended_at = now
+        attempt.outcome = why
+    if task.status == TaskStatus.CANCEL_REQUESTED:
+        task.status = TaskStatus.CANCELLED.value
+        task.completed_at = now
+    else:
+        task.status = TaskStatus.PENDING.value
+        task.available_at = now
+        task.attempts = max(task.attempts - 1, 0)
+        task.runner_id = None
+    task.claim_token_hash = None
+    task.lease_expires_at = None
+    task.updated_at = now
+    await session.flush()
+
+
+async def renew(
+    session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
+) -> Task:
+    f = await _fence(session, task_id, runner_id, token)
+    if not f.current:
+        raise _not_current(f, "renew the lease")
+    now = deps.clock.now()
+    f.task.lease_expires_at = now + timedelta(seconds=deps.lease_seconds)
+    await session.flush()
+    return f.task
+
+
+async def append_logs(
+    session: AsyncSession,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    token: str,
+    seq: int,
+    lines: list[str],
+) -> tuple[bool, bool, int]:
+    """Store a chunk (idempotent on task, attempt, seq). Past the per-task budget the chunk is
+    cut and a marker is stored once. Returns (accepted, truncated, stored_bytes)."""
+    f = await _fence(session, task_id, runner_id, token)
+    task = f.task
+    if await repo.find_log(session, task.id, f.attempt.attempt, seq) is not None:
+        return True, False, task.log_bytes
+    budget = deps.log_max_bytes - task.log_bytes
+    if budget <= 0:
+        return False, True, task.log_bytes
+    kept: list[str] = []
+    used = 0
+    truncated = False
+    for line in lines:
+        size = len(line.encode()) + 1
+        if used + size > budget:
+            truncated = True
+            break
+        kept.append(line)
+        used += size
+    if truncated:
+        kept.append(f"[log truncated: {deps.log_max_bytes} bytes per task kept]")
+        used = budget  # nothing more is stored for this task
+    await repo.add_log(
+        session,
+        TaskLog(
+            id=uuid.uuid4(),
+            task_id=task.id,
+            attempt=f.attempt.attempt,
+            seq=seq,
+            lines=kept,
+            truncated=truncated,
+            created_at=deps.clock.now(),
+        ),
+    )
+    task.log_bytes += used
+    await session.flush()
+    return True, truncated, task.log_bytes
+
+
+async def expire_leases(session: AsyncSession, deps: TaskDeps, now: datetime) -> int:
+    """Lease expiry counts as an attempt: retried elsewhere, or failed when none remain."""
+    tasks = await repo.expired_leases(session, now, limit=200)
+    for task in tasks:
+        attempt = await repo.current_attempt(session, task)
+        runner = task.runner_id
+        if attempt is not None and attempt.ended_at is None:
+            attempt.ended_at = now
+            attempt.outcome = "lease_expired"
+            attempt.error = "lease expired without renewal (runner silent or offline)"
+        await _retry_or_fail(
+            session, deps, task, f"lease expired on runner {runner}", exclude=runner
+        )
+    return len(tasks)
+
+
+async def release_runner_claims(session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID) -> int:
+    """A runner that reports ``offline`` gives its claims back."""
+    tasks = await repo.runner_active_tasks(session, runner_id, lock=True)
+    for task in tasks:
+        await _release(session, deps, task, await repo.current_attempt(session, task), "released")
+    return len(tasks)
+
+
+def is_internal(task_type: str) -> bool:
+    return task_type in (TaskType.LLM, TaskType.FL_TRAIN)

@@ -1,0 +1,150 @@
+"""Delivery of ``task.offered`` pushes from the outbox. Network I/O happens outside any
+transaction (the embedded writer is never held during a POST); outcomes are recorded after.
+A duplicated or lost push does no harm: the runner still has to claim."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from parity.clock import Clock
+from parity.db.session import Database
+from parity.logging import get_logger
+from parity.runners.models import Runner
+from parity.tasks.models import RunnerPush
+from parity.webhooks import signing
+from parity.webhooks.ssrf import UrlRefused, post_json
+
+log = get_logger("parity.pushes")
+MAX_ATTEMPTS = 6
+
+
+@dataclass
+class PushTarget:
+    push_id: uuid.UUID
+    url: str
+    secret: str
+    payload: dict[str, object]
+    attempts: int
+
+
+async def _due(db: Database, now: datetime, limit: int) -> list[PushTarget]:
+    async with db.read_session() as s:
+        rows = await s.execute(
+            select(RunnerPush, Runner.webhook_url, Runner.webhook_secret)
+            .join(Runner, Runner.id == RunnerPush.runner_id)
+            .where(
+                RunnerPush.delivered_at.is_(None),
+                RunnerPush.abandoned_at.is_(None),
+                RunnerPush.next_attempt_at <= now,
+            )
+            .order_by(RunnerPush.next_attempt_at)
+            .limit(limit)
+        )
+        out = []
+        for push, url, secret in rows.all():
+            if url and secret:
+                out.append(PushTarget(push.id, url, secret, push.payload, push.attempts))
+        return out
+
+
+async def deliver_due(
+    db: Database, clock: Clock, *, allow_private: bool, limit: int = 50, timeout: float = 5.0
+) -> int:
+    now = clock.now()
+    targets = await _due(db, now, limit)
+    outcomes: list[tuple[PushTarget, int | None, str | None]] = []
+    for t in targets:
+        msg_id = f"msg_{t.push_id.hex}"
+        body = json.dumps(
+            {
+                "id": msg_id,
+                "type": "task.offered",
+                "created_at": now.isoformat(),
+                "data": t.payload,
+            },
+            separators=(",", ":"),
+        ).encode()
+        headers = signing.headers(t.secret, msg_id, int(now.timestamp()), body)
+        headers["content-type"] = "application/json"
+        try:
+            status = await post_json(
+                t.url, body, headers, allow_private=allow_private, timeout=timeout
+            )
+            outcomes.append((t, status, None if 200 <= status < 300 else f"HTTP {status}"))
+        except UrlRefused as exc:
+            outcomes.append((t, None, f"refused: {exc}"))
+        except Exception as exc:  # network errors: retried with backoff
+            outcomes.append((t, None, f"{type(exc).__name__}: {exc}"[:500]))
+    if outcomes:
+        async with db.transaction() as s:
+            done = clock.now()
+            for t, _status, err in outcomes:
+                if err is None:
+                    values: dict[str, object] = {"delivered_at": done, "attempts": t.attempts + 1}
+                elif t.attempts + 1 >= MAX_ATTEMPTS:
+                    values = {"abandoned_at": done, "attempts": t.attempts + 1, "last_error": err}
+                else:
+                    delay = min(2 ** (t.attempts + 1), 60)
+                    values = {
+                        "attempts": t.attempts + 1,
+                        "last_error": err,
+                        "next_attempt_at": done + timedelta(seconds=delay),
+                    }
+                await s.execute(
+                    update(RunnerPush)
+                    .where(RunnerPush.id == t.push_id)
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
+                )
+    return len(outcomes)
+
+
+class PushLoop:
+    """Delivers pushes right after an offer is committed (woken by the hub) and retries due
+    ones every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        event: asyncio.Event,
+        *,
+        interval: float,
+        allow_private: bool,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.event = event
+        self.interval = interval
+        self.allow_private = allow_private
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), timeout=self.interval)
+            self.event.clear()
+            try:
+                await deliver_due(self.db, self.clock, allow_private=self.allow_private)
+            except Exception as exc:
+                log.warning("push_loop_error", error=type(exc).__name__, detail=str(exc)[:200])
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._task = asyncio.create_task(self._run(), name="push-delivery")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self.event.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, timeout=10)
+            self._task = None

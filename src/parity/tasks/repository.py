@@ -1,0 +1,318 @@
+"""All SQL of the task queue."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.api.pagination import Cursor
+from parity.core.tasks.states import ACTIVE, TaskStatus, TaskType
+from parity.tasks.models import Task, TaskAttempt, TaskExclusion, TaskLog, TaskResult
+
+ACTIVE_VALUES = [s.value for s in ACTIVE]
+MOVABLE_TYPES = [TaskType.COMMAND.value, TaskType.DOCKER.value]
+
+
+@dataclass(frozen=True)
+class Usage:
+    count: int
+    cpu_cores: float
+    memory_mb: int
+    gpus: int
+
+
+async def add(session: AsyncSession, task: Task) -> None:
+    session.add(task)
+    await session.flush()
+
+
+async def get(session: AsyncSession, task_id: uuid.UUID, *, lock: bool = False) -> Task | None:
+    q = select(Task).where(Task.id == task_id)
+    if lock:
+        q = q.with_for_update()
+    return (await session.scalars(q)).first()
+
+
+async def count_pending(session: AsyncSession, creator: str | None) -> int:
+    q = select(func.count()).select_from(Task).where(Task.status == TaskStatus.PENDING.value)
+    if creator is not None:
+        q = q.where(Task.creator_address == creator)
+    return int(await session.scalar(q) or 0)
+
+
+async def active_usage(session: AsyncSession, runner_id: uuid.UUID) -> Usage:
+    row = (
+        await session.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(Task.req_cpu_cores), 0.0),
+                func.coalesce(func.sum(Task.req_memory_mb), 0),
+                func.coalesce(func.sum(Task.req_gpus), 0),
+            ).where(Task.runner_id == runner_id, Task.status.in_(ACTIVE_VALUES))
+        )
+    ).one()
+    return Usage(int(row[0]), float(row[1]), int(row[2]), int(row[3]))
+
+
+async def active_counts(
+    session: AsyncSession, runner_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    if not runner_ids:
+        return {}
+    rows = await session.execute(
+        select(Task.runner_id, func.count())
+        .where(Task.runner_id.in_(runner_ids), Task.status.in_(ACTIVE_VALUES))
+        .group_by(Task.runner_id)
+    )
+    return {rid: int(n) for rid, n in rows.all() if rid is not None}
+
+
+async def claimable(
+    session: AsyncSession,
+    runner_id: uuid.UUID,
+    now: datetime,
+    *,
+    free_cpu: float,
+    free_memory: int,
+    free_gpus: int,
+    docker: bool,
+    limit: int,
+    task_id: uuid.UUID | None = None,
+    lock: bool = True,
+) -> list[Task]:
+    """Pending tasks this runner may take, best first, locked with SKIP LOCKED so concurrent
+    claimers on PostgreSQL never wait on each other's rows."""
+    targeted_ok = or_(
+        Task.target_runner_id.is_(None),
+        Task.target_runner_id == runner_id,
+        and_(Task.offer_expires_at < now, Task.type.in_(MOVABLE_TYPES)),
+    )
+    excluded = exists().where(
+        TaskExclusion.task_id == Task.id, TaskExclusion.runner_id == runner_id
+    )
+    q = select(Task).where(
+        Task.status == TaskStatus.PENDING.value,
+        Task.available_at <= now,
+        targeted_ok,
+        Task.req_cpu_cores <= free_cpu + 1e-9,
+        Task.req_memory_mb <= free_memory,
+        Task.req_gpus <= free_gpus,
+        ~excluded,
+    )
+    if not docker:
+        q = q.where(Task.req_docker.is_(False))
+    if task_id is not None:
+        q = q.where(Task.id == task_id)
+    q = q.order_by(Task.priority.desc(), Task.available_at, Task.id).limit(limit)
+    if lock:
+        q = q.with_for_update(skip_locked=True)
+    return list((await session.scalars(q)).all())
+
+
+async def mark_claimed(
+    session: AsyncSession,
+    ids: Sequence[uuid.UUID],
+    runner_id: uuid.UUID,
+    token_hash: str,
+    now: datetime,
+    lease_until: datetime,
+    start: bool,
+) -> list[Task]:
+    """One conditional UPDATE … RETURNING for the whole batch."""
+    values: dict[str, Any] = {
+        "status": (TaskStatus.RUNNING if start else TaskStatus.ASSIGNED).value,
+        "runner_id": runner_id,
+        "attempts": Task.attempts + 1,
+        "claim_token_hash": token_hash,
+        "lease_expires_at": lease_until,
+        "updated_at": now,
+        "offer_expires_at": None,
+    }
+    if start:
+        values["started_at"] = now
+    stmt = (
+        update(Task)
+        .where(Task.id.in_(ids), Task.status == TaskStatus.PENDING.value)
+        .values(**values)
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    rows = list((await session.scalars(stmt)).all())
+    if rows:
+        await session.execute(
+            insert(TaskAttempt),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "task_id": t.id,
+                    "attempt": t.attempts,
+                    "runner_id": runner_id,
+                    "claim_token_hash": token_hash,
+                    "claimed_at": now,
+                    "started_at": now if start else None,
+                }
+                for t in rows
+            ],
+        )
+    return rows
+
+
+async def attempt_by_token(
+    session: AsyncSession, task_id: uuid.UUID, token_hash: str
+) -> TaskAttempt | None:
+    q = select(TaskAttempt).where(
+        TaskAttempt.task_id == task_id, TaskAttempt.claim_token_hash == token_hash
+    )
+    return (await session.scalars(q)).first()
+
+
+async def current_attempt(session: AsyncSession, task: Task) -> TaskAttempt | None:
+    q = select(TaskAttempt).where(
+        TaskAttempt.task_id == task.id, TaskAttempt.attempt == task.attempts
+    )
+    return (await session.scalars(q)).first()
+
+
+async def add_exclusion(session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID) -> None:
+    found = await session.get(TaskExclusion, (task_id, runner_id))
+    if found is None:
+        session.add(TaskExclusion(task_id=task_id, runner_id=runner_id))
+        await session.flush()
+
+
+async def exclusions(session: AsyncSession, task_id: uuid.UUID) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(TaskExclusion.runner_id).where(TaskExclusion.task_id == task_id)
+    )
+    return list(rows.all())
+
+
+async def add_result(session: AsyncSession, result: TaskResult) -> None:
+    session.add(result)
+    await session.flush()
+
+
+async def get_result(session: AsyncSession, task_id: uuid.UUID) -> TaskResult | None:
+    return (await session.scalars(select(TaskResult).where(TaskResult.task_id == task_id))).first()
+
+
+async def list_attempts(session: AsyncSession, task_id: uuid.UUID) -> list[TaskAttempt]:
+    q = select(TaskAttempt).where(TaskAttempt.task_id == task_id).order_by(TaskAttempt.attempt)
+    return list((await session.scalars(q)).all())
+
+
+async def find_log(
+    session: AsyncSession, task_id: uuid.UUID, attempt: int, seq: int
+) -> TaskLog | None:
+    q = select(TaskLog).where(
+        TaskLog.task_id == task_id, TaskLog.attempt == attempt, TaskLog.seq == seq
+    )
+    return (await session.scalars(q)).first()
+
+
+async def add_log(session: AsyncSession, log: TaskLog) -> None:
+    session.add(log)
+    await session.flush()
+
+
+async def read_logs(
+    session: AsyncSession, task_id: uuid.UUID, attempt: int | None, after: int | None, limit: int
+) -> list[TaskLog]:
+    """Ordered by (attempt, seq); ``after`` is a position cursor ``attempt * 10^8 + seq``."""
+    q = select(TaskLog).where(TaskLog.task_id == task_id)
+    if attempt is not None:
+        q = q.where(TaskLog.attempt == attempt)
+    if after is not None:
+        a, s = divmod(after, 10**8)
+        q = q.where(or_(TaskLog.attempt > a, and_(TaskLog.attempt == a, TaskLog.seq > s)))
+    q = q.order_by(TaskLog.attempt, TaskLog.seq).limit(limit)
+    return list((await session.scalars(q)).all())
+
+
+async def list_tasks(
+    session: AsyncSession,
+    *,
+    creator: str | None,
+    statuses: Sequence[str] | None,
+    types: Sequence[str] | None,
+    limit: int,
+    offset: int | None = None,
+    after: Cursor | None = None,
+) -> tuple[list[Task], int]:
+    conds: list[Any] = []
+    if creator is not None:
+        conds.append(Task.creator_address == creator)
+    if statuses:
+        conds.append(Task.status.in_(statuses))
+    if types:
+        conds.append(Task.type.in_(types))
+    total = int(await session.scalar(select(func.count()).select_from(Task).where(*conds)) or 0)
+    q = select(Task).where(*conds)
+    if after is not None:
+        ts, id_ = after
+        q = q.where(or_(Task.created_at < ts, and_(Task.created_at == ts, Task.id < id_)))
+    q = q.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
+    if offset:
+        q = q.offset(offset)
+    return list((await session.scalars(q)).all()), total
+
+
+async def expired_leases(session: AsyncSession, now: datetime, limit: int) -> list[Task]:
+    q = (
+        select(Task)
+        .where(Task.status.in_(ACTIVE_VALUES), Task.lease_expires_at < now)
+        .order_by(Task.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.scalars(q)).all())
+
+
+async def expire_runner_leases(session: AsyncSession, runner_id: uuid.UUID, now: datetime) -> int:
+    res = await session.execute(
+        update(Task)
+        .where(Task.runner_id == runner_id, Task.status.in_(ACTIVE_VALUES))
+        .values(lease_expires_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(res, "rowcount", 0))
+
+
+async def runner_active_tasks(
+    session: AsyncSession, runner_id: uuid.UUID, *, lock: bool = False
+) -> list[Task]:
+    q = select(Task).where(Task.runner_id == runner_id, Task.status.in_(ACTIVE_VALUES))
+    if lock:
+        q = q.with_for_update()
+    return list((await session.scalars(q)).all())
+
+
+async def expire_offers(session: AsyncSession, now: datetime) -> int:
+    res = await session.execute(
+        update(Task)
+        .where(
+            Task.status == TaskStatus.PENDING.value,
+            Task.target_runner_id.is_not(None),
+            Task.offer_expires_at < now,
+            Task.type.in_(MOVABLE_TYPES),
+        )
+        .values(target_runner_id=None, offer_expires_at=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(res, "rowcount", 0))
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(Task.status, func.count()).group_by(Task.status))
+    return {s: int(n) for s, n in rows.all()}
+
+
+async def delete_logs_before(session: AsyncSession, before: datetime) -> int:
+    res = await session.execute(delete(TaskLog).where(TaskLog.created_at < before))
+    return int(getattr(res, "rowcount", 0))

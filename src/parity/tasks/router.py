@@ -1,0 +1,229 @@
+"""Client endpoints of compute tasks. Paths the original README documents keep its shapes
+(``GET /tasks`` is a bare array with limit/offset and X-Total-Count)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
+from parity.core.tasks.states import TERMINAL
+from parity.errors import InvalidInput
+from parity.tasks import service
+from parity.tasks.errors import NotImplementedYet
+from parity.tasks.schemas import (
+    AttemptRead,
+    LogLine,
+    LogsRead,
+    ResultRead,
+    RewardRead,
+    TaskCreate,
+    TaskRead,
+    TaskStatusRead,
+    TaskUpdate,
+)
+from parity.tasks.views import attempt_read, result_read, status_read, task_read
+
+router = APIRouter(tags=["tasks"])
+FOLLOW_MAX_SECONDS = 1800
+
+
+async def _body(request: Request) -> TaskCreate:
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        raise NotImplementedYet(
+            "multipart task creation with an image file needs the content store, which this "
+            "server does not have yet; send JSON with config.image or config.image_cid"
+        )
+    try:
+        raw = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("body", "must be a JSON object") from None
+    if not isinstance(raw, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    return TaskCreate.model_validate(raw)
+
+
+@router.post(
+    "/tasks",
+    status_code=201,
+    response_model=TaskRead,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": TaskCreate.model_json_schema()}},
+        }
+    },
+)
+async def create_task(
+    request: Request,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    idem: Idempotency,
+    c: ContainerDep,
+) -> Any:
+    """Create a `command` or `docker` task (status `pending`). Legacy fields of the original
+    API are accepted (`image`, `environment`); `reward` and creator headers are ignored."""
+    stored = await idem.replay()
+    if stored is not None:
+        return JSONResponse(stored.body, status_code=stored.status_code)
+    body = await _body(request)
+    task = await service.create_task(session, c.tasks, principal, body)
+    out = task_read(task)
+    await idem.remember(201, out.model_dump(mode="json"))
+    return out
+
+
+@router.get("/tasks", response_model=list[TaskRead])
+async def list_tasks(
+    response: Response,
+    principal: CurrentPrincipal,
+    session: ReadSession,
+    status: Annotated[list[str] | None, Query(description="Filter by status (repeatable)")] = None,
+    type: Annotated[list[str] | None, Query(description="Filter by type (repeatable)")] = None,
+    include_internal: bool = False,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[TaskRead]:
+    """Your tasks (all, for an operator), newest first. Internal `llm`/`fl_train` rows are
+    hidden unless `include_internal=true` or asked for by `type`."""
+    rows, total = await service.list_tasks(
+        session,
+        principal,
+        statuses=status,
+        types=type,
+        include_internal=include_internal,
+        limit=limit,
+        offset=offset,
+    )
+    response.headers["X-Total-Count"] = str(total)
+    return [task_read(t) for t in rows]
+
+
+@router.get("/tasks/{task_id}", response_model=TaskRead)
+async def get_task(
+    task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+) -> TaskRead:
+    return task_read(await service.get_task(session, principal, task_id))
+
+
+@router.put("/tasks/{task_id}", response_model=TaskRead)
+async def update_task(
+    task_id: uuid.UUID,
+    body: TaskUpdate,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    c: ContainerDep,
+) -> TaskRead:
+    """Merge fields into a pending task (409 task_not_pending otherwise)."""
+    return task_read(await service.update_task(session, c.tasks, principal, task_id, body))
+
+
+@router.delete("/tasks/{task_id}", response_model=TaskRead)
+async def cancel_task(
+    task_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+) -> TaskRead:
+    """Cancel: pending/assigned → cancelled; running → cancel_requested until the runner
+    acknowledges or its lease expires."""
+    return task_read(await service.cancel_task(session, c.tasks, principal, task_id))
+
+
+@router.get("/tasks/{task_id}/status", response_model=TaskStatusRead)
+async def task_status(
+    task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+) -> TaskStatusRead:
+    return status_read(await service.get_task(session, principal, task_id))
+
+
+@router.get("/tasks/{task_id}/result", response_model=ResultRead)
+async def task_result(
+    task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+) -> ResultRead:
+    """The one accepted result (404 result_not_found before completion)."""
+    return result_read(await service.get_result(session, principal, task_id))
+
+
+@router.get("/tasks/{task_id}/attempts", response_model=list[AttemptRead])
+async def task_attempts(
+    task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+) -> list[AttemptRead]:
+    """Every claim of the task: runner, times, exit code, error, why a lease expired."""
+    return [attempt_read(a) for a in await service.get_attempts(session, principal, task_id)]
+
+
+@router.get("/tasks/{task_id}/reward", response_model=RewardRead)
+async def task_reward(
+    task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+) -> RewardRead:
+    """The reward of a task. This server has no pricing or ledger configured yet, so the
+    amount is null and ``status`` says so rather than inventing a number."""
+    task = await service.get_task(session, principal, task_id)
+    return RewardRead(
+        task_id=task.id,
+        reward=None,
+        paid=False,
+        status="not_priced",
+        message="pricing and settlement are not enabled on this server",
+    )
+
+
+def _pos(line: Any) -> int:
+    return int(line.attempt) * 10**8 + int(line.seq)
+
+
+@router.get("/tasks/{task_id}/logs", response_model=LogsRead)
+async def task_logs(
+    task_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    c: ContainerDep,
+    attempt: Annotated[int | None, Query(ge=1)] = None,
+    after: Annotated[int | None, Query(ge=0, description="next_after of a previous read")] = None,
+    follow: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> Any:
+    """Log chunks in order. ``follow=true`` streams them as Server-Sent Events until the task
+    ends (one `log` event per chunk, then an `end` event)."""
+    async with c.db.read_session() as s:
+        task, rows = await service.get_logs(
+            s, principal, task_id, attempt=attempt, after=after, limit=limit
+        )
+    if not follow:
+        items = [
+            LogLine(attempt=r.attempt, seq=r.seq, lines=r.lines, created_at=r.created_at)
+            for r in rows
+        ]
+        return LogsRead(
+            task_id=task.id,
+            items=items,
+            next_after=_pos(rows[-1]) if rows else after,
+            truncated=any(r.truncated for r in rows),
+        )
+
+    async def stream() -> AsyncIterator[bytes]:
+        cursor = after
+        batch = rows
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FOLLOW_MAX_SECONDS
+        while True:
+            for r in batch:
+                cursor = _pos(r)
+                data = {"attempt": r.attempt, "seq": r.seq, "lines": r.lines}
+                yield f"id: {cursor}\nevent: log\ndata: {json.dumps(data)}\n\n".encode()
+            async with c.db.read_session() as s:
+                current, batch = await service.get_logs(
+                    s, principal, task_id, attempt=attempt, after=cursor, limit=limit
+                )
+            if not batch and (current.status in TERMINAL or c.draining or loop.time() > deadline):
+                end = {"status": current.status}
+                yield f"event: end\ndata: {json.dumps(end)}\n\n".encode()
+                return
+            if not batch:
+                await asyncio.sleep(1.0)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")

@@ -1,0 +1,225 @@
+"""The runner side of the queue (runner token): available, claim (long-poll), lease, start,
+complete, fail, release, logs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
+
+from parity.api.deps import ContainerDep, CurrentPrincipal, WriteSession
+from parity.errors import InvalidInput
+from parity.runners.service import require_runner
+from parity.tasks import lifecycle
+from parity.tasks.lifecycle import Claim
+from parity.tasks.schemas import (
+    ClaimBody,
+    ClaimRead,
+    CompleteBody,
+    FailBody,
+    LeaseRead,
+    LogAppended,
+    LogBody,
+    TaskRead,
+)
+from parity.tasks.views import task_read
+
+router = APIRouter(tags=["runner tasks"])
+
+MAX_WAIT_SECONDS = 30.0
+
+
+class ClaimBatchRead(BaseModel):
+    claims: list[ClaimRead]
+
+
+def _claims(claim: Claim) -> list[ClaimRead]:
+    return [
+        ClaimRead(
+            task=task_read(t),
+            claim_token=claim.token,
+            attempt=t.attempts,
+            lease_seconds=claim.lease_seconds,
+            lease_expires_at=claim.lease_expires_at,
+        )
+        for t in claim.tasks
+    ]
+
+
+def _no_content(retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return Response(status_code=204, headers=headers)
+
+
+@router.get("/runners/tasks/available", response_model=list[TaskRead])
+async def available(
+    principal: CurrentPrincipal,
+    c: ContainerDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Any:
+    """Pending tasks this runner could claim now (targeted at it or at nobody, fitting it)."""
+    runner_id = require_runner(principal)
+    async with c.db.read_session() as s:
+        rows = await lifecycle.available_for(s, c.tasks, runner_id, limit)
+        return [task_read(t) for t in rows]
+
+
+@router.post(
+    "/runners/tasks/claim",
+    response_model=ClaimRead | ClaimBatchRead,
+    responses={204: {"description": "Nothing to claim within `wait` seconds"}},
+)
+async def claim_next(
+    principal: CurrentPrincipal,
+    c: ContainerDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
+    max_tasks: Annotated[int, Query(ge=1, le=100)] = 1,
+    start: bool = False,
+) -> Any:
+    """Claim the next task(s). Long-polls up to ``wait`` seconds (30 max) without holding a
+    database connection. ``max_tasks`` > 1 answers ``{"claims": [...]}``; ``start=true``
+    claims and starts in one call. 204 when nothing came; 204 with Retry-After while the
+    server is shutting down."""
+    runner_id = require_runner(principal)
+    deadline = time.monotonic() + wait
+    while True:
+        if c.draining:
+            return _no_content(retry_after=5)
+        async with c.db.transaction() as s:
+            claim = await lifecycle.claim(s, c.tasks, runner_id, max_tasks=max_tasks, start=start)
+        if claim is not None:
+            claims = _claims(claim)
+            return ClaimBatchRead(claims=claims) if max_tasks > 1 else claims[0]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _no_content()
+        await c.wakeups.wait(runner_id, min(remaining, c.settings.long_poll_recheck_seconds))
+
+
+@router.post("/runners/tasks/{task_id}/claim", response_model=ClaimRead)
+async def claim_one(
+    task_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    c: ContainerDep,
+    start: bool = False,
+) -> ClaimRead:
+    """Claim a specific task: 404 unknown, 409 task_not_claimable (details say why),
+    403 runner_not_eligible when it does not fit this runner."""
+    runner_id = require_runner(principal)
+    claim = await lifecycle.claim(session, c.tasks, runner_id, start=start, task_id=task_id)
+    assert claim is not None
+    return _claims(claim)[0]
+
+
+@router.post("/runners/tasks/{task_id}/lease", response_model=LeaseRead)
+async def renew_lease(
+    task_id: uuid.UUID,
+    body: ClaimBody,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    c: ContainerDep,
+) -> LeaseRead:
+    runner_id = require_runner(principal)
+    task = await lifecycle.renew(session, c.tasks, runner_id, task_id, body.claim_token)
+    assert task.lease_expires_at is not None
+    return LeaseRead(
+        lease_seconds=c.tasks.lease_seconds,
+        lease_expires_at=task.lease_expires_at,
+        cancel_requested=task.status == "cancel_requested",
+    )
+
+
+@router.post("/runners/tasks/{task_id}/start", response_model=TaskRead)
+async def start_task(
+    task_id: uuid.UUID,
+    body: ClaimBody,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    c: ContainerDep,
+) -> TaskRead:
+    runner_id = require_runner(principal)
+    return task_read(await lifecycle.start(session, c.tasks, runner_id, task_id, body.claim_token))
+
+
+@router.post("/runners/tasks/{task_id}/complete", response_model=TaskRead)
+async def complete_task(
+    task_id: uuid.UUID,
+    body: CompleteBody,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    c: ContainerDep,
+) -> TaskRead:
+    """Report a successful run. A failed run must use ``fail``; ``exit_code`` ≠ 0 here is
+    refused so a failure is never recorded as a completion."""
+    runner_id = require_runner(principal)
+    if body.exit_code not in (None, 0):
+        raise InvalidInput("exit_code", "a non-zero exit code is a failure: use /fail")
+    task = await lifecycle.complete(
+        session,
+        c.tasks,
+        runner_id,
+        task_id,
+        body.claim_token,
+        output=body.output,
+        output_cid=body.output_cid,
+        exit_code=body.exit_code,
+        error=body.error,
+        result_hash=body.result_hash,
+        usage=body.usage,
+    )
+    return task_read(task)
+
+
+@router.post("/runners/tasks/{task_id}/fail", response_model=TaskRead)
+async def fail_task(
+    task_id: uuid.UUID,
+    body: FailBody,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    c: ContainerDep,
+) -> TaskRead:
+    runner_id = require_runner(principal)
+    task = await lifecycle.fail(
+        session,
+        c.tasks,
+        runner_id,
+        task_id,
+        body.claim_token,
+        error=body.error,
+        exit_code=body.exit_code,
+    )
+    return task_read(task)
+
+
+@router.post("/runners/tasks/{task_id}/release", response_model=TaskRead)
+async def release_task(
+    task_id: uuid.UUID,
+    body: ClaimBody,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    c: ContainerDep,
+) -> TaskRead:
+    """Give the task back untouched (e.g. on shutdown); it does not count as a failure."""
+    runner_id = require_runner(principal)
+    task = await lifecycle.release(session, c.tasks, runner_id, task_id, body.claim_token)
+    return task_read(task)
+
+
+@router.post("/runners/tasks/{task_id}/logs", response_model=LogAppended)
+async def append_logs(
+    task_id: uuid.UUID,
+    body: LogBody,
+    principal: CurrentPrincipal,
+    session: WriteSession,
+    c: ContainerDep,
+) -> LogAppended:
+    """Append log lines (idempotent on task, attempt, seq; ~1 MiB per task, then a marker)."""
+    runner_id = require_runner(principal)
+    accepted, truncated, stored = await lifecycle.append_logs(
+        session, c.tasks, runner_id, task_id, body.claim_token, body.seq, body.lines
+    )
+    return LogAppended(accepted=accepted, truncated=truncated, stored_bytes=stored)

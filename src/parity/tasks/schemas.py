@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ResourcesIn(BaseModel):
+    """Requirements; the keys equal the runner capability keys."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpu_cores: float = Field(0, ge=0, le=1024)
+    memory_mb: int = Field(0, ge=0, le=16 * 1024 * 1024)
+    gpus: int = Field(0, ge=0, le=64)
+    docker: bool = False
+
+
+class TaskCreate(BaseModel):
+    # Legacy fields of the original API (reward, creator_id, creator_address) are ignored.
+    model_config = ConfigDict(extra="ignore")
+    title: str = Field(min_length=1, max_length=255)
+    description: str = Field("", max_length=10000)
+    type: Literal["command", "docker"] = "command"
+    config: dict[str, Any] | None = None
+    environment: dict[str, Any] | None = Field(None, description="Legacy {type, config}")
+    image: str | None = Field(None, max_length=512, description="Legacy: docker image name")
+    resources: ResourcesIn | None = None
+    labels: dict[str, str] = Field(default_factory=dict, description="Required runner labels")
+    max_attempts: int = Field(3, ge=1, le=20)
+    priority: int = Field(0, ge=-1000, le=1000)
+    not_before: datetime | None = None
+    timeout_seconds: int | None = Field(None, ge=1, le=86400)
+
+
+class TaskUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str | None = Field(None, min_length=1, max_length=255)
+    description: str | None = Field(None, max_length=10000)
+    config: dict[str, Any] | None = None
+    resources: ResourcesIn | None = None
+    labels: dict[str, str] | None = None
+    max_attempts: int | None = Field(None, ge=1, le=20)
+    priority: int | None = Field(None, ge=-1000, le=1000)
+    not_before: datetime | None = None
+    timeout_seconds: int | None = Field(None, ge=1, le=86400)
+
+
+class TaskRead(BaseModel):
+    """The original API's task shape plus the fields it lacked."""
+
+    id: uuid.UUID
+    title: str
+    description: str
+    type: str
+    status: str
+    config: dict[str, Any]
+    environment: dict[str, Any] | None
+    creator_address: str
+    creator_device_id: str | None = None
+    runner_id: uuid.UUID | None
+    nonce: str
+    image_hash: str | None = None
+    command_hash: str | None = None
+    resources: ResourcesIn
+    labels: dict[str, Any]
+    priority: int
+    timeout_seconds: int | None
+    attempts: int
+    max_attempts: int
+    available_at: datetime
+    target_runner_id: uuid.UUID | None
+    last_error: str | None
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class TaskStatusRead(BaseModel):
+    id: uuid.UUID
+    status: str
+    attempts: int
+    max_attempts: int
+    runner_id: uuid.UUID | None
+    last_error: str | None
+    updated_at: datetime
+
+
+class ClaimRead(BaseModel):
+    task: TaskRead
+    claim_token: str
+    attempt: int
+    lease_seconds: float
+    lease_expires_at: datetime
+
+
+class ClaimBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    claim_token: str = Field(min_length=10, max_length=200)
+
+
+class CompleteBody(ClaimBody):
+    output: str | None = Field(None, max_length=32 * 1024 * 1024)
+    output_cid: str | None = Field(None, max_length=120)
+    exit_code: int | None = None
+    error: str | None = Field(None, max_length=65536)
+    result_hash: str | None = Field(None, max_length=128)
+    usage: dict[str, Any] = Field(default_factory=dict)
+
+
+class FailBody(ClaimBody):
+    error: str = Field(min_length=1, max_length=65536)
+    exit_code: int | None = None
+
+
+class LogBody(ClaimBody):
+    seq: int = Field(ge=0, le=10_000_000)
+    lines: list[str] = Field(max_length=10000)
+
+
+class LogAppended(BaseModel):
+    accepted: bool
+    truncated: bool
+    stored_bytes: int
+
+
+class LeaseRead(BaseModel):
+    lease_seconds: float
+    lease_expires_at: datetime
+    cancel_requested: bool
+
+
+class LogLine(BaseModel):
+    attempt: int
+    seq: int
+    lines: list[str]
+    created_at: datetime
+
+
+class LogsRead(BaseModel):
+    task_id: uuid.UUID
+    items: list[LogLine]
+    next_after: int | None
+    truncated: bool
+
+
+class AttemptRead(BaseModel):
+    attempt: int
+    runner_id: uuid.UUID
+    claimed_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    outcome: str | None
+    exit_code: int | None
+    error: str | None
+
+
+class ResultRead(BaseModel):
+    id: uuid.UUID
+    task_id: uuid.UUID
+    attempt: int
+    runner_id: uuid.UUID
+    output: str | None
+    output_cid: str | None
+    exit_code: int | None
+    error: str | None
+    result_hash: str | None
+    usage: dict[str, Any]
+    execution_time_seconds: float | None
+    created_at: datetime
+
+
+class RewardRead(BaseModel):
+    task_id: uuid.UUID
+    reward: str | None = Field(description="Amount in token base units (decimal string)")
+    paid: bool
+    status: str
+    message: str

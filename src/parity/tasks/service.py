@@ -1,0 +1,322 @@
+"""The client side of compute tasks: create, read, update, cancel. Placement writes an offer
+(``target_runner_id``) for a push-capable runner and queues the signed push."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.api.pagination import Cursor
+from parity.auth.schemas import Principal
+from parity.core.tasks.config import ConfigInvalid, normalize_task_config
+from parity.core.tasks.placement import Resources, RunnerLoad, choose_runner
+from parity.core.tasks.states import TaskStatus, TaskType
+from parity.db.hooks import after_commit
+from parity.errors import InvalidInput
+from parity.runners import repository as runners_repo
+from parity.tasks import lifecycle
+from parity.tasks import repository as repo
+from parity.tasks.deps import TaskDeps
+from parity.tasks.errors import TaskNotCancellable, TaskNotEditable, TaskNotFound, TooManyPending
+from parity.tasks.models import RunnerPush, Task, TaskAttempt, TaskLog, TaskResult
+from parity.tasks.schemas import ResourcesIn, TaskCreate, TaskUpdate
+
+CLIENT_TYPES = [TaskType.COMMAND.value, TaskType.DOCKER.value]
+
+
+def _config(task_type: str, config: dict[str, Any] | None, image: str | None) -> dict[str, Any]:
+    try:
+        return normalize_task_config(task_type, config, image=image)
+    except ConfigInvalid as exc:
+        raise InvalidInput(exc.field, exc.reason) from None
+
+
+def _legacy_config(body: TaskCreate) -> tuple[str, dict[str, Any] | None]:
+    """The original API: a top-level ``image`` makes a docker task; ``environment.config``
+    may carry the docker config."""
+    task_type = body.type
+    config = body.config
+    if body.image:
+        task_type = TaskType.DOCKER.value
+    if config is None and body.environment and isinstance(body.environment.get("config"), dict):
+        config = body.environment["config"]
+    return task_type, config
+
+
+async def create_task(
+    session: AsyncSession, deps: TaskDeps, principal: Principal, body: TaskCreate
+) -> Task:
+    task_type, raw_config = _legacy_config(body)
+    config = _config(task_type, raw_config, body.image)
+    now = deps.clock.now()
+    if await repo.count_pending(session, principal.address) >= deps.max_pending_per_client:
+        raise TooManyPending(
+            f"you have {deps.max_pending_per_client} pending tasks; wait for some to run"
+        )
+    res = body.resources or ResourcesIn()
+    not_before = body.not_before
+    if not_before is not None and not_before.tzinfo is None:
+        raise InvalidInput("not_before", "must carry a timezone (UTC ISO-8601)")
+    timeout = body.timeout_seconds or config.get("timeout_seconds")
+    task = Task(
+        id=uuid.uuid4(),
+        title=body.title,
+        description=body.description,
+        type=task_type,
+        status=TaskStatus.PENDING.value,
+        config=config,
+        environment=body.environment,
+        req_cpu_cores=res.cpu_cores,
+        req_memory_mb=res.memory_mb,
+        req_gpus=res.gpus,
+        req_docker=res.docker or task_type == TaskType.DOCKER,
+        required_labels=dict(body.labels),
+        priority=body.priority,
+        timeout_seconds=timeout,
+        creator_address=principal.address,
+        nonce=deps.random_bytes(32).hex(),
+        max_attempts=body.max_attempts,
+        attempts=0,
+        available_at=max(not_before, now) if not_before else now,
+        target_runner_id=None,
+        offer_expires_at=None,
+        runner_id=None,
+        claim_token_hash=None,
+        lease_expires_at=None,
+        started_at=None,
+        completed_at=None,
+        cancel_requested_at=None,
+        last_error=None,
+        log_bytes=0,
+        created_at=now,
+        updated_at=now,
+    )
+    await repo.add(session, task)
+    await offer(session, deps, task)
+    return task
+
+
+async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID | None:
+    """Place a due task: target the least-loaded push-capable runner that fits and queue its
+    ``task.offered`` push; pull-only runners are woken instead. Either way first claim wins."""
+    now = deps.clock.now()
+    if task.available_at > now:
+        return None
+    runners = [
+        r for r in await runners_repo.online_runners(session) if r.webhook_url and r.webhook_secret
+    ]
+    target: uuid.UUID | None = None
+    if runners:
+        counts = await repo.active_counts(session, [r.id for r in runners])
+        loads = [
+            RunnerLoad(
+                runner_id=str(r.id),
+                capacity=Resources(r.cpu_cores, r.memory_mb, r.gpus, r.docker),
+                in_use=Resources(),
+                active_claims=counts.get(r.id, 0),
+                max_concurrent_tasks=r.max_concurrent_tasks,
+                cpu_usage=r.cpu_usage,
+                labels={k: str(v) for k, v in (r.labels or {}).items()},
+            )
+            for r in runners
+        ]
+        need = Resources(task.req_cpu_cores, task.req_memory_mb, task.req_gpus, task.req_docker)
+        excluded = {str(x) for x in await repo.exclusions(session, task.id)}
+        labels = {k: str(v) for k, v in (task.required_labels or {}).items()}
+        chosen = choose_runner(need, labels, loads, excluded)
+        target = uuid.UUID(chosen) if chosen else None
+    wakeups = deps.wakeups
+    if target is not None:
+        task.target_runner_id = target
+        task.offer_expires_at = now + timedelta(seconds=deps.offer_seconds)
+        session.add(
+            RunnerPush(
+                id=uuid.uuid4(),
+                runner_id=target,
+                task_id=task.id,
+                payload={"type": "task.offered", "task_id": str(task.id), "title": task.title},
+                attempts=0,
+                next_attempt_at=now,
+                delivered_at=None,
+                abandoned_at=None,
+                last_error=None,
+                created_at=now,
+            )
+        )
+        await session.flush()
+        runner_id = target
+
+        def wake_target() -> None:
+            wakeups.wake_runner(runner_id)
+            wakeups.poke_pushes()
+
+        after_commit(session, wake_target)
+    else:
+
+        def wake_one() -> None:
+            wakeups.wake_any(1)
+
+        after_commit(session, wake_one)
+    return target
+
+
+async def get_task(session: AsyncSession, principal: Principal, task_id: uuid.UUID) -> Task:
+    task = await repo.get(session, task_id)
+    # Someone else's task answers like a missing one.
+    if task is None or (task.creator_address != principal.address and not principal.is_admin):
+        if (
+            task is not None
+            and principal.runner_id is not None
+            and task.runner_id == principal.runner_id
+        ):
+            return task
+        raise TaskNotFound(f"task {task_id} not found")
+    return task
+
+
+async def list_tasks(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    statuses: list[str] | None,
+    types: list[str] | None,
+    include_internal: bool,
+    limit: int,
+    offset: int | None = None,
+    after: Cursor | None = None,
+) -> tuple[list[Task], int]:
+    for s in statuses or []:
+        if s not in {st.value for st in TaskStatus}:
+            raise InvalidInput("status", f"unknown status {s!r}")
+    if types:
+        for t in types:
+            if t not in {tt.value for tt in TaskType}:
+                raise InvalidInput("type", f"unknown type {t!r}")
+    elif not include_internal:
+        types = CLIENT_TYPES
+    creator = None if principal.is_admin else principal.address
+    return await repo.list_tasks(
+        session,
+        creator=creator,
+        statuses=statuses,
+        types=types,
+        limit=limit,
+        offset=offset,
+        after=after,
+    )
+
+
+async def update_task(
+    session: AsyncSession,
+    deps: TaskDeps,
+    principal: Principal,
+    task_id: uuid.UUID,
+    body: TaskUpdate,
+) -> Task:
+    """Merge the given fields into a pending task."""
+    task = await get_task(session, principal, task_id)
+    task = await repo.get(session, task.id, lock=True) or task
+    if task.status != TaskStatus.PENDING:
+        raise TaskNotEditable(
+            f"only pending tasks can be edited; task is {task.status}",
+            details={"status": task.status},
+        )
+    now = deps.clock.now()
+    fields = body.model_dump(exclude_unset=True)
+    if "title" in fields and body.title is not None:
+        task.title = body.title
+    if "description" in fields and body.description is not None:
+        task.description = body.description
+    if body.config is not None:
+        merged = {**task.config, **body.config}
+        merged.pop("command_string", None) if "command" in body.config else None
+        task.config = _config(task.type, merged, None)
+    if body.resources is not None:
+        task.req_cpu_cores = body.resources.cpu_cores
+        task.req_memory_mb = body.resources.memory_mb
+        task.req_gpus = body.resources.gpus
+        task.req_docker = body.resources.docker or task.type == TaskType.DOCKER
+    if body.labels is not None:
+        task.required_labels = dict(body.labels)
+    if body.max_attempts is not None:
+        task.max_attempts = body.max_attempts
+    if body.priority is not None:
+        task.priority = body.priority
+    if "not_before" in fields:
+        nb = body.not_before
+        if nb is not None and nb.tzinfo is None:
+            raise InvalidInput("not_before", "must carry a timezone (UTC ISO-8601)")
+        task.available_at = max(nb, now) if nb else now
+    if body.timeout_seconds is not None:
+        task.timeout_seconds = body.timeout_seconds
+    task.updated_at = now
+    await session.flush()
+    return task
+
+
+async def cancel_task(
+    session: AsyncSession, deps: TaskDeps, principal: Principal, task_id: uuid.UUID
+) -> Task:
+    """pending/assigned → cancelled; running → cancel_requested (delivered through the lease
+    and heartbeat answers); repeating a cancel answers with the current task."""
+    task = await get_task(session, principal, task_id)
+    task = await repo.get(session, task.id, lock=True) or task
+    now = deps.clock.now()
+    if task.status in (TaskStatus.CANCELLED, TaskStatus.CANCEL_REQUESTED):
+        return task
+    if task.status in (TaskStatus.PENDING, TaskStatus.ASSIGNED):
+        attempt = await repo.current_attempt(session, task) if task.status == "assigned" else None
+        if attempt is not None and attempt.ended_at is None:
+            attempt.ended_at = now
+            attempt.outcome = "cancelled"
+        task.status = TaskStatus.CANCELLED.value
+        task.completed_at = now
+        task.claim_token_hash = None
+        task.lease_expires_at = None
+    elif task.status == TaskStatus.RUNNING:
+        task.status = TaskStatus.CANCEL_REQUESTED.value
+        task.cancel_requested_at = now
+    else:
+        raise TaskNotCancellable(f"task is {task.status}", details={"status": task.status})
+    task.updated_at = now
+    await session.flush()
+    return task
+
+
+async def get_result(session: AsyncSession, principal: Principal, task_id: uuid.UUID) -> TaskResult:
+    task = await get_task(session, principal, task_id)
+    result = await repo.get_result(session, task.id)
+    if result is None:
+        raise TaskNotFound(
+            f"task {task_id} has no result yet",
+            code="result_not_found",
+            details={"status": task.status},
+        )
+    return result
+
+
+async def get_attempts(
+    session: AsyncSession, principal: Principal, task_id: uuid.UUID
+) -> list[TaskAttempt]:
+    task = await get_task(session, principal, task_id)
+    return await repo.list_attempts(session, task.id)
+
+
+async def get_logs(
+    session: AsyncSession,
+    principal: Principal,
+    task_id: uuid.UUID,
+    *,
+    attempt: int | None,
+    after: int | None,
+    limit: int,
+) -> tuple[Task, list[TaskLog]]:
+    task = await get_task(session, principal, task_id)
+    return task, await repo.read_logs(session, task.id, attempt, after, limit)
+
+
+def is_internal(task: Task) -> bool:
+    return lifecycle.is_internal(task.type)
