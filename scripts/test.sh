@@ -14,6 +14,12 @@ echo "== installing parity-server and test dependencies"
 .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v -e "is ignored" -e "^$" || true
 .venv/bin/python -c "import parity, pytest, fastapi" || { echo "install failed" >&2; exit 1; }
 
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== installing bubblewrap (the runner's command sandbox)"
+  (apt-get install -y -qq bubblewrap || (apt-get update -qq && apt-get install -y -qq bubblewrap)) >/dev/null 2>&1 \
+    || echo "bubblewrap unavailable: the runner falls back to a dedicated uid"
+fi
+
 echo "== lint"
 make --no-print-directory lint
 

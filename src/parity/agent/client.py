@@ -1,0 +1,108 @@
+"""The runner's HTTP client for the server's runner API. Tokens stay in memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from eth_account.messages import encode_defunct
+
+
+class ServerError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.details = details
+
+
+def _raise(r: httpx.Response) -> None:
+    if r.status_code < 400:
+        return
+    try:
+        err = r.json().get("error", {})
+    except ValueError:
+        err = {}
+    raise ServerError(
+        r.status_code,
+        str(err.get("code", "http_error")),
+        str(err.get("message", r.text[:200])),
+        dict(err.get("details") or {}),
+    )
+
+
+class ServerClient:
+    def __init__(self, base_url: str, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(15.0, read=45.0),
+            transport=transport,
+            headers={"User-Agent": "parity-runner"},
+        )
+        self.session_token: str | None = None
+        self.runner_token: str | None = None
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def _auth(self, runner: bool = True) -> dict[str, str]:
+        token = self.runner_token if runner else self.session_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def sign_in(self, account: Any) -> str:
+        r = await self.http.post("/api/v1/auth/nonce", json={"address": account.address})
+        _raise(r)
+        body = r.json()
+        sig = account.sign_message(encode_defunct(text=body["message"])).signature.hex()
+        r = await self.http.post(
+            "/api/v1/auth/token",
+            json={"address": account.address, "signature": sig, "nonce": body["nonce"]},
+        )
+        _raise(r)
+        self.session_token = str(r.json()["token"])
+        return self.session_token
+
+    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.http.post("/api/v1/runners", json=body, headers=self._auth(runner=False))
+        _raise(r)
+        data: dict[str, Any] = r.json()
+        self.runner_token = str(data["runner_token"])
+        return data
+
+    async def heartbeat(self, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.http.post("/api/v1/runners/heartbeat", json=body, headers=self._auth())
+        _raise(r)
+        return dict(r.json())
+
+    async def claim_next(self, wait: float, max_tasks: int = 1) -> list[dict[str, Any]]:
+        r = await self.http.post(
+            "/api/v1/runners/tasks/claim",
+            params={"wait": wait, "max_tasks": max_tasks},
+            headers=self._auth(),
+            timeout=httpx.Timeout(15.0, read=wait + 20.0),
+        )
+        if r.status_code == 204:
+            return []
+        _raise(r)
+        data = r.json()
+        return list(data["claims"]) if "claims" in data else [data]
+
+    async def claim(self, task_id: str) -> dict[str, Any]:
+        r = await self.http.post(f"/api/v1/runners/tasks/{task_id}/claim", headers=self._auth())
+        _raise(r)
+        return dict(r.json())
+
+    async def transition(self, task_id: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.http.post(
+            f"/api/v1/runners/tasks/{task_id}/{action}", json=body, headers=self._auth()
+        )
+        _raise(r)
+        return dict(r.json())
+
+    async def logs(self, task_id: str, token: str, seq: int, lines: list[str]) -> None:
+        await self.transition(task_id, "logs", {"claim_token": token, "seq": seq, "lines": lines})
+
+    async def my_runners(self) -> list[dict[str, Any]]:
+        r = await self.http.get("/api/v1/runners", headers=self._auth(runner=False))
+        _raise(r)
+        return list(r.json()["items"])

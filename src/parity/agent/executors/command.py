@@ -1,0 +1,248 @@
+"""The `command` executor, sandboxed.
+
+Order of preference: bubblewrap (`bwrap`) — a fresh mount namespace with read-only system
+directories, an empty home and /tmp, no network unless the task asks for it, uid 65534; else,
+when running as root, a dedicated unprivileged uid (65534) via setuid; else refuse unless the
+runner was started with --allow-unsandboxed-commands. The child never inherits the runner's
+environment (tokens, PARITY_KEYSTORE_PASSWORD): it gets a minimal one plus the task's ``env``.
+Limits: wall-clock timeout, CPU time and address space (setrlimit), captured output capped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from parity.agent.executors import CancelToken, LogSink, Outcome
+
+UNPRIVILEGED_UID = 65534
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+class SandboxMode(StrEnum):
+    BWRAP = "bwrap"
+    UID = "uid"
+    NONE = "none"
+    REFUSE = "refuse"
+
+
+def detect_sandbox(allow_unsandboxed: bool, prefer: str | None = None) -> SandboxMode:
+    """bwrap when it works here, else a dedicated uid as root, else none/refuse."""
+    if prefer:
+        return SandboxMode(prefer)
+    if shutil.which("bwrap") and _bwrap_works():
+        return SandboxMode.BWRAP
+    if os.geteuid() == 0:
+        return SandboxMode.UID
+    return SandboxMode.NONE if allow_unsandboxed else SandboxMode.REFUSE
+
+
+def _bwrap_works() -> bool:
+    import subprocess
+
+    try:
+        res = subprocess.run(
+            [*_bwrap_prefix(tempfile.gettempdir(), network=False), "true"],
+            capture_output=True,
+            timeout=10,
+            env=BASE_ENV,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+def _bwrap_prefix(workdir: str, network: bool) -> list[str]:
+    args = [
+        "bwrap",
+        "--ro-bind", "/usr", "/usr",
+        "--symlink", "usr/bin", "/bin",
+        "--symlink", "usr/lib", "/lib",
+        "--symlink", "usr/sbin", "/sbin",
+        "--ro-bind", "/etc", "/etc",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",  # noqa: S108 - a fresh tmpfs inside the sandbox
+        "--bind", workdir, "/work",
+        "--chdir", "/work",
+        "--unshare-all",
+        "--unshare-user",
+        "--uid", str(UNPRIVILEGED_UID),
+        "--gid", str(UNPRIVILEGED_UID),
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ]  # fmt: skip
+    if os.path.exists("/usr/lib64"):
+        args[7:7] = ["--symlink", "usr/lib64", "/lib64"]
+    if network:
+        args.append("--share-net")
+    return args
+
+
+@dataclass
+class Limits:
+    timeout_seconds: float = 3600.0
+    memory_mb: int = 2048
+    output_bytes: int = 64 * 1024
+
+
+def _preexec(limits: Limits, as_uid: int | None) -> Callable[[], None]:
+    cpu = int(limits.timeout_seconds) + 5
+    mem = limits.memory_mb * 1024 * 1024
+
+    def apply() -> None:
+        os.setsid()
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if as_uid is not None:
+            os.setgroups([])
+            os.setgid(as_uid)
+            os.setuid(as_uid)
+
+    return apply
+
+
+class CommandRefused(Exception):
+    pass
+
+
+class CommandExecutor:
+    def __init__(self, mode: SandboxMode, default_limits: Limits | None = None) -> None:
+        self.mode = mode
+        self.limits = default_limits or Limits()
+
+    @property
+    def available(self) -> bool:
+        return self.mode != SandboxMode.REFUSE
+
+    async def run(self, task: dict[str, Any], logs: LogSink, cancel: CancelToken) -> Outcome:
+        if self.mode == SandboxMode.REFUSE:
+            return Outcome(
+                False,
+                None,
+                "",
+                "command tasks are refused: no sandbox (install bubblewrap, run as root for a "
+                "dedicated uid, or start with --allow-unsandboxed-commands)",
+            )
+        config = task.get("config") or {}
+        argv = [str(a) for a in config.get("command") or []]
+        if not argv:
+            return Outcome(False, None, "", "config.command is empty")
+        limits = Limits(
+            timeout_seconds=float(
+                config.get("timeout_seconds")
+                or task.get("timeout_seconds")
+                or self.limits.timeout_seconds
+            ),
+            memory_mb=int((task.get("resources") or {}).get("memory_mb") or self.limits.memory_mb),
+            output_bytes=self.limits.output_bytes,
+        )
+        env = {**BASE_ENV, **{str(k): str(v) for k, v in (config.get("env") or {}).items()}}
+        with tempfile.TemporaryDirectory(prefix="parity-task-") as workdir:
+            os.chmod(workdir, 0o777)  # noqa: S103 - the unprivileged uid writes here
+            env["HOME"] = "/work" if self.mode == SandboxMode.BWRAP else workdir
+            sandbox_tmp = "/tmp"  # noqa: S108 - the tmpfs inside the sandbox
+            env["TMPDIR"] = sandbox_tmp if self.mode == SandboxMode.BWRAP else workdir
+            if self.mode == SandboxMode.BWRAP:
+                full = [*_bwrap_prefix(workdir, bool(config.get("network")))]
+                for k, v in env.items():
+                    full += ["--setenv", k, v]
+                full += ["--", *argv]
+                as_uid = None
+            else:
+                full = argv
+                as_uid = UNPRIVILEGED_UID if self.mode == SandboxMode.UID else None
+            return await self._spawn(full, env, workdir, limits, as_uid, logs, cancel)
+
+    async def _spawn(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        limits: Limits,
+        as_uid: int | None,
+        logs: LogSink,
+        cancel: CancelToken,
+    ) -> Outcome:
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                preexec_fn=_preexec(limits, as_uid),
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            return Outcome(False, 127, "", f"cannot start {argv[0]!r}: {exc}")
+        captured = bytearray()
+        truncated = False
+        assert proc.stdout is not None
+
+        async def pump() -> None:
+            nonlocal truncated
+            assert proc.stdout is not None
+            pending: list[str] = []
+            last = time.monotonic()
+            async for raw in proc.stdout:
+                if len(captured) < limits.output_bytes:
+                    captured.extend(raw[: limits.output_bytes - len(captured)])
+                else:
+                    truncated = True
+                pending.append(raw.decode(errors="replace").rstrip("\n"))
+                if len(pending) >= 200 or time.monotonic() - last > 0.5:
+                    await logs(pending)
+                    pending, last = [], time.monotonic()
+            if pending:
+                await logs(pending)
+
+        pump_task = asyncio.create_task(pump())
+        wait_task = asyncio.create_task(proc.wait())
+        cancel_task = asyncio.create_task(cancel.wait())
+        done, _ = await asyncio.wait(
+            {wait_task, cancel_task}, timeout=limits.timeout_seconds, return_when="FIRST_COMPLETED"
+        )
+        reason = None
+        if wait_task not in done:
+            reason = (
+                "cancelled: " + cancel.reason
+                if cancel.cancelled
+                else (f"timed out after {limits.timeout_seconds:g} s")
+            )
+            _kill_group(proc.pid)
+            await proc.wait()
+        cancel_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancel_task
+        await pump_task
+        code = proc.returncode
+        output = captured.decode(errors="replace")
+        if truncated:
+            output += f"\n[output truncated at {limits.output_bytes} bytes]"
+        usage = {"wall_seconds": round(time.monotonic() - started, 3)}
+        if reason is not None:
+            return Outcome(False, code, output, reason, usage, cancelled=cancel.cancelled)
+        if code != 0:
+            why = f"exit code {code}"
+            if code is not None and code < 0:
+                why = f"killed by signal {-code}"
+            return Outcome(False, code, output, why, usage)
+        return Outcome(True, 0, output, None, usage)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

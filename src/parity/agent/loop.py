@@ -1,0 +1,258 @@
+"""The runner's main loop: register, heartbeat, pull and push intake, execute, report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from parity.agent import RUNNER_VERSION
+from parity.agent.capabilities import detect
+from parity.agent.client import ServerClient, ServerError
+from parity.agent.executors import CancelToken, Executor, Outcome
+from parity.agent.executors.docker import DockerEngine
+from parity.agent.push import PushReceiver
+from parity.logging import get_logger
+
+log = get_logger("parity.runner")
+
+
+@dataclass
+class RunnerOptions:
+    device_id: str
+    max_concurrent_tasks: int = 1
+    pull: bool = True
+    push: bool = True
+    push_host: str = "127.0.0.1"
+    push_port: int = 0
+    push_public_url: str | None = None
+    heartbeat_interval: float = 10.0
+    claim_wait: float = 25.0
+    grace_seconds: float = 30.0
+    labels: dict[str, str] = field(default_factory=dict)
+    ollama_url: str | None = None
+
+
+@dataclass
+class Active:
+    task_id: str
+    token: str
+    cancel: CancelToken
+    job: asyncio.Task[None] | None = None
+    revoked: bool = False
+
+
+class Runner:
+    def __init__(
+        self,
+        options: RunnerOptions,
+        account: Any,
+        client: ServerClient,
+        executors: dict[str, Executor],
+        docker: DockerEngine | None = None,
+    ) -> None:
+        self.o = options
+        self.account = account
+        self.client = client
+        self.executors = executors
+        self.docker = docker
+        self.active: dict[str, Active] = {}
+        self.stopping = asyncio.Event()
+        self.slot_freed = asyncio.Event()
+        self.push: PushReceiver | None = None
+        self.completed = 0
+        self.failed = 0
+        self.runner_id: str | None = None
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.slot_freed.set()
+
+    @property
+    def free_slots(self) -> int:
+        return self.o.max_concurrent_tasks - len(self.active)
+
+    async def run(self) -> None:
+        await self.client.sign_in(self.account)
+        found = await detect(self.docker, self.o.ollama_url)
+        body: dict[str, Any] = {
+            "device_id": self.o.device_id,
+            "capabilities": found["capabilities"],
+            "models": found["models"],
+            "max_concurrent_tasks": self.o.max_concurrent_tasks,
+            "labels": self.o.labels,
+            "runner_version": RUNNER_VERSION,
+        }
+        if "docker" not in self.executors:
+            body["capabilities"]["docker"] = False
+        background: list[asyncio.Task[Any]] = []
+        if self.o.push:
+            self.push = PushReceiver(self.o.push_host, self.o.push_port, self._on_offer)
+            background.append(asyncio.create_task(self.push.serve(), name="push-receiver"))
+            body["webhook"] = self.push.url(self.o.push_public_url)
+        reg = await self.client.register(body)
+        self.runner_id = str(reg["runner"]["id"])
+        if self.push is not None:
+            self.push.secret = reg.get("webhook_secret")
+        for claim in reg.get("claims", []):
+            # A restarted runner does not know how far the old run got: give the work back.
+            with contextlib.suppress(ServerError):
+                await self.client.transition(
+                    claim["task"]["id"], "release", {"claim_token": claim["claim_token"]}
+                )
+        log.info("runner_registered", runner_id=self.runner_id, device_id=self.o.device_id)
+        background.append(asyncio.create_task(self._heartbeats(), name="heartbeat"))
+        if self.o.pull:
+            background.append(asyncio.create_task(self._pull(), name="pull"))
+        await self.stopping.wait()
+        await self._shutdown(background)
+
+    async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        log.info("runner_stopping", active=len(self.active))
+        for t in background:
+            if t.get_name() == "pull":
+                t.cancel()
+        jobs = [a.job for a in self.active.values() if a.job is not None]
+        if jobs:
+            await asyncio.wait(jobs, timeout=self.o.grace_seconds)
+        for a in list(self.active.values()):
+            a.revoked = True
+            a.cancel.cancel("runner shutting down")
+            with contextlib.suppress(ServerError, Exception):
+                await self.client.transition(a.task_id, "release", {"claim_token": a.token})
+        with contextlib.suppress(Exception):
+            await self.client.heartbeat({"status": "offline", "claims": []})
+        if self.push is not None:
+            self.push.stop()
+        for t in background:
+            t.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        log.info("runner_stopped", completed=self.completed, failed=self.failed)
+
+    async def _heartbeats(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=self.o.heartbeat_interval)
+            try:
+                await self.heartbeat_once()
+            except Exception as exc:  # keep beating; the lease covers short outages
+                log.warning("heartbeat_failed", error=str(exc)[:200])
+
+    async def heartbeat_once(self) -> dict[str, Any]:
+        answer = await self.client.heartbeat(
+            {
+                "status": "draining" if self.stopping.is_set() else "online",
+                "cpu_usage": psutil.cpu_percent(interval=None) / 100.0,
+                "memory_usage": psutil.virtual_memory().percent / 100.0,
+                "claims": sorted({a.token for a in self.active.values()}),
+            }
+        )
+        revoked = set(answer.get("revoked", []))
+        cancel = {str(x) for x in answer.get("cancel", [])}
+        for a in list(self.active.values()):
+            if a.token in revoked:
+                a.revoked = True
+                a.cancel.cancel("claim revoked by the server")
+            elif a.task_id in cancel:
+                a.cancel.cancel("cancelled by the client")
+        return answer
+
+    async def _pull(self) -> None:
+        while not self.stopping.is_set():
+            if self.free_slots <= 0:
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+                continue
+            try:
+                claims = await self.client.claim_next(self.o.claim_wait, self.free_slots)
+            except ServerError as exc:
+                log.warning("claim_failed", error=str(exc))
+                await asyncio.sleep(2)
+                continue
+            except Exception as exc:
+                log.warning("claim_unreachable", error=str(exc)[:200])
+                await asyncio.sleep(2)
+                continue
+            for claim in claims:
+                self._start(claim)
+
+    async def _on_offer(self, task_id: str) -> None:
+        if self.stopping.is_set() or self.free_slots <= 0 or task_id in self.active:
+            return
+        try:
+            claim = await self.client.claim(task_id)
+        except ServerError:
+            return  # someone else won it, or it no longer fits: harmless
+        self._start(claim)
+
+    def _start(self, claim: dict[str, Any]) -> None:
+        task = claim["task"]
+        a = Active(task_id=str(task["id"]), token=str(claim["claim_token"]), cancel=CancelToken())
+        self.active[a.task_id] = a
+        a.job = asyncio.create_task(self._execute(a, task), name=f"task:{a.task_id}")
+
+    async def _execute(self, a: Active, task: dict[str, Any]) -> None:
+        seq = 0
+
+        async def sink(lines: list[str]) -> None:
+            nonlocal seq
+            try:
+                await self.client.logs(a.task_id, a.token, seq, lines)
+            except Exception as exc:
+                log.warning("log_append_failed", task_id=a.task_id, error=str(exc)[:200])
+            seq += 1
+
+        try:
+            if task.get("status") == "assigned":
+                await self.client.transition(a.task_id, "start", {"claim_token": a.token})
+            executor = self.executors.get(task["type"])
+            if executor is None:
+                outcome = Outcome(False, None, "", f"this runner cannot run {task['type']} tasks")
+            else:
+                outcome = await executor.run(task, sink, a.cancel)
+            if not a.revoked:
+                await self._report(a, outcome)
+        except ServerError as exc:
+            log.warning("task_report_refused", task_id=a.task_id, error=str(exc))
+        except Exception as exc:
+            log.warning("task_crashed", task_id=a.task_id, error=str(exc)[:300])
+            with contextlib.suppress(Exception):
+                await self._report(a, Outcome(False, None, "", f"runner error: {exc}"[:1000]))
+        finally:
+            self.active.pop(a.task_id, None)
+            self.slot_freed.set()
+
+    async def _report(self, a: Active, outcome: Outcome) -> None:
+        if outcome.ok:
+            body = {
+                "claim_token": a.token,
+                "output": outcome.output,
+                "exit_code": 0,
+                "result_hash": hashlib.sha256(outcome.output.encode()).hexdigest(),
+                "usage": outcome.usage,
+            }
+            action = "complete"
+        else:
+            body = {
+                "claim_token": a.token,
+                "error": outcome.error or "failed",
+                "exit_code": outcome.exit_code,
+            }
+            action = "fail"
+        # Same token, same transition: safe to retry after a timeout.
+        for attempt in range(5):
+            try:
+                await self.client.transition(a.task_id, action, body)
+                break
+            except ServerError:
+                raise
+            except Exception:
+                await asyncio.sleep(min(2**attempt, 10))
+        if outcome.ok:
+            self.completed += 1
+        else:
+            self.failed += 1

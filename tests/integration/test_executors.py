@@ -1,0 +1,158 @@
+"""Executors of the reference runner: the command sandbox and the docker port (fake engine)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from parity.agent.executors import CancelToken
+from parity.agent.executors.command import CommandExecutor, Limits, SandboxMode, detect_sandbox
+from parity.agent.executors.docker import DockerExecutor, FakeDockerEngine
+
+MODES = [SandboxMode.UID] if os.geteuid() == 0 else []
+if shutil.which("bwrap") and detect_sandbox(False) == SandboxMode.BWRAP:
+    MODES.insert(0, SandboxMode.BWRAP)
+
+
+async def _run(ex: CommandExecutor, config: dict, **task: object):
+    lines: list[str] = []
+
+    async def sink(chunk: list[str]) -> None:
+        lines.extend(chunk)
+
+    out = await ex.run({"config": config, **task}, sink, CancelToken())
+    return out, lines
+
+
+def test_a_sandbox_is_available_here():
+    if not MODES:
+        pytest.skip("neither bwrap nor root: command tasks are refused here (tested below)")
+    assert detect_sandbox(False) in (SandboxMode.BWRAP, SandboxMode.UID)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_command_runs_and_streams_output(mode: SandboxMode):
+    out, lines = await _run(CommandExecutor(mode), {"command": ["sh", "-c", "echo one; echo two"]})
+    assert out.ok and out.exit_code == 0
+    assert out.output == "one\ntwo\n"
+    assert lines == ["one", "two"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sandboxed_command_cannot_read_a_private_file(mode: SandboxMode, tmp_path: Path):
+    secret = tmp_path / "keystore.json"
+    secret.write_text('{"crypto": "secret-material"}')
+    secret.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    out, lines = await _run(CommandExecutor(mode), {"command": ["cat", str(secret)]})
+    assert not out.ok
+    assert "secret-material" not in out.output and "secret-material" not in "\n".join(lines)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_child_gets_a_clean_environment(mode: SandboxMode, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PARITY_KEYSTORE_PASSWORD", "hunter2")
+    monkeypatch.setenv("SOME_RUNNER_SETTING", "x")
+    out, _ = await _run(CommandExecutor(mode), {"command": ["env"], "env": {"TASK_VAR": "yes"}})
+    assert out.ok
+    assert "hunter2" not in out.output and "SOME_RUNNER_SETTING" not in out.output
+    assert "TASK_VAR=yes" in out.output
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_nonzero_exit_is_a_failure(mode: SandboxMode):
+    out, _ = await _run(CommandExecutor(mode), {"command": ["sh", "-c", "exit 7"]})
+    assert not out.ok and out.exit_code == 7 and out.error == "exit code 7"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_timeout_kills_the_process(mode: SandboxMode):
+    out, _ = await _run(CommandExecutor(mode), {"command": ["sleep", "30"], "timeout_seconds": 1})
+    assert not out.ok and "timed out after 1 s" in (out.error or "")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_cancel_stops_the_process(mode: SandboxMode):
+    import asyncio
+
+    cancel = CancelToken()
+
+    async def sink(_: list[str]) -> None:
+        return None
+
+    job = asyncio.create_task(
+        CommandExecutor(mode).run({"config": {"command": ["sleep", "30"]}}, sink, cancel)
+    )
+    await asyncio.sleep(0.3)
+    cancel.cancel("client asked")
+    out = await asyncio.wait_for(job, 10)
+    assert out.cancelled and "client asked" in (out.error or "")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_output_is_capped(mode: SandboxMode):
+    ex = CommandExecutor(mode, Limits(output_bytes=1024))
+    out, _ = await _run(ex, {"command": ["sh", "-c", "yes abcdefgh | head -c 100000"]})
+    assert out.ok
+    assert len(out.output.encode()) < 1200 and "[output truncated at 1024 bytes]" in out.output
+
+
+@pytest.mark.skipif(SandboxMode.BWRAP not in MODES, reason="bubblewrap not usable here")
+async def test_bwrap_sandbox_has_no_network_by_default():
+    script = "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '"
+    out, _ = await _run(CommandExecutor(SandboxMode.BWRAP), {"command": ["sh", "-c", script]})
+    assert out.ok and out.output.split() == ["lo"]
+
+
+async def test_without_sandbox_commands_are_refused():
+    out, _ = await _run(CommandExecutor(SandboxMode.REFUSE), {"command": ["true"]})
+    assert not out.ok and "refused" in (out.error or "")
+
+
+async def test_missing_program_is_a_failure_with_a_reason():
+    out, _ = await _run(CommandExecutor(SandboxMode.NONE), {"command": ["/no/such/program"]})
+    assert not out.ok and out.exit_code == 127
+
+
+async def test_docker_executor_runs_through_the_engine_port():
+    engine = FakeDockerEngine(output="built\n")
+    ex = DockerExecutor(engine)
+    lines: list[str] = []
+
+    async def sink(chunk: list[str]) -> None:
+        lines.extend(chunk)
+
+    task = {
+        "config": {"image": "alpine:3", "command": ["echo", "built"], "env": {"A": "1"}},
+        "resources": {"memory_mb": 256, "cpu_cores": 1},
+    }
+    out = await ex.run(task, sink, CancelToken())
+    assert out.ok and out.output == "built\n" and lines == ["built"]
+    spec = engine.runs[0]
+    assert spec.image == "alpine:3" and spec.network is False and spec.memory_mb == 256
+    assert "alpine:3" in engine.images
+
+
+async def test_docker_nonzero_exit_is_a_failure():
+    ex = DockerExecutor(FakeDockerEngine(exit_code=2))
+
+    async def sink(_: list[str]) -> None:
+        return None
+
+    out = await ex.run({"config": {"image": "alpine:3"}}, sink, CancelToken())
+    assert not out.ok and out.exit_code == 2
+
+
+async def test_real_docker_engine_is_reported_absent_here():
+    from parity.agent.executors.docker import HttpDockerEngine
+
+    engine = HttpDockerEngine("/var/run/docker.sock")
+    if await engine.ping():
+        pytest.skip(
+            "a Docker engine answers here; the real-engine path is not covered by this test"
+        )
+    print("no Docker engine on this machine: the runner does not advertise docker")
+    assert not await engine.ping()
