@@ -8,7 +8,7 @@ COMPOSE ?= docker compose
 .DEFAULT_GOAL := help
 .PHONY: help deps build run test clean fmt imports format lint format-lint check-format \
         install-lint-tools watch install uninstall docker-build docker-up docker-down \
-        docker-logs docker-clean docker-ps docker-exec
+        docker-logs docker-clean docker-ps docker-exec contracts dev-chain
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -29,6 +29,14 @@ run: deps ## Start the server on the embedded default (SQLite under ~/.parity)
 
 test: ## Everything: venv, install, lint, PostgreSQL, pytest on SQLite and PostgreSQL
 	bash scripts/test.sh
+
+contracts: ## Compile contracts/*.sol (npm solc, offline) into src/parity/chain/artifacts
+	cd contracts && (npm ci --no-audit --no-fund --ignore-scripts || npm install --no-audit --no-fund --ignore-scripts)
+	cd contracts && node compile.js
+
+dev-chain: deps ## Local chain: anvil + our contracts, addresses written to .env (Ctrl-C stops)
+	@test -d contracts/node_modules || $(MAKE) --no-print-directory contracts
+	$(BIN)/parity-server dev-chain
 
 clean: ## Remove build outputs and caches (keeps .venv)
 	rm -rf build dist *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

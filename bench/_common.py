@@ -546,3 +546,54 @@ async def run_closed_loop(
         machine_cpu_percent=100 * (machine - start_mark["machine"]) / wall / ncpu,
         error_kinds=kinds,
     )
+
+
+# -- queue benchmarks: runners, request counting, direct database access
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy ``postgresql+asyncpg://`` URL as a plain DSN that asyncpg accepts."""
+    return _asyncpg_dsn(url)
+
+
+def register_runner(
+    base_url: str,
+    wallet_token: str,
+    device_id: str,
+    *,
+    max_concurrent_tasks: int = 1,
+    capabilities: Mapping[str, Any] | None = None,
+) -> str:
+    """Register (or re-register) a runner with a wallet token; returns its runner token."""
+    body = {
+        "device_id": device_id,
+        "capabilities": dict(capabilities or {"cpu_cores": 4, "memory_mb": 4096}),
+        "max_concurrent_tasks": max_concurrent_tasks,
+    }
+    with httpx.Client(
+        base_url=base_url,
+        timeout=REQUEST_TIMEOUT_S,
+        trust_env=False,
+        headers={"Authorization": f"Bearer {wallet_token}"},
+    ) as client:
+        r = client.post("/api/v1/runners", json=body)
+    if r.status_code != 201:
+        raise BenchError(f"runner registration refused: {r.status_code} {r.text[:300]}")
+    return str(r.json()["runner_token"])
+
+
+class RequestCounter:
+    """Counts HTTP responses by status code; pass ``hook`` as an httpx response event hook."""
+
+    def __init__(self) -> None:
+        self.by_status: Counter[int] = Counter()
+
+    async def hook(self, response: httpx.Response) -> None:
+        self.by_status[response.status_code] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    def reset(self) -> None:
+        self.by_status.clear()

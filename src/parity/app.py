@@ -13,15 +13,20 @@ from parity import __version__
 from parity.api.errors import install_error_handlers
 from parity.api.middleware import RequestContextMiddleware
 from parity.auth.router import router as auth_router
+from parity.chain.startup import check_at_start
 from parity.container import Container
 from parity.db import migrate
+from parity.events.delivery import DeliveryLoop
+from parity.events.router import router as events_router
 from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob
 from parity.logging import get_logger
 from parity.runners.router import router as runners_router
+from parity.storage.router import UPLOAD_PATH
+from parity.storage.router import router as storage_router
 from parity.system.router import root_router
 from parity.system.router import router as system_router
-from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job
+from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job, reoffer_job
 from parity.tasks.pushes import PushLoop
 from parity.tasks.router import router as tasks_router
 from parity.tasks.runner_router import router as runner_tasks_router
@@ -38,6 +43,8 @@ def api_router() -> APIRouter:
     api.include_router(runner_tasks_router)
     api.include_router(runners_router)
     api.include_router(tasks_router)
+    api.include_router(events_router)
+    api.include_router(storage_router)
     return api
 
 
@@ -46,11 +53,25 @@ def build_jobs(container: Container) -> list[PeriodicJob]:
     deps = container.tasks
     tick = s.scheduler_interval_seconds
     return [
-        retention_job(s.retention_interval_seconds),
+        retention_job(s.retention_interval_seconds, s.events_retention_days),
         lease_expiry_job(deps, tick),
         liveness_job(deps, tick, s.offline_timeout_seconds),
         offer_expiry_job(deps, tick),
+        reoffer_job(deps, tick),
     ]
+
+
+async def _check_chain(container: Container) -> None:
+    """Run the chain start-up check unless run_server already did; a node on the wrong chain
+    stops start-up (ConfigError), an unreachable one only warns."""
+    if container.chain_status is not None:
+        return
+    try:
+        container.chain_status = await check_at_start(container.chain, container.settings)
+    except BaseException:
+        await container.close_chain()
+        raise
+    container.chain_checked_monotonic = container.clock.monotonic()
 
 
 def create_app(
@@ -65,23 +86,35 @@ def create_app(
         interval=settings.push_interval_seconds,
         allow_private=settings.allow_private_webhooks,
     )
+    deliveries = DeliveryLoop(
+        container.db,
+        container.deliveries,
+        container.event_hub.delivery_event,
+        interval=settings.webhook_delivery_interval_seconds,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if run_migrations:
             status = await migrate.upgrade(container.db.url)
             log.info("schema_ready", revision=status.current)
+        await _check_chain(container)
         if start_jobs:
             jobs.start()
             pushes.start()
+            deliveries.start()
         log.info("server_started", mode="embedded" if settings.embedded else "postgresql")
         try:
             yield
         finally:
             container.draining = True
             container.wakeups.wake_all()
+            container.event_hub.wake_all()
             await pushes.stop()
+            await deliveries.stop(timeout=settings.shutdown_grace_seconds / 4)
             await jobs.stop(timeout=settings.shutdown_grace_seconds / 2)
+            await container.close_content_store()
+            await container.close_chain()
             await container.db.dispose()
             log.info("server_stopped")
 
@@ -103,5 +136,7 @@ def create_app(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_body_bytes,
         quiet_paths=frozenset({f"{prefix}/v1/runners/heartbeat", f"{prefix}/health"}),
+        # Storage uploads stream and enforce STORAGE_MAX_UPLOAD_BYTES themselves.
+        unlimited_paths=frozenset({f"{prefix}/v1{UPLOAD_PATH}", f"{prefix}{UPLOAD_PATH}"}),
     )
     return app

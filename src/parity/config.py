@@ -18,6 +18,7 @@ from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from parity.core.billing.units import AmountError, parse_base_units
 from parity.errors import ConfigError
 
 # FILECOIN_* key -> the Go code's BLOCKCHAIN_* alias.
@@ -96,9 +97,30 @@ class Settings(BaseSettings):
     filecoin_gateway_url: str = ""
     filecoin_create_storage_deals: bool = False
     filecoin_confirmations: int = Field(5, ge=0)
+    filecoin_rpc_timeout_seconds: float = Field(30.0, gt=0)
+    filecoin_receipt_timeout_seconds: float = Field(300.0, gt=0)
+    filecoin_receipt_poll_seconds: float = Field(2.0, gt=0)
+    filecoin_gas_margin: float = Field(1.2, ge=1.0, le=10.0)
+
+    # -- staking (amounts are integer base units; a decimal point or exponent is refused)
+    stake_id_mode: Literal["address", "device"] = "address"
+    min_stake: int = Field(0, ge=0)
+
+    # -- content store (FILECOIN_IPFS_ENDPOINT selects kubo; else the local blockstore)
+    storage_path: Path | None = None
+    storage_max_upload_bytes: int = Field(1024 * 1024 * 1024, gt=0)
+    storage_quota_bytes: int = Field(10 * 1024 * 1024 * 1024, ge=0)
+    storage_max_pins: int = Field(10000, ge=0)
+    storage_gc_grace_seconds: float = Field(3600.0, ge=0)
+    storage_kubo_timeout_seconds: float = Field(30.0, gt=0)
+    storage_cidv0_aliases: bool = True
 
     # -- webhooks
     webhook_allow_private: bool | None = None
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    webhook_delivery_interval_seconds: float = Field(1.0, gt=0)
+    events_visibility_lag_seconds: float = Field(1.0, ge=0)
+    events_retention_days: float = Field(30.0, gt=0)
 
     @field_validator("server_endpoint")
     @classmethod
@@ -117,6 +139,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"not a 0x address: {part!r}")
             int(part[2:], 16)
         return v
+
+    @field_validator("min_stake", mode="before")
+    @classmethod
+    def _base_units(cls, v: object) -> int:
+        if isinstance(v, str | int):
+            try:
+                return parse_base_units(v)
+            except AmountError as exc:
+                raise ValueError(str(exc)) from None
+        raise ValueError(f"must be an integer number of base units, not {type(v).__name__}")
 
     @field_validator("database_url")
     @classmethod
@@ -170,6 +202,10 @@ class Settings(BaseSettings):
             name = self.database_name or "parity"
             return f"postgresql+asyncpg://{auth}@{self.database_host}:{self.database_port}/{name}"
         return f"sqlite+aiosqlite:///{self.home / 'parity.db'}"
+
+    @property
+    def blocks_path(self) -> Path:
+        return (self.storage_path or self.home / "blocks").expanduser()
 
     @property
     def embedded(self) -> bool:

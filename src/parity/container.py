@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from parity.auth.service import AuthConfig, AuthDeps
+from parity.chain.factory import open_chain_client
+from parity.chain.ports import ChainClient
+from parity.chain.startup import ChainStatus
 from parity.clock import Clock, SystemClock
 from parity.config import Settings
 from parity.core.tasks.retry import RetryPolicy
 from parity.db.session import Database
+from parity.events.delivery import DeliveryDeps
+from parity.events.hub import EventHub
+from parity.events.service import EventDeps
 from parity.runners.service import RunnerConfig
+from parity.storage.factory import open_content_store
+from parity.storage.ports import ContentStore
+from parity.storage.service import StorageConfig
 from parity.tasks.deps import TaskDeps
 from parity.tasks.wakeups import WakeHub
 
@@ -26,6 +36,11 @@ class Container:
     started_monotonic: float = field(default_factory=time.monotonic)
     draining: bool = False
     wakeups: WakeHub = field(default_factory=WakeHub)
+    event_hub: EventHub = field(default_factory=EventHub)
+    # The chain start-up check's verdict (None until the lifespan or run_server ran it) and
+    # when it was taken (monotonic seconds), so /api/status can re-check an unreachable node.
+    chain_status: ChainStatus | None = None
+    chain_checked_monotonic: float = 0.0
 
     @property
     def tasks(self) -> TaskDeps:
@@ -44,6 +59,30 @@ class Container:
             output_inline_max_bytes=s.task_output_inline_max_bytes,
             max_pending_per_client=s.task_max_pending_per_client,
             max_pending_total=s.task_max_pending_total,
+            events=self.events,
+        )
+
+    @property
+    def events(self) -> EventDeps:
+        s = self.settings
+        return EventDeps(
+            clock=self.clock,
+            random_bytes=self.random_bytes,
+            hub=self.event_hub,
+            admins=s.admins,
+            allow_private_webhooks=s.allow_private_webhooks,
+            visibility_lag_seconds=s.events_visibility_lag_seconds,
+        )
+
+    @property
+    def deliveries(self) -> DeliveryDeps:
+        """Webhook delivery; the jitter comes from the injected random source."""
+        random_bytes = self.random_bytes
+        return DeliveryDeps(
+            clock=self.clock,
+            random=lambda: int.from_bytes(random_bytes(4), "big") / 2**32,
+            allow_private=self.settings.allow_private_webhooks,
+            timeout_seconds=self.settings.webhook_timeout_seconds,
         )
 
     @property
@@ -69,4 +108,38 @@ class Container:
             ),
             clock=self.clock,
             random_bytes=self.random_bytes,
+        )
+
+    @functools.cached_property
+    def content_store(self) -> ContentStore:
+        """Built on first use (kubo when FILECOIN_IPFS_ENDPOINT is set, else the local
+        blockstore); tests may assign their own."""
+        return open_content_store(self.settings)
+
+    @functools.cached_property
+    def chain(self) -> ChainClient | None:
+        """The chain client (web3 over FILECOIN_RPC), or None when FILECOIN_RPC is unset; built
+        on first use; tests may assign their own (e.g. the fake)."""
+        return open_chain_client(self.settings)
+
+    async def close_chain(self) -> None:
+        client = self.__dict__.pop("chain", None)
+        if client is not None:
+            await client.aclose()
+
+    async def close_content_store(self) -> None:
+        store = self.__dict__.pop("content_store", None)
+        if store is not None:
+            await store.aclose()
+
+    @property
+    def storage(self) -> StorageConfig:
+        s = self.settings
+        return StorageConfig(
+            max_upload_bytes=s.storage_max_upload_bytes,
+            quota_bytes=s.storage_quota_bytes,
+            max_pins=s.storage_max_pins,
+            gateway_url=s.filecoin_gateway_url,
+            download_base=f"{s.public_url}{s.server_endpoint}/v1/storage/download/",
+            gc_grace_seconds=s.storage_gc_grace_seconds,
         )

@@ -21,8 +21,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, home: Path, database_url: str = "", **env: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, home: Path, database_url: str = "", port: int | None = None, **env: str
+    ) -> None:
+        self.port = port or free_port()
         self.home = home
         self.log_path = home.parent / f"server-{self.port}.log"
         self.env = {

@@ -185,7 +185,8 @@ def test_sigterm_releases_work_and_marks_the_runner_offline(
     assert wait_for(lambda: api.task(tid)["status"] == "running", timeout=30)
     assert runner.stop(signal.SIGTERM) == 0
     task = api.task(tid)
-    assert task["status"] == "pending" and task["attempts"] == 0
+    assert task["status"] == "pending"
+    assert task["attempts"] == 1 and task["releases"] == 1  # a release does not use up a retry
     assert api.attempts(tid)[0]["outcome"] == "released"
     owner = client_token(server.url, Account.from_key(RUNNER_KEY))
     mine = httpx.get(
@@ -203,3 +204,61 @@ def test_wrong_keystore_password_is_a_clear_error(
     assert runner.proc is not None
     assert runner.proc.wait(timeout=60) == 1
     assert "wrong password" in runner.log()
+
+
+def test_server_restart_mid_run_loses_nothing_and_accepts_nothing_twice(
+    tmp_path: Path, database_url: str, keystore_path: Path
+):
+    url = database_url if TEST_DB == "postgres" else ""
+    home = tmp_path / "restart-home"
+    server = ServerProcess(home, url, **FAST).start()
+    server.wait_healthy()
+    runners = [
+        RunnerProcess(
+            server.url, keystore_path, f"dev-r{i}", tmp_path, "--max-concurrent-tasks", "2"
+        )
+        for i in range(2)
+    ]
+    try:
+        for r in runners:
+            r.start().wait_registered()
+        api = Api(server.url)
+        ids = [api.create(f"sh -c 'sleep 0.3; echo job-{i}'") for i in range(20)]
+        assert wait_for(
+            lambda: sum(api.task(t)["status"] == "completed" for t in ids) >= 3, timeout=60
+        )
+        assert server.stop() == 0
+        server = ServerProcess(home, url, port=server.port, **FAST).start()
+        server.wait_healthy()
+        api = Api(server.url)
+        assert wait_for(lambda: api.all_done(ids), timeout=150), [
+            api.task(t)["status"] for t in ids
+        ]
+        for i, tid in enumerate(ids):
+            assert api.task(tid)["status"] == "completed"
+            assert api.result(tid)["output"] == f"job-{i}\n"
+            outcomes = [a["outcome"] for a in api.attempts(tid)]
+            assert outcomes.count("completed") == 1, outcomes
+    finally:
+        for r in runners:
+            r.stop()
+        server.stop()
+
+
+def test_large_output_is_stored_under_a_cid(
+    server: ServerProcess, keystore_path: Path, tmp_path: Path
+):
+    runner = RunnerProcess(server.url, keystore_path, "dev-big", tmp_path).start()
+    try:
+        runner.wait_registered()
+        api = Api(server.url)
+        tid = api.create("sh -c 'yes 0123456789 | head -c 200000'")
+        assert wait_for(lambda: api.task(tid)["status"] == "completed", timeout=30)
+        result = api.result(tid)
+        assert len(result["output"].encode()) < 70 * 1024
+        assert result["output_cid"]
+        whole = api.c.get(f"/api/v1/storage/download/{result['output_cid']}")
+        assert whole.status_code == 200
+        assert whole.content == b"0123456789\n" * (200000 // 11) + b"0123456789\n"[: 200000 % 11]
+    finally:
+        runner.stop()

@@ -94,10 +94,21 @@ async def test_cancel_stops_the_process(mode: SandboxMode):
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_output_is_capped(mode: SandboxMode):
-    ex = CommandExecutor(mode, Limits(output_bytes=1024))
+    ex = CommandExecutor(mode, Limits(output_bytes=1024, max_output_bytes=4096))
     out, _ = await _run(ex, {"command": ["sh", "-c", "yes abcdefgh | head -c 100000"]})
     assert out.ok
-    assert len(out.output.encode()) < 1200 and "[output truncated at 1024 bytes]" in out.output
+    assert (
+        len(out.output.encode()) < 1200 and "[output truncated at 1024 bytes inline]" in out.output
+    )
+    assert out.full_output is not None
+    assert out.full_output.startswith(b"abcdefgh\nabcdefgh\n")
+    assert out.full_output.endswith(b"[output truncated at 4096 bytes]")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_small_output_has_no_separate_copy(mode: SandboxMode):
+    out, _ = await _run(CommandExecutor(mode), {"command": ["echo", "small"]})
+    assert out.ok and out.output == "small\n" and out.full_output is None
 
 
 @pytest.mark.skipif(SandboxMode.BWRAP not in MODES, reason="bubblewrap not usable here")

@@ -281,3 +281,9 @@ async def test_too_many_open_nonces_is_rate_limited(client: httpx.AsyncClient):
     assert (
         await client.post("/api/v1/auth/nonce", json={"address": other.address})
     ).status_code == 200
+
+
+async def test_concurrent_first_sign_ins_of_one_address_all_succeed(client: httpx.AsyncClient):
+    fresh = Account.create()
+    tokens = await asyncio.gather(*(sign_in(client, fresh) for _ in range(4)))
+    assert len(set(tokens)) == 4

@@ -106,3 +106,14 @@ class ServerClient:
         r = await self.http.get("/api/v1/runners", headers=self._auth(runner=False))
         _raise(r)
         return list(r.json()["items"])
+
+    async def upload(self, data: bytes) -> str:
+        """Store bytes in the server's content store; returns the CID."""
+        r = await self.http.put(
+            "/api/v1/storage/upload",
+            content=data,
+            headers={**self._auth(), "content-type": "application/octet-stream"},
+            timeout=httpx.Timeout(120.0),
+        )
+        _raise(r)
+        return str(r.json()["cid"])

@@ -228,13 +228,20 @@ class Runner:
 
     async def _report(self, a: Active, outcome: Outcome) -> None:
         if outcome.ok:
+            whole = outcome.full_output or outcome.output.encode()
             body = {
                 "claim_token": a.token,
                 "output": outcome.output,
                 "exit_code": 0,
-                "result_hash": hashlib.sha256(outcome.output.encode()).hexdigest(),
+                "result_hash": hashlib.sha256(whole).hexdigest(),
                 "usage": outcome.usage,
             }
+            if outcome.full_output is not None:
+                # Too large to keep inline: the whole output goes to the content store.
+                try:
+                    body["output_cid"] = await self.client.upload(outcome.full_output)
+                except Exception as exc:
+                    log.warning("output_upload_failed", task_id=a.task_id, error=str(exc)[:200])
             action = "complete"
         else:
             body = {

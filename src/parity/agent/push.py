@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import uvicorn
@@ -17,7 +18,7 @@ from starlette.routing import Route
 
 from parity.webhooks.signing import SignatureInvalid, verify
 
-OfferHandler = Callable[[str], Awaitable[None]]
+OfferHandler = Callable[[str], Coroutine[Any, Any, None]]
 
 
 class _QuietServer(uvicorn.Server):
@@ -33,6 +34,7 @@ class PushReceiver:
         self.secret: str | None = None
         self.on_offer = on_offer
         self._seen: dict[str, float] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
@@ -73,5 +75,8 @@ class PushReceiver:
             return JSONResponse({"status": "skipped"})
         task_id = str((event.get("data") or {}).get("task_id", ""))
         if task_id:
-            await self.on_offer(task_id)
+            # Answer at once; the claim races other runners on its own time.
+            job = asyncio.create_task(self.on_offer(task_id))
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
         return JSONResponse({"status": "ok"})

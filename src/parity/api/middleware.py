@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, access log, request-body size limit."""
+"""Pure ASGI middleware: request ids, access log, request-body size limit (except on paths
+whose handlers stream the body and enforce their own limit)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,17 @@ def _error_body(code: str, message: str) -> bytes:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, quiet_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        quiet_paths: frozenset[str],
+        unlimited_paths: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.quiet = quiet_paths
+        self.unlimited = unlimited_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,9 +50,10 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=rid)
         start = time.perf_counter()
         status = 500
+        limit = float("inf") if scope.get("path", "") in self.unlimited else self.max_body
 
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
+        if length is not None and length.isdigit() and int(length) > limit:
             await self._too_large(send, rid)
             structlog.contextvars.unbind_contextvars("request_id")
             return
@@ -56,7 +65,7 @@ class RequestContextMiddleware:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.max_body:
+                if seen > limit:
                     raise BodyTooLarge()
             return msg
 

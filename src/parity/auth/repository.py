@@ -6,6 +6,8 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.api.pagination import Cursor
@@ -13,10 +15,16 @@ from parity.auth.models import Account, AuthNonce, AuthToken
 
 
 async def ensure_account(session: AsyncSession, address: str, now: datetime) -> None:
-    account = await session.get(Account, address)
-    if account is None:
-        session.add(Account(address=address, created_at=now, last_login_at=None))
-        await session.flush()
+    """Insert the account unless it exists; concurrent first sign-ins of one address race
+    here, so the insert ignores a conflict instead of failing one of them."""
+    dialect = session.get_bind().dialect.name
+    ins = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = (
+        ins(Account)
+        .values(address=address, created_at=now, last_login_at=None)
+        .on_conflict_do_nothing(index_elements=["address"])
+    )
+    await session.execute(stmt)
 
 
 async def touch_login(session: AsyncSession, address: str, now: datetime) -> None:

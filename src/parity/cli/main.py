@@ -58,6 +58,9 @@ def server(config: ConfigOpt = None) -> None:
     except migrate.SchemaTooNew as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except OSError as exc:
         typer.echo(f"error: cannot start: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -106,8 +109,12 @@ def version() -> None:
 
 def _register_optional() -> None:
     from parity.cli.auth import register_auth_command
+    from parity.cli.chain import register_chain_commands
+    from parity.cli.storage import storage_app
 
     register_auth_command(app)
+    register_chain_commands(app)
+    app.add_typer(storage_app, name="storage")
 
 
 _register_optional()

@@ -8,6 +8,8 @@ from typing import Any
 import uvicorn
 
 from parity.app import create_app
+from parity.chain.factory import open_chain_client
+from parity.chain.startup import ChainStatus, check_at_start
 from parity.config import Settings
 from parity.container import Container
 from parity.db import migrate
@@ -33,6 +35,17 @@ class DrainingServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
+async def _check_chain_once(settings: Settings) -> ChainStatus:
+    """The chain start-up check on a client of its own (its connections belong to this
+    short-lived event loop); ConfigError when the node serves another chain."""
+    client = open_chain_client(settings)
+    try:
+        return await check_at_start(client, settings)
+    finally:
+        if client is not None:
+            await client.aclose()
+
+
 def run_server(settings: Settings) -> None:
     lock: ProcessLock | None = None
     if settings.embedded:
@@ -49,6 +62,9 @@ def run_server(settings: Settings) -> None:
             busy_timeout_ms=settings.database_busy_timeout_ms,
         )
         container = Container(settings=settings, db=db)
+        # Like migrations: a node on the wrong chain stops start-up before the port is bound.
+        container.chain_status = asyncio.run(_check_chain_once(settings))
+        container.chain_checked_monotonic = container.clock.monotonic()
         app = create_app(container, run_migrations=False)
         config = uvicorn.Config(
             app,

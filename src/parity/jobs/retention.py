@@ -1,5 +1,6 @@
-"""Retention: prune expired nonces, old tokens and idempotency records. Ledger rows are never
-pruned (no ledger table is touched here)."""
+"""Retention: prune expired nonces, old tokens, idempotency records, and events and finished
+webhook deliveries past EVENTS_RETENTION_DAYS. Ledger rows are never pruned (no ledger table
+is touched here)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.auth import service as auth_service
+from parity.events import service as events_service
 from parity.idempotency import service as idempotency_service
 from parity.jobs.runner import PeriodicJob
 
@@ -18,5 +20,9 @@ async def prune_once(session: AsyncSession, now: datetime) -> int:
     return n
 
 
-def retention_job(interval_seconds: float) -> PeriodicJob:
-    return PeriodicJob("retention", interval_seconds, prune_once)
+def retention_job(interval_seconds: float, events_retention_days: float = 30.0) -> PeriodicJob:
+    async def tick(session: AsyncSession, now: datetime) -> int:
+        n = await prune_once(session, now)
+        return n + await events_service.prune(session, now, events_retention_days)
+
+    return PeriodicJob("retention", interval_seconds, tick)

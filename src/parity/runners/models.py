@@ -33,6 +33,8 @@ class Runner(Base):
     cpu_usage: Mapped[float | None] = mapped_column(Float)
     memory_usage: Mapped[float | None] = mapped_column(Float)
     last_heartbeat: Mapped[datetime] = mapped_column(index=True)
+    # Set by the owner or an operator; survives heartbeats and re-registration until resumed.
+    drain_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     banned_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime]

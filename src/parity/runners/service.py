@@ -19,6 +19,7 @@ from parity.core.identity.siwe import hash_token
 from parity.core.runners.liveness import offline_cutoff
 from parity.core.tasks.states import TaskStatus
 from parity.db.hooks import after_commit
+from parity.events import service as events_service
 from parity.runners import repository as repo
 from parity.runners.errors import (
     DeviceOwnedByOtherWallet,
@@ -115,6 +116,7 @@ async def register(
             created_at=now,
             banned_at=None,
             webhook_secret=None,
+            drain_requested=False,
         )
         session.add(runner)
     runner.status = "online"
@@ -194,6 +196,8 @@ async def heartbeat(
         await repo.replace_models(session, runner.id, [m.model_dump() for m in body.models], now)
     active = await tasks_repo.runner_active_tasks(session, runner.id, lock=True)
     if reported == "offline":
+        if not was_offline:
+            await _offline_event(session, deps, runner, "reported")
         await lifecycle.release_runner_claims(session, deps, runner.id)
         return HeartbeatResult(revoked=list(body.claims), cancel=[], renewed=[])
     by_hash: dict[str, list[Task]] = {}
@@ -265,7 +269,7 @@ async def set_draining(
 ) -> Runner:
     """Owner or operator: a draining runner finishes its work but claims nothing new."""
     runner = await get_runner(session, principal, runner_id)
-    runner.status = "draining" if drain else "online"
+    runner.drain_requested = drain
     runner.updated_at = deps.clock.now()
     await session.flush()
     return runner
@@ -296,10 +300,18 @@ async def mark_stale_offline(
         r.status = "offline"
         r.updated_at = now
         await tasks_repo.expire_runner_leases(session, r.id, now)
+        await _offline_event(session, deps, r, "heartbeat_timeout")
     await session.flush()
     if stale:
         await lifecycle.expire_leases(session, deps, now)
     return len(stale)
+
+
+async def _offline_event(session: AsyncSession, deps: TaskDeps, r: Runner, reason: str) -> None:
+    data = {"runner_id": str(r.id), "device_id": r.device_id, "reason": reason}
+    await events_service.emit(
+        session, deps.events, "runner.offline", r.owner_address, data, str(r.id)
+    )
 
 
 async def models_for(
@@ -347,6 +359,8 @@ def derived_status(runner: Runner, active_claims: int) -> str:
     """busy is derived: an online runner holding at least one claim."""
     if runner.banned_at is not None:
         return "offline"
+    if runner.drain_requested and runner.status != "offline":
+        return "draining"
     if runner.status == "online" and active_claims > 0:
         return "busy"
     return runner.status

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity import __version__
 from parity.auth import service as auth_service
+from parity.chain.startup import OFF, ChainStatus, recheck_if_stale
 from parity.container import Container
 
 
@@ -20,6 +21,7 @@ async def check_health(container: Container) -> dict[str, Any]:
 async def describe_status(container: Container, session: AsyncSession) -> dict[str, Any]:
     s = container.settings
     uptime = container.clock.monotonic() - container.started_monotonic
+    chain = await _chain_status(container)
     return {
         "service": "parity-server",
         "version": __version__,
@@ -28,9 +30,27 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
         "counts": {"accounts": await auth_service.count_accounts(session)},
         "backends": {
             "database": container.db.dialect,
-            "content_store": "kubo" if s.filecoin_ipfs_endpoint else "local",
-            "chain": "configured" if s.filecoin_rpc else "off",
+            "content_store": container.content_store.kind,
+            "chain": chain.state,
             "wakeups": "in-process",
         },
+        "storage": await container.content_store.describe(),
+        "chain": chain.describe(),
         "draining": container.draining,
     }
+
+
+async def _chain_status(container: Container) -> ChainStatus:
+    """The start-up verdict; an "unreachable" one is re-checked once it is RECHECK_SECONDS
+    old, so a node that comes back shows up without a restart."""
+    status = container.chain_status
+    if status is None:
+        return OFF if container.chain is None else ChainStatus("unreachable", "not checked yet")
+    now = container.clock.monotonic()
+    fresh = await recheck_if_stale(
+        container.chain, container.settings, status, now - container.chain_checked_monotonic
+    )
+    if fresh is not None:
+        container.chain_status, container.chain_checked_monotonic = fresh, now
+        status = fresh
+    return status

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from parity.clock import Clock
 from parity.core.tasks.retry import RetryPolicy
+from parity.events.service import EventDeps
 from parity.tasks.wakeups import WakeHub
 
 
@@ -22,6 +23,7 @@ class TaskDeps:
     output_inline_max_bytes: int
     max_pending_per_client: int
     max_pending_total: int
+    events: EventDeps
 
     def rand(self) -> float:
         """A float in [0, 1) from the injected random source (for jitter)."""

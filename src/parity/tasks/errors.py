@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from parity.errors import Category, Conflict, Forbidden, NotFound, ParityError, RateLimited
+from parity.errors import Conflict, Forbidden, NotFound, RateLimited
 
 
 class TaskNotFound(NotFound):
@@ -42,8 +42,3 @@ class RunnerTokenRequired(Forbidden):
 class TooManyPending(RateLimited):
     code = "too_many_pending_tasks"
     retry_after = 5
-
-
-class NotImplementedYet(ParityError):
-    code = "not_implemented"
-    category = Category.NOT_IMPLEMENTED

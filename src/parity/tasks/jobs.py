@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.db.hooks import after_commit
 from parity.jobs.runner import PeriodicJob
 from parity.runners import service as runners_service
-from parity.tasks import lifecycle
+from parity.tasks import lifecycle, service
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
 
@@ -49,3 +49,10 @@ def offer_expiry_job(deps: TaskDeps, interval: float) -> PeriodicJob:
         return n
 
     return PeriodicJob("offer_expiry", interval, tick)
+
+
+def reoffer_job(deps: TaskDeps, interval: float) -> PeriodicJob:
+    async def tick(session: AsyncSession, now: datetime) -> int:
+        return await service.reoffer_pending(session, deps, now)
+
+    return PeriodicJob("reoffer", interval, tick)

@@ -8,12 +8,14 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.identity.siwe import hash_token
 from parity.core.tasks.placement import Resources, fits
 from parity.core.tasks.states import ACTIVE, TaskStatus, TaskType
+from parity.events import service as events_service
 from parity.runners import repository as runners_repo
 from parity.runners.models import Runner
 from parity.tasks import repository as repo
@@ -37,6 +39,21 @@ class Claim:
     token: str
     lease_seconds: float
     lease_expires_at: datetime
+
+
+async def emit_task_event(
+    session: AsyncSession, deps: TaskDeps, event_type: str, task: Task, **extra: Any
+) -> None:
+    """A task event for the task's creator (and operators), in this transaction."""
+    data: dict[str, Any] = {
+        "task_id": str(task.id),
+        "status": task.status,
+        "title": task.title,
+        **extra,
+    }
+    await events_service.emit(
+        session, deps.events, event_type, task.creator_address, data, str(task.id)
+    )
 
 
 def new_claim_token(deps: TaskDeps) -> str:
@@ -67,9 +84,10 @@ async def claim(
     """Claim up to ``max_tasks`` pending tasks that fit this runner (or one named task)."""
     now = deps.clock.now()
     runner = await _eligible_runner(session, runner_id)
-    if runner.status != "online":
+    if runner.status != "online" or runner.drain_requested:
         if task_id is not None:
-            raise RunnerNotEligible(f"runner is {runner.status}; only online runners claim")
+            state = "draining" if runner.drain_requested else runner.status
+            raise RunnerNotEligible(f"runner is {state}; only online runners claim")
         return None
     usage = await repo.active_usage(session, runner.id)
     slots = runner.max_concurrent_tasks - usage.count
@@ -289,6 +307,7 @@ async def complete(
     f.attempt.outcome = "completed"
     f.attempt.exit_code = exit_code
     await session.flush()
+    await emit_task_event(session, deps, "task.completed", task, attempts=task.attempts)
     return task
 
 
@@ -303,8 +322,10 @@ async def _retry_or_fail(
     if task.status == TaskStatus.CANCEL_REQUESTED:
         task.status = TaskStatus.CANCELLED.value
         task.completed_at = now
+        await emit_task_event(session, deps, "task.cancelled", task, last_error=reason)
         return
-    decision = deps.retry.decide_after_failure(task.attempts, task.max_attempts, now, deps.rand())
+    used = task.attempts - task.releases
+    decision = deps.retry.decide_after_failure(used, task.max_attempts, now, deps.rand())
     if decision.retry and decision.available_at is not None:
         task.status = TaskStatus.PENDING.value
         task.available_at = decision.available_at
@@ -317,6 +338,12 @@ async def _retry_or_fail(
         task.status = TaskStatus.FAILED.value
         task.completed_at = now
     await session.flush()
+    facts = {"attempts": task.attempts, "max_attempts": task.max_attempts, "last_error": reason}
+    if task.status == TaskStatus.FAILED:
+        await emit_task_event(session, deps, "task.failed", task, **facts)
+    else:
+        at = task.available_at.isoformat()
+        await emit_task_event(session, deps, "task.retrying", task, **facts, available_at=at)
 
 
 async def fail(
@@ -364,18 +391,21 @@ async def _release(
     if attempt is not None:
         attempt.ended_at = now
         attempt.outcome = why
-    if task.status == TaskStatus.CANCEL_REQUESTED:
+    cancelled = task.status == TaskStatus.CANCEL_REQUESTED
+    if cancelled:
         task.status = TaskStatus.CANCELLED.value
         task.completed_at = now
     else:
         task.status = TaskStatus.PENDING.value
         task.available_at = now
-        task.attempts = max(task.attempts - 1, 0)
+        task.releases += 1
         task.runner_id = None
     task.claim_token_hash = None
     task.lease_expires_at = None
     task.updated_at = now
     await session.flush()
+    if cancelled:
+        await emit_task_event(session, deps, "task.cancelled", task)
 
 
 async def renew(

@@ -49,6 +49,8 @@ class Task(Base):
     nonce: Mapped[str] = mapped_column(String(64))
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Claims given back untouched (graceful shutdown): they do not use up the retry budget.
+    releases: Mapped[int] = mapped_column(Integer, default=0)
     available_at: Mapped[datetime]
     target_runner_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     offer_expires_at: Mapped[datetime | None]
@@ -148,3 +150,15 @@ class RunnerPush(Base):
     abandoned_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+# The claim's candidate order, over pending rows only: without it PostgreSQL scans and sorts the
+# whole pending queue on every claim (8 ms at 2,000 pending, 49 ms at 10,000; 0.09 ms with it).
+Index(
+    "ix_tasks_pending_order",
+    Task.priority.desc(),
+    Task.available_at,
+    Task.id,
+    postgresql_where=Task.status == "pending",
+    sqlite_where=Task.status == "pending",
+)

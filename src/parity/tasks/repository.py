@@ -266,7 +266,7 @@ async def list_tasks(
 async def expired_leases(session: AsyncSession, now: datetime, limit: int) -> list[Task]:
     q = (
         select(Task)
-        .where(Task.status.in_(ACTIVE_VALUES), Task.lease_expires_at < now)
+        .where(Task.status.in_(ACTIVE_VALUES), Task.lease_expires_at <= now)
         .order_by(Task.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -316,3 +316,37 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
 async def delete_logs_before(session: AsyncSession, before: datetime) -> int:
     res = await session.execute(delete(TaskLog).where(TaskLog.created_at < before))
     return int(getattr(res, "rowcount", 0))
+
+
+async def offered_counts(
+    session: AsyncSession, runner_ids: Sequence[uuid.UUID], now: datetime
+) -> dict[uuid.UUID, int]:
+    """Pending tasks currently offered to each runner (offer not yet expired)."""
+    if not runner_ids:
+        return {}
+    rows = await session.execute(
+        select(Task.target_runner_id, func.count())
+        .where(
+            Task.target_runner_id.in_(runner_ids),
+            Task.status == TaskStatus.PENDING.value,
+            Task.offer_expires_at > now,
+        )
+        .group_by(Task.target_runner_id)
+    )
+    return {rid: int(n) for rid, n in rows.all() if rid is not None}
+
+
+async def unoffered_due(session: AsyncSession, now: datetime, limit: int) -> list[Task]:
+    q = (
+        select(Task)
+        .where(
+            Task.status == TaskStatus.PENDING.value,
+            Task.target_runner_id.is_(None),
+            Task.available_at <= now,
+            Task.type.in_(MOVABLE_TYPES),
+        )
+        .order_by(Task.priority.desc(), Task.available_at, Task.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return list((await session.scalars(q)).all())

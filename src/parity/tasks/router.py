@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
 
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
 from parity.core.tasks.states import TERMINAL
 from parity.errors import InvalidInput
+from parity.storage import service as storage_service
 from parity.tasks import service
-from parity.tasks.errors import NotImplementedYet
 from parity.tasks.schemas import (
     AttemptRead,
     LogLine,
@@ -34,20 +37,69 @@ router = APIRouter(tags=["tasks"])
 FOLLOW_MAX_SECONDS = 1800
 
 
-async def _body(request: Request) -> TaskCreate:
+def _validated(raw: Any) -> TaskCreate:
+    if not isinstance(raw, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    try:
+        return TaskCreate.model_validate(raw)
+    except ValidationError as exc:
+        # The body is parsed here (not by FastAPI) to allow multipart; keep the same 422.
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=raw) from None
+
+
+async def _body(request: Request) -> tuple[TaskCreate, UploadFile | None]:
+    """JSON, or the original API's multipart form: a ``task`` field holding the JSON and an
+    optional ``image`` file (a docker image tar)."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        raise NotImplementedYet(
-            "multipart task creation with an image file needs the content store, which this "
-            "server does not have yet; send JSON with config.image or config.image_cid"
-        )
+        form = await request.form(max_files=1, max_fields=16)
+        task_field = form.get("task")
+        if not isinstance(task_field, str):
+            raise InvalidInput("task", "the form needs a 'task' field holding the task JSON")
+        try:
+            raw = json.loads(task_field)
+        except ValueError:
+            raise InvalidInput("task", "must be a JSON object") from None
+        image = form.get("image")
+        if image is not None and not isinstance(image, UploadFile):
+            raise InvalidInput("image", "must be a file part")
+        return _validated(raw), image
     try:
         raw = await request.json()
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("body", "must be a JSON object") from None
-    if not isinstance(raw, dict):
-        raise InvalidInput("body", "must be a JSON object")
-    return TaskCreate.model_validate(raw)
+    return _validated(raw), None
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(1024 * 1024):
+        yield chunk
+
+
+async def _with_image(
+    c: ContainerDep, session: Any, principal: Any, body: TaskCreate, image: UploadFile
+) -> TaskCreate:
+    """Store the image tar in the content store (pinned for the caller) and make the task a
+    docker task that loads it from its CID."""
+    stored = await storage_service.store_stream(c.content_store, c.storage, _chunks(image))
+    await storage_service.record_upload(
+        session,
+        c.content_store,
+        c.storage,
+        principal,
+        stored,
+        pin=True,
+        name=image.filename,
+        now=c.clock.now(),
+    )
+    config = {
+        k: v
+        for k, v in (body.config or {}).items()
+        if k not in ("image", "image_cid", "image_name", "docker_image_url")
+    }
+    config["image_cid"] = stored.cid.encode()
+    return body.model_copy(update={"type": "docker", "image": None, "config": config})
 
 
 @router.post(
@@ -73,7 +125,9 @@ async def create_task(
     stored = await idem.replay()
     if stored is not None:
         return JSONResponse(stored.body, status_code=stored.status_code)
-    body = await _body(request)
+    body, image = await _body(request)
+    if image is not None:
+        body = await _with_image(c, session, principal, body, image)
     task = await service.create_task(session, c.tasks, principal, body)
     out = task_read(task)
     await idem.remember(201, out.model_dump(mode="json"))

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from parity.api.deps import ContainerDep, CurrentPrincipal, WriteSession
 from parity.errors import InvalidInput
 from parity.runners.service import require_runner
-from parity.tasks import lifecycle
+from parity.tasks import lifecycle, service
 from parity.tasks.lifecycle import Claim
 from parity.tasks.schemas import (
     ClaimBody,
@@ -171,6 +171,7 @@ async def complete_task(
         result_hash=body.result_hash,
         usage=body.usage,
     )
+    await service.reoffer_pending(session, c.tasks, c.clock.now(), limit=1)
     return task_read(task)
 
 
@@ -192,6 +193,7 @@ async def fail_task(
         error=body.error,
         exit_code=body.exit_code,
     )
+    await service.reoffer_pending(session, c.tasks, c.clock.now(), limit=1)
     return task_read(task)
 
 

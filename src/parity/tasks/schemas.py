@@ -68,6 +68,7 @@ class TaskRead(BaseModel):
     priority: int
     timeout_seconds: int | None
     attempts: int
+    releases: int = Field(0, description="Claims given back untouched (not counted as failures)")
     max_attempts: int
     available_at: datetime
     target_runner_id: uuid.UUID | None

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +32,17 @@ def _config(task_type: str, config: dict[str, Any] | None, image: str | None) ->
         return normalize_task_config(task_type, config, image=image)
     except ConfigInvalid as exc:
         raise InvalidInput(exc.field, exc.reason) from None
+
+
+def _as_input(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored (normalized) config back in input form, so an edit can merge into it."""
+    out = dict(stored)
+    command_string = out.pop("command_string", None)
+    if command_string is not None and "command" not in out:
+        out["command"] = command_string
+    if "image_url" in out:
+        out["docker_image_url"] = out.pop("image_url")
+    return out
 
 
 def _legacy_config(body: TaskCreate) -> tuple[str, dict[str, Any] | None]:
@@ -80,6 +91,7 @@ async def create_task(
         nonce=deps.random_bytes(32).hex(),
         max_attempts=body.max_attempts,
         attempts=0,
+        releases=0,
         available_at=max(not_before, now) if not_before else now,
         target_runner_id=None,
         offer_expires_at=None,
@@ -95,6 +107,7 @@ async def create_task(
         updated_at=now,
     )
     await repo.add(session, task)
+    await lifecycle.emit_task_event(session, deps, "task.created", task, type=task.type)
     await offer(session, deps, task)
     return task
 
@@ -110,13 +123,16 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
     ]
     target: uuid.UUID | None = None
     if runners:
-        counts = await repo.active_counts(session, [r.id for r in runners])
+        ids = [r.id for r in runners]
+        counts = await repo.active_counts(session, ids)
+        # Outstanding offers count as load, so a burst of tasks spreads over the runners.
+        offered = await repo.offered_counts(session, ids, now)
         loads = [
             RunnerLoad(
                 runner_id=str(r.id),
                 capacity=Resources(r.cpu_cores, r.memory_mb, r.gpus, r.docker),
                 in_use=Resources(),
-                active_claims=counts.get(r.id, 0),
+                active_claims=counts.get(r.id, 0) + offered.get(r.id, 0),
                 max_concurrent_tasks=r.max_concurrent_tasks,
                 cpu_usage=r.cpu_usage,
                 labels={k: str(v) for k, v in (r.labels or {}).items()},
@@ -147,6 +163,7 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
             )
         )
         await session.flush()
+        await lifecycle.emit_task_event(session, deps, "task.offered", task, runner_id=str(target))
         runner_id = target
 
         def wake_target() -> None:
@@ -161,6 +178,21 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
 
         after_commit(session, wake_one)
     return target
+
+
+async def reoffer_pending(
+    session: AsyncSession, deps: TaskDeps, now: datetime, limit: int = 50
+) -> int:
+    """Offer due, untargeted tasks again: each scheduler tick, and right after a runner frees
+    a slot (a push-only runner may have been full when the first offer came, or the offer
+    expired)."""
+    n = 0
+    for task in await repo.unoffered_due(session, now, limit=limit):
+        if await offer(session, deps, task) is not None:
+            n += 1
+        else:
+            break  # no push-capable runner has room now
+    return n
 
 
 async def get_task(session: AsyncSession, principal: Principal, task_id: uuid.UUID) -> Task:
@@ -231,8 +263,7 @@ async def update_task(
     if "description" in fields and body.description is not None:
         task.description = body.description
     if body.config is not None:
-        merged = {**task.config, **body.config}
-        merged.pop("command_string", None) if "command" in body.config else None
+        merged = {**_as_input(task.config), **body.config}
         task.config = _config(task.type, merged, None)
     if body.resources is not None:
         task.req_cpu_cores = body.resources.cpu_cores
@@ -283,6 +314,8 @@ async def cancel_task(
         raise TaskNotCancellable(f"task is {task.status}", details={"status": task.status})
     task.updated_at = now
     await session.flush()
+    if task.status == TaskStatus.CANCELLED:
+        await lifecycle.emit_task_event(session, deps, "task.cancelled", task)
     return task
 
 

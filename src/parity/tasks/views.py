@@ -30,6 +30,7 @@ def task_read(task: Task) -> TaskRead:
         priority=task.priority,
         timeout_seconds=task.timeout_seconds,
         attempts=task.attempts,
+        releases=task.releases,
         max_attempts=task.max_attempts,
         available_at=task.available_at,
         target_runner_id=task.target_runner_id,

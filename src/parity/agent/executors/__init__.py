@@ -17,6 +17,8 @@ class Outcome:
     error: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     cancelled: bool = False
+    # The whole output when it did not fit inline (the runner stores it and reports a CID).
+    full_output: bytes | None = None
 
 
 class Executor(Protocol):

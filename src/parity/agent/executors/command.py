@@ -93,7 +93,8 @@ def _bwrap_prefix(workdir: str, network: bool) -> list[str]:
 class Limits:
     timeout_seconds: float = 3600.0
     memory_mb: int = 2048
-    output_bytes: int = 64 * 1024
+    output_bytes: int = 64 * 1024  # kept inline in the result
+    max_output_bytes: int = 16 * 1024 * 1024  # kept at all (stored under a CID when large)
 
 
 def _preexec(limits: Limits, as_uid: int | None) -> Callable[[], None]:
@@ -147,6 +148,7 @@ class CommandExecutor:
             ),
             memory_mb=int((task.get("resources") or {}).get("memory_mb") or self.limits.memory_mb),
             output_bytes=self.limits.output_bytes,
+            max_output_bytes=self.limits.max_output_bytes,
         )
         env = {**BASE_ENV, **{str(k): str(v) for k, v in (config.get("env") or {}).items()}}
         with tempfile.TemporaryDirectory(prefix="parity-task-") as workdir:
@@ -198,8 +200,8 @@ class CommandExecutor:
             pending: list[str] = []
             last = time.monotonic()
             async for raw in proc.stdout:
-                if len(captured) < limits.output_bytes:
-                    captured.extend(raw[: limits.output_bytes - len(captured)])
+                if len(captured) < limits.max_output_bytes:
+                    captured.extend(raw[: limits.max_output_bytes - len(captured)])
                 else:
                     truncated = True
                 pending.append(raw.decode(errors="replace").rstrip("\n"))
@@ -229,9 +231,15 @@ class CommandExecutor:
             await cancel_task
         await pump_task
         code = proc.returncode
-        output = captured.decode(errors="replace")
+        full: bytes | None = None
         if truncated:
-            output += f"\n[output truncated at {limits.output_bytes} bytes]"
+            captured.extend(f"\n[output truncated at {limits.max_output_bytes} bytes]".encode())
+        if len(captured) > limits.output_bytes:
+            full = bytes(captured)
+            output = captured[: limits.output_bytes].decode(errors="ignore")
+            output += f"\n[output truncated at {limits.output_bytes} bytes inline]"
+        else:
+            output = captured.decode(errors="replace")
         usage = {"wall_seconds": round(time.monotonic() - started, 3)}
         if reason is not None:
             return Outcome(False, code, output, reason, usage, cancelled=cancel.cancelled)
@@ -240,7 +248,7 @@ class CommandExecutor:
             if code is not None and code < 0:
                 why = f"killed by signal {-code}"
             return Outcome(False, code, output, why, usage)
-        return Outcome(True, 0, output, None, usage)
+        return Outcome(True, 0, output, None, usage, full_output=full)
 
 
 def _kill_group(pid: int) -> None:

@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("nonce", sa.String(length=64), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("releases", sa.Integer(), nullable=False),
         sa.Column("available_at", parity.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("target_runner_id", sa.Uuid(), nullable=True),
         sa.Column("offer_expires_at", parity.db.types.UTCDateTime(timezone=True), nullable=True),
@@ -106,6 +107,7 @@ def upgrade() -> None:
         sa.Column("cpu_usage", sa.Float(), nullable=True),
         sa.Column("memory_usage", sa.Float(), nullable=True),
         sa.Column("last_heartbeat", parity.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("drain_requested", sa.Boolean(), nullable=False),
         sa.Column("banned_at", parity.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", parity.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", parity.db.types.UTCDateTime(timezone=True), nullable=False),
@@ -231,9 +233,17 @@ def upgrade() -> None:
             batch_op.f("ix_runner_models_model_name"), ["model_name"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_runner_models_runner_id"), ["runner_id"], unique=False)
+    op.create_index(
+        "ix_tasks_pending_order",
+        "tasks",
+        [sa.text("priority DESC"), "available_at", "id"],
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tasks_pending_order", table_name="tasks")
     with op.batch_alter_table("runner_models", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_runner_models_runner_id"))
         batch_op.drop_index(batch_op.f("ix_runner_models_model_name"))

@@ -1,0 +1,133 @@
+"""The start-up check: is the configured node on the right chain, and are our contracts there?
+
+``check_chain`` never raises: it returns a :class:`ChainStatus` whose ``state`` is what
+``/api/status`` shows as ``backends.chain``:
+
+* ``off`` — FILECOIN_RPC is unset; chain features are off.
+* ``ok`` — chain id matches, both contracts have code, ``decimals()`` answers.
+* ``wrong_chain`` — the node serves another chain id than FILECOIN_CHAIN_ID. The server refuses
+  to start (:func:`refuse_wrong_chain`): signing for the wrong chain id would fail every payment,
+  and reading another chain's balances would be worse.
+* ``no_contract`` — no StakeWallet or token code at the configured address (or not set).
+* ``unreachable`` — the node did not answer. The server starts anyway and re-checks later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from parity.chain.errors import ChainError, ChainRetryableError
+from parity.chain.ports import ChainClient
+from parity.config import Settings
+from parity.errors import ConfigError
+from parity.logging import get_logger
+
+log = get_logger("parity.chain")
+
+ChainState = Literal["off", "ok", "wrong_chain", "no_contract", "unreachable"]
+
+# How long an "unreachable" verdict stands before a status request checks again.
+RECHECK_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    state: ChainState
+    message: str = ""
+    chain_id: int | None = None
+    expected_chain_id: int | None = None
+    stake_wallet_address: str | None = None
+    token_address: str | None = None
+    decimals: int | None = None
+    payment_ref: bool | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+
+
+OFF = ChainStatus("off", "FILECOIN_RPC is not set")
+
+
+async def check_chain(client: ChainClient | None, settings: Settings) -> ChainStatus:
+    """Check the node and the contracts; see the module docstring for the verdicts."""
+    if client is None:
+        return OFF
+    expected = settings.filecoin_chain_id
+    try:
+        actual = await client.chain_id()
+    except ChainError as exc:
+        return ChainStatus("unreachable", str(exc), expected_chain_id=expected)
+    if actual != expected:
+        return ChainStatus(
+            "wrong_chain",
+            f"FILECOIN_CHAIN_ID is {expected} but the node at FILECOIN_RPC serves chain {actual}",
+            chain_id=actual,
+            expected_chain_id=expected,
+        )
+    found = ChainStatus("ok", chain_id=actual, expected_chain_id=expected)
+    return await _check_contracts(client, settings, found)
+
+
+async def _check_contracts(
+    client: ChainClient, settings: Settings, found: ChainStatus
+) -> ChainStatus:
+    stake_wallet = settings.filecoin_stake_wallet_address.lower()
+    if not stake_wallet:
+        return replace(
+            found, state="no_contract", message="FILECOIN_STAKE_WALLET_ADDRESS is not set"
+        )
+    found = replace(found, stake_wallet_address=stake_wallet)
+    try:
+        if not await client.code_at(stake_wallet):
+            message = f"no contract code at FILECOIN_STAKE_WALLET_ADDRESS {stake_wallet}"
+            return replace(found, state="no_contract", message=message)
+        found = replace(found, token_address=await client.token_address())
+        if not await client.code_at(found.token_address or ""):
+            message = f"no contract code at the token address {found.token_address}"
+            return replace(found, state="no_contract", message=message)
+        found = replace(
+            found,
+            decimals=await client.token_decimals(),
+            payment_ref=await client.supports_payment_ref(),
+        )
+    except ChainRetryableError as exc:
+        return replace(found, state="unreachable", message=str(exc))
+    except ChainError as exc:
+        message = f"the contracts do not answer as a StakeWallet and an ERC20 do: {exc}"
+        return replace(found, state="no_contract", message=message)
+    return found
+
+
+def refuse_wrong_chain(status: ChainStatus) -> None:
+    """Raise ConfigError when the node is reachable and on another chain."""
+    if status.state == "wrong_chain":
+        raise ConfigError(f"{status.message}; fix FILECOIN_CHAIN_ID or FILECOIN_RPC")
+
+
+async def check_at_start(client: ChainClient | None, settings: Settings) -> ChainStatus:
+    """The start-up check with its consequences: ConfigError on a wrong chain, a warning log
+    when the node or the contracts are missing (the server still starts)."""
+    status = await check_chain(client, settings)
+    refuse_wrong_chain(status)
+    if status.state in ("ok", "off"):
+        log.info("chain_checked", **status.describe())
+    else:
+        log.warning("chain_not_ready", **status.describe())
+    return status
+
+
+async def recheck_if_stale(
+    client: ChainClient | None, settings: Settings, status: ChainStatus, age_seconds: float
+) -> ChainStatus | None:
+    """A fresh verdict when the last one was "unreachable" and is older than RECHECK_SECONDS,
+    else None. A node found on the wrong chain only now is logged as an error (the server is
+    already serving; restart it with the right settings)."""
+    if status.state != "unreachable" or age_seconds < RECHECK_SECONDS:
+        return None
+    fresh = await check_chain(client, settings)
+    if fresh.state == "wrong_chain":
+        log.error("chain_wrong_chain", **fresh.describe())
+    elif fresh.state != status.state:
+        log.info("chain_rechecked", **fresh.describe())
+    return fresh

@@ -1,0 +1,322 @@
+"""`parity-server storage`: put, get, pin, unpin and info talk to a server over HTTP with the
+token `parity-server auth --server URL` stored (or --token); gc runs on this machine against the
+configured database and content store, like `migrate`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from parity.cli.auth import default_keystore_path
+from parity.cli.credentials import CredentialsError, load_token
+from parity.config import load_settings
+from parity.core.storage.importer import FileImporter
+from parity.core.storage.multiformats import Cid, CidError
+from parity.errors import ConfigError, ParityError
+
+storage_app = typer.Typer(
+    name="storage",
+    help="Content storage: upload, download, pin and unpin files by CID; garbage-collect.",
+    no_args_is_help=True,
+)
+
+API = "/api/v1/storage"
+PIECE = 1 << 20
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 300.0
+
+ServerOpt = Annotated[
+    str,
+    typer.Option("--server", envvar="PARITY_SERVER_URL", help="Base URL of the server."),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="PARITY_TOKEN",
+        help="Bearer token (default: the one `parity-server auth --server URL` stored).",
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _token(server: str, token: str | None) -> str:
+    if token:
+        return token
+    path = default_keystore_path().parent / "credentials.json"
+    try:
+        stored = load_token(path, server)
+    except CredentialsError as exc:
+        raise _fail(str(exc)) from None
+    if stored is None:
+        raise _fail(
+            f"no token for {server}: run `parity-server auth --server {server}` or pass --token"
+        )
+    return stored.token
+
+
+def _client(server: str, token: str | None) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.rstrip("/"),
+        headers={"Authorization": f"Bearer {_token(server, token)}"},
+        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+    )
+
+
+def _refused(response: httpx.Response) -> typer.Exit:
+    message = f"HTTP {response.status_code}"
+    try:
+        err = response.json().get("error", {})
+        message = f"{err.get('message', message)} ({err.get('code', response.status_code)})"
+    except (ValueError, AttributeError):
+        pass
+    return _fail(message)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+    )
+
+
+def _print_json(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2))
+
+
+@storage_app.command("put")
+def put(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    pin: Annotated[bool, typer.Option("--pin/--no-pin", help="Pin it for you.")] = True,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Pin label (default: file name).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Upload FILE (streamed, with a progress bar); prints its CID."""
+    size = file.stat().st_size
+    with _progress(quiet) as progress, _client(server, token) as client:
+        task = progress.add_task(f"put {file.name}", total=size)
+
+        def body() -> Iterator[bytes]:
+            with open(file, "rb") as f:
+                while piece := f.read(PIECE):
+                    progress.advance(task, len(piece))
+                    yield piece
+
+        try:
+            r = client.put(
+                f"{API}/upload",
+                params={"pin": "true" if pin else "false", "name": name or file.name},
+                content=body(),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            )
+        except httpx.HTTPError as exc:
+            raise _fail(f"upload failed: {exc}") from None
+    if r.status_code != 201:
+        raise _refused(r)
+    doc = r.json()
+    typer.echo(
+        f"{doc['size']} bytes, pinned: {doc['pinned']}, CIDv0: {doc.get('cid_v0')}", err=True
+    )
+    typer.echo(doc["cid"])
+
+
+def _verify(wanted: Cid, importer: FileImporter) -> str | None:
+    _, result = importer.finish()
+    mine = {result.cid.multihash} | ({result.cid_v0.multihash} if result.cid_v0 else set())
+    if wanted.multihash in mine:
+        return None
+    return f"the bytes received hash to {result.cid}, not {wanted}"
+
+
+def _open_output(output: Path | None, cid: str) -> tuple[BinaryIO, Path | None]:
+    if output is not None and str(output) == "-":
+        return sys.stdout.buffer, None
+    path = output or Path(cid)
+    part = path.with_name(path.name + ".part")
+    return open(part, "wb"), path
+
+
+@storage_app.command("get")
+def get(
+    cid: str,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="File to write ('-' for stdout; default ./CID)."),
+    ] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify", help="Check that the bytes hash to CID (kubo import defaults)."
+        ),
+    ] = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download CID (streamed) and check it hashes to CID."""
+    try:
+        wanted = Cid.parse(cid)
+    except CidError as exc:
+        raise _fail(f"{cid!r} is not a CID: {exc}", 2) from None
+    importer = FileImporter(keep_blocks=False)
+    sink, final = _open_output(output, cid)
+    try:
+        with (
+            _progress(quiet or final is None) as progress,
+            _client(server, token) as client,
+            client.stream("GET", f"{API}/download/{cid}") as r,
+        ):
+            if r.status_code != 200:
+                r.read()
+                raise _refused(r)
+            total = int(r.headers.get("content-length", "0")) or None
+            task = progress.add_task(f"get {cid[:16]}…", total=total)
+            for piece in r.iter_bytes(PIECE):
+                sink.write(piece)
+                if verify:
+                    importer.write(piece)
+                progress.advance(task, len(piece))
+    except httpx.HTTPError as exc:
+        raise _fail(f"download failed: {exc}") from None
+    finally:
+        if final is not None:
+            sink.close()
+    problem = _verify(wanted, importer) if verify else None
+    if final is not None:
+        part = final.with_name(final.name + ".part")
+        if problem is not None:
+            part.unlink(missing_ok=True)
+        else:
+            part.replace(final)
+    if problem is not None:
+        raise _fail(problem + " (use --no-verify for content imported with other settings)")
+    if final is not None:
+        typer.echo(str(final), err=True)
+
+
+@storage_app.command("pin")
+def pin_cmd(
+    cid: str,
+    name: Annotated[str | None, typer.Option("--name", help="Pin label.")] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+    token: TokenOpt = None,
+) -> None:
+    """Pin CID (content the server holds) for you; prints the pin."""
+    with _client(server, token) as client:
+        try:
+            r = client.post(f"{API}/pin/{cid}", json={"name": name} if name else None)
+        except httpx.HTTPError as exc:
+            raise _fail(f"pin failed: {exc}") from None
+    if r.status_code not in (200, 201):
+        raise _refused(r)
+    _print_json(r.json())
+
+
+@storage_app.command("unpin")
+def unpin_cmd(cid: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """Remove your pin of CID."""
+    with _client(server, token) as client:
+        try:
+            r = client.delete(f"{API}/pin/{cid}")
+        except httpx.HTTPError as exc:
+            raise _fail(f"unpin failed: {exc}") from None
+    if r.status_code != 204:
+        raise _refused(r)
+    typer.echo(f"unpinned {cid}", err=True)
+
+
+@storage_app.command("info")
+def info_cmd(cid: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+    """CID, size, pinned, created, gateway URL."""
+    with _client(server, token) as client:
+        try:
+            r = client.get(f"{API}/info/{cid}")
+        except httpx.HTTPError as exc:
+            raise _fail(f"info failed: {exc}") from None
+    if r.status_code != 200:
+        raise _refused(r)
+    _print_json(r.json())
+
+
+@storage_app.command("gc")
+def gc_cmd(
+    config: Annotated[
+        str | None, typer.Option("--config", help="Path of a .env file (default ./.env)")
+    ] = None,
+    grace_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--grace-seconds",
+            min=0,
+            help="Spare blocks younger than this (default STORAGE_GC_GRACE_SECONDS).",
+        ),
+    ] = None,
+) -> None:
+    """Remove blocks that no account pins (on this machine's database and content store)."""
+    from parity.clock import SystemClock
+    from parity.db.session import Database
+    from parity.storage.factory import open_content_store
+    from parity.storage.service import collect_garbage
+
+    try:
+        settings = load_settings(env_file=config or ".env")
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    grace = settings.storage_gc_grace_seconds if grace_seconds is None else grace_seconds
+
+    async def run() -> Any:
+        db = Database(settings.resolved_database_url, nullpool=True)
+        store = open_content_store(settings)
+        try:
+            return await collect_garbage(db, store, SystemClock().now(), grace)
+        finally:
+            await store.aclose()
+            await db.dispose()
+
+    try:
+        result = asyncio.run(run())
+    except ParityError as exc:
+        raise _fail(exc.message) from None
+    except OSError as exc:
+        raise _fail(f"cannot reach the database or the content store: {exc}") from None
+    _print_json(
+        {
+            "store": settings.filecoin_ipfs_endpoint or str(settings.blocks_path),
+            "removed_blocks": result.report.removed_blocks,
+            "freed_bytes": result.report.freed_bytes,
+            "repinned": result.repinned,
+            "missing_pinned_content": result.lost,
+            "forgotten_objects": result.pruned_objects,
+            "grace_seconds": grace,
+        }
+    )

@@ -1,0 +1,312 @@
+"""All SQL of events, webhook endpoints and deliveries."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.api.pagination import Cursor
+from parity.events.models import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+
+def _rowcount(res: Any) -> int:
+    return int(getattr(res, "rowcount", 0) or 0)
+
+
+# -- events
+
+
+async def add_event(session: AsyncSession, event: Event) -> None:
+    session.add(event)
+    await session.flush()
+
+
+async def get_event(session: AsyncSession, event_id: uuid.UUID) -> Event | None:
+    return await session.scalar(select(Event).where(Event.id == event_id))
+
+
+async def events_after(
+    session: AsyncSession,
+    *,
+    owner: str | None,
+    after: int,
+    visible_before: datetime,
+    types: Sequence[str] | None,
+    limit: int,
+) -> list[Event]:
+    """Events past the cursor, oldest first, that are older than ``visible_before`` (so a
+    lower ``seq`` still committing is not skipped). ``owner`` None reads everyone's."""
+    q = select(Event).where(Event.seq > after, Event.created_at <= visible_before)
+    if owner is not None:
+        q = q.where(Event.owner_address == owner)
+    if types:
+        q = q.where(Event.type.in_(list(types)))
+    q = q.order_by(Event.seq).limit(limit)
+    return list((await session.scalars(q)).all())
+
+
+# -- endpoints
+
+
+async def add_endpoint(session: AsyncSession, endpoint: WebhookEndpoint) -> None:
+    session.add(endpoint)
+    await session.flush()
+
+
+async def get_endpoint(
+    session: AsyncSession, endpoint_id: uuid.UUID, *, lock: bool = False
+) -> WebhookEndpoint | None:
+    q = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+    if lock:
+        q = q.with_for_update()
+    return await session.scalar(q)
+
+
+async def count_endpoints(session: AsyncSession, owner: str) -> int:
+    q = select(func.count()).select_from(WebhookEndpoint)
+    return int(await session.scalar(q.where(WebhookEndpoint.owner_address == owner)) or 0)
+
+
+async def subscribers(
+    session: AsyncSession, owner: str, admins: Collection[str]
+) -> list[WebhookEndpoint]:
+    """Enabled endpoints of the owner and of the operators (type matching is the caller's)."""
+    owners = {owner, *admins}
+    q = select(WebhookEndpoint).where(
+        WebhookEndpoint.enabled.is_(True), WebhookEndpoint.owner_address.in_(sorted(owners))
+    )
+    return list((await session.scalars(q)).all())
+
+
+async def list_endpoints(
+    session: AsyncSession, owner: str | None, limit: int, after: Cursor | None
+) -> list[WebhookEndpoint]:
+    q = select(WebhookEndpoint)
+    if owner is not None:
+        q = q.where(WebhookEndpoint.owner_address == owner)
+    if after is not None:
+        ts, id_ = after
+        q = q.where(
+            or_(
+                WebhookEndpoint.created_at < ts,
+                and_(WebhookEndpoint.created_at == ts, WebhookEndpoint.id < id_),
+            )
+        )
+    q = q.order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc()).limit(limit + 1)
+    return list((await session.scalars(q)).all())
+
+
+async def delete_endpoint(session: AsyncSession, endpoint: WebhookEndpoint) -> None:
+    await session.delete(endpoint)
+    await session.flush()
+
+
+# -- deliveries
+
+
+async def add_deliveries(session: AsyncSession, rows: Sequence[WebhookDelivery]) -> None:
+    session.add_all(rows)
+    await session.flush()
+
+
+async def get_delivery(session: AsyncSession, delivery_id: uuid.UUID) -> WebhookDelivery | None:
+    return await session.get(WebhookDelivery, delivery_id)
+
+
+async def list_deliveries(
+    session: AsyncSession, endpoint_id: uuid.UUID, limit: int, after: Cursor | None
+) -> list[tuple[WebhookDelivery, str]]:
+    """A page of an endpoint's deliveries with their event types, newest first."""
+    q = (
+        select(WebhookDelivery, Event.type)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.endpoint_id == endpoint_id)
+    )
+    if after is not None:
+        ts, id_ = after
+        q = q.where(
+            or_(
+                WebhookDelivery.created_at < ts,
+                and_(WebhookDelivery.created_at == ts, WebhookDelivery.id < id_),
+            )
+        )
+    q = q.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(limit + 1)
+    return [(d, t) for d, t in (await session.execute(q)).all()]
+
+
+async def attempts_of(
+    session: AsyncSession, delivery_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[WebhookDeliveryAttempt]]:
+    out: dict[uuid.UUID, list[WebhookDeliveryAttempt]] = {d: [] for d in delivery_ids}
+    if not delivery_ids:
+        return out
+    q = (
+        select(WebhookDeliveryAttempt)
+        .where(WebhookDeliveryAttempt.delivery_id.in_(list(delivery_ids)))
+        .order_by(WebhookDeliveryAttempt.delivery_id, WebhookDeliveryAttempt.attempt)
+    )
+    for row in (await session.scalars(q)).all():
+        out[row.delivery_id].append(row)
+    return out
+
+
+async def due(
+    session: AsyncSession,
+    now: datetime,
+    limit: int,
+    per_endpoint: int,
+    exclude: Collection[uuid.UUID] = (),
+) -> list[tuple[WebhookDelivery, WebhookEndpoint, Event]]:
+    """Pending deliveries whose time has come on enabled endpoints, at most ``per_endpoint``
+    per endpoint (so one endpoint's backlog cannot fill the batch), oldest due first."""
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=WebhookDelivery.endpoint_id,
+            order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.created_at),
+        )
+        .label("rank")
+    )
+    inner = (
+        select(WebhookDelivery.id.label("id"), rank)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(
+            WebhookDelivery.status == PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+            WebhookEndpoint.enabled.is_(True),
+        )
+    )
+    if exclude:
+        inner = inner.where(WebhookDelivery.id.not_in(list(exclude)))
+    ranked = inner.subquery()
+    q = (
+        select(WebhookDelivery, WebhookEndpoint, Event)
+        .join(ranked, ranked.c.id == WebhookDelivery.id)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .join(Event, Event.id == WebhookDelivery.event_id)
+        .where(ranked.c.rank <= per_endpoint)
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.created_at)
+        .limit(limit)
+    )
+    return [(d, e, ev) for d, e, ev in (await session.execute(q)).all()]
+
+
+async def claim(
+    session: AsyncSession, ids: Sequence[uuid.UUID], now: datetime, until: datetime
+) -> set[uuid.UUID]:
+    """Push the due time of the chosen deliveries past the send, in one conditional UPDATE:
+    a second loop (another replica) that read the same rows gets nothing back for them."""
+    if not ids:
+        return set()
+    res = await session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id.in_(list(ids)),
+            WebhookDelivery.status == PENDING,
+            WebhookDelivery.next_attempt_at <= now,
+        )
+        .values(next_attempt_at=until)
+        .returning(WebhookDelivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return {row[0] for row in res.all()}
+
+
+async def existing_deliveries(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    q = select(WebhookDelivery.id).where(WebhookDelivery.id.in_(list(ids)))
+    return set((await session.scalars(q)).all())
+
+
+async def add_attempt(session: AsyncSession, attempt: WebhookDeliveryAttempt) -> None:
+    session.add(attempt)
+
+
+async def update_delivery(
+    session: AsyncSession, delivery_id: uuid.UUID, values: dict[str, Any]
+) -> None:
+    await session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def endpoint_succeeded(session: AsyncSession, endpoint_id: uuid.UUID) -> None:
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.consecutive_failures != 0)
+        .values(consecutive_failures=0)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def endpoint_failed(
+    session: AsyncSession,
+    endpoint_id: uuid.UUID,
+    now: datetime,
+    threshold: int,
+    reason: str,
+) -> bool:
+    """Count a failure (in SQL, so concurrent recorders add up); trip the breaker at
+    ``threshold``. True when this call disabled the endpoint."""
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .values(consecutive_failures=WebhookEndpoint.consecutive_failures + 1)
+        .execution_options(synchronize_session=False)
+    )
+    res = await session.execute(
+        update(WebhookEndpoint)
+        .where(
+            WebhookEndpoint.id == endpoint_id,
+            WebhookEndpoint.enabled.is_(True),
+            WebhookEndpoint.consecutive_failures >= threshold,
+        )
+        .values(enabled=False, disabled_reason=reason, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(res) > 0
+
+
+# -- retention
+
+
+async def prune(session: AsyncSession, before: datetime) -> int:
+    """Delete finished deliveries (with their attempts) and events created before ``before``.
+    An event's remaining deliveries and attempts go with it (ON DELETE CASCADE)."""
+    old = select(WebhookDelivery.id).where(
+        WebhookDelivery.status.in_([DELIVERED, FAILED]), WebhookDelivery.created_at < before
+    )
+    await session.execute(
+        delete(WebhookDeliveryAttempt)
+        .where(WebhookDeliveryAttempt.delivery_id.in_(old))
+        .execution_options(synchronize_session=False)
+    )
+    n = _rowcount(
+        await session.execute(
+            delete(WebhookDelivery)
+            .where(
+                WebhookDelivery.status.in_([DELIVERED, FAILED]),
+                WebhookDelivery.created_at < before,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    )
+    n += _rowcount(
+        await session.execute(
+            delete(Event)
+            .where(Event.created_at < before)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    return n

@@ -1,0 +1,427 @@
+"""The runner side of the queue: claim, start, complete, fail, release, leases, logs, fit,
+long-poll, labels, offers, and (on PostgreSQL) concurrent claims."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from parity.clock import FrozenClock
+from parity.container import Container
+from parity.tasks.models import RunnerPush
+from tests.conftest import ALICE, BOB, bearer, sign_in
+from tests.integration.queue_helpers import (
+    V1,
+    act,
+    attempts,
+    claim,
+    claimed,
+    create_task,
+    custom_client,
+    device,
+    error_code,
+    expire_leases,
+    expire_offers,
+    get_task,
+    register_runner,
+    when,
+)
+
+BACKOFF_PAST = 10  # retry base is 5 s with ±10 % jitter
+
+
+async def _setup(client: httpx.AsyncClient, **caps: Any) -> tuple[str, str]:
+    alice = await sign_in(client, ALICE)
+    runner, _ = await register_runner(client, alice, device(), **caps)
+    return alice, runner
+
+
+async def test_claim_next_is_204_when_nothing_is_pending(client: httpx.AsyncClient):
+    _, runner = await _setup(client)
+    r = await claim(client, runner, wait=0)
+    assert r.status_code == 204 and r.content == b""
+
+
+async def test_claim_start_complete_records_one_result(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    assert c["task"]["id"] == task["id"] and c["task"]["status"] == "assigned"
+    assert c["attempt"] == 1 and c["claim_token"].startswith("ps_claim_")
+    assert c["lease_seconds"] == 90.0
+    assert when(c["lease_expires_at"]) - when(c["task"]["updated_at"]) == timedelta(seconds=90)
+    started = await act(client, runner, task["id"], "start", c["claim_token"])
+    assert started.status_code == 200 and started.json()["status"] == "running"
+    done = await act(client, runner, task["id"], "complete", c["claim_token"], output="hi\n")
+    assert done.status_code == 200 and done.json()["status"] == "completed"
+    result = (await client.get(f"{V1}/tasks/{task['id']}/result", headers=bearer(alice))).json()
+    assert result["output"] == "hi\n" and result["attempt"] == 1
+    [a] = await attempts(client, alice, task["id"])
+    assert a["outcome"] == "completed" and a["runner_id"] == c["task"]["runner_id"]
+
+
+async def test_claim_with_start_true_returns_a_running_task(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner, start=True)
+    assert c["task"]["status"] == "running" and c["task"]["started_at"] is not None
+    assert (await get_task(client, alice, task["id"]))["status"] == "running"
+
+
+async def test_max_tasks_claims_a_batch_up_to_max_concurrent_tasks(client: httpx.AsyncClient):
+    alice, runner = await _setup(client, max_concurrent_tasks=2)
+    for i in range(3):
+        await create_task(client, alice, title=f"t{i}")
+    body = await claimed(client, runner, max_tasks=3)
+    assert len(body["claims"]) == 2
+    assert len({c["task"]["id"] for c in body["claims"]}) == 2
+    assert all(c["task"]["status"] == "assigned" for c in body["claims"])
+    assert (await claim(client, runner, max_tasks=3)).status_code == 204
+
+
+async def test_claiming_an_unknown_task_is_404(client: httpx.AsyncClient):
+    _, runner = await _setup(client)
+    r = await claim(client, runner, "00000000-0000-0000-0000-000000000001")
+    assert r.status_code == 404 and error_code(r) == "task_not_found"
+
+
+async def test_claiming_a_completed_task_is_409_with_its_status(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    await act(client, runner, task["id"], "complete", c["claim_token"], output="x")
+    r = await claim(client, runner, task["id"])
+    assert r.status_code == 409 and error_code(r) == "task_not_claimable"
+    assert r.json()["error"]["details"]["status"] == "completed"
+
+
+async def test_claiming_a_task_that_needs_more_cpu_is_403(client: httpx.AsyncClient):
+    alice, runner = await _setup(client, cpu_cores=2)
+    task = await create_task(client, alice, resources={"cpu_cores": 8})
+    r = await claim(client, runner, task["id"])
+    assert r.status_code == 403 and error_code(r) == "runner_not_eligible"
+    assert r.json()["error"]["details"]["required"]["cpu_cores"] == 8
+    assert (await claim(client, runner)).status_code == 204
+
+
+async def test_claiming_a_docker_task_without_docker_is_403(client: httpx.AsyncClient):
+    alice, runner = await _setup(client, docker=False)
+    task = await create_task(client, alice, type="docker", config={"image": "alpine:3"})
+    r = await claim(client, runner, task["id"])
+    assert r.status_code == 403 and error_code(r) == "runner_not_eligible"
+    assert r.json()["error"]["details"]["required"]["docker"] is True
+
+
+async def test_repeating_a_transition_with_the_same_token_answers_200(client: httpx.AsyncClient):
+    alice, runner = await _setup(client, max_concurrent_tasks=2)
+    a = await create_task(client, alice, title="a")
+    b = await create_task(client, alice, title="b", max_attempts=1)
+    body = await claimed(client, runner, max_tasks=2)
+    tokens = {c["task"]["id"]: c["claim_token"] for c in body["claims"]}
+    ca, cb = {"claim_token": tokens[a["id"]]}, {"claim_token": tokens[b["id"]]}
+    for _ in range(2):
+        r = await act(client, runner, a["id"], "start", ca["claim_token"])
+        assert r.status_code == 200 and r.json()["status"] == "running"
+    for _ in range(2):
+        r = await act(client, runner, a["id"], "complete", ca["claim_token"], output="ok")
+        assert r.status_code == 200 and r.json()["status"] == "completed"
+    for _ in range(2):
+        r = await act(client, runner, b["id"], "fail", cb["claim_token"], error="boom")
+        assert r.status_code == 200 and r.json()["status"] == "failed"
+    assert len(await attempts(client, alice, a["id"])) == 1
+
+
+async def test_a_different_transition_after_complete_is_409(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    await act(client, runner, task["id"], "complete", c["claim_token"], output="ok")
+    for action, extra in (("fail", {"error": "late"}), ("start", {}), ("release", {})):
+        r = await act(client, runner, task["id"], action, c["claim_token"], **extra)
+        assert r.status_code == 409, action
+        assert error_code(r) == "invalid_transition"
+        assert r.json()["error"]["details"]["status"] == "completed"
+
+
+async def test_token_of_an_older_attempt_is_a_stale_claim(
+    client: httpx.AsyncClient, clock: FrozenClock
+):
+    alice, first = await _setup(client)
+    second, _ = await register_runner(client, alice, device())
+    task = await create_task(client, alice)
+    old = await claimed(client, first)
+    r = await act(client, first, task["id"], "fail", old["claim_token"], error="flaky")
+    assert r.json()["status"] == "pending"
+    clock.advance(BACKOFF_PAST)
+    new = await claimed(client, second)
+    assert new["task"]["id"] == task["id"] and new["attempt"] == 2
+    for action in ("start", "complete"):
+        r = await act(client, first, task["id"], action, old["claim_token"])
+        assert r.status_code == 409 and error_code(r) == "stale_claim"
+        assert r.json()["error"]["details"]["attempt"] == 2
+
+
+async def test_complete_from_assigned_is_an_implicit_start(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    r = await act(client, runner, task["id"], "complete", c["claim_token"], output="ok")
+    assert r.status_code == 200 and r.json()["status"] == "completed"
+    assert r.json()["started_at"] is not None
+    [a] = await attempts(client, alice, task["id"])
+    assert a["started_at"] is not None and a["outcome"] == "completed"
+
+
+async def test_complete_with_a_nonzero_exit_code_is_422(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    r = await act(client, runner, task["id"], "complete", c["claim_token"], exit_code=1)
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "exit_code"
+    assert (await get_task(client, alice, task["id"]))["status"] == "assigned"
+
+
+async def test_fail_with_attempts_left_retries_on_another_runner_after_backoff(
+    client: httpx.AsyncClient, clock: FrozenClock
+):
+    alice, first = await _setup(client)
+    second, _ = await register_runner(client, alice, device())
+    task = await create_task(client, alice, max_attempts=3)
+    c = await claimed(client, first)
+    r = await act(client, first, task["id"], "fail", c["claim_token"], error="exit 2", exit_code=2)
+    body = r.json()
+    assert body["status"] == "pending" and body["attempts"] == 1
+    assert body["last_error"] == "exit 2" and body["runner_id"] is None
+    wait = (when(body["available_at"]) - clock.now()).total_seconds()
+    assert 4.5 <= wait <= 5.5
+    assert (await claim(client, second)).status_code == 204  # backing off
+    clock.advance(BACKOFF_PAST)
+    assert (await claim(client, first)).status_code == 204  # excluded
+    r = await claim(client, first, task["id"])
+    assert r.status_code == 403 and error_code(r) == "runner_not_eligible"
+    again = await claimed(client, second)
+    assert again["task"]["id"] == task["id"] and again["attempt"] == 2
+    [a1, a2] = await attempts(client, alice, task["id"])
+    assert (a1["outcome"], a1["exit_code"], a1["error"]) == ("failed", 2, "exit 2")
+    assert a2["outcome"] is None and a2["runner_id"] != a1["runner_id"]
+
+
+async def test_fail_on_the_last_attempt_is_terminal(client: httpx.AsyncClient, clock: FrozenClock):
+    alice, runner = await _setup(client)
+    other, _ = await register_runner(client, alice, device())
+    task = await create_task(client, alice, max_attempts=1)
+    c = await claimed(client, runner)
+    r = await act(client, runner, task["id"], "fail", c["claim_token"], error="boom")
+    assert r.json()["status"] == "failed" and r.json()["completed_at"] is not None
+    clock.advance(3600)
+    assert (await claim(client, other)).status_code == 204
+    r = await claim(client, other, task["id"])
+    assert r.status_code == 409 and r.json()["error"]["details"]["status"] == "failed"
+
+
+async def test_lease_expiry_returns_the_task_to_pending_and_counts_the_attempt(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice, max_attempts=3)
+    c = await claimed(client, runner)
+    clock.advance(89)
+    assert await expire_leases(container) == 0
+    clock.advance(2)
+    assert await expire_leases(container) == 1
+    t = await get_task(client, alice, task["id"])
+    assert t["status"] == "pending" and t["attempts"] == 1
+    assert "lease expired" in t["last_error"]
+    [a] = await attempts(client, alice, task["id"])
+    assert a["outcome"] == "lease_expired" and "lease expired" in a["error"]
+    r = await act(client, runner, task["id"], "complete", c["claim_token"], output="late")
+    assert r.status_code == 409
+
+
+async def test_lease_expiry_of_the_final_attempt_fails_the_task(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice, max_attempts=1)
+    await claimed(client, runner)
+    clock.advance(91)
+    assert await expire_leases(container) == 1
+    t = await get_task(client, alice, task["id"])
+    assert t["status"] == "failed" and t["attempts"] == 1
+    assert "lease expired" in t["last_error"]
+
+
+async def test_release_returns_the_task_without_consuming_an_attempt(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice, max_attempts=2)
+    c = await claimed(client, runner)
+    r = await act(client, runner, task["id"], "release", c["claim_token"])
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["status"], body["attempts"], body["releases"], body["runner_id"]) == (
+        "pending",
+        1,
+        1,
+        None,
+    )
+    [a] = await attempts(client, alice, task["id"])
+    assert a["outcome"] == "released"
+    # One real failure after the release still leaves a retry: the release did not count.
+    c2 = await claimed(client, runner)
+    failed = await act(client, runner, task["id"], "fail", c2["claim_token"], error="boom")
+    assert failed.json()["status"] == "pending"
+
+
+async def test_a_released_task_can_be_claimed_again(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    await act(client, runner, task["id"], "release", c["claim_token"])
+    r = await claim(client, runner)
+    assert r.status_code == 200, r.text
+    assert r.json()["task"]["id"] == task["id"]
+
+
+async def test_log_append_is_idempotent_on_seq(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner, start=True)
+    for _ in range(2):
+        r = await act(client, runner, task["id"], "logs", c["claim_token"], seq=0, lines=["a", "b"])
+        assert r.status_code == 200 and r.json()["accepted"] is True
+        assert r.json()["stored_bytes"] == 4
+    logs = (await client.get(f"{V1}/tasks/{task['id']}/logs", headers=bearer(alice))).json()
+    assert [(i["seq"], i["lines"]) for i in logs["items"]] == [(0, ["a", "b"])]
+
+
+async def test_logs_past_the_budget_are_truncated_with_a_marker(container: Container):
+    async with custom_client(container, task_log_max_bytes=2048) as (http, _):
+        alice, runner = await _setup(http)
+        task = await create_task(http, alice)
+        c = await claimed(http, runner, start=True)
+        line = "x" * 99  # 100 bytes with its newline
+        r = await act(http, runner, task["id"], "logs", c["claim_token"], seq=0, lines=[line] * 15)
+        assert r.json() == {"accepted": True, "truncated": False, "stored_bytes": 1500}
+        r = await act(http, runner, task["id"], "logs", c["claim_token"], seq=1, lines=[line] * 15)
+        assert r.json() == {"accepted": True, "truncated": True, "stored_bytes": 2048}
+        r = await act(http, runner, task["id"], "logs", c["claim_token"], seq=2, lines=["more"])
+        assert r.json() == {"accepted": False, "truncated": True, "stored_bytes": 2048}
+        logs = (await http.get(f"{V1}/tasks/{task['id']}/logs", headers=bearer(alice))).json()
+        assert logs["truncated"] is True and len(logs["items"]) == 2
+        second = logs["items"][1]["lines"]
+        assert second[:5] == [line] * 5 and second[-1].startswith("[log truncated: 2048")
+
+
+async def test_a_runner_never_exceeds_max_concurrent_tasks(client: httpx.AsyncClient):
+    alice, runner = await _setup(client, max_concurrent_tasks=2)
+    for i in range(5):
+        await create_task(client, alice, title=f"t{i}")
+    assert (await claim(client, runner)).status_code == 200
+    assert (await claim(client, runner)).status_code == 200
+    assert (await claim(client, runner)).status_code == 204
+    r = await client.get(f"{V1}/tasks", params={"status": "pending"}, headers=bearer(alice))
+    assert r.headers["X-Total-Count"] == "3"
+
+
+async def test_claims_account_for_the_resources_already_held(client: httpx.AsyncClient):
+    alice, runner = await _setup(client, cpu_cores=4, max_concurrent_tasks=10)
+    for i in range(3):
+        await create_task(client, alice, title=f"t{i}", resources={"cpu_cores": 2})
+    assert (await claim(client, runner)).status_code == 200
+    assert (await claim(client, runner)).status_code == 200
+    assert (await claim(client, runner)).status_code == 204
+
+
+async def test_long_poll_claim_answers_when_a_task_arrives(client: httpx.AsyncClient):
+    alice, runner = await _setup(client)
+    waiting = asyncio.create_task(claim(client, runner, wait=5))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    task = await create_task(client, alice)
+    r = await asyncio.wait_for(waiting, timeout=4)
+    assert r.status_code == 200 and r.json()["task"]["id"] == task["id"]
+
+
+async def test_wait_above_30_seconds_is_422(client: httpx.AsyncClient):
+    _, runner = await _setup(client)
+    r = await claim(client, runner, wait=31)
+    assert r.status_code == 422
+    assert r.json()["error"]["details"]["errors"][0]["field"] == "wait"
+
+
+async def test_required_labels_pick_the_runner_that_has_them(client: httpx.AsyncClient):
+    alice = await sign_in(client, ALICE)
+    plain, _ = await register_runner(client, alice, device())
+    a100, _ = await register_runner(client, alice, device(), labels={"gpu": "a100"})
+    task = await create_task(client, alice, labels={"gpu": "a100"})
+    assert (await claim(client, plain)).status_code == 204
+    r = await claim(client, plain, task["id"])
+    assert r.status_code == 403 and r.json()["error"]["details"]["required"]["labels"] == {
+        "gpu": "a100"
+    }
+    assert (await claimed(client, a100))["task"]["id"] == task["id"]
+
+
+async def test_an_offer_reserves_the_task_for_the_push_runner_until_it_expires(
+    container: Container, clock: FrozenClock
+):
+    async with custom_client(container, webhook_allow_private=True) as (http, c):
+        alice = await sign_in(http, ALICE)
+        bob = await sign_in(http, BOB)
+        _, pushed = await register_runner(http, alice, device(), webhook="http://127.0.0.1:9/hook")
+        pull, _ = await register_runner(http, bob, device())
+        task = await create_task(http, alice)
+        assert task["target_runner_id"] == pushed["runner"]["id"]
+        async with c.db.read_session() as s:
+            pushes = (await s.scalars(select(RunnerPush))).all()
+        assert [(str(p.runner_id), str(p.task_id)) for p in pushes] == [
+            (pushed["runner"]["id"], task["id"])
+        ]
+        assert pushes[0].payload["type"] == "task.offered"
+        assert (await claim(http, pull)).status_code == 204
+        r = await claim(http, pull, task["id"])
+        assert r.status_code == 409 and error_code(r) == "task_not_claimable"
+        assert r.json()["error"]["details"]["target_runner_id"] == pushed["runner"]["id"]
+        clock.advance(11)
+        assert await expire_offers(c) == 1
+        assert (await get_task(http, alice, task["id"]))["target_runner_id"] is None
+        assert (await claimed(http, pull))["task"]["id"] == task["id"]
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_claims_by_one_runner_never_overcommit(client: httpx.AsyncClient):
+    alice, runner = await _setup(client, max_concurrent_tasks=3)
+    for i in range(10):
+        await create_task(client, alice, title=f"t{i}")
+    results = await asyncio.gather(*(claim(client, runner) for _ in range(10)))
+    codes = sorted(r.status_code for r in results)
+    assert codes == [200] * 3 + [204] * 7
+    claimed_ids = {r.json()["task"]["id"] for r in results if r.status_code == 200}
+    assert len(claimed_ids) == 3
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_runners_never_claim_the_same_task(client: httpx.AsyncClient):
+    alice = await sign_in(client, ALICE)
+    runners = [
+        (await register_runner(client, alice, device(), max_concurrent_tasks=3))[0]
+        for _ in range(10)
+    ]
+    tasks = [await create_task(client, alice, title=f"t{i}") for i in range(30)]
+    seen: list[str] = []
+    for _ in range(10):  # SKIP LOCKED may hand a claimer fewer rows; go round until drained
+        results = await asyncio.gather(*(claim(client, r, max_tasks=3) for r in runners))
+        for r in results:
+            assert r.status_code in (200, 204), r.text
+            if r.status_code == 200:
+                seen += [c["task"]["id"] for c in r.json()["claims"]]
+        if len(seen) >= 30:
+            break
+    assert len(seen) == 30 and set(seen) == {t["id"] for t in tasks}
+    for t in tasks:
+        assert len(await attempts(client, alice, t["id"])) == 1
