@@ -378,3 +378,21 @@ async def test_internal_task_types_are_hidden_unless_asked_for(
     assert {t["id"] for t in every.json()} == {visible["id"], str(hidden)}
     asked = await client.get(f"{V1}/tasks?type=llm", headers=bearer(alice))
     assert [t["id"] for t in asked.json()] == [str(hidden)]
+
+
+async def test_pending_limits_answer_429_per_client_and_503_overall(container: Container):
+    from tests.integration.queue_helpers import custom_client
+
+    body = {"title": "t", "type": "command", "config": {"command": ["true"]}}
+    async with custom_client(
+        container, task_max_pending_per_client=2, task_max_pending_total=3
+    ) as (http, _):
+        alice = bearer(await sign_in(http, ALICE))
+        bob = bearer(await sign_in(http, BOB))
+        assert [
+            (await http.post(f"{V1}/tasks", json=body, headers=alice)).status_code for _ in range(3)
+        ] == [201, 201, 429]
+        assert (await http.post(f"{V1}/tasks", json=body, headers=bob)).status_code == 201
+        full = await http.post(f"{V1}/tasks", json=body, headers=bob)
+        assert full.status_code == 503 and error_code(full) == "queue_full"
+        assert full.headers["retry-after"] == "10"

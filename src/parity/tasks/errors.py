@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from parity.errors import Conflict, Forbidden, NotFound, RateLimited
+from parity.errors import Conflict, Forbidden, NotFound, RateLimited, Unavailable
 
 
 class TaskNotFound(NotFound):
@@ -42,3 +42,8 @@ class RunnerTokenRequired(Forbidden):
 class TooManyPending(RateLimited):
     code = "too_many_pending_tasks"
     retry_after = 5
+
+
+class QueueFull(Unavailable):
+    code = "queue_full"
+    retry_after = 10

@@ -20,7 +20,13 @@ from parity.runners import repository as runners_repo
 from parity.tasks import lifecycle
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
-from parity.tasks.errors import TaskNotCancellable, TaskNotEditable, TaskNotFound, TooManyPending
+from parity.tasks.errors import (
+    QueueFull,
+    TaskNotCancellable,
+    TaskNotEditable,
+    TaskNotFound,
+    TooManyPending,
+)
 from parity.tasks.models import RunnerPush, Task, TaskAttempt, TaskLog, TaskResult
 from parity.tasks.schemas import ResourcesIn, TaskCreate, TaskUpdate
 
@@ -67,6 +73,8 @@ async def create_task(
         raise TooManyPending(
             f"you have {deps.max_pending_per_client} pending tasks; wait for some to run"
         )
+    if await repo.count_pending(session, None) >= deps.max_pending_total:
+        raise QueueFull(f"the queue holds {deps.max_pending_total} pending tasks; retry later")
     res = body.resources or ResourcesIn()
     not_before = body.not_before
     if not_before is not None and not_before.tzinfo is None:
