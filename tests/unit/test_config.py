@@ -119,3 +119,17 @@ def test_private_webhooks_default_on_only_in_embedded_mode():
     assert load_settings({}, env_file=None).allow_private_webhooks is True
     pg = load_settings({"DATABASE_URL": "postgresql+asyncpg://x@h/d"}, env_file=None)
     assert pg.allow_private_webhooks is False
+
+
+def test_env_example_documents_every_setting():
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    from parity.config import Settings
+
+    missing = [
+        k.upper()
+        for k in Settings.model_fields
+        if not re.search(rf"^#?\s*{k.upper()}=", text, re.MULTILINE)
+    ]
+    assert missing == []
