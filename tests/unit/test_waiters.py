@@ -1,0 +1,39 @@
+"""In-process waiters: selective, bounded, oldest first."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from parity.tasks.wakeups import WakeHub
+from parity.waiters import Waiters
+
+
+async def test_wait_times_out_without_a_wake():
+    w: Waiters[str] = Waiters()
+    assert await w.wait("a", 0.01) is False
+    assert len(w) == 0
+
+
+async def test_wake_is_selective_bounded_and_oldest_first():
+    w: Waiters[str] = Waiters()
+    jobs = [asyncio.create_task(w.wait(k, 5)) for k in ["a", "b", "a", "c"]]
+    await asyncio.sleep(0.05)
+    assert w.wake(lambda k: k == "a", limit=1) == ["a"]
+    await asyncio.sleep(0.05)
+    assert [j.done() for j in jobs] == [True, False, False, False]
+    assert sorted(w.wake(lambda k: k != "c")) == ["a", "b"]
+    w.wake_all()
+    assert await asyncio.gather(*jobs) == [True, True, True, True]
+
+
+async def test_wake_any_wakes_at_most_one_waiter_per_runner():
+    hub = WakeHub()
+    r1, r2 = uuid.uuid4(), uuid.uuid4()
+    jobs = [asyncio.create_task(hub.wait(r, 5)) for r in [r1, r1, r2]]
+    await asyncio.sleep(0.05)
+    assert hub.wake_any(3) == 2
+    await asyncio.sleep(0.05)
+    assert [j.done() for j in jobs] == [True, False, True]
+    assert hub.wake_runner(r1) == 1
+    assert await asyncio.gather(*jobs) == [True, True, True]
