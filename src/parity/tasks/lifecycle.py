@@ -100,7 +100,7 @@ async def claim(
             )
         return None
     want = min(max_tasks, slots)
-    candidates = await repo.claimable(
+    candidates = await repo.claim_candidates(
         session,
         runner.id,
         now,

@@ -88,6 +88,53 @@ async def claimable(
 ) -> list[Task]:
     """Pending tasks this runner may take, best first, locked with SKIP LOCKED so concurrent
     claimers on PostgreSQL never wait on each other's rows."""
+    q = _claimable_query(
+        select(Task), runner_id, now, free_cpu, free_memory, free_gpus, docker, limit, task_id
+    )
+    if lock:
+        q = q.with_for_update(skip_locked=True)
+    return list((await session.scalars(q)).all())
+
+
+async def claim_candidates(
+    session: AsyncSession,
+    runner_id: uuid.UUID,
+    now: datetime,
+    *,
+    free_cpu: float,
+    free_memory: int,
+    free_gpus: int,
+    docker: bool,
+    limit: int,
+    task_id: uuid.UUID | None = None,
+) -> list[Any]:
+    """Like ``claimable`` but only the columns placement needs (no ORM objects to build on
+    the hot path), locked with FOR UPDATE OF tasks SKIP LOCKED."""
+    cols = select(
+        Task.id,
+        Task.req_cpu_cores,
+        Task.req_memory_mb,
+        Task.req_gpus,
+        Task.req_docker,
+        Task.required_labels,
+    )
+    q = _claimable_query(
+        cols, runner_id, now, free_cpu, free_memory, free_gpus, docker, limit, task_id
+    ).with_for_update(skip_locked=True, of=Task)
+    return list((await session.execute(q)).all())
+
+
+def _claimable_query(
+    q: Any,
+    runner_id: uuid.UUID,
+    now: datetime,
+    free_cpu: float,
+    free_memory: int,
+    free_gpus: int,
+    docker: bool,
+    limit: int,
+    task_id: uuid.UUID | None,
+) -> Any:
     targeted_ok = or_(
         Task.target_runner_id.is_(None),
         Task.target_runner_id == runner_id,
@@ -96,7 +143,7 @@ async def claimable(
     excluded = exists().where(
         TaskExclusion.task_id == Task.id, TaskExclusion.runner_id == runner_id
     )
-    q = select(Task).where(
+    q = q.where(
         Task.status == TaskStatus.PENDING.value,
         Task.available_at <= now,
         targeted_ok,
@@ -109,10 +156,7 @@ async def claimable(
         q = q.where(Task.req_docker.is_(False))
     if task_id is not None:
         q = q.where(Task.id == task_id)
-    q = q.order_by(Task.priority.desc(), Task.available_at, Task.id).limit(limit)
-    if lock:
-        q = q.with_for_update(skip_locked=True)
-    return list((await session.scalars(q)).all())
+    return q.order_by(Task.priority.desc(), Task.available_at, Task.id).limit(limit)
 
 
 async def mark_claimed(
