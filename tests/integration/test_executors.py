@@ -167,3 +167,62 @@ async def test_real_docker_engine_is_reported_absent_here():
         )
     print("no Docker engine on this machine: the runner does not advertise docker")
     assert not await engine.ping()
+
+
+async def test_docker_image_cid_is_loaded_from_the_content_store():
+    engine = FakeDockerEngine(output="from a loaded image\n")
+    tar = b"pretend image tar" * 100
+    fetched: list[str] = []
+
+    async def fetch(cid: str):
+        fetched.append(cid)
+        for i in range(0, len(tar), 256):
+            yield tar[i : i + 256]
+
+    async def sink(_: list[str]) -> None:
+        return None
+
+    ex = DockerExecutor(engine, fetch=fetch)
+    out = await ex.run({"config": {"image_cid": "bafy-test"}}, sink, CancelToken())
+    assert out.ok and out.output == "from a loaded image\n"
+    assert fetched == ["bafy-test"] and engine.loaded == [tar]
+    assert engine.runs[0].image.startswith("loaded-")
+
+
+async def test_docker_image_cid_without_a_store_is_a_clear_failure():
+    async def sink(_: list[str]) -> None:
+        return None
+
+    out = await DockerExecutor(FakeDockerEngine()).run(
+        {"config": {"image_cid": "bafy-test"}}, sink, CancelToken()
+    )
+    assert not out.ok and "content store" in (out.error or "")
+
+
+async def test_engine_adapter_reads_the_loaded_image_name(monkeypatch: pytest.MonkeyPatch):
+    import httpx
+
+    from parity.agent.executors.docker import HttpDockerEngine
+
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1.41/images/load"
+        seen.append(request.read())
+        return httpx.Response(200, text='{"stream":"Loaded image: job:v1\\n"}\n')
+
+    engine = HttpDockerEngine()
+
+    def client(timeout: float | None = None) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.MockTransport(handler), base_url="http://docker/v1.41"
+        )
+
+    monkeypatch.setattr(engine, "_client", client)
+
+    async def tar():
+        yield b"abc"
+        yield b"def"
+
+    assert await engine.load_image(tar()) == "job:v1"
+    assert seen == [b"abcdef"]

@@ -120,8 +120,6 @@ def main_cmd(
     if command.available:
         executors["command"] = command
     has_docker = asyncio.run(engine.ping())
-    if has_docker:
-        executors["docker"] = DockerExecutor(engine)
     typer.echo(
         f"parity-runner {RUNNER_VERSION}: sandbox={mode.value} "
         f"docker={'yes' if has_docker else 'no'}",
@@ -144,6 +142,9 @@ def main_cmd(
 
     async def go() -> None:
         client = ServerClient(server)
+        if has_docker:
+            # image_cid images are streamed from the server's content store into the engine.
+            executors["docker"] = DockerExecutor(engine, fetch=client.download)
         runner = Runner(options, account, client, executors, engine if has_docker else None)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -117,3 +118,17 @@ class ServerClient:
         )
         _raise(r)
         return str(r.json()["cid"])
+
+    async def download(self, cid: str) -> AsyncIterator[bytes]:
+        """Stream content by CID from the server's content store."""
+        async with self.http.stream(
+            "GET",
+            f"/api/v1/storage/download/{cid}",
+            headers=self._auth(),
+            timeout=httpx.Timeout(30.0, read=300.0),
+        ) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                _raise(r)
+            async for chunk in r.aiter_bytes(1024 * 1024):
+                yield chunk

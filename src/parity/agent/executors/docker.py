@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +36,10 @@ class DockerEngine(Protocol):
 
     async def ping(self) -> bool: ...
     async def ensure_image(self, image: str) -> None: ...
+    async def load_image(self, tar: AsyncIterator[bytes]) -> str:
+        """Load an image tar (docker save); returns the loaded image reference."""
+        ...
+
     async def run(self, spec: ContainerSpec) -> str: ...
     async def wait(self, container_id: str) -> int: ...
     async def logs(self, container_id: str) -> str: ...
@@ -68,6 +75,24 @@ class HttpDockerEngine:
             r = await c.post("/images/create", params={"fromImage": name, "tag": tag or "latest"})
             if r.status_code != 200:
                 raise DockerError(f"cannot pull {image}: HTTP {r.status_code}")
+
+    async def load_image(self, tar: AsyncIterator[bytes]) -> str:
+        async with self._client(600.0) as c:
+            r = await c.post(
+                "/images/load", content=tar, headers={"content-type": "application/x-tar"}
+            )
+            if r.status_code != 200:
+                raise DockerError(f"image load failed: HTTP {r.status_code}")
+            # The engine answers JSON lines such as {"stream": "Loaded image: name:tag\n"}.
+            for line in r.text.splitlines():
+                try:
+                    stream = str(json.loads(line).get("stream", ""))
+                except (ValueError, AttributeError):
+                    continue
+                for prefix in ("Loaded image: ", "Loaded image ID: "):
+                    if stream.startswith(prefix):
+                        return stream[len(prefix) :].strip()
+            raise DockerError("image load answered no image name")
 
     async def run(self, spec: ContainerSpec) -> str:
         body: dict[str, Any] = {
@@ -136,12 +161,20 @@ class FakeDockerEngine:
     runs: list[ContainerSpec] = field(default_factory=list)
     delay: float = 0.0
     killed: list[str] = field(default_factory=list)
+    loaded: list[bytes] = field(default_factory=list)
 
     async def ping(self) -> bool:
         return True
 
     async def ensure_image(self, image: str) -> None:
         self.images.add(image)
+
+    async def load_image(self, tar: AsyncIterator[bytes]) -> str:
+        data = b"".join([chunk async for chunk in tar])
+        name = f"loaded-{hashlib.sha256(data).hexdigest()[:12]}:latest"
+        self.images.add(name)
+        self.loaded.append(data)
+        return name
 
     async def run(self, spec: ContainerSpec) -> str:
         self.runs.append(spec)
@@ -161,18 +194,34 @@ class FakeDockerEngine:
         return None
 
 
+ImageFetcher = Callable[[str], AsyncIterator[bytes]]
+
+
 class DockerExecutor:
-    def __init__(self, engine: DockerEngine, output_bytes: int = 64 * 1024) -> None:
+    """``fetch`` streams an image tar by CID from the content store (for ``image_cid``)."""
+
+    def __init__(
+        self,
+        engine: DockerEngine,
+        output_bytes: int = 64 * 1024,
+        fetch: ImageFetcher | None = None,
+    ) -> None:
         self.engine = engine
         self.output_bytes = output_bytes
+        self.fetch = fetch
 
     async def run(self, task: dict[str, Any], logs: LogSink, cancel: CancelToken) -> Outcome:
         config = task.get("config") or {}
         image = config.get("image")
+        if not image and config.get("image_cid"):
+            if self.fetch is None:
+                return Outcome(False, None, "", "no content store to fetch image_cid from")
+            try:
+                image = await self.engine.load_image(self.fetch(str(config["image_cid"])))
+            except (DockerError, httpx.HTTPError) as exc:
+                return Outcome(False, None, "", f"docker: cannot load image_cid: {exc}")
         if not image:
-            return Outcome(
-                False, None, "", "image_cid images need the content store; not supported"
-            )
+            return Outcome(False, None, "", "config has neither image nor image_cid")
         res = task.get("resources") or {}
         spec = ContainerSpec(
             image=str(image),
@@ -184,7 +233,8 @@ class DockerExecutor:
         )
         timeout = float(config.get("timeout_seconds") or task.get("timeout_seconds") or 3600)
         try:
-            await self.engine.ensure_image(spec.image)
+            if not config.get("image_cid"):
+                await self.engine.ensure_image(spec.image)
             cid = await self.engine.run(spec)
         except (DockerError, httpx.HTTPError) as exc:
             return Outcome(False, None, "", f"docker: {exc}")
