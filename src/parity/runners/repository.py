@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.api.pagination import Cursor
@@ -118,7 +118,3 @@ async def set_status(
 
 async def all_runners(session: AsyncSession) -> list[Runner]:
     return list((await session.scalars(select(Runner))).all())
-
-
-async def count_runners(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(Runner)) or 0)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.identity.siwe import hash_token
 from parity.core.tasks.placement import Resources, fits
-from parity.core.tasks.states import ACTIVE, TaskStatus, TaskType
+from parity.core.tasks.states import ACTIVE, TaskStatus
 from parity.events import service as events_service
 from parity.runners import repository as runners_repo
 from parity.runners.models import Runner
@@ -208,10 +208,11 @@ async def _fence(
     task = await repo.get(session, task_id, lock=True)
     if task is None:
         raise TaskNotFound(f"task {task_id} not found")
-    attempt = await repo.attempt_by_token(session, task_id, hash_token(token))
+    token_hash = hash_token(token)
+    attempt = await repo.attempt_by_token(session, task_id, token_hash)
     if attempt is None or attempt.runner_id != runner_id:
         raise ClaimInvalid("claim_token does not belong to this runner and task")
-    current = task.attempts == attempt.attempt and task.claim_token_hash == hash_token(token)
+    current = task.attempts == attempt.attempt and task.claim_token_hash == token_hash
     return Fenced(task, attempt, current and task.status in ACTIVE)
 
 
@@ -490,7 +491,3 @@ async def release_runner_claims(session: AsyncSession, deps: TaskDeps, runner_id
     for task in tasks:
         await _release(session, deps, task, await repo.current_attempt(session, task), "released")
     return len(tasks)
-
-
-def is_internal(task_type: str) -> bool:
-    return task_type in (TaskType.LLM, TaskType.FL_TRAIN)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.api.pagination import Cursor
@@ -355,11 +355,6 @@ async def expire_offers(session: AsyncSession, now: datetime) -> int:
 async def count_by_status(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(select(Task.status, func.count()).group_by(Task.status))
     return {s: int(n) for s, n in rows.all()}
-
-
-async def delete_logs_before(session: AsyncSession, before: datetime) -> int:
-    res = await session.execute(delete(TaskLog).where(TaskLog.created_at < before))
-    return int(getattr(res, "rowcount", 0))
 
 
 async def offered_counts(

@@ -357,7 +357,3 @@ async def get_logs(
 ) -> tuple[Task, list[TaskLog]]:
     task = await get_task(session, principal, task_id)
     return task, await repo.read_logs(session, task.id, attempt, after, limit)
-
-
-def is_internal(task: Task) -> bool:
-    return lifecycle.is_internal(task.type)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from parity.tasks.models import Task, TaskAttempt, TaskResult
 from parity.tasks.schemas import AttemptRead, ResourcesIn, ResultRead, TaskRead, TaskStatusRead
 
@@ -83,7 +81,3 @@ def result_read(r: TaskResult) -> ResultRead:
         execution_time_seconds=r.execution_seconds,
         created_at=r.created_at,
     )
-
-
-def ids(tasks: list[Task]) -> list[uuid.UUID]:
-    return [t.id for t in tasks]

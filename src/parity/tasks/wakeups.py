@@ -19,9 +19,6 @@ class WakeHub:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def waiting_runners(self) -> set[uuid.UUID]:
-        return set(self._waiters.keys())
-
     async def wait(self, runner_id: uuid.UUID, timeout: float) -> bool:
         """True when woken, False on timeout."""
         return await self._waiters.wait(runner_id, timeout)
