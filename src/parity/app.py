@@ -21,6 +21,7 @@ from parity.events.router import router as events_router
 from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob
 from parity.logging import get_logger
+from parity.ledger.router import router as ledger_router
 from parity.runners.router import router as runners_router
 from parity.storage.router import UPLOAD_PATH
 from parity.storage.router import router as storage_router
@@ -45,6 +46,7 @@ def api_router() -> APIRouter:
     api.include_router(tasks_router)
     api.include_router(events_router)
     api.include_router(storage_router)
+    api.include_router(ledger_router)
     return api
 
 

@@ -105,6 +105,25 @@ class Settings(BaseSettings):
     # -- staking (amounts are integer base units; a decimal point or exponent is refused)
     stake_id_mode: Literal["address", "device"] = "address"
     min_stake: int = Field(0, ge=0)
+    stake_cache_seconds: float = Field(10.0, ge=0)
+
+    # -- pricing (base units; all zero = work is free and nothing is reserved or posted)
+    price_task_base: int = Field(0, ge=0)
+    price_cpu_core_second: int = Field(0, ge=0)
+    price_memory_mb_second: int = Field(0, ge=0)
+    price_gpu_second: int = Field(0, ge=0)
+    billing_default_timeout_seconds: int = Field(3600, gt=0)
+    protocol_fee_bps: int = Field(0, ge=0, le=10000)
+    protocol_fee_address: str = ""
+
+    # -- settlement (one signer: the StakeWallet owner's key)
+    settlement_private_key: str = Field("", repr=False)
+    settlement_keystore_path: Path | None = None
+    settlement_keystore_password: str = Field("", repr=False)
+    settlement_interval_seconds: float = Field(5.0, gt=0)
+    settlement_batch_entries: int = Field(100, ge=1)
+    settlement_fee_bump_seconds: float = Field(120.0, gt=0)
+    settlement_fee_bump_percent: int = Field(15, ge=10, le=500)
 
     # -- content store (FILECOIN_IPFS_ENDPOINT selects kubo; else the local blockstore)
     storage_path: Path | None = None
@@ -140,7 +159,14 @@ class Settings(BaseSettings):
             int(part[2:], 16)
         return v
 
-    @field_validator("min_stake", mode="before")
+    @field_validator(
+        "min_stake",
+        "price_task_base",
+        "price_cpu_core_second",
+        "price_memory_mb_second",
+        "price_gpu_second",
+        mode="before",
+    )
     @classmethod
     def _base_units(cls, v: object) -> int:
         if isinstance(v, str | int):
@@ -156,6 +182,35 @@ class Settings(BaseSettings):
         if v and not v.startswith(("sqlite", "postgresql", "postgres")):
             raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
         return v
+
+    @field_validator("protocol_fee_address")
+    @classmethod
+    def _fee_address(cls, v: str) -> str:
+        if v and not (v.startswith("0x") and len(v) == 42 and _is_hex(v[2:])):
+            raise ValueError(f"not a 0x address: {v!r}")
+        return v.lower()
+
+    @model_validator(mode="after")
+    def _money_needs_a_chain(self) -> Settings:
+        if self.protocol_fee_bps and not self.protocol_fee_address:
+            raise ValueError(
+                "PROTOCOL_FEE_BPS is set but PROTOCOL_FEE_ADDRESS is empty: name the account "
+                "that receives the fee"
+            )
+        needs = [
+            k
+            for k, on in (
+                ("pricing (PRICE_*)", self.pricing_enabled),
+                ("MIN_STAKE", self.min_stake > 0),
+            )
+            if on
+        ]
+        if needs and not (self.filecoin_rpc and self.filecoin_stake_wallet_address):
+            raise ValueError(
+                f"{' and '.join(needs)} need the chain: set FILECOIN_RPC and "
+                "FILECOIN_STAKE_WALLET_ADDRESS (balances and stake live in the StakeWallet)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_storage_deals(self) -> Settings:
@@ -180,6 +235,17 @@ class Settings(BaseSettings):
         return (init_settings,)
 
     # -- derived values
+    @property
+    def pricing_enabled(self) -> bool:
+        return any(
+            (
+                self.price_task_base,
+                self.price_cpu_core_second,
+                self.price_memory_mb_second,
+                self.price_gpu_second,
+            )
+        )
+
     @property
     def home(self) -> Path:
         return self.parity_home.expanduser()
@@ -239,6 +305,14 @@ class Settings(BaseSettings):
         if self.server_public_url:
             return self.server_public_url.rstrip("/")
         return f"http://{self.server_host}:{self.server_port}"
+
+
+def _is_hex(v: str) -> bool:
+    try:
+        int(v, 16)
+    except ValueError:
+        return False
+    return True
 
 
 def _split(v: str) -> list[str]:

@@ -14,11 +14,13 @@ from parity.chain.ports import ChainClient
 from parity.chain.startup import ChainStatus
 from parity.clock import Clock, SystemClock
 from parity.config import Settings
+from parity.core.billing.pricing import ComputePrice
 from parity.core.tasks.retry import RetryPolicy
 from parity.db.session import Database
 from parity.events.delivery import DeliveryDeps
 from parity.events.hub import EventHub
 from parity.events.service import EventDeps
+from parity.ledger.deps import LedgerDeps, StakeReader
 from parity.runners.service import RunnerConfig
 from parity.storage.factory import open_content_store
 from parity.storage.ports import ContentStore
@@ -60,6 +62,7 @@ class Container:
             max_pending_per_client=s.task_max_pending_per_client,
             max_pending_total=s.task_max_pending_total,
             events=self.events,
+            ledger=self.ledger,
         )
 
     @property
@@ -108,6 +111,27 @@ class Container:
             ),
             clock=self.clock,
             random_bytes=self.random_bytes,
+        )
+
+    @functools.cached_property
+    def ledger(self) -> LedgerDeps:
+        """Pricing, escrow and stake gating; the stake cache lives as long as the container."""
+        s = self.settings
+        return LedgerDeps(
+            clock=self.clock,
+            price=ComputePrice(
+                base=s.price_task_base,
+                cpu_core_second=s.price_cpu_core_second,
+                memory_mb_second=s.price_memory_mb_second,
+                gpu_second=s.price_gpu_second,
+            ),
+            default_timeout_seconds=s.billing_default_timeout_seconds,
+            fee_bps=s.protocol_fee_bps,
+            protocol_account=s.protocol_fee_address or None,
+            min_stake=s.min_stake,
+            stake_id_mode=s.stake_id_mode,
+            stakes=StakeReader(lambda: self.chain, s.stake_cache_seconds),
+            token_symbol=s.filecoin_token_symbol,
         )
 
     @functools.cached_property

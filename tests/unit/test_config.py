@@ -133,3 +133,26 @@ def test_env_example_documents_every_setting():
         if not re.search(rf"^#?\s*{k.upper()}=", text, re.MULTILINE)
     ]
     assert missing == []
+
+
+CHAIN = {"FILECOIN_RPC": "http://127.0.0.1:8545", "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20}
+
+
+def test_pricing_and_min_stake_need_the_chain():
+    with pytest.raises(ConfigError, match="FILECOIN_RPC"):
+        load_settings({"PRICE_CPU_CORE_SECOND": "10"}, env_file=None)
+    with pytest.raises(ConfigError, match="MIN_STAKE"):
+        load_settings({"MIN_STAKE": "1"}, env_file=None)
+    s = load_settings({"PRICE_CPU_CORE_SECOND": "10", **CHAIN}, env_file=None)
+    assert s.pricing_enabled and s.price_cpu_core_second == 10
+
+
+def test_a_protocol_fee_needs_its_account_and_prices_are_base_units():
+    with pytest.raises(ConfigError, match="PROTOCOL_FEE_ADDRESS"):
+        load_settings({"PROTOCOL_FEE_BPS": "250"}, env_file=None)
+    with pytest.raises(ConfigError, match="(?i)price_task_base"):
+        load_settings({"PRICE_TASK_BASE": "1.5", **CHAIN}, env_file=None)
+    s = load_settings(
+        {"PROTOCOL_FEE_BPS": "250", "PROTOCOL_FEE_ADDRESS": "0x" + "AB" * 20}, env_file=None
+    )
+    assert s.protocol_fee_address == "0x" + "ab" * 20

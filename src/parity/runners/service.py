@@ -20,6 +20,7 @@ from parity.core.runners.liveness import offline_cutoff
 from parity.core.tasks.states import TaskStatus
 from parity.db.hooks import after_commit
 from parity.events import service as events_service
+from parity.ledger import service as ledger
 from parity.runners import repository as repo
 from parity.runners.errors import (
     DeviceOwnedByOtherWallet,
@@ -107,6 +108,9 @@ async def register(
         )
     if runner is not None and runner.banned_at is not None:
         raise RunnerBanned("this runner is banned by the operator")
+    if tasks.ledger is not None:
+        account = ledger.runner_account(tasks.ledger, principal.address, body.device_id)
+        await ledger.require_min_stake(tasks.ledger, account, doing="registering a runner")
     secret: str | None = None
     if runner is None:
         runner = Runner(

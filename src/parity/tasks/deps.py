@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from parity.clock import Clock
 from parity.core.tasks.retry import RetryPolicy
 from parity.events.service import EventDeps
+from parity.ledger.deps import LedgerDeps
 from parity.tasks.wakeups import WakeHub
 
 
@@ -24,6 +25,7 @@ class TaskDeps:
     max_pending_per_client: int
     max_pending_total: int
     events: EventDeps
+    ledger: LedgerDeps | None = None  # pricing/escrow; None in unit tests that need none
 
     def rand(self) -> float:
         """A float in [0, 1) from the injected random source (for jitter)."""

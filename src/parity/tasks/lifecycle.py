@@ -18,6 +18,7 @@ from parity.core.tasks.states import ACTIVE, TaskStatus
 from parity.events import service as events_service
 from parity.runners import repository as runners_repo
 from parity.runners.models import Runner
+from parity.tasks import billing
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.errors import (
@@ -54,6 +55,9 @@ async def emit_task_event(
     await events_service.emit(
         session, deps.events, event_type, task.creator_address, data, str(task.id)
     )
+    if event_type in billing.TERMINAL_EVENTS:
+        # Every terminal transition emits its event here, so escrow is closed in one place.
+        await billing.close(session, deps, task)
 
 
 def new_claim_token(deps: TaskDeps) -> str:

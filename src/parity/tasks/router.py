@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
 from parity.core.tasks.states import TERMINAL
 from parity.errors import InvalidInput
+from parity.ledger import service as ledger_service
 from parity.storage import service as storage_service
 from parity.tasks import service
 from parity.tasks.schemas import (
@@ -213,17 +214,26 @@ async def task_attempts(
 
 @router.get("/tasks/{task_id}/reward", response_model=RewardRead)
 async def task_reward(
-    task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+    task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession, c: ContainerDep
 ) -> RewardRead:
-    """The reward of a task. This server has no pricing or ledger configured yet, so the
-    amount is null and ``status`` says so rather than inventing a number."""
+    """What the task costs and pays, from the ledger, and whether it is paid on chain. A task
+    created while pricing was off is ``not_priced`` (it costs nothing)."""
     task = await service.get_task(session, principal, task_id)
+    r = await ledger_service.task_reward(session, c.ledger, task.id)
+
+    def text(v: int | None) -> str | None:
+        return None if v is None else str(v)
+
     return RewardRead(
         task_id=task.id,
-        reward=None,
-        paid=False,
-        status="not_priced",
-        message="pricing and settlement are not enabled on this server",
+        reward=text(r.reward),
+        price=text(r.price),
+        fee=text(r.fee),
+        reserved=text(r.reserved),
+        paid=r.status == "paid",
+        status=r.status,
+        message=r.message,
+        settlements=r.settlements,
     )
 
 

@@ -176,7 +176,17 @@ class ResultRead(BaseModel):
 
 class RewardRead(BaseModel):
     task_id: uuid.UUID
-    reward: str | None = Field(description="Amount in token base units (decimal string)")
+    reward: str | None = Field(
+        description="What the runner earns, in token base units (decimal string)"
+    )
+    price: str | None = Field(description="What the client pays (reward + fee), base units")
+    fee: str | None = Field(description="The protocol's fee, base units")
+    reserved: str | None = Field(description="The escrow held for the task, base units")
     paid: bool
-    status: str
+    status: str = Field(
+        description="not_priced | reserved | released | unsettled | settling | paid"
+    )
     message: str
+    settlements: list[dict[str, Any]] = Field(
+        default_factory=list, description="The on-chain payments (payee, status, tx_hash)"
+    )

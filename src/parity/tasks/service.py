@@ -17,7 +17,7 @@ from parity.core.tasks.states import TaskStatus, TaskType
 from parity.db.hooks import after_commit
 from parity.errors import InvalidInput
 from parity.runners import repository as runners_repo
-from parity.tasks import lifecycle
+from parity.tasks import billing, lifecycle
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.errors import (
@@ -114,6 +114,7 @@ async def create_task(
         created_at=now,
         updated_at=now,
     )
+    await billing.gate_and_reserve(session, deps, task)
     await repo.add(session, task)
     await lifecycle.emit_task_event(session, deps, "task.created", task, type=task.type)
     await offer(session, deps, task)

@@ -1,0 +1,86 @@
+"""What the ledger services need, built once from settings by the container."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from parity.chain.errors import ChainError
+from parity.chain.ports import ChainClient
+from parity.chain.stake_ids import StakeIdMode
+from parity.clock import Clock
+from parity.core.billing.pricing import ComputePrice
+from parity.ledger.errors import BillingUnavailable
+
+
+class StakeReader:
+    """On-chain stake per stake id, cached for ``ttl_seconds`` (0 = always ask the node).
+
+    A stake only drops through a withdrawal by its owner or through our own settlement (which
+    the ledger counts as an unsettled debit until confirmed), so a short cache cannot let
+    settled work be spent twice; the window it leaves is a withdrawal made within the TTL."""
+
+    def __init__(
+        self,
+        chain: Callable[[], ChainClient | None],
+        ttl_seconds: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._chain = chain
+        self._ttl = ttl_seconds
+        self._monotonic = monotonic
+        self._cache: dict[str, tuple[float, int]] = {}
+        self._lock = asyncio.Lock()
+
+    async def stake_of(self, stake_id: str) -> int:
+        now = self._monotonic()
+        hit = self._cache.get(stake_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        client = self._chain()
+        if client is None:
+            raise BillingUnavailable(
+                "this server has no chain configured (FILECOIN_RPC), so stakes cannot be read"
+            )
+        try:
+            amount = await client.stake_of(stake_id)
+        except ChainError as exc:
+            raise BillingUnavailable(f"could not read the stake of {stake_id}: {exc}") from exc
+        self._cache[stake_id] = (now, amount)
+        return amount
+
+    async def decimals(self) -> int:
+        """The token's decimals (18 when no chain is configured), for display strings."""
+        client = self._chain()
+        if client is None:
+            return 18
+        try:
+            return await client.token_decimals()
+        except ChainError:
+            return 18
+
+    def forget(self, stake_id: str | None = None) -> None:
+        """Drop the cache (one id, or all)."""
+        if stake_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(stake_id, None)
+
+
+@dataclass(frozen=True)
+class LedgerDeps:
+    clock: Clock
+    price: ComputePrice
+    default_timeout_seconds: int
+    fee_bps: int
+    protocol_account: str | None
+    min_stake: int
+    stake_id_mode: StakeIdMode
+    stakes: StakeReader
+    token_symbol: str = "TOKEN"
+
+    @property
+    def pricing_enabled(self) -> bool:
+        return not self.price.free

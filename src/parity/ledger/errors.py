@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from parity.errors import Conflict, Forbidden, Unavailable
+
+
+class InsufficientFunds(Conflict):
+    """Available balance (stake - unsettled debits - open reservations) is below the cost."""
+
+    code = "insufficient_funds"
+
+
+class InsufficientStake(Forbidden):
+    """MIN_STAKE is configured and the caller's stake is below it."""
+
+    code = "insufficient_stake"
+
+
+class BillingUnavailable(Unavailable):
+    """Pricing or stake gating is on but the chain cannot be read right now."""
+
+    code = "billing_unavailable"

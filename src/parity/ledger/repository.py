@@ -1,0 +1,123 @@
+"""All ledger SQL. Amounts are summed in Python (decimal TEXT on SQLite, ARCHITECTURE §2.1)."""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from parity.api.pagination import Cursor
+from parity.ledger.models import Entry, Posting, Reservation, Settlement
+
+
+async def lock_account(session: AsyncSession, account: str) -> None:
+    """Serialize balance checks of one account for the rest of this transaction. PostgreSQL:
+    a transaction-scoped advisory lock; SQLite writes are already serialized."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = zlib.crc32(f"parity.ledger.{account}".encode()) & 0x7FFFFFFF
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+async def open_reservation_amounts(session: AsyncSession, account: str) -> list[int]:
+    q = select(Reservation.amount).where(
+        Reservation.account == account, Reservation.status == "open"
+    )
+    return list((await session.scalars(q)).all())
+
+
+async def unsettled_amounts(session: AsyncSession, account: str) -> list[int]:
+    """Signed amounts of the account's entries not yet settled on chain."""
+    q = select(Entry.amount).where(Entry.account == account, Entry.settled_at.is_(None))
+    return list((await session.scalars(q)).all())
+
+
+async def settled_credit_amounts(session: AsyncSession, account: str) -> list[int]:
+    q = select(Entry.amount).where(
+        Entry.account == account, Entry.settled_at.is_not(None), Entry.amount > 0
+    )
+    return list((await session.scalars(q)).all())
+
+
+async def add(session: AsyncSession, *rows: object) -> None:
+    session.add_all(rows)
+    await session.flush()
+
+
+async def reservation_for(
+    session: AsyncSession, source_type: str, source_id: str, *, lock: bool = False
+) -> Reservation | None:
+    q = select(Reservation).where(
+        Reservation.source_type == source_type, Reservation.source_id == source_id
+    )
+    if lock:
+        q = q.with_for_update()
+    return (await session.scalars(q)).one_or_none()
+
+
+async def posting_for(
+    session: AsyncSession, source_type: str, source_id: str, kind: str
+) -> Posting | None:
+    q = select(Posting).where(
+        Posting.source_type == source_type, Posting.source_id == source_id, Posting.kind == kind
+    )
+    return (await session.scalars(q)).one_or_none()
+
+
+async def entries_of_posting(session: AsyncSession, posting_id: uuid.UUID) -> list[Entry]:
+    q = select(Entry).where(Entry.posting_id == posting_id).order_by(Entry.amount)
+    return list((await session.scalars(q)).all())
+
+
+async def settlements_by_id(
+    session: AsyncSession, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Settlement]:
+    if not ids:
+        return {}
+    rows = (await session.scalars(select(Settlement).where(Settlement.id.in_(ids)))).all()
+    return {s.id: s for s in rows}
+
+
+def _after(
+    created_at: InstrumentedAttribute[datetime],
+    id_: InstrumentedAttribute[uuid.UUID],
+    after: Cursor,
+) -> ColumnElement[bool]:
+    ts, last = after
+    return or_(created_at < ts, and_(created_at == ts, id_ < last))
+
+
+async def list_entries(
+    session: AsyncSession, account: str, limit: int, after: Cursor | None
+) -> list[tuple[Entry, Posting]]:
+    q = select(Entry, Posting).join(Posting, Posting.id == Entry.posting_id)
+    q = q.where(Entry.account == account)
+    if after is not None:
+        q = q.where(_after(Entry.created_at, Entry.id, after))
+    q = q.order_by(Entry.created_at.desc(), Entry.id.desc()).limit(limit + 1)
+    return [(e, p) for e, p in (await session.execute(q)).all()]
+
+
+async def list_reservations(
+    session: AsyncSession, account: str, status: str | None, limit: int, after: Cursor | None
+) -> list[Reservation]:
+    q = select(Reservation).where(Reservation.account == account)
+    if status is not None:
+        q = q.where(Reservation.status == status)
+    if after is not None:
+        q = q.where(_after(Reservation.created_at, Reservation.id, after))
+    q = q.order_by(Reservation.created_at.desc(), Reservation.id.desc()).limit(limit + 1)
+    return list((await session.scalars(q)).all())
+
+
+async def list_payouts(
+    session: AsyncSession, account: str, limit: int, after: Cursor | None
+) -> list[Settlement]:
+    q = select(Settlement).where(Settlement.payee == account)
+    if after is not None:
+        q = q.where(_after(Settlement.created_at, Settlement.id, after))
+    q = q.order_by(Settlement.created_at.desc(), Settlement.id.desc()).limit(limit + 1)
+    return list((await session.scalars(q)).all())

@@ -1,0 +1,154 @@
+"""Balances, escrow and earnings: ``/api/v1/ledger/*``. Amounts are decimal base-unit strings
+with a ``display`` in token units where a person reads them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from parity.api.deps import ContainerDep, CurrentPrincipal, ReadSession
+from parity.api.pagination import Page, PageParamsDep, make_page
+from parity.auth.schemas import Principal
+from parity.core.billing.units import format_token_amount
+from parity.errors import Forbidden, InvalidInput
+from parity.ledger import service
+from parity.ledger.schemas import BalanceRead, EntryRead, PayoutRead, ReservationRead
+
+router = APIRouter(tags=["ledger"])
+
+AccountQuery = Annotated[
+    str | None,
+    Query(description="Another stake id (operators only); default: your own address"),
+]
+
+
+def _account(principal: Principal, account: str | None) -> str:
+    own = service.client_account(principal.address)
+    if account is None or account.lower() == own:
+        return own
+    if not principal.is_admin:
+        raise Forbidden("only operators may read another account's ledger")
+    if not account.strip():
+        raise InvalidInput("account", "must not be empty")
+    return account.lower() if account.startswith("0x") else account
+
+
+@router.get("/ledger/balance", response_model=BalanceRead)
+async def ledger_balance(
+    principal: CurrentPrincipal,
+    session: ReadSession,
+    c: ContainerDep,
+    account: AccountQuery = None,
+) -> BalanceRead:
+    """Stake (from the chain), unsettled debits, escrow, available balance and earnings."""
+    deps = c.ledger
+    b = await service.balance(session, deps, _account(principal, account))
+    decimals = await deps.stakes.decimals()
+    amounts = {
+        "stake": b.stake,
+        "unsettled_debits": b.unsettled_debits,
+        "reserved": b.reserved,
+        "available": b.available,
+        "pending_earnings": b.pending_earnings,
+        "settled_earnings": b.settled_earnings,
+    }
+    return BalanceRead(
+        account=b.account,
+        decimals=decimals,
+        symbol=deps.token_symbol,
+        display={k: format_token_amount(v, decimals) for k, v in amounts.items()},
+        **{k: str(v) for k, v in amounts.items()},
+    )
+
+
+@router.get("/ledger/entries", response_model=Page[EntryRead])
+async def ledger_entries(
+    principal: CurrentPrincipal,
+    session: ReadSession,
+    page: PageParamsDep,
+    account: AccountQuery = None,
+) -> Page[EntryRead]:
+    """Your ledger entries (debits negative), newest first."""
+    rows = await service.list_entries(
+        session, _account(principal, account), page.limit, page.cursor
+    )
+    items = [
+        EntryRead(
+            id=e.id,
+            posting_id=p.id,
+            source_type=p.source_type,
+            source_id=p.source_id,
+            kind=p.kind,
+            account=e.account,
+            role=e.role,
+            amount=str(e.amount),
+            counterparty=e.counterparty,
+            settlement_id=e.settlement_id,
+            settled_at=e.settled_at,
+            created_at=e.created_at,
+        )
+        for e, p in rows
+    ]
+    last = rows[min(len(rows), page.limit) - 1][0] if rows else None
+    return make_page(items, page.limit, (last.created_at, last.id) if last else None)
+
+
+@router.get("/ledger/reservations", response_model=Page[ReservationRead])
+async def ledger_reservations(
+    principal: CurrentPrincipal,
+    session: ReadSession,
+    page: PageParamsDep,
+    account: AccountQuery = None,
+    status: Annotated[Literal["open", "consumed", "released"] | None, Query()] = None,
+) -> Page[ReservationRead]:
+    """Escrow held for your work, newest first."""
+    rows = await service.list_reservations(
+        session, _account(principal, account), status, page.limit, page.cursor
+    )
+    items = [
+        ReservationRead(
+            id=r.id,
+            account=r.account,
+            source_type=r.source_type,
+            source_id=r.source_id,
+            amount=str(r.amount),
+            price=r.price,
+            status=r.status,
+            created_at=r.created_at,
+            closed_at=r.closed_at,
+        )
+        for r in rows
+    ]
+    last = rows[min(len(rows), page.limit) - 1] if rows else None
+    return make_page(items, page.limit, (last.created_at, last.id) if last else None)
+
+
+@router.get("/ledger/payouts", response_model=Page[PayoutRead])
+async def ledger_payouts(
+    principal: CurrentPrincipal,
+    session: ReadSession,
+    page: PageParamsDep,
+    account: AccountQuery = None,
+) -> Page[PayoutRead]:
+    """On-chain payments to you (runner earnings, protocol fees), newest first."""
+    rows = await service.list_payouts(
+        session, _account(principal, account), page.limit, page.cursor
+    )
+    items = [
+        PayoutRead(
+            id=s.id,
+            payer=s.payer,
+            payee=s.payee,
+            amount=str(s.amount),
+            status=s.status,
+            tx_hash=s.tx_hash,
+            block_number=s.block_number,
+            last_error=s.last_error,
+            created_at=s.created_at,
+            confirmed_at=s.confirmed_at,
+        )
+        for s in rows
+    ]
+    last = rows[min(len(rows), page.limit) - 1] if rows else None
+    return make_page(items, page.limit, (last.created_at, last.id) if last else None)

@@ -1,0 +1,273 @@
+"""Escrow and postings (ARCHITECTURE §6): reserve on creation, post on completion, release
+otherwise; balances; stake gating. Services flush, never commit: every call runs inside the
+transaction of the state change it belongs to.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.api.pagination import Cursor
+from parity.chain.stake_ids import StakeIdError, stake_id
+from parity.core.billing.postings import available, payment_legs
+from parity.core.billing.pricing import metered_amount, reservation_amount
+from parity.core.billing.units import format_token_amount
+from parity.errors import InvalidInput
+from parity.ledger import repository as repo
+from parity.ledger.deps import LedgerDeps
+from parity.ledger.errors import InsufficientFunds, InsufficientStake
+from parity.ledger.models import Entry, Posting, Reservation, Settlement
+
+TASK = "task"
+TASK_PAYMENT = "task_payment"
+
+
+def client_account(address: str) -> str:
+    """A paying client's stake id: always its address (clients have no device)."""
+    return stake_id(address)
+
+
+def runner_account(deps: LedgerDeps, owner: str, device_id: str | None) -> str:
+    """A runner's stake id: its owner's address, or its device id under STAKE_ID_MODE=device."""
+    try:
+        return stake_id(owner, deps.stake_id_mode, device_id)
+    except StakeIdError as exc:
+        raise InvalidInput("device_id", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Balance:
+    account: str
+    stake: int
+    unsettled_debits: int
+    reserved: int
+    available: int
+    pending_earnings: int
+    settled_earnings: int
+
+
+async def balance(session: AsyncSession, deps: LedgerDeps, account: str) -> Balance:
+    stake = await deps.stakes.stake_of(account)
+    unsettled = await repo.unsettled_amounts(session, account)
+    debits = -sum(a for a in unsettled if a < 0)
+    pending = sum(a for a in unsettled if a > 0)
+    reserved = sum(await repo.open_reservation_amounts(session, account))
+    return Balance(
+        account=account,
+        stake=stake,
+        unsettled_debits=debits,
+        reserved=reserved,
+        available=available(stake, debits, reserved),
+        pending_earnings=pending,
+        settled_earnings=sum(await repo.settled_credit_amounts(session, account)),
+    )
+
+
+async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> None:
+    """MIN_STAKE gating: 403 ``insufficient_stake`` naming the amount missing."""
+    if deps.min_stake <= 0:
+        return
+    stake = await deps.stakes.stake_of(account)
+    if stake < deps.min_stake:
+        missing = deps.min_stake - stake
+        decimals = await deps.stakes.decimals()
+        raise InsufficientStake(
+            f"{doing} needs a stake of at least {deps.min_stake} base units "
+            f"({format_token_amount(deps.min_stake, decimals)} {deps.token_symbol}); "
+            f"stake {account} has {stake}, {missing} missing",
+            details={
+                "stake_id": account,
+                "required": str(deps.min_stake),
+                "stake": str(stake),
+                "missing": str(missing),
+            },
+        )
+
+
+async def reserve_task(
+    session: AsyncSession,
+    deps: LedgerDeps,
+    *,
+    task_id: uuid.UUID,
+    client: str,
+    cpu_cores: float,
+    memory_mb: int,
+    gpus: int,
+    timeout_seconds: int | None,
+) -> Reservation | None:
+    """Hold a new task's maximum cost from the client's available balance; 409
+    ``insufficient_funds`` naming the amount when it does not fit. None when work is free."""
+    if not deps.pricing_enabled:
+        return None
+    account = client_account(client)
+    snapshot = deps.price.snapshot(cpu_cores, memory_mb, gpus)
+    timeout = timeout_seconds or deps.default_timeout_seconds
+    amount = reservation_amount(int(snapshot["base"]), int(snapshot["rate_milli"]), timeout)
+    snapshot["timeout_seconds"] = timeout
+    await repo.lock_account(session, account)
+    current = await balance(session, deps, account)
+    if amount > current.available:
+        missing = amount - current.available
+        raise InsufficientFunds(
+            f"this task can cost up to {amount} base units and {account} has "
+            f"{max(current.available, 0)} available; {missing} missing (stake more tokens)",
+            details={
+                "required": str(amount),
+                "available": str(current.available),
+                "missing": str(missing),
+                "stake": str(current.stake),
+                "reserved": str(current.reserved),
+                "unsettled_debits": str(current.unsettled_debits),
+            },
+        )
+    now = deps.clock.now()
+    reservation = Reservation(
+        id=uuid.uuid4(),
+        account=account,
+        source_type=TASK,
+        source_id=str(task_id),
+        amount=amount,
+        price=snapshot,
+        status="open",
+        created_at=now,
+        closed_at=None,
+    )
+    await repo.add(session, reservation)
+    return reservation
+
+
+async def close_task(
+    session: AsyncSession,
+    deps: LedgerDeps,
+    *,
+    task_id: uuid.UUID,
+    completed: bool,
+    started_at: datetime | None,
+    completed_at: datetime | None,
+    payee: str | None,
+) -> Posting | None:
+    """A task ended. Completed: bill the server-observed run time at the reserved price (capped
+    by the reservation) as one posting, and consume the reservation. Otherwise release it.
+    Repeating the call changes nothing (the posting is unique per task)."""
+    reservation = await repo.reservation_for(session, TASK, str(task_id), lock=True)
+    if reservation is None or reservation.status != "open":
+        return None
+    now = deps.clock.now()
+    reservation.closed_at = now
+    if not completed or payee is None or started_at is None or completed_at is None:
+        reservation.status = "released"
+        await session.flush()
+        return None
+    reservation.status = "consumed"
+    if await repo.posting_for(session, TASK, str(task_id), TASK_PAYMENT) is not None:
+        await session.flush()
+        return None
+    ms = int((completed_at - started_at).total_seconds() * 1000)
+    amount = metered_amount(reservation.price, ms, reservation.amount)
+    legs = payment_legs(
+        reservation.account, payee, amount, fee_bps=deps.fee_bps, protocol=deps.protocol_account
+    )
+    posting = Posting(
+        id=uuid.uuid4(),
+        source_type=TASK,
+        source_id=str(task_id),
+        kind=TASK_PAYMENT,
+        facts={
+            "milliseconds": max(ms, 0),
+            "price": reservation.price,
+            "reserved": str(reservation.amount),
+            "amount": str(amount),
+            "fee_bps": deps.fee_bps,
+        },
+        created_at=now,
+    )
+    entries = [
+        Entry(
+            id=uuid.uuid4(),
+            posting_id=posting.id,
+            account=leg.account,
+            role=leg.role,
+            amount=leg.amount,
+            counterparty=leg.counterparty,
+            settlement_id=None,
+            settled_at=None,
+            created_at=now,
+        )
+        for leg in legs
+    ]
+    await repo.add(session, posting)
+    if entries:
+        await repo.add(session, *entries)
+    return posting
+
+
+@dataclass(frozen=True)
+class TaskReward:
+    status: str  # not_priced | reserved | released | unsettled | settling | paid
+    price: int | None
+    reward: int | None
+    fee: int | None
+    reserved: int | None
+    settlements: list[dict[str, Any]]
+    message: str
+
+
+async def task_reward(session: AsyncSession, deps: LedgerDeps, task_id: uuid.UUID) -> TaskReward:
+    """What a task costs its client and pays its runner, and whether it is paid on chain."""
+    reservation = await repo.reservation_for(session, TASK, str(task_id))
+    if reservation is None:
+        return TaskReward("not_priced", None, None, None, None, [], _NOT_PRICED)
+    if reservation.status != "consumed":
+        status = "reserved" if reservation.status == "open" else "released"
+        message = (
+            "the task has not completed; its maximum cost is held in escrow"
+            if status == "reserved"
+            else "the task ended without a completion; nothing is owed"
+        )
+        return TaskReward(status, None, None, None, reservation.amount, [], message)
+    posting = await repo.posting_for(session, TASK, str(task_id), TASK_PAYMENT)
+    entries = await repo.entries_of_posting(session, posting.id) if posting else []
+    price = -sum(e.amount for e in entries if e.role == "payer")
+    reward = sum(e.amount for e in entries if e.role == "payee")
+    fee = sum(e.amount for e in entries if e.role == "protocol")
+    credits = [e for e in entries if e.amount > 0]
+    linked = await repo.settlements_by_id(
+        session, [e.settlement_id for e in credits if e.settlement_id is not None]
+    )
+    settlements = [
+        {"id": str(s.id), "payee": s.payee, "status": s.status, "tx_hash": s.tx_hash}
+        for s in linked.values()
+    ]
+    if not credits or all(e.settled_at is not None for e in credits):
+        status, message = "paid", "settled on chain"
+    elif linked:
+        status, message = "settling", "a settlement transaction is under way"
+    else:
+        status, message = "unsettled", "posted; waiting for the settlement worker"
+    return TaskReward(status, price, reward, fee, reservation.amount, settlements, message)
+
+
+_NOT_PRICED = "this task was created while pricing was off; it costs nothing"
+
+
+async def list_entries(
+    session: AsyncSession, account: str, limit: int, after: Cursor | None
+) -> list[tuple[Entry, Posting]]:
+    return await repo.list_entries(session, account, limit, after)
+
+
+async def list_reservations(
+    session: AsyncSession, account: str, status: str | None, limit: int, after: Cursor | None
+) -> list[Reservation]:
+    return await repo.list_reservations(session, account, status, limit, after)
+
+
+async def list_payouts(
+    session: AsyncSession, account: str, limit: int, after: Cursor | None
+) -> list[Settlement]:
+    return await repo.list_payouts(session, account, limit, after)

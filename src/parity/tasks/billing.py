@@ -1,0 +1,53 @@
+"""Where compute tasks meet the ledger: escrow at creation, a posting or a release when the
+task ends (ARCHITECTURE §6). Both run in the transaction of the task's own state change."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.core.tasks.states import TaskStatus
+from parity.ledger import service as ledger
+from parity.runners import repository as runners_repo
+from parity.tasks.deps import TaskDeps
+from parity.tasks.models import Task
+
+TERMINAL_EVENTS = frozenset({"task.completed", "task.failed", "task.cancelled"})
+
+
+async def gate_and_reserve(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
+    """MIN_STAKE gating, then hold the task's maximum cost (409 insufficient_funds)."""
+    if deps.ledger is None:
+        return
+    account = ledger.client_account(task.creator_address)
+    await ledger.require_min_stake(deps.ledger, account, doing="creating work")
+    await ledger.reserve_task(
+        session,
+        deps.ledger,
+        task_id=task.id,
+        client=task.creator_address,
+        cpu_cores=task.req_cpu_cores,
+        memory_mb=task.req_memory_mb,
+        gpus=task.req_gpus,
+        timeout_seconds=task.timeout_seconds,
+    )
+
+
+async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
+    """The task reached a terminal state: bill a completion, release anything else."""
+    if deps.ledger is None:
+        return
+    completed = task.status == TaskStatus.COMPLETED
+    payee = None
+    if completed and task.runner_id is not None:
+        runner = await runners_repo.get(session, task.runner_id)
+        if runner is not None:
+            payee = ledger.runner_account(deps.ledger, runner.owner_address, runner.device_id)
+    await ledger.close_task(
+        session,
+        deps.ledger,
+        task_id=task.id,
+        completed=completed,
+        started_at=task.started_at,
+        completed_at=task.completed_at,
+        payee=payee,
+    )

@@ -1,0 +1,335 @@
+"""Escrow, metering and postings through the API (ARCHITECTURE §6), on SQLite and PostgreSQL,
+with the in-memory chain behind the ChainClient port (the anvil half is in tests/e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from parity.app import create_app
+from parity.chain.fake import FakeChain, FakeChainClient
+from parity.clock import FrozenClock
+from parity.container import Container
+from parity.db.session import Database
+from parity.ledger.models import Entry, Posting, Reservation
+from parity.tasks.models import Task
+from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
+from tests.integration.queue_helpers import claimed, create_task, device, register_runner
+
+V1 = "/api/v1"
+PROTOCOL = "0x" + "fe" * 20
+PRICING = {
+    "PRICE_TASK_BASE": "100",
+    "PRICE_CPU_CORE_SECOND": "10",
+    "PROTOCOL_FEE_BPS": "1000",
+    "PROTOCOL_FEE_ADDRESS": PROTOCOL,
+    "FILECOIN_RPC": "http://chain.invalid",
+    "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20,
+    "STAKE_CACHE_SECONDS": "0",
+}
+
+
+@dataclass
+class Net:
+    http: httpx.AsyncClient
+    container: Container
+    chain: FakeChain
+    clock: FrozenClock
+
+    async def stake(self, account: Any, amount: int) -> None:
+        """Mint, approve and addFunds under the account's address stake id."""
+        client = FakeChainClient(self.chain)
+        self.chain.mint(account.address, amount)
+        await client.approve(account, amount)
+        await client.add_funds(account, account.address.lower(), amount)
+
+    async def rows(self, model: type[Any], **where: Any) -> list[Any]:
+        async with self.container.db.read_session() as s:
+            q = select(model).filter_by(**where)
+            return list((await s.scalars(q)).all())
+
+
+async def _net(
+    database_url: str, home: Path, clock: FrozenClock, **settings: str
+) -> AsyncIterator[Net]:
+    s = make_settings(database_url, home, **settings)
+    c = Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
+    chain = FakeChain()
+    c.chain = FakeChainClient(chain)
+    app = create_app(c, run_migrations=False, start_jobs=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
+    ):
+        yield Net(http, c, chain, clock)
+    await c.db.dispose()
+
+
+@pytest.fixture
+async def net(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+) -> AsyncIterator[Net]:
+    # `container` migrated the database; this app shares it with pricing switched on.
+    async for n in _net(database_url, tmp_path / "priced", clock, **PRICING):
+        yield n
+
+
+async def _balance(net: Net, token: str) -> dict[str, Any]:
+    r = await net.http.get(f"{V1}/ledger/balance", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+async def _run(net: Net, runner_token: str, seconds: float) -> dict[str, Any]:
+    """Claim+start the next task, let `seconds` pass on the server's clock, complete it."""
+    got = await claimed(net.http, runner_token, start="true")
+    net.clock.advance(seconds)
+    r = await net.http.post(
+        f"{V1}/runners/tasks/{got['task']['id']}/complete",
+        json={"claim_token": got["claim_token"], "output": "ok", "exit_code": 0},
+        headers=bearer(runner_token),
+    )
+    assert r.status_code == 200, r.text
+    return got
+
+
+async def test_creating_a_task_reserves_its_maximum_cost(net: Net) -> None:
+    alice = await sign_in(net.http, ALICE)
+    await net.stake(ALICE, 10_000)
+    task = await create_task(net.http, alice, timeout_seconds=60)
+    # 100 base + 1 core * 10/s * 60 s
+    b = await _balance(net, alice)
+    assert (b["stake"], b["reserved"], b["available"]) == ("10000", "700", "9300")
+    r = await net.http.get(f"{V1}/ledger/reservations", headers=bearer(alice))
+    [res] = r.json()["items"]
+    assert (res["source_id"], res["amount"], res["status"]) == (task["id"], "700", "open")
+    reward = (await net.http.get(f"{V1}/tasks/{task['id']}/reward", headers=bearer(alice))).json()
+    assert (reward["status"], reward["reserved"], reward["paid"]) == ("reserved", "700", False)
+
+
+async def test_a_task_that_does_not_fit_the_balance_is_refused_naming_the_amount(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    await net.stake(ALICE, 500)
+    r = await net.http.post(
+        f"{V1}/tasks",
+        json={
+            "title": "t",
+            "type": "command",
+            "config": {"command": ["true"]},
+            "timeout_seconds": 60,
+        },
+        headers=bearer(alice),
+    )
+    assert r.status_code == 409, r.text
+    err = r.json()["error"]
+    assert err["code"] == "insufficient_funds"
+    assert (err["details"]["required"], err["details"]["missing"]) == ("700", "200")
+    assert "200" in err["message"]
+    # Nothing half-written: no task, no reservation.
+    assert await net.rows(Task, creator_address=ALICE.address.lower()) == []
+    assert await net.rows(Reservation) == []
+
+
+async def test_completion_posts_the_metered_amount_in_entries_that_sum_to_zero(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    bob = await sign_in(net.http, BOB)
+    await net.stake(ALICE, 10_000)
+    runner_token, _ = await register_runner(net.http, bob, device())
+    task = await create_task(net.http, alice, timeout_seconds=60)
+    await _run(net, runner_token, 12.5)
+    # 100 + ceil(10 * 12.5) = 225; fee 10 % = 22 (rounded down); runner 203.
+    [posting] = await net.rows(Posting, source_id=task["id"])
+    entries = await net.rows(Entry, posting_id=posting.id)
+    by_role = {e.role: (e.account, e.amount) for e in entries}
+    assert by_role == {
+        "payer": (ALICE.address.lower(), -225),
+        "payee": (BOB.address.lower(), 203),
+        "protocol": (PROTOCOL, 22),
+    }
+    assert sum(e.amount for e in entries) == 0
+    [res] = await net.rows(Reservation, source_id=task["id"])
+    assert res.status == "consumed"
+    a = await _balance(net, alice)
+    assert (a["unsettled_debits"], a["reserved"], a["available"]) == ("225", "0", "9775")
+    b = await _balance(net, bob)
+    assert (b["pending_earnings"], b["settled_earnings"]) == ("203", "0")
+    reward = (await net.http.get(f"{V1}/tasks/{task['id']}/reward", headers=bearer(alice))).json()
+    assert (reward["price"], reward["reward"], reward["fee"]) == ("225", "203", "22")
+    assert (reward["status"], reward["paid"]) == ("unsettled", False)
+    r = await net.http.get(f"{V1}/ledger/entries", headers=bearer(bob))
+    [entry] = r.json()["items"]
+    assert (entry["amount"], entry["counterparty"], entry["source_id"]) == (
+        "203",
+        ALICE.address.lower(),
+        task["id"],
+    )
+
+
+async def test_metering_never_bills_more_than_the_reservation(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    bob = await sign_in(net.http, BOB)
+    await net.stake(ALICE, 10_000)
+    runner_token, _ = await register_runner(net.http, bob, device())
+    task = await create_task(net.http, alice, timeout_seconds=60)
+    await _run(net, runner_token, 600)  # ran ten times its timeout
+    [posting] = await net.rows(Posting, source_id=task["id"])
+    payer = [e for e in await net.rows(Entry, posting_id=posting.id) if e.role == "payer"]
+    assert payer[0].amount == -700
+
+
+async def test_a_repeated_completion_posts_once(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    bob = await sign_in(net.http, BOB)
+    await net.stake(ALICE, 10_000)
+    runner_token, _ = await register_runner(net.http, bob, device())
+    await create_task(net.http, alice, timeout_seconds=60)
+    got = await _run(net, runner_token, 1)
+    again = await net.http.post(
+        f"{V1}/runners/tasks/{got['task']['id']}/complete",
+        json={"claim_token": got["claim_token"], "output": "ok", "exit_code": 0},
+        headers=bearer(runner_token),
+    )
+    assert again.status_code == 200
+    assert len(await net.rows(Posting)) == 1
+    assert len(await net.rows(Entry)) == 3
+
+
+async def test_cancel_and_final_failure_release_the_reservation(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    bob = await sign_in(net.http, BOB)
+    await net.stake(ALICE, 10_000)
+    runner_token, _ = await register_runner(net.http, bob, device())
+    cancelled = await create_task(net.http, alice, timeout_seconds=60)
+    r = await net.http.delete(f"{V1}/tasks/{cancelled['id']}", headers=bearer(alice))
+    assert r.status_code == 200, r.text
+    failing = await create_task(net.http, alice, timeout_seconds=60, max_attempts=1)
+    got = await claimed(net.http, runner_token, start="true")
+    assert got["task"]["id"] == failing["id"]
+    r = await net.http.post(
+        f"{V1}/runners/tasks/{failing['id']}/fail",
+        json={"claim_token": got["claim_token"], "error": "boom"},
+        headers=bearer(runner_token),
+    )
+    assert r.status_code == 200 and r.json()["status"] == "failed", r.text
+    statuses = {r.source_id: r.status for r in await net.rows(Reservation)}
+    assert statuses == {cancelled["id"]: "released", failing["id"]: "released"}
+    assert await net.rows(Posting) == []
+    b = await _balance(net, alice)
+    assert (b["reserved"], b["available"], b["unsettled_debits"]) == ("0", "10000", "0")
+    reward = await net.http.get(f"{V1}/tasks/{failing['id']}/reward", headers=bearer(alice))
+    assert reward.json()["status"] == "released"
+
+
+async def test_concurrent_creations_never_reserve_more_than_the_stake(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    await net.stake(ALICE, 2_100)  # three tasks of 700
+
+    async def one() -> int:
+        r = await net.http.post(
+            f"{V1}/tasks",
+            json={
+                "title": "t",
+                "type": "command",
+                "config": {"command": ["true"]},
+                "timeout_seconds": 60,
+            },
+            headers=bearer(alice),
+        )
+        return r.status_code
+
+    codes = await asyncio.gather(*(one() for _ in range(8)))
+    assert sorted(codes) == [201] * 3 + [409] * 5
+    assert sum(r.amount for r in await net.rows(Reservation, status="open")) == 2_100
+
+
+async def test_amounts_of_1e24_base_units_round_trip_exactly(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    big = 10**24 + 7
+    settings = dict(PRICING, PRICE_TASK_BASE=str(big), PROTOCOL_FEE_BPS="0")
+    async for n in _net(database_url, tmp_path / "big", clock, **settings):
+        alice = await sign_in(n.http, ALICE)
+        bob = await sign_in(n.http, BOB)
+        await n.stake(ALICE, 3 * 10**24)
+        runner_token, _ = await register_runner(n.http, bob, device())
+        task = await create_task(n.http, alice, timeout_seconds=1)
+        await _run(n, runner_token, 1)
+        [posting] = await n.rows(Posting, source_id=task["id"])
+        amounts = sorted(e.amount for e in await n.rows(Entry, posting_id=posting.id))
+        assert amounts == [-(big + 10), big + 10]
+        b = await _balance(n, alice)
+        assert b["unsettled_debits"] == str(big + 10)
+        assert b["available"] == str(3 * 10**24 - big - 10)
+        assert b["display"]["stake"] == "3000000.0"
+
+
+async def test_min_stake_gates_creating_work_and_registering_runners(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    gate = {
+        "MIN_STAKE": "1000",
+        "FILECOIN_RPC": "http://chain.invalid",
+        "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20,
+        "STAKE_CACHE_SECONDS": "0",
+    }
+    async for n in _net(database_url, tmp_path / "gated", clock, **gate):
+        alice = await sign_in(n.http, ALICE)
+        await n.stake(ALICE, 400)
+        r = await n.http.post(
+            f"{V1}/tasks",
+            json={"title": "t", "type": "command", "config": {"command": ["true"]}},
+            headers=bearer(alice),
+        )
+        assert r.status_code == 403, r.text
+        err = r.json()["error"]
+        assert (err["code"], err["details"]["missing"]) == ("insufficient_stake", "600")
+        r = await n.http.post(
+            f"{V1}/runners",
+            json={"device_id": device(), "capabilities": {"cpu_cores": 1, "memory_mb": 512}},
+            headers=bearer(alice),
+        )
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_stake"
+        await n.stake(ALICE, 600)
+        task = await create_task(n.http, alice)  # free work, now allowed
+        assert task["status"] == "pending"
+        await register_runner(n.http, alice, device())
+
+
+async def test_reading_another_accounts_ledger_needs_the_operator(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    r = await net.http.get(
+        f"{V1}/ledger/balance", params={"account": BOB.address.lower()}, headers=bearer(alice)
+    )
+    assert r.status_code == 403
+
+
+async def test_an_unreachable_chain_is_a_503_not_a_500(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    net.chain.unreachable = True
+    r = await net.http.post(
+        f"{V1}/tasks",
+        json={"title": "t", "type": "command", "config": {"command": ["true"]}},
+        headers=bearer(alice),
+    )
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "billing_unavailable"
+    async with net.container.db.read_session() as s:
+        assert await s.scalar(select(func.count()).select_from(Task)) == 0
+
+
+async def test_free_work_reserves_and_posts_nothing(client: httpx.AsyncClient, container):
+    alice = await sign_in(client, ALICE)
+    task = await create_task(client, alice)
+    reward = (await client.get(f"{V1}/tasks/{task['id']}/reward", headers=bearer(alice))).json()
+    assert (reward["status"], reward["reward"]) == ("not_priced", None)
+    async with container.db.read_session() as s:
+        assert await s.scalar(select(func.count()).select_from(Reservation)) == 0
