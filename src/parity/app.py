@@ -55,7 +55,9 @@ def build_jobs(container: Container) -> list[PeriodicJob]:
     deps = container.tasks
     tick = s.scheduler_interval_seconds
     return [
-        retention_job(s.retention_interval_seconds, s.events_retention_days),
+        retention_job(
+            s.retention_interval_seconds, s.events_retention_days, s.task_log_retention_days
+        ),
         lease_expiry_job(deps, tick),
         liveness_job(deps, tick, s.offline_timeout_seconds),
         offer_expiry_job(deps, tick),

@@ -140,6 +140,7 @@ class Settings(BaseSettings):
     webhook_delivery_interval_seconds: float = Field(1.0, gt=0)
     events_visibility_lag_seconds: float = Field(1.0, ge=0)
     events_retention_days: float = Field(30.0, gt=0)
+    task_log_retention_days: float = Field(30.0, gt=0)
 
     @field_validator("server_endpoint")
     @classmethod

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.api.pagination import Cursor
-from parity.core.tasks.states import ACTIVE, TaskStatus, TaskType
+from parity.core.tasks.states import ACTIVE, TERMINAL, TaskStatus, TaskType
 from parity.tasks.models import Task, TaskAttempt, TaskExclusion, TaskLog, TaskResult
 
 ACTIVE_VALUES = [s.value for s in ACTIVE]
@@ -389,3 +389,12 @@ async def unoffered_due(session: AsyncSession, now: datetime, limit: int) -> lis
         .with_for_update(skip_locked=True)
     )
     return list((await session.scalars(q)).all())
+
+
+async def delete_logs_of_tasks_finished_before(session: AsyncSession, before: datetime) -> int:
+    """Drop the log chunks of tasks that ended (completed, failed, cancelled) before ``before``."""
+    finished = select(Task.id).where(
+        Task.status.in_([s.value for s in TERMINAL]), Task.completed_at < before
+    )
+    result = await session.execute(delete(TaskLog).where(TaskLog.task_id.in_(finished)))
+    return int(getattr(result, "rowcount", 0) or 0)
