@@ -333,3 +333,25 @@ async def test_free_work_reserves_and_posts_nothing(client: httpx.AsyncClient, c
     assert (reward["status"], reward["reward"]) == ("not_priced", None)
     async with container.db.read_session() as s:
         assert await s.scalar(select(func.count()).select_from(Reservation)) == 0
+
+
+async def test_editing_a_pending_task_resizes_its_escrow_or_refuses_the_edit(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    await net.stake(ALICE, 2_000)
+    task = await create_task(net.http, alice, timeout_seconds=60)  # 700
+    r = await net.http.put(
+        f"{V1}/tasks/{task['id']}", json={"timeout_seconds": 120}, headers=bearer(alice)
+    )
+    assert r.status_code == 200, r.text
+    assert (await _balance(net, alice))["reserved"] == "1300"
+    r = await net.http.put(
+        f"{V1}/tasks/{task['id']}",
+        json={"timeout_seconds": 120, "resources": {"cpu_cores": 2}},
+        headers=bearer(alice),
+    )  # 100 + 2 * 10 * 120 = 2500 > 2000
+    assert r.status_code == 409, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["details"]["missing"]) == ("insufficient_funds", "500")
+    got = (await net.http.get(f"{V1}/tasks/{task['id']}", headers=bearer(alice))).json()
+    assert got["timeout_seconds"] == 120  # the refused edit left the task as it was
+    assert (await _balance(net, alice))["reserved"] == "1300"

@@ -89,6 +89,33 @@ async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> No
         )
 
 
+def _task_cost(
+    deps: LedgerDeps, cpu_cores: float, memory_mb: int, gpus: int, timeout_seconds: int | None
+) -> tuple[int, dict[str, Any]]:
+    snapshot = deps.price.snapshot(cpu_cores, memory_mb, gpus)
+    timeout = timeout_seconds or deps.default_timeout_seconds
+    amount = reservation_amount(int(snapshot["base"]), int(snapshot["rate_milli"]), timeout)
+    snapshot["timeout_seconds"] = timeout
+    return amount, snapshot
+
+
+def _short(account: str, amount: int, current: Balance, freed: int = 0) -> InsufficientFunds:
+    have = current.available + freed
+    missing = amount - have
+    return InsufficientFunds(
+        f"this task can cost up to {amount} base units and {account} has "
+        f"{max(have, 0)} available; {missing} missing (stake more tokens)",
+        details={
+            "required": str(amount),
+            "available": str(have),
+            "missing": str(missing),
+            "stake": str(current.stake),
+            "reserved": str(current.reserved - freed),
+            "unsettled_debits": str(current.unsettled_debits),
+        },
+    )
+
+
 async def reserve_task(
     session: AsyncSession,
     deps: LedgerDeps,
@@ -105,26 +132,11 @@ async def reserve_task(
     if not deps.pricing_enabled:
         return None
     account = client_account(client)
-    snapshot = deps.price.snapshot(cpu_cores, memory_mb, gpus)
-    timeout = timeout_seconds or deps.default_timeout_seconds
-    amount = reservation_amount(int(snapshot["base"]), int(snapshot["rate_milli"]), timeout)
-    snapshot["timeout_seconds"] = timeout
+    amount, snapshot = _task_cost(deps, cpu_cores, memory_mb, gpus, timeout_seconds)
     await repo.lock_account(session, account)
     current = await balance(session, deps, account)
     if amount > current.available:
-        missing = amount - current.available
-        raise InsufficientFunds(
-            f"this task can cost up to {amount} base units and {account} has "
-            f"{max(current.available, 0)} available; {missing} missing (stake more tokens)",
-            details={
-                "required": str(amount),
-                "available": str(current.available),
-                "missing": str(missing),
-                "stake": str(current.stake),
-                "reserved": str(current.reserved),
-                "unsettled_debits": str(current.unsettled_debits),
-            },
-        )
+        raise _short(account, amount, current)
     now = deps.clock.now()
     reservation = Reservation(
         id=uuid.uuid4(),
@@ -138,6 +150,33 @@ async def reserve_task(
         closed_at=None,
     )
     await repo.add(session, reservation)
+    return reservation
+
+
+async def resize_task_reservation(
+    session: AsyncSession,
+    deps: LedgerDeps,
+    *,
+    task_id: uuid.UUID,
+    cpu_cores: float,
+    memory_mb: int,
+    gpus: int,
+    timeout_seconds: int | None,
+) -> Reservation | None:
+    """A pending task was edited: its escrow follows its new resources and timeout, at the
+    current price (409 ``insufficient_funds`` when the larger amount does not fit; the edit is
+    then rolled back with it). A task created while pricing was off stays unpriced."""
+    reservation = await repo.reservation_for(session, TASK, str(task_id), lock=True)
+    if reservation is None or reservation.status != "open" or not deps.pricing_enabled:
+        return reservation
+    amount, snapshot = _task_cost(deps, cpu_cores, memory_mb, gpus, timeout_seconds)
+    await repo.lock_account(session, reservation.account)
+    current = await balance(session, deps, reservation.account)
+    if amount > current.available + reservation.amount:
+        raise _short(reservation.account, amount, current, freed=reservation.amount)
+    reservation.amount = amount
+    reservation.price = snapshot
+    await session.flush()
     return reservation
 
 

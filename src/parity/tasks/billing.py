@@ -32,6 +32,21 @@ async def gate_and_reserve(session: AsyncSession, deps: TaskDeps, task: Task) ->
     )
 
 
+async def resize(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
+    """A pending task's resources or timeout changed: resize its escrow."""
+    if deps.ledger is None:
+        return
+    await ledger.resize_task_reservation(
+        session,
+        deps.ledger,
+        task_id=task.id,
+        cpu_cores=task.req_cpu_cores,
+        memory_mb=task.req_memory_mb,
+        gpus=task.req_gpus,
+        timeout_seconds=task.timeout_seconds,
+    )
+
+
 async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     """The task reached a terminal state: bill a completion, release anything else."""
     if deps.ledger is None:

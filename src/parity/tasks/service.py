@@ -292,6 +292,8 @@ async def update_task(
         task.available_at = max(nb, now) if nb else now
     if body.timeout_seconds is not None:
         task.timeout_seconds = body.timeout_seconds
+    if body.resources is not None or body.timeout_seconds is not None:
+        await billing.resize(session, deps, task)
     task.updated_at = now
     await session.flush()
     return task
