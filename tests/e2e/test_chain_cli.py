@@ -174,7 +174,8 @@ def test_the_server_reports_the_chain_and_refuses_a_wrong_chain_id(
         status = httpx.get(f"{server.url}/api/status", timeout=5).json()
         assert status["backends"]["chain"] == "ok"
         assert status["chain"]["stake_wallet_address"] == deployed.stake_wallet_address
-        # No ledger on this server yet: balance says so instead of inventing numbers.
+        # Not signed in to this server: balance says the ledger is not available rather than
+        # inventing numbers.
         config = tmp_path / "chain.env"
         _write_config(config, deployed)
         args = ["balance", "--address", OWNER.address, "--server", server.url]
