@@ -20,8 +20,9 @@ from parity.events.delivery import DeliveryLoop
 from parity.events.router import router as events_router
 from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob
-from parity.logging import get_logger
 from parity.ledger.router import router as ledger_router
+from parity.ledger.settlement import settlement_worker
+from parity.logging import get_logger
 from parity.runners.router import router as runners_router
 from parity.storage.router import UPLOAD_PATH
 from parity.storage.router import router as storage_router
@@ -103,10 +104,20 @@ def create_app(
             status = await migrate.upgrade(container.db.url)
             log.info("schema_ready", revision=status.current)
         await _check_chain(container)
+        # The settlement worker runs only with a chain and a signer (SETTLEMENT_*); a bad key or
+        # keystore stops start-up here (ConfigError).
+        settlement = (
+            settlement_worker(settings, container.db, container.chain, container.clock)
+            if start_jobs
+            else None
+        )
+        app.state.settlement = settlement
         if start_jobs:
             jobs.start()
             pushes.start()
             deliveries.start()
+            if settlement is not None:
+                settlement.start()
         log.info("server_started", mode="embedded" if settings.embedded else "postgresql")
         try:
             yield
@@ -117,6 +128,8 @@ def create_app(
             await pushes.stop()
             await deliveries.stop(timeout=settings.shutdown_grace_seconds / 4)
             await jobs.stop(timeout=settings.shutdown_grace_seconds / 2)
+            if settlement is not None:
+                await settlement.stop(timeout=settings.shutdown_grace_seconds / 4)
             await container.close_content_store()
             await container.close_chain()
             await container.db.dispose()

@@ -6,7 +6,9 @@ payments, a reused payment ref refused, nonces, idempotent re-broadcast, and rev
 estimation. ``FakeChain`` is the chain (share one between several clients);
 ``FakeChainClient`` is the port over it. Knobs for tests: ``unreachable`` (every call raises
 ChainRetryableError), ``automine`` (off: transactions wait for :meth:`FakeChain.mine`),
-``payment_ref`` (off: behaves like the originally deployed StakeWallet), :meth:`remove_code`.
+``payment_ref`` (off: behaves like the originally deployed StakeWallet), :meth:`remove_code`,
+:meth:`FakeChain.drop` (a pending transaction leaves the mempool) and :meth:`FakeChain.reorg`
+(the last blocks are undone).
 """
 
 from __future__ import annotations
@@ -133,12 +135,47 @@ class FakeChain:
         self.txs: dict[str, _Tx] = {}
         self.receipts: dict[str, Receipt] = {}
         self.pending: dict[tuple[str, int], _Tx] = {}
+        # For reorg(): the state after each block, and how often each height was replaced.
+        self.snapshots: dict[int, _State] = {self.block: _State()}
+        self.forks: dict[int, int] = {}
 
     # -- test knobs ------------------------------------------------------------------------------
 
     def mint(self, to: str, amount: int) -> None:
         """Credit tokens directly (what the token owner's mint does), without a transaction."""
         self._mint(_addr(to), _amount(amount))
+        self.snapshots[self.block] = copy.deepcopy(self.state)
+
+    def block_hash(self, number: int) -> str:
+        """The hash of block ``number``; :meth:`reorg` changes it for the blocks it replaces."""
+        return "0x" + keccak(f"fake-block:{number}:{self.forks.get(number, 0)}".encode()).hex()
+
+    def reorg(self, depth: int) -> None:
+        """Undo the last ``depth`` blocks: their transactions leave the chain (as after
+        anvil's ``evm_revert``: gone from the node, not back in the mempool) and the state is
+        rebuilt by re-running the remaining blocks. Tests re-broadcast what should come back."""
+        cut = self.block - depth
+        for tx_hash, r in list(self.receipts.items()):
+            if r.block_number > cut:
+                del self.receipts[tx_hash]
+                tx = self.txs.pop(tx_hash)
+                self.nonces[tx.sender] = min(self.nonces.get(tx.sender, 0), tx.nonce)
+        for number in range(cut + 1, self.block + 1):
+            self.forks[number] = self.forks.get(number, 0) + 1
+        self.block = cut
+        self.state = copy.deepcopy(self.snapshots.get(cut, _State()))
+
+    def advance(self, blocks: int = 1) -> None:
+        """Mine ``blocks`` empty blocks."""
+        for _ in range(blocks):
+            self.block += 1
+            self.snapshots[self.block] = copy.deepcopy(self.state)
+
+    def drop(self, tx_hash: str) -> None:
+        """Forget a pending transaction (``anvil_dropTransaction``)."""
+        tx = self.txs.pop(tx_hash.lower(), None)
+        if tx is not None and tx.block_number is None:
+            self.pending.pop((tx.sender, tx.nonce), None)
 
     def remove_code(self, address: str) -> None:
         self.code.pop(_addr(address), None)
@@ -169,9 +206,12 @@ class FakeChain:
         except ContractReverted:
             status = 0
         self.block += 1
+        self.snapshots[self.block] = copy.deepcopy(self.state)
         self.nonces[tx.sender] = tx.nonce + 1
         tx.block_number = self.block
-        self.receipts[tx.tx_hash] = Receipt(tx.tx_hash, status, self.block, FAKE_GAS)
+        self.receipts[tx.tx_hash] = Receipt(
+            tx.tx_hash, status, self.block, FAKE_GAS, block_hash=self.block_hash(self.block)
+        )
 
     def _mint(self, to: str, amount: int) -> None:
         self.state.balances[to] = self.state.balances.get(to, 0) + amount

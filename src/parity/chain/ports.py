@@ -60,6 +60,7 @@ class Receipt:
     block_number: int
     gas_used: int
     contract_address: str | None = None  # set when the transaction created a contract
+    block_hash: str | None = None  # lowercase 0x hex; a reorg that moves the tx changes it
 
     @property
     def ok(self) -> bool:

@@ -321,6 +321,7 @@ class Web3ChainClient(TransactingClient):
             block_number=int(r["blockNumber"]),
             gas_used=int(r["gasUsed"]),
             contract_address=str(created).lower() if created else None,
+            block_hash=_hex(r["blockHash"]) if r.get("blockHash") else None,
         )
 
     async def wait_for_receipt(self, tx_hash: str, timeout: float | None = None) -> Receipt:

@@ -1,0 +1,427 @@
+"""The settlement worker's state machine against the fake chain, on SQLite and PostgreSQL:
+intents, nonces, crash points, mempool holds, fee bumps, drops, reorgs and reverted receipts
+each end with every credit paid exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from parity.chain.fake import FakeChain, FakeChainClient
+from parity.chain.ports import Call, Fees
+from parity.cli import keystore
+from parity.clock import FrozenClock
+from parity.container import Container
+from parity.db.session import Database
+from parity.errors import ConfigError
+from parity.ledger.models import SignerNonce
+from parity.ledger.settlement import (
+    HOOK_POINTS,
+    SettlementConfig,
+    SettlementWorker,
+    bumped_fees,
+    payment_ref,
+)
+from parity.ledger.signer import load_settlement_signer
+from tests.conftest import make_settings
+from tests.settlement_support import (
+    Crash,
+    CrashAt,
+    assert_all_settled,
+    entries,
+    post,
+    run_until_idle,
+    settlements,
+    transactions,
+)
+
+OWNER = Account.from_key("0x" + "a1" * 32)
+CLIENT = Account.from_key("0x" + "c1" * 32)
+RUNNER = Account.from_key("0x" + "d1" * 32).address.lower()
+RUNNER2 = Account.from_key("0x" + "d2" * 32).address.lower()
+PROTOCOL = Account.from_key("0x" + "e1" * 32).address.lower()
+PAYER = CLIENT.address.lower()
+
+
+@dataclass
+class World:
+    db: Database
+    clock: FrozenClock
+    chain: FakeChain
+    client: FakeChainClient
+    alerts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def worker(self, hook: Any = None, **config: Any) -> SettlementWorker:
+        cfg = SettlementConfig(**{"confirmations": 1, **config})
+        return SettlementWorker(
+            self.db,
+            self.client,
+            OWNER,
+            self.clock,
+            cfg,
+            hook=hook,
+            alert=lambda kind, data: self.alerts.append((kind, data)),
+        )
+
+    async def stake(self, who: LocalAccount, amount: int) -> None:
+        self.chain.mint(who.address, amount)
+        await self.client.approve(who, amount)
+        await self.client.add_funds(who, who.address.lower(), amount)
+
+    async def stake_of(self, account: str) -> int:
+        return await self.client.stake_of(account)
+
+
+@pytest.fixture
+async def world(database_url: str, clock: FrozenClock) -> AsyncIterator[World]:
+    db = Database(database_url)
+    chain = FakeChain(owner=OWNER.address)
+    w = World(db, clock, chain, FakeChainClient(chain))
+    await w.stake(CLIENT, 1000)
+    yield w
+    await db.dispose()
+
+
+async def test_credits_are_paid_once_and_confirmed_at_depth(world: World):
+    p1 = await post(world.db, world.clock, PAYER, RUNNER, 100, fee=10, protocol=PROTOCOL)
+    await post(world.db, world.clock, PAYER, RUNNER, 50)
+    worker = world.worker(confirmations=3)
+    report = await worker.run_once()
+    assert (report.intents, report.signed, report.broadcast, report.mined) == (2, 2, 2, 2)
+    assert report.confirmed == 0  # mined, one block deep of three
+    assert await world.stake_of(RUNNER) == 140 and await world.stake_of(PROTOCOL) == 10
+    assert await world.stake_of(PAYER) == 850
+    assert all(e.settled_at is None for e in await entries(world.db))
+    world.chain.advance(2)
+    report = await worker.run_once()
+    assert report.confirmed == 2
+    await assert_all_settled(world.db)
+    rows = await settlements(world.db)
+    by_payee = {s.payee: s for s in rows}
+    assert by_payee[RUNNER].amount == 140 and by_payee[PROTOCOL].amount == 10
+    for s in rows:
+        assert await world.client.ref_used(bytes.fromhex(s.ref[2:]))
+        assert s.ref == payment_ref(s.id) and s.block_hash is not None
+    debit = [e for e in await entries(world.db) if e.posting_id == p1 and e.role == "payer"]
+    assert debit[0].settled_at is not None
+
+
+async def test_a_debit_is_settled_only_when_every_credit_of_its_posting_is(world: World):
+    posting = await post(world.db, world.clock, PAYER, RUNNER, 100, fee=10, protocol=PROTOCOL)
+    # The protocol's credit is paid first, alone.
+    await world.worker(batch_entries=1).run_once()
+    for e in await entries(world.db):
+        if e.posting_id == posting:
+            assert e.settled_at is not None
+    assert (await world.stake_of(RUNNER), await world.stake_of(PROTOCOL)) == (90, 10)
+
+
+async def test_intents_hold_at_most_the_batch_size(world: World):
+    for _ in range(5):
+        await post(world.db, world.clock, PAYER, RUNNER, 10)
+    await run_until_idle(world.worker(batch_entries=2))
+    assert sorted(s.amount for s in await settlements(world.db)) == [10, 20, 20]
+    assert await world.stake_of(RUNNER) == 50
+    await assert_all_settled(world.db)
+
+
+async def test_a_payment_to_oneself_is_settled_without_a_transaction(world: World):
+    await post(world.db, world.clock, PAYER, PAYER, 40)
+    await run_until_idle(world.worker())
+    [s] = await settlements(world.db)
+    assert s.status == "confirmed" and s.tx_hash is None and s.nonce is None
+    assert await transactions(world.db, s.id) == []
+    assert await world.stake_of(PAYER) == 1000
+    await assert_all_settled(world.db)
+
+
+async def test_a_short_stake_keeps_the_intent_pending_with_a_backoff(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 5000)
+    worker = world.worker(retry_base_seconds=30)
+    report = await worker.run_once()
+    assert report.deferred == 1 and report.signed == 0
+    [s] = await settlements(world.db)
+    assert (s.status, s.tries) == ("pending", 1) and "stake short" in (s.last_error or "")
+    assert [k for k, _ in world.alerts] == ["settlement_refused"]
+    # No busy loop: nothing is tried again before the back-off passes.
+    assert not (await worker.run_once()).counts()
+    assert (await settlements(world.db))[0].tries == 1
+    await world.stake(CLIENT, 4000)
+    world.clock.advance(31)
+    await run_until_idle(worker)
+    assert await world.stake_of(RUNNER) == 5000
+    [s] = await settlements(world.db)
+    assert (s.status, s.last_error) == ("confirmed", None)
+
+
+async def test_a_call_the_contract_refuses_at_estimation_is_never_signed(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    stranger = Account.from_key("0x" + "f1" * 32)  # not the StakeWallet's owner
+    worker = SettlementWorker(world.db, world.client, stranger, world.clock, SettlementConfig())
+    report = await worker.run_once()
+    assert report.deferred == 1
+    [s] = await settlements(world.db)
+    assert s.status == "pending" and "OwnableUnauthorizedAccount" in (s.last_error or "")
+    assert await transactions(world.db, s.id) == []
+
+
+@pytest.mark.parametrize("point", HOOK_POINTS)
+async def test_a_crash_at_any_point_ends_with_each_entry_paid_once(world: World, point: str):
+    await post(world.db, world.clock, PAYER, RUNNER, 100, fee=10, protocol=PROTOCOL)
+    await post(world.db, world.clock, PAYER, RUNNER2, 70)
+    with pytest.raises(Crash):
+        await world.worker(hook=CrashAt(point)).run_once()
+    await run_until_idle(world.worker())  # the restarted process
+    await assert_all_settled(world.db)
+    assert (await world.stake_of(RUNNER), await world.stake_of(RUNNER2)) == (90, 70)
+    assert await world.stake_of(PROTOCOL) == 10 and await world.stake_of(PAYER) == 830
+    for s in await settlements(world.db):
+        mined = [t for t in await transactions(world.db, s.id) if t.tx_hash in world.chain.receipts]
+        assert len(mined) == 1 and mined[0].tx_hash == s.tx_hash
+
+
+async def test_a_crash_while_signing_rolls_back_the_nonce(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    with pytest.raises(Crash):
+        await world.worker(hook=CrashAt("after_sign_before_record")).run_once()
+    [s] = await settlements(world.db)
+    assert s.status == "pending" and await transactions(world.db, s.id) == []
+    async with world.db.read_session() as session:
+        assert await session.get(SignerNonce, OWNER.address.lower()) is None
+    await run_until_idle(world.worker())
+    [s] = await settlements(world.db)
+    assert s.nonce == 0 and s.status == "confirmed"
+
+
+async def test_nonces_come_from_the_database_and_follow_the_chain_when_it_is_ahead(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    await run_until_idle(world.worker())
+    # The owner's key sends something outside the worker: the chain's count moves ahead.
+    await world.client.transact(OWNER, Call("token", "mint", (OWNER.address, 1)))
+    await post(world.db, world.clock, PAYER, RUNNER, 20)
+    await run_until_idle(world.worker())
+    nonces = sorted(s.nonce or 0 for s in await settlements(world.db))
+    assert nonces == [0, 2]
+    async with world.db.read_session() as session:
+        row = await session.get(SignerNonce, OWNER.address.lower())
+        assert row is not None and row.next_nonce == 3
+
+
+async def test_a_held_transaction_gets_a_same_nonce_fee_bump(world: World):
+    world.chain.automine = False
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    worker = world.worker(fee_bump_seconds=60, fee_bump_percent=15)
+    await run_until_idle(worker)
+    [s] = await settlements(world.db)
+    assert s.status == "broadcast"
+    world.clock.advance(30)
+    assert (await worker.run_once()).bumped == 0
+    world.clock.advance(31)
+    assert (await worker.run_once()).bumped == 1
+    first, bump = await transactions(world.db, s.id)
+    assert bump.nonce == first.nonce
+    assert bump.max_fee_per_gas * 100 >= first.max_fee_per_gas * 115
+    assert bump.max_priority_fee_per_gas * 100 >= first.max_priority_fee_per_gas * 115
+    world.chain.mine()
+    await run_until_idle(worker)
+    [s] = await settlements(world.db)
+    assert s.status == "confirmed" and s.tx_hash == bump.tx_hash
+    assert await world.stake_of(RUNNER) == 10
+
+
+async def test_a_dropped_transaction_is_rebroadcast_from_its_stored_raw(world: World):
+    world.chain.automine = False
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    worker = world.worker()
+    await run_until_idle(worker)
+    [s] = await settlements(world.db)
+    assert s.tx_hash is not None
+    world.chain.drop(s.tx_hash)
+    assert (await worker.run_once()).rebroadcast == 1
+    world.chain.mine()
+    await run_until_idle(worker)
+    [s2] = await settlements(world.db)
+    assert s2.status == "confirmed" and s2.tx_hash == s.tx_hash
+    assert len(await transactions(world.db, s.id)) == 1
+    assert await world.stake_of(RUNNER) == 10
+
+
+async def test_a_restart_rebroadcasts_what_is_not_mined(world: World):
+    world.chain.automine = False
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    await run_until_idle(world.worker())
+    world.chain.pending.clear()  # the node restarted with an empty mempool
+    world.chain.txs.clear()
+    assert (await world.worker().run_once()).rebroadcast == 1
+    world.chain.mine()
+    await run_until_idle(world.worker())
+    await assert_all_settled(world.db)
+    assert await world.stake_of(RUNNER) == 10
+
+
+async def test_a_reorg_before_depth_sends_the_same_transaction_again(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    worker = world.worker(confirmations=3)
+    await worker.run_once()
+    [s] = await settlements(world.db)
+    assert s.status == "mined"
+    world.chain.reorg(1)
+    assert await world.stake_of(RUNNER) == 0
+    report = await worker.run_once()
+    assert report.reorged == 1
+    world.chain.advance(3)
+    await run_until_idle(worker)
+    [s2] = await settlements(world.db)
+    assert s2.status == "confirmed" and s2.tx_hash == s.tx_hash
+    assert s2.block_hash != s.block_hash
+    assert await world.stake_of(RUNNER) == 10 and await world.stake_of(PAYER) == 990
+
+
+async def test_a_reverted_receipt_unsettles_the_entries_and_they_are_paid_later(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 600)
+    with pytest.raises(Crash):  # signed and stored, not yet sent
+        await world.worker(hook=CrashAt("after_sign")).run_once()
+    await world.client.withdraw(CLIENT, PAYER, 900)  # the stake is short when it is mined
+    await run_until_idle(world.worker(retry_base_seconds=10))
+    first = (await settlements(world.db))[0]
+    assert first.status == "reverted" and "reverted" in (first.last_error or "")
+    assert "settlement_reverted" in [k for k, _ in world.alerts]
+    assert await world.stake_of(RUNNER) == 0
+    [credit] = [e for e in await entries(world.db) if e.role == "payee"]
+    assert credit.settled_at is None and credit.settlement_id != first.id
+    await world.stake(CLIENT, 1000)
+    world.clock.advance(3600)
+    await run_until_idle(world.worker())
+    await assert_all_settled(world.db)
+    assert await world.stake_of(RUNNER) == 600
+    assert [s.status for s in await settlements(world.db)].count("confirmed") == 1
+
+
+async def test_without_payment_refs_the_worker_uses_transfer_payment(world: World):
+    world.chain.payment_ref = False
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    await run_until_idle(world.worker())
+    await assert_all_settled(world.db)
+    assert await world.stake_of(RUNNER) == 10
+
+
+async def test_an_unreachable_node_ends_the_pass_without_changing_state(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    worker = world.worker()
+    world.chain.unreachable = True
+    report = await worker.run_once()
+    assert report.unavailable and report.intents == 1
+    [s] = await settlements(world.db)
+    assert (s.status, s.tries) == ("pending", 0)
+    world.chain.unreachable = False
+    await run_until_idle(worker)
+    await assert_all_settled(world.db)
+
+
+def test_fee_bumps_raise_both_caps_by_the_percentage_and_follow_the_node():
+    assert bumped_fees(Fees(200, 10), Fees(100, 1), 15) == Fees(230, 12)
+    assert bumped_fees(Fees(200, 0), Fees(100, 0), 10) == Fees(220, 1)
+    assert bumped_fees(Fees(200, 10), Fees(500, 50), 15) == Fees(500, 50)
+
+
+@pytest.mark.postgres_only
+async def test_a_second_worker_skips_while_one_holds_the_lock(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    gate = asyncio.Event()
+    release = asyncio.Event()
+
+    def hook(point: str, _: uuid.UUID) -> None:
+        if point == "after_intent":
+            gate.set()
+
+    first = world.worker(hook=hook)
+    original = first._sign_pending
+
+    async def slow_sign(report: Any) -> None:
+        await release.wait()
+        await original(report)
+
+    first._sign_pending = slow_sign  # type: ignore[method-assign]
+    running = asyncio.create_task(first.run_once())
+    await asyncio.wait_for(gate.wait(), 5)
+    assert (await world.worker().run_once()).skipped
+    release.set()
+    await running
+    await run_until_idle(world.worker())
+    await assert_all_settled(world.db)
+    assert await world.stake_of(RUNNER) == 10
+
+
+# -- the signer --------------------------------------------------------------------------------
+
+
+def test_the_signer_comes_from_a_private_key(tmp_path: Path):
+    settings = make_settings("sqlite+aiosqlite:///x.db", tmp_path, settlement_private_key="a1" * 32)
+    signer = load_settlement_signer(settings)
+    assert signer is not None and signer.address == OWNER.address
+
+
+def test_the_signer_comes_from_a_keystore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(keystore, "SCRYPT_N", 2**10)
+    path = tmp_path / "owner.json"
+    keystore.create_keystore(path, "pw", "0x" + "a1" * 32)
+    settings = make_settings(
+        "sqlite+aiosqlite:///x.db",
+        tmp_path,
+        settlement_keystore_path=path,
+        settlement_keystore_password="pw",
+    )
+    signer = load_settlement_signer(settings)
+    assert signer is not None and signer.address == OWNER.address
+    wrong = make_settings(
+        "sqlite+aiosqlite:///x.db",
+        tmp_path,
+        settlement_keystore_path=path,
+        settlement_keystore_password="nope",
+    )
+    with pytest.raises(ConfigError, match="SETTLEMENT_KEYSTORE_PATH: wrong password"):
+        load_settlement_signer(wrong)
+
+
+def test_a_bad_or_doubled_signer_setting_is_refused(tmp_path: Path):
+    bad = make_settings("sqlite+aiosqlite:///x.db", tmp_path, settlement_private_key="zz")
+    with pytest.raises(ConfigError, match="SETTLEMENT_PRIVATE_KEY: invalid private key"):
+        load_settlement_signer(bad)
+    both = make_settings(
+        "sqlite+aiosqlite:///x.db",
+        tmp_path,
+        settlement_private_key="a1" * 32,
+        settlement_keystore_path=tmp_path / "k.json",
+    )
+    with pytest.raises(ConfigError, match="not both"):
+        load_settlement_signer(both)
+    assert load_settlement_signer(make_settings("sqlite+aiosqlite:///x.db", tmp_path)) is None
+
+
+async def test_the_server_runs_the_worker_when_a_chain_and_a_signer_are_configured(
+    database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    from parity.app import create_app
+
+    settings = make_settings(database_url, tmp_path / "home", settlement_private_key="a1" * 32)
+    container = Container(settings=settings, db=Database(database_url), clock=clock)
+    container.chain = FakeChainClient(FakeChain(owner=OWNER.address))
+    app = create_app(container, run_migrations=False)
+    async with app.router.lifespan_context(app):
+        worker = app.state.settlement
+        assert isinstance(worker, SettlementWorker) and worker.address == OWNER.address.lower()
+    plain = Container(
+        settings=make_settings(database_url, tmp_path / "h2"), db=Database(database_url)
+    )
+    plain.chain = FakeChainClient()
+    app2 = create_app(plain, run_migrations=False)
+    async with app2.router.lifespan_context(app2):
+        assert app2.state.settlement is None
