@@ -425,3 +425,52 @@ async def test_the_server_runs_the_worker_when_a_chain_and_a_signer_are_configur
     app2 = create_app(plain, run_migrations=False)
     async with app2.router.lifespan_context(app2):
         assert app2.state.settlement is None
+
+
+async def test_a_crash_while_bumping_stores_and_sends_nothing(world: World):
+    world.chain.automine = False
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    await run_until_idle(world.worker(fee_bump_seconds=60))
+    [s] = await settlements(world.db)
+    world.clock.advance(61)
+    with pytest.raises(Crash):
+        await world.worker(fee_bump_seconds=60, hook=CrashAt("after_sign_before_record")).run_once()
+    assert len(await transactions(world.db, s.id)) == 1
+    assert world.chain.pending[(OWNER.address.lower(), 0)].tx_hash == s.tx_hash
+    worker = world.worker(fee_bump_seconds=60)
+    await run_until_idle(worker)
+    world.clock.advance(61)
+    assert (await worker.run_once()).bumped == 1
+    world.chain.mine()
+    await run_until_idle(worker)
+    await assert_all_settled(world.db)
+    assert await world.stake_of(RUNNER) == 10
+
+
+async def test_a_nonce_taken_by_a_foreign_transaction_fails_the_settlement_with_an_alert(
+    world: World,
+):
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    with pytest.raises(Crash):
+        await world.worker(hook=CrashAt("after_sign")).run_once()
+    # Someone sends with the owner's key outside the worker, using the same nonce.
+    await world.client.transact(OWNER, Call("token", "mint", (OWNER.address, 1)))
+    await run_until_idle(world.worker())
+    [s] = await settlements(world.db)
+    assert s.status == "failed" and "did not sign" in (s.last_error or "")
+    assert "settlement_nonce_taken" in [k for k, _ in world.alerts]
+    assert await world.stake_of(RUNNER) == 0
+    [credit] = [e for e in await entries(world.db) if e.role == "payee"]
+    assert credit.settlement_id == s.id  # held for an operator, never paid twice
+
+
+async def test_the_loop_settles_in_the_background_and_stops(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    worker = world.worker(interval_seconds=0.01)
+    worker.start()
+    for _ in range(300):
+        if await world.stake_of(RUNNER) == 10:
+            break
+        await asyncio.sleep(0.01)
+    await worker.stop(timeout=5)
+    await assert_all_settled(world.db)

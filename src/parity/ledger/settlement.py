@@ -437,10 +437,12 @@ class SettlementWorker:
                 report.mined += 1
                 continue
             latest = txs[-1]
-            if rebroadcast or await self.chain.get_transaction(latest.tx_hash) is None:
-                if await self._send(st, latest, txs):  # dropped, or restarted: send it again
-                    report.rebroadcast += 1
-                continue
+            dropped = await self.chain.get_transaction(latest.tx_hash) is None
+            if dropped or rebroadcast:  # the node lost it, or may have (we restarted)
+                sent = await self._send(st, latest, txs)
+                report.rebroadcast += sent
+                if dropped or not sent:
+                    continue
             waited = self.clock.now() - (latest.broadcast_at or latest.created_at)
             if waited >= timedelta(seconds=self.config.fee_bump_seconds) and await self._bump(
                 st, latest
