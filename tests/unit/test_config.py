@@ -150,7 +150,7 @@ def test_pricing_and_min_stake_need_the_chain():
 def test_a_protocol_fee_needs_its_account_and_prices_are_base_units():
     with pytest.raises(ConfigError, match="PROTOCOL_FEE_ADDRESS"):
         load_settings({"PROTOCOL_FEE_BPS": "250"}, env_file=None)
-    with pytest.raises(ConfigError, match="(?i)price_task_base"):
+    with pytest.raises(ConfigError, match=r"(?i)price_task_base"):
         load_settings({"PRICE_TASK_BASE": "1.5", **CHAIN}, env_file=None)
     s = load_settings(
         {"PROTOCOL_FEE_BPS": "250", "PROTOCOL_FEE_ADDRESS": "0x" + "AB" * 20}, env_file=None

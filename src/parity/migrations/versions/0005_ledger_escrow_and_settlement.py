@@ -153,7 +153,6 @@ def upgrade() -> None:
         )
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("settlement_transactions", schema=None) as batch_op:
         batch_op.drop_index("ix_settlement_transactions_settlement")
