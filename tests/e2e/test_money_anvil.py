@@ -1,0 +1,149 @@
+"""The whole money path on a real anvil, with real processes: a client stakes with the CLI,
+creates priced work, a parity-runner process completes it, the server's settlement worker pays
+the runner and the protocol from the client's stake on chain, and `parity-server balance`
+shows it. Skips with the reason printed when Node.js/npm or anvil are unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from parity.chain.devchain import Anvil, DevDeployment, deploy_dev_contracts, dev_accounts
+from parity.chain.web3_adapter import Web3ChainClient
+from parity.cli import keystore
+from tests.chain_support import anvil_node, require_anvil
+from tests.e2e.procs import ServerProcess, run_with
+from tests.e2e.runner_procs import RunnerProcess, client_token, make_keystore, wait_for
+
+__all__ = ["anvil_node"]
+pytestmark = pytest.mark.slow
+
+TOKEN = 10**18
+PASSWORD = "correct horse battery staple"
+OWNER, CLIENT, RUNNER = dev_accounts(3)
+BASE = TOKEN // 10  # 0.1 token per task
+PER_CORE_SECOND = TOKEN // 1000
+
+
+def _cli_env(home: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home.parent),
+        "PARITY_HOME": str(home),
+        "PARITY_KEYSTORE_PASSWORD": PASSWORD,
+    }
+
+
+async def _stakes(deployed: DevDeployment, *ids: str) -> list[int]:
+    client = Web3ChainClient(
+        deployed.rpc_url, chain_id=314159, stake_wallet_address=deployed.stake_wallet_address
+    )
+    try:
+        return [await client.stake_of(i) for i in ids]
+    finally:
+        await client.aclose()
+
+
+def test_a_staked_client_pays_a_runner_through_settlement(
+    anvil_node: Anvil | str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    node = require_anvil(anvil_node)
+    deployed = asyncio.run(deploy_dev_contracts(node.rpc_url, OWNER, [CLIENT.address], 100 * TOKEN))
+    chain_env = deployed.env()
+    server = ServerProcess(
+        tmp_path / "server-home",
+        **chain_env,
+        LOG_LEVEL="info",
+        PRICE_TASK_BASE=str(BASE),
+        PRICE_CPU_CORE_SECOND=str(PER_CORE_SECOND),
+        PROTOCOL_FEE_BPS="500",
+        PROTOCOL_FEE_ADDRESS=OWNER.address,
+        SETTLEMENT_PRIVATE_KEY="0x" + bytes(OWNER.key).hex(),
+        SETTLEMENT_INTERVAL_SECONDS="0.5",
+        FILECOIN_CONFIRMATIONS="1",
+        FILECOIN_RECEIPT_POLL_SECONDS="0.2",
+        STAKE_CACHE_SECONDS="0",
+        SCHEDULER_INTERVAL_SECONDS="1",
+        RUNNER_HEARTBEAT_INTERVAL_SECONDS="1",
+    ).start()
+    runner: RunnerProcess | None = None
+    try:
+        server.wait_healthy()
+        # The client stakes 5 tokens with the CLI (approve + addFunds, its own key).
+        monkeypatch.setattr(keystore, "SCRYPT_N", 2**10)
+        cli_home = tmp_path / "client-home"
+        ks = cli_home / "keystore.json"
+        keystore.create_keystore(ks, PASSWORD, "0x" + bytes(CLIENT.key).hex())
+        config = tmp_path / "chain.env"
+        config.write_text("".join(f"{k}={v}\n" for k, v in chain_env.items()))
+        common = ["--keystore", str(ks), "--config", str(config)]
+        staked = run_with(_cli_env(cli_home), ["stake", "--amount", "5", *common], tmp_path)
+        assert staked.returncode == 0, staked.stderr
+
+        api = httpx.Client(base_url=server.url, timeout=15)
+        api.headers["Authorization"] = "Bearer " + client_token(server.url, CLIENT)
+        r = api.post(
+            "/api/v1/tasks",
+            json={"title": "paid", "type": "command",
+                  "config": {"command": ["sh", "-c", "sleep 1; echo done"]},
+                  "timeout_seconds": 60},
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        task_id = r.json()["id"]
+        reserved = BASE + 60 * PER_CORE_SECOND
+        balance = api.get("/api/v1/ledger/balance").json()
+        assert balance["reserved"] == str(reserved)
+
+        runner_ks = tmp_path / "runner-keystore.json"
+        make_keystore(runner_ks, "0x" + bytes(RUNNER.key).hex())
+        runner = RunnerProcess(server.url, runner_ks, "paid-runner", tmp_path).start()
+        runner.wait_registered()
+
+        def reward() -> dict[str, Any]:
+            out: dict[str, Any] = api.get(f"/api/v1/tasks/{task_id}/reward").json()
+            return out
+
+        assert wait_for(lambda: reward()["status"] == "paid", timeout=90), (
+            reward(),
+            server.log()[-4000:],
+        )
+        paid = reward()
+        price, earned, fee = int(paid["price"]), int(paid["reward"]), int(paid["fee"])
+        assert price == earned + fee and fee == price * 500 // 10_000
+        assert BASE + PER_CORE_SECOND <= price <= reserved  # at least a second of run time
+        assert [s["status"] for s in paid["settlements"]] == ["confirmed", "confirmed"]
+
+        client_stake, runner_stake, fee_stake = asyncio.run(
+            _stakes(deployed, CLIENT.address.lower(), RUNNER.address.lower(), OWNER.address.lower())
+        )
+        assert (client_stake, runner_stake, fee_stake) == (5 * TOKEN - price, earned, fee)
+
+        balance = api.get("/api/v1/ledger/balance").json()
+        assert (balance["unsettled_debits"], balance["reserved"]) == ("0", "0")
+        assert balance["available"] == str(5 * TOKEN - price)
+
+        # `parity-server balance --server` shows the ledger beside the chain.
+        signed = run_with(
+            _cli_env(cli_home), ["auth", "--keystore", str(ks), "--server", server.url], tmp_path
+        )
+        assert signed.returncode == 0, signed.stderr
+        shown = run_with(_cli_env(cli_home), ["balance", *common, "--server", server.url], tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert f"({5 * TOKEN - price} base units)" in shown.stdout
+        assert "available after reservations: " in shown.stdout
+        assert "n/a" not in shown.stdout
+
+        runner_api = httpx.Client(base_url=server.url, timeout=15)
+        runner_api.headers["Authorization"] = "Bearer " + client_token(server.url, RUNNER)
+        payouts = runner_api.get("/api/v1/ledger/payouts").json()["items"]
+        assert [(p["amount"], p["status"]) for p in payouts] == [(str(earned), "confirmed")]
+        assert payouts[0]["tx_hash"].startswith("0x")
+    finally:
+        if runner is not None:
+            runner.stop()
+        server.stop()
