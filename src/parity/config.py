@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     settlement_batch_entries: int = Field(100, ge=1)
     settlement_fee_bump_seconds: float = Field(120.0, gt=0)
     settlement_fee_bump_percent: int = Field(15, ge=10, le=500)
+    settlement_max_fee_per_gas: int = Field(0, ge=0)
 
     # -- content store (FILECOIN_IPFS_ENDPOINT selects kubo; else the local blockstore)
     storage_path: Path | None = None
@@ -166,6 +167,7 @@ class Settings(BaseSettings):
         "price_cpu_core_second",
         "price_memory_mb_second",
         "price_gpu_second",
+        "settlement_max_fee_per_gas",
         mode="before",
     )
     @classmethod

@@ -237,6 +237,23 @@ async def test_a_held_transaction_gets_a_same_nonce_fee_bump(world: World):
     assert await world.stake_of(RUNNER) == 10
 
 
+async def test_a_fee_bump_never_goes_above_the_ceiling(world: World):
+    world.chain.automine = False
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    first_fees = (await world.client.suggest_fees()).max_fee_per_gas
+    worker = world.worker(fee_bump_seconds=60, fee_bump_percent=15, max_fee_per_gas=first_fees)
+    await run_until_idle(worker)
+    world.clock.advance(61)
+    assert (await worker.run_once()).bumped == 0  # the bump would pass the ceiling
+    [s] = await settlements(world.db)
+    assert len(await transactions(world.db, s.id)) == 1
+    world.chain.mine()
+    await run_until_idle(worker)
+    [s] = await settlements(world.db)
+    assert s.status == "confirmed"
+    assert await world.stake_of(RUNNER) == 10
+
+
 async def test_a_dropped_transaction_is_rebroadcast_from_its_stored_raw(world: World):
     world.chain.automine = False
     await post(world.db, world.clock, PAYER, RUNNER, 10)

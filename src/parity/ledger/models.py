@@ -97,9 +97,11 @@ class Settlement(Base):
     """One on-chain payment ``payer → payee`` for a set of credit entries (the intent).
 
     status: ``pending`` (intent, nothing signed) → ``signed`` (raw tx stored) → ``broadcast``
-    → ``mined`` (receipt seen) → ``confirmed`` (at FILECOIN_CONFIRMATIONS depth); a reverted
-    receipt → ``reverted`` (its entries are unsettled again); ``failed`` when the chain refuses
-    it before signing (e.g. the payer's stake is short), with ``last_error``."""
+    → ``mined`` (receipt seen) → ``confirmed`` (at FILECOIN_CONFIRMATIONS depth); a receipt
+    that reverted, once at that depth → ``reverted`` (its entries are unsettled again);
+    ``failed`` when the signer's nonce was taken by a transaction this server did not sign
+    (entries stay attached; an alert is raised). A call the chain refuses before signing (the
+    payer's stake is short) stays ``pending`` with ``last_error`` and a back-off."""
 
     __tablename__ = "settlements"
     __table_args__ = (

@@ -454,6 +454,16 @@ class SettlementWorker:
         call = await self._call(st)
         old = Fees(latest.max_fee_per_gas, latest.max_priority_fee_per_gas)
         fees = bumped_fees(old, await self.chain.suggest_fees(), self.config.fee_bump_percent)
+        ceiling = self.config.max_fee_per_gas
+        if ceiling and fees.max_fee_per_gas > ceiling:
+            # Keep waiting at the current price rather than outbid the configured ceiling.
+            log.warning(
+                "settlement_fee_ceiling",
+                settlement_id=str(st.id),
+                wanted_max_fee_per_gas=fees.max_fee_per_gas,
+                ceiling=ceiling,
+            )
+            return False
         now = self.clock.now()
         async with self.db.transaction() as s:
             current = await repo.get(s, st.id, lock=True)

@@ -39,6 +39,7 @@ class SettlementConfig:
     retry_base_seconds: float = 30.0  # back-off of an intent the chain refused to estimate
     retry_max_seconds: float = 3600.0
     max_entries_per_pass: int = 10_000
+    max_fee_per_gas: int = 0  # a fee bump never raises the cap above this (0 = no ceiling)
 
     @classmethod
     def from_settings(cls, s: Settings) -> SettlementConfig:
@@ -48,6 +49,7 @@ class SettlementConfig:
             fee_bump_seconds=s.settlement_fee_bump_seconds,
             fee_bump_percent=s.settlement_fee_bump_percent,
             interval_seconds=s.settlement_interval_seconds,
+            max_fee_per_gas=s.settlement_max_fee_per_gas,
         )
 
     def retry_delay(self, tries: int) -> float:
