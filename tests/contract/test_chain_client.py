@@ -173,6 +173,10 @@ async def test_only_the_contract_owner_can_settle_payments(chain: Chain):
         )
 
 
+async def test_the_stake_wallet_names_its_owner(chain: Chain):
+    assert await chain.client.stake_wallet_owner() == chain.owner.address.lower()
+
+
 async def test_large_amounts_are_exact(chain: Chain):
     big = 10**24 + 7
     sid = await chain.stake(chain.alice, big)

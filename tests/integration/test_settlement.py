@@ -491,3 +491,17 @@ async def test_the_loop_settles_in_the_background_and_stops(world: World):
         await asyncio.sleep(0.01)
     await worker.stop(timeout=5)
     await assert_all_settled(world.db)
+
+
+async def test_a_signer_that_does_not_own_the_stake_wallet_is_alerted_at_once(world: World):
+    worker = SettlementWorker(
+        world.db,
+        world.client,
+        CLIENT,
+        world.clock,
+        SettlementConfig(confirmations=1),
+        alert=lambda kind, data: world.alerts.append((kind, data)),
+    )
+    await worker.run_once()
+    assert [kind for kind, _ in world.alerts] == ["settlement_signer_not_owner"]
+    assert world.alerts[0][1]["owner"] == world.chain.owner

@@ -418,6 +418,11 @@ class FakeChainClient(TransactingClient):
             return WalletInfo(0, "", ZERO, False)
         return WalletInfo(stake.balance, stake.stake_id, stake.wallet, True)
 
+    async def stake_wallet_owner(self) -> str:
+        chain = self._up()
+        self._contract_present(chain.stake_wallet_address)
+        return chain.owner
+
     async def ref_used(self, ref: bytes) -> bool:
         chain = self._up()
         self._contract_present(chain.stake_wallet_address)

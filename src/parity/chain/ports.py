@@ -187,6 +187,11 @@ class ChainClient(Protocol):
         """``StakeWallet.getWalletInfo(stake_id)``."""
         ...
 
+    async def stake_wallet_owner(self) -> str:
+        """``StakeWallet.owner()``: the only account that may move stake between ids (the
+        settlement signer must be it)."""
+        ...
+
     async def ref_used(self, ref: bytes) -> bool:
         """``StakeWallet.refUsed(ref)``: whether a payment with this 32-byte ref was made."""
         ...

@@ -222,6 +222,9 @@ class Web3ChainClient(TransactingClient):
         balance, sid, wallet, exists = await self._view("stake_wallet", "getWalletInfo", stake_id)
         return WalletInfo(int(balance), str(sid), str(wallet).lower(), bool(exists))
 
+    async def stake_wallet_owner(self) -> str:
+        return str(await self._view("stake_wallet", "owner")).lower()
+
     async def ref_used(self, ref: bytes) -> bool:
         return bool(await self._view("stake_wallet", "refUsed", ref))
 

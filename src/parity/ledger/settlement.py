@@ -148,6 +148,8 @@ class SettlementWorker:
                 return report
             try:
                 await self._make_intents(report)
+                if self._first_pass:
+                    await self._check_owner()
                 await self._sign_pending(report)
                 await self._broadcast_signed(report)
                 await self._check_receipts(report, rebroadcast=self._first_pass)
@@ -176,6 +178,17 @@ class SettlementWorker:
     def _at(self, point: str, settlement_id: uuid.UUID) -> None:
         if self.hook is not None:
             self.hook(point, settlement_id)
+
+    async def _check_owner(self) -> None:
+        """Say at once when the signer cannot settle (only the StakeWallet's owner may move
+        stake); payments would otherwise only show it as refused estimations."""
+        owner = await self.chain.stake_wallet_owner()
+        if owner != self.signer.address.lower():
+            data = {"signer": self.signer.address.lower(), "owner": owner}
+            log.error("settlement_alert", kind="settlement_signer_not_owner", **data)
+            if self.alert is not None:
+                with contextlib.suppress(Exception):
+                    self.alert("settlement_signer_not_owner", data)
 
     def _raise_alert(self, kind: str, st: Settlement, **fields: Any) -> None:
         data = {
