@@ -24,7 +24,13 @@ def get_container(request: Request) -> Container:
     return container
 
 
-ContainerDep = Annotated[Container, Depends(get_container)]
+async def _container(request: Request) -> Container:
+    # ``async`` on purpose: FastAPI runs a plain ``def`` dependency in the thread pool, a
+    # thread hop (and GIL hand-over) on every request.
+    return get_container(request)
+
+
+ContainerDep = Annotated[Container, Depends(_container)]
 
 
 async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -61,10 +67,11 @@ async def get_principal(
 ) -> Principal:
     container = get_container(request)
     raw = _bearer(authorization)
-    # A short read of its own: released before the handler's unit of work starts.
-    async with container.db.read_session() as session:
+    # A short read of its own (one statement, no unit of work): released before the
+    # handler's unit of work starts.
+    async with container.db.lookup() as conn:
         principal = await auth_service.authenticate(
-            session, container.settings.admins, container.clock.now(), raw
+            conn, container.settings.admins, container.clock.now(), raw
         )
     request.state.principal = principal
     return principal

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Row, and_, bindparam, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from parity.api.pagination import Cursor
 from parity.auth.models import Account, AuthNonce, AuthToken
@@ -72,10 +72,23 @@ async def add_token(session: AsyncSession, token: AuthToken) -> None:
     await session.flush()
 
 
-async def find_token(session: AsyncSession, token_hash: str) -> AuthToken | None:
-    return (
-        await session.scalars(select(AuthToken).where(AuthToken.token_hash == token_hash))
-    ).first()
+# Built once: the token lookup runs on every request, so skip re-building the statement.
+_FIND_TOKEN = select(
+    AuthToken.id,
+    AuthToken.kind,
+    AuthToken.address,
+    AuthToken.runner_id,
+    AuthToken.expires_at,
+    AuthToken.revoked_at,
+).where(AuthToken.token_hash == bindparam("token_hash"))
+
+
+TokenRow = Row[uuid.UUID, str, str, uuid.UUID | None, datetime | None, datetime | None]
+
+
+async def find_token(db: AsyncSession | AsyncConnection, token_hash: str) -> TokenRow | None:
+    """The columns identity needs (no ORM object), by the unique index on ``token_hash``."""
+    return (await db.execute(_FIND_TOKEN, {"token_hash": token_hash})).first()
 
 
 async def revoke_token(session: AsyncSession, token_id: uuid.UUID, now: datetime) -> bool:

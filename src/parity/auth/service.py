@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from parity.api.pagination import Cursor
 from parity.auth import repository as repo
@@ -142,12 +142,12 @@ async def issue_runner_token(
 
 
 async def authenticate(
-    session: AsyncSession, admins: frozenset[str], now: datetime, raw_token: str
+    db: AsyncSession | AsyncConnection, admins: frozenset[str], now: datetime, raw_token: str
 ) -> Principal:
     """Resolve a bearer token in one indexed lookup by its SHA-256."""
     if siwe.token_kind(raw_token) is None:
         raise TokenInvalid("unrecognised token")
-    row = await repo.find_token(session, siwe.hash_token(raw_token))
+    row = await repo.find_token(db, siwe.hash_token(raw_token))
     if row is None:
         raise TokenInvalid("unknown token")
     if row.revoked_at is not None:

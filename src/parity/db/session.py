@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -74,6 +75,13 @@ class Database:
                 )
             self.write_engine = self.read_engine = engine
             self._write_lock = None
+        # One-statement reads outside a unit of work (the bearer-token lookup): on PostgreSQL
+        # in autocommit, so no BEGIN/ROLLBACK round trips around the one SELECT.
+        self._lookup_engine = (
+            self.read_engine
+            if self.is_sqlite
+            else self.read_engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._writer = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._reader = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
@@ -115,6 +123,13 @@ class Database:
             yield session
         finally:
             await session.close()
+
+    @contextlib.asynccontextmanager
+    async def lookup(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one short read that needs no unit of work (Core statements only):
+        autocommit on PostgreSQL, a pooled read connection on SQLite."""
+        async with self._lookup_engine.connect() as conn:
+            yield conn
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.core.identity.siwe import hash_token
 from parity.core.tasks.placement import Resources, fits
 from parity.core.tasks.states import ACTIVE, TaskStatus
+from parity.db.hooks import after_commit
 from parity.events import service as events_service
 from parity.runners import repository as runners_repo
 from parity.runners.models import Runner
@@ -29,7 +30,7 @@ from parity.tasks.errors import (
     TaskNotClaimable,
     TaskNotFound,
 )
-from parity.tasks.models import Task, TaskAttempt, TaskLog, TaskResult
+from parity.tasks.models import Task, TaskAttempt, TaskLog
 
 CLAIM_PREFIX = "ps_claim_"
 
@@ -207,17 +208,21 @@ class Fenced:
 
 
 async def _fence(
-    session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID, token: str
+    session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str
 ) -> Fenced:
-    task = await repo.get(session, task_id, lock=True)
-    if task is None:
+    rows = await repo.fence_rows(session, task_id, token_hash)
+    if rows is None:
         raise TaskNotFound(f"task {task_id} not found")
-    token_hash = hash_token(token)
-    attempt = await repo.attempt_by_token(session, task_id, token_hash)
+    task, attempt = rows
     if attempt is None or attempt.runner_id != runner_id:
         raise ClaimInvalid("claim_token does not belong to this runner and task")
     current = task.attempts == attempt.attempt and task.claim_token_hash == token_hash
-    return Fenced(task, attempt, current and task.status in ACTIVE)
+    if not (current and task.status in ACTIVE):
+        # On PostgreSQL the attempt came with the snapshot taken before the task lock was
+        # granted; a transition that committed meanwhile (a retried complete) changed it.
+        attempt = await repo.attempt_by_token(session, task_id, token_hash) or attempt
+        return Fenced(task, attempt, False)
+    return Fenced(task, attempt, True)
 
 
 def _not_current(f: Fenced, wanted: str) -> Exception:
@@ -234,7 +239,12 @@ def _not_current(f: Fenced, wanted: str) -> Exception:
 async def start(
     session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
 ) -> Task:
-    f = await _fence(session, task_id, runner_id, token)
+    token_hash = hash_token(token)
+    task = await repo.start_held(session, task_id, runner_id, token_hash, deps.clock.now())
+    if task is not None:
+        return task
+    # Not assigned under this runner's current claim: a repeat, or a refusal to explain.
+    f = await _fence(session, task_id, runner_id, token_hash)
     if not f.current:
         raise _not_current(f, "start")
     if f.task.status == TaskStatus.ASSIGNED:
@@ -272,46 +282,58 @@ async def complete(
     usage: dict[str, object],
 ) -> Task:
     """Accept the one completion of a task. ``complete`` from ``assigned`` implies start."""
-    f = await _fence(session, task_id, runner_id, token)
-    if not f.current:
-        if f.attempt.outcome == "completed":
-            return f.task  # a retried completion after a timeout
-        raise _not_current(f, "complete")
     now = deps.clock.now()
-    task = f.task
-    started = task.started_at or f.attempt.started_at or now
+    token_hash = hash_token(token)
+    # Common case first: one conditional UPDATE is both the fence and the transition.
+    held = await repo.complete_held(session, task_id, runner_id, token_hash, now)
+    if held is not None:
+        task = held
+        started = task.started_at or now
+    else:
+        f = await _fence(session, task_id, runner_id, token_hash)
+        if not f.current:
+            if f.attempt.outcome == "completed":
+                return f.task  # a retried completion after a timeout
+            raise _not_current(f, "complete")
+        task = f.task
+        started = task.started_at or f.attempt.started_at or now
+        task.status = TaskStatus.COMPLETED.value
+        task.started_at = started
+        task.completed_at = now
+        task.updated_at = now
+        task.lease_expires_at = None
+        task.claim_token_hash = None
+        await session.flush()
+    await repo.end_attempt(
+        session,
+        task.id,
+        task.attempts,
+        started=started,
+        ended=now,
+        outcome="completed",
+        exit_code=exit_code,
+    )
     inline, _ = _cap_output(output, deps.output_inline_max_bytes)
     digest = result_hash or (
         hashlib.sha256((output or "").encode()).hexdigest() if output is not None else None
     )
-    await repo.add_result(
+    await repo.insert_result(
         session,
-        TaskResult(
-            id=uuid.uuid4(),
-            task_id=task.id,
-            attempt=task.attempts,
-            runner_id=runner_id,
-            output=inline,
-            output_cid=output_cid,
-            exit_code=exit_code,
-            error=error,
-            result_hash=digest,
-            usage=dict(usage),
-            execution_seconds=max((now - started).total_seconds(), 0.0),
-            created_at=now,
-        ),
+        {
+            "id": uuid.uuid4(),
+            "task_id": task.id,
+            "attempt": task.attempts,
+            "runner_id": runner_id,
+            "output": inline,
+            "output_cid": output_cid,
+            "exit_code": exit_code,
+            "error": error,
+            "result_hash": digest,
+            "usage": dict(usage),
+            "execution_seconds": max((now - started).total_seconds(), 0.0),
+            "created_at": now,
+        },
     )
-    task.status = TaskStatus.COMPLETED.value
-    task.started_at = started
-    task.completed_at = now
-    task.updated_at = now
-    task.lease_expires_at = None
-    task.claim_token_hash = None
-    f.attempt.started_at = f.attempt.started_at or started
-    f.attempt.ended_at = now
-    f.attempt.outcome = "completed"
-    f.attempt.exit_code = exit_code
-    await session.flush()
     await emit_task_event(session, deps, "task.completed", task, attempts=task.attempts)
     return task
 
@@ -362,7 +384,7 @@ async def fail(
     exit_code: int | None,
 ) -> Task:
     """A failed run: retried later on another runner while attempts remain, else ``failed``."""
-    f = await _fence(session, task_id, runner_id, token)
+    f = await _fence(session, task_id, runner_id, hash_token(token))
     if not f.current:
         if f.attempt.outcome == "failed":
             return f.task
@@ -380,7 +402,7 @@ async def release(
     session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
 ) -> Task:
     """Give a claimed task back untouched (graceful shutdown): not counted as a failure."""
-    f = await _fence(session, task_id, runner_id, token)
+    f = await _fence(session, task_id, runner_id, hash_token(token))
     if not f.current:
         if f.attempt.outcome == "released":
             return f.task
@@ -416,7 +438,7 @@ async def _release(
 async def renew(
     session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
 ) -> Task:
-    f = await _fence(session, task_id, runner_id, token)
+    f = await _fence(session, task_id, runner_id, hash_token(token))
     if not f.current:
         raise _not_current(f, "renew the lease")
     now = deps.clock.now()
@@ -436,7 +458,7 @@ async def append_logs(
 ) -> tuple[bool, bool, int]:
     """Store a chunk (idempotent on task, attempt, seq). Past the per-task budget the chunk is
     cut and a marker is stored once. Returns (accepted, truncated, stored_bytes)."""
-    f = await _fence(session, task_id, runner_id, token)
+    f = await _fence(session, task_id, runner_id, hash_token(token))
     task = f.task
     if await repo.find_log(session, task.id, f.attempt.attempt, seq) is not None:
         return True, False, task.log_bytes
@@ -471,6 +493,25 @@ async def append_logs(
     task.log_bytes += used
     await session.flush()
     return True, truncated, task.log_bytes
+
+
+async def slot_freed(session: AsyncSession, deps: TaskDeps, now: datetime) -> bool:
+    """A runner freed a slot, so a due untargeted task may be offered again. True when a
+    push-capable runner is online: the caller then runs the full re-offer
+    (``service.reoffer_pending``). Otherwise that re-offer could only wake a waiting pull
+    runner, which is done here after commit without loading tasks or runners."""
+    due, push = await repo.due_unoffered_and_push(session, now)
+    if not due:
+        return False
+    if push:
+        return True
+    wakeups = deps.wakeups
+
+    def wake_one() -> None:
+        wakeups.wake_any(1)
+
+    after_commit(session, wake_one)
+    return False
 
 
 async def expire_leases(session: AsyncSession, deps: TaskDeps, now: datetime) -> int:

@@ -6,16 +6,19 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.api.pagination import Cursor
 from parity.core.tasks.states import ACTIVE, TERMINAL, TaskStatus, TaskType
+from parity.runners.models import Runner
 from parity.tasks.models import Task, TaskAttempt, TaskExclusion, TaskLog, TaskResult
 
 ACTIVE_VALUES = [s.value for s in ACTIVE]
+_ATTEMPTS = cast(Table, TaskAttempt.__table__)
+_RESULTS = cast(Table, TaskResult.__table__)
 MOVABLE_TYPES = [TaskType.COMMAND.value, TaskType.DOCKER.value]
 
 
@@ -207,11 +210,116 @@ async def mark_claimed(
     return rows
 
 
+def _held_by(task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str) -> list[Any]:
+    """The task is active under this claim token, held by this runner. The token's hash is on
+    the task only from its claim until the attempt ends, so this is the fencing test."""
+    return [
+        Task.id == task_id,
+        Task.claim_token_hash == token_hash,
+        Task.runner_id == runner_id,
+        Task.status.in_(ACTIVE_VALUES),
+    ]
+
+
+def _utc(value: datetime) -> Any:
+    return bindparam(None, value, type_=Task.__table__.c.updated_at.type)
+
+
+async def start_held(
+    session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str, now: datetime
+) -> Task | None:
+    """``start`` in its common case: an assigned task under this runner's current claim turns
+    running in one conditional UPDATE … RETURNING (the row lock is taken by the UPDATE). None
+    when the condition does not hold; the caller then fences the slow way."""
+    stmt = (
+        update(Task)
+        .where(*_held_by(task_id, runner_id, token_hash), Task.status == TaskStatus.ASSIGNED.value)
+        .values(status=TaskStatus.RUNNING.value, started_at=now, updated_at=now)
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    task = (await session.scalars(stmt)).first()
+    if task is not None:
+        await session.execute(
+            update(_ATTEMPTS)
+            .where(_ATTEMPTS.c.task_id == task_id, _ATTEMPTS.c.attempt == task.attempts)
+            .values(started_at=now)
+        )
+    return task
+
+
+async def complete_held(
+    session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str, now: datetime
+) -> Task | None:
+    """``complete`` in its common case: the task under this runner's current claim turns
+    completed in one conditional UPDATE … RETURNING (``started_at`` kept, else now). None when
+    the condition does not hold; the caller then fences the slow way."""
+    stmt = (
+        update(Task)
+        .where(*_held_by(task_id, runner_id, token_hash))
+        .values(
+            status=TaskStatus.COMPLETED.value,
+            started_at=func.coalesce(Task.started_at, _utc(now)),
+            completed_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+            claim_token_hash=None,
+        )
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    return (await session.scalars(stmt)).first()
+
+
+async def end_attempt(
+    session: AsyncSession,
+    task_id: uuid.UUID,
+    attempt: int,
+    *,
+    started: datetime,
+    ended: datetime,
+    outcome: str,
+    exit_code: int | None,
+) -> None:
+    """Close an attempt (Core UPDATE; keeps an earlier ``started_at``)."""
+    await session.execute(
+        update(_ATTEMPTS)
+        .where(_ATTEMPTS.c.task_id == task_id, _ATTEMPTS.c.attempt == attempt)
+        .values(
+            started_at=func.coalesce(_ATTEMPTS.c.started_at, _utc(started)),
+            ended_at=ended,
+            outcome=outcome,
+            exit_code=exit_code,
+        )
+    )
+
+
+async def fence_rows(
+    session: AsyncSession, task_id: uuid.UUID, token_hash: str
+) -> tuple[Task, TaskAttempt | None] | None:
+    """The task, locked, and the attempt this claim token belongs to, in one statement (the
+    lock covers the task row only). None when the task does not exist."""
+    q = (
+        select(Task, TaskAttempt)
+        .outerjoin(
+            TaskAttempt,
+            and_(TaskAttempt.task_id == Task.id, TaskAttempt.claim_token_hash == token_hash),
+        )
+        .where(Task.id == task_id)
+        .with_for_update(of=Task)
+    )
+    row = (await session.execute(q)).first()
+    return None if row is None else (row[0], row[1])
+
+
 async def attempt_by_token(
     session: AsyncSession, task_id: uuid.UUID, token_hash: str
 ) -> TaskAttempt | None:
-    q = select(TaskAttempt).where(
-        TaskAttempt.task_id == task_id, TaskAttempt.claim_token_hash == token_hash
+    """Read afresh (a new statement sees what committed since the last one)."""
+    q = (
+        select(TaskAttempt)
+        .where(TaskAttempt.task_id == task_id, TaskAttempt.claim_token_hash == token_hash)
+        .execution_options(populate_existing=True)
     )
     return (await session.scalars(q)).first()
 
@@ -240,6 +348,11 @@ async def exclusions(session: AsyncSession, task_id: uuid.UUID) -> list[uuid.UUI
 async def add_result(session: AsyncSession, result: TaskResult) -> None:
     session.add(result)
     await session.flush()
+
+
+async def insert_result(session: AsyncSession, values: dict[str, Any]) -> None:
+    """The accepted result as one Core INSERT (no ORM object to track)."""
+    await session.execute(insert(_RESULTS), values)
 
 
 async def get_result(session: AsyncSession, task_id: uuid.UUID) -> TaskResult | None:
@@ -373,6 +486,25 @@ async def offered_counts(
         .group_by(Task.target_runner_id)
     )
     return {rid: int(n) for rid, n in rows.all() if rid is not None}
+
+
+async def due_unoffered_and_push(session: AsyncSession, now: datetime) -> tuple[bool, bool]:
+    """(is some untargeted task due, is some push-capable runner online) in one statement,
+    nothing locked: the cheap test before the full re-offer."""
+    due = exists().where(
+        Task.status == TaskStatus.PENDING.value,
+        Task.target_runner_id.is_(None),
+        Task.available_at <= now,
+        Task.type.in_(MOVABLE_TYPES),
+    )
+    push = exists().where(
+        Runner.status == "online",
+        Runner.banned_at.is_(None),
+        Runner.webhook_url.is_not(None),
+        Runner.webhook_secret.is_not(None),
+    )
+    row = (await session.execute(select(due, push))).one()
+    return bool(row[0]), bool(row[1])
 
 
 async def unoffered_due(session: AsyncSession, now: datetime, limit: int) -> list[Task]:

@@ -171,7 +171,9 @@ async def complete_task(
         result_hash=body.result_hash,
         usage=body.usage,
     )
-    await service.reoffer_pending(session, c.tasks, c.clock.now(), limit=1)
+    now = c.clock.now()
+    if await lifecycle.slot_freed(session, c.tasks, now):
+        await service.reoffer_pending(session, c.tasks, now, limit=1)
     return task_read(task)
 
 
@@ -193,7 +195,9 @@ async def fail_task(
         error=body.error,
         exit_code=body.exit_code,
     )
-    await service.reoffer_pending(session, c.tasks, c.clock.now(), limit=1)
+    now = c.clock.now()
+    if await lifecycle.slot_freed(session, c.tasks, now):
+        await service.reoffer_pending(session, c.tasks, now, limit=1)
     return task_read(task)
 
 
