@@ -118,6 +118,7 @@ def create_app(
             deliveries.start()
             if settlement is not None:
                 settlement.start()
+                container.settling = True
         log.info("server_started", mode="embedded" if settings.embedded else "postgresql")
         try:
             yield

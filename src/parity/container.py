@@ -37,6 +37,7 @@ class Container:
     random_bytes: Callable[[int], bytes] = secrets.token_bytes
     started_monotonic: float = field(default_factory=time.monotonic)
     draining: bool = False
+    settling: bool = False  # the settlement worker runs in this process
     wakeups: WakeHub = field(default_factory=WakeHub)
     event_hub: EventHub = field(default_factory=EventHub)
     # The chain start-up check's verdict (None until the lifespan or run_server ran it) and

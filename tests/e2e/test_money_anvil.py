@@ -138,6 +138,12 @@ def test_a_staked_client_pays_a_runner_through_settlement(
         assert "available after reservations: " in shown.stdout
         assert "n/a" not in shown.stdout
 
+        status = httpx.get(f"{server.url}/api/status", timeout=5).json()
+        assert status["billing"]["settlement"] == {
+            "worker": "on",
+            "by_status": {"confirmed": 2},
+        }
+
         runner_api = httpx.Client(base_url=server.url, timeout=15)
         runner_api.headers["Authorization"] = "Bearer " + client_token(server.url, RUNNER)
         payouts = runner_api.get("/api/v1/ledger/payouts").json()["items"]

@@ -355,3 +355,13 @@ async def test_editing_a_pending_task_resizes_its_escrow_or_refuses_the_edit(net
     got = (await net.http.get(f"{V1}/tasks/{task['id']}", headers=bearer(alice))).json()
     assert got["timeout_seconds"] == 120  # the refused edit left the task as it was
     assert (await _balance(net, alice))["reserved"] == "1300"
+
+
+async def test_status_shows_the_prices_fee_and_settlement_state(net: Net):
+    body = (await net.http.get("/api/status")).json()
+    billing = body["billing"]
+    assert billing["pricing"] is True
+    assert billing["prices"]["task_base"] == "100"
+    assert billing["prices"]["cpu_core_second"] == "10"
+    assert billing["protocol_fee_bps"] == 1000
+    assert billing["settlement"] == {"worker": "off", "by_status": {}}  # no jobs, no signer

@@ -6,7 +6,7 @@ import uuid
 import zlib
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, or_, select, text
+from sqlalchemy import ColumnElement, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -121,3 +121,8 @@ async def list_payouts(
         q = q.where(_after(Settlement.created_at, Settlement.id, after))
     q = q.order_by(Settlement.created_at.desc(), Settlement.id.desc()).limit(limit + 1)
     return list((await session.scalars(q)).all())
+
+
+async def settlement_counts(session: AsyncSession) -> dict[str, int]:
+    q = select(Settlement.status, func.count()).group_by(Settlement.status)
+    return {str(status): int(n) for status, n in (await session.execute(q)).all()}

@@ -310,3 +310,23 @@ async def list_payouts(
     session: AsyncSession, account: str, limit: int, after: Cursor | None
 ) -> list[Settlement]:
     return await repo.list_payouts(session, account, limit, after)
+
+
+async def describe(session: AsyncSession, deps: LedgerDeps, *, settling: bool) -> dict[str, Any]:
+    """For /api/status: the prices in force, the fee, the stake gate and settlement counts."""
+    p = deps.price
+    return {
+        "pricing": deps.pricing_enabled,
+        "prices": {
+            "task_base": str(p.base),
+            "cpu_core_second": str(p.cpu_core_second),
+            "memory_mb_second": str(p.memory_mb_second),
+            "gpu_second": str(p.gpu_second),
+        },
+        "protocol_fee_bps": deps.fee_bps,
+        "min_stake": str(deps.min_stake),
+        "settlement": {
+            "worker": "on" if settling else "off",
+            "by_status": await repo.settlement_counts(session),
+        },
+    }

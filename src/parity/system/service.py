@@ -10,6 +10,7 @@ from parity import __version__
 from parity.auth import service as auth_service
 from parity.chain.startup import OFF, ChainStatus, recheck_if_stale
 from parity.container import Container
+from parity.ledger import service as ledger_service
 
 
 async def check_health(container: Container) -> dict[str, Any]:
@@ -36,6 +37,9 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
         },
         "storage": await container.content_store.describe(),
         "chain": chain.describe(),
+        "billing": await ledger_service.describe(
+            session, container.ledger, settling=container.settling
+        ),
         "draining": container.draining,
     }
 
