@@ -8,8 +8,14 @@ Layout under ``root`` (default ``$PARITY_HOME/blocks``)::
     .tmp/             blocks being written (renamed into place, so a block is whole or absent)
 
 Blocks are written with the importer in :mod:`parity.core.storage.importer`, so CIDs equal
-kubo's. Disk work runs in worker threads; an upload is hashed and written one batch behind the
-network, so receiving and hashing overlap and memory stays at about two batches.
+kubo's. Disk work runs in worker threads, one batch behind the network, so receiving overlaps
+hashing and writing and memory stays at about two batches. Each batch is joined once, hashed
+for the CIDv1 and the CIDv0 tree in two threads at once (hashlib releases the GIL), then its
+blocks are written by two threads at once: creating a file is the costliest step per block on
+common filesystems, and spreading it keeps both cores busy while the event loop receives.
+
+Blocks are not fsynced one by one (a block is whole or absent thanks to the rename; durability
+is the filesystem's, as for kubo's flatfs without ``sync``).
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ from parity.core.storage.multiformats import DAG_PB, RAW, Cid, CidError
 from parity.storage.errors import ContentNotFound, NotAFile
 from parity.storage.ports import GcReport, Stored
 
-BATCH_BYTES = 1 << 20  # bytes handed to a worker thread at a time (4 chunks)
-READ_BATCH_BYTES = 4 << 20
+BATCH_BYTES = 2 << 20  # received bytes handed to the worker threads at a time (8 chunks)
+WRITERS = 2  # threads writing one batch's blocks at once
+READ_BATCH_BYTES = 4 << 20  # file bytes read by a worker thread at a time
+SEND_BYTES = 1 << 20  # size of the pieces a download yields
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class LocalContentStore:
@@ -40,7 +49,8 @@ class LocalContentStore:
         self.with_cidv0 = with_cidv0
         self._pins = root / ".pins"
         self._tmp = root / ".tmp"
-        self._shards: set[str] = set()
+        self._root_str = str(root)
+        self._tmp_str = str(self._tmp)
 
     # -- paths and single blocks (called in worker threads)
 
@@ -53,20 +63,30 @@ class LocalContentStore:
             d.mkdir(parents=True, exist_ok=True)
 
     def _write_block(self, block: Block) -> None:
-        path = self._path(block.cid)
+        key = block.cid.block_key
+        path = os.path.join(self._root_str, key[-3:-1], key)
         try:
             os.utime(path)  # already stored: refresh its age so GC's grace covers this upload
             return
         except FileNotFoundError:
             pass
-        shard = path.parent.name
-        if shard not in self._shards:
-            path.parent.mkdir(exist_ok=True)
-            self._shards.add(shard)
-        tmp = self._tmp / f"{path.name}.{secrets.token_hex(6)}"
-        with open(tmp, "wb") as f:
-            f.write(block.data)
-        os.replace(tmp, path)
+        tmp = os.path.join(self._tmp_str, f"{key}.{secrets.token_hex(6)}")
+        fd = os.open(tmp, _O_CREATE, 0o666)
+        try:
+            view = memoryview(block.data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:  # the first block of its shard: make the directory
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.replace(tmp, path)
+
+    def _write_blocks(self, blocks: list[Block]) -> None:
+        for block in blocks:
+            self._write_block(block)
 
     def _read_block(self, cid: Cid) -> bytes:
         try:
@@ -79,34 +99,54 @@ class LocalContentStore:
 
     # -- put
 
-    def _ingest(self, importer: FileImporter, batch: bytes) -> None:
-        for block in importer.write(batch):
-            self._write_block(block)
+    @staticmethod
+    def _import(
+        importer: FileImporter, data: bytes, last: bool
+    ) -> tuple[list[Block], ImportResult | None]:
+        blocks = importer.write(data)
+        if not last:
+            return blocks, None
+        tail, result = importer.finish()
+        return blocks + tail, result
 
-    def _ingest_last(self, importer: FileImporter, batch: bytes) -> ImportResult:
-        self._ingest(importer, batch)
-        blocks, result = importer.finish()
-        for block in blocks:
-            self._write_block(block)
-        return result
+    @staticmethod
+    def _hash_v0(v0: CidV0Hasher, data: bytes, last: bool) -> Cid | None:
+        v0.write(data)
+        return v0.finish() if last else None
+
+    async def _absorb(
+        self, importer: FileImporter, v0: CidV0Hasher | None, pieces: list[bytes], last: bool
+    ) -> tuple[ImportResult | None, Cid | None]:
+        """Hash one batch (CIDv1 blocks and the CIDv0 tree in two threads), then write its
+        blocks (in ``WRITERS`` threads). Returns the results after the last batch."""
+        if len(pieces) == 1 and type(pieces[0]) is bytes:
+            data = pieces[0]
+        else:  # one copy, off the event loop; the blocks are views into it (no more copies)
+            data = await asyncio.to_thread(b"".join, pieces)
+        pieces.clear()  # the caller hands the list over: hold the bytes once, not twice
+        imported = asyncio.to_thread(self._import, importer, data, last)
+        cid_v0: Cid | None = None
+        if v0 is None:
+            blocks, result = await imported
+        else:
+            (blocks, result), cid_v0 = await asyncio.gather(
+                imported, asyncio.to_thread(self._hash_v0, v0, data, last)
+            )
+        if len(blocks) < 2 * WRITERS:
+            await asyncio.to_thread(self._write_blocks, blocks)
+        else:
+            await asyncio.gather(
+                *(asyncio.to_thread(self._write_blocks, blocks[i::WRITERS]) for i in range(WRITERS))
+            )
+        return result, cid_v0
 
     async def put(self, chunks: AsyncIterable[bytes], *, pin: bool = False) -> Stored:
-        # The CIDv0 tree is hashed in a second thread beside the CIDv1 import (both hash every
-        # byte; hashlib releases the GIL), one batch behind the network.
         importer = FileImporter(with_cidv0=False)
         v0 = CidV0Hasher() if self.with_cidv0 else None
         await asyncio.to_thread(self._ensure_dirs)
         pending: asyncio.Future[Any] | None = None
         pieces: list[bytes] = []
         buffered = 0
-
-        def start(batch: bytes, last: bool) -> asyncio.Future[Any]:
-            work = self._ingest_last if last else self._ingest
-            jobs = [asyncio.to_thread(work, importer, batch)]
-            if v0 is not None:
-                jobs.append(asyncio.to_thread(v0.write, batch))
-            return asyncio.gather(*jobs)
-
         try:
             async for piece in chunks:
                 if not piece:
@@ -116,18 +156,17 @@ class LocalContentStore:
                 if buffered >= BATCH_BYTES:
                     if pending is not None:
                         await pending
-                    pending = start(b"".join(pieces), last=False)
+                    pending = asyncio.ensure_future(self._absorb(importer, v0, pieces, False))
                     pieces, buffered = [], 0
             if pending is not None:
                 await pending
-            pending = start(b"".join(pieces), last=True)
-            result: ImportResult = (await pending)[0]
             pending = None
+            result, cid_v0 = await self._absorb(importer, v0, pieces or [b""], True)
         finally:
             if pending is not None:
                 with contextlib.suppress(Exception):
                     await pending
-        cid_v0 = await asyncio.to_thread(v0.finish) if v0 is not None else None
+        assert result is not None
         if pin:
             await asyncio.to_thread(self._pin_file(result.cid).touch)
         return Stored(result.cid, result.size, cid_v0)
@@ -158,16 +197,25 @@ class LocalContentStore:
         pieces = reader.iter_file(self._read_block, cid, start, end)
 
         def pull() -> list[bytes]:
+            # Blocks are joined into SEND_BYTES pieces here, in the worker thread, so that the
+            # event loop sends a few large writes instead of one per 256 KiB block.
             out: list[bytes] = []
-            size = 0
+            group: list[bytes] = []
+            grouped = size = 0
             try:
                 for piece in pieces:
-                    out.append(piece)
-                    size += len(piece)
-                    if size >= READ_BATCH_BYTES:
-                        break
+                    group.append(piece)
+                    grouped += len(piece)
+                    if grouped >= SEND_BYTES:
+                        out.append(group[0] if len(group) == 1 else b"".join(group))
+                        size += grouped
+                        group, grouped = [], 0
+                        if size >= READ_BATCH_BYTES:
+                            break
             except reader.NotAFile as exc:
                 raise NotAFile(str(exc)) from None
+            if group:
+                out.append(group[0] if len(group) == 1 else b"".join(group))
             return out
 
         while True:
