@@ -35,6 +35,13 @@ PRICING = {
     "STAKE_CACHE_SECONDS": "0",
 }
 
+ONE_MINUTE = {
+    "title": "t",
+    "type": "command",
+    "config": {"command": ["true"]},
+    "timeout_seconds": 60,
+}
+
 
 @dataclass
 class Net:
@@ -121,12 +128,7 @@ async def test_a_task_that_does_not_fit_the_balance_is_refused_naming_the_amount
     await net.stake(ALICE, 500)
     r = await net.http.post(
         f"{V1}/tasks",
-        json={
-            "title": "t",
-            "type": "command",
-            "config": {"command": ["true"]},
-            "timeout_seconds": 60,
-        },
+        json=ONE_MINUTE,
         headers=bearer(alice),
     )
     assert r.status_code == 409, r.text
@@ -236,12 +238,7 @@ async def test_concurrent_creations_never_reserve_more_than_the_stake(net: Net):
     async def one() -> int:
         r = await net.http.post(
             f"{V1}/tasks",
-            json={
-                "title": "t",
-                "type": "command",
-                "config": {"command": ["true"]},
-                "timeout_seconds": 60,
-            },
+            json=ONE_MINUTE,
             headers=bearer(alice),
         )
         return r.status_code

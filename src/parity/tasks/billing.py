@@ -3,6 +3,8 @@ task ends (ARCHITECTURE §6). Both run in the transaction of the task's own stat
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.tasks.states import TaskStatus
@@ -12,6 +14,16 @@ from parity.tasks.deps import TaskDeps
 from parity.tasks.models import Task
 
 TERMINAL_EVENTS = frozenset({"task.completed", "task.failed", "task.cancelled"})
+
+
+def _size(task: Task) -> dict[str, Any]:
+    """What the price depends on."""
+    return {
+        "cpu_cores": task.req_cpu_cores,
+        "memory_mb": task.req_memory_mb,
+        "gpus": task.req_gpus,
+        "timeout_seconds": task.timeout_seconds,
+    }
 
 
 async def gate_and_reserve(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
@@ -25,10 +37,7 @@ async def gate_and_reserve(session: AsyncSession, deps: TaskDeps, task: Task) ->
         deps.ledger,
         task_id=task.id,
         client=task.creator_address,
-        cpu_cores=task.req_cpu_cores,
-        memory_mb=task.req_memory_mb,
-        gpus=task.req_gpus,
-        timeout_seconds=task.timeout_seconds,
+        **_size(task),
     )
 
 
@@ -36,15 +45,7 @@ async def resize(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     """A pending task's resources or timeout changed: resize its escrow."""
     if deps.ledger is None:
         return
-    await ledger.resize_task_reservation(
-        session,
-        deps.ledger,
-        task_id=task.id,
-        cpu_cores=task.req_cpu_cores,
-        memory_mb=task.req_memory_mb,
-        gpus=task.req_gpus,
-        timeout_seconds=task.timeout_seconds,
-    )
+    await ledger.resize_task_reservation(session, deps.ledger, task_id=task.id, **_size(task))
 
 
 async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
