@@ -5,6 +5,7 @@ absent or anvil cannot start; everything else in the suite runs without them."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -89,3 +90,14 @@ def require_anvil(node: Anvil | str) -> Anvil:
     if isinstance(node, str):
         pytest.skip(node)
     return node
+
+
+def cli_env(home: Path, password: str) -> dict[str, str]:
+    """The environment of a `parity-server` CLI process with its own PARITY_HOME and keystore
+    password (nothing else inherited)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home.parent),
+        "PARITY_HOME": str(home),
+        "PARITY_KEYSTORE_PASSWORD": password,
+    }

@@ -6,7 +6,6 @@ the reason printed when Node.js/npm or anvil are unavailable."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from parity.chain.devchain import (
 from parity.chain.stake_ids import stake_id
 from parity.chain.web3_adapter import Web3ChainClient
 from parity.cli import keystore
-from tests.chain_support import REPO, anvil_node, require_anvil
+from tests.chain_support import REPO, anvil_node, cli_env, require_anvil
 from tests.e2e.procs import ServerProcess, run_with
 
 __all__ = ["anvil_node"]
@@ -38,18 +37,13 @@ PASSWORD = "correct horse battery staple"
 OWNER, STAKER = dev_accounts(2)
 
 
-def _env(home: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home.parent),
-        "PARITY_HOME": str(home),
-        "PARITY_KEYSTORE_PASSWORD": PASSWORD,
-    }
-
-
 def _write_config(path: Path, deployed: DevDeployment, **extra: str) -> None:
     lines = [f"{k}={v}" for k, v in {**deployed.env(), **extra}.items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _env_for(home: Path) -> dict[str, str]:
+    return cli_env(home, PASSWORD)
 
 
 async def _stake_on_chain(deployed: DevDeployment, sid: str) -> int:
@@ -78,7 +72,7 @@ def test_stake_balance_and_withdraw_from_the_command_line(
     deployed = asyncio.run(deploy_dev_contracts(node.rpc_url, OWNER, [STAKER.address], 100 * TOKEN))
     config = tmp_path / "chain.env"
     _write_config(config, deployed, FILECOIN_TOKEN_SYMBOL="PRTY")
-    env = _env(keystore_path.parent)
+    env = _env_for(keystore_path.parent)
     common = ["--keystore", str(keystore_path), "--config", str(config)]
 
     staked = run_with(env, ["stake", "--amount", "5", *common], tmp_path)
@@ -125,7 +119,7 @@ def test_dev_chain_deploys_writes_env_and_stops_on_ctrl_c(anvil_node: Anvil | st
             "--env-file",
             str(env_file),
         ],
-        env={**_env(tmp_path / "home"), "ANVIL_BIN": str(binary)},
+        env={**_env_for(tmp_path / "home"), "ANVIL_BIN": str(binary)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -179,7 +173,9 @@ def test_the_server_reports_the_chain_and_refuses_a_wrong_chain_id(
         config = tmp_path / "chain.env"
         _write_config(config, deployed)
         args = ["balance", "--address", OWNER.address, "--server", server.url]
-        shown = run_with(_env(tmp_path / "cli-home"), [*args, "--config", str(config)], tmp_path)
+        shown = run_with(
+            _env_for(tmp_path / "cli-home"), [*args, "--config", str(config)], tmp_path
+        )
         assert shown.returncode == 0, shown.stderr
         assert "stake: 0.0 TOKEN" in shown.stdout
         assert "available after reservations: n/a (ledger not available)" in shown.stdout

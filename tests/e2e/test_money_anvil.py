@@ -6,7 +6,6 @@ shows it. Skips with the reason printed when Node.js/npm or anvil are unavailabl
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from parity.chain.devchain import Anvil, DevDeployment, deploy_dev_contracts, dev_accounts
 from parity.chain.web3_adapter import Web3ChainClient
 from parity.cli import keystore
-from tests.chain_support import anvil_node, require_anvil
+from tests.chain_support import anvil_node, cli_env, require_anvil
 from tests.e2e.procs import ServerProcess, run_with
 from tests.e2e.runner_procs import RunnerProcess, client_token, make_keystore, wait_for
 
@@ -30,13 +29,8 @@ BASE = TOKEN // 10  # 0.1 token per task
 PER_CORE_SECOND = TOKEN // 1000
 
 
-def _cli_env(home: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home.parent),
-        "PARITY_HOME": str(home),
-        "PARITY_KEYSTORE_PASSWORD": PASSWORD,
-    }
+def _env_for(home: Path) -> dict[str, str]:
+    return cli_env(home, PASSWORD)
 
 
 async def _stakes(deployed: DevDeployment, *ids: str) -> list[int]:
@@ -82,7 +76,7 @@ def test_a_staked_client_pays_a_runner_through_settlement(
         config = tmp_path / "chain.env"
         config.write_text("".join(f"{k}={v}\n" for k, v in chain_env.items()))
         common = ["--keystore", str(ks), "--config", str(config)]
-        staked = run_with(_cli_env(cli_home), ["stake", "--amount", "5", *common], tmp_path)
+        staked = run_with(_env_for(cli_home), ["stake", "--amount", "5", *common], tmp_path)
         assert staked.returncode == 0, staked.stderr
 
         api = httpx.Client(base_url=server.url, timeout=15)
@@ -129,10 +123,10 @@ def test_a_staked_client_pays_a_runner_through_settlement(
 
         # `parity-server balance --server` shows the ledger beside the chain.
         signed = run_with(
-            _cli_env(cli_home), ["auth", "--keystore", str(ks), "--server", server.url], tmp_path
+            _env_for(cli_home), ["auth", "--keystore", str(ks), "--server", server.url], tmp_path
         )
         assert signed.returncode == 0, signed.stderr
-        shown = run_with(_cli_env(cli_home), ["balance", *common, "--server", server.url], tmp_path)
+        shown = run_with(_env_for(cli_home), ["balance", *common, "--server", server.url], tmp_path)
         assert shown.returncode == 0, shown.stderr
         assert f"({5 * TOKEN - price} base units)" in shown.stdout
         assert "available after reservations: " in shown.stdout
