@@ -4,6 +4,7 @@ with the in-memory chain behind the ChainClient port (the anvil half is in tests
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,3 +363,41 @@ async def test_status_shows_the_prices_fee_and_settlement_state(net: Net):
     assert billing["prices"]["cpu_core_second"] == "10"
     assert billing["protocol_fee_bps"] == 1000
     assert billing["settlement"] == {"worker": "off", "by_status": {}}  # no jobs, no signer
+
+
+async def test_every_posting_sums_to_zero_over_random_outcomes(net: Net):
+    """A seeded mix of run times, completions, failures and cancellations: each posting's
+    entries sum to zero, and so does the whole ledger."""
+    rng = random.Random(314159)
+    alice = await sign_in(net.http, ALICE)
+    bob = await sign_in(net.http, BOB)
+    await net.stake(ALICE, 10**30)
+    runner_token, _ = await register_runner(net.http, bob, device())
+    for _ in range(12):
+        task = await create_task(
+            net.http,
+            alice,
+            timeout_seconds=rng.randint(1, 600),
+            resources={"cpu_cores": rng.choice([0.25, 1, 3.5]), "memory_mb": rng.randint(0, 4096)},
+            max_attempts=1,
+        )
+        outcome = rng.choice(["complete", "complete", "fail", "cancel"])
+        if outcome == "cancel":
+            r = await net.http.delete(f"{V1}/tasks/{task['id']}", headers=bearer(alice))
+            assert r.status_code == 200, r.text
+            continue
+        got = await claimed(net.http, runner_token, start="true")
+        net.clock.advance(rng.uniform(0, 900))
+        r = await net.http.post(
+            f"{V1}/runners/tasks/{got['task']['id']}/{outcome}",
+            json={"claim_token": got["claim_token"], "output": "x", "exit_code": 0, "error": "e"},
+            headers=bearer(runner_token),
+        )
+        assert r.status_code == 200, r.text
+    postings = await net.rows(Posting)
+    assert postings, "the seed produced no completion"
+    entries = await net.rows(Entry)
+    for posting in postings:
+        assert sum(e.amount for e in entries if e.posting_id == posting.id) == 0
+    assert sum(e.amount for e in entries) == 0
+    assert all(r.status != "open" for r in await net.rows(Reservation))
