@@ -18,7 +18,6 @@ from parity.core.tasks.states import ACTIVE, TaskStatus
 from parity.db.hooks import after_commit
 from parity.events import service as events_service
 from parity.runners import repository as runners_repo
-from parity.runners.models import Runner
 from parity.tasks import billing
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
@@ -69,9 +68,9 @@ def _labels_match(required: dict[str, object], labels: dict[str, object]) -> boo
     return all(labels.get(k) == v for k, v in required.items())
 
 
-async def _eligible_runner(session: AsyncSession, runner_id: uuid.UUID) -> Runner:
+async def _eligible_runner(session: AsyncSession, runner_id: uuid.UUID) -> repo.ClaimingRunner:
     # Locking the runner row serializes this runner's claims: no overcommit.
-    runner = await runners_repo.get(session, runner_id, lock=True)
+    runner = await repo.lock_runner(session, runner_id)
     if runner is None or runner.banned_at is not None:
         raise RunnerNotEligible("this runner is unknown or banned")
     return runner
@@ -94,28 +93,27 @@ async def claim(
             state = "draining" if runner.drain_requested else runner.status
             raise RunnerNotEligible(f"runner is {state}; only online runners claim")
         return None
-    usage = await repo.active_usage(session, runner.id)
-    slots = runner.max_concurrent_tasks - usage.count
-    capacity = Resources(runner.cpu_cores, runner.memory_mb, runner.gpus, runner.docker)
-    in_use = Resources(usage.cpu_cores, usage.memory_mb, usage.gpus, False)
-    if slots <= 0:
-        if task_id is not None:
-            raise RunnerNotEligible(
-                "runner is at max_concurrent_tasks", details={"active_claims": usage.count}
-            )
-        return None
-    want = min(max_tasks, slots)
+    # The runner's active usage comes with the candidates (one statement, after the lock).
     candidates = await repo.claim_candidates(
         session,
         runner.id,
         now,
-        free_cpu=capacity.cpu_cores - in_use.cpu_cores,
-        free_memory=capacity.memory_mb - in_use.memory_mb,
-        free_gpus=capacity.gpus - in_use.gpus,
+        cpu_cores=runner.cpu_cores,
+        memory_mb=runner.memory_mb,
+        gpus=runner.gpus,
+        max_concurrent_tasks=runner.max_concurrent_tasks,
         docker=runner.docker,
-        limit=want + 8,
+        limit=min(max_tasks, runner.max_concurrent_tasks) + 8,
         task_id=task_id,
     )
+    if not candidates:
+        if task_id is not None:
+            await _explain_unclaimable(session, runner, task_id, now)
+        return None
+    first = candidates[0]
+    capacity = Resources(runner.cpu_cores, runner.memory_mb, runner.gpus, runner.docker)
+    in_use = Resources(first.used_cpu, first.used_memory, first.used_gpus, False)
+    want = min(max_tasks, runner.max_concurrent_tasks - first.used_count)
     chosen: list[uuid.UUID] = []
     for t in candidates:
         need = Resources(t.req_cpu_cores, t.req_memory_mb, t.req_gpus, t.req_docker)
@@ -147,8 +145,13 @@ async def claim(
 
 
 async def _explain_unclaimable(
-    session: AsyncSession, runner: Runner, task_id: uuid.UUID, now: datetime
+    session: AsyncSession, runner: repo.ClaimingRunner, task_id: uuid.UUID, now: datetime
 ) -> None:
+    usage = await repo.active_usage(session, runner.id)
+    if usage.count >= runner.max_concurrent_tasks:
+        raise RunnerNotEligible(
+            "runner is at max_concurrent_tasks", details={"active_claims": usage.count}
+        )
     task = await repo.get(session, task_id)
     if task is None:
         raise TaskNotFound(f"task {task_id} not found")

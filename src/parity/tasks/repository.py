@@ -30,6 +30,46 @@ class Usage:
     gpus: int
 
 
+@dataclass(frozen=True)
+class ClaimingRunner:
+    """What a claim needs of the runner row (read with the row lock, no ORM object)."""
+
+    id: uuid.UUID
+    status: str
+    drain_requested: bool
+    banned_at: datetime | None
+    max_concurrent_tasks: int
+    cpu_cores: float
+    memory_mb: int
+    gpus: int
+    docker: bool
+    labels: dict[str, Any] | None
+
+
+_LOCK_RUNNER = (
+    select(
+        Runner.id,
+        Runner.status,
+        Runner.drain_requested,
+        Runner.banned_at,
+        Runner.max_concurrent_tasks,
+        Runner.cpu_cores,
+        Runner.memory_mb,
+        Runner.gpus,
+        Runner.docker,
+        Runner.labels,
+    )
+    .where(Runner.id == bindparam("runner_id"))
+    .with_for_update()
+)
+
+
+async def lock_runner(session: AsyncSession, runner_id: uuid.UUID) -> ClaimingRunner | None:
+    """Lock the runner row (serializes this runner's claims: no overcommit)."""
+    row = (await session.execute(_LOCK_RUNNER, {"runner_id": runner_id})).first()
+    return None if row is None else ClaimingRunner(*row)
+
+
 async def add(session: AsyncSession, task: Task) -> None:
     session.add(task)
     await session.flush()
@@ -104,15 +144,30 @@ async def claim_candidates(
     runner_id: uuid.UUID,
     now: datetime,
     *,
-    free_cpu: float,
-    free_memory: int,
-    free_gpus: int,
+    cpu_cores: float,
+    memory_mb: int,
+    gpus: int,
+    max_concurrent_tasks: int,
     docker: bool,
     limit: int,
     task_id: uuid.UUID | None = None,
 ) -> list[Any]:
     """Like ``claimable`` but only the columns placement needs (no ORM objects to build on
-    the hot path), locked with FOR UPDATE OF tasks SKIP LOCKED."""
+    the hot path), locked with FOR UPDATE OF tasks SKIP LOCKED. The runner's active usage is
+    computed in the same statement (a CTE) and carried on every row as ``used_count``,
+    ``used_cpu``, ``used_memory``, ``used_gpus``; the filters use capacity - usage. Call it
+    after locking the runner row: on PostgreSQL a new statement sees every claim that committed
+    before the lock was granted."""
+    usage = (
+        select(
+            func.count().label("used_count"),
+            func.coalesce(func.sum(Task.req_cpu_cores), 0.0).label("used_cpu"),
+            func.coalesce(func.sum(Task.req_memory_mb), 0).label("used_memory"),
+            func.coalesce(func.sum(Task.req_gpus), 0).label("used_gpus"),
+        )
+        .where(Task.runner_id == runner_id, Task.status.in_(ACTIVE_VALUES))
+        .cte("runner_usage")
+    )
     cols = select(
         Task.id,
         Task.req_cpu_cores,
@@ -120,9 +175,21 @@ async def claim_candidates(
         Task.req_gpus,
         Task.req_docker,
         Task.required_labels,
-    )
+        usage.c.used_count,
+        usage.c.used_cpu,
+        usage.c.used_memory,
+        usage.c.used_gpus,
+    ).where(usage.c.used_count < max_concurrent_tasks)
     q = _claimable_query(
-        cols, runner_id, now, free_cpu, free_memory, free_gpus, docker, limit, task_id
+        cols,
+        runner_id,
+        now,
+        cpu_cores - usage.c.used_cpu,
+        memory_mb - usage.c.used_memory,
+        gpus - usage.c.used_gpus,
+        docker,
+        limit,
+        task_id,
     ).with_for_update(skip_locked=True, of=Task)
     return list((await session.execute(q)).all())
 
@@ -131,9 +198,9 @@ def _claimable_query(
     q: Any,
     runner_id: uuid.UUID,
     now: datetime,
-    free_cpu: float,
-    free_memory: int,
-    free_gpus: int,
+    free_cpu: Any,
+    free_memory: Any,
+    free_gpus: Any,
     docker: bool,
     limit: int,
     task_id: uuid.UUID | None,
