@@ -23,6 +23,7 @@ from parity.jobs.runner import JobRunner, PeriodicJob
 from parity.ledger.router import router as ledger_router
 from parity.ledger.settlement import settlement_worker
 from parity.logging import get_logger
+from parity.relay import WakeRelay, asyncpg_dsn
 from parity.runners.router import router as runners_router
 from parity.storage.router import UPLOAD_PATH
 from parity.storage.router import router as storage_router
@@ -104,6 +105,11 @@ def create_app(
             status = await migrate.upgrade(container.db.url)
             log.info("schema_ready", revision=status.current)
         await _check_chain(container)
+        if not container.db.is_sqlite and settings.wakeup_relay == "auto":
+            container.relay = WakeRelay(
+                asyncpg_dsn(container.db.url), container.wakeups, container.event_hub
+            )
+            await container.relay.start()
         # The settlement worker runs only with a chain and a signer (SETTLEMENT_*); a bad key or
         # keystore stops start-up here (ConfigError).
         settlement = (
@@ -131,6 +137,9 @@ def create_app(
             await jobs.stop(timeout=settings.shutdown_grace_seconds / 2)
             if settlement is not None:
                 await settlement.stop(timeout=settings.shutdown_grace_seconds / 4)
+            if container.relay is not None:
+                await container.relay.stop()
+                container.relay = None
             await container.close_content_store()
             await container.close_chain()
             await container.db.dispose()

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     task_retry_base_seconds: float = Field(5.0, ge=0)
     task_retry_max_seconds: float = Field(300.0, ge=0)
     long_poll_recheck_seconds: float = Field(2.0, gt=0)
+    wakeup_relay: Literal["auto", "off"] = "auto"
     push_interval_seconds: float = Field(1.0, gt=0)
     runner_min_version: str = "0.0.0"
 

@@ -21,6 +21,7 @@ from parity.events.delivery import DeliveryDeps
 from parity.events.hub import EventHub
 from parity.events.service import EventDeps
 from parity.ledger.deps import LedgerDeps, StakeReader
+from parity.relay import WakeRelay
 from parity.runners.service import RunnerConfig
 from parity.storage.factory import open_content_store
 from parity.storage.ports import ContentStore
@@ -38,6 +39,7 @@ class Container:
     started_monotonic: float = field(default_factory=time.monotonic)
     draining: bool = False
     settling: bool = False  # the settlement worker runs in this process
+    relay: WakeRelay | None = None  # cross-replica wake-ups (PostgreSQL LISTEN/NOTIFY)
     wakeups: WakeHub = field(default_factory=WakeHub)
     event_hub: EventHub = field(default_factory=EventHub)
     # The chain start-up check's verdict (None until the lifespan or run_server ran it) and

@@ -1,11 +1,12 @@
 """In-process wake-ups for the delivery loop and for GET /events waiters. A waiter holds no
-database connection; it waits here and re-checks every few seconds, which also covers events
-committed on another replica."""
+database connection; it waits here and re-checks every few seconds. On PostgreSQL the wake-up
+relay (parity.relay) forwards publications to the other replicas through ``forward``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from parity.waiters import Waiters
 
@@ -15,6 +16,8 @@ class EventHub:
         self.delivery_event = asyncio.Event()
         # each waiter's key: the address it reads, or None for an operator reading all
         self._waiters: Waiters[str | None] = Waiters()
+        # Set by the relay: sends a publication to the other replicas.
+        self.forward: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def waiting(self) -> int:
@@ -24,12 +27,21 @@ class EventHub:
         """Wait for an event of ``address`` (any event when None); True when woken."""
         return await self._waiters.wait(address, timeout)
 
-    def publish(self, owners: Iterable[str]) -> int:
+    def publish(self, owners: Iterable[str], *, forward: bool = True) -> int:
         """New events of ``owners`` are committed: poke the delivery loop and wake only the
-        waiters that may read them (theirs, and operators')."""
+        waiters that may read them (theirs, and operators'), here and on the other replicas."""
         self.delivery_event.set()
         wanted = set(owners)
+        if forward and self.forward is not None:
+            self.forward({"k": "events", "a": sorted(wanted)})
         return len(self._waiters.wake(lambda address: address is None or address in wanted))
+
+    def wake_readers(self, *, forward: bool = True) -> None:
+        """Wake every /events reader and the delivery loop (they re-read from their cursors)."""
+        self.delivery_event.set()
+        self._waiters.wake_all()
+        if forward and self.forward is not None:
+            self.forward({"k": "events", "a": None})
 
     def poke_delivery(self) -> None:
         self.delivery_event.set()

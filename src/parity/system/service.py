@@ -33,7 +33,9 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             "database": container.db.dialect,
             "content_store": container.content_store.kind,
             "chain": chain.state,
-            "wakeups": "in-process",
+            "wakeups": "postgres-notify"
+            if container.relay is not None and container.relay.connected
+            else "in-process",
         },
         "storage": await container.content_store.describe(),
         "chain": chain.describe(),

@@ -1,0 +1,155 @@
+"""Cross-replica wake-ups over PostgreSQL LISTEN/NOTIFY (ARCHITECTURE §2 "Long-poll").
+
+Each server process keeps one dedicated connection that LISTENs on ``parity_wake`` and sends
+the wake-ups this process raised, after their transaction committed, as small JSON
+notifications. Another replica applies them to its own in-process hubs: a runner long-polling
+there is woken when a task was created here, an /events reader when an event was committed
+here. Nothing depends on a notification arriving: waiters still re-check every few seconds, so
+a lost notification (or a relay that is down) only costs latency.
+
+Messages (``o`` is the sender's origin id; a replica ignores its own):
+``{"k": "runner", "r": <runner id>}``, ``{"k": "any", "n": <count>}``, ``{"k": "pushes"}``,
+``{"k": "events", "a": [<owner address>...]}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+
+from parity.events.hub import EventHub
+from parity.logging import get_logger
+from parity.tasks.wakeups import WakeHub
+
+CHANNEL = "parity_wake"
+MAX_PAYLOAD = 7900  # PostgreSQL refuses notification payloads of 8000 bytes or more
+log = get_logger("parity.relay")
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    """``postgresql+asyncpg://…`` → ``postgresql://…`` (what asyncpg.connect takes)."""
+    scheme, sep, rest = sqlalchemy_url.partition("://")
+    return f"postgresql{sep}{rest}" if scheme.startswith("postgres") else sqlalchemy_url
+
+
+class WakeRelay:
+    def __init__(
+        self,
+        dsn: str,
+        wakeups: WakeHub,
+        events: EventHub,
+        *,
+        origin: str | None = None,
+        reconnect_seconds: float = 2.0,
+    ) -> None:
+        self.dsn = dsn
+        self.origin = origin or uuid.uuid4().hex[:12]
+        self.wakeups = wakeups
+        self.events = events
+        self.reconnect_seconds = reconnect_seconds
+        self.received = 0  # notifications from other replicas applied here
+        self.sent = 0
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    # -- wiring ----------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Forward this process's wake-ups to the other replicas."""
+        self.wakeups.forward = self.send
+        self.events.forward = self.send
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a wake-up for the other replicas (never blocks; drops when the queue is full,
+        which only costs them latency)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(message)
+
+    async def start(self, timeout: float = 10.0) -> None:
+        self.attach()
+        self._task = asyncio.create_task(self._run(), name="wake-relay")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def stop(self) -> None:
+        self.wakeups.forward = None
+        self.events.forward = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close()
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    # -- the connection --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self._conn = await asyncpg.connect(self.dsn, timeout=10)
+                await self._conn.add_listener(CHANNEL, self._on_notify)
+                self._ready.set()
+                log.info("wake_relay_listening", origin=self.origin)
+                await self._send_loop(self._conn)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("wake_relay_down", error=str(exc)[:200])
+            finally:
+                await self._close()
+            await asyncio.sleep(self.reconnect_seconds)
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+
+    async def _send_loop(self, conn: asyncpg.Connection) -> None:
+        while True:
+            message = await self._queue.get()
+            payload = json.dumps({**message, "o": self.origin}, separators=(",", ":"))
+            if len(payload) > MAX_PAYLOAD:
+                payload = json.dumps({"k": "events", "a": None, "o": self.origin})
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            self.sent += 1
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or message.get("o") == self.origin:
+            return
+        self.received += 1
+        self.apply(message)
+
+    def apply(self, message: dict[str, Any]) -> None:
+        """Apply another replica's wake-up to this process's hubs (without forwarding it)."""
+        kind = message.get("k")
+        if kind == "runner":
+            with contextlib.suppress(ValueError, TypeError):
+                self.wakeups.wake_runner(uuid.UUID(str(message.get("r"))), forward=False)
+        elif kind == "any":
+            n = message.get("n")
+            if isinstance(n, int) and n > 0:
+                self.wakeups.wake_any(n, forward=False)
+        elif kind == "pushes":
+            self.wakeups.poke_pushes(forward=False)
+        elif kind == "events":
+            owners = message.get("a")
+            if owners is None:  # too many to name: wake every reader
+                self.events.wake_readers(forward=False)
+            elif isinstance(owners, list):
+                self.events.publish([str(a) for a in owners], forward=False)

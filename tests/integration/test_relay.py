@@ -1,0 +1,126 @@
+"""Cross-replica wake-ups over PostgreSQL LISTEN/NOTIFY: a wake-up raised on one server wakes a
+waiter on another; a server ignores its own notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from parity.app import create_app
+from parity.clock import FrozenClock
+from parity.container import Container
+from parity.db.session import Database
+from parity.events.hub import EventHub
+from parity.relay import WakeRelay, asyncpg_dsn
+from parity.tasks.wakeups import WakeHub
+from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
+from tests.integration.queue_helpers import create_task, device, register_runner
+
+pytestmark = pytest.mark.postgres_only
+
+
+@pytest.fixture
+async def relays(database_url: str) -> AsyncIterator[tuple[WakeRelay, WakeRelay]]:
+    dsn = asyncpg_dsn(database_url)
+    a = WakeRelay(dsn, WakeHub(), EventHub(), origin="replica-a")
+    b = WakeRelay(dsn, WakeHub(), EventHub(), origin="replica-b")
+    await a.start()
+    await b.start()
+    assert a.connected and b.connected
+    yield a, b
+    await a.stop()
+    await b.stop()
+
+
+async def test_a_runner_waiting_on_another_replica_is_woken(relays: tuple[WakeRelay, WakeRelay]):
+    a, b = relays
+    runner = uuid.uuid4()
+    waiting = asyncio.create_task(b.wakeups.wait(runner, timeout=20))
+    await asyncio.sleep(0.05)
+    assert a.wakeups.wake_runner(runner) == 0  # not waiting here: forwarded
+    assert await waiting is True
+    assert (b.received, a.received) == (1, 0)  # a ignores its own notification
+
+
+async def test_wake_any_asks_other_replicas_only_for_the_waiters_it_lacks(
+    relays: tuple[WakeRelay, WakeRelay],
+):
+    a, b = relays
+    here = asyncio.create_task(a.wakeups.wait(uuid.uuid4(), timeout=20))
+    there = asyncio.create_task(b.wakeups.wait(uuid.uuid4(), timeout=20))
+    await asyncio.sleep(0.05)
+    assert a.wakeups.wake_any(1) == 1  # satisfied locally: nothing forwarded
+    assert await here is True
+    assert a.wakeups.wake_any(1) == 0  # none left here: one asked of b
+    assert await there is True
+    assert b.received == 1
+
+
+async def test_events_published_on_one_replica_wake_readers_on_another(
+    relays: tuple[WakeRelay, WakeRelay],
+):
+    a, b = relays
+    owner = "0x" + "ab" * 20
+    mine = asyncio.create_task(b.events.wait(owner, timeout=20))
+    other = asyncio.create_task(b.events.wait("0x" + "cd" * 20, timeout=1))
+    await asyncio.sleep(0.05)
+    a.events.publish([owner])
+    assert await mine is True
+    assert await other is False  # only the owner's readers (and operators') are woken
+    assert b.events.delivery_event.is_set()
+
+
+async def _app(database_url: str, home: Path, clock: FrozenClock) -> AsyncIterator[Container]:
+    # A long re-check, so only a relayed wake-up can end the long-poll early.
+    s = make_settings(database_url, home, LONG_POLL_RECHECK_SECONDS=60)
+    c = Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
+    yield c
+    await c.db.dispose()
+
+
+async def test_a_task_created_on_one_server_ends_a_long_poll_on_another(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    apps = []
+    async for one in _app(database_url, tmp_path / "a", clock):
+        async for two in _app(database_url, tmp_path / "b", clock):
+            apps = [one, two]
+            app_a = create_app(one, run_migrations=False, start_jobs=False)
+            app_b = create_app(two, run_migrations=False, start_jobs=False)
+            async with (
+                app_a.router.lifespan_context(app_a),
+                app_b.router.lifespan_context(app_b),
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app_a), base_url="http://parity.test"
+                ) as http_a,
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app_b), base_url="http://parity.test"
+                ) as http_b,
+            ):
+                status = (await http_b.get("/api/status")).json()
+                assert status["backends"]["wakeups"] == "postgres-notify"
+                alice = await sign_in(http_a, ALICE)
+                runner_token, _ = await register_runner(
+                    http_b, await sign_in(http_b, BOB), device()
+                )
+                poll = asyncio.create_task(
+                    http_b.post(
+                        "/api/v1/runners/tasks/claim",
+                        params={"wait": 30},
+                        headers=bearer(runner_token),
+                        timeout=60,
+                    )
+                )
+                await asyncio.sleep(0.3)  # the runner is waiting on server b
+                task = await create_task(http_a, alice)
+                # Woken by a's notification: answered well before its 30 s wait or 60 s re-check.
+                r = await asyncio.wait_for(poll, timeout=20)
+                assert r.status_code == 200, r.text
+                assert r.json()["task"]["id"] == task["id"]
+                assert two.relay is not None and two.relay.received >= 1
+    assert len(apps) == 2
