@@ -8,7 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Float,
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.api.pagination import Cursor
@@ -158,6 +171,24 @@ async def claim_candidates(
     ``used_cpu``, ``used_memory``, ``used_gpus``; the filters use capacity - usage. Call it
     after locking the runner row: on PostgreSQL a new statement sees every claim that committed
     before the lock was granted."""
+    stmt = _CANDIDATES.get((docker, task_id is not None))
+    if stmt is None:
+        stmt = _CANDIDATES[(docker, task_id is not None)] = _candidates(docker, task_id is not None)
+    params = {
+        "b_runner_id": runner_id,
+        "b_now": now,
+        "b_cpu": cpu_cores,
+        "b_memory": memory_mb,
+        "b_gpus": gpus,
+        "b_max": max_concurrent_tasks,
+        "b_limit": limit,
+        "b_task_id": task_id,
+    }
+    return list((await session.execute(stmt, params)).all())
+
+
+def _candidates(docker: bool, by_id: bool) -> Any:
+    runner_id = bindparam("b_runner_id", type_=Task.__table__.c.runner_id.type)
     usage = (
         select(
             func.count().label("used_count"),
@@ -179,31 +210,34 @@ async def claim_candidates(
         usage.c.used_cpu,
         usage.c.used_memory,
         usage.c.used_gpus,
-    ).where(usage.c.used_count < max_concurrent_tasks)
-    q = _claimable_query(
+    ).where(usage.c.used_count < bindparam("b_max", type_=Integer))
+    return _claimable_query(
         cols,
         runner_id,
-        now,
-        cpu_cores - usage.c.used_cpu,
-        memory_mb - usage.c.used_memory,
-        gpus - usage.c.used_gpus,
+        bindparam("b_now", type_=Task.__table__.c.available_at.type),
+        bindparam("b_cpu", type_=Float) - usage.c.used_cpu,
+        bindparam("b_memory", type_=Integer) - usage.c.used_memory,
+        bindparam("b_gpus", type_=Integer) - usage.c.used_gpus,
         docker,
-        limit,
-        task_id,
+        bindparam("b_limit", type_=Integer),
+        bindparam("b_task_id", type_=Task.__table__.c.id.type) if by_id else None,
     ).with_for_update(skip_locked=True, of=Task)
-    return list((await session.execute(q)).all())
+
+
+# (docker, by task id) → the candidates statement, built on first use.
+_CANDIDATES: dict[tuple[bool, bool], Any] = {}
 
 
 def _claimable_query(
     q: Any,
-    runner_id: uuid.UUID,
-    now: datetime,
+    runner_id: Any,
+    now: Any,
     free_cpu: Any,
     free_memory: Any,
     free_gpus: Any,
     docker: bool,
-    limit: int,
-    task_id: uuid.UUID | None,
+    limit: Any,
+    task_id: Any,
 ) -> Any:
     targeted_ok = or_(
         Task.target_runner_id.is_(None),
@@ -229,6 +263,37 @@ def _claimable_query(
     return q.order_by(Task.priority.desc(), Task.available_at, Task.id).limit(limit)
 
 
+def _mark_claimed(start: bool) -> Any:
+    values: dict[str, Any] = {
+        "status": (TaskStatus.RUNNING if start else TaskStatus.ASSIGNED).value,
+        "runner_id": bindparam("b_runner_id"),
+        "attempts": Task.attempts + 1,
+        "claim_token_hash": bindparam("b_token_hash"),
+        "lease_expires_at": bindparam("b_lease_until"),
+        "updated_at": bindparam("b_now"),
+        "offer_expires_at": None,
+    }
+    if start:
+        values["started_at"] = bindparam("b_now")
+    return (
+        update(Task)
+        .where(
+            Task.id.in_(bindparam("b_ids", expanding=True)),
+            Task.status == TaskStatus.PENDING.value,
+        )
+        .values(**values)
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+# Hot-path statements are built once: building and cache-keying a statement per call costs
+# about as much CPU as executing it.
+_MARK_CLAIMED = _mark_claimed(start=False)
+_MARK_CLAIMED_STARTED = _mark_claimed(start=True)
+_INSERT_ATTEMPT = insert(_ATTEMPTS)
+
+
 async def mark_claimed(
     session: AsyncSession,
     ids: Sequence[uuid.UUID],
@@ -238,58 +303,94 @@ async def mark_claimed(
     lease_until: datetime,
     start: bool,
 ) -> list[Task]:
-    """One conditional UPDATE … RETURNING for the whole batch."""
-    values: dict[str, Any] = {
-        "status": (TaskStatus.RUNNING if start else TaskStatus.ASSIGNED).value,
-        "runner_id": runner_id,
-        "attempts": Task.attempts + 1,
-        "claim_token_hash": token_hash,
-        "lease_expires_at": lease_until,
-        "updated_at": now,
-        "offer_expires_at": None,
+    """One conditional UPDATE … RETURNING for the whole batch, then the attempts in one
+    (Core) INSERT."""
+    params = {
+        "b_ids": list(ids),
+        "b_runner_id": runner_id,
+        "b_token_hash": token_hash,
+        "b_lease_until": lease_until,
+        "b_now": now,
     }
-    if start:
-        values["started_at"] = now
-    stmt = (
-        update(Task)
-        .where(Task.id.in_(ids), Task.status == TaskStatus.PENDING.value)
-        .values(**values)
-        .returning(Task)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    rows = list((await session.scalars(stmt)).all())
+    stmt = _MARK_CLAIMED_STARTED if start else _MARK_CLAIMED
+    rows = list((await session.scalars(stmt, params)).all())
     if rows:
-        await session.execute(
-            insert(TaskAttempt),
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "task_id": t.id,
-                    "attempt": t.attempts,
-                    "runner_id": runner_id,
-                    "claim_token_hash": token_hash,
-                    "claimed_at": now,
-                    "started_at": now if start else None,
-                }
-                for t in rows
-            ],
-        )
+        attempts = [
+            {
+                "id": uuid.uuid4(),
+                "task_id": t.id,
+                "attempt": t.attempts,
+                "runner_id": runner_id,
+                "claim_token_hash": token_hash,
+                "claimed_at": now,
+                "started_at": now if start else None,
+            }
+            for t in rows
+        ]
+        await session.execute(_INSERT_ATTEMPT, attempts[0] if len(attempts) == 1 else attempts)
     return rows
 
 
-def _held_by(task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str) -> list[Any]:
-    """The task is active under this claim token, held by this runner. The token's hash is on
-    the task only from its claim until the attempt ends, so this is the fencing test."""
-    return [
-        Task.id == task_id,
-        Task.claim_token_hash == token_hash,
-        Task.runner_id == runner_id,
-        Task.status.in_(ACTIVE_VALUES),
-    ]
+# The task is active under this claim token, held by this runner. The token's hash is on the
+# task only from its claim until the attempt ends, so this is the fencing test.
+_HELD_BY = (
+    Task.id == bindparam("b_task_id"),
+    Task.claim_token_hash == bindparam("b_token_hash"),
+    Task.runner_id == bindparam("b_runner_id"),
+    Task.status.in_(ACTIVE_VALUES),
+)
+_NOW = bindparam("b_now", type_=Task.__table__.c.updated_at.type)
+
+_START_HELD = (
+    update(Task)
+    .where(*_HELD_BY, Task.status == TaskStatus.ASSIGNED.value)
+    .values(status=TaskStatus.RUNNING.value, started_at=_NOW, updated_at=_NOW)
+    .returning(Task)
+    .execution_options(synchronize_session=False, populate_existing=True)
+)
+_START_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.task_id == bindparam("b_task_id"), _ATTEMPTS.c.attempt == bindparam("b_n"))
+    .values(started_at=_NOW)
+)
+_COMPLETE_HELD = (
+    update(Task)
+    .where(*_HELD_BY)
+    .values(
+        status=TaskStatus.COMPLETED.value,
+        started_at=func.coalesce(Task.started_at, _NOW),
+        completed_at=_NOW,
+        updated_at=_NOW,
+        lease_expires_at=None,
+        claim_token_hash=None,
+    )
+    .returning(Task)
+    .execution_options(synchronize_session=False, populate_existing=True)
+)
+_END_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(_ATTEMPTS.c.task_id == bindparam("b_task_id"), _ATTEMPTS.c.attempt == bindparam("b_n"))
+    .values(
+        started_at=func.coalesce(
+            _ATTEMPTS.c.started_at, bindparam("b_started", type_=_ATTEMPTS.c.started_at.type)
+        ),
+        ended_at=bindparam("b_ended"),
+        outcome=bindparam("b_outcome"),
+        exit_code=bindparam("b_exit_code"),
+    )
+)
+_INSERT_RESULT = insert(_RESULTS)
 
 
-def _utc(value: datetime) -> Any:
-    return bindparam(None, value, type_=Task.__table__.c.updated_at.type)
+def _held_params(
+    task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "b_task_id": task_id,
+        "b_token_hash": token_hash,
+        "b_runner_id": runner_id,
+        "b_now": now,
+    }
 
 
 async def start_held(
@@ -298,19 +399,11 @@ async def start_held(
     """``start`` in its common case: an assigned task under this runner's current claim turns
     running in one conditional UPDATE … RETURNING (the row lock is taken by the UPDATE). None
     when the condition does not hold; the caller then fences the slow way."""
-    stmt = (
-        update(Task)
-        .where(*_held_by(task_id, runner_id, token_hash), Task.status == TaskStatus.ASSIGNED.value)
-        .values(status=TaskStatus.RUNNING.value, started_at=now, updated_at=now)
-        .returning(Task)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    task = (await session.scalars(stmt)).first()
+    params = _held_params(task_id, runner_id, token_hash, now)
+    task = (await session.scalars(_START_HELD, params)).first()
     if task is not None:
         await session.execute(
-            update(_ATTEMPTS)
-            .where(_ATTEMPTS.c.task_id == task_id, _ATTEMPTS.c.attempt == task.attempts)
-            .values(started_at=now)
+            _START_ATTEMPT, {"b_task_id": task_id, "b_n": task.attempts, "b_now": now}
         )
     return task
 
@@ -321,21 +414,8 @@ async def complete_held(
     """``complete`` in its common case: the task under this runner's current claim turns
     completed in one conditional UPDATE … RETURNING (``started_at`` kept, else now). None when
     the condition does not hold; the caller then fences the slow way."""
-    stmt = (
-        update(Task)
-        .where(*_held_by(task_id, runner_id, token_hash))
-        .values(
-            status=TaskStatus.COMPLETED.value,
-            started_at=func.coalesce(Task.started_at, _utc(now)),
-            completed_at=now,
-            updated_at=now,
-            lease_expires_at=None,
-            claim_token_hash=None,
-        )
-        .returning(Task)
-        .execution_options(synchronize_session=False, populate_existing=True)
-    )
-    return (await session.scalars(stmt)).first()
+    params = _held_params(task_id, runner_id, token_hash, now)
+    return (await session.scalars(_COMPLETE_HELD, params)).first()
 
 
 async def end_attempt(
@@ -350,14 +430,15 @@ async def end_attempt(
 ) -> None:
     """Close an attempt (Core UPDATE; keeps an earlier ``started_at``)."""
     await session.execute(
-        update(_ATTEMPTS)
-        .where(_ATTEMPTS.c.task_id == task_id, _ATTEMPTS.c.attempt == attempt)
-        .values(
-            started_at=func.coalesce(_ATTEMPTS.c.started_at, _utc(started)),
-            ended_at=ended,
-            outcome=outcome,
-            exit_code=exit_code,
-        )
+        _END_ATTEMPT,
+        {
+            "b_task_id": task_id,
+            "b_n": attempt,
+            "b_started": started,
+            "b_ended": ended,
+            "b_outcome": outcome,
+            "b_exit_code": exit_code,
+        },
     )
 
 
@@ -419,7 +500,7 @@ async def add_result(session: AsyncSession, result: TaskResult) -> None:
 
 async def insert_result(session: AsyncSession, values: dict[str, Any]) -> None:
     """The accepted result as one Core INSERT (no ORM object to track)."""
-    await session.execute(insert(_RESULTS), values)
+    await session.execute(_INSERT_RESULT, values)
 
 
 async def get_result(session: AsyncSession, task_id: uuid.UUID) -> TaskResult | None:
@@ -558,20 +639,24 @@ async def offered_counts(
 async def due_unoffered_and_push(session: AsyncSession, now: datetime) -> tuple[bool, bool]:
     """(is some untargeted task due, is some push-capable runner online) in one statement,
     nothing locked: the cheap test before the full re-offer."""
-    due = exists().where(
+    row = (await session.execute(_DUE_AND_PUSH, {"b_now": now})).one()
+    return bool(row[0]), bool(row[1])
+
+
+_DUE_AND_PUSH = select(
+    exists().where(
         Task.status == TaskStatus.PENDING.value,
         Task.target_runner_id.is_(None),
-        Task.available_at <= now,
+        Task.available_at <= bindparam("b_now", type_=Task.__table__.c.available_at.type),
         Task.type.in_(MOVABLE_TYPES),
-    )
-    push = exists().where(
+    ),
+    exists().where(
         Runner.status == "online",
         Runner.banned_at.is_(None),
         Runner.webhook_url.is_not(None),
         Runner.webhook_secret.is_not(None),
-    )
-    row = (await session.execute(select(due, push))).one()
-    return bool(row[0]), bool(row[1])
+    ),
+)
 
 
 async def unoffered_due(session: AsyncSession, now: datetime, limit: int) -> list[Task]:
