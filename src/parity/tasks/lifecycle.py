@@ -32,6 +32,8 @@ from parity.tasks.errors import (
 from parity.tasks.models import Task, TaskAttempt, TaskLog
 
 CLAIM_PREFIX = "ps_claim_"
+# session.info key: (task due, push runner online) as the completing UPDATE returned them.
+_SLOT_FREED = "parity.tasks.slot_freed"
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,8 @@ async def complete(
     # Common case first: one conditional UPDATE is both the fence and the transition.
     held = await repo.complete_held(session, task_id, runner_id, token_hash, now)
     if held is not None:
-        task = held
+        task, due, push = held
+        session.info[_SLOT_FREED] = (due, push)  # read by slot_freed: no second query
         started = task.started_at or now
     else:
         f = await _fence(session, task_id, runner_id, token_hash)
@@ -503,7 +506,8 @@ async def slot_freed(session: AsyncSession, deps: TaskDeps, now: datetime) -> bo
     push-capable runner is online: the caller then runs the full re-offer
     (``service.reoffer_pending``). Otherwise that re-offer could only wake a waiting pull
     runner, which is done here after commit without loading tasks or runners."""
-    due, push = await repo.due_unoffered_and_push(session, now)
+    known = session.info.pop(_SLOT_FREED, None)
+    due, push = known if known is not None else await repo.due_unoffered_and_push(session, now)
     if not due:
         return False
     if push:

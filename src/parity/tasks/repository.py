@@ -333,6 +333,29 @@ async def mark_claimed(
 
 # The task is active under this claim token, held by this runner. The token's hash is on the
 # task only from its claim until the attempt ends, so this is the fencing test.
+# Is an untargeted task due (to offer), is a push-capable runner online (to offer it to)?
+_DUE_UNOFFERED = (
+    select(Task.id)
+    .where(
+        Task.status == TaskStatus.PENDING.value,
+        Task.target_runner_id.is_(None),
+        Task.available_at <= bindparam("b_now", type_=Task.__table__.c.available_at.type),
+        Task.type.in_(MOVABLE_TYPES),
+    )
+    .limit(1)
+    .exists()
+)
+_PUSH_RUNNER = (
+    select(Runner.id)
+    .where(
+        Runner.status == "online",
+        Runner.banned_at.is_(None),
+        Runner.webhook_url.is_not(None),
+        Runner.webhook_secret.is_not(None),
+    )
+    .limit(1)
+    .exists()
+)
 _HELD_BY = (
     Task.id == bindparam("b_task_id"),
     Task.claim_token_hash == bindparam("b_token_hash"),
@@ -364,7 +387,8 @@ _COMPLETE_HELD = (
         lease_expires_at=None,
         claim_token_hash=None,
     )
-    .returning(Task)
+    # The re-offer test rides along: a completion frees a slot (see due_unoffered_and_push).
+    .returning(Task, _DUE_UNOFFERED, _PUSH_RUNNER)
     .execution_options(synchronize_session=False, populate_existing=True)
 )
 _END_ATTEMPT = (
@@ -410,12 +434,14 @@ async def start_held(
 
 async def complete_held(
     session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str, now: datetime
-) -> Task | None:
+) -> tuple[Task, bool, bool] | None:
     """``complete`` in its common case: the task under this runner's current claim turns
     completed in one conditional UPDATE … RETURNING (``started_at`` kept, else now). None when
-    the condition does not hold; the caller then fences the slow way."""
+    the condition does not hold; the caller then fences the slow way. With the task come the
+    two answers of ``due_unoffered_and_push``."""
     params = _held_params(task_id, runner_id, token_hash, now)
-    return (await session.scalars(_COMPLETE_HELD, params)).first()
+    row = (await session.execute(_COMPLETE_HELD, params)).first()
+    return None if row is None else (row[0], bool(row[1]), bool(row[2]))
 
 
 async def end_attempt(
@@ -643,20 +669,7 @@ async def due_unoffered_and_push(session: AsyncSession, now: datetime) -> tuple[
     return bool(row[0]), bool(row[1])
 
 
-_DUE_AND_PUSH = select(
-    exists().where(
-        Task.status == TaskStatus.PENDING.value,
-        Task.target_runner_id.is_(None),
-        Task.available_at <= bindparam("b_now", type_=Task.__table__.c.available_at.type),
-        Task.type.in_(MOVABLE_TYPES),
-    ),
-    exists().where(
-        Runner.status == "online",
-        Runner.banned_at.is_(None),
-        Runner.webhook_url.is_not(None),
-        Runner.webhook_secret.is_not(None),
-    ),
-)
+_DUE_AND_PUSH = select(_DUE_UNOFFERED, _PUSH_RUNNER)
 
 
 async def unoffered_due(session: AsyncSession, now: datetime, limit: int) -> list[Task]:
