@@ -10,8 +10,9 @@ takes well under a second; creation is not what is measured). Cells, each a clos
 - raw SQL: the server's claim, start and complete statements over asyncpg, one connection per
   worker (``--raw-concurrency``, default 8), three transactions per cycle;
 - HTTP, each worker its own registered runner, at each concurrency:
-  ``claim+start+complete`` (3 requests), ``claim?start=true+complete`` (2 requests) and
-  ``claim?max_tasks=10`` then ``complete`` each (1.1 requests per task).
+  ``claim+start+complete`` (3 requests), ``claim?start=true+complete`` (2 requests),
+  ``claim?max_tasks=10`` then ``complete`` each (1.1 requests per task), and
+  ``claim?max_tasks=10`` alone (claims/s; a reaper empties the runners' slots in SQL).
 
 It prints per cell cycles/s (tasks claimed and completed per second), p50/p99 latency of one
 loop iteration (one cycle, or one batch of 10 in batch mode), HTTP requests per cycle (counted),
@@ -67,6 +68,9 @@ BATCH = 10
 PREFILL_TIMEOUT_S = 60.0
 SQL_TIMEOUT_S = 30.0
 RUNNER_SLOTS = 32  # max_concurrent_tasks of each bench runner: a batch of 10 always fits
+# Runners of the claim-only cells: the most a runner may hold, emptied by the reaper meanwhile.
+CLAIM_ONLY_SLOTS = 256
+REAP_EVERY_S = 0.02
 # Runners do not heartbeat during the run; keep them online for any run length.
 SERVER_ENV = {"RUNNER_OFFLINE_TIMEOUT_SECONDS": "86400"}
 
@@ -79,12 +83,14 @@ class Mode:
     name: str
     start: bool  # claim?start=true
     batch: int  # claim?max_tasks=
+    complete: bool = True  # False: claims only (the cell's rate is claims/s)
 
 
 SINGLE = Mode("HTTP claim+start+complete", start=False, batch=1)
 STARTED = Mode("HTTP claim(start=true)+complete", start=True, batch=1)
 BATCHED = Mode(f"HTTP claim(max_tasks={BATCH})+complete", start=False, batch=BATCH)
-MODES = (SINGLE, STARTED, BATCHED)
+CLAIM_ONLY = Mode(f"HTTP claim(max_tasks={BATCH}) only", start=False, batch=BATCH, complete=False)
+MODES = (SINGLE, STARTED, BATCHED, CLAIM_ONLY)
 
 
 @dataclass
@@ -316,6 +322,40 @@ def _raw_cycle_fn(conns: list[Any], runner_ids: list[uuid.UUID], counts: Complet
     return cycle
 
 
+class Reaper:
+    """Claim-only cells: empties the runners' slots out of band (one UPDATE every
+    ``REAP_EVERY_S`` on its own connection), so the claims never stop at
+    max_concurrent_tasks. Not measured; its cost is a few ms of PostgreSQL per second."""
+
+    SQL = (
+        "UPDATE tasks SET status = 'completed', completed_at = now(), updated_at = now(),"
+        " lease_expires_at = NULL, claim_token_hash = NULL WHERE status = 'assigned'"
+    )
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, dsn: str) -> Reaper:
+        import asyncpg
+
+        reaper = cls(await asyncpg.connect(dsn, timeout=10))
+        reaper.task = asyncio.create_task(reaper._run())
+        return reaper
+
+    async def _run(self) -> None:
+        while True:
+            await self.conn.execute(self.SQL, timeout=SQL_TIMEOUT_S)
+            await asyncio.sleep(REAP_EVERY_S)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        await asyncio.wait_for(self.conn.close(), timeout=10)
+
+
 # -- HTTP cycles
 
 
@@ -335,6 +375,11 @@ def _http_cycle_fn(
             return f"claim HTTP {r.status_code}"
         body = r.json()
         claims = body["claims"] if mode.batch > 1 else [body]
+        if not mode.complete:
+            at = time.perf_counter()
+            for _ in claims:
+                counts.done(at)
+            return True if len(claims) == mode.batch else f"short batch ({len(claims)})"
         for c in claims:
             tid = c["task"]["id"]
             fence = {"claim_token": c["claim_token"]}
@@ -390,7 +435,12 @@ def _progress(cell: Cell) -> None:
 
 
 async def _run_cells(
-    server: ServerProcess, db_url: str, wallet_token: str, runner_tokens: list[str], args: Any
+    server: ServerProcess,
+    db_url: str,
+    wallet_token: str,
+    runner_tokens: list[str],
+    claim_only_tokens: list[str],
+    args: Any,
 ) -> tuple[list[Cell], dict[str, float]]:
     import asyncpg
 
@@ -439,22 +489,28 @@ async def _run_cells(
 
         # the HTTP API, each worker its own runner
         for mode in MODES:
+            tokens = runner_tokens if mode.complete else claim_only_tokens
             for conc in args.concurrency:
                 server.check_alive()
                 depth = await queue.top_up(args.tasks, f"{mode.name[5:10]}-c{conc}")
                 counter = RequestCounter()
-                async with make_client(server.base_url, conc) as client:
-                    client.event_hooks = {"response": [counter.hook]}
-                    counts = Completions()
-                    fn = _http_cycle_fn(client, runner_tokens, mode, counts)
-                    result = await run_closed_loop(
-                        fn,
-                        concurrency=conc,
-                        seconds=args.seconds,
-                        warmup_s=args.warmup,
-                        cpu=cpu,
-                        max_requests=max(1, args.tasks // mode.batch),
-                    )
+                reaper = None if mode.complete else await Reaper.start(dsn)
+                try:
+                    async with make_client(server.base_url, conc) as client:
+                        client.event_hooks = {"response": [counter.hook]}
+                        counts = Completions()
+                        fn = _http_cycle_fn(client, tokens, mode, counts)
+                        result = await run_closed_loop(
+                            fn,
+                            concurrency=conc,
+                            seconds=args.seconds,
+                            warmup_s=args.warmup,
+                            cpu=cpu,
+                            max_requests=max(1, args.tasks // mode.batch),
+                        )
+                finally:
+                    if reaper is not None:
+                        await reaper.stop()
                 rate = counts.rate(args.warmup, result)
                 cells.append(
                     Cell(mode.name, result, rate, mode.batch, counts.count, counter.total, depth)
@@ -483,12 +539,22 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, float], list[st
             )
             for i in range(max(args.concurrency))
         ]
+        claim_only = [
+            register_runner(
+                server.base_url,
+                ident.token,
+                f"bench-claims-{tag}-only-{i}",
+                max_concurrent_tasks=CLAIM_ONLY_SLOTS,
+            )
+            for i in range(max(args.concurrency))
+        ]
         print(
-            f"server pid {server.pid} on {server.base_url}; {len(tokens)} runners registered",
+            f"server pid {server.pid} on {server.base_url};"
+            f" {len(tokens) + len(claim_only)} runners registered",
             file=sys.stderr,
             flush=True,
         )
-        cells, fill = asyncio.run(_run_cells(server, url, ident.token, tokens, args))
+        cells, fill = asyncio.run(_run_cells(server, url, ident.token, tokens, claim_only, args))
         errors = server.log_error_lines()
     return cells, fill, errors
 
@@ -522,7 +588,7 @@ def format_table(cells: list[Cell]) -> str:
 def ratios(cells: list[Cell]) -> dict[str, Any]:
     floor = {c.result.concurrency: c.result.rps for c in cells if c.name == FLOOR}
     raw = next((c.rate for c in cells if c.name == RAW), None)
-    out: dict[str, Any] = {"of_floor": {}, "batched_over_raw": {}}
+    out: dict[str, Any] = {"of_floor": {}, "batched_over_raw": {}, "claims_over_raw": {}}
     for c in cells:
         if c.name in (FLOOR, RAW):
             continue
@@ -533,11 +599,16 @@ def ratios(cells: list[Cell]) -> dict[str, Any]:
             out["of_floor"].setdefault(c.name, {})[conc] = c.rate / (f / rpc)
         if c.name == BATCHED.name and raw:
             out["batched_over_raw"][conc] = c.rate / raw
+        if c.name == CLAIM_ONLY.name and raw:
+            out["claims_over_raw"][conc] = c.rate / raw
     return out
 
 
 def format_ratios(rs: dict[str, Any], cells: list[Cell]) -> str:
-    lines = ["cycle rate ÷ (HTTP floor rps ÷ requests per cycle), same concurrency:"]
+    lines = [
+        "cycle rate ÷ (HTTP floor rps ÷ requests per cycle), same concurrency"
+        " (claim-only cell: claims/s ÷ (floor rps ÷ requests per claim)):"
+    ]
     for name, by_conc in rs["of_floor"].items():
         parts = "  ".join(f"c={c}: {v:.3f}" for c, v in by_conc.items())
         lines.append(f"  {name:<36} {parts}")
@@ -545,9 +616,11 @@ def format_ratios(rs: dict[str, Any], cells: list[Cell]) -> str:
     if raw is not None:
         parts = "  ".join(f"c={c}: {v:.3f}" for c, v in rs["batched_over_raw"].items())
         lines.append(
-            f"batched HTTP rate ÷ raw-SQL single-task rate (raw: {raw.rate:.1f}/s at"
+            f"batched HTTP cycle rate ÷ raw-SQL single-task cycle rate (raw: {raw.rate:.1f}/s at"
             f" {raw.result.concurrency} connections):  {parts}"
         )
+        parts = "  ".join(f"c={c}: {v:.3f}" for c, v in rs["claims_over_raw"].items())
+        lines.append(f"batched HTTP claims/s (claim only) ÷ raw-SQL single-task rate:  {parts}")
     return "\n".join(lines)
 
 
@@ -634,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_ratios(rs, cells))
     print(
-        f"\ncycles/s = tasks claimed and completed per second; p50/p99 are per loop iteration"
+        f"\ncycles/s = tasks claimed and completed per second (the claim-only cell: tasks"
+        " claimed per second, its runners emptied out of band); p50/p99 are per loop iteration"
         f" (one cycle, or one batch of {BATCH} in batch mode; for the floor one request);"
         " req/cycle is counted, warm-up included. server/loadgen cpu% is of one core,"
         f" machine% of all {ncpu} cores (it includes PostgreSQL). queue = pending tasks at the"
@@ -663,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
                     k: {str(c): v for c, v in by.items()} for k, by in rs["of_floor"].items()
                 },
                 "batched_over_raw": {str(c): v for c, v in rs["batched_over_raw"].items()},
+                "claims_over_raw": {str(c): v for c, v in rs["claims_over_raw"].items()},
             },
             "prefill": fill,
             "server_log_errors": log_errors[:20],
