@@ -38,7 +38,7 @@ _SLOT_FREED = "parity.tasks.slot_freed"
 
 @dataclass(frozen=True)
 class Claim:
-    tasks: list[Task]
+    tasks: list[repo.TaskRow]
     token: str
     lease_seconds: float
     lease_expires_at: datetime
@@ -243,7 +243,7 @@ def _not_current(f: Fenced, wanted: str) -> Exception:
 
 async def start(
     session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
-) -> Task:
+) -> Task | repo.TaskRow:
     token_hash = hash_token(token)
     task = await repo.start_held(session, task_id, runner_id, token_hash, deps.clock.now())
     if task is not None:

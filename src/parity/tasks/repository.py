@@ -11,6 +11,7 @@ from typing import Any, cast
 from sqlalchemy import (
     Float,
     Integer,
+    Row,
     Table,
     and_,
     bindparam,
@@ -30,7 +31,10 @@ from parity.runners.models import Runner
 from parity.tasks.models import Task, TaskAttempt, TaskExclusion, TaskLog, TaskResult
 
 ACTIVE_VALUES = [s.value for s in ACTIVE]
+_TASKS = cast(Table, Task.__table__)
 _ATTEMPTS = cast(Table, TaskAttempt.__table__)
+# A tasks row as Core returns it: the same attribute names as a Task.
+TaskRow = Row[Any]
 _RESULTS = cast(Table, TaskResult.__table__)
 MOVABLE_TYPES = [TaskType.COMMAND.value, TaskType.DOCKER.value]
 
@@ -267,7 +271,7 @@ def _mark_claimed(start: bool) -> Any:
     values: dict[str, Any] = {
         "status": (TaskStatus.RUNNING if start else TaskStatus.ASSIGNED).value,
         "runner_id": bindparam("b_runner_id"),
-        "attempts": Task.attempts + 1,
+        "attempts": _TASKS.c.attempts + 1,
         "claim_token_hash": bindparam("b_token_hash"),
         "lease_expires_at": bindparam("b_lease_until"),
         "updated_at": bindparam("b_now"),
@@ -276,14 +280,13 @@ def _mark_claimed(start: bool) -> Any:
     if start:
         values["started_at"] = bindparam("b_now")
     return (
-        update(Task)
+        update(_TASKS)
         .where(
-            Task.id.in_(bindparam("b_ids", expanding=True)),
-            Task.status == TaskStatus.PENDING.value,
+            _TASKS.c.id.in_(bindparam("b_ids", expanding=True)),
+            _TASKS.c.status == TaskStatus.PENDING.value,
         )
         .values(**values)
-        .returning(Task)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*_TASKS.c)
     )
 
 
@@ -302,7 +305,7 @@ async def mark_claimed(
     now: datetime,
     lease_until: datetime,
     start: bool,
-) -> list[Task]:
+) -> list[TaskRow]:
     """One conditional UPDATE … RETURNING for the whole batch, then the attempts in one
     (Core) INSERT."""
     params = {
@@ -313,7 +316,7 @@ async def mark_claimed(
         "b_now": now,
     }
     stmt = _MARK_CLAIMED_STARTED if start else _MARK_CLAIMED
-    rows = list((await session.scalars(stmt, params)).all())
+    rows = list((await session.execute(stmt, params)).all())
     if rows:
         attempts = [
             {
@@ -364,12 +367,17 @@ _HELD_BY = (
 )
 _NOW = bindparam("b_now", type_=Task.__table__.c.updated_at.type)
 
+# Core (not ORM-enabled) on the table: the answer is a plain row, not a tracked object.
 _START_HELD = (
-    update(Task)
-    .where(*_HELD_BY, Task.status == TaskStatus.ASSIGNED.value)
+    update(_TASKS)
+    .where(
+        _TASKS.c.id == bindparam("b_task_id"),
+        _TASKS.c.claim_token_hash == bindparam("b_token_hash"),
+        _TASKS.c.runner_id == bindparam("b_runner_id"),
+        _TASKS.c.status == TaskStatus.ASSIGNED.value,
+    )
     .values(status=TaskStatus.RUNNING.value, started_at=_NOW, updated_at=_NOW)
-    .returning(Task)
-    .execution_options(synchronize_session=False, populate_existing=True)
+    .returning(*_TASKS.c)
 )
 _START_ATTEMPT = (
     update(_ATTEMPTS)
@@ -419,12 +427,12 @@ def _held_params(
 
 async def start_held(
     session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str, now: datetime
-) -> Task | None:
+) -> TaskRow | None:
     """``start`` in its common case: an assigned task under this runner's current claim turns
     running in one conditional UPDATE … RETURNING (the row lock is taken by the UPDATE). None
     when the condition does not hold; the caller then fences the slow way."""
     params = _held_params(task_id, runner_id, token_hash, now)
-    task = (await session.scalars(_START_HELD, params)).first()
+    task = (await session.execute(_START_HELD, params)).first()
     if task is not None:
         await session.execute(
             _START_ATTEMPT, {"b_task_id": task_id, "b_n": task.attempts, "b_now": now}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import Row
+
 from parity.tasks.models import Task, TaskAttempt, TaskResult
 from parity.tasks.schemas import AttemptRead, ResourcesIn, ResultRead, TaskRead, TaskStatusRead
 
 
-def task_read(task: Task) -> TaskRead:
+def task_read(task: Task | Row[Any]) -> TaskRead:
+    """From a Task or a plain ``tasks`` row (Core RETURNING): same attribute names."""
     return TaskRead(
         id=task.id,
         title=task.title,
