@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from parity.clock import FrozenClock
 from parity.container import Container
-from parity.tasks.models import RunnerPush
+from parity.tasks.models import RunnerPush, TaskResult
 from tests.conftest import ALICE, BOB, bearer, sign_in
 from tests.integration.queue_helpers import (
     V1,
@@ -425,3 +425,53 @@ async def test_concurrent_runners_never_claim_the_same_task(client: httpx.AsyncC
     assert len(seen) == 30 and set(seen) == {t["id"] for t in tasks}
     for t in tasks:
         assert len(await attempts(client, alice, t["id"])) == 1
+
+
+async def test_another_runners_claim_token_is_refused_while_the_claim_is_held(
+    client: httpx.AsyncClient,
+):
+    alice, runner = await _setup(client)
+    other, _ = await register_runner(client, alice, device())
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    for action in ("start", "complete"):
+        r = await act(client, other, task["id"], action, c["claim_token"], output="ok")
+        assert r.status_code == 409 and error_code(r) == "claim_invalid", action
+    assert (await get_task(client, alice, task["id"]))["status"] == "assigned"
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_repeats_of_one_completion_all_answer_200_and_complete_once(
+    client: httpx.AsyncClient, container: Container
+):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    token = c["claim_token"]
+    results = await asyncio.gather(
+        *(act(client, runner, task["id"], "complete", token, output="ok") for _ in range(6))
+    )
+    assert [r.status_code for r in results] == [200] * 6, [r.text for r in results]
+    assert {r.json()["status"] for r in results} == {"completed"}
+    [a] = await attempts(client, alice, task["id"])
+    assert a["outcome"] == "completed"
+    async with container.db.read_session() as s:
+        rows = (await s.scalars(select(TaskResult).where(TaskResult.task_id == task["id"]))).all()
+    assert len(rows) == 1
+
+
+@pytest.mark.postgres_only
+async def test_concurrent_complete_and_fail_of_one_claim_accept_exactly_one(
+    client: httpx.AsyncClient,
+):
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice, max_attempts=1)
+    c = await claimed(client, runner)
+    token = c["claim_token"]
+    done, failed = await asyncio.gather(
+        act(client, runner, task["id"], "complete", token, output="ok"),
+        act(client, runner, task["id"], "fail", token, error="boom"),
+    )
+    assert sorted([done.status_code, failed.status_code]) == [200, 409]
+    final = (await get_task(client, alice, task["id"]))["status"]
+    assert final == ("completed" if done.status_code == 200 else "failed")
