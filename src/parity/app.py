@@ -113,7 +113,9 @@ def create_app(
         # The settlement worker runs only with a chain and a signer (SETTLEMENT_*); a bad key or
         # keystore stops start-up here (ConfigError).
         settlement = (
-            settlement_worker(settings, container.db, container.chain, container.clock)
+            settlement_worker(
+                settings, container.db, container.chain, container.clock, container.events
+            )
             if start_jobs
             else None
         )

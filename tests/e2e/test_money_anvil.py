@@ -143,6 +143,9 @@ def test_a_staked_client_pays_a_runner_through_settlement(
         payouts = runner_api.get("/api/v1/ledger/payouts").json()["items"]
         assert [(p["amount"], p["status"]) for p in payouts] == [(str(earned), "confirmed")]
         assert payouts[0]["tx_hash"].startswith("0x")
+        events = runner_api.get("/api/v1/events", params={"wait": 0}).json()["items"]
+        settled = [e for e in events if e["type"] == "payment.settled"]
+        assert [e["data"]["amount"] for e in settled] == [str(earned)]
     finally:
         if runner is not None:
             runner.stop()

@@ -5,6 +5,7 @@ each end with every credit paid exactly once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from sqlalchemy import select
 
 from parity.chain.fake import FakeChain, FakeChainClient
 from parity.chain.ports import Call, Fees
@@ -22,6 +24,9 @@ from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
 from parity.errors import ConfigError
+from parity.events.hub import EventHub
+from parity.events.models import Event
+from parity.events.service import EventDeps
 from parity.ledger.models import SignerNonce
 from parity.ledger.settlement import (
     HOOK_POINTS,
@@ -505,3 +510,25 @@ async def test_a_signer_that_does_not_own_the_stake_wallet_is_alerted_at_once(wo
     await worker.run_once()
     assert [kind for kind, _ in world.alerts] == ["settlement_signer_not_owner"]
     assert world.alerts[0][1]["owner"] == world.chain.owner
+
+
+async def test_the_payee_and_the_payer_hear_of_a_settled_payment(world: World):
+    await post(world.db, world.clock, PAYER, RUNNER, 100)
+    deps = EventDeps(
+        clock=world.clock,
+        random_bytes=os.urandom,
+        hub=EventHub(),
+        admins=frozenset(),
+        allow_private_webhooks=True,
+        visibility_lag_seconds=0,
+    )
+    worker = SettlementWorker(
+        world.db, world.client, OWNER, world.clock, SettlementConfig(confirmations=1), events=deps
+    )
+    await run_until_idle(worker)
+    [s] = await settlements(world.db)
+    async with world.db.read_session() as session:
+        rows = (await session.scalars(select(Event).where(Event.type == "payment.settled"))).all()
+    assert sorted(e.owner_address for e in rows) == sorted([PAYER, RUNNER])
+    assert {e.data["amount"] for e in rows} == {"100"}
+    assert {e.data["tx_hash"] for e in rows} == {s.tx_hash}

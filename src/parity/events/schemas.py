@@ -21,6 +21,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "fl.round.completed",
     "fl.session.completed",
     "runner.offline",
+    "payment.settled",
+    "payment.reverted",
 )
 
 

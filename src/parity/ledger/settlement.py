@@ -41,6 +41,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.chain.errors import ChainError, ChainRetryableError, NonceTooLow
 from parity.chain.ports import (
@@ -56,6 +57,8 @@ from parity.chain.ports import (
 from parity.clock import Clock
 from parity.config import Settings
 from parity.db.session import Database
+from parity.events import service as events_service
+from parity.events.service import EventDeps
 from parity.jobs.runner import job_key
 from parity.ledger import settlement_repository as repo
 from parity.ledger.models import Entry, Settlement, SettlementTx, SignerNonce
@@ -122,6 +125,7 @@ class SettlementWorker:
         *,
         hook: Hook | None = None,
         alert: Alert | None = None,
+        events: EventDeps | None = None,
     ) -> None:
         self.db = db
         self.chain = chain
@@ -131,6 +135,7 @@ class SettlementWorker:
         self.config = config or SettlementConfig()
         self.hook = hook  # called at HOOK_POINTS; raising there simulates a crash
         self.alert = alert
+        self.events = events  # payment.settled / payment.reverted for the payer and payee
         self._first_pass = True
         self._pass_lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -556,6 +561,7 @@ class SettlementWorker:
                 s, st.id, MINED, status=CONFIRMED, confirmed_at=now, updated_at=now
             ):
                 await repo.settle_entries(s, st.id, now)
+                await self._emit(s, "payment.settled", st, block_number=st.block_number)
         log.info("settlement_confirmed", settlement_id=str(st.id), tx_hash=st.tx_hash)
 
     async def _reverted(self, st: Settlement, found: Receipt) -> None:
@@ -565,7 +571,24 @@ class SettlementWorker:
                 s, st.id, MINED, status=REVERTED, last_error=error, updated_at=self.clock.now()
             ):
                 await repo.release_entries(s, st.id)
+                await self._emit(s, "payment.reverted", st, error=error)
         self._raise_alert("settlement_reverted", st, error=error, tx_hash=found.tx_hash)
+
+    async def _emit(self, s: AsyncSession, kind: str, st: Settlement, **extra: Any) -> None:
+        """Tell the payer and the payee (accounts that are addresses) in this transaction."""
+        if self.events is None:
+            return
+        data = {
+            "settlement_id": str(st.id),
+            "payer": st.payer,
+            "payee": st.payee,
+            "amount": str(st.amount),
+            "tx_hash": st.tx_hash,
+            **extra,
+        }
+        for owner in dict.fromkeys((st.payee, st.payer)):
+            if owner.startswith("0x") and len(owner) == 42:
+                await events_service.emit(s, self.events, kind, owner, data, str(st.id))
 
     # -- loop ----------------------------------------------------------------------------------
 
@@ -598,7 +621,11 @@ class SettlementWorker:
 
 
 def settlement_worker(
-    settings: Settings, db: Database, chain: ChainClient | None, clock: Clock
+    settings: Settings,
+    db: Database,
+    chain: ChainClient | None,
+    clock: Clock,
+    events: EventDeps | None = None,
 ) -> SettlementWorker | None:
     """The worker when the chain and a signer are configured, else None (logged)."""
     if chain is None:
@@ -608,4 +635,6 @@ def settlement_worker(
         log.info("settlement_off", reason="no SETTLEMENT_PRIVATE_KEY or SETTLEMENT_KEYSTORE_PATH")
         return None
     log.info("settlement_on", signer=signer.address.lower())
-    return SettlementWorker(db, chain, signer, clock, SettlementConfig.from_settings(settings))
+    return SettlementWorker(
+        db, chain, signer, clock, SettlementConfig.from_settings(settings), events=events
+    )
