@@ -18,7 +18,7 @@ from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from parity.core.billing.units import AmountError, parse_base_units
+from parity.core.billing.units import AmountError, parse_base_units, parse_token_amount
 from parity.errors import ConfigError
 
 # FILECOIN_* key -> the Go code's BLOCKCHAIN_* alias.
@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     # -- staking (amounts are integer base units; a decimal point or exponent is refused)
     stake_id_mode: Literal["address", "device"] = "address"
     min_stake: int = Field(0, ge=0)
+    min_stake_tokens: str = ""
     stake_cache_seconds: float = Field(10.0, ge=0)
 
     # -- pricing (base units; all zero = work is free and nothing is reserved or posted)
@@ -187,12 +188,28 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
         return v
 
+    @field_validator("min_stake_tokens")
+    @classmethod
+    def _token_units(cls, v: str) -> str:
+        if v.strip():
+            try:  # the token's decimals are known only once the chain answers: check the shape
+                parse_token_amount(v, len(v.strip().partition(".")[2]), allow_zero=True)
+            except AmountError as exc:
+                raise ValueError(str(exc)) from None
+        return v.strip()
+
     @field_validator("protocol_fee_address")
     @classmethod
     def _fee_address(cls, v: str) -> str:
         if v and not (v.startswith("0x") and len(v) == 42 and _is_hex(v[2:])):
             raise ValueError(f"not a 0x address: {v!r}")
         return v.lower()
+
+    @model_validator(mode="after")
+    def _one_minimum_stake(self) -> Settings:
+        if self.min_stake and self.min_stake_tokens:
+            raise ValueError("set MIN_STAKE (base units) or MIN_STAKE_TOKENS (tokens), not both")
+        return self
 
     @model_validator(mode="after")
     def _money_needs_a_chain(self) -> Settings:
@@ -205,7 +222,7 @@ class Settings(BaseSettings):
             k
             for k, on in (
                 ("pricing (PRICE_*)", self.pricing_enabled),
-                ("MIN_STAKE", self.min_stake > 0),
+                ("MIN_STAKE", self.min_stake > 0 or bool(self.min_stake_tokens)),
             )
             if on
         ]

@@ -132,6 +132,7 @@ class Container:
             fee_bps=s.protocol_fee_bps,
             protocol_account=s.protocol_fee_address or None,
             min_stake=s.min_stake,
+            min_stake_tokens=s.min_stake_tokens,
             stake_id_mode=s.stake_id_mode,
             stakes=StakeReader(lambda: self.chain, s.stake_cache_seconds),
             token_symbol=s.filecoin_token_symbol,

@@ -401,3 +401,23 @@ async def test_every_posting_sums_to_zero_over_random_outcomes(net: Net):
         assert sum(e.amount for e in entries if e.posting_id == posting.id) == 0
     assert sum(e.amount for e in entries) == 0
     assert all(r.status != "open" for r in await net.rows(Reservation))
+
+
+async def test_min_stake_may_be_given_in_token_units(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    gate = {
+        "MIN_STAKE_TOKENS": "2.5",
+        "FILECOIN_RPC": "http://chain.invalid",
+        "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20,
+        "STAKE_CACHE_SECONDS": "0",
+    }
+    async for n in _net(database_url, tmp_path / "tokens", clock, **gate):
+        alice = await sign_in(n.http, ALICE)
+        await n.stake(ALICE, 2 * 10**18)  # 2 tokens (the fake token has 18 decimals)
+        r = await n.http.post(f"{V1}/tasks", json=ONE_MINUTE, headers=bearer(alice))
+        assert r.status_code == 403, r.text
+        err = r.json()["error"]
+        assert err["details"]["required"] == str(25 * 10**17)
+        assert err["details"]["missing"] == str(5 * 10**17)
+        assert "0.5 TOKEN" in err["message"]

@@ -156,3 +156,14 @@ def test_a_protocol_fee_needs_its_account_and_prices_are_base_units():
         {"PROTOCOL_FEE_BPS": "250", "PROTOCOL_FEE_ADDRESS": "0x" + "AB" * 20}, env_file=None
     )
     assert s.protocol_fee_address == "0x" + "ab" * 20
+
+
+def test_min_stake_in_tokens_is_checked_and_exclusive_with_base_units():
+    s = load_settings({"MIN_STAKE_TOKENS": "2.5", **CHAIN}, env_file=None)
+    assert s.min_stake_tokens == "2.5"
+    with pytest.raises(ConfigError, match="not both"):
+        load_settings({"MIN_STAKE_TOKENS": "2", "MIN_STAKE": "5", **CHAIN}, env_file=None)
+    with pytest.raises(ConfigError, match="MIN_STAKE_TOKENS"):
+        load_settings({"MIN_STAKE_TOKENS": "-1", **CHAIN}, env_file=None)
+    with pytest.raises(ConfigError, match="FILECOIN_RPC"):
+        load_settings({"MIN_STAKE_TOKENS": "1"}, env_file=None)

@@ -231,8 +231,11 @@ def balance(
     typer.echo(f"stake id: {sid}")
     typer.echo(f"wallet: {show.detailed(held)}")
     typer.echo(f"stake: {show.detailed(staked)}")
-    if settings.min_stake and staked < settings.min_stake:
-        typer.echo(f"note: below MIN_STAKE ({show.amount(settings.min_stake)})")
+    minimum = settings.min_stake
+    if settings.min_stake_tokens:
+        minimum = parse_tokens(settings.min_stake_tokens, show.decimals, allow_zero=True)
+    if minimum and staked < minimum:
+        typer.echo(f"note: below the minimum stake ({show.amount(minimum)})")
     ledger = _ledger_balance(server) if server else None
     for label, key in (
         ("available after reservations", "available"),

@@ -76,7 +76,8 @@ class LedgerDeps:
     default_timeout_seconds: int
     fee_bps: int
     protocol_account: str | None
-    min_stake: int
+    min_stake: int  # base units
+    min_stake_tokens: str  # or token units, converted with the token's decimals
     stake_id_mode: StakeIdMode
     stakes: StakeReader
     token_symbol: str = "TOKEN"

@@ -16,7 +16,7 @@ from parity.api.pagination import Cursor
 from parity.chain.stake_ids import StakeIdError, stake_id
 from parity.core.billing.postings import available, payment_legs
 from parity.core.billing.pricing import metered_amount, reservation_amount
-from parity.core.billing.units import format_token_amount
+from parity.core.billing.units import format_token_amount, parse_token_amount
 from parity.errors import InvalidInput
 from parity.ledger import repository as repo
 from parity.ledger.deps import LedgerDeps
@@ -69,20 +69,27 @@ async def balance(session: AsyncSession, deps: LedgerDeps, account: str) -> Bala
 
 
 async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> None:
-    """MIN_STAKE gating: 403 ``insufficient_stake`` naming the amount missing."""
-    if deps.min_stake <= 0:
+    """MIN_STAKE / MIN_STAKE_TOKENS gating: 403 ``insufficient_stake`` naming the amount
+    missing."""
+    if deps.min_stake <= 0 and not deps.min_stake_tokens:
+        return
+    decimals = await deps.stakes.decimals()
+    required = deps.min_stake
+    if deps.min_stake_tokens:
+        required = parse_token_amount(deps.min_stake_tokens, decimals, allow_zero=True)
+    if required <= 0:
         return
     stake = await deps.stakes.stake_of(account)
-    if stake < deps.min_stake:
-        missing = deps.min_stake - stake
-        decimals = await deps.stakes.decimals()
+    if stake < required:
+        missing = required - stake
         raise InsufficientStake(
-            f"{doing} needs a stake of at least {deps.min_stake} base units "
-            f"({format_token_amount(deps.min_stake, decimals)} {deps.token_symbol}); "
-            f"stake {account} has {stake}, {missing} missing",
+            f"{doing} needs a stake of at least {required} base units "
+            f"({format_token_amount(required, decimals)} {deps.token_symbol}); "
+            f"stake {account} has {stake}, {missing} missing "
+            f"({format_token_amount(missing, decimals)} {deps.token_symbol})",
             details={
                 "stake_id": account,
-                "required": str(deps.min_stake),
+                "required": str(required),
                 "stake": str(stake),
                 "missing": str(missing),
             },
@@ -325,6 +332,7 @@ async def describe(session: AsyncSession, deps: LedgerDeps, *, settling: bool) -
         },
         "protocol_fee_bps": deps.fee_bps,
         "min_stake": str(deps.min_stake),
+        "min_stake_tokens": deps.min_stake_tokens or None,
         "settlement": {
             "worker": "on" if settling else "off",
             "by_status": await repo.settlement_counts(session),
