@@ -527,11 +527,6 @@ async def exclusions(session: AsyncSession, task_id: uuid.UUID) -> list[uuid.UUI
     return list(rows.all())
 
 
-async def add_result(session: AsyncSession, result: TaskResult) -> None:
-    session.add(result)
-    await session.flush()
-
-
 async def insert_result(session: AsyncSession, values: dict[str, Any]) -> None:
     """The accepted result as one Core INSERT (no ORM object to track)."""
     await session.execute(_INSERT_RESULT, values)

@@ -158,9 +158,10 @@ async def complete_task(
     runner_id = require_runner(principal)
     if body.exit_code not in (None, 0):
         raise InvalidInput("exit_code", "a non-zero exit code is a failure: use /fail")
+    deps = c.tasks  # built per access: once per request
     task = await lifecycle.complete(
         session,
-        c.tasks,
+        deps,
         runner_id,
         task_id,
         body.claim_token,
@@ -172,8 +173,8 @@ async def complete_task(
         usage=body.usage,
     )
     now = c.clock.now()
-    if await lifecycle.slot_freed(session, c.tasks, now):
-        await service.reoffer_pending(session, c.tasks, now, limit=1)
+    if await lifecycle.slot_freed(session, deps, now):
+        await service.reoffer_pending(session, deps, now, limit=1)
     return task_read(task)
 
 
@@ -186,9 +187,10 @@ async def fail_task(
     c: ContainerDep,
 ) -> TaskRead:
     runner_id = require_runner(principal)
+    deps = c.tasks  # built per access: once per request
     task = await lifecycle.fail(
         session,
-        c.tasks,
+        deps,
         runner_id,
         task_id,
         body.claim_token,
@@ -196,8 +198,8 @@ async def fail_task(
         exit_code=body.exit_code,
     )
     now = c.clock.now()
-    if await lifecycle.slot_freed(session, c.tasks, now):
-        await service.reoffer_pending(session, c.tasks, now, limit=1)
+    if await lifecycle.slot_freed(session, deps, now):
+        await service.reoffer_pending(session, deps, now, limit=1)
     return task_read(task)
 
 
