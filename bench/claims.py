@@ -12,7 +12,7 @@ takes well under a second; creation is not what is measured). Cells, each a clos
 - HTTP, each worker its own registered runner, at each concurrency:
   ``claim+start+complete`` (3 requests), ``claim?start=true+complete`` (2 requests),
   ``claim?max_tasks=10`` then ``complete`` each (1.1 requests per task), and
-  ``claim?max_tasks=10`` alone (claims/s; a reaper empties the runners' slots in SQL).
+  ``claim?max_tasks=10`` alone (claims/s; a reaper puts claimed tasks back in SQL).
 
 It prints per cell cycles/s (tasks claimed and completed per second), p50/p99 latency of one
 loop iteration (one cycle, or one batch of 10 in batch mode), HTTP requests per cycle (counted),
@@ -46,6 +46,7 @@ import psutil
 # Run as a script: Python puts bench/ first on sys.path, so the shared helpers import directly.
 from _common import (
     DEFAULT_PG_ADMIN_URL,
+    MAX_REQUESTS_PER_CELL,
     REQUEST_TIMEOUT_S,
     BenchError,
     CpuProbe,
@@ -68,7 +69,7 @@ BATCH = 10
 PREFILL_TIMEOUT_S = 60.0
 SQL_TIMEOUT_S = 30.0
 RUNNER_SLOTS = 32  # max_concurrent_tasks of each bench runner: a batch of 10 always fits
-# Runners of the claim-only cells: the most a runner may hold, emptied by the reaper meanwhile.
+# Runners of the claim-only cells: the most a runner may hold; the reaper frees slots meanwhile.
 CLAIM_ONLY_SLOTS = 256
 REAP_EVERY_S = 0.02
 # Runners do not heartbeat during the run; keep them online for any run length.
@@ -323,13 +324,14 @@ def _raw_cycle_fn(conns: list[Any], runner_ids: list[uuid.UUID], counts: Complet
 
 
 class Reaper:
-    """Claim-only cells: empties the runners' slots out of band (one UPDATE every
-    ``REAP_EVERY_S`` on its own connection), so the claims never stop at
-    max_concurrent_tasks. Not measured; its cost is a few ms of PostgreSQL per second."""
+    """Claim-only cells: puts claimed tasks back in the queue out of band (one UPDATE every
+    ``REAP_EVERY_S`` on its own connection, ``available_at`` kept), so the runners' slots
+    never fill up and the queue depth stays at ``--tasks``. Not measured; its cost is a few ms
+    of PostgreSQL per second."""
 
     SQL = (
-        "UPDATE tasks SET status = 'completed', completed_at = now(), updated_at = now(),"
-        " lease_expires_at = NULL, claim_token_hash = NULL WHERE status = 'assigned'"
+        "UPDATE tasks SET status = 'pending', runner_id = NULL, lease_expires_at = NULL,"
+        " claim_token_hash = NULL WHERE status = 'assigned'"
     )
 
     def __init__(self, conn: Any) -> None:
@@ -506,7 +508,10 @@ async def _run_cells(
                             seconds=args.seconds,
                             warmup_s=args.warmup,
                             cpu=cpu,
-                            max_requests=max(1, args.tasks // mode.batch),
+                            # Claim-only cells get their tasks back from the reaper.
+                            max_requests=max(1, args.tasks // mode.batch)
+                            if mode.complete
+                            else MAX_REQUESTS_PER_CELL,
                         )
                 finally:
                     if reaper is not None:
@@ -708,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_ratios(rs, cells))
     print(
         f"\ncycles/s = tasks claimed and completed per second (the claim-only cell: tasks"
-        " claimed per second, its runners emptied out of band); p50/p99 are per loop iteration"
+        " claimed per second, claimed tasks put back in the queue out of band); p50/p99 are per"
+        " loop iteration"
         f" (one cycle, or one batch of {BATCH} in batch mode; for the floor one request);"
         " req/cycle is counted, warm-up included. server/loadgen cpu% is of one core,"
         f" machine% of all {ncpu} cores (it includes PostgreSQL). queue = pending tasks at the"
