@@ -32,6 +32,9 @@ from parity.tasks.wakeups import WakeHub
 
 @dataclass
 class Container:
+    """Built once per process. The dependency bundles below are built on first use and kept
+    (their inputs are fixed after construction)."""
+
     settings: Settings
     db: Database
     clock: Clock = field(default_factory=SystemClock)
@@ -47,7 +50,7 @@ class Container:
     chain_status: ChainStatus | None = None
     chain_checked_monotonic: float = 0.0
 
-    @property
+    @functools.cached_property
     def tasks(self) -> TaskDeps:
         s = self.settings
         return TaskDeps(
@@ -68,7 +71,7 @@ class Container:
             ledger=self.ledger,
         )
 
-    @property
+    @functools.cached_property
     def events(self) -> EventDeps:
         s = self.settings
         return EventDeps(
@@ -80,7 +83,7 @@ class Container:
             visibility_lag_seconds=s.events_visibility_lag_seconds,
         )
 
-    @property
+    @functools.cached_property
     def deliveries(self) -> DeliveryDeps:
         """Webhook delivery; the jitter comes from the injected random source."""
         random_bytes = self.random_bytes
@@ -91,7 +94,7 @@ class Container:
             timeout_seconds=self.settings.webhook_timeout_seconds,
         )
 
-    @property
+    @functools.cached_property
     def runners(self) -> RunnerConfig:
         s = self.settings
         return RunnerConfig(
@@ -100,7 +103,7 @@ class Container:
             offline_timeout_seconds=s.offline_timeout_seconds,
         )
 
-    @property
+    @functools.cached_property
     def auth(self) -> AuthDeps:
         s = self.settings
         return AuthDeps(
@@ -160,7 +163,7 @@ class Container:
         if store is not None:
             await store.aclose()
 
-    @property
+    @functools.cached_property
     def storage(self) -> StorageConfig:
         s = self.settings
         return StorageConfig(

@@ -7,9 +7,11 @@ there is woken when a task was created here, an /events reader when an event was
 here. Nothing depends on a notification arriving: waiters still re-check every few seconds, so
 a lost notification (or a relay that is down) only costs latency.
 
-Messages (``o`` is the sender's origin id; a replica ignores its own):
-``{"k": "runner", "r": <runner id>}``, ``{"k": "any", "n": <count>}``, ``{"k": "pushes"}``,
-``{"k": "events", "a": [<owner address>...]}``.
+Wake-ups queued while the previous notification was being sent are merged into one, so a
+busy server sends a few notifications per round trip, not one per task. A notification is
+``{"o": <sender's origin id>, "r": [<runner id>...], "n": <wake-any count>, "p": <poke the push
+loop>, "a": [<event owner>...] | null (every reader)}``, keys left out when empty; a replica
+ignores its own.
 """
 
 from __future__ import annotations
@@ -118,10 +120,12 @@ class WakeRelay:
 
     async def _send_loop(self, conn: asyncpg.Connection) -> None:
         while True:
-            message = await self._queue.get()
-            payload = json.dumps({**message, "o": self.origin}, separators=(",", ":"))
-            if len(payload) > MAX_PAYLOAD:
-                payload = json.dumps({"k": "events", "a": None, "o": self.origin})
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            payload = json.dumps(merge(batch, self.origin), separators=(",", ":"))
+            if len(payload) > MAX_PAYLOAD:  # too many to name: wake everything there
+                payload = json.dumps({"o": self.origin, "n": 1 << 20, "p": True, "a": None})
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
             self.sent += 1
 
@@ -136,20 +140,50 @@ class WakeRelay:
         self.apply(message)
 
     def apply(self, message: dict[str, Any]) -> None:
-        """Apply another replica's wake-up to this process's hubs (without forwarding it)."""
-        kind = message.get("k")
-        if kind == "runner":
+        """Apply another replica's wake-ups to this process's hubs (without forwarding them)."""
+        for rid in message.get("r") or ():
             with contextlib.suppress(ValueError, TypeError):
-                self.wakeups.wake_runner(uuid.UUID(str(message.get("r"))), forward=False)
-        elif kind == "any":
-            n = message.get("n")
-            if isinstance(n, int) and n > 0:
-                self.wakeups.wake_any(n, forward=False)
-        elif kind == "pushes":
+                self.wakeups.wake_runner(uuid.UUID(str(rid)), forward=False)
+        n = message.get("n")
+        if isinstance(n, int) and n > 0:
+            self.wakeups.wake_any(n, forward=False)
+        if message.get("p"):
             self.wakeups.poke_pushes(forward=False)
-        elif kind == "events":
-            owners = message.get("a")
-            if owners is None:  # too many to name: wake every reader
+        if "a" in message:
+            owners = message["a"]
+            if owners is None:
                 self.events.wake_readers(forward=False)
             elif isinstance(owners, list):
                 self.events.publish([str(a) for a in owners], forward=False)
+
+
+def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
+    """Several queued wake-ups as one notification (see the module docstring)."""
+    runners: dict[str, None] = {}
+    owners: dict[str, None] | None = {}
+    any_count, pushes, events = 0, False, False
+    for m in batch:
+        kind = m.get("k")
+        if kind == "runner":
+            runners[str(m.get("r"))] = None
+        elif kind == "any":
+            any_count += int(m.get("n") or 0)
+        elif kind == "pushes":
+            pushes = True
+        elif kind == "events":
+            events = True
+            a = m.get("a")
+            if a is None or owners is None:
+                owners = None
+            else:
+                owners.update(dict.fromkeys(str(x) for x in a))
+    out: dict[str, Any] = {"o": origin}
+    if runners:
+        out["r"] = list(runners)
+    if any_count:
+        out["n"] = any_count
+    if pushes:
+        out["p"] = True
+    if events:
+        out["a"] = None if owners is None else sorted(owners)
+    return out

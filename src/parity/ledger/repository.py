@@ -6,7 +6,7 @@ import uuid
 import zlib
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -56,6 +56,23 @@ async def reservation_for(
     if lock:
         q = q.with_for_update()
     return (await session.scalars(q)).one_or_none()
+
+
+_OPEN = (
+    select(Reservation.id)
+    .where(
+        Reservation.source_type == bindparam("source_type"),
+        Reservation.source_id == bindparam("source_id"),
+        Reservation.status == "open",
+    )
+    .limit(1)
+)
+
+
+async def open_reservation_exists(session: AsyncSession, source_type: str, source_id: str) -> bool:
+    """One indexed lookup (the statement is built once): is this work holding escrow?"""
+    found = await session.scalar(_OPEN, {"source_type": source_type, "source_id": source_id})
+    return found is not None
 
 
 async def posting_for(

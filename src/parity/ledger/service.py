@@ -187,6 +187,10 @@ async def resize_task_reservation(
     return reservation
 
 
+async def has_open_reservation(session: AsyncSession, task_id: uuid.UUID) -> bool:
+    return await repo.open_reservation_exists(session, TASK, str(task_id))
+
+
 async def close_task(
     session: AsyncSession,
     deps: LedgerDeps,

@@ -52,6 +52,8 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     """The task reached a terminal state: bill a completion, release anything else."""
     if deps.ledger is None:
         return
+    if not await ledger.has_open_reservation(session, task.id):
+        return  # unpriced work (the common case with pricing off): one indexed lookup
     completed = task.status == TaskStatus.COMPLETED
     payee = None
     if completed and task.runner_id is not None:
