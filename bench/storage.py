@@ -6,7 +6,8 @@ writes a file of random bytes, then:
 - ``sha256``: hashes the same bytes in memory with hashlib (one core, 1 MiB pieces): the floor
   the goal is stated against;
 - ``disk write``: writes the same bytes as 256 KiB files (temporary file, then rename) on the
-  filesystem the server's blockstore uses: what storing costs here, a second floor;
+  filesystem the server's blockstore uses: what storing cost in the one-file-per-block layout
+  (the packed layout appends to one file and fsyncs it once), a second floor;
 - ``HTTP upload``: the same PUT to a bare Starlette app on uvicorn that only counts the body:
   what receiving an upload costs here, a third floor (server cpu% is not sampled for it);
 - ``upload PUT``: streams the file as the raw body of ``PUT /api/v1/storage/upload``;
@@ -97,8 +98,8 @@ def _sha256(data: bytes) -> str:
 
 
 def _disk_floor(data: bytes, where: Path) -> None:
-    """Write the bytes as 256 KiB files the way the blockstore does (temp file, rename)."""
-    where.mkdir()
+    """Write the bytes as 256 KiB files as the one-file-per-block layout did (temp, rename)."""
+    where.mkdir(parents=True)
     view = memoryview(data)
     for n, i in enumerate(range(0, len(view), CHUNK)):
         tmp = where / f"{n}.tmp"

@@ -1,5 +1,5 @@
 """The local store's batched upload path: batches joined off the loop, hashed in two threads,
-written by two threads. CIDs must stay the importer's whatever the piece sizes."""
+appended to the upload's pack. CIDs must stay the importer's whatever the piece sizes."""
 
 from __future__ import annotations
 
@@ -55,17 +55,20 @@ async def test_concurrent_puts_of_the_same_bytes_agree(tmp_path: Path) -> None:
     assert one == two
     assert one.cid in await store.pins()
     assert b"".join([p async for p in store.cat(one.cid, 5, len(data) - 5)]) == data[5:-5]
-    assert not list((tmp_path / "blocks" / ".tmp").iterdir())
+    packs = tmp_path / "blocks" / "packs"
+    names = sorted(p.name for p in packs.iterdir())
+    assert all(n.endswith((".pack", ".idx")) for n in names), names  # no journal nor temp left
+    assert {n[:-5] for n in names if n.endswith(".pack")} == {
+        n[:-4] for n in names if n.endswith(".idx")
+    }
 
 
-async def test_a_missing_shard_directory_is_made_again(tmp_path: Path) -> None:
+async def test_a_missing_packs_directory_is_made_again(tmp_path: Path) -> None:
     data = _data(5 * 262144)
     store = LocalContentStore(tmp_path / "blocks")
     first = await store.put(_pieces(data, [1 << 20] * 10))
-    await store.gc(older_than=None)  # nothing pinned: every block goes, shard dirs stay
-    for shard in (tmp_path / "blocks").iterdir():
-        if not shard.name.startswith(".") and shard.is_dir():
-            shard.rmdir()
+    await store.gc(older_than=None)  # nothing pinned: every block goes
+    (tmp_path / "blocks" / "packs").rmdir()
     again = await store.put(_pieces(data, [1 << 20] * 10))
     assert again == first
     assert await store.stat(first.cid) == len(data)

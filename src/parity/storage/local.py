@@ -2,28 +2,30 @@
 
 Layout under ``root`` (default ``$PARITY_HOME/blocks``)::
 
-    <xy>/<key>        one block per file; key = base32 of the multihash, xy = key[-3:-1]
-                      (kubo's flatfs "next-to-last/2" sharding)
-    .pins/<cidv1>     one empty file per pinned root
-    .tmp/             blocks being written (renamed into place, so a block is whole or absent)
+    packs/        the blocks, packed: one pack per upload plus its index (:mod:`.packs`)
+    .pins/<cidv1> one empty file per pinned root
+    .gc.lock      GC holds it exclusively; an upload holds it shared while it commits
+    <xy>/<key>    one block per file (key = base32 of the multihash, xy = key[-3:-1], kubo's
+                  flatfs "next-to-last/2"): the layout before packs, still read and collected,
+                  never written
+    .tmp/         leftovers of that layout's writes (GC removes them)
 
 Blocks are written with the importer in :mod:`parity.core.storage.importer`, so CIDs equal
-kubo's. Disk work runs in worker threads, one batch behind the network, so receiving overlaps
-hashing and writing and memory stays at about two batches. Each batch is joined once, hashed
-for the CIDv1 and the CIDv0 tree in two threads at once (hashlib releases the GIL), then its
-blocks are written by two threads at once: creating a file is the costliest step per block on
-common filesystems, and spreading it keeps both cores busy while the event loop receives.
-
-Blocks are not fsynced one by one (a block is whole or absent thanks to the rename; durability
-is the filesystem's, as for kubo's flatfs without ``sync``).
+kubo's. Disk work runs in worker threads behind the network: while the loop receives a batch,
+the one before is hashed and the one before that is written, so memory stays at about three
+batches. Each batch is joined once, hashed for the CIDv1 and the CIDv0 tree in two threads at
+once (hashlib releases the GIL), then its new blocks are appended to the upload's pack with one
+``writev`` (:mod:`.packwriter`): no file is created per block. The pack is written back in
+the background every ``SYNC_BYTES`` and fsynced once at the end, before its index is written
+and the upload is reported stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
-import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,70 +34,75 @@ from parity.core.storage import reader
 from parity.core.storage.importer import Block, CidV0Hasher, FileImporter, ImportResult
 from parity.core.storage.multiformats import DAG_PB, RAW, Cid, CidError
 from parity.storage.errors import ContentNotFound, NotAFile
+from parity.storage.packgc import Swept, loose_files, sweep_packs
+from parity.storage.packs import PackIndex, flocked
+from parity.storage.packwriter import PackWriter
 from parity.storage.ports import GcReport, Stored
 
 BATCH_BYTES = 2 << 20  # received bytes handed to the worker threads at a time (8 chunks)
-WRITERS = 2  # threads writing one batch's blocks at once
+SYNC_BYTES = 32 << 20  # written pack bytes after which a background write-back starts
 READ_BATCH_BYTES = 4 << 20  # file bytes read by a worker thread at a time
 SEND_BYTES = 1 << 20  # size of the pieces a download yields
-_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+COMPACT_BELOW = 0.5  # GC rewrites an old pack when less than this fraction of its bytes live
 
 
 class LocalContentStore:
     kind = "local"
 
-    def __init__(self, root: Path, *, with_cidv0: bool = True) -> None:
+    def __init__(
+        self, root: Path, *, with_cidv0: bool = True, compact_below: float = COMPACT_BELOW
+    ) -> None:
         self.root = root
         self.with_cidv0 = with_cidv0
+        self.compact_below = compact_below
         self._pins = root / ".pins"
         self._tmp = root / ".tmp"
+        self._gc_lock = root / ".gc.lock"
+        self.packs = PackIndex(root / "packs")
         self._root_str = str(root)
-        self._tmp_str = str(self._tmp)
 
     # -- paths and single blocks (called in worker threads)
 
-    def _path(self, cid: Cid) -> Path:
-        key = cid.block_key
-        return self.root / key[-3:-1] / key
+    def _loose(self, key: str) -> str:
+        return os.path.join(self._root_str, key[-3:-1], key)
+
+    def _has_loose(self, key: str) -> bool:
+        return os.path.isfile(self._loose(key))
 
     def _ensure_dirs(self) -> None:
-        for d in (self.root, self._pins, self._tmp):
+        for d in (self.root, self._pins, self.packs.dir):
             d.mkdir(parents=True, exist_ok=True)
 
-    def _write_block(self, block: Block) -> None:
-        key = block.cid.block_key
-        path = os.path.join(self._root_str, key[-3:-1], key)
+    def _block(self, cid: Cid) -> bytes | None:
+        key = cid.block_key
+        data = self.packs.read(key)
+        if data is not None:
+            return data
         try:
-            os.utime(path)  # already stored: refresh its age so GC's grace covers this upload
-            return
+            with open(self._loose(key), "rb") as fh:
+                return fh.read()
         except FileNotFoundError:
-            pass
-        tmp = os.path.join(self._tmp_str, f"{key}.{secrets.token_hex(6)}")
-        fd = os.open(tmp, _O_CREATE, 0o666)
-        try:
-            view = memoryview(block.data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        try:
-            os.replace(tmp, path)
-        except FileNotFoundError:  # the first block of its shard: make the directory
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.replace(tmp, path)
-
-    def _write_blocks(self, blocks: list[Block]) -> None:
-        for block in blocks:
-            self._write_block(block)
+            return None
 
     def _read_block(self, cid: Cid) -> bytes:
-        try:
-            return self._path(cid).read_bytes()
-        except FileNotFoundError:
-            raise ContentNotFound(f"block {cid} is not in the local store") from None
+        data = self._block(cid)
+        if data is None:
+            raise ContentNotFound(f"block {cid} is not in the local store")
+        return data
 
     def _has(self, cid: Cid) -> bool:
-        return self._path(cid).is_file()
+        key = cid.block_key
+        return self.packs.locate(key) is not None or self._has_loose(key)
+
+    def _size(self, cid: Cid) -> int | None:
+        key = cid.block_key
+        found = self.packs.locate(key)
+        if found is not None:
+            return found[2]
+        try:
+            return os.stat(self._loose(key)).st_size
+        except FileNotFoundError:
+            return None
 
     # -- put
 
@@ -116,9 +123,9 @@ class LocalContentStore:
 
     async def _absorb(
         self, importer: FileImporter, v0: CidV0Hasher | None, pieces: list[bytes], last: bool
-    ) -> tuple[ImportResult | None, Cid | None]:
-        """Hash one batch (CIDv1 blocks and the CIDv0 tree in two threads), then write its
-        blocks (in ``WRITERS`` threads). Returns the results after the last batch."""
+    ) -> tuple[list[Block], ImportResult | None, Cid | None]:
+        """Hash one batch (CIDv1 blocks and the CIDv0 tree in two threads). Returns its blocks,
+        and the results after the last batch."""
         if len(pieces) == 1 and type(pieces[0]) is bytes:
             data = pieces[0]
         else:  # one copy, off the event loop; the blocks are views into it (no more copies)
@@ -132,40 +139,65 @@ class LocalContentStore:
             (blocks, result), cid_v0 = await asyncio.gather(
                 imported, asyncio.to_thread(self._hash_v0, v0, data, last)
             )
-        if len(blocks) < 2 * WRITERS:
-            await asyncio.to_thread(self._write_blocks, blocks)
-        else:
-            await asyncio.gather(
-                *(asyncio.to_thread(self._write_blocks, blocks[i::WRITERS]) for i in range(WRITERS))
-            )
-        return result, cid_v0
+        return blocks, result, cid_v0
+
+    def _open_writer(self) -> PackWriter:
+        self._ensure_dirs()
+        self.packs.refresh()  # see what GC removed since, so as not to rely on it
+        return PackWriter(self.packs, self._gc_lock, self._has_loose)
 
     async def put(self, chunks: AsyncIterable[bytes], *, pin: bool = False) -> Stored:
+        """Three stages run at once: the loop receives batch n+2 while batch n+1 is hashed and
+        batch n is appended to the pack (each stage in order, one batch at a time)."""
         importer = FileImporter(with_cidv0=False)
         v0 = CidV0Hasher() if self.with_cidv0 else None
-        await asyncio.to_thread(self._ensure_dirs)
-        pending: asyncio.Future[Any] | None = None
+        writer = await asyncio.to_thread(self._open_writer)
+        hashing: asyncio.Future[Any] | None = None
+        writing: asyncio.Future[Any] | None = None
+        syncing: asyncio.Future[Any] | None = None
+
+        async def hand_over() -> None:  # the hashed batch goes to the writer stage
+            nonlocal hashing, writing, syncing
+            assert hashing is not None
+            blocks = (await hashing)[0]
+            hashing = None
+            if writing is not None:
+                await writing
+            if writer.unsynced >= SYNC_BYTES and (syncing is None or syncing.done()):
+                syncing = asyncio.ensure_future(asyncio.to_thread(writer.flush))
+            writing = asyncio.ensure_future(asyncio.to_thread(writer.add, blocks))
+
         pieces: list[bytes] = []
         buffered = 0
         try:
-            async for piece in chunks:
-                if not piece:
-                    continue
-                pieces.append(piece)
-                buffered += len(piece)
-                if buffered >= BATCH_BYTES:
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.ensure_future(self._absorb(importer, v0, pieces, False))
-                    pieces, buffered = [], 0
-            if pending is not None:
-                await pending
-            pending = None
-            result, cid_v0 = await self._absorb(importer, v0, pieces or [b""], True)
-        finally:
-            if pending is not None:
-                with contextlib.suppress(Exception):
-                    await pending
+            try:
+                async for piece in chunks:
+                    if not piece:
+                        continue
+                    pieces.append(piece)
+                    buffered += len(piece)
+                    if buffered >= BATCH_BYTES:
+                        if hashing is not None:
+                            await hand_over()
+                        hashing = asyncio.ensure_future(self._absorb(importer, v0, pieces, False))
+                        pieces, buffered = [], 0
+                if hashing is not None:
+                    await hand_over()
+                hashing = asyncio.ensure_future(self._absorb(importer, v0, pieces or [b""], True))
+                _, result, cid_v0 = await hashing
+                await hand_over()
+                for fut in (writing, syncing):
+                    if fut is not None:
+                        await fut
+                await asyncio.to_thread(writer.commit)
+            finally:
+                for fut in (hashing, writing, syncing):
+                    if fut is not None:
+                        with contextlib.suppress(Exception):
+                            await fut
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(writer.abort))
+            raise
         assert result is not None
         if pin:
             await asyncio.to_thread(self._pin_file(result.cid).touch)
@@ -174,12 +206,10 @@ class LocalContentStore:
     # -- read
 
     def _stat(self, cid: Cid) -> int | None:
-        path = self._path(cid)
-        try:
-            if cid.codec == RAW:
-                return path.stat().st_size
-            block = path.read_bytes()
-        except FileNotFoundError:
+        if cid.codec == RAW:
+            return self._size(cid)
+        block = self._block(cid)
+        if block is None:
             return None
         try:
             return reader.file_size(cid, block)
@@ -239,9 +269,8 @@ class LocalContentStore:
                 if self._has(cid):
                     yield cid
                 continue
-            try:
-                block = self._path(cid).read_bytes()
-            except FileNotFoundError:
+            block = self._block(cid)
+            if block is None:
                 continue
             yield cid
             if cid.codec == DAG_PB:
@@ -256,9 +285,8 @@ class LocalContentStore:
                 if not self._has(cid):
                     return cid
                 continue
-            try:
-                block = self._path(cid).read_bytes()
-            except FileNotFoundError:
+            block = self._block(cid)
+            if block is None:
                 return cid
             try:
                 stack.extend(reader.child_cids(cid, block))
@@ -295,30 +323,30 @@ class LocalContentStore:
     # -- garbage collection
 
     def _gc(self, keep: Collection[Cid], older_than: float | None) -> GcReport:
-        live: set[str] = set()
-        for root in self._list_pins() | {c.to_v1() for c in keep}:
-            live.update(c.block_key for c in self._walk(root))
-        removed = 0
-        freed = 0
         if not self.root.is_dir():
             return GcReport(0, 0)
-        for shard in self.root.iterdir():
-            if shard.name.startswith(".") or not shard.is_dir():
-                continue
-            for path in shard.iterdir():
-                if path.name in live:
+        self._ensure_dirs()
+        with flocked(self._gc_lock, fcntl.LOCK_EX):
+            self.packs.rebuild()
+            live: set[str] = set()
+            for root in self._list_pins() | {c.to_v1() for c in keep}:
+                live.update(c.block_key for c in self._walk(root))
+            out = Swept()
+            spared = sweep_packs(self.packs, live, older_than, self.compact_below, out)
+            for path in loose_files(self.root):
+                if path.name in live or path.name in spared:
                     continue
                 st = path.stat()
                 if older_than is not None and st.st_mtime >= older_than:
                     continue
                 path.unlink(missing_ok=True)
-                removed += 1
-                freed += st.st_size
-        if self._tmp.is_dir():
-            for path in self._tmp.iterdir():
-                if older_than is None or path.stat().st_mtime < older_than:
-                    path.unlink(missing_ok=True)
-        return GcReport(removed, freed)
+                out.removed += 1
+                out.freed += st.st_size
+            if self._tmp.is_dir():
+                for path in self._tmp.iterdir():
+                    if older_than is None or path.stat().st_mtime < older_than:
+                        path.unlink(missing_ok=True)
+        return GcReport(out.removed, out.freed)
 
     async def gc(self, *, keep: Collection[Cid] = (), older_than: float | None = None) -> GcReport:
         return await asyncio.to_thread(self._gc, keep, older_than)

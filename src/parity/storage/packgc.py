@@ -1,0 +1,201 @@
+"""Garbage collection of the packed layout (and of the older one-file-per-block layout).
+
+Runs under the store's GC lock (exclusive; uploads take it shared only to commit), possibly in
+another process than the server. A block is kept when a root reaches it (``live``), when an
+upload still running references it (its ``.refs`` journal), or when the index that holds or
+references it is younger than the grace cutoff. A pack whose index is younger than the cutoff
+is left alone. Of an older pack, the dead records (and copies of a key that another pack
+serves) go: the whole pack when nothing in it lives, else it is rewritten when less than
+``compact_below`` of its bytes live: new pack, fsync, new index (durable), and only then the
+old index and pack are removed, so every live block has a committed copy at every moment.
+Readers that opened the old pack keep reading it; those that look it up afresh find the new one
+(:meth:`PackIndex.read` looks again when a pack is gone). Bytes are verified while copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from parity.logging import get_logger
+from parity.storage.packs import (
+    O_CLOEXEC,
+    PACK_MAGIC,
+    PackIndex,
+    PackMeta,
+    encode_index,
+    key_of,
+    new_name,
+    record_header,
+    write_file_durably,
+)
+
+log = get_logger("parity.storage")
+
+
+@dataclass
+class Swept:
+    removed: int = 0
+    freed: int = 0
+
+
+def _young(mtime: float, older_than: float | None) -> bool:
+    return older_than is not None and mtime >= older_than
+
+
+def _unlocked(path: Path) -> bool:
+    """True when no upload holds this pack (a crashed or finished one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _journal(path: Path) -> set[str]:
+    try:
+        return {k for k in path.read_text("ascii").split("\n") if k}
+    except (FileNotFoundError, UnicodeDecodeError):
+        return set()
+
+
+def pending_refs(index: PackIndex, older_than: float | None, out: Swept) -> set[str]:
+    """Keys that uploads in flight reference; packs of uploads that died are removed."""
+    refs: set[str] = set()
+    try:
+        names = os.listdir(index.dir)
+    except FileNotFoundError:
+        return refs
+    for entry in names:
+        if not entry.endswith(".pack") or entry[:-5] in index.packs:
+            continue
+        name = entry[:-5]
+        path = index.dir / entry
+        journal = index.dir / f"{name}.refs"
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if _young(st.st_mtime, older_than) or not _unlocked(path):
+            refs |= _journal(journal)
+            continue
+        if (index.dir / f"{name}.idx").exists():  # committed since the index was loaded
+            continue
+        path.unlink(missing_ok=True)
+        journal.unlink(missing_ok=True)
+        (index.dir / f"{name}.idx.tmp").unlink(missing_ok=True)
+        out.freed += st.st_size
+        log.info("storage_pack_discarded", pack=name, bytes=st.st_size)
+    return refs
+
+
+def _copy(index: PackIndex, meta: PackMeta, keep: list[tuple[str, int, int]]) -> PackMeta:
+    """A new pack holding ``keep``'s records of ``meta``'s pack, verified, committed."""
+    name = new_name()
+    path = index.pack_path(name)
+    entries: list[tuple[str, int, int]] = []
+    src = os.open(index.pack_path(meta.name), os.O_RDONLY | O_CLOEXEC)
+    dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(dst, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        at = os.write(dst, PACK_MAGIC)
+        for key, offset, length in keep:
+            data = os.pread(src, length, offset)
+            if len(data) != length or key_of(data) != key:
+                log.error("storage_block_corrupt", pack=meta.name, key=key)
+                continue
+            header = record_header(key, length)
+            os.writev(dst, [header, data])
+            entries.append((key, at + len(header), length))
+            at += len(header) + length
+        os.fsync(dst)
+        idx = index.dir / f"{name}.idx"
+        write_file_durably(idx, encode_index(at, entries, []))
+        return PackMeta(name, at, idx.stat().st_mtime, entries, [])
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def _drop(index: PackIndex, meta: PackMeta) -> int:
+    size = 0
+    with contextlib.suppress(FileNotFoundError):
+        size = index.pack_path(meta.name).stat().st_size
+    (index.dir / f"{meta.name}.idx").unlink(missing_ok=True)  # first: never an index without
+    index.pack_path(meta.name).unlink(missing_ok=True)  # its pack
+    return size
+
+
+def sweep_packs(
+    index: PackIndex,
+    live: set[str],
+    older_than: float | None,
+    compact_below: float,
+    out: Swept,
+) -> set[str]:
+    """Remove or rewrite old packs; returns the keys GC must also spare among loose blocks."""
+    spared = pending_refs(index, older_than, out)
+    metas = sorted(index.packs.values(), key=lambda m: m.name)
+    for meta in metas:
+        if _young(meta.mtime, older_than):
+            spared.update(k for k, _, _ in meta.entries)
+            spared.update(meta.refs)
+    for meta in metas:
+        if _young(meta.mtime, older_than):
+            continue
+        keep = [
+            e
+            for e in meta.entries
+            if (e[0] in live or e[0] in spared) and index.chosen(e[0]) == (meta.name, e[1], e[2])
+        ]
+        dropped = len(meta.entries) - len(keep)
+        if not keep:
+            out.freed += _drop(index, meta)
+            out.removed += dropped
+            continue
+        kept_bytes = sum(e[2] for e in keep)
+        total = sum(e[2] for e in meta.entries)
+        if dropped == 0 or kept_bytes >= compact_below * total:
+            continue
+        new = _copy(index, meta, keep)
+        out.freed += _drop(index, meta) - new.size
+        out.removed += dropped
+    _stale_files(index, older_than)
+    index.rebuild()
+    return spared
+
+
+def _stale_files(index: PackIndex, older_than: float | None) -> None:
+    """Index files whose pack is gone, and temporary index files left by a crash."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(index.dir):
+            path = index.dir / entry
+            if entry.endswith(".idx") and not index.pack_path(entry[:-4]).exists():
+                path.unlink(missing_ok=True)
+            elif entry.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    if not _young(path.stat().st_mtime, older_than):
+                        path.unlink(missing_ok=True)
+
+
+def loose_files(root: Path) -> Iterator[Path]:
+    """The blocks of the one-file-per-block layout."""
+    if not root.is_dir():
+        return
+    for shard in root.iterdir():
+        if shard.name.startswith(".") or shard.name == "packs" or not shard.is_dir():
+            continue
+        yield from shard.iterdir()
