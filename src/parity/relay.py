@@ -10,8 +10,8 @@ a lost notification (or a relay that is down) only costs latency.
 Wake-ups queued while the previous notification was being sent are merged into one, so a
 busy server sends a few notifications per round trip, not one per task. A notification is
 ``{"o": <sender's origin id>, "r": [<runner id>...], "n": <wake-any count>, "p": <poke the push
-loop>, "a": [<event owner>...] | null (every reader)}``, keys left out when empty; a replica
-ignores its own.
+loop>, "a": [<event owner>...] | null (every reader), "d": <webhook deliveries were queued>}``,
+keys left out when empty; a replica ignores its own.
 """
 
 from __future__ import annotations
@@ -154,14 +154,15 @@ class WakeRelay:
             if owners is None:
                 self.events.wake_readers(forward=False)
             elif isinstance(owners, list):
-                self.events.publish([str(a) for a in owners], forward=False)
+                deliveries = bool(message.get("d"))
+                self.events.publish([str(a) for a in owners], deliveries=deliveries, forward=False)
 
 
 def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
     """Several queued wake-ups as one notification (see the module docstring)."""
     runners: dict[str, None] = {}
     owners: dict[str, None] | None = {}
-    any_count, pushes, events = 0, False, False
+    any_count, pushes, events, deliveries = 0, False, False, False
     for m in batch:
         kind = m.get("k")
         if kind == "runner":
@@ -172,6 +173,7 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
             pushes = True
         elif kind == "events":
             events = True
+            deliveries = deliveries or m.get("d", True) is not False
             a = m.get("a")
             if a is None or owners is None:
                 owners = None
@@ -186,4 +188,6 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
         out["p"] = True
     if events:
         out["a"] = None if owners is None else sorted(owners)
+        if deliveries:
+            out["d"] = True
     return out

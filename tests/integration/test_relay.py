@@ -69,7 +69,7 @@ async def test_events_published_on_one_replica_wake_readers_on_another(
     mine = asyncio.create_task(b.events.wait(owner, timeout=20))
     other = asyncio.create_task(b.events.wait("0x" + "cd" * 20, timeout=1))
     await asyncio.sleep(0.05)
-    a.events.publish([owner])
+    a.events.publish([owner])  # deliveries queued (the default)
     assert await mine is True
     assert await other is False  # only the owner's readers (and operators') are woken
     assert b.events.delivery_event.is_set()
@@ -132,7 +132,7 @@ def test_queued_wake_ups_merge_into_one_notification():
         [
             {"k": "runner", "r": runner},
             {"k": "any", "n": 2},
-            {"k": "events", "a": ["0xb"]},
+            {"k": "events", "a": ["0xb"], "d": False},
             {"k": "any", "n": 1},
             {"k": "events", "a": ["0xa", "0xb"]},
             {"k": "pushes"},
@@ -140,5 +140,7 @@ def test_queued_wake_ups_merge_into_one_notification():
         ],
         "me",
     )
-    assert merged == {"o": "me", "r": [runner], "n": 3, "p": True, "a": ["0xa", "0xb"]}
+    assert merged == {"o": "me", "r": [runner], "n": 3, "p": True, "a": ["0xa", "0xb"], "d": True}
+    quiet = merge([{"k": "events", "a": ["0xa"], "d": False}], "me")
+    assert quiet == {"o": "me", "a": ["0xa"]}  # no deliveries queued: delivery loops stay idle
     assert merge([{"k": "events", "a": ["0xa"]}, {"k": "events", "a": None}], "me")["a"] is None

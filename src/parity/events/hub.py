@@ -27,13 +27,17 @@ class EventHub:
         """Wait for an event of ``address`` (any event when None); True when woken."""
         return await self._waiters.wait(address, timeout)
 
-    def publish(self, owners: Iterable[str], *, forward: bool = True) -> int:
-        """New events of ``owners`` are committed: poke the delivery loop and wake only the
-        waiters that may read them (theirs, and operators'), here and on the other replicas."""
-        self.delivery_event.set()
+    def publish(
+        self, owners: Iterable[str], *, deliveries: bool = True, forward: bool = True
+    ) -> int:
+        """New events of ``owners`` are committed: wake only the waiters that may read them
+        (theirs, and operators'), here and on the other replicas, and poke the delivery loops
+        when webhook deliveries were queued with them."""
+        if deliveries:
+            self.delivery_event.set()
         wanted = set(owners)
         if forward and self.forward is not None:
-            self.forward({"k": "events", "a": sorted(wanted)})
+            self.forward({"k": "events", "a": sorted(wanted), "d": deliveries})
         return len(self._waiters.wake(lambda address: address is None or address in wanted))
 
     def wake_readers(self, *, forward: bool = True) -> None:

@@ -99,9 +99,10 @@ async def emit(
     if rows:
         await repo.add_deliveries(session, rows)
     hub = deps.hub
+    deliveries = bool(rows)
 
     def wake() -> None:
-        hub.publish([owner])
+        hub.publish([owner], deliveries=deliveries)
 
     after_commit(session, wake)
     return event
