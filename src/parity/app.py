@@ -20,6 +20,7 @@ from parity.events.delivery import DeliveryLoop
 from parity.events.router import router as events_router
 from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob
+from parity.ledger import service as ledger_service
 from parity.ledger.router import router as ledger_router
 from parity.ledger.settlement import settlement_worker
 from parity.logging import get_logger
@@ -105,6 +106,8 @@ def create_app(
             status = await migrate.upgrade(container.db.url)
             log.info("schema_ready", revision=status.current)
         await _check_chain(container)
+        async with container.db.read_session() as session:
+            await ledger_service.check_escrow_possible(session, container.ledger)
         if not container.db.is_sqlite and settings.wakeup_relay == "auto":
             container.relay = WakeRelay(
                 asyncpg_dsn(container.db.url), container.wakeups, container.event_hub

@@ -421,3 +421,23 @@ async def test_min_stake_may_be_given_in_token_units(
         assert err["details"]["required"] == str(25 * 10**17)
         assert err["details"]["missing"] == str(5 * 10**17)
         assert "0.5 TOKEN" in err["message"]
+
+
+async def test_turning_pricing_off_still_closes_the_escrow_held_at_start(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    async for n in _net(database_url, tmp_path / "on", clock, **PRICING):
+        assert n.container.ledger.escrow.possible
+        alice = await sign_in(n.http, ALICE)
+        await n.stake(ALICE, 10_000)
+        task = await create_task(n.http, alice, timeout_seconds=60)
+    free = {k: v for k, v in PRICING.items() if not k.startswith("PRICE_")}
+    async for n in _net(database_url, tmp_path / "off", clock, **free):
+        assert n.container.ledger.escrow.possible  # a reservation is still open
+        alice = await sign_in(n.http, ALICE)
+        r = await n.http.delete(f"{V1}/tasks/{task['id']}", headers=bearer(alice))
+        assert r.status_code == 200, r.text
+        [res] = await n.rows(Reservation)
+        assert res.status == "released"
+    async for n in _net(database_url, tmp_path / "off-again", clock, **free):
+        assert not n.container.ledger.escrow.possible  # nothing held: no lookups at all

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from parity.chain.errors import ChainError
 from parity.chain.ports import ChainClient
@@ -69,6 +69,15 @@ class StakeReader:
             self._cache.pop(stake_id, None)
 
 
+@dataclass
+class EscrowState:
+    """Whether any work may hold escrow. False only when pricing is off and no reservation was
+    open at start-up (checked once by the server's lifespan), so unpriced work skips the
+    per-task reservation lookup. Replicas share one configuration."""
+
+    possible: bool = True
+
+
 @dataclass(frozen=True)
 class LedgerDeps:
     clock: Clock
@@ -81,6 +90,7 @@ class LedgerDeps:
     stake_id_mode: StakeIdMode
     stakes: StakeReader
     token_symbol: str = "TOKEN"
+    escrow: EscrowState = field(default_factory=EscrowState)
 
     @property
     def pricing_enabled(self) -> bool:

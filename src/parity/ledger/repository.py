@@ -69,6 +69,11 @@ _OPEN = (
 )
 
 
+async def any_open_reservation(session: AsyncSession) -> bool:
+    q = select(Reservation.id).where(Reservation.status == "open").limit(1)
+    return await session.scalar(q) is not None
+
+
 async def open_reservation_exists(session: AsyncSession, source_type: str, source_id: str) -> bool:
     """One indexed lookup (the statement is built once): is this work holding escrow?"""
     found = await session.scalar(_OPEN, {"source_type": source_type, "source_id": source_id})

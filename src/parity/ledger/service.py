@@ -187,6 +187,13 @@ async def resize_task_reservation(
     return reservation
 
 
+async def check_escrow_possible(session: AsyncSession, deps: LedgerDeps) -> bool:
+    """At start-up: can any task hold escrow (pricing on, or reservations still open)?"""
+    possible = deps.pricing_enabled or await repo.any_open_reservation(session)
+    deps.escrow.possible = possible
+    return possible
+
+
 async def has_open_reservation(session: AsyncSession, task_id: uuid.UUID) -> bool:
     return await repo.open_reservation_exists(session, TASK, str(task_id))
 

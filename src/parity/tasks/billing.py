@@ -50,8 +50,8 @@ async def resize(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
 
 async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     """The task reached a terminal state: bill a completion, release anything else."""
-    if deps.ledger is None:
-        return
+    if deps.ledger is None or not deps.ledger.escrow.possible:
+        return  # pricing off and nothing held at start-up: no lookup at all
     if not await ledger.has_open_reservation(session, task.id):
         return  # unpriced work (the common case with pricing off): one indexed lookup
     completed = task.status == TaskStatus.COMPLETED
