@@ -26,14 +26,17 @@ from tests.integration.queue_helpers import claimed, create_task, device, regist
 
 V1 = "/api/v1"
 PROTOCOL = "0x" + "fe" * 20
+CHAIN = {
+    "FILECOIN_RPC": "http://chain.invalid",
+    "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20,
+    "STAKE_CACHE_SECONDS": "0",
+}
 PRICING = {
     "PRICE_TASK_BASE": "100",
     "PRICE_CPU_CORE_SECOND": "10",
     "PROTOCOL_FEE_BPS": "1000",
     "PROTOCOL_FEE_ADDRESS": PROTOCOL,
-    "FILECOIN_RPC": "http://chain.invalid",
-    "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20,
-    "STAKE_CACHE_SECONDS": "0",
+    **CHAIN,
 }
 
 ONE_MINUTE = {
@@ -273,12 +276,7 @@ async def test_amounts_of_1e24_base_units_round_trip_exactly(
 async def test_min_stake_gates_creating_work_and_registering_runners(
     container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
 ):
-    gate = {
-        "MIN_STAKE": "1000",
-        "FILECOIN_RPC": "http://chain.invalid",
-        "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20,
-        "STAKE_CACHE_SECONDS": "0",
-    }
+    gate = {"MIN_STAKE": "1000", **CHAIN}
     async for n in _net(database_url, tmp_path / "gated", clock, **gate):
         alice = await sign_in(n.http, ALICE)
         await n.stake(ALICE, 400)
@@ -406,12 +404,7 @@ async def test_every_posting_sums_to_zero_over_random_outcomes(net: Net):
 async def test_min_stake_may_be_given_in_token_units(
     container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
 ):
-    gate = {
-        "MIN_STAKE_TOKENS": "2.5",
-        "FILECOIN_RPC": "http://chain.invalid",
-        "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20,
-        "STAKE_CACHE_SECONDS": "0",
-    }
+    gate = {"MIN_STAKE_TOKENS": "2.5", **CHAIN}
     async for n in _net(database_url, tmp_path / "tokens", clock, **gate):
         alice = await sign_in(n.http, ALICE)
         await n.stake(ALICE, 2 * 10**18)  # 2 tokens (the fake token has 18 decimals)
