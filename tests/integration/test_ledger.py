@@ -434,3 +434,12 @@ async def test_turning_pricing_off_still_closes_the_escrow_held_at_start(
         assert res.status == "released"
     async for n in _net(database_url, tmp_path / "off-again", clock, **free):
         assert not n.container.ledger.escrow.possible  # nothing held: no lookups at all
+
+
+async def test_a_server_without_a_chain_says_so_instead_of_a_balance(client: httpx.AsyncClient):
+    alice = await sign_in(client, ALICE)
+    r = await client.get(f"{V1}/ledger/balance", headers=bearer(alice))
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "chain_not_configured"
+    r = await client.get(f"{V1}/ledger/entries", headers=bearer(alice))
+    assert r.status_code == 200 and r.json()["items"] == []

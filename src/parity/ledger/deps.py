@@ -12,7 +12,7 @@ from parity.chain.ports import ChainClient
 from parity.chain.stake_ids import StakeIdMode
 from parity.clock import Clock
 from parity.core.billing.pricing import ComputePrice
-from parity.ledger.errors import BillingUnavailable
+from parity.ledger.errors import BillingUnavailable, ChainNotConfigured
 
 
 class StakeReader:
@@ -41,8 +41,9 @@ class StakeReader:
             return hit[1]
         client = self._chain()
         if client is None:
-            raise BillingUnavailable(
-                "this server has no chain configured (FILECOIN_RPC), so stakes cannot be read"
+            raise ChainNotConfigured(
+                "this server has no chain configured (FILECOIN_RPC), so stakes and balances "
+                "cannot be read"
             )
         try:
             amount = await client.stake_of(stake_id)

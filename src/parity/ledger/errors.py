@@ -15,6 +15,12 @@ class InsufficientStake(Forbidden):
     code = "insufficient_stake"
 
 
+class ChainNotConfigured(Conflict):
+    """Balances live in the StakeWallet and this server has no chain (FILECOIN_RPC unset)."""
+
+    code = "chain_not_configured"
+
+
 class BillingUnavailable(Unavailable):
     """Pricing or stake gating is on but the chain cannot be read right now."""
 
