@@ -137,6 +137,9 @@ def test_dev_chain_deploys_writes_env_and_stops_on_ctrl_c(anvil_node: Anvil | st
         assert values["LOG_LEVEL"] == "debug"
         assert values["FILECOIN_RPC"] == f"http://127.0.0.1:{port}"
         assert values["FILECOIN_CHAIN_ID"] == "314159"
+        owner = dev_accounts(1)[0]
+        assert values["SETTLEMENT_PRIVATE_KEY"] == "0x" + bytes(owner.key).hex()
+        assert values["FILECOIN_CONFIRMATIONS"] == "1"
         answer = httpx.post(
             values["FILECOIN_RPC"],
             json={

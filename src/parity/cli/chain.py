@@ -286,7 +286,8 @@ def dev_chain(
     ] = "1000000",
 ) -> None:
     """Run a local chain: anvil (chain id 314159) + ParityToken + StakeWallet, test accounts
-    funded, addresses written to .env. Runs until Ctrl-C."""
+    funded; the addresses, the settlement signer (account 0, the contracts' owner) and
+    FILECOIN_CONFIRMATIONS=1 written to .env. Runs until Ctrl-C."""
     # Imported here: web3 (under devchain) is slow to import and only this command needs it.
     from parity.chain.devchain import (
         Anvil,
@@ -318,8 +319,15 @@ def dev_chain(
         deployed = asyncio.run(
             deploy_dev_contracts(node.rpc_url, keys[0], [k.address for k in keys], mint_each)
         )
-        write_env_file(env_file, deployed.env())
-        _print_dev_chain(deployed.env(), keys, mint, env_file)
+        # Account 0 deployed (and owns) the StakeWallet: it is the settlement signer. anvil
+        # mines a block per transaction only, so one confirmation is all a payment gets.
+        env = {
+            **deployed.env(),
+            "SETTLEMENT_PRIVATE_KEY": "0x" + bytes(keys[0].key).hex(),
+            "FILECOIN_CONFIRMATIONS": "1",
+        }
+        write_env_file(env_file, env)
+        _print_dev_chain(env, keys, mint, env_file)
         node.wait()
     except KeyboardInterrupt:
         typer.echo("\nstopping anvil")
