@@ -76,9 +76,11 @@ class ServerClient:
         return dict(r.json())
 
     async def claim_next(self, wait: float, max_tasks: int = 1) -> list[dict[str, Any]]:
+        """Claim and start (``start=true``: the runner executes at once, so one request less
+        per task; the server's run clock starts here)."""
         r = await self.http.post(
             "/api/v1/runners/tasks/claim",
-            params={"wait": wait, "max_tasks": max_tasks},
+            params={"wait": wait, "max_tasks": max_tasks, "start": "true"},
             headers=self._auth(),
             timeout=httpx.Timeout(15.0, read=wait + 20.0),
         )
@@ -89,7 +91,9 @@ class ServerClient:
         return list(data["claims"]) if "claims" in data else [data]
 
     async def claim(self, task_id: str) -> dict[str, Any]:
-        r = await self.http.post(f"/api/v1/runners/tasks/{task_id}/claim", headers=self._auth())
+        r = await self.http.post(
+            f"/api/v1/runners/tasks/{task_id}/claim", params={"start": "true"}, headers=self._auth()
+        )
         _raise(r)
         return dict(r.json())
 
