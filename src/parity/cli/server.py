@@ -72,6 +72,9 @@ def run_server(settings: Settings) -> None:
             port=settings.server_port,
             log_config=None,
             access_log=False,
+            # Longer than clients keep idle connections (httpx: 5 s), so the server never closes
+            # one at the moment a client reuses it ("disconnected without a response").
+            timeout_keep_alive=int(settings.server_keepalive_seconds),
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             lifespan="on",
         )
