@@ -393,6 +393,26 @@ async def test_an_offer_reserves_the_task_for_the_push_runner_until_it_expires(
         assert (await claimed(http, pull))["task"]["id"] == task["id"]
 
 
+async def test_offers_never_exceed_what_the_push_runner_could_claim(container: Container):
+    """Outstanding offers count in slots and in resources: a 2-core runner with 4 slots is
+    offered two 1-core tasks; the third waits untargeted (claimable by anyone, offered again
+    when a slot frees)."""
+    async with custom_client(container, webhook_allow_private=True) as (http, _c):
+        alice = await sign_in(http, ALICE)
+        _, pushed = await register_runner(
+            http,
+            alice,
+            device(),
+            webhook="http://127.0.0.1:9/hook",
+            max_concurrent_tasks=4,
+            cpu_cores=2,
+        )
+        one_core = {"cpu_cores": 1}
+        tasks = [await create_task(http, alice, resources=one_core) for _ in range(3)]
+        targets = [t["target_runner_id"] for t in tasks]
+        assert targets == [pushed["runner"]["id"], pushed["runner"]["id"], None]
+
+
 @pytest.mark.postgres_only
 async def test_concurrent_claims_by_one_runner_never_overcommit(client: httpx.AsyncClient):
     alice, runner = await _setup(client, max_concurrent_tasks=3)

@@ -18,6 +18,7 @@ from parity.agent.executors.docker import DockerEngine
 from parity.agent.push import PushReceiver
 from parity.logging import get_logger
 
+MAX_DEFERRED_OFFERS = 64  # a runner keeps at most this many offers it had no room for
 log = get_logger("parity.runner")
 
 
@@ -61,6 +62,11 @@ class Runner:
         self.executors = executors
         self.docker = docker
         self.active: dict[str, Active] = {}
+        self.claiming = 0  # offer claims in flight: they hold a slot until answered
+        # Offers that came while every slot was taken (concurrent placements on the server can
+        # offer one runner more than it has room for): claimed, oldest first, as slots free.
+        self.deferred_offers: dict[str, None] = {}
+        self._offer_jobs: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.slot_freed = asyncio.Event()
         self.push: PushReceiver | None = None
@@ -74,7 +80,7 @@ class Runner:
 
     @property
     def free_slots(self) -> int:
-        return self.o.max_concurrent_tasks - len(self.active)
+        return self.o.max_concurrent_tasks - len(self.active) - self.claiming
 
     async def run(self) -> None:
         await self.client.sign_in(self.account)
@@ -181,12 +187,25 @@ class Runner:
                 self._start(claim)
 
     async def _on_offer(self, task_id: str) -> None:
-        if self.stopping.is_set() or self.free_slots <= 0 or task_id in self.active:
+        if self.stopping.is_set() or task_id in self.active:
             return
+        if self.free_slots <= 0:
+            if len(self.deferred_offers) < MAX_DEFERRED_OFFERS:
+                self.deferred_offers[task_id] = None
+            return
+        self.claiming += 1  # several offers may arrive at once: each holds its slot while claiming
+        claim: dict[str, Any] | None = None
         try:
             claim = await self.client.claim(task_id)
         except ServerError:
-            return  # someone else won it, or it no longer fits: harmless
+            pass  # someone else won it, it expired, or it no longer fits: harmless
+        except Exception as exc:
+            log.warning("offer_claim_unreachable", task_id=task_id, error=str(exc)[:200])
+        finally:
+            self.claiming -= 1
+        if claim is None:
+            self._claim_deferred()  # the slot is still free: the next deferred offer may fit
+            return
         self._start(claim)
 
     def _start(self, claim: dict[str, Any]) -> None:
@@ -225,6 +244,17 @@ class Runner:
         finally:
             self.active.pop(a.task_id, None)
             self.slot_freed.set()
+            self._claim_deferred()
+
+    def _claim_deferred(self) -> None:
+        """A slot freed: claim the oldest deferred offers that now fit (one that expired or
+        went to another runner meanwhile is refused by the server, harmlessly)."""
+        if self.deferred_offers and self.free_slots > 0 and not self.stopping.is_set():
+            task_id = next(iter(self.deferred_offers))
+            del self.deferred_offers[task_id]
+            job = asyncio.get_running_loop().create_task(self._on_offer(task_id))
+            self._offer_jobs.add(job)  # keep a reference until it is done
+            job.add_done_callback(self._offer_jobs.discard)  # one claim per freed slot
 
     async def _report(self, a: Active, outcome: Outcome) -> None:
         if outcome.ok:

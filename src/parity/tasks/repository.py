@@ -647,24 +647,6 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
     return {s: int(n) for s, n in rows.all()}
 
 
-async def offered_counts(
-    session: AsyncSession, runner_ids: Sequence[uuid.UUID], now: datetime
-) -> dict[uuid.UUID, int]:
-    """Pending tasks currently offered to each runner (offer not yet expired)."""
-    if not runner_ids:
-        return {}
-    rows = await session.execute(
-        select(Task.target_runner_id, func.count())
-        .where(
-            Task.target_runner_id.in_(runner_ids),
-            Task.status == TaskStatus.PENDING.value,
-            Task.offer_expires_at > now,
-        )
-        .group_by(Task.target_runner_id)
-    )
-    return {rid: int(n) for rid, n in rows.all() if rid is not None}
-
-
 async def due_unoffered_and_push(session: AsyncSession, now: datetime) -> tuple[bool, bool]:
     """(is some untargeted task due, is some push-capable runner online) in one statement,
     nothing locked: the cheap test before the full re-offer."""
@@ -698,3 +680,46 @@ async def delete_logs_of_tasks_finished_before(session: AsyncSession, before: da
     )
     result = await session.execute(delete(TaskLog).where(TaskLog.task_id.in_(finished)))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def committed_usages(
+    session: AsyncSession, runner_ids: Sequence[uuid.UUID], now: datetime
+) -> dict[uuid.UUID, Usage]:
+    """Per runner: its active claims plus the pending tasks offered to it (offer not expired),
+    counted and with their summed requirements, so placement never offers beyond what a claim
+    would accept."""
+    if not runner_ids:
+        return {}
+    sums = (
+        func.count(),
+        func.coalesce(func.sum(Task.req_cpu_cores), 0.0),
+        func.coalesce(func.sum(Task.req_memory_mb), 0),
+        func.coalesce(func.sum(Task.req_gpus), 0),
+    )
+    active = (
+        select(Task.runner_id, *sums)
+        .where(Task.runner_id.in_(runner_ids), Task.status.in_(ACTIVE_VALUES))
+        .group_by(Task.runner_id)
+    )
+    offered = (
+        select(Task.target_runner_id, *sums)
+        .where(
+            Task.target_runner_id.in_(runner_ids),
+            Task.status == TaskStatus.PENDING.value,
+            Task.offer_expires_at > now,
+        )
+        .group_by(Task.target_runner_id)
+    )
+    out: dict[uuid.UUID, Usage] = {}
+    for q in (active, offered):
+        for rid, n, cpu, mem, gpus in (await session.execute(q)).all():
+            if rid is None:
+                continue
+            u = out.get(rid, Usage(0, 0.0, 0, 0))
+            out[rid] = Usage(
+                u.count + int(n),
+                u.cpu_cores + float(cpu),
+                u.memory_mb + int(mem),
+                u.gpus + int(gpus),
+            )
+    return out

@@ -132,16 +132,21 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
     ]
     target: uuid.UUID | None = None
     if runners:
-        ids = [r.id for r in runners]
-        counts = await repo.active_counts(session, ids)
-        # Outstanding offers count as load, so a burst of tasks spreads over the runners.
-        offered = await repo.offered_counts(session, ids, now)
+        # Active claims and outstanding offers both count, in slots and in resources: a burst
+        # of tasks spreads over the runners and no runner is offered more than it could claim.
+        used = await repo.committed_usages(session, [r.id for r in runners], now)
+        none = repo.Usage(0, 0.0, 0, 0)
         loads = [
             RunnerLoad(
                 runner_id=str(r.id),
                 capacity=Resources(r.cpu_cores, r.memory_mb, r.gpus, r.docker),
-                in_use=Resources(),
-                active_claims=counts.get(r.id, 0) + offered.get(r.id, 0),
+                in_use=Resources(
+                    used.get(r.id, none).cpu_cores,
+                    used.get(r.id, none).memory_mb,
+                    used.get(r.id, none).gpus,
+                    False,
+                ),
+                active_claims=used.get(r.id, none).count,
                 max_concurrent_tasks=r.max_concurrent_tasks,
                 cpu_usage=r.cpu_usage,
                 labels={k: str(v) for k, v in (r.labels or {}).items()},
