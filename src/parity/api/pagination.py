@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel
+from sqlalchemy import ColumnElement, Select, and_, or_
+from sqlalchemy.orm import InstrumentedAttribute
 
 from parity.errors import InvalidInput
 
 T = TypeVar("T")
+Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")
 
 Cursor = tuple[datetime, uuid.UUID]
 
@@ -53,14 +57,45 @@ def page_params(
     return PageParams(limit=limit, cursor=decode_cursor(cursor))
 
 
-def make_page(rows: list[T], limit: int, key: Cursor | None) -> Page[T]:
-    """``rows`` were fetched with limit+1; the extra row only says there is a next page."""
+class Keyed(Protocol):
+    """A row a cursor can point at."""
+
+    created_at: datetime
+    id: uuid.UUID
+
+
+def make_page(items: list[T], rows: Sequence[Keyed], limit: int) -> Page[T]:
+    """The page of ``items`` built from ``rows``, which were fetched with limit+1 by
+    :func:`newest_first`: the extra row only says there is a next page, whose cursor is the
+    last row shown."""
     more = len(rows) > limit
-    return Page[T](items=rows[:limit], next_cursor=_enc(key) if more and key else None, limit=limit)
+    last = rows[limit - 1] if more else None
+    cursor = encode_cursor(last.created_at, last.id) if last is not None else None
+    return Page[T](items=items[:limit], next_cursor=cursor, limit=limit)
 
 
-def _enc(key: Cursor) -> str:
-    return encode_cursor(*key)
+def older_than(
+    created_at: InstrumentedAttribute[datetime],
+    id_: InstrumentedAttribute[uuid.UUID],
+    cursor: Cursor,
+) -> ColumnElement[bool]:
+    """The keyset predicate: rows after ``cursor`` in ``created_at DESC, id DESC`` order."""
+    ts, last = cursor
+    return or_(created_at < ts, and_(created_at == ts, id_ < last))
+
+
+def newest_first(
+    q: Q,
+    created_at: InstrumentedAttribute[datetime],
+    id_: InstrumentedAttribute[uuid.UUID],
+    cursor: Cursor | None,
+    limit: int,
+) -> Q:
+    """``q`` ordered ``created_at DESC, id DESC``, after ``cursor``, fetching one row past
+    the page (see :func:`make_page`)."""
+    if cursor is not None:
+        q = q.where(older_than(created_at, id_, cursor))
+    return q.order_by(created_at.desc(), id_.desc()).limit(limit + 1)
 
 
 PageParamsDep = Annotated[PageParams, Depends(page_params)]

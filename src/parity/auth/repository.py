@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Row, and_, bindparam, delete, or_, select, update
+from sqlalchemy import Row, bindparam, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from parity.api.pagination import Cursor
+from parity.api.pagination import Cursor, newest_first
 from parity.auth.models import Account, AuthNonce, AuthToken
 
 
@@ -120,12 +120,7 @@ async def list_api_keys(
     session: AsyncSession, address: str, limit: int, after: Cursor | None
 ) -> list[AuthToken]:
     q = select(AuthToken).where(AuthToken.address == address, AuthToken.kind == "api_key")
-    if after is not None:
-        ts, id_ = after
-        q = q.where(
-            or_(AuthToken.created_at < ts, and_(AuthToken.created_at == ts, AuthToken.id < id_))
-        )
-    q = q.order_by(AuthToken.created_at.desc(), AuthToken.id.desc()).limit(limit + 1)
+    q = newest_first(q, AuthToken.created_at, AuthToken.id, after, limit)
     return list((await session.scalars(q)).all())
 
 

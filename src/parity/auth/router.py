@@ -97,8 +97,7 @@ async def list_api_keys(
 ) -> Page[ApiKeyRead]:
     rows = await service.list_api_keys(session, principal, page.limit, page.cursor)
     items = [_key_read(r) for r in rows]
-    last = rows[min(len(rows), page.limit) - 1] if rows else None
-    return make_page(items, page.limit, (last.created_at, last.id) if last else None)
+    return make_page(items, rows, page.limit)
 
 
 @router.delete("/auth/keys/{key_id}", response_model=ApiKeyRead)

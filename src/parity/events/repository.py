@@ -7,10 +7,10 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor
+from parity.api.pagination import Cursor, newest_first
 from parity.events.models import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 
 PENDING = "pending"
@@ -93,15 +93,7 @@ async def list_endpoints(
     q = select(WebhookEndpoint)
     if owner is not None:
         q = q.where(WebhookEndpoint.owner_address == owner)
-    if after is not None:
-        ts, id_ = after
-        q = q.where(
-            or_(
-                WebhookEndpoint.created_at < ts,
-                and_(WebhookEndpoint.created_at == ts, WebhookEndpoint.id < id_),
-            )
-        )
-    q = q.order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc()).limit(limit + 1)
+    q = newest_first(q, WebhookEndpoint.created_at, WebhookEndpoint.id, after, limit)
     return list((await session.scalars(q)).all())
 
 
@@ -131,15 +123,7 @@ async def list_deliveries(
         .join(Event, Event.id == WebhookDelivery.event_id)
         .where(WebhookDelivery.endpoint_id == endpoint_id)
     )
-    if after is not None:
-        ts, id_ = after
-        q = q.where(
-            or_(
-                WebhookDelivery.created_at < ts,
-                and_(WebhookDelivery.created_at == ts, WebhookDelivery.id < id_),
-            )
-        )
-    q = q.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(limit + 1)
+    q = newest_first(q, WebhookDelivery.created_at, WebhookDelivery.id, after, limit)
     return [(d, t) for d, t in (await session.execute(q)).all()]
 
 

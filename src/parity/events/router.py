@@ -106,10 +106,7 @@ async def list_webhooks(
 ) -> Page[WebhookRead]:
     """Your endpoints (everyone's, for an operator), newest first."""
     rows = await service.list_endpoints(session, principal, page.limit, page.cursor)
-    last = rows[min(len(rows), page.limit) - 1] if rows else None
-    return make_page(
-        [_read(r) for r in rows], page.limit, (last.created_at, last.id) if last else None
-    )
+    return make_page([_read(r) for r in rows], rows, page.limit)
 
 
 @router.get("/webhooks/{webhook_id}", response_model=WebhookRead)
@@ -163,8 +160,7 @@ async def list_webhook_deliveries(
         session, principal, webhook_id, page.limit, page.cursor
     )
     items = [_delivery(d, t, attempts.get(d.id, [])) for d, t in rows]
-    last = rows[min(len(rows), page.limit) - 1][0] if rows else None
-    return make_page(items, page.limit, (last.created_at, last.id) if last else None)
+    return make_page(items, [d for d, _ in rows], page.limit)
 
 
 @router.post(

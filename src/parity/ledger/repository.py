@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import uuid
 import zlib
-from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import InstrumentedAttribute
 
-from parity.api.pagination import Cursor
+from parity.api.pagination import Cursor, newest_first
 from parity.ledger.models import Entry, Posting, Reservation, Settlement
 
 
@@ -103,23 +101,11 @@ async def settlements_by_id(
     return {s.id: s for s in rows}
 
 
-def _after(
-    created_at: InstrumentedAttribute[datetime],
-    id_: InstrumentedAttribute[uuid.UUID],
-    after: Cursor,
-) -> ColumnElement[bool]:
-    ts, last = after
-    return or_(created_at < ts, and_(created_at == ts, id_ < last))
-
-
 async def list_entries(
     session: AsyncSession, account: str, limit: int, after: Cursor | None
 ) -> list[tuple[Entry, Posting]]:
     q = select(Entry, Posting).join(Posting, Posting.id == Entry.posting_id)
-    q = q.where(Entry.account == account)
-    if after is not None:
-        q = q.where(_after(Entry.created_at, Entry.id, after))
-    q = q.order_by(Entry.created_at.desc(), Entry.id.desc()).limit(limit + 1)
+    q = newest_first(q.where(Entry.account == account), Entry.created_at, Entry.id, after, limit)
     return [(e, p) for e, p in (await session.execute(q)).all()]
 
 
@@ -129,9 +115,7 @@ async def list_reservations(
     q = select(Reservation).where(Reservation.account == account)
     if status is not None:
         q = q.where(Reservation.status == status)
-    if after is not None:
-        q = q.where(_after(Reservation.created_at, Reservation.id, after))
-    q = q.order_by(Reservation.created_at.desc(), Reservation.id.desc()).limit(limit + 1)
+    q = newest_first(q, Reservation.created_at, Reservation.id, after, limit)
     return list((await session.scalars(q)).all())
 
 
@@ -139,9 +123,7 @@ async def list_payouts(
     session: AsyncSession, account: str, limit: int, after: Cursor | None
 ) -> list[Settlement]:
     q = select(Settlement).where(Settlement.payee == account)
-    if after is not None:
-        q = q.where(_after(Settlement.created_at, Settlement.id, after))
-    q = q.order_by(Settlement.created_at.desc(), Settlement.id.desc()).limit(limit + 1)
+    q = newest_first(q, Settlement.created_at, Settlement.id, after, limit)
     return list((await session.scalars(q)).all())
 
 

@@ -3,10 +3,7 @@ with a ``display`` in token units where a person reads them."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Annotated, Literal, Protocol, TypeVar
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -19,23 +16,11 @@ from parity.ledger import service
 from parity.ledger.schemas import BalanceRead, EntryRead, PayoutRead, ReservationRead
 
 router = APIRouter(tags=["ledger"])
-T = TypeVar("T")
 
 AccountQuery = Annotated[
     str | None,
     Query(description="Another stake id (operators only); default: your own address"),
 ]
-
-
-class _Keyed(Protocol):
-    created_at: datetime
-    id: uuid.UUID
-
-
-def _paged(items: list[T], keys: Sequence[_Keyed], limit: int) -> Page[T]:
-    """A page of ``items`` whose rows (fetched with limit+1) give the cursor keys."""
-    last = keys[min(len(keys), limit) - 1] if keys else None
-    return make_page(items, limit, (last.created_at, last.id) if last else None)
 
 
 def _account(principal: Principal, account: str | None) -> str:
@@ -105,7 +90,7 @@ async def ledger_entries(
         )
         for e, p in rows
     ]
-    return _paged(items, [e for e, _ in rows], page.limit)
+    return make_page(items, [e for e, _ in rows], page.limit)
 
 
 @router.get("/ledger/reservations", response_model=Page[ReservationRead])
@@ -134,7 +119,7 @@ async def ledger_reservations(
         )
         for r in rows
     ]
-    return _paged(items, rows, page.limit)
+    return make_page(items, rows, page.limit)
 
 
 @router.get("/ledger/payouts", response_model=Page[PayoutRead])
@@ -163,4 +148,4 @@ async def ledger_payouts(
         )
         for s in rows
     ]
-    return _paged(items, rows, page.limit)
+    return make_page(items, rows, page.limit)

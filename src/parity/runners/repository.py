@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor
+from parity.api.pagination import Cursor, newest_first
 from parity.runners.models import Runner, RunnerModel
 
 
@@ -83,10 +83,7 @@ async def list_runners(
     q = select(Runner)
     if owner is not None:
         q = q.where(Runner.owner_address == owner)
-    if after is not None:
-        ts, id_ = after
-        q = q.where(or_(Runner.created_at < ts, and_(Runner.created_at == ts, Runner.id < id_)))
-    q = q.order_by(Runner.created_at.desc(), Runner.id.desc()).limit(limit + 1)
+    q = newest_first(q, Runner.created_at, Runner.id, after, limit)
     return list((await session.scalars(q)).all())
 
 

@@ -150,8 +150,7 @@ async def list_runners(
     models = await service.models_for(session, rows)
     counts = await service.active_counts(session, rows)
     items = [runner_read(r, by_id(models, r.id), counts.get(r.id, 0)) for r in rows]
-    last = rows[min(len(rows), page.limit) - 1] if rows else None
-    return make_page(items, page.limit, (last.created_at, last.id) if last else None)
+    return make_page(items, rows, page.limit)
 
 
 @router.get("/runners/{runner_id}", response_model=RunnerRead)

@@ -6,11 +6,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor
+from parity.api.pagination import Cursor, newest_first
 from parity.storage.models import StoragePin, StorageUsage, StoredObject
 
 
@@ -117,15 +117,7 @@ async def list_pins(
     session: AsyncSession, address: str, limit: int, cursor: Cursor | None
 ) -> list[StoragePin]:
     q = select(StoragePin).where(StoragePin.owner_address == address)
-    if cursor is not None:
-        ts, id_ = cursor
-        q = q.where(
-            or_(
-                StoragePin.created_at < ts,
-                and_(StoragePin.created_at == ts, StoragePin.id < id_),
-            )
-        )
-    q = q.order_by(StoragePin.created_at.desc(), StoragePin.id.desc()).limit(limit + 1)
+    q = newest_first(q, StoragePin.created_at, StoragePin.id, cursor, limit)
     return list((await session.execute(q)).scalars())
 
 

@@ -245,8 +245,7 @@ async def list_pins(
     """Your pins, newest first."""
     rows = await service.list_pins(session, principal, page.limit, page.cursor)
     items = [service.pin_read(r) for r in rows]
-    last = rows[min(len(rows), page.limit) - 1] if rows else None
-    return make_page(items, page.limit, (last.created_at, last.id) if last else None)
+    return make_page(items, rows, page.limit)
 
 
 @router.get("/storage/usage", response_model=UsageRead)

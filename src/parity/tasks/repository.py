@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor
+from parity.api.pagination import Cursor, older_than
 from parity.core.tasks.states import ACTIVE, TERMINAL, TaskStatus, TaskType
 from parity.runners.models import Runner
 from parity.tasks.models import Task, TaskAttempt, TaskExclusion, TaskLog, TaskResult
@@ -589,8 +589,7 @@ async def list_tasks(
     total = int(await session.scalar(select(func.count()).select_from(Task).where(*conds)) or 0)
     q = select(Task).where(*conds)
     if after is not None:
-        ts, id_ = after
-        q = q.where(or_(Task.created_at < ts, and_(Task.created_at == ts, Task.id < id_)))
+        q = q.where(older_than(Task.created_at, Task.id, after))
     q = q.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit)
     if offset:
         q = q.offset(offset)
