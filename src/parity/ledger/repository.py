@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 import zlib
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.api.pagination import Cursor, newest_first
@@ -56,26 +56,9 @@ async def reservation_for(
     return (await session.scalars(q)).one_or_none()
 
 
-_OPEN = (
-    select(Reservation.id)
-    .where(
-        Reservation.source_type == bindparam("source_type"),
-        Reservation.source_id == bindparam("source_id"),
-        Reservation.status == "open",
-    )
-    .limit(1)
-)
-
-
 async def any_open_reservation(session: AsyncSession) -> bool:
     q = select(Reservation.id).where(Reservation.status == "open").limit(1)
     return await session.scalar(q) is not None
-
-
-async def open_reservation_exists(session: AsyncSession, source_type: str, source_id: str) -> bool:
-    """One indexed lookup (the statement is built once): is this work holding escrow?"""
-    found = await session.scalar(_OPEN, {"source_type": source_type, "source_id": source_id})
-    return found is not None
 
 
 async def posting_for(

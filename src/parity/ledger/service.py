@@ -194,26 +194,27 @@ async def check_escrow_possible(session: AsyncSession, deps: LedgerDeps) -> bool
     return possible
 
 
-async def has_open_reservation(session: AsyncSession, task_id: uuid.UUID) -> bool:
-    return await repo.open_reservation_exists(session, TASK, str(task_id))
+async def open_task_reservation(session: AsyncSession, task_id: uuid.UUID) -> Reservation | None:
+    """The task's escrow, locked, when it is still open (None for unpriced or closed work)."""
+    reservation = await repo.reservation_for(session, TASK, str(task_id), lock=True)
+    return reservation if reservation is not None and reservation.status == "open" else None
 
 
 async def close_task(
     session: AsyncSession,
     deps: LedgerDeps,
+    reservation: Reservation,
     *,
-    task_id: uuid.UUID,
     completed: bool,
     started_at: datetime | None,
     completed_at: datetime | None,
     payee: str | None,
 ) -> Posting | None:
-    """A task ended. Completed: bill the server-observed run time at the reserved price (capped
-    by the reservation) as one posting, and consume the reservation. Otherwise release it.
-    Repeating the call changes nothing (the posting is unique per task)."""
-    reservation = await repo.reservation_for(session, TASK, str(task_id), lock=True)
-    if reservation is None or reservation.status != "open":
-        return None
+    """A task ended; ``reservation`` is its open escrow (:func:`open_task_reservation`).
+    Completed: bill the server-observed run time at the reserved price (capped by the
+    reservation) as one posting, and consume the reservation. Otherwise release it. A posting
+    already there is never written twice (unique per task)."""
+    task_id = reservation.source_id
     now = deps.clock.now()
     reservation.closed_at = now
     if not completed or payee is None or started_at is None or completed_at is None:
@@ -221,7 +222,7 @@ async def close_task(
         await session.flush()
         return None
     reservation.status = "consumed"
-    if await repo.posting_for(session, TASK, str(task_id), TASK_PAYMENT) is not None:
+    if await repo.posting_for(session, TASK, task_id, TASK_PAYMENT) is not None:
         await session.flush()
         return None
     ms = int((completed_at - started_at).total_seconds() * 1000)
@@ -232,7 +233,7 @@ async def close_task(
     posting = Posting(
         id=uuid.uuid4(),
         source_type=TASK,
-        source_id=str(task_id),
+        source_id=task_id,
         kind=TASK_PAYMENT,
         facts={
             "milliseconds": max(ms, 0),

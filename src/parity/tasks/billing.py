@@ -52,8 +52,9 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     """The task reached a terminal state: bill a completion, release anything else."""
     if deps.ledger is None or not deps.ledger.escrow.possible:
         return  # pricing off and nothing held at start-up: no lookup at all
-    if not await ledger.has_open_reservation(session, task.id):
-        return  # unpriced work (the common case with pricing off): one indexed lookup
+    reservation = await ledger.open_task_reservation(session, task.id)
+    if reservation is None:
+        return  # unpriced work, or its escrow is already closed
     completed = task.status == TaskStatus.COMPLETED
     payee = None
     if completed and task.runner_id is not None:
@@ -63,7 +64,7 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     await ledger.close_task(
         session,
         deps.ledger,
-        task_id=task.id,
+        reservation,
         completed=completed,
         started_at=task.started_at,
         completed_at=task.completed_at,
