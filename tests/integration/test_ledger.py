@@ -443,3 +443,23 @@ async def test_a_server_without_a_chain_says_so_instead_of_a_balance(client: htt
     assert r.json()["error"]["code"] == "chain_not_configured"
     r = await client.get(f"{V1}/ledger/entries", headers=bearer(alice))
     assert r.status_code == 200 and r.json()["items"] == []
+
+
+async def test_creating_priced_gated_work_reads_the_stake_from_the_chain_once(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    async for n in _net(database_url, tmp_path / "once", clock, MIN_STAKE="100", **PRICING):
+        alice = await sign_in(n.http, ALICE)
+        await n.stake(ALICE, 10_000)
+        reads: list[str] = []
+        chain = n.container.chain
+        assert chain is not None
+        original = chain.stake_of
+
+        async def counted(stake_id: str, reads: list[str] = reads, original: Any = original) -> int:
+            reads.append(stake_id)
+            return int(await original(stake_id))
+
+        chain.stake_of = counted  # type: ignore[method-assign]
+        await create_task(n.http, alice, timeout_seconds=60)
+        assert reads == [ALICE.address.lower()]  # the gate's read is reused by the escrow

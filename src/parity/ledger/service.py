@@ -51,8 +51,12 @@ class Balance:
     settled_earnings: int
 
 
-async def balance(session: AsyncSession, deps: LedgerDeps, account: str) -> Balance:
-    stake = await deps.stakes.stake_of(account)
+async def balance(
+    session: AsyncSession, deps: LedgerDeps, account: str, *, stake: int | None = None
+) -> Balance:
+    """``stake`` when the caller has just read it from the chain, else it is read here."""
+    if stake is None:
+        stake = await deps.stakes.stake_of(account)
     unsettled = await repo.unsettled_amounts(session, account)
     debits = -sum(a for a in unsettled if a < 0)
     pending = sum(a for a in unsettled if a > 0)
@@ -68,17 +72,18 @@ async def balance(session: AsyncSession, deps: LedgerDeps, account: str) -> Bala
     )
 
 
-async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> None:
+async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> int | None:
     """MIN_STAKE / MIN_STAKE_TOKENS gating: 403 ``insufficient_stake`` naming the amount
-    missing."""
+    missing. Returns the stake it read (None when there is no gate), so the caller need not
+    ask the chain again."""
     if deps.min_stake <= 0 and not deps.min_stake_tokens:
-        return
+        return None
     decimals = await deps.stakes.decimals()
     required = deps.min_stake
     if deps.min_stake_tokens:
         required = parse_token_amount(deps.min_stake_tokens, decimals, allow_zero=True)
     if required <= 0:
-        return
+        return None
     stake = await deps.stakes.stake_of(account)
     if stake < required:
         missing = required - stake
@@ -94,6 +99,7 @@ async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> No
                 "missing": str(missing),
             },
         )
+    return stake
 
 
 def _task_cost(
@@ -133,6 +139,7 @@ async def reserve_task(
     memory_mb: int,
     gpus: int,
     timeout_seconds: int | None,
+    stake: int | None = None,
 ) -> Reservation | None:
     """Hold a new task's maximum cost from the client's available balance; 409
     ``insufficient_funds`` naming the amount when it does not fit. None when work is free."""
@@ -141,7 +148,7 @@ async def reserve_task(
     account = client_account(client)
     amount, snapshot = _task_cost(deps, cpu_cores, memory_mb, gpus, timeout_seconds)
     await repo.lock_account(session, account)
-    current = await balance(session, deps, account)
+    current = await balance(session, deps, account, stake=stake)
     if amount > current.available:
         raise _short(account, amount, current)
     now = deps.clock.now()

@@ -31,12 +31,13 @@ async def gate_and_reserve(session: AsyncSession, deps: TaskDeps, task: Task) ->
     if deps.ledger is None:
         return
     account = ledger.client_account(task.creator_address)
-    await ledger.require_min_stake(deps.ledger, account, doing="creating work")
+    stake = await ledger.require_min_stake(deps.ledger, account, doing="creating work")
     await ledger.reserve_task(
         session,
         deps.ledger,
         task_id=task.id,
         client=task.creator_address,
+        stake=stake,
         **_size(task),
     )
 
