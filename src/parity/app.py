@@ -122,14 +122,13 @@ def create_app(
             if start_jobs
             else None
         )
-        app.state.settlement = settlement
+        container.settlement = settlement
         if start_jobs:
             jobs.start()
             pushes.start()
             deliveries.start()
             if settlement is not None:
                 settlement.start()
-                container.settling = True
         log.info("server_started", mode="embedded" if settings.embedded else "postgresql")
         try:
             yield

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from parity.auth.service import AuthConfig, AuthDeps
 from parity.chain.factory import open_chain_client
@@ -29,6 +30,9 @@ from parity.storage.service import StorageConfig
 from parity.tasks.deps import TaskDeps
 from parity.tasks.wakeups import WakeHub
 
+if TYPE_CHECKING:  # the worker module imports much of the server; only its type is needed
+    from parity.ledger.settlement import SettlementWorker
+
 
 @dataclass
 class Container:
@@ -41,7 +45,7 @@ class Container:
     random_bytes: Callable[[int], bytes] = secrets.token_bytes
     started_monotonic: float = field(default_factory=time.monotonic)
     draining: bool = False
-    settling: bool = False  # the settlement worker runs in this process
+    settlement: SettlementWorker | None = None  # runs in this process (chain + signer)
     relay: WakeRelay | None = None  # cross-replica wake-ups (PostgreSQL LISTEN/NOTIFY)
     wakeups: WakeHub = field(default_factory=WakeHub)
     event_hub: EventHub = field(default_factory=EventHub)

@@ -438,7 +438,7 @@ async def test_the_server_runs_the_worker_when_a_chain_and_a_signer_are_configur
     container.chain = FakeChainClient(FakeChain(owner=OWNER.address))
     app = create_app(container, run_migrations=False)
     async with app.router.lifespan_context(app):
-        worker = app.state.settlement
+        worker = container.settlement
         assert isinstance(worker, SettlementWorker) and worker.address == OWNER.address.lower()
     plain = Container(
         settings=make_settings(database_url, tmp_path / "h2"), db=Database(database_url)
@@ -446,7 +446,7 @@ async def test_the_server_runs_the_worker_when_a_chain_and_a_signer_are_configur
     plain.chain = FakeChainClient()
     app2 = create_app(plain, run_migrations=False)
     async with app2.router.lifespan_context(app2):
-        assert app2.state.settlement is None
+        assert plain.settlement is None
 
 
 async def test_a_crash_while_bumping_stores_and_sends_nothing(world: World):

@@ -40,7 +40,7 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
         "storage": await container.content_store.describe(),
         "chain": chain.describe(),
         "billing": await ledger_service.describe(
-            session, container.ledger, settling=container.settling
+            session, container.ledger, settling=container.settlement is not None
         ),
         "draining": container.draining,
     }
