@@ -106,17 +106,19 @@ async def count_pending(session: AsyncSession, creator: str | None) -> int:
     return int(await session.scalar(q) or 0)
 
 
+def _usage_sums() -> tuple[Any, Any, Any, Any]:
+    """count, cpu, memory and GPUs summed over the selected tasks' requirements."""
+    return (
+        func.count(),
+        func.coalesce(func.sum(Task.req_cpu_cores), 0.0),
+        func.coalesce(func.sum(Task.req_memory_mb), 0),
+        func.coalesce(func.sum(Task.req_gpus), 0),
+    )
+
+
 async def active_usage(session: AsyncSession, runner_id: uuid.UUID) -> Usage:
-    row = (
-        await session.execute(
-            select(
-                func.count(),
-                func.coalesce(func.sum(Task.req_cpu_cores), 0.0),
-                func.coalesce(func.sum(Task.req_memory_mb), 0),
-                func.coalesce(func.sum(Task.req_gpus), 0),
-            ).where(Task.runner_id == runner_id, Task.status.in_(ACTIVE_VALUES))
-        )
-    ).one()
+    q = select(*_usage_sums()).where(Task.runner_id == runner_id, Task.status.in_(ACTIVE_VALUES))
+    row = (await session.execute(q)).one()
     return Usage(int(row[0]), float(row[1]), int(row[2]), int(row[3]))
 
 
@@ -193,12 +195,13 @@ async def claim_candidates(
 
 def _candidates(docker: bool, by_id: bool) -> Any:
     runner_id = bindparam("b_runner_id", type_=Task.__table__.c.runner_id.type)
+    count, cpu, memory, gpus = _usage_sums()
     usage = (
         select(
-            func.count().label("used_count"),
-            func.coalesce(func.sum(Task.req_cpu_cores), 0.0).label("used_cpu"),
-            func.coalesce(func.sum(Task.req_memory_mb), 0).label("used_memory"),
-            func.coalesce(func.sum(Task.req_gpus), 0).label("used_gpus"),
+            count.label("used_count"),
+            cpu.label("used_cpu"),
+            memory.label("used_memory"),
+            gpus.label("used_gpus"),
         )
         .where(Task.runner_id == runner_id, Task.status.in_(ACTIVE_VALUES))
         .cte("runner_usage")
@@ -689,12 +692,7 @@ async def committed_usages(
     would accept."""
     if not runner_ids:
         return {}
-    sums = (
-        func.count(),
-        func.coalesce(func.sum(Task.req_cpu_cores), 0.0),
-        func.coalesce(func.sum(Task.req_memory_mb), 0),
-        func.coalesce(func.sum(Task.req_gpus), 0),
-    )
+    sums = _usage_sums()
     active = (
         select(Task.runner_id, *sums)
         .where(Task.runner_id.in_(runner_ids), Task.status.in_(ACTIVE_VALUES))
