@@ -81,20 +81,7 @@ async def emit(
     await repo.add_event(session, event)
     endpoints = await repo.subscribers(session, owner, deps.admins)
     rows = [
-        WebhookDelivery(
-            id=uuid.uuid4(),
-            endpoint_id=ep.id,
-            event_id=event.id,
-            status=repo.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            last_status_code=None,
-            last_error=None,
-            delivered_at=None,
-            created_at=now,
-        )
-        for ep in endpoints
-        if type in (ep.event_types or [])
+        _new_delivery(ep.id, event.id, now) for ep in endpoints if type in (ep.event_types or [])
     ]
     if rows:
         await repo.add_deliveries(session, rows)
@@ -106,6 +93,22 @@ async def emit(
 
     after_commit(session, wake)
     return event
+
+
+def _new_delivery(endpoint_id: uuid.UUID, event_id: uuid.UUID, now: datetime) -> WebhookDelivery:
+    """A pending delivery of one event to one endpoint, due now."""
+    return WebhookDelivery(
+        id=uuid.uuid4(),
+        endpoint_id=endpoint_id,
+        event_id=event_id,
+        status=repo.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        last_status_code=None,
+        last_error=None,
+        delivered_at=None,
+        created_at=now,
+    )
 
 
 def envelope(event: Event) -> dict[str, Any]:
@@ -281,18 +284,7 @@ async def redeliver(
     if event is None:
         raise DeliveryNotFound(f"the event of delivery {delivery_id} was pruned")
     now = deps.clock.now()
-    row = WebhookDelivery(
-        id=uuid.uuid4(),
-        endpoint_id=endpoint.id,
-        event_id=event.id,
-        status=repo.PENDING,
-        attempts=0,
-        next_attempt_at=now,
-        last_status_code=None,
-        last_error=None,
-        delivered_at=None,
-        created_at=now,
-    )
+    row = _new_delivery(endpoint.id, event.id, now)
     await repo.add_deliveries(session, [row])
     after_commit(session, deps.hub.poke_delivery)
     return row, event.type
