@@ -14,6 +14,7 @@ Everything here is bounded in time and in count, and stays on loopback:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import math
@@ -256,19 +257,20 @@ class ServerProcess:
 # -- PostgreSQL
 
 
-def _asyncpg_dsn(url: str) -> str:
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy ``postgresql+asyncpg://`` URL as a plain DSN that asyncpg accepts."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(_asyncpg_dsn(url))
+    parts = urlsplit(asyncpg_dsn(url))
     return urlunsplit(("postgresql+asyncpg", parts.netloc, "/" + name, parts.query, ""))
 
 
 async def _pg_execute(admin_url: str, sql: str) -> None:
     import asyncpg  # a server dependency; imported here so sqlite-only runs need nothing more
 
-    conn = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=10)
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url), timeout=10)
     try:
         await conn.execute(sql, timeout=60)
     finally:
@@ -551,11 +553,6 @@ async def run_closed_loop(
 # -- queue benchmarks: runners, request counting, direct database access
 
 
-def asyncpg_dsn(url: str) -> str:
-    """A SQLAlchemy ``postgresql+asyncpg://`` URL as a plain DSN that asyncpg accepts."""
-    return _asyncpg_dsn(url)
-
-
 def register_runner(
     base_url: str,
     wallet_token: str,
@@ -597,3 +594,68 @@ class RequestCounter:
 
     def reset(self) -> None:
         self.by_status.clear()
+
+
+# -- command lines
+
+
+def fmt(v: float | None, spec: str) -> str:
+    """A figure for a table, ``-`` when there is none."""
+    return "-" if v is None else format(v, spec)
+
+
+def bounded(kind: type, low: float, high: float, *, low_open: bool = False) -> Any:
+    """An argparse type: ``kind(text)`` within [low, high] (or (low, high] with ``low_open``)."""
+
+    def parse(text: str) -> Any:
+        v = kind(text)
+        if (v <= low if low_open else v < low) or v > high:
+            raise argparse.ArgumentTypeError(f"in {'(' if low_open else '['}{low:g}, {high:g}]")
+        return v
+
+    return parse
+
+
+def concurrency_list(maximum: int) -> Callable[[str], list[int]]:
+    """An argparse type: a comma-separated list of concurrencies in 1..maximum."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError("a comma-separated list of integers") from None
+        if not values or any(not 1 <= v <= maximum for v in values):
+            raise argparse.ArgumentTypeError(f"each value in 1..{maximum}")
+        return values
+
+    return parse
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("KEY=VALUE")
+    return key, value
+
+
+def add_server_options(p: argparse.ArgumentParser) -> None:
+    """--pg-admin-url and --server-env (read back as a dict by :func:`server_env_of`)."""
+    p.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("PARITY_BENCH_PG_URL", DEFAULT_PG_ADMIN_URL),
+        help="PostgreSQL URL used to create and drop a throwaway database "
+        "(default $PARITY_BENCH_PG_URL or %(default)s)",
+    )
+    p.add_argument(
+        "--server-env",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server setting, repeatable (e.g. DATABASE_POOL_SIZE=20)",
+    )
+
+
+def server_env_of(args: argparse.Namespace) -> argparse.Namespace:
+    args.server_env = dict(args.server_env)
+    return args

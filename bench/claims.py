@@ -45,7 +45,6 @@ import psutil
 
 # Run as a script: Python puts bench/ first on sys.path, so the shared helpers import directly.
 from _common import (
-    DEFAULT_PG_ADMIN_URL,
     MAX_REQUESTS_PER_CELL,
     REQUEST_TIMEOUT_S,
     BenchError,
@@ -53,11 +52,16 @@ from _common import (
     LoadResult,
     RequestCounter,
     ServerProcess,
+    add_server_options,
     asyncpg_dsn,
+    bounded,
+    concurrency_list,
+    fmt,
     install_sigterm_handler,
     make_client,
     register_runner,
     run_closed_loop,
+    server_env_of,
     sign_in,
     temporary_postgres_database,
 )
@@ -567,10 +571,6 @@ def run(args: argparse.Namespace) -> tuple[list[Cell], dict[str, float], list[st
 # -- report
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def format_table(cells: list[Cell]) -> str:
     head = (
         f"{'cell':<36} {'conc':>4} {'cycles/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/cycle':>9}"
@@ -581,10 +581,10 @@ def format_table(cells: list[Cell]) -> str:
         r = c.result
         lines.append(
             f"{c.name:<36} {r.concurrency:>4} {c.rate:>9.1f}"
-            f" {_fmt(r.percentile_ms(50), '.2f'):>8} {_fmt(r.percentile_ms(99), '.2f'):>8}"
-            f" {_fmt(c.requests_per_cycle, '.2f'):>9} {r.errors:>6}"
-            f" {_fmt(r.cpu_percent.get('server'), '.0f'):>11}"
-            f" {_fmt(r.cpu_percent.get('loadgen'), '.0f'):>12} {r.machine_cpu_percent:>8.0f}"
+            f" {fmt(r.percentile_ms(50), '.2f'):>8} {fmt(r.percentile_ms(99), '.2f'):>8}"
+            f" {fmt(c.requests_per_cycle, '.2f'):>9} {r.errors:>6}"
+            f" {fmt(r.cpu_percent.get('server'), '.0f'):>11}"
+            f" {fmt(r.cpu_percent.get('loadgen'), '.0f'):>12} {r.machine_cpu_percent:>8.0f}"
             f" {c.queue_depth if c.name != FLOOR else '-':>6}" + (" capped" if r.capped else "")
         )
     return "\n".join(lines)
@@ -632,65 +632,23 @@ def format_ratios(rs: dict[str, Any], cells: list[Cell]) -> str:
 # -- command line
 
 
-def _concurrency(text: str) -> list[int]:
-    try:
-        values = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError("a comma-separated list of integers") from None
-    if not values or any(not 1 <= v <= MAX_CONCURRENCY for v in values):
-        raise argparse.ArgumentTypeError(f"each value in 1..{MAX_CONCURRENCY}")
-    return values
-
-
-def _bounded(kind: type, low: float, high: float) -> Any:
-    def parse(text: str) -> Any:
-        v = kind(text)
-        if not low <= v <= high:
-            raise argparse.ArgumentTypeError(f"in [{low:g}, {high:g}]")
-        return v
-
-    return parse
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError("KEY=VALUE")
-    return key, value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--tasks",
-        type=_bounded(int, 100, MAX_TASKS),
+        type=bounded(int, 100, MAX_TASKS),
         default=10_000,
         help="pending tasks at the start of each cell; also caps the tasks a cell may use",
     )
+    p.add_argument("--seconds", type=bounded(float, 0.5, MAX_SECONDS), default=5.0, help="per cell")
+    p.add_argument("--warmup", type=bounded(float, 0, 60), default=1.0, help="per cell")
     p.add_argument(
-        "--seconds", type=_bounded(float, 0.5, MAX_SECONDS), default=5.0, help="per cell"
+        "--concurrency", type=concurrency_list(MAX_CONCURRENCY), default=[8, 32], help="e.g. 8,32"
     )
-    p.add_argument("--warmup", type=_bounded(float, 0, 60), default=1.0, help="per cell")
-    p.add_argument("--concurrency", type=_concurrency, default=[8, 32], help="e.g. 8,32")
-    p.add_argument("--raw-concurrency", type=_bounded(int, 1, 64), default=8)
+    p.add_argument("--raw-concurrency", type=bounded(int, 1, 64), default=8)
     p.add_argument("--json", type=Path, help="also write the results to this file")
-    p.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get("PARITY_BENCH_PG_URL", DEFAULT_PG_ADMIN_URL),
-        help="PostgreSQL URL used to create and drop a throwaway database "
-        "(default $PARITY_BENCH_PG_URL or %(default)s)",
-    )
-    p.add_argument(
-        "--server-env",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra server setting, repeatable (e.g. DATABASE_POOL_SIZE=20)",
-    )
-    args = p.parse_args(argv)
-    args.server_env = dict(args.server_env)
-    return args
+    add_server_options(p)
+    return server_env_of(p.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,15 +36,19 @@ import psutil
 
 # Run as a script: Python puts bench/ first on sys.path, so the shared helpers import directly.
 from _common import (
-    DEFAULT_PG_ADMIN_URL,
     BenchError,
     CpuProbe,
     Identity,
     LoadResult,
     ServerProcess,
+    add_server_options,
+    bounded,
+    concurrency_list,
+    fmt,
     install_sigterm_handler,
     make_client,
     run_closed_loop,
+    server_env_of,
     sign_in,
     temporary_postgres_database,
 )
@@ -137,10 +141,6 @@ def run_db(db: str, args: argparse.Namespace) -> tuple[list[Cell], list[str]]:
 # -- report
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def format_table(cells: list[Cell]) -> str:
     head = (
         f"{'db':<8} {'endpoint':<24} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
@@ -151,9 +151,9 @@ def format_table(cells: list[Cell]) -> str:
         r = c.result
         lines.append(
             f"{c.db:<8} {c.endpoint:<24} {r.concurrency:>4} {r.rps:>9.1f}"
-            f" {_fmt(r.percentile_ms(50), '.2f'):>8} {_fmt(r.percentile_ms(99), '.2f'):>8}"
-            f" {r.errors:>6} {_fmt(r.cpu_percent.get('server'), '.0f'):>11}"
-            f" {_fmt(r.cpu_percent.get('loadgen'), '.0f'):>12} {r.machine_cpu_percent:>8.0f}"
+            f" {fmt(r.percentile_ms(50), '.2f'):>8} {fmt(r.percentile_ms(99), '.2f'):>8}"
+            f" {r.errors:>6} {fmt(r.cpu_percent.get('server'), '.0f'):>11}"
+            f" {fmt(r.cpu_percent.get('loadgen'), '.0f'):>12} {r.machine_cpu_percent:>8.0f}"
         )
     return "\n".join(lines)
 
@@ -174,7 +174,7 @@ def ratios(cells: list[Cell]) -> dict[str, dict[int, float | None]]:
 def format_ratios(rs: dict[str, dict[int, float | None]]) -> str:
     lines = []
     for db, by_conc in rs.items():
-        parts = "  ".join(f"c={c}: {_fmt(v, '.3f')}" for c, v in by_conc.items())
+        parts = "  ".join(f"c={c}: {fmt(v, '.3f')}" for c, v in by_conc.items())
         lines.append(f"ratio {db:<8} write/floor rps  {parts}")
     return "\n".join(lines)
 
@@ -195,61 +195,27 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
 # -- command line
 
 
-def _concurrency(text: str) -> list[int]:
-    try:
-        values = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError("a comma-separated list of integers") from None
-    if not values or any(not 1 <= v <= MAX_CONCURRENCY for v in values):
-        raise argparse.ArgumentTypeError(f"each value in 1..{MAX_CONCURRENCY}")
-    return values
-
-
-def _seconds(text: str) -> float:
-    v = float(text)
-    if not 0 < v <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"in (0, {MAX_SECONDS:.0f}]")
-    return v
-
-
-def _warmup(text: str) -> float:
-    v = float(text)
-    if not 0 <= v <= 60:
-        raise argparse.ArgumentTypeError("in [0, 60]")
-    return v
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError("KEY=VALUE")
-    return key, value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=_seconds, default=5.0, help="measured seconds per cell")
-    p.add_argument("--warmup", type=_warmup, default=1.0, help="warm-up seconds per cell")
+    p.add_argument(
+        "--seconds",
+        type=bounded(float, 0, MAX_SECONDS, low_open=True),
+        default=5.0,
+        help="measured seconds per cell",
+    )
+    p.add_argument(
+        "--warmup", type=bounded(float, 0, 60), default=1.0, help="warm-up seconds per cell"
+    )
     p.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
-    p.add_argument("--concurrency", type=_concurrency, default=[1, 8, 32], help="e.g. 1,8,32")
+    p.add_argument(
+        "--concurrency",
+        type=concurrency_list(MAX_CONCURRENCY),
+        default=[1, 8, 32],
+        help="e.g. 1,8,32",
+    )
     p.add_argument("--json", type=Path, help="also write the results to this file")
-    p.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get("PARITY_BENCH_PG_URL", DEFAULT_PG_ADMIN_URL),
-        help="PostgreSQL URL used to create and drop a throwaway database "
-        "(default $PARITY_BENCH_PG_URL or %(default)s)",
-    )
-    p.add_argument(
-        "--server-env",
-        type=_key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra server setting, repeatable (e.g. DATABASE_POOL_SIZE=20)",
-    )
-    args = p.parse_args(argv)
-    args.server_env = dict(args.server_env)
-    return args
+    add_server_options(p)
+    return server_env_of(p.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
