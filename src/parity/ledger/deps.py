@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ class StakeReader:
         self._ttl = ttl_seconds
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, int]] = {}
-        self._lock = asyncio.Lock()
 
     async def stake_of(self, stake_id: str) -> int:
         now = self._monotonic()
