@@ -158,7 +158,7 @@ async def complete_task(
     runner_id = require_runner(principal)
     if body.exit_code not in (None, 0):
         raise InvalidInput("exit_code", "a non-zero exit code is a failure: use /fail")
-    deps = c.tasks  # built per access: once per request
+    deps = c.tasks
     task = await lifecycle.complete(
         session,
         deps,
@@ -187,7 +187,7 @@ async def fail_task(
     c: ContainerDep,
 ) -> TaskRead:
     runner_id = require_runner(principal)
-    deps = c.tasks  # built per access: once per request
+    deps = c.tasks
     task = await lifecycle.fail(
         session,
         deps,
