@@ -16,7 +16,7 @@ from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
 from parity.events.hub import EventHub
-from parity.relay import WakeRelay, asyncpg_dsn, merge
+from parity.relay import WakeRelay, asyncpg_dsn
 from parity.tasks.wakeups import WakeHub
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
 from tests.integration.queue_helpers import create_task, device, register_runner
@@ -124,23 +124,3 @@ async def test_a_task_created_on_one_server_ends_a_long_poll_on_another(
                 assert r.json()["task"]["id"] == task["id"]
                 assert two.relay is not None and two.relay.received >= 1
     assert len(apps) == 2
-
-
-def test_queued_wake_ups_merge_into_one_notification():
-    runner = str(uuid.uuid4())
-    merged = merge(
-        [
-            {"k": "runner", "r": runner},
-            {"k": "any", "n": 2},
-            {"k": "events", "a": ["0xb"], "d": False},
-            {"k": "any", "n": 1},
-            {"k": "events", "a": ["0xa", "0xb"]},
-            {"k": "pushes"},
-            {"k": "runner", "r": runner},
-        ],
-        "me",
-    )
-    assert merged == {"o": "me", "r": [runner], "n": 3, "p": True, "a": ["0xa", "0xb"], "d": True}
-    quiet = merge([{"k": "events", "a": ["0xa"], "d": False}], "me")
-    assert quiet == {"o": "me", "a": ["0xa"]}  # no deliveries queued: delivery loops stay idle
-    assert merge([{"k": "events", "a": ["0xa"]}, {"k": "events", "a": None}], "me")["a"] is None
