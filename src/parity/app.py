@@ -110,7 +110,10 @@ def create_app(
             await ledger_service.check_escrow_possible(session, container.ledger)
         if not container.db.is_sqlite and settings.wakeup_relay == "auto":
             container.relay = WakeRelay(
-                asyncpg_dsn(container.db.url), container.wakeups, container.event_hub
+                asyncpg_dsn(container.db.url),
+                container.wakeups,
+                container.event_hub,
+                tokens=container.token_cache,
             )
             await container.relay.start()
         # The settlement worker runs only with a chain and a signer (SETTLEMENT_*); a bad key or

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     auth_session_ttl_seconds: int = Field(86400, gt=0)
     auth_nonce_ttl_seconds: int = Field(300, gt=0)
     auth_max_open_nonces: int = Field(5, ge=1)
+    # Seconds an authenticated bearer token is remembered in process (0 = look it up every time).
+    auth_cache_seconds: float = Field(5.0, ge=0, le=300)
     idempotency_ttl_seconds: int = Field(86400, gt=0)
 
     # -- chain and storage (FILECOIN_*, aliases BLOCKCHAIN_*)

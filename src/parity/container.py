@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from parity.auth.cache import TokenCache
 from parity.auth.service import AuthConfig, AuthDeps
 from parity.chain.factory import open_chain_client
 from parity.chain.ports import ChainClient
@@ -122,6 +123,12 @@ class Container:
             clock=self.clock,
             random_bytes=self.random_bytes,
         )
+
+    @functools.cached_property
+    def token_cache(self) -> TokenCache:
+        """Authenticated principals by token hash (AUTH_CACHE_SECONDS); every revocation clears
+        it, and the wake-up relay carries the clear to the other replicas."""
+        return TokenCache(self.settings.auth_cache_seconds, self.clock)
 
     @functools.cached_property
     def ledger(self) -> LedgerDeps:

@@ -5,13 +5,15 @@ the wake-ups this process raised, after their transaction committed, as small JS
 notifications. Another replica applies them to its own in-process hubs: a runner long-polling
 there is woken when a task was created here, an /events reader when an event was committed
 here. Nothing depends on a notification arriving: waiters still re-check every few seconds, so
-a lost notification (or a relay that is down) only costs latency.
+a lost notification (or a relay that is down) only costs latency. The one notification that is
+not a wake-up, "a token was revoked here: clear your token cache", is bounded the same way by
+AUTH_CACHE_SECONDS: a replica that misses it forgets the revoked token within that time.
 
 Wake-ups queued while the previous notification was being sent are merged into one, so a
 busy server sends a few notifications per round trip, not one per task. A notification is
 ``{"o": <sender's origin id>, "r": [<runner id>...], "n": <wake-any count>, "p": <poke the push
-loop>, "a": [<event owner>...] | null (every reader), "d": <webhook deliveries were queued>}``,
-keys left out when empty; a replica ignores its own.
+loop>, "a": [<event owner>...] | null (every reader), "d": <webhook deliveries were queued>,
+"t": 1 (clear the token cache)}``, keys left out when empty; a replica ignores its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from parity.auth.cache import TokenCache
 from parity.events.hub import EventHub
 from parity.logging import get_logger
 from parity.tasks.wakeups import WakeHub
@@ -48,11 +51,13 @@ class WakeRelay:
         *,
         origin: str | None = None,
         reconnect_seconds: float = 2.0,
+        tokens: TokenCache | None = None,
     ) -> None:
         self.dsn = dsn
         self.origin = origin or uuid.uuid4().hex[:12]
         self.wakeups = wakeups
         self.events = events
+        self.tokens = tokens
         self.reconnect_seconds = reconnect_seconds
         self.received = 0  # notifications from other replicas applied here
         self.sent = 0
@@ -64,9 +69,11 @@ class WakeRelay:
     # -- wiring ----------------------------------------------------------------------------------
 
     def attach(self) -> None:
-        """Forward this process's wake-ups to the other replicas."""
+        """Forward this process's wake-ups and token-cache clears to the other replicas."""
         self.wakeups.forward = self.send
         self.events.forward = self.send
+        if self.tokens is not None:
+            self.tokens.forward = self.send
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a wake-up for the other replicas (never blocks; drops when the queue is full,
@@ -83,6 +90,8 @@ class WakeRelay:
     async def stop(self) -> None:
         self.wakeups.forward = None
         self.events.forward = None
+        if self.tokens is not None:
+            self.tokens.forward = None
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -123,9 +132,7 @@ class WakeRelay:
             batch = [await self._queue.get()]
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            payload = json.dumps(merge(batch, self.origin), separators=(",", ":"))
-            if len(payload) > MAX_PAYLOAD:  # too many to name: wake everything there
-                payload = json.dumps({"o": self.origin, "n": 1 << 20, "p": True, "a": None})
+            payload = encode(batch, self.origin)
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
             self.sent += 1
 
@@ -140,7 +147,10 @@ class WakeRelay:
         self.apply(message)
 
     def apply(self, message: dict[str, Any]) -> None:
-        """Apply another replica's wake-ups to this process's hubs (without forwarding them)."""
+        """Apply another replica's wake-ups to this process's hubs, and its token-cache clear
+        to this process's cache (without forwarding them)."""
+        if message.get("t") and self.tokens is not None:
+            self.tokens.clear(forward=False)
         for rid in message.get("r") or ():
             with contextlib.suppress(ValueError, TypeError):
                 self.wakeups.wake_runner(uuid.UUID(str(rid)), forward=False)
@@ -162,7 +172,7 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
     """Several queued wake-ups as one notification (see the module docstring)."""
     runners: dict[str, None] = {}
     owners: dict[str, None] | None = {}
-    any_count, pushes, events, deliveries = 0, False, False, False
+    any_count, pushes, events, deliveries, tokens = 0, False, False, False, False
     for m in batch:
         kind = m.get("k")
         if kind == "runner":
@@ -171,6 +181,8 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
             any_count += int(m.get("n") or 0)
         elif kind == "pushes":
             pushes = True
+        elif kind == "tokens":
+            tokens = True
         elif kind == "events":
             events = True
             deliveries = deliveries or m.get("d", True) is not False
@@ -190,4 +202,19 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
         out["a"] = None if owners is None else sorted(owners)
         if deliveries:
             out["d"] = True
+    if tokens:
+        out["t"] = 1
     return out
+
+
+def encode(batch: list[dict[str, Any]], origin: str) -> str:
+    """The notification payload of a batch: merged, or when too long to name every runner and
+    owner, "wake everything there" (a token-cache clear is kept either way)."""
+    merged = merge(batch, origin)
+    payload = json.dumps(merged, separators=(",", ":"))
+    if len(payload) <= MAX_PAYLOAD:
+        return payload
+    everything: dict[str, Any] = {"o": origin, "n": 1 << 20, "p": True, "a": None}
+    if merged.get("t"):
+        everything["t"] = 1
+    return json.dumps(everything, separators=(",", ":"))

@@ -1,17 +1,20 @@
 """Cross-replica wake-ups over PostgreSQL LISTEN/NOTIFY: a wake-up raised on one server wakes a
-waiter on another; a server ignores its own notifications."""
+waiter on another; a server ignores its own notifications. A token revoked on one server is
+dropped from the others' token caches the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 from parity.app import create_app
+from parity.auth.cache import TokenCache
+from parity.auth.schemas import Principal
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
@@ -75,6 +78,39 @@ async def test_events_published_on_one_replica_wake_readers_on_another(
     assert b.events.delivery_event.is_set()
 
 
+async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not reached in time")
+
+
+async def test_a_token_cache_clear_reaches_another_replicas_cache(database_url: str):
+    dsn = asyncpg_dsn(database_url)
+    clock = FrozenClock()
+    caches = [TokenCache(60, clock), TokenCache(60, clock)]
+    a = WakeRelay(dsn, WakeHub(), EventHub(), origin="replica-a", tokens=caches[0])
+    b = WakeRelay(dsn, WakeHub(), EventHub(), origin="replica-b", tokens=caches[1])
+    await a.start()
+    await b.start()
+    try:
+        for cache in caches:
+            p = Principal(
+                address="0x" + "ab" * 20, kind="session", token_id=uuid.uuid4(), is_admin=False
+            )
+            assert cache.put("h", p, None, cache.generation, clock.now())
+        caches[0].clear()  # a revocation committed on a
+        await _until(lambda: b.received >= 1)
+        assert len(caches[1]) == 0 and caches[1].generation == 1
+        assert caches[0].generation == 1  # a ignores its own notification
+        assert a.received == 0
+    finally:
+        await a.stop()
+        await b.stop()
+    assert caches[0].forward is None  # stop detaches the cache
+
+
 async def _app(database_url: str, home: Path, clock: FrozenClock) -> AsyncIterator[Container]:
     # A long re-check, so only a relayed wake-up can end the long-poll early.
     s = make_settings(database_url, home, LONG_POLL_RECHECK_SECONDS=60)
@@ -124,3 +160,33 @@ async def test_a_task_created_on_one_server_ends_a_long_poll_on_another(
                 assert r.json()["task"]["id"] == task["id"]
                 assert two.relay is not None and two.relay.received >= 1
     assert len(apps) == 2
+
+
+async def test_a_logout_on_one_server_is_refused_by_another_that_cached_the_token(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    async for one in _app(database_url, tmp_path / "a", clock):
+        async for two in _app(database_url, tmp_path / "b", clock):
+            app_a = create_app(one, run_migrations=False, start_jobs=False)
+            app_b = create_app(two, run_migrations=False, start_jobs=False)
+            async with (
+                app_a.router.lifespan_context(app_a),
+                app_b.router.lifespan_context(app_b),
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app_a), base_url="http://parity.test"
+                ) as http_a,
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app_b), base_url="http://parity.test"
+                ) as http_b,
+            ):
+                token = await sign_in(http_a, ALICE)
+                assert (
+                    await http_b.get("/api/v1/auth/me", headers=bearer(token))
+                ).status_code == 200
+                assert len(two.token_cache) == 1  # b remembers it (the clock stands still)
+                r = await http_a.post("/api/v1/auth/logout", headers=bearer(token))
+                assert r.status_code == 204
+                assert two.relay is not None  # the clear travels over the relay
+                await _until(lambda cache=two.token_cache: len(cache) == 0)
+                r = await http_b.get("/api/v1/auth/me", headers=bearer(token))
+                assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]

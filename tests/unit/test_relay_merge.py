@@ -1,10 +1,24 @@
-"""The wake-up relay merges what queued up while it was sending into one notification."""
+"""The wake-up relay merges what queued up while it was sending into one notification, and
+applies another replica's token-cache clear."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
-from parity.relay import merge
+from parity.auth.cache import TokenCache
+from parity.auth.schemas import Principal
+from parity.clock import FrozenClock
+from parity.events.hub import EventHub
+from parity.relay import WakeRelay, encode, merge
+from parity.tasks.wakeups import WakeHub
+
+
+def _principal() -> Principal:
+    return Principal(
+        address="0x" + "ab" * 20, kind="session", token_id=uuid.uuid4(), is_admin=False
+    )
 
 
 def test_queued_wake_ups_merge_into_one_notification():
@@ -25,3 +39,35 @@ def test_queued_wake_ups_merge_into_one_notification():
     quiet = merge([{"k": "events", "a": ["0xa"], "d": False}], "me")
     assert quiet == {"o": "me", "a": ["0xa"]}  # no deliveries queued: delivery loops stay idle
     assert merge([{"k": "events", "a": ["0xa"]}, {"k": "events", "a": None}], "me")["a"] is None
+
+
+def test_a_token_cache_clear_merges_into_one_flag():
+    merged = merge([{"k": "tokens"}, {"k": "pushes"}, {"k": "tokens"}], "me")
+    assert merged == {"o": "me", "p": True, "t": 1}
+    assert "t" not in merge([{"k": "pushes"}], "me")
+
+
+def test_an_oversized_batch_wakes_everything_and_keeps_the_token_cache_clear():
+    batch = [{"k": "runner", "r": str(uuid.uuid4())} for _ in range(400)] + [{"k": "tokens"}]
+    message = json.loads(encode(batch, "me"))
+    assert message == {"o": "me", "n": 1 << 20, "p": True, "a": None, "t": 1}
+    assert "t" not in json.loads(encode(batch[:-1], "me"))
+
+
+def test_a_token_cache_clear_from_another_replica_is_applied_without_forwarding():
+    clock = FrozenClock()
+    tokens = TokenCache(60, clock)
+    sent: list[dict[str, Any]] = []
+    relay = WakeRelay("postgresql://unused", WakeHub(), EventHub(), tokens=tokens)
+    relay.send = sent.append  # type: ignore[method-assign]
+    relay.attach()
+    tokens.put("h", _principal(), None, tokens.generation, clock.now())
+    relay.apply({"o": "other", "t": 1})
+    assert len(tokens) == 0 and tokens.generation == 1
+    assert sent == []  # applied here only: not sent back
+    relay.apply({"o": "other", "p": True})  # a plain wake-up leaves the cache alone
+    assert tokens.generation == 1
+    tokens.clear()  # a clear made here is sent
+    assert sent == [{"k": "tokens"}]
+    bare = WakeRelay("postgresql://unused", WakeHub(), EventHub())
+    bare.apply({"o": "other", "t": 1})  # a relay without a cache ignores the flag

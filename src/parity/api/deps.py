@@ -36,6 +36,8 @@ ContainerDep = Annotated[Container, Depends(_container)]
 async def _write_session(request: Request) -> AsyncIterator[AsyncSession]:
     container = get_container(request)
     async with container.db.write_session() as session:
+        # A revocation written in this unit of work clears the token cache (auth service).
+        auth_service.bind_token_cache(session, container.token_cache)
         yield session
         await session.commit()
     # Outside the write lock: wake-ups and pushes see committed data.
@@ -67,12 +69,15 @@ async def get_principal(
 ) -> Principal:
     container = get_container(request)
     raw = _bearer(authorization)
-    # A short read of its own (one statement, no unit of work): released before the
-    # handler's unit of work starts.
-    async with container.db.lookup() as conn:
-        principal = await auth_service.authenticate(
-            conn, container.settings.admins, container.clock.now(), raw
-        )
+    # A cache hit needs no connection; a miss is a short read of its own (one statement, no
+    # unit of work), released before the handler's unit of work starts.
+    principal = await auth_service.authenticate(
+        container.db.lookup,
+        container.token_cache,
+        container.settings.admins,
+        container.clock.now(),
+        raw,
+    )
     request.state.principal = principal
     return principal
 

@@ -111,6 +111,16 @@ async def revoke_all(session: AsyncSession, address: str, now: datetime) -> int:
     return int(getattr(res, "rowcount", 0))
 
 
+async def revoke_runner_tokens(session: AsyncSession, runner_id: uuid.UUID, now: datetime) -> int:
+    res = await session.execute(
+        update(AuthToken)
+        .where(AuthToken.runner_id == runner_id, AuthToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(res, "rowcount", 0))
+
+
 async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> AuthToken | None:
     tok = await session.get(AuthToken, key_id)
     return tok if tok is not None and tok.kind == "api_key" else None

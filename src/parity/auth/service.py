@@ -1,9 +1,14 @@
-"""Identity use cases: SIWE sign-in, token checks, logout, API keys, operator scope."""
+"""Identity use cases: SIWE sign-in, token checks, logout, API keys, operator scope.
+
+Token checks go through the process's TokenCache (parity.auth.cache). Every revocation is
+written here and makes that cache forget: the write unit of work carries the cache
+(``bind_token_cache``), whichever domain's use case revokes in it."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -12,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from parity.api.pagination import Cursor
 from parity.auth import repository as repo
+from parity.auth.cache import TokenCache
 from parity.auth.errors import (
     AdminRequired,
     ApiKeyNotFound,
@@ -24,6 +30,7 @@ from parity.auth.schemas import Principal
 from parity.auth.signatures import checksum, normalize_address, recover_signer
 from parity.clock import Clock
 from parity.core.identity import siwe
+from parity.db.hooks import after_commit
 from parity.errors import RateLimited
 
 
@@ -141,26 +148,60 @@ async def issue_runner_token(
     )
 
 
+Lookup = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+
+
 async def authenticate(
-    db: AsyncSession | AsyncConnection, admins: frozenset[str], now: datetime, raw_token: str
+    lookup: Lookup, tokens: TokenCache, admins: frozenset[str], now: datetime, raw_token: str
 ) -> Principal:
-    """Resolve a bearer token in one indexed lookup by its SHA-256."""
+    """Resolve a bearer token: from the cache when it authenticated within AUTH_CACHE_SECONDS,
+    else in one indexed lookup by its SHA-256 on a connection of its own (``lookup``). Only a
+    success is cached, and only when no revocation cleared the cache during the lookup."""
     if siwe.token_kind(raw_token) is None:
         raise TokenInvalid("unrecognised token")
-    row = await repo.find_token(db, siwe.hash_token(raw_token))
+    token_hash = siwe.hash_token(raw_token)
+    cached = tokens.get(token_hash, now)
+    if cached is not None:
+        return cached
+    generation = tokens.generation
+    async with lookup() as conn:
+        row = await repo.find_token(conn, token_hash)
     if row is None:
         raise TokenInvalid("unknown token")
     if row.revoked_at is not None:
         raise TokenInvalid("token revoked")
     if row.expires_at is not None and row.expires_at <= now:
         raise TokenInvalid("token expired")
-    return Principal(
+    principal = Principal(
         address=row.address,
         kind=row.kind,
         token_id=row.id,
         is_admin=row.address in admins,
         runner_id=row.runner_id,
     )
+    tokens.put(token_hash, principal, row.expires_at, generation, now)
+    return principal
+
+
+_TOKEN_CACHE = "token_cache"
+
+
+def bind_token_cache(session: AsyncSession, tokens: TokenCache) -> None:
+    """Attach the process's token cache to a write unit of work, for the revocations in it."""
+    session.info[_TOKEN_CACHE] = tokens
+
+
+def _forget_cached_tokens(session: AsyncSession) -> None:
+    """After a revocation: clear the cache now, so this process refuses the token before the
+    response; and again after commit, which drops what a request that read the row before the
+    commit stored meanwhile, and is forwarded to the other replicas (they must not clear before
+    the revocation is visible to them). A unit of work without a cache (a job, the CLI) leaves
+    the servers' caches to their ttl."""
+    tokens: TokenCache | None = session.info.get(_TOKEN_CACHE)
+    if tokens is None:
+        return
+    tokens.clear(forward=False)
+    after_commit(session, tokens.clear)
 
 
 def require_admin(principal: Principal) -> None:
@@ -169,7 +210,8 @@ def require_admin(principal: Principal) -> None:
 
 
 async def logout(session: AsyncSession, deps: AuthDeps, principal: Principal) -> None:
-    await repo.revoke_token(session, principal.token_id, deps.clock.now())
+    if await repo.revoke_token(session, principal.token_id, deps.clock.now()):
+        _forget_cached_tokens(session)
 
 
 async def create_api_key(
@@ -195,7 +237,8 @@ async def revoke_api_key(
     # Someone else's key answers exactly like a missing one: ids are not an oracle.
     if row is None or (row.address != principal.address and not principal.is_admin):
         raise ApiKeyNotFound(f"API key {key_id} not found")
-    await repo.revoke_token(session, row.id, deps.clock.now())
+    if await repo.revoke_token(session, row.id, deps.clock.now()):
+        _forget_cached_tokens(session)
     await session.refresh(row)
     return row
 
@@ -205,7 +248,18 @@ async def revoke_account_tokens(
 ) -> int:
     """Operator action: revoke every token of an account."""
     require_admin(principal)
-    return await repo.revoke_all(session, normalize_address(address), deps.clock.now())
+    n = await repo.revoke_all(session, normalize_address(address), deps.clock.now())
+    if n:
+        _forget_cached_tokens(session)
+    return n
+
+
+async def revoke_runner_tokens(session: AsyncSession, runner_id: uuid.UUID, now: datetime) -> int:
+    """Re-registration and bans: the runner's earlier tokens stop working."""
+    n = await repo.revoke_runner_tokens(session, runner_id, now)
+    if n:
+        _forget_cached_tokens(session)
+    return n
 
 
 async def prune_expired(session: AsyncSession, now: datetime) -> int:

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.auth import service as auth_service
-from parity.auth.models import AuthToken
 from parity.auth.schemas import Principal
 from parity.auth.service import AuthDeps
 from parity.core.identity.siwe import hash_token
@@ -140,19 +138,10 @@ async def register(
     runner.updated_at = now
     await session.flush()
     await repo.replace_models(session, runner.id, [m.model_dump() for m in body.models], now)
-    await _revoke_runner_tokens(session, runner.id, now)
+    await auth_service.revoke_runner_tokens(session, runner.id, now)
     raw, _ = await auth_service.issue_runner_token(session, auth, principal.address, runner.id)
     claims = await _rebind_claims(session, tasks, runner.id)
     return Registration(runner, raw, secret, claims)
-
-
-async def _revoke_runner_tokens(session: AsyncSession, runner_id: uuid.UUID, now: datetime) -> None:
-    await session.execute(
-        update(AuthToken)
-        .where(AuthToken.runner_id == runner_id, AuthToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
 
 
 async def _rebind_claims(
@@ -288,7 +277,7 @@ async def ban(
     runner.banned_at = now
     runner.status = "offline"
     runner.updated_at = now
-    await _revoke_runner_tokens(session, runner.id, now)
+    await auth_service.revoke_runner_tokens(session, runner.id, now)
     await tasks_repo.expire_runner_leases(session, runner.id, now)
     await session.flush()
     return runner
