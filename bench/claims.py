@@ -96,6 +96,18 @@ STARTED = Mode("HTTP claim(start=true)+complete", start=True, batch=1)
 BATCHED = Mode(f"HTTP claim(max_tasks={BATCH})+complete", start=False, batch=BATCH)
 CLAIM_ONLY = Mode(f"HTTP claim(max_tasks={BATCH}) only", start=False, batch=BATCH, complete=False)
 MODES = (SINGLE, STARTED, BATCHED, CLAIM_ONLY)
+MODE_KEYS = {"single": SINGLE, "started": STARTED, "batched": BATCHED, "claim-only": CLAIM_ONLY}
+
+
+def _mode_list(text: str) -> list[Mode]:
+    """``--modes single,batched``: the named HTTP cells, in the order of MODES."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in MODE_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODE_KEYS)}"
+        )
+    return [m for m in MODES if m in {MODE_KEYS[k] for k in keys}]
 
 
 @dataclass
@@ -494,7 +506,7 @@ async def _run_cells(
         _progress(cells[-1])
 
         # the HTTP API, each worker its own runner
-        for mode in MODES:
+        for mode in args.modes:
             tokens = runner_tokens if mode.complete else claim_only_tokens
             for conc in args.concurrency:
                 server.check_alive()
@@ -646,6 +658,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=concurrency_list(MAX_CONCURRENCY), default=[8, 32], help="e.g. 8,32"
     )
     p.add_argument("--raw-concurrency", type=bounded(int, 1, 64), default=8)
+    p.add_argument(
+        "--modes",
+        type=_mode_list,
+        default=list(MODES),
+        help=f"HTTP cells to run, comma-separated from {','.join(MODE_KEYS)} (default: all)",
+    )
     p.add_argument("--json", type=Path, help="also write the results to this file")
     add_server_options(p)
     return server_env_of(p.parse_args(argv))

@@ -183,6 +183,50 @@ async def test_events_reach_only_their_owner_and_every_admin_endpoint(
     assert {r.json["data"]["task_id"] for r in rec_admin.events} == {mine["id"], theirs["id"]}
 
 
+async def test_a_completion_reaches_the_owners_and_operators_endpoints_subscribed_to_it(
+    client: httpx.AsyncClient, container: Container, receivers: MakeReceiver
+):
+    # On PostgreSQL the completion, its event and its deliveries are one statement: the same
+    # fan-out rules must hold there as in the general path.
+    alice, bob, admin = [await sign_in(client, a) for a in (ALICE, BOB, ADMIN)]
+    rec_owner, rec_admin = await receivers(), await receivers()
+    rec_other_type, rec_disabled, rec_bob = await receivers(), await receivers(), await receivers()
+    await subscribe(client, alice, rec_owner, ["task.completed"])
+    await subscribe(client, admin, rec_admin, ["task.completed"])
+    await subscribe(client, alice, rec_other_type, ["task.failed"])
+    off = await subscribe(client, alice, rec_disabled, ["task.completed"])
+    r = await client.put(
+        f"{V1}/webhooks/{off['id']}", json={"enabled": False}, headers=bearer(alice)
+    )
+    assert r.status_code == 200 and r.json()["enabled"] is False, r.text
+    await subscribe(client, bob, rec_bob, ["task.completed"])
+    rt, _ = await register_runner(client, bob, device())
+
+    t = await create_task(client, alice, title="fan-out")
+    c = await claimed(client, rt)
+    r = await act(client, rt, t["id"], "complete", c["claim_token"], output="ok", exit_code=0)
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    await deliver_all(container)
+
+    expected = {"task_id": t["id"], "status": "completed", "title": "fan-out", "attempts": 1}
+    for rec in (rec_owner, rec_admin):
+        assert [e.json["type"] for e in rec.events] == ["task.completed"]
+        assert rec.events[0].json["data"] == expected
+    assert rec_owner.events[0].json["id"] == rec_admin.events[0].json["id"]  # one event
+    assert rec_other_type.requests == [] and rec_disabled.requests == []
+    assert rec_bob.requests == []  # the runner's owner is not the task's owner
+    async with container.db.read_session() as s:
+        event = await s.scalar(select(Event).where(Event.type == "task.completed"))
+        assert event is not None
+        assert event.owner_address == ALICE.address.lower() and event.resource_id == t["id"]
+        n = await s.scalar(
+            select(func.count())
+            .select_from(WebhookDelivery)
+            .where(WebhookDelivery.event_id == event.id)
+        )
+        assert n == 2
+
+
 async def test_an_endpoint_gets_only_the_types_it_subscribed_to(
     client: httpx.AsyncClient, container: Container, receivers: MakeReceiver
 ):

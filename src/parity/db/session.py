@@ -12,8 +12,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -47,6 +49,17 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, busy_ms: int) -
         conn.exec_driver_sql(begin)
 
     return engine
+
+
+def _as_sqlalchemy_error(exc: asyncpg.PostgresError) -> DBAPIError:
+    """The SQLAlchemy exception the asyncpg dialect would have raised for ``exc``."""
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return IntegrityError("driver statement", None, exc)
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
+        return OperationalError("driver statement", None, exc)
+    if isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
+        return OperationalError("driver statement", None, exc)
+    return DBAPIError("driver statement", None, exc)
 
 
 class Database:
@@ -130,6 +143,25 @@ class Database:
         autocommit on PostgreSQL, a pooled read connection on SQLite."""
         async with self._lookup_engine.connect() as conn:
             yield conn
+
+    @contextlib.asynccontextmanager
+    async def driver_connection(self) -> AsyncIterator[Any]:
+        """PostgreSQL only: a pooled connection's own asyncpg connection, outside any
+        SQLAlchemy transaction (each statement commits on its own unless the caller opens
+        ``conn.transaction()``). For the few hot statements where SQLAlchemy's per-statement
+        work costs more than the statement. asyncpg errors are raised as the SQLAlchemy
+        exceptions the error table knows (a lost connection is also dropped from the pool)."""
+        if self.is_sqlite:
+            raise RuntimeError("driver_connection is PostgreSQL only")
+        async with self.write_engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            try:
+                yield raw.driver_connection
+            except asyncpg.PostgresError as exc:
+                raise _as_sqlalchemy_error(exc) from exc
+            except (asyncpg.InterfaceError, OSError) as exc:
+                await conn.invalidate(exc)
+                raise OperationalError("driver statement", None, exc) from exc
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +39,7 @@ _SLOT_FREED = "parity.tasks.slot_freed"
 
 @dataclass(frozen=True)
 class Claim:
-    tasks: list[repo.TaskRow]
+    tasks: Sequence[Any]  # tasks rows: Core rows, or pg_queue.RecordView on the driver path
     token: str
     lease_seconds: float
     lease_expires_at: datetime
@@ -112,6 +113,27 @@ async def claim(
         if task_id is not None:
             await _explain_unclaimable(session, runner, task_id, now)
         return None
+    chosen = choose(runner, candidates, max_tasks)
+    if not chosen:
+        if task_id is not None:
+            await _explain_unclaimable(session, runner, task_id, now)
+        return None
+    token = new_claim_token(deps)
+    lease_until = now + timedelta(seconds=deps.lease_seconds)
+    rows = await repo.mark_claimed(
+        session, chosen, runner.id, hash_token(token), now, lease_until, start
+    )
+    if not rows:
+        return None
+    return Claim(rows, token, deps.lease_seconds, lease_until)
+
+
+def choose(
+    runner: repo.ClaimingRunner, candidates: Sequence[Any], max_tasks: int
+) -> list[uuid.UUID]:
+    """Placement over the locked candidates, in their order: each must fit what the runner has
+    left after its active claims and the tasks chosen before it, and carry only labels the
+    runner has. Candidates carry the runner's usage (``used_*``) and requirements (``req_*``)."""
     first = candidates[0]
     capacity = Resources(runner.cpu_cores, runner.memory_mb, runner.gpus, runner.docker)
     in_use = Resources(first.used_cpu, first.used_memory, first.used_gpus, False)
@@ -132,18 +154,7 @@ async def claim(
         chosen.append(t.id)
         if len(chosen) >= want:
             break
-    if not chosen:
-        if task_id is not None:
-            await _explain_unclaimable(session, runner, task_id, now)
-        return None
-    token = new_claim_token(deps)
-    lease_until = now + timedelta(seconds=deps.lease_seconds)
-    rows = await repo.mark_claimed(
-        session, chosen, runner.id, hash_token(token), now, lease_until, start
-    )
-    if not rows:
-        return None
-    return Claim(rows, token, deps.lease_seconds, lease_until)
+    return chosen
 
 
 async def _explain_unclaimable(
@@ -262,7 +273,7 @@ async def start(
     return f.task
 
 
-def _cap_output(output: str | None, limit: int) -> tuple[str | None, bool]:
+def cap_output(output: str | None, limit: int) -> tuple[str | None, bool]:
     if output is None:
         return None, False
     raw = output.encode()
@@ -270,6 +281,13 @@ def _cap_output(output: str | None, limit: int) -> tuple[str | None, bool]:
         return output, False
     marker = f"\n[output truncated: {len(raw)} bytes, {limit} kept inline]"
     return raw[:limit].decode(errors="ignore") + marker, True
+
+
+def result_digest(output: str | None, result_hash: str | None) -> str | None:
+    """The runner's hash of its result, else SHA-256 of the output (None without either)."""
+    if result_hash:
+        return result_hash
+    return hashlib.sha256(output.encode()).hexdigest() if output is not None else None
 
 
 async def complete(
@@ -319,10 +337,8 @@ async def complete(
         outcome="completed",
         exit_code=exit_code,
     )
-    inline, _ = _cap_output(output, deps.output_inline_max_bytes)
-    digest = result_hash or (
-        hashlib.sha256((output or "").encode()).hexdigest() if output is not None else None
-    )
+    inline, _ = cap_output(output, deps.output_inline_max_bytes)
+    digest = result_digest(output, result_hash)
     await repo.insert_result(
         session,
         {

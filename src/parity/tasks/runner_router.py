@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from parity.api.deps import ContainerDep, CurrentPrincipal, WriteSession
 from parity.errors import InvalidInput
 from parity.runners.service import require_runner
-from parity.tasks import lifecycle, service
+from parity.tasks import hotpath, lifecycle, service
 from parity.tasks.lifecycle import Claim
 from parity.tasks.schemas import (
     ClaimBody,
@@ -88,8 +88,7 @@ async def claim_next(
     while True:
         if c.draining:
             return _no_content(retry_after=5)
-        async with c.db.transaction() as s:
-            claim = await lifecycle.claim(s, c.tasks, runner_id, max_tasks=max_tasks, start=start)
+        claim = await hotpath.claim_next(c.db, c.tasks, runner_id, max_tasks=max_tasks, start=start)
         if claim is not None:
             claims = _claims(claim)
             return ClaimBatchRead(claims=claims) if max_tasks > 1 else claims[0]
@@ -138,11 +137,10 @@ async def start_task(
     task_id: uuid.UUID,
     body: ClaimBody,
     principal: CurrentPrincipal,
-    session: WriteSession,
     c: ContainerDep,
 ) -> TaskRead:
     runner_id = require_runner(principal)
-    return task_read(await lifecycle.start(session, c.tasks, runner_id, task_id, body.claim_token))
+    return task_read(await hotpath.start_task(c.db, c.tasks, runner_id, task_id, body.claim_token))
 
 
 @router.post("/runners/tasks/{task_id}/complete", response_model=TaskRead)
@@ -150,7 +148,6 @@ async def complete_task(
     task_id: uuid.UUID,
     body: CompleteBody,
     principal: CurrentPrincipal,
-    session: WriteSession,
     c: ContainerDep,
 ) -> TaskRead:
     """Report a successful run. A failed run must use ``fail``; ``exit_code`` ≠ 0 here is
@@ -158,10 +155,9 @@ async def complete_task(
     runner_id = require_runner(principal)
     if body.exit_code not in (None, 0):
         raise InvalidInput("exit_code", "a non-zero exit code is a failure: use /fail")
-    deps = c.tasks
-    task = await lifecycle.complete(
-        session,
-        deps,
+    task = await hotpath.complete_task(
+        c.db,
+        c.tasks,
         runner_id,
         task_id,
         body.claim_token,
@@ -172,9 +168,6 @@ async def complete_task(
         result_hash=body.result_hash,
         usage=body.usage,
     )
-    now = c.clock.now()
-    if await lifecycle.slot_freed(session, deps, now):
-        await service.reoffer_pending(session, deps, now, limit=1)
     return task_read(task)
 
 

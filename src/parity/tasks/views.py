@@ -7,11 +7,13 @@ from typing import Any
 from sqlalchemy import Row
 
 from parity.tasks.models import Task, TaskAttempt, TaskResult
+from parity.tasks.pg_queue import RecordView
 from parity.tasks.schemas import AttemptRead, ResourcesIn, ResultRead, TaskRead, TaskStatusRead
 
 
-def task_read(task: Task | Row[Any]) -> TaskRead:
-    """From a Task or a plain ``tasks`` row (Core RETURNING): same attribute names."""
+def task_read(task: Task | Row[Any] | RecordView) -> TaskRead:
+    """From a Task or a plain ``tasks`` row (Core RETURNING, or the driver's record): same
+    attribute names."""
     return TaskRead(
         id=task.id,
         title=task.title,

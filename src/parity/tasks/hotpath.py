@@ -1,0 +1,187 @@
+"""Claim, start and complete as the runner API calls them: each its own unit of work.
+
+On PostgreSQL the common case runs on the driver (``pg_queue``): a claim of the next task, a
+start or a completion under the runner's current claim. Everything else (SQLite, a repeat with
+the same token, a stale or foreign claim to explain, priced work whose escrow must close in
+the completion's transaction) goes through ``lifecycle`` in a SQLAlchemy unit of work, exactly
+as before. Both commit before the caller answers; wake-ups happen after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from parity.core.identity.siwe import hash_token
+from parity.db.session import Database
+from parity.tasks import lifecycle, pg_queue, service
+from parity.tasks import repository as repo
+from parity.tasks.deps import TaskDeps
+from parity.tasks.lifecycle import Claim
+
+TaskLike = Any  # a Task, a Core row or a pg_queue.RecordView: the same attribute names
+
+
+async def claim_next(
+    db: Database, deps: TaskDeps, runner_id: uuid.UUID, *, max_tasks: int, start: bool
+) -> Claim | None:
+    """The next task(s) this runner may claim, or None when there is nothing for it now."""
+    if db.is_sqlite:
+        async with db.transaction() as session:
+            return await lifecycle.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
+    now = deps.clock.now()
+    async with db.driver_connection() as conn, conn.transaction():
+        row = await pg_queue.lock_runner(conn, runner_id)
+        runner = None if row is None else repo.ClaimingRunner(*row)
+        if runner is None or runner.banned_at is not None:
+            rows = None  # unknown or banned: the general path raises the usual error
+        elif runner.status != "online" or runner.drain_requested:
+            return None
+        else:
+            candidates = await pg_queue.claim_candidates(
+                conn,
+                runner.id,
+                now,
+                cpu_cores=runner.cpu_cores,
+                memory_mb=runner.memory_mb,
+                gpus=runner.gpus,
+                max_concurrent_tasks=runner.max_concurrent_tasks,
+                docker=runner.docker,
+                limit=min(max_tasks, runner.max_concurrent_tasks) + 8,
+            )
+            chosen = lifecycle.choose(runner, candidates, max_tasks) if candidates else []
+            if not chosen:
+                return None
+            token = lifecycle.new_claim_token(deps)
+            lease_until = now + timedelta(seconds=deps.lease_seconds)
+            rows = await pg_queue.mark_claimed(
+                conn, chosen, runner.id, hash_token(token), now, lease_until, start
+            )
+    if rows is None:
+        return await _claim_general(db, deps, runner_id, max_tasks, start)
+    if not rows:
+        return None
+    return Claim(rows, token, deps.lease_seconds, lease_until)
+
+
+async def _claim_general(
+    db: Database, deps: TaskDeps, runner_id: uuid.UUID, max_tasks: int, start: bool
+) -> Claim | None:
+    async with db.transaction() as session:
+        return await lifecycle.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
+
+
+async def start_task(
+    db: Database, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
+) -> TaskLike:
+    if not db.is_sqlite:
+        async with db.driver_connection() as conn:
+            row = await pg_queue.start_held(
+                conn, task_id, runner_id, hash_token(token), deps.clock.now()
+            )
+        if row is not None:
+            return row
+    async with db.transaction() as session:
+        return await lifecycle.start(session, deps, runner_id, task_id, token)
+
+
+async def complete_task(
+    db: Database,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    token: str,
+    *,
+    output: str | None,
+    output_cid: str | None,
+    exit_code: int | None,
+    error: str | None,
+    result_hash: str | None,
+    usage: dict[str, object],
+) -> TaskLike:
+    """Accept the one completion of a task; then offer a due task again if a slot freed."""
+    if not db.is_sqlite and not _escrow_possible(deps):
+        done = await _complete_on_driver(
+            db,
+            deps,
+            runner_id,
+            task_id,
+            token,
+            output=output,
+            output_cid=output_cid,
+            exit_code=exit_code,
+            error=error,
+            result_hash=result_hash,
+            usage=usage,
+        )
+        if done is not None:
+            return done
+    async with db.transaction() as session:
+        task = await lifecycle.complete(
+            session,
+            deps,
+            runner_id,
+            task_id,
+            token,
+            output=output,
+            output_cid=output_cid,
+            exit_code=exit_code,
+            error=error,
+            result_hash=result_hash,
+            usage=usage,
+        )
+        now = deps.clock.now()
+        if await lifecycle.slot_freed(session, deps, now):
+            await service.reoffer_pending(session, deps, now, limit=1)
+    return task
+
+
+def _escrow_possible(deps: TaskDeps) -> bool:
+    """Could this completion have escrow to close (then it must run in the ledger's terms)?"""
+    return deps.ledger is not None and deps.ledger.escrow.possible
+
+
+async def _complete_on_driver(
+    db: Database,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    token: str,
+    *,
+    output: str | None,
+    output_cid: str | None,
+    exit_code: int | None,
+    error: str | None,
+    result_hash: str | None,
+    usage: dict[str, object],
+) -> TaskLike | None:
+    now = deps.clock.now()
+    inline, _ = lifecycle.cap_output(output, deps.output_inline_max_bytes)
+    async with db.driver_connection() as conn:
+        done = await pg_queue.complete_held(
+            conn,
+            task_id,
+            runner_id,
+            hash_token(token),
+            now,
+            exit_code=exit_code,
+            output=inline,
+            output_cid=output_cid,
+            error=error,
+            result_hash=lifecycle.result_digest(output, result_hash),
+            usage=dict(usage),
+            admins=sorted(deps.events.admins),
+        )
+    if done is None:
+        return None
+    # Committed: wake the creator's event readers (and the delivery loop when webhooks were
+    # queued), then let a freed slot place a due task.
+    deps.events.hub.publish([done.task.creator_address.lower()], deliveries=done.deliveries > 0)
+    if done.due:
+        if done.push:
+            async with db.transaction() as session:
+                await service.reoffer_pending(session, deps, now, limit=1)
+        else:
+            deps.wakeups.wake_any(1)
+    return done.task
