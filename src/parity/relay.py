@@ -9,11 +9,19 @@ a lost notification (or a relay that is down) only costs latency. The one notifi
 not a wake-up, "a token was revoked here: clear your token cache", is bounded the same way by
 AUTH_CACHE_SECONDS: a replica that misses it forgets the revoked token within that time.
 
+Wake-ups are only sent while another replica is known to listen: every replica announces
+itself (``"h": 1``) when it connects and every ANNOUNCE_SECONDS, and answers a newcomer's
+announcement with its own; a replica that heard no other within PEER_TTL_SECONDS keeps its
+wake-ups to itself (a lone server then sends nothing, where it paid a NOTIFY round trip and
+the delivery of its own notification for every completed task). A replica that has just started
+and not yet been heard is covered by its waiters' re-checks. Token-cache clears are always sent.
+
 Wake-ups queued while the previous notification was being sent are merged into one, so a
 busy server sends a few notifications per round trip, not one per task. A notification is
 ``{"o": <sender's origin id>, "r": [<runner id>...], "n": <wake-any count>, "p": <poke the push
 loop>, "a": [<event owner>...] | null (every reader), "d": <webhook deliveries were queued>,
-"t": 1 (clear the token cache)}``, keys left out when empty; a replica ignores its own.
+"t": 1 (clear the token cache), "h": 1 (the sender listens)}``, keys left out when empty; a
+replica ignores its own.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -32,6 +42,8 @@ from parity.logging import get_logger
 from parity.tasks.wakeups import WakeHub
 
 CHANNEL = "parity_wake"
+ANNOUNCE_SECONDS = 10.0
+PEER_TTL_SECONDS = 3 * ANNOUNCE_SECONDS  # three announcements missed: that replica is gone
 MAX_PAYLOAD = 7900  # PostgreSQL refuses notification payloads of 8000 bytes or more
 log = get_logger("parity.relay")
 
@@ -52,6 +64,7 @@ class WakeRelay:
         origin: str | None = None,
         reconnect_seconds: float = 2.0,
         tokens: TokenCache | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dsn = dsn
         self.origin = origin or uuid.uuid4().hex[:12]
@@ -59,12 +72,24 @@ class WakeRelay:
         self.events = events
         self.tokens = tokens
         self.reconnect_seconds = reconnect_seconds
-        self.received = 0  # notifications from other replicas applied here
-        self.sent = 0
+        self.received = 0  # notifications from other replicas applied here (not announcements)
+        self.sent = 0  # notifications sent that carried more than an announcement
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._monotonic = monotonic
+        self._peers: dict[str, float] = {}  # origin -> when last heard (monotonic)
+        self._announcer: asyncio.Task[None] | None = None
+        self.dropped = 0  # wake-ups not sent: no other replica listening
+
+    @property
+    def peers(self) -> int:
+        """Other replicas heard within PEER_TTL_SECONDS."""
+        cutoff = self._monotonic() - PEER_TTL_SECONDS
+        for origin in [o for o, at in self._peers.items() if at < cutoff]:
+            del self._peers[origin]
+        return len(self._peers)
 
     # -- wiring ----------------------------------------------------------------------------------
 
@@ -77,13 +102,26 @@ class WakeRelay:
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a wake-up for the other replicas (never blocks; drops when the queue is full,
-        which only costs them latency)."""
+        which only costs them latency). Wake-ups are dropped at once while no other replica
+        listens; token-cache clears and announcements always go."""
+        if message.get("k") not in _ALWAYS_SENT and not self.peers:
+            self.dropped += 1
+            return
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(message)
+
+    def announce(self) -> None:
+        self.send({"k": "hello"})
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ANNOUNCE_SECONDS)
+            self.announce()
 
     async def start(self, timeout: float = 10.0) -> None:
         self.attach()
         self._task = asyncio.create_task(self._run(), name="wake-relay")
+        self._announcer = asyncio.create_task(self._announce_loop(), name="wake-relay-announce")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout)
 
@@ -92,11 +130,12 @@ class WakeRelay:
         self.events.forward = None
         if self.tokens is not None:
             self.tokens.forward = None
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._announcer, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._announcer = None
         await self._close()
 
     @property
@@ -110,6 +149,7 @@ class WakeRelay:
             try:
                 self._conn = await asyncpg.connect(self.dsn, timeout=10)
                 await self._conn.add_listener(CHANNEL, self._on_notify)
+                self.announce()  # listening (again): the others may send to us
                 self._ready.set()
                 log.info("wake_relay_listening", origin=self.origin)
                 await self._send_loop(self._conn)
@@ -134,7 +174,8 @@ class WakeRelay:
                 batch.append(self._queue.get_nowait())
             payload = encode(batch, self.origin)
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-            self.sent += 1
+            if any(m.get("k") != "hello" for m in batch):
+                self.sent += 1
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
         try:
@@ -143,8 +184,15 @@ class WakeRelay:
             return
         if not isinstance(message, dict) or message.get("o") == self.origin:
             return
-        self.received += 1
-        self.apply(message)
+        origin, now = str(message.get("o")), self._monotonic()
+        last = self._peers.get(origin)
+        newcomer = last is None or last < now - PEER_TTL_SECONDS
+        self._peers[origin] = now
+        if message.get("h") and newcomer:
+            self.announce()  # let a replica that just started know we listen
+        if message.keys() - {"o", "h"}:
+            self.received += 1
+            self.apply(message)
 
     def apply(self, message: dict[str, Any]) -> None:
         """Apply another replica's wake-ups to this process's hubs, and its token-cache clear
@@ -168,14 +216,20 @@ class WakeRelay:
                 self.events.publish([str(a) for a in owners], deliveries=deliveries, forward=False)
 
 
+_ALWAYS_SENT = frozenset({"tokens", "hello"})
+
+
 def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
     """Several queued wake-ups as one notification (see the module docstring)."""
     runners: dict[str, None] = {}
     owners: dict[str, None] | None = {}
     any_count, pushes, events, deliveries, tokens = 0, False, False, False, False
+    hello = False
     for m in batch:
         kind = m.get("k")
-        if kind == "runner":
+        if kind == "hello":
+            hello = True
+        elif kind == "runner":
             runners[str(m.get("r"))] = None
         elif kind == "any":
             any_count += int(m.get("n") or 0)
@@ -204,6 +258,8 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
             out["d"] = True
     if tokens:
         out["t"] = 1
+    if hello:
+        out["h"] = 1
     return out
 
 
@@ -215,6 +271,7 @@ def encode(batch: list[dict[str, Any]], origin: str) -> str:
     if len(payload) <= MAX_PAYLOAD:
         return payload
     everything: dict[str, Any] = {"o": origin, "n": 1 << 20, "p": True, "a": None}
-    if merged.get("t"):
-        everything["t"] = 1
+    for key in ("t", "h"):
+        if merged.get(key):
+            everything[key] = 1
     return json.dumps(everything, separators=(",", ":"))

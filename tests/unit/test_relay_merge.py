@@ -71,3 +71,38 @@ def test_a_token_cache_clear_from_another_replica_is_applied_without_forwarding(
     assert sent == [{"k": "tokens"}]
     bare = WakeRelay("postgresql://unused", WakeHub(), EventHub())
     bare.apply({"o": "other", "t": 1})  # a relay without a cache ignores the flag
+
+
+def test_an_announcement_merges_into_the_notification_and_survives_an_oversized_batch():
+    assert merge([{"k": "hello"}, {"k": "any", "n": 1}], "me") == {"o": "me", "n": 1, "h": 1}
+    batch = [{"k": "runner", "r": str(uuid.uuid4())} for _ in range(400)] + [{"k": "hello"}]
+    assert json.loads(encode(batch, "me"))["h"] == 1
+
+
+def test_wake_ups_go_out_only_while_another_replica_was_heard_recently():
+    now = [1000.0]
+    relay = WakeRelay(
+        "postgresql://unused", WakeHub(), EventHub(), origin="me", monotonic=lambda: now[0]
+    )
+    relay.attach()
+    relay.wakeups.wake_any(1)
+    assert relay._queue.empty() and relay.dropped == 1  # alone: nothing to send
+    relay.send({"k": "tokens"})  # a token-cache clear always goes
+    relay.announce()
+    assert relay._queue.qsize() == 2
+
+    relay._on_notify(None, 1, "parity_wake", json.dumps({"o": "peer", "h": 1}))
+    assert relay.peers == 1
+    answer = [relay._queue.get_nowait() for _ in range(relay._queue.qsize())][-1]
+    assert answer == {"k": "hello"}  # a newcomer is answered, so it learns we listen
+    relay._on_notify(None, 1, "parity_wake", json.dumps({"o": "peer", "h": 1}))
+    assert relay._queue.empty()  # a known peer's periodic announcement is not answered
+
+    relay.wakeups.wake_any(1)
+    assert relay._queue.qsize() == 1  # a peer listens: the wake-up is queued
+
+    now[0] += 31.0  # more than PEER_TTL_SECONDS without a word from it
+    assert relay.peers == 0
+    relay._queue.get_nowait()
+    relay.wakeups.wake_any(1)
+    assert relay._queue.empty() and relay.dropped == 2

@@ -36,6 +36,8 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             "wakeups": "postgres-notify"
             if container.relay is not None and container.relay.connected
             else "in-process",
+            # Other replicas heard on the relay: wake-ups are sent only while there are some.
+            "wakeup_peers": container.relay.peers if container.relay is not None else 0,
         },
         "storage": await container.content_store.describe(),
         "chain": chain.describe(),
