@@ -7,8 +7,10 @@ to ``--tasks`` pending tasks by cloning one task that was created through the AP
 takes well under a second; creation is not what is measured). Cells, each a closed loop:
 
 - ``GET /`` (the HTTP floor) at each concurrency;
-- raw SQL: the server's claim, start and complete statements over asyncpg, one connection per
-  worker (``--raw-concurrency``, default 8), three transactions per cycle;
+- raw SQL: the server's own claim, start and complete statements (``parity.tasks.pg_queue``)
+  over asyncpg, one connection per worker (``--raw-concurrency``, default 8), each worker
+  claiming as one of the registered runners: a claim transaction, then one statement each for
+  start and complete;
 - HTTP, each worker its own registered runner, at each concurrency:
   ``claim+start+complete`` (3 requests), ``claim?start=true+complete`` (2 requests),
   ``claim?max_tasks=10`` then ``complete`` each (1.1 requests per task), and
@@ -243,96 +245,63 @@ class Queue:
 
 # -- raw SQL: the statements the server runs for claim, start and complete
 
-
-_CANDIDATES = """
-SELECT tasks.* FROM tasks
-WHERE tasks.status = 'pending' AND tasks.available_at <= $1
-  AND (tasks.target_runner_id IS NULL OR tasks.target_runner_id = $2
-       OR (tasks.offer_expires_at < $1 AND tasks.type = ANY($3::varchar[])))
-  AND tasks.req_cpu_cores <= $4 AND tasks.req_memory_mb <= $5 AND tasks.req_gpus <= $6
-  AND NOT (EXISTS (SELECT 1 FROM task_exclusions
-                   WHERE task_exclusions.task_id = tasks.id AND task_exclusions.runner_id = $2))
-  AND tasks.req_docker IS false
-ORDER BY tasks.priority DESC, tasks.available_at, tasks.id
-LIMIT $7 FOR UPDATE SKIP LOCKED
-"""
-_MARK_CLAIMED = """
-UPDATE tasks SET status = 'assigned', runner_id = $2, attempts = tasks.attempts + 1,
-  claim_token_hash = $3, lease_expires_at = $4, updated_at = $5, offer_expires_at = NULL
-WHERE tasks.id = ANY($1::uuid[]) AND tasks.status = 'pending'
-RETURNING tasks.*
-"""
-_INSERT_ATTEMPT = """
-INSERT INTO task_attempts (id, task_id, attempt, runner_id, claim_token_hash, claimed_at,
-  started_at)
-VALUES ($1, $2, $3, $4, $5, $6, NULL)
-"""
-_TASK_RUNNING = """
-UPDATE tasks SET status = 'running', started_at = $2, updated_at = $2
-WHERE id = $1 AND status = 'assigned'
-"""
-_ATTEMPT_STARTED = "UPDATE task_attempts SET started_at = $3 WHERE task_id = $1 AND attempt = $2"
-_INSERT_RESULT = """
-INSERT INTO task_results (id, task_id, attempt, runner_id, output, output_cid, exit_code, error,
-  result_hash, usage, execution_seconds, created_at)
-VALUES ($1, $2, $3, $4, $5, NULL, 0, NULL, $6, $7::json, $8, $9)
-"""
-_TASK_COMPLETED = """
-UPDATE tasks SET status = 'completed', started_at = $2, completed_at = $3, updated_at = $3,
-  lease_expires_at = NULL, claim_token_hash = NULL
-WHERE id = $1
-"""
-_ATTEMPT_COMPLETED = """
-UPDATE task_attempts SET started_at = coalesce(started_at, $3), ended_at = $4,
-  outcome = 'completed', exit_code = 0
-WHERE task_id = $1 AND attempt = $2
-"""
-_MOVABLE = ["command", "docker"]
 _LEASE = timedelta(seconds=90)
 
 
 def _raw_cycle_fn(conns: list[Any], runner_ids: list[uuid.UUID], counts: Completions) -> Any:
+    """One cycle with the server's own PostgreSQL statements (parity.tasks.pg_queue): lock
+    the runner, candidates, claim in one transaction; then start; then complete (each one
+    statement). What the HTTP cells add on top is the API: HTTP, auth, validation, JSON."""
+    from parity.tasks import pg_queue
+
     async def cycle(worker: int, seq: int) -> bool | str:
-        conn, runner_id = conns[worker], runner_ids[worker]
+        conn, runner_id = conns[worker], runner_ids[worker % len(runner_ids)]
         now = datetime.now(UTC)
         token_hash = hashlib.sha256(
             ("ps_claim_" + secrets.token_bytes(32).hex()).encode()
         ).hexdigest()
         async with conn.transaction():
-            cands = await conn.fetch(_CANDIDATES, now, runner_id, _MOVABLE, 4.0, 4096, 0, 1 + 8)
+            runner = await pg_queue.lock_runner(conn, runner_id)
+            if runner is None:
+                return "runner missing"
+            cands = await pg_queue.claim_candidates(
+                conn,
+                runner_id,
+                now,
+                cpu_cores=runner["cpu_cores"],
+                memory_mb=runner["memory_mb"],
+                gpus=runner["gpus"],
+                max_concurrent_tasks=runner["max_concurrent_tasks"],
+                docker=runner["docker"],
+                limit=1 + 8,
+            )
             if not cands:
                 return "queue empty"
-            rows = await conn.fetch(
-                _MARK_CLAIMED, [cands[0]["id"]], runner_id, token_hash, now + _LEASE, now
+            rows = await pg_queue.mark_claimed(
+                conn, [cands[0].id], runner_id, token_hash, now, now + _LEASE, False
             )
             if not rows:
                 return "claim lost"
-            task = rows[0]
-            tid, attempt = task["id"], task["attempts"]
-            await conn.execute(
-                _INSERT_ATTEMPT, uuid.uuid4(), tid, attempt, runner_id, token_hash, now
-            )
-        started = datetime.now(UTC)
-        async with conn.transaction():
-            await conn.execute(_TASK_RUNNING, tid, started)
-            await conn.execute(_ATTEMPT_STARTED, tid, attempt, started)
-        done = datetime.now(UTC)
+        tid = rows[0].id
+        if await pg_queue.start_held(conn, tid, runner_id, token_hash, datetime.now(UTC)) is None:
+            return "start lost"
         output = "ok"
-        async with conn.transaction():
-            await conn.execute(
-                _INSERT_RESULT,
-                uuid.uuid4(),
-                tid,
-                attempt,
-                runner_id,
-                output,
-                hashlib.sha256(output.encode()).hexdigest(),
-                "{}",
-                (done - started).total_seconds(),
-                done,
-            )
-            await conn.execute(_TASK_COMPLETED, tid, started, done)
-            await conn.execute(_ATTEMPT_COMPLETED, tid, attempt, started, done)
+        done = await pg_queue.complete_held(
+            conn,
+            tid,
+            runner_id,
+            token_hash,
+            datetime.now(UTC),
+            exit_code=0,
+            output=output,
+            output_cid=None,
+            error=None,
+            result_hash=hashlib.sha256(output.encode()).hexdigest(),
+            usage={},
+            admins=[],
+        )
+        if done is None:
+            return "complete lost"
         counts.done(time.perf_counter())
         return True
 
@@ -490,7 +459,17 @@ async def _run_cells(
         depth = await queue.top_up(args.tasks, "raw")
         conns = [await asyncpg.connect(dsn, timeout=10) for _ in range(args.raw_concurrency)]
         try:
-            fn = _raw_cycle_fn(conns, [uuid.uuid4() for _ in conns], counts := Completions())
+            # The bench runners registered through the API (their rows are locked per claim).
+            runner_ids = [
+                r["id"]
+                for r in await admin.fetch(
+                    "SELECT id FROM runners WHERE device_id NOT LIKE '%-only-%' ORDER BY device_id",
+                    timeout=SQL_TIMEOUT_S,
+                )
+            ]
+            if not runner_ids:
+                raise BenchError("no registered bench runner for the raw-SQL cell")
+            fn = _raw_cycle_fn(conns, runner_ids, counts := Completions())
             result = await run_closed_loop(
                 fn,
                 concurrency=len(conns),
