@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from parity.errors import Conflict, Forbidden, Unavailable
+from parity.errors import Conflict, Forbidden, NotFound, Unavailable
 
 
 class InsufficientFunds(Conflict):
@@ -25,3 +25,20 @@ class BillingUnavailable(Unavailable):
     """Pricing or stake gating is on but the chain cannot be read right now."""
 
     code = "billing_unavailable"
+
+
+class SettlementNotFound(NotFound):
+    code = "settlement_not_found"
+
+
+class SettlementNotFailed(Conflict):
+    """Only a ``failed`` settlement can be released (``details.status`` says what it is)."""
+
+    code = "settlement_not_failed"
+
+
+class SettlementPaidOnChain(Conflict):
+    """A transaction of the settlement has a successful receipt: releasing its entries would
+    pay them twice."""
+
+    code = "settlement_paid_on_chain"

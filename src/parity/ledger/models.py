@@ -100,8 +100,10 @@ class Settlement(Base):
     → ``mined`` (receipt seen) → ``confirmed`` (at FILECOIN_CONFIRMATIONS depth); a receipt
     that reverted, once at that depth → ``reverted`` (its entries are unsettled again);
     ``failed`` when the signer's nonce was taken by a transaction this server did not sign
-    (entries stay attached; an alert is raised). A call the chain refuses before signing (the
-    payer's stake is short) stays ``pending`` with ``last_error`` and a back-off."""
+    (entries stay attached; an alert is raised) → ``released`` when an operator returns its
+    entries to unsettled (``released_by``/``released_at``), to be paid by a new settlement. A
+    call the chain refuses before signing (the payer's stake is short) stays ``pending`` with
+    ``last_error`` and a back-off."""
 
     __tablename__ = "settlements"
     __table_args__ = (
@@ -126,6 +128,8 @@ class Settlement(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     confirmed_at: Mapped[datetime | None]
+    released_by: Mapped[str | None] = mapped_column(String(42))  # the operator's address
+    released_at: Mapped[datetime | None]
 
 
 class SettlementTx(Base):

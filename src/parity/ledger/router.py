@@ -3,17 +3,26 @@ with a ``display`` in token units where a person reads them."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from parity.api.deps import ContainerDep, CurrentPrincipal, ReadSession
+from parity.api.deps import ContainerDep, CurrentPrincipal, ReadSession, WriteSession
 from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
 from parity.core.billing.units import format_token_amount
 from parity.errors import Forbidden, InvalidInput
-from parity.ledger import service
-from parity.ledger.schemas import BalanceRead, EntryRead, PayoutRead, ReservationRead
+from parity.ledger import service, settlement_service
+from parity.ledger.models import Settlement
+from parity.ledger.schemas import (
+    BalanceRead,
+    EntryRead,
+    PayoutRead,
+    ReservationRead,
+    SettlementRead,
+    SettlementStatus,
+)
 
 router = APIRouter(tags=["ledger"])
 
@@ -149,3 +158,52 @@ async def ledger_payouts(
         for s in rows
     ]
     return make_page(items, rows, page.limit)
+
+
+def _settlement_read(s: Settlement) -> SettlementRead:
+    return SettlementRead(
+        id=s.id,
+        payer=s.payer,
+        payee=s.payee,
+        amount=str(s.amount),
+        status=s.status,
+        ref=s.ref,
+        nonce=s.nonce,
+        tx_hash=s.tx_hash,
+        block_number=s.block_number,
+        block_hash=s.block_hash,
+        tries=s.tries,
+        last_error=s.last_error,
+        created_at=s.created_at,
+        updated_at=s.updated_at,
+        confirmed_at=s.confirmed_at,
+        released_by=s.released_by,
+        released_at=s.released_at,
+    )
+
+
+@router.get("/ledger/settlements", response_model=Page[SettlementRead])
+async def ledger_settlements(
+    principal: CurrentPrincipal,
+    session: ReadSession,
+    page: PageParamsDep,
+    status: Annotated[SettlementStatus | None, Query()] = None,
+) -> Page[SettlementRead]:
+    """Operators only: every on-chain payment (e.g. ``?status=failed``), newest first."""
+    rows = await settlement_service.list_settlements(
+        session, principal, status, page.limit, page.cursor
+    )
+    return make_page([_settlement_read(s) for s in rows], rows, page.limit)
+
+
+@router.post("/ledger/settlements/{settlement_id}/release", response_model=SettlementRead)
+async def release_settlement(
+    settlement_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+) -> SettlementRead:
+    """Operators only: return a ``failed`` settlement's entries to unsettled, so the worker
+    pays them again under a new nonce; the settlement ends ``released``. Repeating it is
+    harmless."""
+    st = await settlement_service.release_settlement(
+        session, c.ledger, c.chain, principal, settlement_id
+    )
+    return _settlement_read(st)

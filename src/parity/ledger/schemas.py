@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -59,10 +59,28 @@ class PayoutRead(BaseModel):
     payee: str
     amount: str = Field(description=AMOUNT)
     status: str = Field(
-        description="pending | signed | broadcast | mined | confirmed | reverted | failed"
+        description="pending | signed | broadcast | mined | confirmed | reverted | failed "
+        "| released"
     )
     tx_hash: str | None
     block_number: int | None
     last_error: str | None
     created_at: datetime
     confirmed_at: datetime | None
+
+
+SettlementStatus = Literal[
+    "pending", "signed", "broadcast", "mined", "confirmed", "reverted", "failed", "released"
+]
+
+
+class SettlementRead(PayoutRead):
+    """A settlement as operators see it: a payout plus its chain and release details."""
+
+    ref: str = Field(description="bytes32 ref of transferPaymentRef (0x + 64 hex)")
+    nonce: int | None = Field(description="The signer's nonce; null until signed")
+    block_hash: str | None
+    tries: int = Field(description="Refused estimations so far (each backs off further)")
+    updated_at: datetime
+    released_by: str | None = Field(description="The operator who released a failed settlement")
+    released_at: datetime | None

@@ -310,6 +310,10 @@ async def task_reward(session: AsyncSession, deps: LedgerDeps, task_id: uuid.UUI
     ]
     if not credits or all(e.settled_at is not None for e in credits):
         status, message = "paid", "settled on chain"
+    elif any(s.status == "failed" for s in linked.values()):
+        # Held, not under way: nothing moves until an operator releases it (it is then
+        # detached, and this task reads "unsettled" until the worker pays it again).
+        status, message = "settling", _HELD
     elif linked:
         status, message = "settling", "a settlement transaction is under way"
     else:
@@ -318,6 +322,7 @@ async def task_reward(session: AsyncSession, deps: LedgerDeps, task_id: uuid.UUI
 
 
 _NOT_PRICED = "this task was created while pricing was off; it costs nothing"
+_HELD = "a settlement failed (another transaction used its nonce) and waits for an operator"
 
 
 async def list_entries(

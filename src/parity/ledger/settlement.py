@@ -12,7 +12,9 @@ continues from:
    leaves the intent ``pending`` with ``last_error`` and a growing back-off, and alerts); then
    one transaction locks the signer's nonce row, takes ``max(db, chain pending count)``, signs
    locally and stores the raw transaction before anything is sent.
-3. **broadcast**: the stored raw transaction is sent (re-sending it is harmless).
+3. **broadcast**: the stored raw transaction is sent (re-sending it is harmless). A node that
+   says its nonce is used while no transaction of ours has a receipt means one this server did
+   not sign took it: ``failed``, with an alert, until an operator releases it (``released``).
 4. **receipt** (``mined``): all of the settlement's transactions are checked. Without a receipt:
    dropped → the stored raw is sent again; pending longer than SETTLEMENT_FEE_BUMP_SECONDS →
    a fee bump, the SAME nonce with fees raised by SETTLEMENT_FEE_BUMP_PERCENT, stored first.
@@ -25,7 +27,9 @@ continues from:
 Exactly once: an entry is attached to one live settlement at a time; a settlement owns one
 nonce, so of all its transactions at most one can ever be mined; nothing is broadcast that was
 not stored first; entries are released only when the mined transaction reverted at depth (it
-moved nothing). ``transferPaymentRef`` adds the contract's own refusal of a reused ref.
+moved nothing), or when an operator releases a ``failed`` settlement, whose nonce another
+transaction took (:mod:`parity.ledger.settlement_service`). ``transferPaymentRef`` adds the
+contract's own refusal of a reused ref.
 
 One signer, one worker: on PostgreSQL a pass holds a session advisory lock and skips when
 another replica has it; on SQLite the server's lock file already makes the process single.

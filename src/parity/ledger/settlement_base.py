@@ -146,7 +146,8 @@ class WorkerBase:
     async def _nonce_taken(self, st: Settlement, tx: SettlementTx) -> None:
         error = (
             f"nonce {tx.nonce} of {tx.sender} was used by a transaction this server did not "
-            "sign; the entries stay attached until an operator checks the chain"
+            "sign; the entries stay attached until an operator checks the chain and releases "
+            "the settlement (POST /api/v1/ledger/settlements/{id}/release)"
         )
         async with self.db.transaction() as s:
             await repo.transition(

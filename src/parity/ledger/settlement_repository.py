@@ -13,11 +13,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parity.api.pagination import Cursor, newest_first
 from parity.ledger.models import Entry, Settlement, SettlementTx, SignerNonce
 
 CREDIT_ROLES = ("payee", "protocol")
 PENDING, SIGNED, BROADCAST, MINED = "pending", "signed", "broadcast", "mined"
 CONFIRMED, REVERTED, FAILED = "confirmed", "reverted", "failed"
+RELEASED = "released"  # a failed one whose entries an operator returned to unsettled
 IN_FLIGHT = (SIGNED, BROADCAST)
 
 
@@ -94,7 +96,8 @@ async def settle_entries(session: AsyncSession, settlement_id: uuid.UUID, now: d
 
 
 async def release_entries(session: AsyncSession, settlement_id: uuid.UUID) -> int:
-    """Detach the entries of a settlement whose transaction moved nothing (reverted)."""
+    """Detach the entries of a settlement whose transaction moved nothing (reverted, or failed
+    and released by an operator)."""
     res = await session.execute(
         update(Entry)
         .where(Entry.settlement_id == settlement_id, Entry.settled_at.is_(None))
@@ -122,6 +125,17 @@ async def get(
     if lock:
         q = q.with_for_update()
     return (await session.scalars(q)).first()
+
+
+async def newest(
+    session: AsyncSession, status: str | None, limit: int, after: Cursor | None
+) -> list[Settlement]:
+    """Every settlement (of one status), newest first, for operators."""
+    q = select(Settlement)
+    if status is not None:
+        q = q.where(Settlement.status == status)
+    q = newest_first(q, Settlement.created_at, Settlement.id, after, limit)
+    return list((await session.scalars(q)).all())
 
 
 async def in_flight_amount(session: AsyncSession, payer: str) -> int:
