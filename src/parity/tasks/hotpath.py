@@ -18,7 +18,7 @@ from parity.db.session import Database
 from parity.tasks import lifecycle, pg_queue, service
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
-from parity.tasks.lifecycle import Claim
+from parity.tasks.lifecycle import Claim, Report
 
 TaskLike = Any  # a Task, a Core row or a pg_queue.RecordView: the same attribute names
 
@@ -92,45 +92,15 @@ async def complete_task(
     runner_id: uuid.UUID,
     task_id: uuid.UUID,
     token: str,
-    *,
-    output: str | None,
-    output_cid: str | None,
-    exit_code: int | None,
-    error: str | None,
-    result_hash: str | None,
-    usage: dict[str, object],
+    report: Report,
 ) -> TaskLike:
     """Accept the one completion of a task; then offer a due task again if a slot freed."""
     if not db.is_sqlite and not _escrow_possible(deps):
-        done = await _complete_on_driver(
-            db,
-            deps,
-            runner_id,
-            task_id,
-            token,
-            output=output,
-            output_cid=output_cid,
-            exit_code=exit_code,
-            error=error,
-            result_hash=result_hash,
-            usage=usage,
-        )
+        done = await _complete_on_driver(db, deps, runner_id, task_id, token, report)
         if done is not None:
             return done
     async with db.transaction() as session:
-        task = await lifecycle.complete(
-            session,
-            deps,
-            runner_id,
-            task_id,
-            token,
-            output=output,
-            output_cid=output_cid,
-            exit_code=exit_code,
-            error=error,
-            result_hash=result_hash,
-            usage=usage,
-        )
+        task = await lifecycle.complete(session, deps, runner_id, task_id, token, report)
         now = deps.clock.now()
         if await lifecycle.slot_freed(session, deps, now):
             await service.reoffer_pending(session, deps, now, limit=1)
@@ -148,16 +118,9 @@ async def _complete_on_driver(
     runner_id: uuid.UUID,
     task_id: uuid.UUID,
     token: str,
-    *,
-    output: str | None,
-    output_cid: str | None,
-    exit_code: int | None,
-    error: str | None,
-    result_hash: str | None,
-    usage: dict[str, object],
+    report: Report,
 ) -> TaskLike | None:
     now = deps.clock.now()
-    inline, _ = lifecycle.cap_output(output, deps.output_inline_max_bytes)
     async with db.driver_connection() as conn:
         done = await pg_queue.complete_held(
             conn,
@@ -165,12 +128,12 @@ async def _complete_on_driver(
             runner_id,
             hash_token(token),
             now,
-            exit_code=exit_code,
-            output=inline,
-            output_cid=output_cid,
-            error=error,
-            result_hash=lifecycle.result_digest(output, result_hash),
-            usage=dict(usage),
+            exit_code=report.exit_code,
+            output=report.inline_output(deps.output_inline_max_bytes),
+            output_cid=report.output_cid,
+            error=report.error,
+            result_hash=report.digest(),
+            usage=dict(report.usage),
             admins=sorted(deps.events.admins),
         )
     if done is None:

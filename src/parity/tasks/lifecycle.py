@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -273,7 +273,29 @@ async def start(
     return f.task
 
 
-def cap_output(output: str | None, limit: int) -> tuple[str | None, bool]:
+@dataclass(frozen=True)
+class Report:
+    """What a runner reports with a completion."""
+
+    output: str | None = None
+    output_cid: str | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    result_hash: str | None = None
+    usage: dict[str, object] = field(default_factory=dict)
+
+    def inline_output(self, limit: int) -> str | None:
+        """The output as stored inline: cut at ``limit`` bytes with a marker."""
+        return _cap_output(self.output, limit)[0]
+
+    def digest(self) -> str | None:
+        """The runner's hash of its result, else SHA-256 of the output (None without either)."""
+        if self.result_hash:
+            return self.result_hash
+        return hashlib.sha256(self.output.encode()).hexdigest() if self.output is not None else None
+
+
+def _cap_output(output: str | None, limit: int) -> tuple[str | None, bool]:
     if output is None:
         return None, False
     raw = output.encode()
@@ -283,26 +305,13 @@ def cap_output(output: str | None, limit: int) -> tuple[str | None, bool]:
     return raw[:limit].decode(errors="ignore") + marker, True
 
 
-def result_digest(output: str | None, result_hash: str | None) -> str | None:
-    """The runner's hash of its result, else SHA-256 of the output (None without either)."""
-    if result_hash:
-        return result_hash
-    return hashlib.sha256(output.encode()).hexdigest() if output is not None else None
-
-
 async def complete(
     session: AsyncSession,
     deps: TaskDeps,
     runner_id: uuid.UUID,
     task_id: uuid.UUID,
     token: str,
-    *,
-    output: str | None,
-    output_cid: str | None,
-    exit_code: int | None,
-    error: str | None,
-    result_hash: str | None,
-    usage: dict[str, object],
+    report: Report,
 ) -> Task:
     """Accept the one completion of a task. ``complete`` from ``assigned`` implies start."""
     now = deps.clock.now()
@@ -335,10 +344,8 @@ async def complete(
         started=started,
         ended=now,
         outcome="completed",
-        exit_code=exit_code,
+        exit_code=report.exit_code,
     )
-    inline, _ = cap_output(output, deps.output_inline_max_bytes)
-    digest = result_digest(output, result_hash)
     await repo.insert_result(
         session,
         {
@@ -346,12 +353,12 @@ async def complete(
             "task_id": task.id,
             "attempt": task.attempts,
             "runner_id": runner_id,
-            "output": inline,
-            "output_cid": output_cid,
-            "exit_code": exit_code,
-            "error": error,
-            "result_hash": digest,
-            "usage": dict(usage),
+            "output": report.inline_output(deps.output_inline_max_bytes),
+            "output_cid": report.output_cid,
+            "exit_code": report.exit_code,
+            "error": report.error,
+            "result_hash": report.digest(),
+            "usage": dict(report.usage),
             "execution_seconds": max((now - started).total_seconds(), 0.0),
             "created_at": now,
         },

@@ -155,12 +155,7 @@ async def complete_task(
     runner_id = require_runner(principal)
     if body.exit_code not in (None, 0):
         raise InvalidInput("exit_code", "a non-zero exit code is a failure: use /fail")
-    task = await hotpath.complete_task(
-        c.db,
-        c.tasks,
-        runner_id,
-        task_id,
-        body.claim_token,
+    report = lifecycle.Report(
         output=body.output,
         output_cid=body.output_cid,
         exit_code=body.exit_code,
@@ -168,6 +163,7 @@ async def complete_task(
         result_hash=body.result_hash,
         usage=body.usage,
     )
+    task = await hotpath.complete_task(c.db, c.tasks, runner_id, task_id, body.claim_token, report)
     return task_read(task)
 
 
