@@ -648,6 +648,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return server_env_of(p.parse_args(argv))
 
 
+def _jsonable(value: Any) -> Any:
+    """Command-line values as JSON: paths as text, modes by name."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list) and value and isinstance(value[0], Mode):
+        return [m.name for m in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     install_sigterm_handler()
     args = parse_args(argv)
@@ -689,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
                 "cpu_count": ncpu,
-                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "args": {k: _jsonable(v) for k, v in vars(args).items()},
                 "request_timeout_s": REQUEST_TIMEOUT_S,
             },
             "results": [c.row() for c in cells],

@@ -360,3 +360,14 @@ async def test_post_json_does_not_override_given_content_type() -> None:
         transport=httpx.MockTransport(recorder),
     )
     assert recorder.requests[0].headers["content-type"] == "application/webhook+json"
+
+
+def test_outbound_posts_share_one_verifying_tls_context():
+    import ssl
+
+    from parity.webhooks.ssrf import _tls_context
+
+    ctx = _tls_context()
+    assert ctx is _tls_context()  # built once: loading the CA bundle per POST cost ~10 ms
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx.cert_store_stats()["x509_ca"] > 0  # trust roots loaded

@@ -9,8 +9,10 @@ redirects, cap the response body read and bound the whole call by one timeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -189,6 +191,14 @@ def _host_header(target: ResolvedTarget) -> str:
     return host
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context (the trust roots httpx uses, environment ignored as the
+    client ignores it) for every outbound POST: building one loads the whole CA bundle, which
+    cost more CPU than the rest of the request when each POST built its own."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 async def post_json(
     url: str,
     body: bytes,
@@ -224,6 +234,7 @@ async def post_json(
         async with (
             httpx.AsyncClient(
                 transport=transport,
+                verify=_tls_context(),
                 follow_redirects=False,
                 timeout=httpx.Timeout(timeout),
                 trust_env=False,  # an environment proxy would bypass the address check
