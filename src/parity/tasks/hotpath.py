@@ -9,9 +9,10 @@ as before. Both commit before the caller answers; wake-ups happen after the comm
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final, Literal
 
 from parity.core.identity.siwe import hash_token
 from parity.db.session import Database
@@ -27,49 +28,78 @@ async def claim_next(
     db: Database, deps: TaskDeps, runner_id: uuid.UUID, *, max_tasks: int, start: bool
 ) -> Claim | None:
     """The next task(s) this runner may claim, or None when there is nothing for it now."""
-    if db.is_sqlite:
-        async with db.transaction() as session:
-            return await lifecycle.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
+    if not db.is_sqlite:
+        claim = await _claim_on_driver(db, deps, runner_id, max_tasks, start, None)
+        if claim is not _GENERAL:
+            return claim
+    async with db.transaction() as session:
+        return await lifecycle.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
+
+
+async def claim_task(
+    db: Database, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, *, start: bool
+) -> Claim:
+    """Claim one named task (after a push offer), or raise why it cannot be claimed."""
+    if not db.is_sqlite:
+        claim = await _claim_on_driver(db, deps, runner_id, 1, start, task_id)
+        if isinstance(claim, Claim):
+            return claim
+    # SQLite, or a refusal to explain (the general path raises the precise error).
+    async with db.transaction() as session:
+        named = await lifecycle.claim(session, deps, runner_id, start=start, task_id=task_id)
+    assert named is not None  # a named claim raises rather than answering nothing
+    return named
+
+
+class _Route(enum.Enum):
+    GENERAL = "general"  # not for the driver path: unknown or banned runner, or a refusal
+
+
+_GENERAL: Final = _Route.GENERAL
+
+
+async def _claim_on_driver(
+    db: Database,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    max_tasks: int,
+    start: bool,
+    task_id: uuid.UUID | None,
+) -> Claim | Literal[_Route.GENERAL] | None:
+    """Lock the runner, read the candidates with its usage, place, claim: one transaction.
+    None when a next-task claim finds nothing; _GENERAL when the general path must answer
+    (it raises the same errors as before: unknown or banned runner, a named task refused)."""
     now = deps.clock.now()
     async with db.driver_connection() as conn, conn.transaction():
         row = await pg_queue.lock_runner(conn, runner_id)
         runner = None if row is None else repo.ClaimingRunner(*row)
         if runner is None or runner.banned_at is not None:
-            rows = None  # unknown or banned: the general path raises the usual error
-        elif runner.status != "online" or runner.drain_requested:
-            return None
-        else:
-            candidates = await pg_queue.claim_candidates(
-                conn,
-                runner.id,
-                now,
-                cpu_cores=runner.cpu_cores,
-                memory_mb=runner.memory_mb,
-                gpus=runner.gpus,
-                max_concurrent_tasks=runner.max_concurrent_tasks,
-                docker=runner.docker,
-                limit=min(max_tasks, runner.max_concurrent_tasks) + 8,
-            )
-            chosen = lifecycle.choose(runner, candidates, max_tasks) if candidates else []
-            if not chosen:
-                return None
-            token = lifecycle.new_claim_token(deps)
-            lease_until = now + timedelta(seconds=deps.lease_seconds)
-            rows = await pg_queue.mark_claimed(
-                conn, chosen, runner.id, hash_token(token), now, lease_until, start
-            )
-    if rows is None:
-        return await _claim_general(db, deps, runner_id, max_tasks, start)
+            return _GENERAL
+        if runner.status != "online" or runner.drain_requested:
+            return _GENERAL if task_id is not None else None
+        candidates = await pg_queue.claim_candidates(
+            conn,
+            runner.id,
+            now,
+            cpu_cores=runner.cpu_cores,
+            memory_mb=runner.memory_mb,
+            gpus=runner.gpus,
+            max_concurrent_tasks=runner.max_concurrent_tasks,
+            docker=runner.docker,
+            limit=min(max_tasks, runner.max_concurrent_tasks) + 8,
+            task_id=task_id,
+        )
+        chosen = lifecycle.choose(runner, candidates, max_tasks) if candidates else []
+        if not chosen:
+            return _GENERAL if task_id is not None else None
+        token = lifecycle.new_claim_token(deps)
+        lease_until = now + timedelta(seconds=deps.lease_seconds)
+        rows = await pg_queue.mark_claimed(
+            conn, chosen, runner.id, hash_token(token), now, lease_until, start
+        )
     if not rows:
-        return None
+        return _GENERAL if task_id is not None else None
     return Claim(rows, token, deps.lease_seconds, lease_until)
-
-
-async def _claim_general(
-    db: Database, deps: TaskDeps, runner_id: uuid.UUID, max_tasks: int, start: bool
-) -> Claim | None:
-    async with db.transaction() as session:
-        return await lifecycle.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
 
 
 async def start_task(

@@ -51,7 +51,7 @@ FROM runners WHERE id = $1 FOR UPDATE
 """
 
 # $1 runner, $2 now, $3 max concurrent, $4 cpu, $5 memory MB, $6 GPUs, $7 docker, $8 limit
-CANDIDATES = """
+_CANDIDATES_WHERE = """
 WITH runner_usage AS (
   SELECT count(*) AS used_count, coalesce(sum(req_cpu_cores), 0.0) AS used_cpu,
          coalesce(sum(req_memory_mb), 0) AS used_memory, coalesce(sum(req_gpus), 0) AS used_gpus
@@ -69,9 +69,20 @@ WHERE u.used_count < $3
   AND t.req_gpus <= $6::bigint - u.used_gpus
   AND NOT EXISTS (SELECT 1 FROM task_exclusions x WHERE x.task_id = t.id AND x.runner_id = $1)
   AND (t.req_docker IS false OR $7::boolean)
-ORDER BY t.priority DESC, t.available_at, t.id
+"""
+CANDIDATES = (
+    _CANDIDATES_WHERE
+    + """ORDER BY t.priority DESC, t.available_at, t.id
 LIMIT $8 FOR UPDATE OF t SKIP LOCKED
 """
+)
+# The same for one named task ($9): a claim after a push offer.
+CANDIDATE_BY_ID = (
+    _CANDIDATES_WHERE
+    + """  AND t.id = $9
+LIMIT $8 FOR UPDATE OF t SKIP LOCKED
+"""
+)
 
 # $1 ids, $2 runner, $3 token hash, $4 lease until, $5 now, $6 start
 MARK_CLAIMED = """
@@ -173,18 +184,15 @@ async def claim_candidates(
     max_concurrent_tasks: int,
     docker: bool,
     limit: int,
+    task_id: uuid.UUID | None = None,
 ) -> list[RecordView]:
-    rows = await conn.fetch(
-        CANDIDATES,
-        runner_id,
-        now,
-        max_concurrent_tasks,
-        float(cpu_cores),
-        memory_mb,
-        gpus,
-        docker,
-        limit,
-    )
+    """Pending tasks this runner may claim now, in claim order, locked (SKIP LOCKED), each
+    with the runner's usage: all of them, or only ``task_id``."""
+    args = [runner_id, now, max_concurrent_tasks, float(cpu_cores), memory_mb, gpus, docker, limit]
+    if task_id is None:
+        rows = await conn.fetch(CANDIDATES, *args)
+    else:
+        rows = await conn.fetch(CANDIDATE_BY_ID, *args, task_id)
     return [RecordView(r) for r in rows]
 
 

@@ -102,15 +102,13 @@ async def claim_next(
 async def claim_one(
     task_id: uuid.UUID,
     principal: CurrentPrincipal,
-    session: WriteSession,
     c: ContainerDep,
     start: bool = False,
 ) -> ClaimRead:
     """Claim a specific task: 404 unknown, 409 task_not_claimable (details say why),
     403 runner_not_eligible when it does not fit this runner."""
     runner_id = require_runner(principal)
-    claim = await lifecycle.claim(session, c.tasks, runner_id, start=start, task_id=task_id)
-    assert claim is not None
+    claim = await hotpath.claim_task(c.db, c.tasks, runner_id, task_id, start=start)
     return _claims(claim)[0]
 
 
