@@ -414,6 +414,23 @@ async def test_offers_never_exceed_what_the_push_runner_could_claim(container: C
 
 
 @pytest.mark.postgres_only
+async def test_concurrent_creations_never_offer_a_push_runner_more_than_it_could_claim(
+    container: Container,
+):
+    """Placement locks the runner it picked and re-reads its committed offers: ten tasks
+    created at once offer a 2-slot push runner exactly two, the rest wait untargeted."""
+    async with custom_client(container, webhook_allow_private=True) as (http, _c):
+        alice = await sign_in(http, ALICE)
+        _, pushed = await register_runner(
+            http, alice, device(), webhook="http://127.0.0.1:9/hook", max_concurrent_tasks=2
+        )
+        tasks = await asyncio.gather(*(create_task(http, alice, title=f"t{i}") for i in range(10)))
+        targets = [t["target_runner_id"] for t in tasks]
+        assert targets.count(pushed["runner"]["id"]) == 2
+        assert targets.count(None) == 8
+
+
+@pytest.mark.postgres_only
 async def test_concurrent_claims_by_one_runner_never_overcommit(client: httpx.AsyncClient):
     alice, runner = await _setup(client, max_concurrent_tasks=3)
     for i in range(10):

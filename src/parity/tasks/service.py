@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -156,8 +157,15 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
         need = Resources(task.req_cpu_cores, task.req_memory_mb, task.req_gpus, task.req_docker)
         excluded = {str(x) for x in await repo.exclusions(session, task.id)}
         labels = {k: str(v) for k, v in (task.required_labels or {}).items()}
-        chosen = choose_runner(need, labels, loads, excluded)
-        target = uuid.UUID(chosen) if chosen else None
+        target = await _reserve_runner(
+            session,
+            now,
+            need,
+            labels,
+            loads,
+            excluded,
+            choose_runner(need, labels, loads, excluded),
+        )
     wakeups = deps.wakeups
     if target is not None:
         task.target_runner_id = target
@@ -192,6 +200,37 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
 
         after_commit(session, wake_one)
     return target
+
+
+async def _reserve_runner(
+    session: AsyncSession,
+    now: datetime,
+    need: Resources,
+    labels: dict[str, str],
+    loads: list[RunnerLoad],
+    excluded: set[str],
+    chosen: str | None,
+) -> uuid.UUID | None:
+    """Confirm placement's pick under the runner's row lock: concurrent placements read the
+    same committed offers, so each would offer the same runner its last free slot. Locked,
+    a new statement sees every offer committed before the lock was granted; a runner that
+    no longer has room drops out and the next best is tried."""
+    none = repo.Usage(0, 0.0, 0, 0)
+    while chosen is not None:
+        runner_id = uuid.UUID(chosen)
+        await runners_repo.get(session, runner_id, lock=True)
+        fresh = (await repo.committed_usages(session, [runner_id], now)).get(runner_id, none)
+        load = next(x for x in loads if x.runner_id == chosen)
+        load = dataclasses.replace(
+            load,
+            in_use=Resources(fresh.cpu_cores, fresh.memory_mb, fresh.gpus, False),
+            active_claims=fresh.count,
+        )
+        if choose_runner(need, labels, [load], excluded) == chosen:
+            return runner_id
+        loads = [x for x in loads if x.runner_id != chosen]
+        chosen = choose_runner(need, labels, loads, excluded)
+    return None
 
 
 async def reoffer_pending(
