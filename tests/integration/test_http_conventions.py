@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.app import create_app
@@ -179,6 +179,24 @@ async def test_commit_failure_is_503_and_changes_nothing(
     assert r.headers["retry-after"]
     assert await count() == before
     assert "stack" not in r.text.lower() and "Traceback" not in r.text
+
+
+async def test_a_deadlock_or_serialization_failure_is_a_retryable_503(
+    client: httpx.AsyncClient, container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    token = await sign_in(client, ALICE)
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"  # what asyncpg (and SQLAlchemy's wrapper) carry
+
+    async def deadlocked_commit(self: AsyncSession) -> None:
+        raise DBAPIError("COMMIT", {}, Deadlock("deadlock detected"))
+
+    monkeypatch.setattr(AsyncSession, "commit", deadlocked_commit)
+    r = await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=bearer(token))
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "database_conflict"
+    assert r.headers["retry-after"] == "1"
 
 
 async def test_database_down_gives_503_on_health_and_reads(tmp_path: Path):

@@ -134,9 +134,29 @@ async def _db_dbapi(request: Request, exc: Exception) -> JSONResponse:
     # asyncpg wraps a lost connection in a generic DBAPIError flagged as invalidated.
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return await _db_unavailable(request, exc)
+    if _sqlstate(exc) in RETRYABLE_SQLSTATES:
+        log.warning("database_conflict", sqlstate=_sqlstate(exc))
+        return envelope(
+            503,
+            "database_conflict",
+            "the request met a concurrent change (deadlock or serialization); retry",
+            headers={"Retry-After": "1"},
+        )
     if _looks_like_connection_loss(exc):
         return await _db_unavailable(request, exc)
     return await _unexpected(request, exc)
+
+
+# Deadlock detected, serialization failure, lock not available: nothing was written (the
+# transaction rolled back) and the same request can simply be sent again.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+
+
+def _sqlstate(exc: Exception) -> str | None:
+    """The SQLSTATE PostgreSQL sent, as the asyncpg error (or SQLAlchemy's wrapper) carries it."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
 
 
 def _looks_like_connection_loss(exc: Exception) -> bool:

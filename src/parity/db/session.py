@@ -57,8 +57,8 @@ def _as_sqlalchemy_error(exc: asyncpg.PostgresError) -> DBAPIError:
         return IntegrityError("driver statement", None, exc)
     if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError):
         return OperationalError("driver statement", None, exc)
-    if isinstance(exc, asyncpg.SerializationError | asyncpg.DeadlockDetectedError):
-        return OperationalError("driver statement", None, exc)
+    # Anything else (a deadlock, a serialization failure included) keeps its SQLSTATE on
+    # ``orig`` for the error table.
     return DBAPIError("driver statement", None, exc)
 
 

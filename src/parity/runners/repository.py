@@ -20,6 +20,12 @@ async def get(session: AsyncSession, runner_id: uuid.UUID, *, lock: bool = False
     return (await session.scalars(q)).first()
 
 
+async def try_lock(session: AsyncSession, runner_id: uuid.UUID) -> bool:
+    """Lock the runner row unless another transaction holds it (no wait): False when taken."""
+    q = select(Runner.id).where(Runner.id == runner_id).with_for_update(skip_locked=True)
+    return (await session.execute(q)).first() is not None
+
+
 async def by_device(session: AsyncSession, device_id: str, *, lock: bool = False) -> Runner | None:
     q = select(Runner).where(Runner.device_id == device_id)
     if lock:

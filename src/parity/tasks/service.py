@@ -214,20 +214,24 @@ async def _reserve_runner(
     """Confirm placement's pick under the runner's row lock: concurrent placements read the
     same committed offers, so each would offer the same runner its last free slot. Locked,
     a new statement sees every offer committed before the lock was granted; a runner that
-    no longer has room drops out and the next best is tried."""
+    no longer has room drops out and the next best is tried. The lock is taken without
+    waiting (a runner locked by another placement or a claim is passed over for now): a
+    placement may hold one runner while trying the next, and waiting there could deadlock
+    with a placement doing the same the other way round. A task offered to nobody stays
+    claimable by any runner and is offered again when a slot frees."""
     none = repo.Usage(0, 0.0, 0, 0)
     while chosen is not None:
         runner_id = uuid.UUID(chosen)
-        await runners_repo.get(session, runner_id, lock=True)
-        fresh = (await repo.committed_usages(session, [runner_id], now)).get(runner_id, none)
-        load = next(x for x in loads if x.runner_id == chosen)
-        load = dataclasses.replace(
-            load,
-            in_use=Resources(fresh.cpu_cores, fresh.memory_mb, fresh.gpus, False),
-            active_claims=fresh.count,
-        )
-        if choose_runner(need, labels, [load], excluded) == chosen:
-            return runner_id
+        if await runners_repo.try_lock(session, runner_id):
+            fresh = (await repo.committed_usages(session, [runner_id], now)).get(runner_id, none)
+            load = next(x for x in loads if x.runner_id == chosen)
+            load = dataclasses.replace(
+                load,
+                in_use=Resources(fresh.cpu_cores, fresh.memory_mb, fresh.gpus, False),
+                active_claims=fresh.count,
+            )
+            if choose_runner(need, labels, [load], excluded) == chosen:
+                return runner_id
         loads = [x for x in loads if x.runner_id != chosen]
         chosen = choose_runner(need, labels, loads, excluded)
     return None
