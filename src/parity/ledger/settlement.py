@@ -48,7 +48,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy import text
 
 from parity.chain.errors import ChainRetryableError
-from parity.chain.ports import ChainClient, Signer
+from parity.chain.ports import ChainClient
 from parity.clock import Clock
 from parity.config import Settings
 from parity.db.session import Database
@@ -57,8 +57,6 @@ from parity.jobs.runner import job_key
 from parity.ledger.settlement_base import log
 from parity.ledger.settlement_policy import (
     HOOK_POINTS,
-    Alert,
-    Hook,
     PassReport,
     SettlementConfig,
     bumped_fees,
@@ -83,19 +81,8 @@ __all__ = [
 class SettlementWorker(SigningSteps, TrackingSteps):
     """Runs the passes; :meth:`run_once` is one pass (tests call it), :meth:`start` loops."""
 
-    def __init__(
-        self,
-        db: Database,
-        chain: ChainClient,
-        signer: Signer,
-        clock: Clock,
-        config: SettlementConfig | None = None,
-        *,
-        hook: Hook | None = None,
-        alert: Alert | None = None,
-        events: EventDeps | None = None,
-    ) -> None:
-        super().__init__(db, chain, signer, clock, config, hook=hook, alert=alert, events=events)
+    def _setup(self) -> None:
+        # Called by WorkerBase.__init__: the loop's own state.
         self._first_pass = True
         self._pass_lock = asyncio.Lock()
         self._stop = asyncio.Event()

@@ -59,6 +59,10 @@ class WorkerBase:
         self.hook = hook  # called at HOOK_POINTS; raising there simulates a crash
         self.alert = alert
         self.events = events  # payment.settled / payment.reverted for the payer and payee
+        self._setup()
+
+    def _setup(self) -> None:
+        """State a subclass adds (the worker's loop); nothing here."""
 
     def _at(self, point: str, settlement_id: uuid.UUID) -> None:
         if self.hook is not None:

@@ -78,16 +78,7 @@ async def _claim_on_driver(
         if runner.status != "online" or runner.drain_requested:
             return _GENERAL if task_id is not None else None
         candidates = await pg_queue.claim_candidates(
-            conn,
-            runner.id,
-            now,
-            cpu_cores=runner.cpu_cores,
-            memory_mb=runner.memory_mb,
-            gpus=runner.gpus,
-            max_concurrent_tasks=runner.max_concurrent_tasks,
-            docker=runner.docker,
-            limit=min(max_tasks, runner.max_concurrent_tasks) + 8,
-            task_id=task_id,
+            conn, runner.id, now, task_id=task_id, **runner.candidate_limits(max_tasks)
         )
         chosen = lifecycle.choose(runner, candidates, max_tasks) if candidates else []
         if not chosen:

@@ -98,16 +98,7 @@ async def claim(
         return None
     # The runner's active usage comes with the candidates (one statement, after the lock).
     candidates = await repo.claim_candidates(
-        session,
-        runner.id,
-        now,
-        cpu_cores=runner.cpu_cores,
-        memory_mb=runner.memory_mb,
-        gpus=runner.gpus,
-        max_concurrent_tasks=runner.max_concurrent_tasks,
-        docker=runner.docker,
-        limit=min(max_tasks, runner.max_concurrent_tasks) + 8,
-        task_id=task_id,
+        session, runner.id, now, task_id=task_id, **runner.candidate_limits(max_tasks)
     )
     if not candidates:
         if task_id is not None:

@@ -62,6 +62,18 @@ class ClaimingRunner:
     docker: bool
     labels: dict[str, Any] | None
 
+    def candidate_limits(self, max_tasks: int) -> dict[str, Any]:
+        """What the candidate query filters on for this runner (its capacity and slots), and
+        how many rows to read: the batch plus a margin for rows placement turns down."""
+        return {
+            "cpu_cores": self.cpu_cores,
+            "memory_mb": self.memory_mb,
+            "gpus": self.gpus,
+            "max_concurrent_tasks": self.max_concurrent_tasks,
+            "docker": self.docker,
+            "limit": min(max_tasks, self.max_concurrent_tasks) + 8,
+        }
+
 
 _LOCK_RUNNER = (
     select(
