@@ -463,6 +463,33 @@ async def test_a_burst_of_creations_over_several_push_runners_never_fails_or_ove
 
 
 @pytest.mark.postgres_only
+async def test_a_failed_reoffer_after_a_committed_completion_does_not_fail_the_completion(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    """On PostgreSQL the completion commits on its own; the re-offer after it is best effort."""
+    from sqlalchemy.exc import OperationalError
+
+    from parity.tasks import service as tasks_service
+
+    async def broken(*_a: Any, **_k: Any) -> int:
+        raise OperationalError("SELECT", {}, Exception("injected"))
+
+    async with custom_client(container, webhook_allow_private=True) as (http, _c):
+        alice = await sign_in(http, ALICE)
+        rt, _ = await register_runner(
+            http, alice, device(), webhook="http://127.0.0.1:9/hook", max_concurrent_tasks=1
+        )
+        first = await create_task(http, alice, title="first")
+        await create_task(http, alice, title="due")  # untargeted: the runner is full
+        c = await claimed(http, rt)
+        assert c["task"]["id"] == first["id"]
+        monkeypatch.setattr(tasks_service, "reoffer_pending", broken)
+        r = await act(http, rt, first["id"], "complete", c["claim_token"], output="ok", exit_code=0)
+        assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+        assert (await get_task(http, alice, first["id"]))["status"] == "completed"
+
+
+@pytest.mark.postgres_only
 async def test_concurrent_claims_by_one_runner_never_overcommit(client: httpx.AsyncClient):
     alice, runner = await _setup(client, max_concurrent_tasks=3)
     for i in range(10):

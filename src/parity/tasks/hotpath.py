@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 from parity.core.identity.siwe import hash_token
 from parity.db.session import Database
+from parity.logging import get_logger
 from parity.tasks import lifecycle, pg_queue, service
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.lifecycle import Claim, Report
 
+log = get_logger("parity.tasks")
 TaskLike = Any  # a Task, a Core row or a pg_queue.RecordView: the same attribute names
 
 
@@ -164,8 +166,18 @@ async def _complete_on_driver(
     deps.events.hub.publish([done.task.creator_address.lower()], deliveries=done.deliveries > 0)
     if done.due:
         if done.push:
-            async with db.transaction() as session:
-                await service.reoffer_pending(session, deps, now, limit=1)
+            await _reoffer_after(db, deps, now)
         else:
             deps.wakeups.wake_any(1)
     return done.task
+
+
+async def _reoffer_after(db: Database, deps: TaskDeps, now: datetime) -> None:
+    """Offer a due task after a committed completion. Best effort: the completion is already
+    accepted, so a failure here must not turn its answer into an error (the scheduler's tick
+    offers the task anyway)."""
+    try:
+        async with db.transaction() as session:
+            await service.reoffer_pending(session, deps, now, limit=1)
+    except Exception as exc:
+        log.warning("reoffer_after_completion_failed", error=type(exc).__name__, detail=str(exc))
