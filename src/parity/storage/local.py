@@ -2,7 +2,8 @@
 
 Layout under ``root`` (default ``$PARITY_HOME/blocks``)::
 
-    packs/        the blocks, packed: one pack per upload plus its index (:mod:`.packs`)
+    packs/        the blocks, packed: one pack per upload plus its index (:mod:`.packs`); GC
+                  merges small ones (:mod:`.packgc`)
     .pins/<cidv1> one empty file per pinned root
     .gc.lock      GC holds it exclusively; an upload holds it shared while it commits
     <xy>/<key>    one block per file (key = base32 of the multihash, xy = key[-3:-1], kubo's
@@ -27,6 +28,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from parity.core.storage import reader
 from parity.core.storage.importer import Block, CidV0Hasher, FileImporter, ImportResult
 from parity.core.storage.multiformats import DAG_PB, RAW, Cid, CidError
 from parity.storage.errors import ContentNotFound, NotAFile
-from parity.storage.packgc import Swept, loose_files, sweep_packs
+from parity.storage.packgc import Swept, Thresholds, loose_files, sweep_packs
 from parity.storage.packs import PackIndex, flocked
 from parity.storage.packwriter import PackWriter
 from parity.storage.ports import GcReport, Stored
@@ -44,17 +46,33 @@ SYNC_BYTES = 32 << 20  # written pack bytes after which a background write-back 
 READ_BATCH_BYTES = 4 << 20  # file bytes read by a worker thread at a time
 SEND_BYTES = 1 << 20  # size of the pieces a download yields
 COMPACT_BELOW = 0.5  # GC rewrites an old pack when less than this fraction of its bytes live
+MERGE_BELOW = 4 << 20  # GC merges old packs smaller than this (one per small upload) ...
+MERGE_TARGET = 64 << 20  # ... into packs of up to this size
+
+
+@dataclass(frozen=True, slots=True)
+class LocalGcReport(GcReport):
+    """What the local store's GC did, with what it did to the packs."""
+
+    compacted_packs: int = 0  # rewritten without their dead blocks
+    merged_packs: int = 0  # small packs whose live blocks moved into merged packs
 
 
 class LocalContentStore:
     kind = "local"
 
     def __init__(
-        self, root: Path, *, with_cidv0: bool = True, compact_below: float = COMPACT_BELOW
+        self,
+        root: Path,
+        *,
+        with_cidv0: bool = True,
+        compact_below: float = COMPACT_BELOW,
+        merge_below: int = MERGE_BELOW,
+        merge_target: int = MERGE_TARGET,
     ) -> None:
         self.root = root
         self.with_cidv0 = with_cidv0
-        self.compact_below = compact_below
+        self.gc_limits = Thresholds(compact_below, merge_below, merge_target)
         self._pins = root / ".pins"
         self._tmp = root / ".tmp"
         self._gc_lock = root / ".gc.lock"
@@ -322,9 +340,9 @@ class LocalContentStore:
 
     # -- garbage collection
 
-    def _gc(self, keep: Collection[Cid], older_than: float | None) -> GcReport:
+    def _gc(self, keep: Collection[Cid], older_than: float | None) -> LocalGcReport:
         if not self.root.is_dir():
-            return GcReport(0, 0)
+            return LocalGcReport(0, 0)
         self._ensure_dirs()
         with flocked(self._gc_lock, fcntl.LOCK_EX):
             self.packs.rebuild()
@@ -332,7 +350,7 @@ class LocalContentStore:
             for root in self._list_pins() | {c.to_v1() for c in keep}:
                 live.update(c.block_key for c in self._walk(root))
             out = Swept()
-            spared = sweep_packs(self.packs, live, older_than, self.compact_below, out)
+            spared = sweep_packs(self.packs, live, older_than, self.gc_limits, out)
             for path in loose_files(self.root):
                 if path.name in live or path.name in spared:
                     continue
@@ -346,9 +364,11 @@ class LocalContentStore:
                 for path in self._tmp.iterdir():
                     if older_than is None or path.stat().st_mtime < older_than:
                         path.unlink(missing_ok=True)
-        return GcReport(out.removed, out.freed)
+        return LocalGcReport(out.removed, out.freed, out.compacted, out.merged)
 
-    async def gc(self, *, keep: Collection[Cid] = (), older_than: float | None = None) -> GcReport:
+    async def gc(
+        self, *, keep: Collection[Cid] = (), older_than: float | None = None
+    ) -> LocalGcReport:
         return await asyncio.to_thread(self._gc, keep, older_than)
 
     async def describe(self) -> dict[str, Any]:

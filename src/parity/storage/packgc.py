@@ -8,8 +8,13 @@ is left alone. Of an older pack, the dead records (and copies of a key that anot
 serves) go: the whole pack when nothing in it lives, else it is rewritten when less than
 ``compact_below`` of its bytes live: new pack, fsync, new index (durable), and only then the
 old index and pack are removed, so every live block has a committed copy at every moment.
-Readers that opened the old pack keep reading it; those that look it up afresh find the new one
-(:meth:`PackIndex.read` looks again when a pack is gone). Bytes are verified while copied.
+Old packs smaller than ``merge_below`` that no upload holds (one per small upload) are merged
+the same way: their live records go into new packs of up to ``merge_target`` bytes, and only
+once those are committed do the small packs go. Readers that opened an old pack keep reading
+it; those that look it up afresh find the new one (:meth:`PackIndex.read` looks again when a
+pack is gone). Bytes are verified while copied. A crash between the new index and the removals
+leaves two copies of some blocks, which readers tolerate (the older pack's is chosen) and the
+next GC drops.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from parity.logging import get_logger
 from parity.storage.packs import (
     O_CLOEXEC,
     PACK_MAGIC,
+    RECORD,
     PackIndex,
     PackMeta,
     encode_index,
@@ -37,10 +43,24 @@ from parity.storage.packs import (
 log = get_logger("parity.storage")
 
 
+Entry = tuple[str, int, int]  # key, offset, length
+_IOV_MAX = 512
+_WRITE_BYTES = 1 << 20  # copied bytes gathered before a write
+
+
 @dataclass
 class Swept:
-    removed: int = 0
-    freed: int = 0
+    removed: int = 0  # blocks
+    freed: int = 0  # bytes
+    compacted: int = 0  # packs rewritten without their dead records
+    merged: int = 0  # small packs whose live records moved into a merged pack
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    compact_below: float  # rewrite an old pack when less than this fraction of its bytes live
+    merge_below: int  # merge old packs smaller than this (bytes; 0: never) ...
+    merge_target: int  # ... into packs of up to this many bytes
 
 
 def _young(mtime: float, older_than: float | None) -> bool:
@@ -99,25 +119,59 @@ def pending_refs(index: PackIndex, older_than: float | None, out: Swept) -> set[
     return refs
 
 
-def _copy(index: PackIndex, meta: PackMeta, keep: list[tuple[str, int, int]]) -> PackMeta:
-    """A new pack holding ``keep``'s records of ``meta``'s pack, verified, committed."""
-    name = new_name()
-    path = index.pack_path(name)
-    entries: list[tuple[str, int, int]] = []
+def _write_all(fd: int, bufs: list[bytes]) -> None:
+    views = [memoryview(b) for b in bufs]
+    while views:
+        done = os.writev(fd, views[:_IOV_MAX])
+        while done and views:
+            if done >= len(views[0]):
+                done -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][done:]
+                done = 0
+
+
+def _append(
+    index: PackIndex, meta: PackMeta, keep: list[Entry], dst: int, at: int, entries: list[Entry]
+) -> int:
+    """Append ``keep``'s records of ``meta``'s pack to ``dst`` (which ends at ``at``), each
+    verified against its key, noting them in ``entries``; returns where ``dst`` ends now."""
+    bufs: list[bytes] = []
+    written = at
     src = os.open(index.pack_path(meta.name), os.O_RDONLY | O_CLOEXEC)
-    dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(dst, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        at = os.write(dst, PACK_MAGIC)
         for key, offset, length in keep:
             data = os.pread(src, length, offset)
             if len(data) != length or key_of(data) != key:
                 log.error("storage_block_corrupt", pack=meta.name, key=key)
                 continue
             header = record_header(key, length)
-            os.writev(dst, [header, data])
+            bufs += [header, data]
             entries.append((key, at + len(header), length))
             at += len(header) + length
+            if at - written >= _WRITE_BYTES:  # small records: one writev for many
+                _write_all(dst, bufs)
+                bufs, written = [], at
+        _write_all(dst, bufs)
+    finally:
+        os.close(src)
+    return at
+
+
+def _copy(index: PackIndex, sources: list[tuple[PackMeta, list[Entry]]]) -> PackMeta:
+    """A new pack holding the ``keep`` records of each source pack, verified, committed (pack
+    fsynced, then its index written durably)."""
+    name = new_name()
+    path = index.pack_path(name)
+    entries: list[Entry] = []
+    dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(dst, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _write_all(dst, [PACK_MAGIC])
+        at = len(PACK_MAGIC)
+        for meta, keep in sources:
+            at = _append(index, meta, keep, dst, at, entries)
         os.fsync(dst)
         idx = index.dir / f"{name}.idx"
         write_file_durably(idx, encode_index(at, entries, []))
@@ -126,7 +180,6 @@ def _copy(index: PackIndex, meta: PackMeta, keep: list[tuple[str, int, int]]) ->
         path.unlink(missing_ok=True)
         raise
     finally:
-        os.close(src)
         os.close(dst)
 
 
@@ -143,16 +196,18 @@ def sweep_packs(
     index: PackIndex,
     live: set[str],
     older_than: float | None,
-    compact_below: float,
+    limits: Thresholds,
     out: Swept,
 ) -> set[str]:
-    """Remove or rewrite old packs; returns the keys GC must also spare among loose blocks."""
+    """Remove, rewrite or merge old packs; returns the keys GC must also spare among loose
+    blocks."""
     spared = pending_refs(index, older_than, out)
     metas = sorted(index.packs.values(), key=lambda m: m.name)
     for meta in metas:
         if _young(meta.mtime, older_than):
             spared.update(k for k, _, _ in meta.entries)
             spared.update(meta.refs)
+    small: list[tuple[PackMeta, list[Entry]]] = []
     for meta in metas:
         if _young(meta.mtime, older_than):
             continue
@@ -161,21 +216,62 @@ def sweep_packs(
             for e in meta.entries
             if (e[0] in live or e[0] in spared) and index.chosen(e[0]) == (meta.name, e[1], e[2])
         ]
-        dropped = len(meta.entries) - len(keep)
         if not keep:
             out.freed += _drop(index, meta)
-            out.removed += dropped
-            continue
-        kept_bytes = sum(e[2] for e in keep)
-        total = sum(e[2] for e in meta.entries)
-        if dropped == 0 or kept_bytes >= compact_below * total:
-            continue
-        new = _copy(index, meta, keep)
-        out.freed += _drop(index, meta) - new.size
-        out.removed += dropped
+            out.removed += len(meta.entries)
+        elif meta.size < limits.merge_below and _unlocked(index.pack_path(meta.name)):
+            small.append((meta, keep))
+        else:
+            _compact(index, meta, keep, limits.compact_below, out)
+    for group in _groups(small, limits.merge_target):
+        if len(group) == 1:  # nothing to merge it with: an old pack like any other
+            _compact(index, *group[0], limits.compact_below, out)
+        else:
+            _merge(index, group, out)
     _stale_files(index, older_than)
     index.rebuild()
+    if out.compacted or out.merged:
+        log.info("storage_packs_rewritten", compacted=out.compacted, merged=out.merged)
     return spared
+
+
+def _compact(
+    index: PackIndex, meta: PackMeta, keep: list[Entry], compact_below: float, out: Swept
+) -> None:
+    dropped = len(meta.entries) - len(keep)
+    if dropped == 0 or sum(e[2] for e in keep) >= compact_below * sum(e[2] for e in meta.entries):
+        return
+    new = _copy(index, [(meta, keep)])
+    out.freed += _drop(index, meta) - new.size
+    out.removed += dropped
+    out.compacted += 1
+
+
+def _groups(
+    small: list[tuple[PackMeta, list[Entry]]], target: int
+) -> Iterator[list[tuple[PackMeta, list[Entry]]]]:
+    """The small packs, in order, cut into runs whose live records fill up to ``target``."""
+    group: list[tuple[PackMeta, list[Entry]]] = []
+    filled = len(PACK_MAGIC)
+    for meta, keep in small:
+        size = sum(RECORD.size + len(key) + length for key, _, length in keep)
+        if group and filled + size > target:
+            yield group
+            group, filled = [], len(PACK_MAGIC)
+        group.append((meta, keep))
+        filled += size
+    if group:
+        yield group
+
+
+def _merge(index: PackIndex, group: list[tuple[PackMeta, list[Entry]]], out: Swept) -> None:
+    """One new pack for the group's live records; the small packs go once it is committed."""
+    new = _copy(index, group)
+    out.freed -= new.size
+    for meta, keep in group:
+        out.freed += _drop(index, meta)
+        out.removed += len(meta.entries) - len(keep)
+        out.merged += 1
 
 
 def _stale_files(index: PackIndex, older_than: float | None) -> None:
