@@ -286,7 +286,6 @@ def gc_cmd(
     from parity.clock import SystemClock
     from parity.db.session import Database
     from parity.storage.factory import open_content_store
-    from parity.storage.local import LocalGcReport
     from parity.storage.service import collect_garbage
 
     try:
@@ -310,14 +309,13 @@ def gc_cmd(
         raise _fail(exc.message) from None
     except OSError as exc:
         raise _fail(f"cannot reach the database or the content store: {exc}") from None
-    packed = result.report if isinstance(result.report, LocalGcReport) else None
     _print_json(
         {
             "store": settings.filecoin_ipfs_endpoint or str(settings.blocks_path),
             "removed_blocks": result.report.removed_blocks,
             "freed_bytes": result.report.freed_bytes,
-            "compacted_packs": packed.compacted_packs if packed else None,
-            "merged_packs": packed.merged_packs if packed else None,
+            "compacted_packs": result.report.compacted_packs,
+            "merged_packs": result.report.merged_packs,
             "repinned": result.repinned,
             "missing_pinned_content": result.lost,
             "forgotten_objects": result.pruned_objects,

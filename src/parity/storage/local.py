@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +47,6 @@ SEND_BYTES = 1 << 20  # size of the pieces a download yields
 COMPACT_BELOW = 0.5  # GC rewrites an old pack when less than this fraction of its bytes live
 MERGE_BELOW = 4 << 20  # GC merges old packs smaller than this (one per small upload) ...
 MERGE_TARGET = 64 << 20  # ... into packs of up to this size
-
-
-@dataclass(frozen=True, slots=True)
-class LocalGcReport(GcReport):
-    """What the local store's GC did, with what it did to the packs."""
-
-    compacted_packs: int = 0  # rewritten without their dead blocks
-    merged_packs: int = 0  # small packs whose live blocks moved into merged packs
 
 
 class LocalContentStore:
@@ -340,9 +331,9 @@ class LocalContentStore:
 
     # -- garbage collection
 
-    def _gc(self, keep: Collection[Cid], older_than: float | None) -> LocalGcReport:
+    def _gc(self, keep: Collection[Cid], older_than: float | None) -> GcReport:
         if not self.root.is_dir():
-            return LocalGcReport(0, 0)
+            return GcReport(0, 0, 0, 0)
         self._ensure_dirs()
         with flocked(self._gc_lock, fcntl.LOCK_EX):
             self.packs.rebuild()
@@ -364,11 +355,9 @@ class LocalContentStore:
                 for path in self._tmp.iterdir():
                     if older_than is None or path.stat().st_mtime < older_than:
                         path.unlink(missing_ok=True)
-        return LocalGcReport(out.removed, out.freed, out.compacted, out.merged)
+        return GcReport(out.removed, out.freed, out.compacted, out.merged)
 
-    async def gc(
-        self, *, keep: Collection[Cid] = (), older_than: float | None = None
-    ) -> LocalGcReport:
+    async def gc(self, *, keep: Collection[Cid] = (), older_than: float | None = None) -> GcReport:
         return await asyncio.to_thread(self._gc, keep, older_than)
 
     async def describe(self) -> dict[str, Any]:

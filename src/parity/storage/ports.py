@@ -32,6 +32,9 @@ class Stored:
 class GcReport:
     removed_blocks: int
     freed_bytes: int | None  # None when the store does not say
+    # What GC did to the packs of a packed store; None for a store without packs (kubo).
+    compacted_packs: int | None = None  # rewritten without their dead blocks
+    merged_packs: int | None = None  # small packs whose live blocks moved into merged packs
 
 
 class ContentStore(Protocol):
