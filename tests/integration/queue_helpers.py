@@ -15,7 +15,7 @@ from parity.container import Container
 from parity.db.session import Database
 from parity.runners import service as runners_service
 from parity.tasks import lifecycle
-from parity.tasks import repository as tasks_repo
+from parity.tasks import queue_repository as tasks_queue_repo
 from tests.conftest import bearer, make_settings
 
 V1 = "/api/v1"
@@ -138,7 +138,7 @@ async def sweep_liveness(container: Container, timeout_seconds: float) -> int:
 
 async def expire_offers(container: Container) -> int:
     async with container.db.transaction() as s:
-        return await tasks_repo.expire_offers(s, container.clock.now())
+        return await tasks_queue_repo.expire_offers(s, container.clock.now())
 
 
 @contextlib.asynccontextmanager

@@ -30,7 +30,9 @@ from parity.runners.errors import (
 from parity.runners.models import Runner, RunnerModel
 from parity.runners.schemas import Heartbeat, RunnerRegister
 from parity.tasks import lifecycle
+from parity.tasks import queue_repository as tasks_queue_repo
 from parity.tasks import repository as tasks_repo
+from parity.tasks.claims import new_claim_token
 from parity.tasks.deps import TaskDeps
 from parity.tasks.errors import RunnerTokenRequired
 from parity.tasks.models import Task, TaskAttempt
@@ -150,8 +152,8 @@ async def _rebind_claims(
     """Claims are stored only as hashes, so a restarted runner gets a fresh token per claim
     (same attempt); its old tokens stop working."""
     out: list[tuple[Task, str, int]] = []
-    for task in await tasks_repo.runner_active_tasks(session, runner_id, lock=True):
-        token = lifecycle.new_claim_token(deps)
+    for task in await tasks_queue_repo.runner_active_tasks(session, runner_id, lock=True):
+        token = new_claim_token(deps)
         h = hash_token(token)
         attempt: TaskAttempt | None = await tasks_repo.current_attempt(session, task)
         task.claim_token_hash = h
@@ -187,7 +189,7 @@ async def heartbeat(
     runner.status = reported
     if body.models is not None:
         await repo.replace_models(session, runner.id, [m.model_dump() for m in body.models], now)
-    active = await tasks_repo.runner_active_tasks(session, runner.id, lock=True)
+    active = await tasks_queue_repo.runner_active_tasks(session, runner.id, lock=True)
     if reported == "offline":
         if not was_offline:
             await _offline_event(session, deps, runner, "reported")
@@ -278,7 +280,7 @@ async def ban(
     runner.status = "offline"
     runner.updated_at = now
     await auth_service.revoke_runner_tokens(session, runner.id, now)
-    await tasks_repo.expire_runner_leases(session, runner.id, now)
+    await tasks_queue_repo.expire_runner_leases(session, runner.id, now)
     await session.flush()
     return runner
 
@@ -292,7 +294,7 @@ async def mark_stale_offline(
     for r in stale:
         r.status = "offline"
         r.updated_at = now
-        await tasks_repo.expire_runner_leases(session, r.id, now)
+        await tasks_queue_repo.expire_runner_leases(session, r.id, now)
         await _offline_event(session, deps, r, "heartbeat_timeout")
     await session.flush()
     if stale:

@@ -3,8 +3,8 @@
 On PostgreSQL the common case runs on the driver (``pg_queue``): a claim of the next task, a
 start or a completion under the runner's current claim. Everything else (SQLite, a repeat with
 the same token, a stale or foreign claim to explain, priced work whose escrow must close in
-the completion's transaction) goes through ``lifecycle`` in a SQLAlchemy unit of work, exactly
-as before. Both commit before the caller answers; wake-ups happen after the commit.
+the completion's transaction) goes through ``claims`` or ``lifecycle`` in a SQLAlchemy unit of
+work, exactly as before. Both commit before the caller answers; wake-ups happen after the commit.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any, Final, Literal
 from parity.core.identity.siwe import hash_token
 from parity.db.session import Database
 from parity.logging import get_logger
-from parity.tasks import lifecycle, pg_queue, service
-from parity.tasks import repository as repo
+from parity.tasks import claim_repository as claim_repo
+from parity.tasks import claims, lifecycle, pg_queue, service
+from parity.tasks.claims import Claim
 from parity.tasks.deps import TaskDeps
-from parity.tasks.lifecycle import Claim, Report
+from parity.tasks.lifecycle import Report
 
 log = get_logger("parity.tasks")
 TaskLike = Any  # a Task, a Core row or a pg_queue.RecordView: the same attribute names
@@ -35,7 +36,7 @@ async def claim_next(
         if claim is not _GENERAL:
             return claim
     async with db.transaction() as session:
-        return await lifecycle.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
+        return await claims.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
 
 
 async def claim_task(
@@ -48,7 +49,7 @@ async def claim_task(
             return claim
     # SQLite, or a refusal to explain (the general path raises the precise error).
     async with db.transaction() as session:
-        named = await lifecycle.claim(session, deps, runner_id, start=start, task_id=task_id)
+        named = await claims.claim(session, deps, runner_id, start=start, task_id=task_id)
     assert named is not None  # a named claim raises rather than answering nothing
     return named
 
@@ -74,7 +75,7 @@ async def _claim_on_driver(
     now = deps.clock.now()
     async with db.driver_connection() as conn, conn.transaction():
         row = await pg_queue.lock_runner(conn, runner_id)
-        runner = None if row is None else repo.ClaimingRunner(*row)
+        runner = None if row is None else claim_repo.ClaimingRunner(*row)
         if runner is None or runner.banned_at is not None:
             return _GENERAL
         if runner.status != "online" or runner.drain_requested:
@@ -82,10 +83,10 @@ async def _claim_on_driver(
         candidates = await pg_queue.claim_candidates(
             conn, runner.id, now, task_id=task_id, **runner.candidate_limits(max_tasks)
         )
-        chosen = lifecycle.choose(runner, candidates, max_tasks) if candidates else []
+        chosen = claims.choose(runner, candidates, max_tasks) if candidates else []
         if not chosen:
             return _GENERAL if task_id is not None else None
-        token = lifecycle.new_claim_token(deps)
+        token = claims.new_claim_token(deps)
         lease_until = now + timedelta(seconds=deps.lease_seconds)
         rows = await pg_queue.mark_claimed(
             conn, chosen, runner.id, hash_token(token), now, lease_until, start

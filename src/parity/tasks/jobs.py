@@ -10,7 +10,7 @@ from parity.db.hooks import after_commit
 from parity.jobs.runner import PeriodicJob
 from parity.runners import service as runners_service
 from parity.tasks import lifecycle, service
-from parity.tasks import repository as repo
+from parity.tasks import queue_repository as queue_repo
 from parity.tasks.deps import TaskDeps
 
 
@@ -38,7 +38,7 @@ def liveness_job(deps: TaskDeps, interval: float, timeout_seconds: float) -> Per
 
 def offer_expiry_job(deps: TaskDeps, interval: float) -> PeriodicJob:
     async def tick(session: AsyncSession, now: datetime) -> int:
-        n = await repo.expire_offers(session, now)
+        n = await queue_repo.expire_offers(session, now)
         if n:
             wakeups = deps.wakeups
 

@@ -1,12 +1,12 @@
-"""The runner side of the queue: claim, start, complete, fail, release, lease renewal, logs,
-and lease expiry. Every transition is fenced by the claim token bound to (task, attempt,
-runner); repeating a transition with the same token answers with the current task."""
+"""The runner side of a claimed task: start, complete, fail, release, lease renewal, logs, and
+lease expiry (the claim itself is in ``claims``). Every transition is fenced by the claim token
+bound to (task, attempt, runner); repeating a transition with the same token answers with the
+current task."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,35 +14,18 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.identity.siwe import hash_token
-from parity.core.tasks.placement import Resources, fits
 from parity.core.tasks.states import ACTIVE, TaskStatus
 from parity.db.hooks import after_commit
 from parity.events import service as events_service
-from parity.runners import repository as runners_repo
 from parity.tasks import billing
+from parity.tasks import queue_repository as queue_repo
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
-from parity.tasks.errors import (
-    ClaimInvalid,
-    InvalidTransition,
-    RunnerNotEligible,
-    StaleClaim,
-    TaskNotClaimable,
-    TaskNotFound,
-)
+from parity.tasks.errors import ClaimInvalid, InvalidTransition, StaleClaim, TaskNotFound
 from parity.tasks.models import Task, TaskAttempt, TaskLog
 
-CLAIM_PREFIX = "ps_claim_"
 # session.info key: (task due, push runner online) as the completing UPDATE returned them.
 _SLOT_FREED = "parity.tasks.slot_freed"
-
-
-@dataclass(frozen=True)
-class Claim:
-    tasks: Sequence[Any]  # tasks rows: Core rows, or pg_queue.RecordView on the driver path
-    token: str
-    lease_seconds: float
-    lease_expires_at: datetime
 
 
 async def emit_task_event(
@@ -63,150 +46,6 @@ async def emit_task_event(
         await billing.close(session, deps, task)
 
 
-def new_claim_token(deps: TaskDeps) -> str:
-    return CLAIM_PREFIX + deps.random_bytes(32).hex()
-
-
-def _labels_match(required: dict[str, object], labels: dict[str, object]) -> bool:
-    return all(labels.get(k) == v for k, v in required.items())
-
-
-async def _eligible_runner(session: AsyncSession, runner_id: uuid.UUID) -> repo.ClaimingRunner:
-    # Locking the runner row serializes this runner's claims: no overcommit.
-    runner = await repo.lock_runner(session, runner_id)
-    if runner is None or runner.banned_at is not None:
-        raise RunnerNotEligible("this runner is unknown or banned")
-    return runner
-
-
-async def claim(
-    session: AsyncSession,
-    deps: TaskDeps,
-    runner_id: uuid.UUID,
-    *,
-    max_tasks: int = 1,
-    start: bool = False,
-    task_id: uuid.UUID | None = None,
-) -> Claim | None:
-    """Claim up to ``max_tasks`` pending tasks that fit this runner (or one named task)."""
-    now = deps.clock.now()
-    runner = await _eligible_runner(session, runner_id)
-    if runner.status != "online" or runner.drain_requested:
-        if task_id is not None:
-            state = "draining" if runner.drain_requested else runner.status
-            raise RunnerNotEligible(f"runner is {state}; only online runners claim")
-        return None
-    # The runner's active usage comes with the candidates (one statement, after the lock).
-    candidates = await repo.claim_candidates(
-        session, runner.id, now, task_id=task_id, **runner.candidate_limits(max_tasks)
-    )
-    if not candidates:
-        if task_id is not None:
-            await _explain_unclaimable(session, runner, task_id, now)
-        return None
-    chosen = choose(runner, candidates, max_tasks)
-    if not chosen:
-        if task_id is not None:
-            await _explain_unclaimable(session, runner, task_id, now)
-        return None
-    token = new_claim_token(deps)
-    lease_until = now + timedelta(seconds=deps.lease_seconds)
-    rows = await repo.mark_claimed(
-        session, chosen, runner.id, hash_token(token), now, lease_until, start
-    )
-    if not rows:
-        return None
-    return Claim(rows, token, deps.lease_seconds, lease_until)
-
-
-def choose(
-    runner: repo.ClaimingRunner, candidates: Sequence[Any], max_tasks: int
-) -> list[uuid.UUID]:
-    """Placement over the locked candidates, in their order: each must fit what the runner has
-    left after its active claims and the tasks chosen before it, and carry only labels the
-    runner has. Candidates carry the runner's usage (``used_*``) and requirements (``req_*``)."""
-    first = candidates[0]
-    capacity = Resources(runner.cpu_cores, runner.memory_mb, runner.gpus, runner.docker)
-    in_use = Resources(first.used_cpu, first.used_memory, first.used_gpus, False)
-    want = min(max_tasks, runner.max_concurrent_tasks - first.used_count)
-    chosen: list[uuid.UUID] = []
-    for t in candidates:
-        need = Resources(t.req_cpu_cores, t.req_memory_mb, t.req_gpus, t.req_docker)
-        if not fits(need, capacity, in_use) or not _labels_match(
-            t.required_labels or {}, runner.labels or {}
-        ):
-            continue
-        in_use = Resources(
-            in_use.cpu_cores + need.cpu_cores,
-            in_use.memory_mb + need.memory_mb,
-            in_use.gpus + need.gpus,
-            False,
-        )
-        chosen.append(t.id)
-        if len(chosen) >= want:
-            break
-    return chosen
-
-
-async def _explain_unclaimable(
-    session: AsyncSession, runner: repo.ClaimingRunner, task_id: uuid.UUID, now: datetime
-) -> None:
-    usage = await repo.active_usage(session, runner.id)
-    if usage.count >= runner.max_concurrent_tasks:
-        raise RunnerNotEligible(
-            "runner is at max_concurrent_tasks", details={"active_claims": usage.count}
-        )
-    task = await repo.get(session, task_id)
-    if task is None:
-        raise TaskNotFound(f"task {task_id} not found")
-    details: dict[str, object] = {"status": task.status}
-    if task.status != TaskStatus.PENDING:
-        raise TaskNotClaimable(f"task is {task.status}", details=details)
-    if task.available_at > now:
-        details["available_at"] = task.available_at.isoformat()
-        raise TaskNotClaimable("task is not available yet", details=details)
-    if task.target_runner_id not in (None, runner.id):
-        details["target_runner_id"] = str(task.target_runner_id)
-        if task.offer_expires_at is not None:
-            details["offer_expires_at"] = task.offer_expires_at.isoformat()
-        raise TaskNotClaimable("task is offered to another runner", details=details)
-    if runner.id in await repo.exclusions(session, task.id):
-        raise RunnerNotEligible("this runner already failed this task", details=details)
-    raise RunnerNotEligible(
-        "task does not fit this runner (resources, docker, labels or free capacity)",
-        details={
-            "required": {
-                "cpu_cores": task.req_cpu_cores,
-                "memory_mb": task.req_memory_mb,
-                "gpus": task.req_gpus,
-                "docker": task.req_docker,
-                "labels": task.required_labels,
-            }
-        },
-    )
-
-
-async def available_for(
-    session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, limit: int
-) -> list[Task]:
-    """What this runner could claim now (read only, nothing locked on SQLite)."""
-    runner = await runners_repo.get(session, runner_id)
-    if runner is None or runner.banned_at is not None:
-        raise RunnerNotEligible("this runner is unknown or banned")
-    usage = await repo.active_usage(session, runner.id)
-    return await repo.claimable(
-        session,
-        runner.id,
-        deps.clock.now(),
-        free_cpu=runner.cpu_cores - usage.cpu_cores,
-        free_memory=runner.memory_mb - usage.memory_mb,
-        free_gpus=runner.gpus - usage.gpus,
-        docker=runner.docker,
-        limit=limit,
-        lock=False,
-    )
-
-
 @dataclass
 class Fenced:
     task: Task
@@ -217,7 +56,7 @@ class Fenced:
 async def _fence(
     session: AsyncSession, task_id: uuid.UUID, runner_id: uuid.UUID, token_hash: str
 ) -> Fenced:
-    rows = await repo.fence_rows(session, task_id, token_hash)
+    rows = await queue_repo.fence_rows(session, task_id, token_hash)
     if rows is None:
         raise TaskNotFound(f"task {task_id} not found")
     task, attempt = rows
@@ -227,7 +66,7 @@ async def _fence(
     if not (current and task.status in ACTIVE):
         # On PostgreSQL the attempt came with the snapshot taken before the task lock was
         # granted; a transition that committed meanwhile (a retried complete) changed it.
-        attempt = await repo.attempt_by_token(session, task_id, token_hash) or attempt
+        attempt = await queue_repo.attempt_by_token(session, task_id, token_hash) or attempt
         return Fenced(task, attempt, False)
     return Fenced(task, attempt, True)
 
@@ -247,7 +86,7 @@ async def start(
     session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
 ) -> Task | repo.TaskRow:
     token_hash = hash_token(token)
-    task = await repo.start_held(session, task_id, runner_id, token_hash, deps.clock.now())
+    task = await queue_repo.start_held(session, task_id, runner_id, token_hash, deps.clock.now())
     if task is not None:
         return task
     # Not assigned under this runner's current claim: a repeat, or a refusal to explain.
@@ -308,7 +147,7 @@ async def complete(
     now = deps.clock.now()
     token_hash = hash_token(token)
     # Common case first: one conditional UPDATE is both the fence and the transition.
-    held = await repo.complete_held(session, task_id, runner_id, token_hash, now)
+    held = await queue_repo.complete_held(session, task_id, runner_id, token_hash, now)
     if held is not None:
         task, due, push = held
         session.info[_SLOT_FREED] = (due, push)  # read by slot_freed: no second query
@@ -328,7 +167,7 @@ async def complete(
         task.lease_expires_at = None
         task.claim_token_hash = None
         await session.flush()
-    await repo.end_attempt(
+    await queue_repo.end_attempt(
         session,
         task.id,
         task.attempts,
@@ -521,7 +360,9 @@ async def slot_freed(session: AsyncSession, deps: TaskDeps, now: datetime) -> bo
     (``service.reoffer_pending``). Otherwise that re-offer could only wake a waiting pull
     runner, which is done here after commit without loading tasks or runners."""
     known = session.info.pop(_SLOT_FREED, None)
-    due, push = known if known is not None else await repo.due_unoffered_and_push(session, now)
+    due, push = (
+        known if known is not None else await queue_repo.due_unoffered_and_push(session, now)
+    )
     if not due:
         return False
     if push:
@@ -537,7 +378,7 @@ async def slot_freed(session: AsyncSession, deps: TaskDeps, now: datetime) -> bo
 
 async def expire_leases(session: AsyncSession, deps: TaskDeps, now: datetime) -> int:
     """Lease expiry counts as an attempt: retried elsewhere, or failed when none remain."""
-    tasks = await repo.expired_leases(session, now, limit=200)
+    tasks = await queue_repo.expired_leases(session, now, limit=200)
     for task in tasks:
         attempt = await repo.current_attempt(session, task)
         runner = task.runner_id
@@ -553,7 +394,7 @@ async def expire_leases(session: AsyncSession, deps: TaskDeps, now: datetime) ->
 
 async def release_runner_claims(session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID) -> int:
     """A runner that reports ``offline`` gives its claims back."""
-    tasks = await repo.runner_active_tasks(session, runner_id, lock=True)
+    tasks = await queue_repo.runner_active_tasks(session, runner_id, lock=True)
     for task in tasks:
         await _release(session, deps, task, await repo.current_attempt(session, task), "released")
     return len(tasks)

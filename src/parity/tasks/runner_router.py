@@ -14,7 +14,7 @@ from parity.api.deps import ContainerDep, CurrentPrincipal, WriteSession
 from parity.errors import InvalidInput
 from parity.runners.service import require_runner
 from parity.tasks import hotpath, lifecycle, service
-from parity.tasks.lifecycle import Claim
+from parity.tasks.claims import Claim, available_for
 from parity.tasks.schemas import (
     ClaimBody,
     ClaimRead,
@@ -63,7 +63,7 @@ async def available(
     """Pending tasks this runner could claim now (targeted at it or at nobody, fitting it)."""
     runner_id = require_runner(principal)
     async with c.db.read_session() as s:
-        rows = await lifecycle.available_for(s, c.tasks, runner_id, limit)
+        rows = await available_for(s, c.tasks, runner_id, limit)
         return [task_read(t) for t in rows]
 
 

@@ -19,6 +19,8 @@ from parity.db.hooks import after_commit
 from parity.errors import InvalidInput
 from parity.runners import repository as runners_repo
 from parity.tasks import billing, lifecycle
+from parity.tasks import claim_repository as claim_repo
+from parity.tasks import queue_repository as queue_repo
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.errors import (
@@ -135,8 +137,8 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
     if runners:
         # Active claims and outstanding offers both count, in slots and in resources: a burst
         # of tasks spreads over the runners and no runner is offered more than it could claim.
-        used = await repo.committed_usages(session, [r.id for r in runners], now)
-        none = repo.Usage(0, 0.0, 0, 0)
+        used = await claim_repo.committed_usages(session, [r.id for r in runners], now)
+        none = claim_repo.Usage(0, 0.0, 0, 0)
         loads = [
             RunnerLoad(
                 runner_id=str(r.id),
@@ -219,11 +221,13 @@ async def _reserve_runner(
     placement may hold one runner while trying the next, and waiting there could deadlock
     with a placement doing the same the other way round. A task offered to nobody stays
     claimable by any runner and is offered again when a slot frees."""
-    none = repo.Usage(0, 0.0, 0, 0)
+    none = claim_repo.Usage(0, 0.0, 0, 0)
     while chosen is not None:
         runner_id = uuid.UUID(chosen)
         if await runners_repo.try_lock(session, runner_id):
-            fresh = (await repo.committed_usages(session, [runner_id], now)).get(runner_id, none)
+            fresh = (await claim_repo.committed_usages(session, [runner_id], now)).get(
+                runner_id, none
+            )
             load = next(x for x in loads if x.runner_id == chosen)
             load = dataclasses.replace(
                 load,
@@ -244,7 +248,7 @@ async def reoffer_pending(
     a slot (a push-only runner may have been full when the first offer came, or the offer
     expired)."""
     n = 0
-    for task in await repo.unoffered_due(session, now, limit=limit):
+    for task in await queue_repo.unoffered_due(session, now, limit=limit):
         if await offer(session, deps, task) is not None:
             n += 1
         else:
