@@ -479,7 +479,7 @@ async def test_a_failed_reoffer_after_a_committed_completion_does_not_fail_the_c
         rt, _ = await register_runner(
             http, alice, device(), webhook="http://127.0.0.1:9/hook", max_concurrent_tasks=1
         )
-        first = await create_task(http, alice, title="first")
+        first = await create_task(http, alice, title="first", priority=10)  # claimed first
         await create_task(http, alice, title="due")  # untargeted: the runner is full
         c = await claimed(http, rt)
         assert c["task"]["id"] == first["id"]
