@@ -5,8 +5,9 @@ dropped from the others' token caches the same way."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ from parity.db.session import Database
 from parity.events.hub import EventHub
 from parity.relay import WakeRelay, asyncpg_dsn
 from parity.tasks.wakeups import WakeHub
-from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
+from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in, until
 from tests.integration.queue_helpers import create_task, device, register_runner
 
 pytestmark = pytest.mark.postgres_only
@@ -79,17 +80,9 @@ async def test_events_published_on_one_replica_wake_readers_on_another(
     assert b.events.delivery_event.is_set()
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("not reached in time")
-
-
 async def _heard_each_other(*relays: WakeRelay) -> None:
     """Every relay announced itself and heard the others (wake-ups go only to listeners)."""
-    await _until(lambda: all(r.peers >= len(relays) - 1 for r in relays))
+    await until(lambda: all(r.peers >= len(relays) - 1 for r in relays))
 
 
 async def test_a_lone_replica_sends_no_wake_ups_and_starts_once_another_listens(
@@ -136,7 +129,7 @@ async def test_a_token_cache_clear_reaches_another_replicas_cache(database_url: 
             )
             assert cache.put("h", p, None, cache.generation, clock.now())
         caches[0].clear()  # a revocation committed on a
-        await _until(lambda: b.received >= 1)
+        await until(lambda: b.received >= 1)
         assert len(caches[1]) == 0 and caches[1].generation == 1
         assert caches[0].generation == 1  # a ignores its own notification
     finally:
@@ -145,82 +138,71 @@ async def test_a_token_cache_clear_reaches_another_replicas_cache(database_url: 
     assert caches[0].forward is None  # stop detaches the cache
 
 
-async def _app(database_url: str, home: Path, clock: FrozenClock) -> AsyncIterator[Container]:
-    # A long re-check, so only a relayed wake-up can end the long-poll early.
-    s = make_settings(database_url, home, LONG_POLL_RECHECK_SECONDS=60)
-    c = Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
-    yield c
-    await c.db.dispose()
+@contextlib.asynccontextmanager
+async def _two_servers(
+    database_url: str, tmp_path: Path, clock: FrozenClock
+) -> AsyncIterator[tuple[Container, httpx.AsyncClient, Container, httpx.AsyncClient]]:
+    """Two servers on one database, each with its own relay: (a, its client, b, its client)."""
+    containers = []
+    for name in ("a", "b"):
+        # A long re-check, so only a relayed wake-up can end the long-poll early.
+        s = make_settings(database_url, tmp_path / name, LONG_POLL_RECHECK_SECONDS=60)
+        containers.append(Container(settings=s, db=Database(s.resolved_database_url), clock=clock))
+    one, two = containers
+    app_a = create_app(one, run_migrations=False, start_jobs=False)
+    app_b = create_app(two, run_migrations=False, start_jobs=False)
+    try:
+        async with (
+            app_a.router.lifespan_context(app_a),
+            app_b.router.lifespan_context(app_b),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app_a), base_url="http://parity.test"
+            ) as http_a,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app_b), base_url="http://parity.test"
+            ) as http_b,
+        ):
+            yield one, http_a, two, http_b
+    finally:
+        for c in containers:
+            await c.db.dispose()
 
 
 async def test_a_task_created_on_one_server_ends_a_long_poll_on_another(
     container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
 ):
-    apps = []
-    async for one in _app(database_url, tmp_path / "a", clock):
-        async for two in _app(database_url, tmp_path / "b", clock):
-            apps = [one, two]
-            app_a = create_app(one, run_migrations=False, start_jobs=False)
-            app_b = create_app(two, run_migrations=False, start_jobs=False)
-            async with (
-                app_a.router.lifespan_context(app_a),
-                app_b.router.lifespan_context(app_b),
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app_a), base_url="http://parity.test"
-                ) as http_a,
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app_b), base_url="http://parity.test"
-                ) as http_b,
-            ):
-                status = (await http_b.get("/api/status")).json()
-                assert status["backends"]["wakeups"] == "postgres-notify"
-                alice = await sign_in(http_a, ALICE)
-                runner_token, _ = await register_runner(
-                    http_b, await sign_in(http_b, BOB), device()
-                )
-                poll = asyncio.create_task(
-                    http_b.post(
-                        "/api/v1/runners/tasks/claim",
-                        params={"wait": 30},
-                        headers=bearer(runner_token),
-                        timeout=60,
-                    )
-                )
-                await asyncio.sleep(0.3)  # the runner is waiting on server b
-                task = await create_task(http_a, alice)
-                # Woken by a's notification: answered well before its 30 s wait or 60 s re-check.
-                r = await asyncio.wait_for(poll, timeout=20)
-                assert r.status_code == 200, r.text
-                assert r.json()["task"]["id"] == task["id"]
-                assert two.relay is not None and two.relay.received >= 1
-    assert len(apps) == 2
+    async with _two_servers(database_url, tmp_path, clock) as (_one, http_a, two, http_b):
+        status = (await http_b.get("/api/status")).json()
+        assert status["backends"]["wakeups"] == "postgres-notify"
+        alice = await sign_in(http_a, ALICE)
+        runner_token, _ = await register_runner(http_b, await sign_in(http_b, BOB), device())
+        poll = asyncio.create_task(
+            http_b.post(
+                "/api/v1/runners/tasks/claim",
+                params={"wait": 30},
+                headers=bearer(runner_token),
+                timeout=60,
+            )
+        )
+        await asyncio.sleep(0.3)  # the runner is waiting on server b
+        task = await create_task(http_a, alice)
+        # Woken by a's notification: answered well before its 30 s wait or 60 s re-check.
+        r = await asyncio.wait_for(poll, timeout=20)
+        assert r.status_code == 200, r.text
+        assert r.json()["task"]["id"] == task["id"]
+        assert two.relay is not None and two.relay.received >= 1
 
 
 async def test_a_logout_on_one_server_is_refused_by_another_that_cached_the_token(
     container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
 ):
-    async for one in _app(database_url, tmp_path / "a", clock):
-        async for two in _app(database_url, tmp_path / "b", clock):
-            app_a = create_app(one, run_migrations=False, start_jobs=False)
-            app_b = create_app(two, run_migrations=False, start_jobs=False)
-            async with (
-                app_a.router.lifespan_context(app_a),
-                app_b.router.lifespan_context(app_b),
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app_a), base_url="http://parity.test"
-                ) as http_a,
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app_b), base_url="http://parity.test"
-                ) as http_b,
-            ):
-                token = await sign_in(http_a, ALICE)
-                assert (
-                    await http_b.get("/api/v1/auth/me", headers=bearer(token))
-                ).status_code == 200
-                assert len(two.token_cache) == 1  # b remembers it (the clock stands still)
-                r = await http_a.post("/api/v1/auth/logout", headers=bearer(token))
-                assert r.status_code == 204
-                assert two.relay is not None  # the clear travels over the relay
-                await _until(lambda cache=two.token_cache: len(cache) == 0)
-                r = await http_b.get("/api/v1/auth/me", headers=bearer(token))
-                assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+    async with _two_servers(database_url, tmp_path, clock) as (_one, http_a, two, http_b):
+        token = await sign_in(http_a, ALICE)
+        assert (await http_b.get("/api/v1/auth/me", headers=bearer(token))).status_code == 200
+        assert len(two.token_cache) == 1  # b remembers it (the clock stands still)
+        r = await http_a.post("/api/v1/auth/logout", headers=bearer(token))
+        assert r.status_code == 204
+        assert two.relay is not None  # the clear travels over the relay
+        await until(lambda cache=two.token_cache: len(cache) == 0)
+        r = await http_b.get("/api/v1/auth/me", headers=bearer(token))
+        assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,7 +17,7 @@ from parity.agent.loop import MAX_DEFERRED_OFFERS, Runner, RunnerOptions
 from parity.app import create_app
 from parity.container import Container
 from parity.db.session import Database
-from tests.conftest import ALICE, bearer, make_settings, sign_in
+from tests.conftest import ALICE, bearer, make_settings, sign_in, until
 from tests.integration.queue_helpers import create_task, device, get_task
 
 V1 = "/api/v1"
@@ -53,14 +53,6 @@ async def _server(container: Container) -> AsyncIterator[httpx.ASGITransport]:
     await c.db.dispose()
 
 
-async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("not reached in time")
-
-
 async def test_offers_that_come_while_full_are_claimed_oldest_first_as_slots_free(
     container: Container,
 ):
@@ -90,14 +82,14 @@ async def test_offers_that_come_while_full_are_claimed_oldest_first_as_slots_fre
         t1, t2, t3 = [(await create_task(http, owner, title=f"t{i}"))["id"] for i in (1, 2, 3)]
 
         await runner._on_offer(t1)  # a free slot: claimed at once
-        await _until(lambda: executor.started == [t1])
+        await until(lambda: executor.started == [t1])
         await runner._on_offer(t2)  # full: kept, not claimed
         await runner._on_offer(t3)
         assert list(runner.deferred_offers) == [t2, t3]
         assert (await get_task(http, owner, t2))["status"] == "pending"
 
         executor.gate(t1).set()  # t1 completes; its slot goes to the oldest deferred offer
-        await _until(lambda: executor.started == [t1, t2])
+        await until(lambda: executor.started == [t1, t2])
         assert (await get_task(http, owner, t1))["status"] == "completed"
         running = await get_task(http, owner, t2)
         assert running["status"] == "running" and running["runner_id"] == runner.runner_id
@@ -107,7 +99,7 @@ async def test_offers_that_come_while_full_are_claimed_oldest_first_as_slots_fre
         r = await http.delete(f"{V1}/tasks/{t3}", headers=bearer(owner))
         assert r.json()["status"] == "cancelled"
         executor.gate(t2).set()
-        await _until(lambda: not runner.active and not runner._offer_jobs)
+        await until(lambda: not runner.active and not runner._offer_jobs)
         assert runner.deferred_offers == {} and runner.claiming == 0 and runner.free_slots == 1
         assert executor.started == [t1, t2]
         assert runner.completed == 2

@@ -37,6 +37,7 @@ from parity.storage.packs import (
     key_of,
     new_name,
     record_header,
+    write_all,
     write_file_durably,
 )
 
@@ -44,7 +45,6 @@ log = get_logger("parity.storage")
 
 
 Entry = tuple[str, int, int]  # key, offset, length
-_IOV_MAX = 512
 _WRITE_BYTES = 1 << 20  # copied bytes gathered before a write
 
 
@@ -119,19 +119,6 @@ def pending_refs(index: PackIndex, older_than: float | None, out: Swept) -> set[
     return refs
 
 
-def _write_all(fd: int, bufs: list[bytes]) -> None:
-    views = [memoryview(b) for b in bufs]
-    while views:
-        done = os.writev(fd, views[:_IOV_MAX])
-        while done and views:
-            if done >= len(views[0]):
-                done -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][done:]
-                done = 0
-
-
 def _append(
     index: PackIndex, meta: PackMeta, keep: list[Entry], dst: int, at: int, entries: list[Entry]
 ) -> int:
@@ -151,9 +138,9 @@ def _append(
             entries.append((key, at + len(header), length))
             at += len(header) + length
             if at - written >= _WRITE_BYTES:  # small records: one writev for many
-                _write_all(dst, bufs)
+                write_all(dst, bufs)
                 bufs, written = [], at
-        _write_all(dst, bufs)
+        write_all(dst, bufs)
     finally:
         os.close(src)
     return at
@@ -168,7 +155,7 @@ def _copy(index: PackIndex, sources: list[tuple[PackMeta, list[Entry]]]) -> Pack
     dst = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
     try:
         fcntl.flock(dst, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _write_all(dst, [PACK_MAGIC])
+        write_all(dst, [PACK_MAGIC])
         at = len(PACK_MAGIC)
         for meta, keep in sources:
             at = _append(index, meta, keep, dst, at, entries)

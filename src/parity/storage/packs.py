@@ -28,7 +28,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +128,24 @@ def scan_pack(path: Path) -> tuple[list[tuple[str, int, int]], int]:
             entries.append((key, pos + RECORD.size + klen, length))
             pos += RECORD.size + klen + length
     return entries, pos
+
+
+IOV_MAX = 512  # buffers per writev call (the usual IOV_MAX is 1024)
+
+
+def write_all(fd: int, bufs: Sequence[bytes | memoryview]) -> None:
+    """Write every buffer, in order, with as few writev calls as the kernel allows (a short
+    write resumes where it stopped)."""
+    views = [memoryview(b) for b in bufs if len(b)]
+    while views:
+        done = os.writev(fd, views[:IOV_MAX])
+        while done and views:
+            if done >= len(views[0]):
+                done -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][done:]
+                done = 0
 
 
 def write_file_durably(path: Path, data: bytes) -> None:

@@ -27,10 +27,9 @@ from parity.storage.packs import (
     flocked,
     new_name,
     record_header,
+    write_all,
     write_file_durably,
 )
-
-_IOV_MAX = 512
 
 
 class PackWriter:
@@ -44,7 +43,7 @@ class PackWriter:
         self._refs_fd: int | None = None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._write_all([PACK_MAGIC])
+            write_all(self.fd, [PACK_MAGIC])
         except BaseException:
             self.abort()
             raise
@@ -54,18 +53,6 @@ class PackWriter:
         self.refs: list[str] = []
         self._refset: set[str] = set()
         self.unsynced = 0
-
-    def _write_all(self, bufs: list[bytes | memoryview]) -> None:
-        views = [memoryview(b) for b in bufs if len(b)]
-        while views:
-            done = os.writev(self.fd, views[:_IOV_MAX])
-            while done and views:
-                if done >= len(views[0]):
-                    done -= len(views[0])
-                    views.pop(0)
-                else:
-                    views[0] = views[0][done:]
-                    done = 0
 
     def add(self, blocks: list[Block]) -> None:
         """Append the blocks not stored yet (one ``writev``), note the others (worker thread)."""
@@ -96,7 +83,7 @@ class PackWriter:
                 self._refs_fd = os.open(path, flags, 0o644)
             os.write(self._refs_fd, "".join(k + "\n" for k in new_refs).encode("ascii"))
         if bufs:
-            self._write_all(bufs)
+            write_all(self.fd, bufs)
             self.unsynced += at - self.size
             self.size = at
 
