@@ -9,8 +9,8 @@ granted (a single statement would see the snapshot taken before the wait, and tw
 claims of one runner could overcommit it).
 
 Same rules as the general statements in ``claim_repository`` and ``queue_repository`` (which
-still serve SQLite, claims of a named task, repeats and refusals to explain, and priced work);
-the queue's test suite runs on PostgreSQL through this module.
+still serve SQLite, repeats and refusals to explain, and completions of priced work); the
+queue's test suite runs on PostgreSQL through this module.
 """
 
 from __future__ import annotations
