@@ -433,6 +433,33 @@ async def test_concurrent_creations_never_offer_a_push_runner_more_than_it_could
 
 
 @pytest.mark.postgres_only
+async def test_placement_passes_over_a_runner_whose_row_another_transaction_holds(
+    container: Container,
+):
+    """Placement never waits for a runner's row lock (waiting there, with two placements
+    holding one runner each and wanting the other's, deadlocked): while another transaction
+    holds the only push runner, a creation answers at once, offered to nobody."""
+    from sqlalchemy import text
+
+    async with custom_client(container, webhook_allow_private=True) as (http, _c):
+        alice = await sign_in(http, ALICE)
+        _, pushed = await register_runner(
+            http, alice, device(), webhook="http://127.0.0.1:9/hook", max_concurrent_tasks=4
+        )
+        runner_id = pushed["runner"]["id"]
+        async with container.db.write_engine.connect() as holder:
+            await holder.execute(
+                text("SELECT id FROM runners WHERE id = :id FOR UPDATE"), {"id": runner_id}
+            )
+            # Bounded: a placement that waited would hang here until the holder lets go.
+            held = await asyncio.wait_for(create_task(http, alice, title="held"), timeout=10)
+            assert held["target_runner_id"] is None
+            await holder.rollback()
+        free = await create_task(http, alice, title="free")
+        assert free["target_runner_id"] == runner_id  # once free, placement offers it again
+
+
+@pytest.mark.postgres_only
 async def test_a_burst_of_creations_over_several_push_runners_never_fails_or_overoffers(
     container: Container,
 ):
