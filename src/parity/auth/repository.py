@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Row, bindparam, delete, or_, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -91,34 +91,27 @@ async def find_token(db: AsyncSession | AsyncConnection, token_hash: str) -> Tok
     return (await db.execute(_FIND_TOKEN, {"token_hash": token_hash})).first()
 
 
-async def revoke_token(session: AsyncSession, token_id: uuid.UUID, now: datetime) -> bool:
+async def _revoke(session: AsyncSession, which: ColumnElement[bool], now: datetime) -> int:
+    """Revoke the tokens ``which`` selects that are not revoked yet; how many were."""
     res = await session.execute(
         update(AuthToken)
-        .where(AuthToken.id == token_id, AuthToken.revoked_at.is_(None))
+        .where(which, AuthToken.revoked_at.is_(None))
         .values(revoked_at=now)
         .execution_options(synchronize_session=False)
     )
-    return bool(getattr(res, "rowcount", 0) == 1)
+    return int(getattr(res, "rowcount", 0))
+
+
+async def revoke_token(session: AsyncSession, token_id: uuid.UUID, now: datetime) -> bool:
+    return await _revoke(session, AuthToken.id == token_id, now) == 1
 
 
 async def revoke_all(session: AsyncSession, address: str, now: datetime) -> int:
-    res = await session.execute(
-        update(AuthToken)
-        .where(AuthToken.address == address, AuthToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(res, "rowcount", 0))
+    return await _revoke(session, AuthToken.address == address, now)
 
 
 async def revoke_runner_tokens(session: AsyncSession, runner_id: uuid.UUID, now: datetime) -> int:
-    res = await session.execute(
-        update(AuthToken)
-        .where(AuthToken.runner_id == runner_id, AuthToken.revoked_at.is_(None))
-        .values(revoked_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(res, "rowcount", 0))
+    return await _revoke(session, AuthToken.runner_id == runner_id, now)
 
 
 async def get_api_key(session: AsyncSession, key_id: uuid.UUID) -> AuthToken | None:
