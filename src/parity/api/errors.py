@@ -134,8 +134,9 @@ async def _db_dbapi(request: Request, exc: Exception) -> JSONResponse:
     # asyncpg wraps a lost connection in a generic DBAPIError flagged as invalidated.
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return await _db_unavailable(request, exc)
-    if _sqlstate(exc) in RETRYABLE_SQLSTATES:
-        log.warning("database_conflict", sqlstate=_sqlstate(exc))
+    sqlstate = _sqlstate(exc)
+    if sqlstate in RETRYABLE_SQLSTATES:
+        log.warning("database_conflict", sqlstate=sqlstate)
         return envelope(
             503,
             "database_conflict",

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.tasks.states import TaskStatus
 from parity.ledger import service as ledger
+from parity.ledger.deps import LedgerDeps
 from parity.runners import repository as runners_repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.models import Task
@@ -49,10 +50,17 @@ async def resize(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     await ledger.resize_task_reservation(session, deps.ledger, task_id=task.id, **_size(task))
 
 
+def escrow_ledger(deps: TaskDeps) -> LedgerDeps | None:
+    """The ledger when a task could hold escrow; None when pricing is off and nothing was held
+    at start-up: then a terminal transition has nothing to close and needs no lookup at all."""
+    return deps.ledger if deps.ledger is not None and deps.ledger.escrow.possible else None
+
+
 async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     """The task reached a terminal state: bill a completion, release anything else."""
-    if deps.ledger is None or not deps.ledger.escrow.possible:
-        return  # pricing off and nothing held at start-up: no lookup at all
+    ledger_deps = escrow_ledger(deps)
+    if ledger_deps is None:
+        return
     reservation = await ledger.open_task_reservation(session, task.id)
     if reservation is None:
         return  # unpriced work, or its escrow is already closed
@@ -61,10 +69,10 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     if completed and task.runner_id is not None:
         runner = await runners_repo.get(session, task.runner_id)
         if runner is not None:
-            payee = ledger.runner_account(deps.ledger, runner.owner_address, runner.device_id)
+            payee = ledger.runner_account(ledger_deps, runner.owner_address, runner.device_id)
     await ledger.close_task(
         session,
-        deps.ledger,
+        ledger_deps,
         reservation,
         completed=completed,
         started_at=task.started_at,

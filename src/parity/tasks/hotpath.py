@@ -17,8 +17,8 @@ from typing import Any, Final, Literal
 from parity.core.identity.siwe import hash_token
 from parity.db.session import Database
 from parity.logging import get_logger
+from parity.tasks import billing, claims, lifecycle, pg_queue, service
 from parity.tasks import claim_repository as claim_repo
-from parity.tasks import claims, lifecycle, pg_queue, service
 from parity.tasks.claims import Claim
 from parity.tasks.deps import TaskDeps
 from parity.tasks.lifecycle import Report
@@ -119,7 +119,8 @@ async def complete_task(
     report: Report,
 ) -> TaskLike:
     """Accept the one completion of a task; then offer a due task again if a slot freed."""
-    if not db.is_sqlite and not _escrow_possible(deps):
+    # Escrow closes in the completion's transaction, in the ledger's terms: general path.
+    if not db.is_sqlite and billing.escrow_ledger(deps) is None:
         done = await _complete_on_driver(db, deps, runner_id, task_id, token, report)
         if done is not None:
             return done
@@ -129,11 +130,6 @@ async def complete_task(
         if await lifecycle.slot_freed(session, deps, now):
             await service.reoffer_pending(session, deps, now, limit=1)
     return task
-
-
-def _escrow_possible(deps: TaskDeps) -> bool:
-    """Could this completion have escrow to close (then it must run in the ledger's terms)?"""
-    return deps.ledger is not None and deps.ledger.escrow.possible
 
 
 async def _complete_on_driver(
@@ -158,7 +154,7 @@ async def _complete_on_driver(
             error=report.error,
             result_hash=report.digest(),
             usage=dict(report.usage),
-            admins=sorted(deps.events.admins),
+            admins=deps.events.admins,
         )
     if done is None:
         return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -237,7 +237,7 @@ async def complete_held(
     error: str | None,
     result_hash: str | None,
     usage: dict[str, Any],
-    admins: Sequence[str],
+    admins: Collection[str],
 ) -> Completed | None:
     """Complete, close the attempt, store the result, record ``task.completed`` with its
     webhook deliveries: one statement. None when the task is not active under this claim."""
