@@ -3,11 +3,9 @@ left alone, the durable protocol across crashes, and readers during a merge."""
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,15 @@ from parity.storage.errors import ContentNotFound
 from parity.storage.local import LocalContentStore
 from parity.storage.packs import PackIndex, PackMeta
 from parity.storage.ports import Stored
-from tests.contract.test_storage_packs import CHUNK, _data, _journaled, _packs, _pieces, _read
+from tests.contract.test_storage_packs import (
+    CHUNK,
+    _data,
+    _journaled,
+    _packs,
+    _pieces,
+    _read,
+    _upload_paused_after,
+)
 
 PAST = 1.0  # index times set back to here are older than the cutoff below
 CUTOFF = 100.0
@@ -150,17 +156,7 @@ async def test_a_running_upload_keeps_its_pack_and_the_blocks_it_references(root
     old = _data(32 * CHUNK, b"old")  # four batches, unpinned
     new = _data(3 * CHUNK, b"new")
     await server.put(_pieces(old))
-    sent, gate = asyncio.Event(), asyncio.Event()
-
-    async def body() -> AsyncIterator[bytes]:
-        async for piece in _pieces(old):
-            yield piece
-        sent.set()
-        await gate.wait()
-        yield new
-
-    upload = asyncio.create_task(server.put(body()))
-    await sent.wait()
+    upload, gate = await _upload_paused_after(server, old, new)
     await _journaled(root, 24)  # old's blocks the upload has reached, noted as references
     (running,) = [p for p in _packs(root, "pack") if not p.with_suffix(".idx").exists()]
     report = await LocalContentStore(root, merge_below=16 << 20).gc(older_than=None)

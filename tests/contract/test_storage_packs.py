@@ -15,6 +15,7 @@ from parity.core.storage.importer import FileImporter
 from parity.core.storage.multiformats import Cid
 from parity.storage.errors import StoreFailed
 from parity.storage.local import LocalContentStore
+from parity.storage.ports import Stored
 
 CHUNK = 262144
 
@@ -43,6 +44,26 @@ async def _journaled(root: Path, count: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("the upload did not reach its references")
+
+
+async def _upload_paused_after(
+    store: LocalContentStore, head: bytes, tail: bytes = b""
+) -> tuple[asyncio.Task[Stored], asyncio.Event]:
+    """Start uploading ``head + tail``; return once ``head`` is sent, the upload waiting for
+    the returned gate before it sends ``tail`` (if any) and commits."""
+    sent, gate = asyncio.Event(), asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        async for piece in _pieces(head):
+            yield piece
+        sent.set()
+        await gate.wait()
+        if tail:
+            yield tail
+
+    upload = asyncio.create_task(store.put(body()))
+    await sent.wait()
+    return upload, gate
 
 
 async def test_a_restarted_store_reads_from_the_index_files(tmp_path: Path) -> None:
@@ -198,17 +219,7 @@ async def test_gc_during_an_upload_never_leaves_it_stored_with_blocks_missing(
     old = _data(32 * CHUNK, b"old")  # four batches
     new = _data(3 * CHUNK, b"new")
     await server.put(_pieces(old))  # unpinned: GC may take it, unless an upload uses it
-    sent, gate = asyncio.Event(), asyncio.Event()
-
-    async def body() -> AsyncIterator[bytes]:
-        async for piece in _pieces(old):
-            yield piece
-        sent.set()
-        await gate.wait()
-        yield new
-
-    upload = asyncio.create_task(server.put(body()))
-    await sent.wait()
+    upload, gate = await _upload_paused_after(server, old, new)
     await _journaled(root, 24)  # the batches before the last are appended (as references)
     report = await LocalContentStore(root, compact_below=1.0).gc(older_than=None)
     assert report.removed_blocks > 0  # what the upload had not reached yet, and old's root
@@ -264,16 +275,7 @@ async def test_an_upload_whose_referenced_blocks_gc_took_fails_instead_of_storin
     server = LocalContentStore(root)
     old = _data(32 * CHUNK, b"old")
     await server.put(_pieces(old))
-    sent, gate = asyncio.Event(), asyncio.Event()
-
-    async def body() -> AsyncIterator[bytes]:
-        async for piece in _pieces(old):
-            yield piece
-        sent.set()
-        await gate.wait()
-
-    upload = asyncio.create_task(server.put(body()))
-    await sent.wait()
+    upload, gate = await _upload_paused_after(server, old)
     await _journaled(root, 24)
     for journal in _packs(root, "refs"):  # as if GC had read the journals just before
         journal.unlink()

@@ -4,7 +4,7 @@ with a ``display`` in token units where a person reads them."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
@@ -142,41 +142,34 @@ async def ledger_payouts(
     rows = await service.list_payouts(
         session, _account(principal, account), page.limit, page.cursor
     )
-    items = [
-        PayoutRead(
-            id=s.id,
-            payer=s.payer,
-            payee=s.payee,
-            amount=str(s.amount),
-            status=s.status,
-            tx_hash=s.tx_hash,
-            block_number=s.block_number,
-            last_error=s.last_error,
-            created_at=s.created_at,
-            confirmed_at=s.confirmed_at,
-        )
-        for s in rows
-    ]
+    items = [PayoutRead(**_payout_fields(s)) for s in rows]
     return make_page(items, rows, page.limit)
+
+
+def _payout_fields(s: Settlement) -> dict[str, Any]:
+    """What a payout shows of a settlement (SettlementRead adds the operator's details)."""
+    return {
+        "id": s.id,
+        "payer": s.payer,
+        "payee": s.payee,
+        "amount": str(s.amount),
+        "status": s.status,
+        "tx_hash": s.tx_hash,
+        "block_number": s.block_number,
+        "last_error": s.last_error,
+        "created_at": s.created_at,
+        "confirmed_at": s.confirmed_at,
+    }
 
 
 def _settlement_read(s: Settlement) -> SettlementRead:
     return SettlementRead(
-        id=s.id,
-        payer=s.payer,
-        payee=s.payee,
-        amount=str(s.amount),
-        status=s.status,
+        **_payout_fields(s),
         ref=s.ref,
         nonce=s.nonce,
-        tx_hash=s.tx_hash,
-        block_number=s.block_number,
         block_hash=s.block_hash,
         tries=s.tries,
-        last_error=s.last_error,
-        created_at=s.created_at,
         updated_at=s.updated_at,
-        confirmed_at=s.confirmed_at,
         released_by=s.released_by,
         released_at=s.released_at,
     )
