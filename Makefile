@@ -27,7 +27,7 @@ build: deps ## Build a wheel and sdist into dist/
 run: deps ## Start the server on the embedded default (SQLite under ~/.parity)
 	$(BIN)/parity-server server
 
-test: ## Everything: venv, install, lint, PostgreSQL, pytest on SQLite and PostgreSQL
+test: ## Everything: venv, install, lint, PostgreSQL, all tests on SQLite, db tests also on PostgreSQL
 	bash scripts/test.sh
 
 contracts: ## Compile contracts/*.sol (npm solc, offline) into src/parity/chain/artifacts
@@ -67,11 +67,23 @@ install-lint-tools: deps ## Install ruff, mypy and import-linter (part of the de
 watch: deps ## Run the server and restart it when the code changes
 	$(BIN)/uvicorn --factory parity.asgi:create --reload --reload-dir src --host 127.0.0.1 --port 8080
 
-install: ## Install the parity-server and parity-runner commands for this user
-	$(PYTHON) -m pip install --user .
+# A virtual environment of its own (pip --user is refused by PEP 668 on Debian 12 / Ubuntu
+# 23.04+), with the two commands linked into $(PREFIX)/bin, ~/.local/bin by default.
+PREFIX ?= $(HOME)/.local
+INSTALL_VENV = $(PREFIX)/share/parity-server
+
+install: ## Install parity-server and parity-runner for this user (~/.local/bin, own venv)
+	$(PYTHON) -m venv $(INSTALL_VENV)
+	$(INSTALL_VENV)/bin/python -m pip install -q -U pip
+	$(INSTALL_VENV)/bin/python -m pip install -q .
+	mkdir -p $(PREFIX)/bin
+	ln -sf $(INSTALL_VENV)/bin/parity-server $(INSTALL_VENV)/bin/parity-runner $(PREFIX)/bin/
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; \
+	  *) echo "installed into $(PREFIX)/bin, which is not on PATH: add it to PATH";; esac
 
 uninstall: ## Uninstall the commands
-	$(PYTHON) -m pip uninstall -y parity-server
+	rm -f $(PREFIX)/bin/parity-server $(PREFIX)/bin/parity-runner
+	rm -rf $(INSTALL_VENV)
 
 docker-build: ## Build the image
 	$(COMPOSE) build

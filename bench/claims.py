@@ -7,7 +7,7 @@ to ``--tasks`` pending tasks by cloning one task that was created through the AP
 takes well under a second; creation is not what is measured). Cells, each a closed loop:
 
 - ``GET /`` (the HTTP floor) at each concurrency;
-- raw SQL: the server's own claim, start and complete statements (``parity.tasks.pg_queue``)
+- raw SQL: the server's own claim, start and complete statements (``parity.tasks.queue``)
   over asyncpg, one connection per worker (``--raw-concurrency``, default 8), each worker
   claiming as one of the registered runners: a claim transaction, then one statement each for
   start and complete;
@@ -249,57 +249,52 @@ _LEASE = timedelta(seconds=90)
 
 
 def _raw_cycle_fn(conns: list[Any], runner_ids: list[uuid.UUID], counts: Completions) -> Any:
-    """One cycle with the server's own PostgreSQL statements (parity.tasks.pg_queue): lock
-    the runner, candidates, claim in one transaction; then start; then complete (each one
-    statement). What the HTTP cells add on top is the API: HTTP, auth, validation, JSON."""
-    from parity.tasks import pg_queue
+    """One cycle with the server's own PostgreSQL statements (``parity.tasks.queue``, run on
+    the driver as the server runs them): lock the runner, candidates, claim in one
+    transaction; then start; then complete (each one statement). What the HTTP cells add on
+    top is the API: HTTP, auth, validation, JSON."""
+    from parity.tasks.queue import ops
+    from parity.tasks.queue.executors import DriverExecutor
 
     async def cycle(worker: int, seq: int) -> bool | str:
         conn, runner_id = conns[worker], runner_ids[worker % len(runner_ids)]
+        x = DriverExecutor(conn)
         now = datetime.now(UTC)
         token_hash = hashlib.sha256(
             ("ps_claim_" + secrets.token_bytes(32).hex()).encode()
         ).hexdigest()
         async with conn.transaction():
-            runner = await pg_queue.lock_runner(conn, runner_id)
+            runner = await ops.lock_runner(x, runner_id)
             if runner is None:
                 return "runner missing"
-            cands = await pg_queue.claim_candidates(
-                conn,
-                runner_id,
-                now,
-                cpu_cores=runner["cpu_cores"],
-                memory_mb=runner["memory_mb"],
-                gpus=runner["gpus"],
-                max_concurrent_tasks=runner["max_concurrent_tasks"],
-                docker=runner["docker"],
-                limit=1 + 8,
-            )
+            cands = await x.rows(x.statements.candidates, runner.candidate_params(now, 1))
             if not cands:
                 return "queue empty"
-            rows = await pg_queue.mark_claimed(
-                conn, [cands[0].id], runner_id, token_hash, now, now + _LEASE, False
+            rows = await x.rows(
+                x.statements.claim,
+                {
+                    "b_ids": [cands[0].id],
+                    "b_runner_id": runner_id,
+                    "b_token_hash": token_hash,
+                    "b_lease_until": now + _LEASE,
+                    "b_now": now,
+                },
             )
             if not rows:
                 return "claim lost"
         tid = rows[0].id
-        if await pg_queue.start_held(conn, tid, runner_id, token_hash, datetime.now(UTC)) is None:
+        if await ops.start_held(x, tid, runner_id, token_hash, datetime.now(UTC)) is None:
             return "start lost"
         output = "ok"
-        done = await pg_queue.complete_held(
-            conn,
-            tid,
-            runner_id,
-            token_hash,
-            datetime.now(UTC),
-            exit_code=0,
+        result = ops.ResultFields(
             output=output,
             output_cid=None,
+            exit_code=0,
             error=None,
             result_hash=hashlib.sha256(output.encode()).hexdigest(),
             usage={},
-            admins=[],
         )
+        done = await ops.complete_held(x, tid, runner_id, token_hash, datetime.now(UTC), result, [])
         if done is None:
             return "complete lost"
         counts.done(time.perf_counter())

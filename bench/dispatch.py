@@ -46,7 +46,7 @@ RUNNERS = 3
 
 
 def make_keystore(path: Path, key: str) -> None:
-    import parity.cli.keystore as ks
+    import parity.chain.keystore as ks
 
     ks.SCRYPT_N = 2**10  # fast to open; this keystore guards nothing
     ks.create_keystore(path, PASSWORD, key, overwrite=True)

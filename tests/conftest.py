@@ -7,6 +7,7 @@ PostgreSQL runs get one migrated database per session and truncate every table b
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,12 +43,36 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
+# A test touches the configured database exactly when one of these fixtures is in its fixture
+# closure (directly or through `container`, `client`, ...). Deciding by the closure rather than
+# by a list of files keeps the split right as tests are added: `scripts/test.sh` runs every test
+# on SQLite and only `-m db` again on PostgreSQL. A test that reaches the database some other way
+# marks itself with `@pytest.mark.db`.
+DB_FIXTURES = frozenset({"database_url", "fresh_database_url", "pg_session_url"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "db: touches the configured test database (set automatically for tests using "
+        + ", ".join(sorted(DB_FIXTURES))
+        + "); these run on both SQLite and PostgreSQL",
+    )
+
+
+def uses_database(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return item.get_closest_marker("db") is not None or not DB_FIXTURES.isdisjoint(names)
+
+
+# tryfirst: the `db` marker must be on the items before `-m` deselects by it.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if TEST_DB == "postgres":
-        return
     skip = pytest.mark.skip(reason="PostgreSQL-only property (set PARITY_TEST_DB=postgres)")
     for item in items:
-        if "postgres_only" in item.keywords:
+        if uses_database(item):
+            item.add_marker(pytest.mark.db)
+        if TEST_DB != "postgres" and "postgres_only" in item.keywords:
             item.add_marker(skip)
 
 
@@ -174,10 +199,14 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds (checked every 20 ms); fail after ``timeout`` seconds."""
+async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds (checked every 20 ms); fail after ``timeout`` seconds.
+    ``predicate`` may be a coroutine function, e.g. one that asks the API."""
     for _ in range(int(timeout / 0.02)):
-        if predicate():
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("not reached in time")

@@ -24,8 +24,8 @@ from parity.ledger import service as ledger_service
 from parity.ledger.router import router as ledger_router
 from parity.ledger.settlement import settlement_worker
 from parity.logging import get_logger
+from parity.network.router import router as runners_router
 from parity.relay import WakeRelay, asyncpg_dsn
-from parity.runners.router import router as runners_router
 from parity.storage.router import UPLOAD_PATH
 from parity.storage.router import router as storage_router
 from parity.system.router import root_router
@@ -62,7 +62,7 @@ def build_jobs(container: Container) -> list[PeriodicJob]:
             s.retention_interval_seconds, s.events_retention_days, s.task_log_retention_days
         ),
         lease_expiry_job(deps, tick),
-        liveness_job(deps, tick, s.offline_timeout_seconds),
+        liveness_job(deps, container.runners, tick, s.offline_timeout_seconds),
         offer_expiry_job(deps, tick),
         reoffer_job(deps, tick),
     ]
@@ -132,7 +132,8 @@ def create_app(
             deliveries.start()
             if settlement is not None:
                 settlement.start()
-        log.info("server_started", mode="embedded" if settings.embedded else "postgresql")
+        # No announcement here: `parity-server server` logs `server_started` with its URLs once
+        # the socket listens (a lifespan runs before uvicorn listens, and may yet fail to bind).
         try:
             yield
         finally:

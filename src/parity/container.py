@@ -106,6 +106,10 @@ class Container:
             allow_private_webhooks=s.allow_private_webhooks,
             min_version=s.runner_min_version,
             offline_timeout_seconds=s.offline_timeout_seconds,
+            clock=self.clock,
+            random_bytes=self.random_bytes,
+            events=self.tasks.events,
+            ledger=self.tasks.ledger,
         )
 
     @functools.cached_property

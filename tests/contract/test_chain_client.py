@@ -67,6 +67,11 @@ async def test_token_has_18_decimals(chain: Chain):
     assert await chain.client.token_decimals() == 18
 
 
+async def test_token_symbol_is_the_dev_chains_prty(chain: Chain):
+    # Amounts are shown with the contract's own symbol, not a configured placeholder.
+    assert await chain.client.token_symbol() == "PRTY"
+
+
 async def test_contracts_have_code_and_the_stake_wallet_supports_payment_refs(chain: Chain):
     c = chain.client
     assert await c.code_at(c.stake_wallet_address) != b""

@@ -1,5 +1,5 @@
-"""The local store's packed layout: restart recovery, torn packs, the older one-file-per-block
-layout, GC compaction, concurrent uploads, GC from another store instance (as the CLI runs it)."""
+"""The local store's packed layout: restart recovery, torn packs, GC compaction, concurrent
+uploads, GC from another store instance (as the CLI runs it)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from parity.core.storage.importer import FileImporter
 from parity.core.storage.multiformats import Cid
 from parity.storage.errors import StoreFailed
 from parity.storage.local import LocalContentStore
 from parity.storage.ports import Stored
+from tests.conftest import until
 
 CHUNK = 262144
 
@@ -39,11 +39,7 @@ def _packs(root: Path, ext: str) -> list[Path]:
 
 async def _journaled(root: Path, count: int) -> None:
     """Wait until uploads in flight have noted ``count`` blocks as already stored."""
-    for _ in range(500):
-        if sum(len(p.read_text().split()) for p in _packs(root, "refs")) >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the upload did not reach its references")
+    await until(lambda: sum(len(p.read_text().split()) for p in _packs(root, "refs")) >= count)
 
 
 async def _upload_paused_after(
@@ -120,30 +116,6 @@ async def test_a_pack_without_an_index_is_never_read_and_gc_discards_it(tmp_path
     report = await again.gc(older_than=None)
     assert report.freed_bytes and report.freed_bytes >= len(data)
     assert not pack.exists()
-
-
-async def test_blocks_of_the_one_file_per_block_layout_stay_readable(tmp_path: Path) -> None:
-    root = tmp_path / "blocks"
-    data = _data(3 * CHUNK + 11, b"old")
-    importer = FileImporter()
-    blocks = importer.write(data)
-    tail, result = importer.finish()
-    for block in blocks + tail:
-        key = block.cid.block_key
-        (root / key[-3:-1]).mkdir(parents=True, exist_ok=True)
-        (root / key[-3:-1] / key).write_bytes(bytes(block.data))
-    store = LocalContentStore(root)
-    assert await store.stat(result.cid) == len(data)
-    assert await _read(store, result.cid) == data
-    await store.pin(result.cid)
-    again = await store.put(_pieces(data))  # already stored: nothing written twice
-    assert again.cid == result.cid
-    (pack,) = _packs(root, "pack")
-    assert pack.stat().st_size < 100
-    assert (await store.gc(older_than=None)).removed_blocks == 0
-    await store.unpin(result.cid)
-    assert (await store.gc(older_than=None)).removed_blocks == 5
-    assert await store.stat(result.cid) is None
 
 
 async def test_gc_compacts_a_pack_keeping_live_blocks_and_dropping_dead_ones(
@@ -248,7 +220,7 @@ async def test_readers_never_miss_a_live_block_while_gc_compacts(tmp_path: Path)
     task = asyncio.create_task(reader())
     for _ in range(3):
         await LocalContentStore(root, compact_below=0.9).gc(older_than=None)
-        await asyncio.sleep(0)
+        await until(lambda done=reads: reads > done)  # one whole read between compactions
     stop = True
     await task
     assert reads > 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from eth_account.messages import encode_defunct
 
-import parity.cli.keystore as keystore
+import parity.chain.keystore as keystore
 
 PASSWORD = "runner-test-password"
 

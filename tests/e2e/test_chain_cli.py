@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from parity.chain import keystore
 from parity.chain.devchain import (
     Anvil,
     DevDeployment,
@@ -25,7 +26,6 @@ from parity.chain.devchain import (
 )
 from parity.chain.stake_ids import stake_id
 from parity.chain.web3_adapter import Web3ChainClient
-from parity.cli import keystore
 from tests.chain_support import REPO, anvil_node, cli_env, require_anvil
 from tests.e2e.procs import ServerProcess, run_with
 
@@ -180,7 +180,7 @@ def test_the_server_reports_the_chain_and_refuses_a_wrong_chain_id(
             _env_for(tmp_path / "cli-home"), [*args, "--config", str(config)], tmp_path
         )
         assert shown.returncode == 0, shown.stderr
-        assert "stake: 0.0 TOKEN" in shown.stdout
+        assert "stake: 0.0 PRTY" in shown.stdout  # the contract's symbol, not a placeholder
         assert "available after reservations: n/a (ledger not available)" in shown.stdout
     finally:
         server.stop()

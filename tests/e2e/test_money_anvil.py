@@ -6,17 +6,21 @@ shows it. Skips with the reason printed when Node.js/npm or anvil are unavailabl
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from parity.chain import keystore
 from parity.chain.devchain import Anvil, DevDeployment, deploy_dev_contracts, dev_accounts
 from parity.chain.web3_adapter import Web3ChainClient
-from parity.cli import keystore
+from parity.core.billing.units import format_token_amount
 from tests.chain_support import anvil_node, cli_env, require_anvil
 from tests.e2e.procs import ServerProcess, run_with
+from tests.e2e.runner_procs import PASSWORD as RUNNER_PASSWORD
 from tests.e2e.runner_procs import RunnerProcess, client_token, make_keystore, wait_for
 
 __all__ = ["anvil_node"]
@@ -131,6 +135,20 @@ def test_a_staked_client_pays_a_runner_through_settlement(
         assert f"({5 * TOKEN - price} base units)" in shown.stdout
         assert "available after reservations: " in shown.stdout
         assert "n/a" not in shown.stdout
+
+        # The amounts carry the token contract's own symbol.
+        assert "PRTY" in shown.stdout
+
+        # `parity-runner status` shows what the paid runner's wallet earned (not "not priced").
+        runner_status = subprocess.run(
+            [sys.executable, "-c", "from parity.agent.cli import main; main()", "status",
+             "--server", server.url, "--keystore", str(runner_ks)],
+            env={**_env_for(tmp_path / "runner-home"), "PARITY_KEYSTORE_PASSWORD": RUNNER_PASSWORD},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert runner_status.returncode == 0, runner_status.stderr
+        assert "not priced" not in runner_status.stdout
+        assert f"paid {format_token_amount(earned, 18)} PRTY" in runner_status.stdout
 
         status = httpx.get(f"{server.url}/api/status", timeout=5).json()
         assert status["billing"]["settlement"] == {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -33,9 +32,8 @@ def test_sigterm_stops_the_server_cleanly_and_releases_the_lock(tmp_path: Path):
     home = tmp_path / "parity"
     server = ServerProcess(home).start()
     server.wait_healthy()
-    started = time.monotonic()
-    assert server.stop(signal.SIGTERM) == 0
-    assert time.monotonic() - started < 20
+    # Exit status 0 within the shutdown budget (~20 s); past it stop() kills, which is not 0.
+    assert server.stop(signal.SIGTERM, timeout=20) == 0
     assert "server_stopped" in server.log()
     again = ServerProcess(home).start()
     try:

@@ -13,9 +13,9 @@ import httpx
 from parity.app import create_app
 from parity.container import Container
 from parity.db.session import Database
-from parity.runners import service as runners_service
 from parity.tasks import lifecycle
 from parity.tasks import queue_repository as tasks_queue_repo
+from parity.tasks.jobs import liveness_job
 from tests.conftest import bearer, make_settings
 
 V1 = "/api/v1"
@@ -130,10 +130,9 @@ async def expire_leases(container: Container) -> int:
 
 
 async def sweep_liveness(container: Container, timeout_seconds: float) -> int:
+    job = liveness_job(container.tasks, container.runners, 1.0, timeout_seconds)
     async with container.db.transaction() as s:
-        return await runners_service.mark_stale_offline(
-            s, container.tasks, container.clock.now(), timeout_seconds
-        )
+        return await job.tick(s, container.clock.now())
 
 
 async def expire_offers(container: Container) -> int:

@@ -25,7 +25,7 @@ from parity.events.delivery import DeliveryDeps, DeliveryLoop, deliver_due, reco
 from parity.events.models import Event, WebhookDelivery, WebhookDeliveryAttempt
 from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner
-from tests.conftest import ADMIN, ALICE, BOB, bearer, make_settings, sign_in
+from tests.conftest import ADMIN, ALICE, BOB, bearer, make_settings, sign_in, until
 from tests.integration.queue_helpers import (
     V1,
     act,
@@ -446,19 +446,18 @@ async def test_a_hanging_endpoint_does_not_delay_a_healthy_one(
     loop.start()
     try:
         await create_task(client, alice)  # after commit the loop is woken
-        for _ in range(200):
-            if healthy.events:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: healthy.events)
         assert len(healthy.events) == 1
         # The hanging POST is still in flight: no attempt recorded for it yet.
         [stuck] = await deliveries(client, alice, stuck_id)
         assert stuck["attempts"] == 0 and stuck["status"] == "pending"
-        for _ in range(300):
+
+        async def stuck_attempted() -> bool:
             [stuck] = await deliveries(client, alice, stuck_id)
-            if stuck["attempts"]:
-                break
-            await asyncio.sleep(0.02)
+            return bool(stuck["attempts"])
+
+        await until(stuck_attempted)
+        [stuck] = await deliveries(client, alice, stuck_id)
         assert stuck["last_error"] == "timed out after 3s"
     finally:
         release.set()
@@ -563,13 +562,13 @@ async def test_retention_prunes_old_events_and_finished_deliveries(
 
 
 async def test_events_long_poll_returns_an_event_created_while_waiting(
-    client: httpx.AsyncClient, clock: FrozenClock
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
 ):
     alice = await sign_in(client, ALICE)
     poll = asyncio.create_task(
         client.get(f"{V1}/events", params={"wait": 10}, headers=bearer(alice))
     )
-    await asyncio.sleep(0.3)
+    await until(lambda: container.event_hub.waiting == 1)
     assert not poll.done()
     task = await create_task(client, alice)
     clock.advance(2)  # past the visibility lag
@@ -647,7 +646,7 @@ async def test_sse_yields_event_lines_and_ends_with_a_terminal_event_on_shutdown
     clock.advance(2)
     headers = {**bearer(alice), "Accept": "text/event-stream"}
     stream = asyncio.create_task(client.get(f"{V1}/events", headers=headers))
-    await asyncio.sleep(0.5)
+    await until(lambda: container.event_hub.waiting == 1)  # the backlog is sent
     container.draining = True
     container.event_hub.wake_all()
     r = await asyncio.wait_for(stream, timeout=10)
@@ -673,7 +672,7 @@ async def test_sse_resumes_after_last_event_id_and_ends_after_its_time_limit(
     clock.advance(2)
     headers = {**bearer(alice), "Accept": "text/event-stream", "Last-Event-ID": str(seen)}
     stream = asyncio.create_task(client.get(f"{V1}/events", headers=headers))
-    await asyncio.sleep(0.5)
+    await until(lambda: container.event_hub.waiting == 1)  # the backlog is sent
     clock.advance(1801)
     container.event_hub.wake_all()
     r = await asyncio.wait_for(stream, timeout=10)

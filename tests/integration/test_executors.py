@@ -12,6 +12,7 @@ import pytest
 from parity.agent.executors import CancelToken
 from parity.agent.executors.command import CommandExecutor, Limits, SandboxMode, detect_sandbox
 from parity.agent.executors.docker import DockerExecutor, FakeDockerEngine
+from tests.conftest import until
 
 MODES = [SandboxMode.UID] if os.geteuid() == 0 else []
 if shutil.which("bwrap") and detect_sandbox(False) == SandboxMode.BWRAP:
@@ -79,14 +80,17 @@ async def test_cancel_stops_the_process(mode: SandboxMode):
     import asyncio
 
     cancel = CancelToken()
+    lines: list[str] = []
 
-    async def sink(_: list[str]) -> None:
-        return None
+    async def sink(chunk: list[str]) -> None:
+        lines.extend(chunk)
 
+    # 200 lines fill one log batch, so the sink hears from the process while it runs.
+    command = ["sh", "-c", "seq 200; exec sleep 30"]
     job = asyncio.create_task(
-        CommandExecutor(mode).run({"config": {"command": ["sleep", "30"]}}, sink, cancel)
+        CommandExecutor(mode).run({"config": {"command": command}}, sink, cancel)
     )
-    await asyncio.sleep(0.3)
+    await until(lambda: lines)
     cancel.cancel("client asked")
     out = await asyncio.wait_for(job, 10)
     assert out.cancelled and "client asked" in (out.error or "")

@@ -199,6 +199,7 @@ async def test_a_deadlock_or_serialization_failure_is_a_retryable_503(
     assert r.headers["retry-after"] == "1"
 
 
+@pytest.mark.db  # picks its unreachable database by PARITY_TEST_DB, without a db fixture
 async def test_database_down_gives_503_on_health_and_reads(tmp_path: Path):
     if TEST_DB == "postgres":
         url = "postgresql+asyncpg://postgres@127.0.0.1:1/parity"  # nothing listens on port 1

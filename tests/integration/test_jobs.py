@@ -16,7 +16,7 @@ from parity.clock import FrozenClock
 from parity.container import Container
 from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob, TickOutcome, job_key
-from tests.conftest import ALICE, bearer, sign_in
+from tests.conftest import ALICE, bearer, sign_in, until
 
 
 async def _count(container: Container, model: type) -> int:
@@ -54,25 +54,24 @@ async def test_a_failing_tick_rolls_back_and_the_loop_keeps_going(
 
     runner = JobRunner(container.db, clock, [PeriodicJob("flaky", 0.01, flaky)])
     runner.start()
-    for _ in range(200):
-        if runner.ticks["flaky"] >= 2:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: runner.ticks["flaky"] >= 2)
     await runner.stop(timeout=2)
     assert len(calls) >= 3 and runner.ticks["flaky"] >= 2
 
 
 async def test_stop_waits_for_the_tick_boundary(container: Container, clock: FrozenClock):
+    started = asyncio.Event()
     finished: list[bool] = []
 
     async def slow(session: AsyncSession, now: datetime) -> int:
-        await asyncio.sleep(0.2)
+        started.set()
+        await asyncio.sleep(0.2)  # the tick is busy when stop is asked for: the behaviour here
         finished.append(True)
         return 0
 
     runner = JobRunner(container.db, clock, [PeriodicJob("slow", 60, slow)])
     runner.start()
-    await asyncio.sleep(0.05)
+    await until(started.is_set)
     await runner.stop(timeout=5)
     assert finished == [True]
 
@@ -119,7 +118,7 @@ async def test_concurrent_ticks_on_two_replicas_run_once(container: Container, c
     a = JobRunner(container.db, clock, [job])
     b = JobRunner(container.db, clock, [job])
     first = asyncio.create_task(a.run_tick(job))
-    await asyncio.sleep(0.1)
+    await until(lambda: ran == [1])  # a holds the job's lock, inside its tick
     second = await b.run_tick(job)
     gate.set()
     assert (await first).outcome is TickOutcome.RAN

@@ -46,7 +46,7 @@ async def test_a_runner_waiting_on_another_replica_is_woken(relays: tuple[WakeRe
     a, b = relays
     runner = uuid.uuid4()
     waiting = asyncio.create_task(b.wakeups.wait(runner, timeout=20))
-    await asyncio.sleep(0.05)
+    await until(lambda: b.wakeups.waiting == 1)
     assert a.wakeups.wake_runner(runner) == 0  # not waiting here: forwarded
     assert await waiting is True
     assert (b.received, a.received) == (1, 0)  # a ignores its own notification
@@ -58,7 +58,7 @@ async def test_wake_any_asks_other_replicas_only_for_the_waiters_it_lacks(
     a, b = relays
     here = asyncio.create_task(a.wakeups.wait(uuid.uuid4(), timeout=20))
     there = asyncio.create_task(b.wakeups.wait(uuid.uuid4(), timeout=20))
-    await asyncio.sleep(0.05)
+    await until(lambda: a.wakeups.waiting == 1 and b.wakeups.waiting == 1)
     assert a.wakeups.wake_any(1) == 1  # satisfied locally: nothing forwarded
     assert await here is True
     assert a.wakeups.wake_any(1) == 0  # none left here: one asked of b
@@ -73,7 +73,7 @@ async def test_events_published_on_one_replica_wake_readers_on_another(
     owner = "0x" + "ab" * 20
     mine = asyncio.create_task(b.events.wait(owner, timeout=20))
     other = asyncio.create_task(b.events.wait("0x" + "cd" * 20, timeout=1))
-    await asyncio.sleep(0.05)
+    await until(lambda: b.events.waiting == 2)
     a.events.publish([owner])  # deliveries queued (the default)
     assert await mine is True
     assert await other is False  # only the owner's readers (and operators') are woken
@@ -93,18 +93,17 @@ async def test_a_lone_replica_sends_no_wake_ups_and_starts_once_another_listens(
     await a.start()
     b: WakeRelay | None = None
     try:
-        sent = a.sent
         for _ in range(20):
             a.wakeups.wake_any(1)  # nobody waits here, and no other replica listens
-        await asyncio.sleep(0.2)
-        assert a.sent == sent and a.dropped == 20 and a.peers == 0
+        # Dropped means never queued for sending (the only way a notification leaves).
+        assert a.dropped == 20 and a.peers == 0
 
         b = WakeRelay(dsn, WakeHub(), EventHub(), origin="replica-b")
         await b.start()
         await _heard_each_other(a, b)  # b announced itself; a answered the newcomer
         runner = uuid.uuid4()
         waiting = asyncio.create_task(b.wakeups.wait(runner, 10))
-        await asyncio.sleep(0.05)
+        await until(lambda: b.wakeups.waiting == 1)
         a.wakeups.wake_runner(runner)
         assert await asyncio.wait_for(waiting, 5) is True
     finally:
@@ -184,7 +183,7 @@ async def test_a_task_created_on_one_server_ends_a_long_poll_on_another(
                 timeout=60,
             )
         )
-        await asyncio.sleep(0.3)  # the runner is waiting on server b
+        await until(lambda: two.wakeups.waiting == 1)  # the runner is waiting on server b
         task = await create_task(http_a, alice)
         # Woken by a's notification: answered well before its 30 s wait or 60 s re-check.
         r = await asyncio.wait_for(poll, timeout=20)

@@ -17,9 +17,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import select
 
+from parity.chain import keystore
 from parity.chain.fake import FakeChain, FakeChainClient
 from parity.chain.ports import Call, Fees
-from parity.cli import keystore
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
@@ -36,7 +36,7 @@ from parity.ledger.settlement import (
     payment_ref,
 )
 from parity.ledger.signer import load_settlement_signer
-from tests.conftest import make_settings
+from tests.conftest import make_settings, until
 from tests.settlement_support import (
     Crash,
     CrashAt,
@@ -355,7 +355,9 @@ def test_fee_bumps_raise_both_caps_by_the_percentage_and_follow_the_node():
 
 
 @pytest.mark.postgres_only
-async def test_a_second_worker_skips_while_one_holds_the_lock(world: World):
+async def test_a_second_worker_skips_while_one_holds_the_lock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
     await post(world.db, world.clock, PAYER, RUNNER, 10)
     gate = asyncio.Event()
     release = asyncio.Event()
@@ -365,13 +367,13 @@ async def test_a_second_worker_skips_while_one_holds_the_lock(world: World):
             gate.set()
 
     first = world.worker(hook=hook)
-    original = first._sign_pending
+    from parity.ledger.settlement.signing import sign_pending
 
-    async def slow_sign(report: Any) -> None:
+    async def slow_sign(ctx: Any, report: Any) -> None:
         await release.wait()
-        await original(report)
+        await sign_pending(ctx, report)
 
-    first._sign_pending = slow_sign  # type: ignore[method-assign]
+    monkeypatch.setattr("parity.ledger.settlement.worker.sign_pending", slow_sign)
     running = asyncio.create_task(first.run_once())
     await asyncio.wait_for(gate.wait(), 5)
     assert (await world.worker().run_once()).skipped
@@ -490,10 +492,11 @@ async def test_the_loop_settles_in_the_background_and_stops(world: World):
     await post(world.db, world.clock, PAYER, RUNNER, 10)
     worker = world.worker(interval_seconds=0.01)
     worker.start()
-    for _ in range(300):
-        if await world.stake_of(RUNNER) == 10:
-            break
-        await asyncio.sleep(0.01)
+
+    async def paid() -> bool:
+        return await world.stake_of(RUNNER) == 10
+
+    await until(paid)
     await worker.stop(timeout=5)
     await assert_all_settled(world.db)
 

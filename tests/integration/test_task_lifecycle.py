@@ -14,7 +14,7 @@ from sqlalchemy import select
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.tasks.models import RunnerPush, TaskResult
-from tests.conftest import ALICE, BOB, bearer, sign_in
+from tests.conftest import ALICE, BOB, bearer, sign_in, until
 from tests.integration.queue_helpers import (
     V1,
     act,
@@ -337,10 +337,12 @@ async def test_claims_account_for_the_resources_already_held(client: httpx.Async
     assert (await claim(client, runner)).status_code == 204
 
 
-async def test_long_poll_claim_answers_when_a_task_arrives(client: httpx.AsyncClient):
+async def test_long_poll_claim_answers_when_a_task_arrives(
+    client: httpx.AsyncClient, container: Container
+):
     alice, runner = await _setup(client)
     waiting = asyncio.create_task(claim(client, runner, wait=5))
-    await asyncio.sleep(0.2)
+    await until(lambda: container.wakeups.waiting == 1)  # the claim is parked, not answered
     assert not waiting.done()
     task = await create_task(client, alice)
     r = await asyncio.wait_for(waiting, timeout=4)

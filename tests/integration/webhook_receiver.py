@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from parity.webhooks import signing
+from tests.conftest import until
 
 
 @dataclass
@@ -78,11 +79,7 @@ async def serve(receiver: Receiver) -> AsyncIterator[Receiver]:
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
-        for _ in range(500):
-            if server.started:
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "receiver did not start"
+        await until(lambda: server.started)
         receiver.port = server.servers[0].sockets[0].getsockname()[1]
         yield receiver
     finally:

@@ -13,10 +13,11 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from typer.testing import CliRunner
 
-from parity.cli import auth, keystore
+from parity.chain import keystore
+from parity.chain.keystore import create_keystore, read_address
+from parity.cli import auth
 from parity.cli.auth import SignInError, register_auth_command, sign_in
 from parity.cli.credentials import load_token, remove_token, save_token
-from parity.cli.keystore import create_keystore, read_address
 
 TEST_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 TEST_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
@@ -404,3 +405,72 @@ def test_auth_prompts_for_password_with_confirmation_when_env_unset(tmp_path: Pa
     assert "do not match" in result.output  # a mistyped confirmation is asked again
     assert "pw" not in result.output  # hidden input is not echoed
     assert keystore.load_account(path, "pw").address == TEST_ADDRESS
+
+
+# --- a second keystore instead of --force; sessions per (server, address) -------------
+
+
+def test_auth_refusal_suggests_a_second_keystore_and_says_force_destroys(tmp_path: Path) -> None:
+    path = tmp_path / "keystore.json"
+    original = create_keystore(path, "s3cret")
+
+    code, output = _invoke(["--keystore", str(path), "--private-key", TEST_KEY])
+
+    assert code == 1
+    assert f"--keystore {tmp_path / 'OTHER.json'}" in output
+    assert "destroys its key" in output
+    assert read_address(path) == original
+
+
+def test_auth_force_still_replaces_but_warns_the_old_key_is_destroyed(tmp_path: Path) -> None:
+    path = tmp_path / "keystore.json"
+    original = create_keystore(path, "s3cret")
+
+    code, output = _invoke(["--keystore", str(path), "--private-key", TEST_KEY, "--force"])
+
+    assert code == 0, output
+    assert f"the key of {original} is destroyed" in output
+    assert read_address(path) == TEST_ADDRESS
+
+
+def test_auth_help_says_force_destroys_the_key() -> None:
+    result = CliRunner().invoke(_app(), ["auth", "--help"], env={"COLUMNS": "200"})
+    assert "DESTROYED" in result.output and "--keystore" in result.output
+
+
+def test_two_keystores_in_one_folder_keep_a_session_each(tmp_path: Path) -> None:
+    server = FakeAuthServer()
+    first, second = tmp_path / "keystore.json", tmp_path / "runner.json"
+
+    code, output = _invoke(
+        ["--keystore", str(first), "--new", "--server", SERVER], transport=server.transport()
+    )
+    assert code == 0, output
+    code, output = _invoke(
+        ["--keystore", str(second), "-k", TEST_KEY, "--server", SERVER],
+        transport=server.transport(),
+    )
+    assert code == 0, output
+
+    creds = tmp_path / "credentials.json"
+    mine = load_token(creds, SERVER, read_address(first))
+    runners = load_token(creds, SERVER, TEST_ADDRESS)
+    assert mine is not None and runners is not None
+    assert server.issued[mine.token] == read_address(first)
+    assert server.issued[runners.token] == TEST_ADDRESS
+
+
+def test_auth_sign_in_without_a_url_uses_the_server_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = FakeAuthServer()
+    path = tmp_path / "keystore.json"
+    monkeypatch.setenv("PARITY_SERVER_URL", SERVER)
+
+    code, output = _invoke(
+        ["--keystore", str(path), "-k", TEST_KEY, "--sign-in"], transport=server.transport()
+    )
+
+    assert code == 0, output
+    assert f"signed in to {SERVER} as {TEST_ADDRESS}" in output
+    assert load_token(tmp_path / "credentials.json", SERVER, TEST_ADDRESS) is not None

@@ -8,6 +8,7 @@ import pytest
 
 from parity.events.delivery import backoff_seconds
 from parity.events.hub import EventHub
+from tests.conftest import until
 
 
 @pytest.mark.parametrize("attempts", [1, 2, 5, 11, 12, 30])
@@ -23,8 +24,7 @@ async def test_publish_wakes_the_owners_waiters_and_operators_only():
     alice = asyncio.create_task(hub.wait("0xa", 5))
     bob = asyncio.create_task(hub.wait("0xb", 0.2))
     operator = asyncio.create_task(hub.wait(None, 5))
-    await asyncio.sleep(0)
-    assert hub.waiting == 3
+    await until(lambda: hub.waiting == 3)
     assert hub.publish(["0xa"]) == 2
     assert await alice is True and await operator is True
     assert await bob is False  # timed out: not woken for someone else's event
@@ -34,6 +34,6 @@ async def test_publish_wakes_the_owners_waiters_and_operators_only():
 async def test_wake_all_releases_every_waiter():
     hub = EventHub()
     waiters = [asyncio.create_task(hub.wait(a, 5)) for a in ("0xa", "0xb", None)]
-    await asyncio.sleep(0)
+    await until(lambda: hub.waiting == 3)
     hub.wake_all()
     assert await asyncio.gather(*waiters) == [True, True, True]

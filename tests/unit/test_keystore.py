@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from parity.cli import keystore
-from parity.cli.keystore import (
-    KeystoreError,
-    create_keystore,
-    load_account,
-    password_from_env_or_prompt,
-    read_address,
-)
+from parity.chain import keystore
+from parity.chain.keystore import KeystoreError, create_keystore, load_account, read_address
+from parity.cli import passwords
+from parity.cli.passwords import password_from_env_or_prompt
 
 TEST_KEY = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 TEST_ADDRESS = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
@@ -156,7 +152,7 @@ def test_password_comes_from_env_before_prompting(monkeypatch: pytest.MonkeyPatc
     def no_prompt(*args: object, **kwargs: object) -> str:
         raise AssertionError("must not prompt when the env var is set")
 
-    monkeypatch.setattr(keystore.typer, "prompt", no_prompt)
+    monkeypatch.setattr(passwords.typer, "prompt", no_prompt)
     assert password_from_env_or_prompt(confirm=True) == "from-env"
 
 
@@ -170,7 +166,7 @@ def test_password_prompt_hides_input_and_confirms_on_create(
         seen.update(kwargs)
         return "typed"
 
-    monkeypatch.setattr(keystore.typer, "prompt", fake_prompt)
+    monkeypatch.setattr(passwords.typer, "prompt", fake_prompt)
     assert password_from_env_or_prompt(confirm=True) == "typed"
     assert seen["hide_input"] is True
     assert seen["confirmation_prompt"] is True

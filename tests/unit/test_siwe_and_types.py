@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from parity.core import tokens
 from parity.core.identity import siwe
 
 
@@ -41,10 +42,10 @@ def test_nonce_is_alphanumeric_and_as_long_as_its_entropy():
 
 
 def test_tokens_carry_kind_prefix_and_hash_to_sha256():
-    tok = siwe.make_token("runner", b"\x01" * 32)
+    tok = tokens.make_token("runner", b"\x01" * 32)
     assert tok == "ps_run_" + "01" * 32
-    assert siwe.token_kind(tok) == "runner"
-    assert len(siwe.hash_token(tok)) == 64
-    assert siwe.token_kind("sk-other") is None
+    assert tokens.token_kind(tok) == "runner"
+    assert len(tokens.hash_token(tok)) == 64
+    assert tokens.token_kind("sk-other") is None
     with pytest.raises(ValueError):
-        siwe.make_token("session", b"short")
+        tokens.make_token("session", b"short")

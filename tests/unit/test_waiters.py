@@ -7,6 +7,7 @@ import uuid
 
 from parity.tasks.wakeups import WakeHub
 from parity.waiters import Waiters
+from tests.conftest import until
 
 
 async def test_wait_times_out_without_a_wake():
@@ -18,9 +19,9 @@ async def test_wait_times_out_without_a_wake():
 async def test_wake_is_selective_bounded_and_oldest_first():
     w: Waiters[str] = Waiters()
     jobs = [asyncio.create_task(w.wait(k, 5)) for k in ["a", "b", "a", "c"]]
-    await asyncio.sleep(0.05)
+    await until(lambda: len(w) == 4)
     assert w.wake(lambda k: k == "a", limit=1) == ["a"]
-    await asyncio.sleep(0.05)
+    await until(jobs[0].done)
     assert [j.done() for j in jobs] == [True, False, False, False]
     assert sorted(w.wake(lambda k: k != "c")) == ["a", "b"]
     w.wake_all()
@@ -31,9 +32,9 @@ async def test_wake_any_wakes_at_most_one_waiter_per_runner():
     hub = WakeHub()
     r1, r2 = uuid.uuid4(), uuid.uuid4()
     jobs = [asyncio.create_task(hub.wait(r, 5)) for r in [r1, r1, r2]]
-    await asyncio.sleep(0.05)
+    await until(lambda: hub.waiting == 3)
     assert hub.wake_any(3) == 2
-    await asyncio.sleep(0.05)
+    await until(lambda: jobs[0].done() and jobs[2].done())
     assert [j.done() for j in jobs] == [True, False, True]
     assert hub.wake_runner(r1) == 1
     assert await asyncio.gather(*jobs) == [True, True, True]

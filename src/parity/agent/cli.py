@@ -17,8 +17,15 @@ from parity.agent.executors import Executor
 from parity.agent.executors.command import CommandExecutor, SandboxMode, detect_sandbox
 from parity.agent.executors.docker import DockerExecutor, HttpDockerEngine
 from parity.agent.loop import Runner, RunnerOptions
-from parity.cli.keystore import KeystoreError, load_account, password_from_env_or_prompt
-from parity.logging import configure_logging
+from parity.chain.keystore import KeystoreError, load_account
+from parity.cli.auth import default_keystore_path
+from parity.cli.credentials import credentials_path
+from parity.cli.help_width import widen_help_without_terminal
+from parity.cli.passwords import password_from_env_or_prompt
+from parity.cli.server_url import ServerUrlError, resolve_server_url
+from parity.logging import configure_logging, get_logger
+
+log = get_logger("parity.runner")
 
 app = typer.Typer(
     name="parity-runner", help="Join a Parity network as a runner.", add_completion=False
@@ -62,29 +69,89 @@ def _account(keystore: Path) -> Any:
         raise typer.Exit(1) from None
 
 
+def _keystore(keystore: Path | None) -> Path:
+    return keystore.expanduser() if keystore is not None else default_keystore_path()
+
+
+def _server(server: str | None, keystore: Path) -> str:
+    try:
+        choice = resolve_server_url(
+            server, credentials=credentials_path(keystore), flag_source="--server/RUNNER_SERVER_URL"
+        )
+    except ServerUrlError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return choice.url
+
+
+def _pull_instead_of_push(runner: Runner, refusal: ServerError) -> None:
+    """The server refused the push webhook (its SSRF guard refuses loopback and private
+    addresses outside the embedded mode, as for event webhooks): stop the receiver and take work
+    by long-poll, which every server serves. Runs before registration answers, so the runner
+    starts its pull loop with the pull option it sets here."""
+    receiver, runner.push = runner.push, None
+    if receiver is not None:
+        receiver.stop()
+    runner.o.pull = True
+    log.warning(
+        "push_refused_pulling_instead",
+        message="the server refused this runner's push webhook; taking work by pulling "
+        "(long-poll) instead. For push offers give a URL the server can reach with "
+        "--push-public-url URL; --no-push skips push",
+        refusal=str(refusal),
+    )
+
+
 Server = Annotated[
-    str, typer.Option("--server", envvar="RUNNER_SERVER_URL", help="Server base URL")
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="RUNNER_SERVER_URL",
+        metavar="URL",
+        help="Server base URL (default: PARITY_SERVER_URL, else the last sign-in beside the "
+        "keystore, else SERVER_PUBLIC_URL or SERVER_HOST:SERVER_PORT of the settings)",
+    ),
 ]
 Keystore = Annotated[
-    Path,
-    typer.Option("--keystore", envvar="RUNNER_KEYSTORE", help="V3 keystore (parity-server auth)"),
+    Path | None,
+    typer.Option(
+        "--keystore",
+        envvar="RUNNER_KEYSTORE",
+        metavar="PATH",
+        help="V3 keystore (parity-server auth; default: $PARITY_HOME/keystore.json, else "
+        "~/.parity/keystore.json)",
+    ),
 ]
 
 
 @app.callback(invoke_without_command=True)
 def main_cmd(
     ctx: typer.Context,
-    server: Server = "http://localhost:8080",
-    keystore: Keystore = Path("~/.parity/keystore.json"),
+    server: Server = None,
+    keystore: Keystore = None,
     device_id: Annotated[str | None, typer.Option(envvar="RUNNER_DEVICE_ID")] = None,
     max_concurrent_tasks: Annotated[
         int, typer.Option(min=1, envvar="RUNNER_MAX_CONCURRENT_TASKS")
     ] = 1,
     pull: Annotated[bool, typer.Option("--pull/--no-pull", help="Long-poll for work")] = True,
-    push: Annotated[bool, typer.Option("--push/--no-push", help="Accept push offers")] = True,
+    push: Annotated[
+        bool,
+        typer.Option(
+            "--push/--no-push",
+            help="Accept push offers (when the server refuses the webhook, the runner pulls)",
+        ),
+    ] = True,
     push_host: Annotated[str, typer.Option(envvar="RUNNER_WEBHOOK_HOST")] = "127.0.0.1",
     push_port: Annotated[int, typer.Option(envvar="RUNNER_WEBHOOK_PORT")] = 0,
-    push_public_url: Annotated[str | None, typer.Option(envvar="RUNNER_WEBHOOK_PUBLIC_URL")] = None,
+    push_public_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RUNNER_WEBHOOK_PUBLIC_URL",
+            metavar="URL",
+            help="Base URL the server reaches the push webhook at (a server outside the "
+            "embedded mode refuses loopback and private addresses)",
+        ),
+    ] = None,
     heartbeat_interval: Annotated[
         float, typer.Option(min=0.1, envvar="RUNNER_HEARTBEAT_INTERVAL_SECONDS")
     ] = 10.0,
@@ -109,7 +176,9 @@ def main_cmd(
     if ctx.invoked_subcommand is not None:
         return
     configure_logging(log_level, "json")
-    account = _account(keystore.expanduser())
+    keystore_path = _keystore(keystore)
+    url = _server(server, keystore_path)
+    account = _account(keystore_path)
     mode = detect_sandbox(allow_unsandboxed_commands, sandbox)
     if mode == SandboxMode.NONE and not allow_unsandboxed_commands:
         typer.echo("error: --sandbox none needs --allow-unsandboxed-commands", err=True)
@@ -141,11 +210,12 @@ def main_cmd(
     )
 
     async def go() -> None:
-        client = ServerClient(server)
+        client = ServerClient(url)
         if has_docker:
             # image_cid images are streamed from the server's content store into the engine.
             executors["docker"] = DockerExecutor(engine, fetch=client.download)
         runner = Runner(options, account, client, executors, engine if has_docker else None)
+        client.on_push_refused = lambda refusal: _pull_instead_of_push(runner, refusal)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop)
@@ -160,27 +230,48 @@ def main_cmd(
         typer.echo(f"error: server refused: {exc}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
-        typer.echo(f"error: cannot reach {server}: {exc}", err=True)
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
         raise typer.Exit(1) from None
 
 
-@app.command()
-def status(
-    server: Server = "http://localhost:8080", keystore: Keystore = Path("~/.parity/keystore.json")
-) -> None:
-    """Show this wallet's runners: status, active claims, health (earnings are not priced yet)."""
-    account = _account(keystore.expanduser())
+def _earnings(address: str, balance: dict[str, Any] | ServerError) -> str:
+    """One line on what this wallet's runners earned, from the server's ledger (runners earn
+    for their owner's account, so the figure is the wallet's, over all its runners)."""
+    if isinstance(balance, ServerError):
+        if balance.code == "chain_not_configured":
+            return "earnings: not priced (the server has no chain configured: work is free)"
+        return f"earnings: unknown (the ledger answered {balance})"
+    shown = balance.get("display") or {}
+    symbol = balance.get("symbol", "")
+    return (
+        f"earnings of {address.lower()} (all its runners): "
+        f"pending {shown.get('pending_earnings', '?')} {symbol}, "
+        f"paid {shown.get('settled_earnings', '?')} {symbol}"
+    )
 
-    async def go() -> list[dict[str, Any]]:
-        client = ServerClient(server)
+
+@app.command()
+def status(server: Server = None, keystore: Keystore = None) -> None:
+    """Show this wallet's runners (status, active claims, health) and what they earned."""
+    keystore_path = _keystore(keystore)
+    url = _server(server, keystore_path)
+    account = _account(keystore_path)
+
+    async def go() -> tuple[list[dict[str, Any]], dict[str, Any] | ServerError]:
+        client = ServerClient(url)
         try:
             await client.sign_in(account)
-            return await client.my_runners()
+            runners = await client.my_runners()
+            try:
+                balance: dict[str, Any] | ServerError = await client.ledger_balance()
+            except ServerError as exc:
+                balance = exc
+            return runners, balance
         finally:
             await client.close()
 
     try:
-        runners = asyncio.run(go())
+        runners, balance = asyncio.run(go())
     except (ServerError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -190,10 +281,11 @@ def status(
         typer.echo(
             f"{r['id']}  device={r['device_id'][:16]}  status={r['status']}  "
             f"claims={r['active_claims']}/{r['max_concurrent_tasks']}  "
-            f"last_heartbeat={r['last_heartbeat']}  version={r['runner_version']}  "
-            "earnings=not priced"
+            f"last_heartbeat={r['last_heartbeat']}  version={r['runner_version']}"
         )
+    typer.echo(_earnings(account.address, balance))
 
 
 def main() -> None:
+    widen_help_without_terminal()
     app()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -17,19 +17,36 @@ class ServerError(Exception):
         self.details = details
 
 
-def _raise(r: httpx.Response) -> None:
-    if r.status_code < 400:
-        return
+def _error(r: httpx.Response) -> ServerError:
     try:
         err = r.json().get("error", {})
-    except ValueError:
+    except (ValueError, AttributeError):
         err = {}
-    raise ServerError(
+    if not isinstance(err, dict):
+        err = {}
+    return ServerError(
         r.status_code,
         str(err.get("code", "http_error")),
         str(err.get("message", r.text[:200])),
         dict(err.get("details") or {}),
     )
+
+
+def _raise(r: httpx.Response) -> None:
+    if r.status_code >= 400:
+        raise _error(r)
+
+
+def refuses_webhook(err: ServerError) -> bool:
+    """Whether a registration was refused because of its ``webhook`` (the SSRF guard's
+    ``webhook_url_refused``, or a validation error naming the field): the rest of it is fine,
+    and the runner can register without push."""
+    if err.status not in (400, 422):
+        return False
+    if err.code == "webhook_url_refused" or err.details.get("field") == "webhook":
+        return True
+    fields = [e.get("field") for e in err.details.get("errors") or [] if isinstance(e, dict)]
+    return "webhook" in fields
 
 
 class ServerClient:
@@ -42,6 +59,9 @@ class ServerClient:
         )
         self.session_token: str | None = None
         self.runner_token: str | None = None
+        # Called when the server refuses the push webhook at registration; the runner then
+        # registers again without it (pull only) instead of stopping.
+        self.on_push_refused: Callable[[ServerError], None] | None = None
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -65,6 +85,14 @@ class ServerClient:
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:
         r = await self.http.post("/api/v1/runners", json=body, headers=self._auth(runner=False))
+        if r.status_code >= 400 and body.get("webhook") and self.on_push_refused is not None:
+            refusal = _error(r)
+            if refuses_webhook(refusal):
+                self.on_push_refused(refusal)
+                body = {k: v for k, v in body.items() if k != "webhook"}
+                r = await self.http.post(
+                    "/api/v1/runners", json=body, headers=self._auth(runner=False)
+                )
         _raise(r)
         data: dict[str, Any] = r.json()
         self.runner_token = str(data["runner_token"])
@@ -111,6 +139,12 @@ class ServerClient:
         r = await self.http.get("/api/v1/runners", headers=self._auth(runner=False))
         _raise(r)
         return list(r.json()["items"])
+
+    async def ledger_balance(self) -> dict[str, Any]:
+        """The wallet's ledger balance: runners earn for their owner's account."""
+        r = await self.http.get("/api/v1/ledger/balance", headers=self._auth(runner=False))
+        _raise(r)
+        return dict(r.json())
 
     async def upload(self, data: bytes) -> str:
         """Store bytes in the server's content store; returns the CID."""

@@ -19,6 +19,10 @@ from parity.agent.push import PushReceiver
 from parity.logging import get_logger
 
 MAX_DEFERRED_OFFERS = 64  # a runner keeps at most this many offers it had no room for
+# While stopping, each step that waits on the server waits at most this long: a server that is
+# down or hung must not hold up the exit (what is left is handed back by the offline heartbeat
+# or, failing that, by lease expiry).
+STOP_STEP_SECONDS = 3.0
 log = get_logger("parity.runner")
 
 
@@ -67,7 +71,10 @@ class Runner:
         # offer one runner more than it has room for): claimed, oldest first, as slots free.
         self.deferred_offers: dict[str, None] = {}
         self._offer_jobs: set[asyncio.Task[None]] = set()
+        self._offer_claims: set[asyncio.Task[Any]] = set()  # offer claims awaiting an answer
         self.stopping = asyncio.Event()
+        self._beat_now = asyncio.Event()
+        self._beats_over = False
         self.slot_freed = asyncio.Event()
         self.push: PushReceiver | None = None
         self.completed = 0
@@ -77,6 +84,7 @@ class Runner:
     def stop(self) -> None:
         self.stopping.set()
         self.slot_freed.set()
+        self._beat_now.set()  # the server shows the runner draining at once
 
     @property
     def free_slots(self) -> int:
@@ -118,20 +126,30 @@ class Runner:
         await self._shutdown(background)
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        """Stop claiming, let running work finish for the grace period, release the rest, and
+        say ``offline`` as the very last call to the server."""
         log.info("runner_stopping", active=len(self.active))
-        for t in background:
-            if t.get_name() == "pull":
-                t.cancel()
+        named = {t.get_name(): t for t in background}
+        # A long-poll claim cut off here may have been granted already: the offline heartbeat
+        # hands such a claim back.
+        await _settle([named["pull"]] if "pull" in named else [], 0)
         jobs = [a.job for a in self.active.values() if a.job is not None]
-        if jobs:
-            await asyncio.wait(jobs, timeout=self.o.grace_seconds)
-        for a in list(self.active.values()):
+        await _settle([*jobs, *self._offer_claims], self.o.grace_seconds, cancel=False)
+        await _settle(list(self._offer_claims), STOP_STEP_SECONDS)
+        unfinished = list(self.active.values())
+        for a in unfinished:
             a.revoked = True
             a.cancel.cancel("runner shutting down")
-            with contextlib.suppress(ServerError, Exception):
-                await self.client.transition(a.task_id, "release", {"claim_token": a.token})
-        with contextlib.suppress(Exception):
-            await self.client.heartbeat({"status": "offline", "claims": []})
+        # The executors kill their processes at once; their last log lines still go out under
+        # a valid claim, so nothing of theirs reaches the server after the release.
+        await _settle([a.job for a in unfinished if a.job is not None], STOP_STEP_SECONDS)
+        # Heartbeats end between beats: one still in flight finishes first, so a late
+        # "draining" cannot land after "offline" and leave the runner shown draining.
+        self._beats_over = True
+        self._beat_now.set()
+        await _settle([named["heartbeat"]] if "heartbeat" in named else [], STOP_STEP_SECONDS)
+        await asyncio.gather(*(self._release(a) for a in unfinished))
+        await self._say_offline()
         if self.push is not None:
             self.push.stop()
         for t in background:
@@ -139,10 +157,37 @@ class Runner:
         await asyncio.gather(*background, return_exceptions=True)
         log.info("runner_stopped", completed=self.completed, failed=self.failed)
 
+    async def _release(self, a: Active) -> None:
+        """Fenced by the claim token: one the server already took back is refused, harmlessly."""
+        try:
+            await asyncio.wait_for(
+                self.client.transition(a.task_id, "release", {"claim_token": a.token}),
+                STOP_STEP_SECONDS,
+            )
+        except Exception as exc:
+            log.warning("task_release_failed", task_id=a.task_id, error=_why(exc))
+
+    async def _say_offline(self) -> None:
+        """The last call: the server shows the runner offline at once and releases whatever it
+        still holds (a release that failed, a claim whose answer was lost)."""
+        try:
+            await asyncio.wait_for(
+                self.client.heartbeat({"status": "offline", "claims": []}), STOP_STEP_SECONDS
+            )
+        except Exception as exc:
+            log.warning("runner_offline_not_reported", runner_id=self.runner_id, error=_why(exc))
+        else:
+            log.info("runner_offline_reported", runner_id=self.runner_id)
+
     async def _heartbeats(self) -> None:
-        while not self.stopping.is_set():
+        """Beat every interval, and at once when stopping begins; beats go on (as draining)
+        while work winds down, until _shutdown ends them."""
+        while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=self.o.heartbeat_interval)
+                await asyncio.wait_for(self._beat_now.wait(), timeout=self.o.heartbeat_interval)
+            self._beat_now.clear()
+            if self._beats_over:
+                return
             try:
                 await self.heartbeat_once()
             except Exception as exc:  # keep beating; the lease covers short outages
@@ -195,6 +240,9 @@ class Runner:
             return
         self.claiming += 1  # several offers may arrive at once: each holds its slot while claiming
         claim: dict[str, Any] | None = None
+        me = asyncio.current_task()
+        if me is not None:
+            self._offer_claims.add(me)  # stopping waits for the answer, then releases a win
         try:
             claim = await self.client.claim(task_id)
         except ServerError:
@@ -203,6 +251,8 @@ class Runner:
             log.warning("offer_claim_unreachable", task_id=task_id, error=str(exc)[:200])
         finally:
             self.claiming -= 1
+            if me is not None:
+                self._offer_claims.discard(me)
         if claim is None:
             self._claim_deferred()  # the slot is still free: the next deferred offer may fit
             return
@@ -212,6 +262,8 @@ class Runner:
         task = claim["task"]
         a = Active(task_id=str(task["id"]), token=str(claim["claim_token"]), cancel=CancelToken())
         self.active[a.task_id] = a
+        if self.stopping.is_set():
+            return  # won while stopping: held unstarted, released by _shutdown
         a.job = asyncio.create_task(self._execute(a, task), name=f"task:{a.task_id}")
 
     async def _execute(self, a: Active, task: dict[str, Any]) -> None:
@@ -239,8 +291,9 @@ class Runner:
             log.warning("task_report_refused", task_id=a.task_id, error=str(exc))
         except Exception as exc:
             log.warning("task_crashed", task_id=a.task_id, error=str(exc)[:300])
-            with contextlib.suppress(Exception):
-                await self._report(a, Outcome(False, None, "", f"runner error: {exc}"[:1000]))
+            if not a.revoked:  # a revoked claim is released (or gone), never failed
+                with contextlib.suppress(Exception):
+                    await self._report(a, Outcome(False, None, "", f"runner error: {exc}"[:1000]))
         finally:
             self.active.pop(a.task_id, None)
             self.slot_freed.set()
@@ -293,3 +346,21 @@ class Runner:
             self.completed += 1
         else:
             self.failed += 1
+
+
+async def _settle(jobs: list[asyncio.Task[Any]], timeout: float, cancel: bool = True) -> None:
+    """Wait up to ``timeout`` seconds for ``jobs``; with ``cancel``, cancel what is left and wait
+    for it to unwind."""
+    if not jobs:
+        return
+    left = set(jobs)
+    if timeout > 0:
+        _, left = await asyncio.wait(jobs, timeout=timeout)
+    if cancel and left:
+        for job in left:
+            job.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+
+
+def _why(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__)[:200]

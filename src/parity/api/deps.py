@@ -5,6 +5,7 @@ failed commit turns into an error response instead of a success already on the w
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.db.hooks import run_after_commit
 from parity.idempotency.service import IdempotencyGuard, request_fingerprint
+from parity.runners.errors import RunnerTokenRequired
 
 
 def get_container(request: Request) -> Container:
@@ -111,3 +113,13 @@ async def get_idempotency(
 
 
 Idempotency = Annotated[IdempotencyGuard, Depends(get_idempotency)]
+
+
+def get_runner_id(principal: CurrentPrincipal) -> uuid.UUID:
+    """The calling runner (a runner token from registration), else 403 runner_token_required."""
+    if principal.kind != "runner" or principal.runner_id is None:
+        raise RunnerTokenRequired("this endpoint needs a runner token (from registration)")
+    return principal.runner_id
+
+
+CurrentRunner = Annotated[uuid.UUID, Depends(get_runner_id)]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from parity.errors import Category, ParityError
+from parity.errors import Category, InvalidInput, ParityError
 from parity.logging import get_logger
 
 log = get_logger("parity.api")
@@ -68,8 +69,44 @@ async def _parity_error(_: Request, exc: Exception) -> JSONResponse:
     return envelope(status, exc.code, exc.message, exc.details, headers)
 
 
+def invalid_json(field: str, exc: ValueError) -> InvalidInput:
+    """422 ``invalid_json`` for a body (or form field) that does not parse: says that it is not
+    JSON and where the parser stopped, instead of a type complaint about a value it never saw."""
+    if isinstance(exc, json.JSONDecodeError):
+        # lineno/colno are 1-based, as editors count; pos is the 0-based character offset.
+        where = {"line": exc.lineno, "column": exc.colno, "position": exc.pos}
+        reason = f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    elif isinstance(exc, UnicodeDecodeError):
+        where = {"position": exc.start}
+        reason = f"byte 0x{exc.object[exc.start]:02x} is not UTF-8 text"
+    else:
+        where = {}
+        reason = str(exc) or "it does not parse"
+    if "position" in where:
+        reason += f" (position {where['position']})"
+    error = InvalidInput(field, f"not valid JSON: {reason}", code="invalid_json")
+    error.details.update(where)
+    return error
+
+
+def _json_decode_error(err: dict[str, Any], body: Any) -> JSONResponse:
+    """FastAPI's own body parsing failed (``json_invalid``): the same answer as
+    :func:`invalid_json`, rebuilt from the position and message FastAPI keeps."""
+    loc = tuple(err.get("loc", ()))
+    doc = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    doc = doc if isinstance(doc, str) else ""
+    pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+    msg = str((err.get("ctx") or {}).get("error") or "JSON decode error")
+    decoded = json.JSONDecodeError(msg, doc, min(max(pos, 0), len(doc)))
+    error = invalid_json("body", decoded)
+    return envelope(422, error.code, error.message, error.details)
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            return _json_decode_error(err, exc.body)
     errors = []
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))

@@ -10,8 +10,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from parity.api.pagination import Cursor, newest_first
 from parity.auth.models import Account, AuthNonce, AuthToken
+from parity.db.pagination import Cursor, newest_first
 
 
 async def ensure_account(session: AsyncSession, address: str, now: datetime) -> None:

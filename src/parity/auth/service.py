@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from parity.api.pagination import Cursor
 from parity.auth import repository as repo
 from parity.auth.cache import TokenCache
 from parity.auth.errors import (
@@ -30,7 +29,9 @@ from parity.auth.schemas import Principal
 from parity.auth.signatures import checksum, normalize_address, recover_signer
 from parity.clock import Clock
 from parity.core.identity import siwe
+from parity.core.tokens import hash_token, make_token, token_kind
 from parity.db.hooks import after_commit
+from parity.db.pagination import Cursor
 from parity.errors import RateLimited
 
 
@@ -121,11 +122,11 @@ async def _create_token(
     name: str | None = None,
     runner_id: uuid.UUID | None = None,
 ) -> tuple[str, AuthToken]:
-    raw = siwe.make_token(kind, deps.random_bytes(32))
+    raw = make_token(kind, deps.random_bytes(32))
     row = AuthToken(
         id=uuid.uuid4(),
         kind=kind,
-        token_hash=siwe.hash_token(raw),
+        token_hash=hash_token(raw),
         display_prefix=raw[:16],
         address=address,
         name=name,
@@ -157,9 +158,9 @@ async def authenticate(
     """Resolve a bearer token: from the cache when it authenticated within AUTH_CACHE_SECONDS,
     else in one indexed lookup by its SHA-256 on a connection of its own (``lookup``). Only a
     success is cached, and only when no revocation cleared the cache during the lookup."""
-    if siwe.token_kind(raw_token) is None:
+    if token_kind(raw_token) is None:
         raise TokenInvalid("unrecognised token")
-    token_hash = siwe.hash_token(raw_token)
+    token_hash = hash_token(raw_token)
     cached = tokens.get(token_hash, now)
     if cached is not None:
         return cached

@@ -68,9 +68,3 @@ class NonceTooLow(ChainError):
     """The nonce is already used: this transaction, or another with the same nonce, was mined."""
 
     code = "chain_nonce_too_low"
-
-
-class WrongChain(ChainError):
-    """The node serves a different chain id than FILECOIN_CHAIN_ID."""
-
-    code = "chain_wrong_chain"

@@ -107,6 +107,7 @@ class FakeChain:
         *,
         chain_id: int = 314159,
         decimals: int = 18,
+        symbol: str = "PRTY",
         owner: str = "0x" + "0a" * 20,
         token_address: str = "0x" + "70" * 20,
         stake_wallet_address: str = "0x" + "5a" * 20,
@@ -117,6 +118,7 @@ class FakeChain:
     ) -> None:
         self.chain_id = chain_id
         self.decimals = decimals
+        self.symbol = symbol
         self.owner = _addr(owner)
         self.token_address = _addr(token_address)
         self.stake_wallet_address = _addr(stake_wallet_address)
@@ -390,6 +392,11 @@ class FakeChainClient(TransactingClient):
         chain = self._up()
         self._contract_present(chain.token_address)
         return chain.decimals
+
+    async def token_symbol(self) -> str:
+        chain = self._up()
+        self._contract_present(chain.token_address)
+        return chain.symbol
 
     async def supports_payment_ref(self) -> bool:
         chain = self._up()

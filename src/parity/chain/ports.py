@@ -164,6 +164,11 @@ class ChainClient(Protocol):
         """The ERC20's ``decimals()`` (18 for ParityToken); cached after the first answer."""
         ...
 
+    async def token_symbol(self) -> str:
+        """The ERC20's ``symbol()`` (``PRTY`` on the dev chain), for amounts shown to people;
+        cached after the first answer."""
+        ...
+
     async def supports_payment_ref(self) -> bool:
         """Whether the StakeWallet has ``transferPaymentRef`` (ours does; the originally
         deployed one does not, and then settlement must fall back to ``transferPayment``)."""

@@ -122,6 +122,7 @@ class Web3ChainClient(TransactingClient):
         self._token = token_address.lower() or None
         self._token_verified = False
         self._decimals: int | None = None
+        self._symbol: str | None = None
         self._supports_ref: bool | None = None
         self._contracts: dict[ContractName, AsyncContract] = {}
         self._errors = _custom_errors()
@@ -198,6 +199,11 @@ class Web3ChainClient(TransactingClient):
         if self._decimals is None:
             self._decimals = int(await self._view("token", "decimals"))
         return self._decimals
+
+    async def token_symbol(self) -> str:
+        if self._symbol is None:
+            self._symbol = str(await self._view("token", "symbol"))
+        return self._symbol
 
     async def supports_payment_ref(self) -> bool:
         # The dispatcher compares the calldata selector against PUSH4 constants, so a contract

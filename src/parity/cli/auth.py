@@ -15,16 +15,17 @@ import typer
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
-from parity.cli.credentials import CredentialsError, save_token
-from parity.cli.keystore import (
+from parity.chain.keystore import (
     DEFAULT_KEYSTORE,
     KeystoreError,
     account_from_private_key,
     create_keystore,
     load_account,
-    password_from_env_or_prompt,
     read_address,
 )
+from parity.cli.credentials import CredentialsError, credentials_path, save_token
+from parity.cli.passwords import password_from_env_or_prompt
+from parity.cli.server_url import ServerUrlError, resolve_server_url
 
 REQUEST_TIMEOUT_S = 10.0
 HOME_ENV = "PARITY_HOME"
@@ -140,7 +141,15 @@ def _obtain_account(
                 return candidate
         raise KeystoreError(
             f"keystore already exists at {keystore} (address {read_address(keystore)}); "
-            "pass --force to replace it, the old key is lost unless backed up"
+            f"to keep it and add another key, pass --keystore {keystore.parent / 'OTHER.json'} "
+            "(a second keystore); --force overwrites this one and destroys its key unless "
+            "you backed it up"
+        )
+    if exists:
+        typer.echo(
+            f"warning: --force overwrites {keystore}: the key of {read_address(keystore)} is "
+            "destroyed unless you backed it up",
+            err=True,
         )
     password = password_from_env_or_prompt(confirm=True)
     address = create_keystore(keystore, password, private_key, overwrite=force)
@@ -185,14 +194,30 @@ def register_auth_command(
         server: Annotated[
             str | None,
             typer.Option(
-                "--server", metavar="URL", help="Sign in to this server and store the token."
+                "--server",
+                metavar="URL",
+                help="Sign in to this server and store the session in credentials.json "
+                "beside the keystore (one session per server and address).",
             ),
         ] = None,
+        sign_in_again: Annotated[
+            bool,
+            typer.Option(
+                "--sign-in",
+                help="Sign in without naming the server: PARITY_SERVER_URL, else the last "
+                "sign-in, else SERVER_PUBLIC_URL or SERVER_HOST:SERVER_PORT of the settings.",
+            ),
+        ] = False,
         new: Annotated[
             bool, typer.Option("--new", help="Create a fresh key (only if no keystore exists).")
         ] = False,
         force: Annotated[
-            bool, typer.Option("--force", help="Allow replacing an existing keystore.")
+            bool,
+            typer.Option(
+                "--force",
+                help="Overwrite an existing keystore: its key is DESTROYED unless backed up. "
+                "To keep both keys, give the new one its own --keystore file instead.",
+            ),
         ] = False,
         api_prefix: Annotated[
             str, typer.Option("--api-prefix", hidden=True, help="API path prefix.")
@@ -205,6 +230,11 @@ def register_auth_command(
             # Checked before unlocking, so a typo doesn't cost a password prompt.
             raise _fail(f"invalid --server URL {server!r}: expected http(s)://host[:port]")
         path = keystore.expanduser() if keystore is not None else default_keystore_path()
+        if server is None and sign_in_again:
+            try:
+                server = resolve_server_url(None, credentials=credentials_path(path)).url
+            except ServerUrlError as exc:
+                raise _fail(str(exc)) from None
         try:
             account = _obtain_account(path, private_key, new, force)
             typer.echo(account.address)
@@ -212,7 +242,7 @@ def register_auth_command(
                 return
             with _client_factory(server, transport) as client:
                 token, expires_at = sign_in(client, account, api_prefix)
-            save_token(path.parent / "credentials.json", server, account.address, token, expires_at)
+            save_token(credentials_path(path), server, account.address, token, expires_at)
         except (KeystoreError, SignInError, CredentialsError) as exc:
             raise _fail(str(exc)) from None
         except httpx.TimeoutException:

@@ -12,32 +12,28 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
-import httpx
 import typer
 from eth_account.signers.local import LocalAccount
 
 from parity.chain.errors import ChainError, ChainRetryableError
 from parity.chain.factory import open_chain_client
+from parity.chain.keystore import KeystoreError, load_account, read_address
 from parity.chain.ports import ChainClient, Receipt
 from parity.chain.stake_ids import StakeIdError, stake_id
 from parity.chain.startup import check_chain
 from parity.cli.auth import default_keystore_path
-from parity.cli.credentials import CredentialsError, load_token
-from parity.cli.keystore import (
-    KeystoreError,
-    load_account,
-    password_from_env_or_prompt,
-    read_address,
-)
+from parity.cli.credentials import credentials_path
+from parity.cli.ledger_view import LedgerView, ledger_balance
+from parity.cli.passwords import password_from_env_or_prompt
+from parity.cli.server_url import ServerUrlError, resolve_server_url
 from parity.config import Settings, load_settings
-from parity.core.billing.units import AmountError, format_token_amount, parse_base_units
+from parity.core.billing.units import AmountError, format_token_amount
 from parity.core.billing.units import parse_token_amount as parse_tokens
 from parity.errors import ConfigError
 
 T = TypeVar("T")
-LEDGER_BALANCE_PATH = "/api/v1/ledger/balance"
 NOT_AVAILABLE = "n/a (ledger not available)"
 
 ConfigOpt = Annotated[
@@ -129,9 +125,21 @@ def _run(settings: Settings, work: Callable[[ChainClient], Awaitable[T]]) -> T:
 
 
 class _Printer:
-    def __init__(self, settings: Settings, decimals: int) -> None:
-        self.symbol = settings.filecoin_token_symbol
+    def __init__(self, symbol: str, decimals: int) -> None:
+        self.symbol = symbol
         self.decimals = decimals
+
+    @classmethod
+    async def of(cls, settings: Settings, client: ChainClient) -> _Printer:
+        """Amounts in the token's own units and symbol (read from the contract; the
+        FILECOIN_TOKEN_SYMBOL setting only when the token has no symbol())."""
+        try:
+            symbol = await client.token_symbol() or settings.filecoin_token_symbol
+        except ChainRetryableError:
+            raise
+        except ChainError:
+            symbol = settings.filecoin_token_symbol
+        return cls(symbol, await client.token_decimals())
 
     def amount(self, base_units: int) -> str:
         return f"{format_token_amount(base_units, self.decimals)} {self.symbol}"
@@ -156,7 +164,7 @@ def stake(
     sid = _stake_id(settings, account.address, device_id)
 
     async def work(client: ChainClient) -> None:
-        show = _Printer(settings, await client.token_decimals())
+        show = await _Printer.of(settings, client)
         base = parse_tokens(amount, show.decimals)
         held = await client.token_balance(account.address)
         if held < base:
@@ -183,7 +191,7 @@ def withdraw(
     sid = _stake_id(settings, account.address, device_id)
 
     async def work(client: ChainClient) -> None:
-        show = _Printer(settings, await client.token_decimals())
+        show = await _Printer.of(settings, client)
         base = parse_tokens(amount, show.decimals)
         staked = await client.stake_of(sid)
         if staked < base:
@@ -207,8 +215,9 @@ def balance(
         typer.Option(
             "--server",
             metavar="URL",
-            help="Also ask this server's ledger for reservations and pending earnings "
-            "(uses the token `parity-server auth --server URL` stored).",
+            help="The server whose ledger gives reservations and earnings (default: "
+            "PARITY_SERVER_URL, the last sign-in, then SERVER_PUBLIC_URL or "
+            "SERVER_HOST:SERVER_PORT); asked with this address's own session only.",
         ),
     ] = None,
     device_id: DeviceOpt = None,
@@ -216,14 +225,15 @@ def balance(
 ) -> None:
     """Wallet tokens and stake (from the chain); available and pending (from the ledger)."""
     settings = _settings(config)
+    path = _keystore(keystore)
     try:
-        who = address or read_address(_keystore(keystore))
+        who = address or read_address(path)
     except KeystoreError as exc:
         raise _fail(f"{exc} (or pass --address)") from None
     sid = _stake_id(settings, who, device_id)
 
     async def work(client: ChainClient) -> tuple[_Printer, int, int]:
-        show = _Printer(settings, await client.token_decimals())
+        show = await _Printer.of(settings, client)
         return show, await client.token_balance(who), await client.stake_of(sid)
 
     show, held, staked = _run(settings, work)
@@ -236,41 +246,19 @@ def balance(
         minimum = parse_tokens(settings.min_stake_tokens, show.decimals, allow_zero=True)
     if minimum and staked < minimum:
         typer.echo(f"note: below the minimum stake ({show.amount(minimum)})")
-    ledger = _ledger_balance(server) if server else None
+    try:
+        choice = resolve_server_url(server, credentials=credentials_path(path), config=config)
+        ledger = ledger_balance(choice, credentials_path(path), who)
+    except ServerUrlError as exc:
+        ledger = LedgerView(why_not=str(exc))
     for label, key in (
         ("available after reservations", "available"),
         ("pending earnings", "pending_earnings"),
     ):
-        value = ledger.get(key) if ledger else None
+        value = ledger.amounts.get(key)
         typer.echo(f"{label}: {show.detailed(value) if value is not None else NOT_AVAILABLE}")
-
-
-def _ledger_balance(server: str) -> dict[str, int] | None:
-    """The ledger's view (base-unit strings) when the server has GET /api/v1/ledger/balance
-    and we hold a token for it; None otherwise (nothing is made up)."""
-    try:
-        stored = load_token(default_keystore_path().parent / "credentials.json", server)
-    except CredentialsError:
-        return None
-    headers = {"Authorization": f"Bearer {stored.token}"} if stored else {}
-    try:
-        response = httpx.get(
-            server.rstrip("/") + LEDGER_BALANCE_PATH, headers=headers, timeout=10.0
-        )
-        doc: Any = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
-    if not isinstance(doc, dict):
-        return None
-    found: dict[str, int] = {}
-    for key in ("available", "pending_earnings"):
-        raw = doc.get(key)
-        try:
-            if isinstance(raw, str):
-                found[key] = parse_base_units(raw)
-        except AmountError:
-            continue
-    return found
+    if ledger.why_not:
+        typer.echo(f"note: ledger not asked: {ledger.why_not}", err=True)
 
 
 def dev_chain(
@@ -354,8 +342,9 @@ def _print_dev_chain(
         typer.echo(f"  ({i}) {account.address}  key 0x{bytes(account.key).hex()}")
     typer.echo("")
     typer.echo(
-        "import one with: parity-server auth --private-key <key>; then "
-        "parity-server stake --amount 5"
+        "import one into a keystore of its own: parity-server auth --private-key <key> "
+        "--keystore ~/.parity/wallet.json; then parity-server stake --amount 5 "
+        "--keystore ~/.parity/wallet.json"
     )
     typer.echo(f"anvil is serving {env['FILECOIN_RPC']}; Ctrl-C stops it (state is not kept)")
 

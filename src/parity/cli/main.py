@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from parity import __version__
+from parity.cli.help_width import widen_help_without_terminal
 from parity.config import Settings, load_settings
 from parity.db import migrate
 from parity.db.lockfile import AlreadyRunning
@@ -111,9 +112,11 @@ def _register_optional() -> None:
     from parity.cli.auth import register_auth_command
     from parity.cli.chain import register_chain_commands
     from parity.cli.storage import storage_app
+    from parity.cli.token import register_token_command
 
     register_auth_command(app)
     register_chain_commands(app)
+    register_token_command(app)
     app.add_typer(storage_app, name="storage")
 
 
@@ -121,6 +124,7 @@ _register_optional()
 
 
 def main() -> None:
+    widen_help_without_terminal()
     try:
         app()
     except KeyboardInterrupt:

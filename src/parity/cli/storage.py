@@ -1,6 +1,7 @@
 """`parity-server storage`: put, get, pin, unpin and info talk to a server over HTTP with the
-token `parity-server auth --server URL` stored (or --token); gc runs on this machine against the
-configured database and content store, like `migrate`."""
+session `parity-server auth --server URL` stored for the keystore's address (or --token); gc runs
+on this machine against the configured database and content store, like `migrate`. The server is
+chosen by the one rule of :mod:`parity.cli.server_url`."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from parity.chain.keystore import KeystoreError, read_address
 from parity.cli.auth import default_keystore_path
-from parity.cli.credentials import CredentialsError, load_token
+from parity.cli.credentials import CredentialsError, credentials_path, load_token
+from parity.cli.server_url import ServerChoice, ServerUrlError, resolve_server_url
 from parity.config import load_settings
 from parity.core.storage.importer import FileImporter
 from parity.core.storage.multiformats import Cid, CidError
@@ -41,19 +44,33 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 300.0
 
 ServerOpt = Annotated[
-    str,
-    typer.Option("--server", envvar="PARITY_SERVER_URL", help="Base URL of the server."),
+    str | None,
+    typer.Option(
+        "--server",
+        metavar="URL",
+        help="Base URL of the server (default: PARITY_SERVER_URL, else the last sign-in, else "
+        "SERVER_PUBLIC_URL or SERVER_HOST:SERVER_PORT of the settings).",
+    ),
 ]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
         "--token",
         envvar="PARITY_TOKEN",
-        help="Bearer token (default: the one `parity-server auth --server URL` stored).",
+        help="Bearer token (default: the session `parity-server auth --server URL` stored for "
+        "the keystore's address).",
+    ),
+]
+KeystoreOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--keystore",
+        metavar="PATH",
+        help="Whose session to use: this keystore's address (default: $PARITY_HOME/"
+        "keystore.json, else ~/.parity/keystore.json). No password is needed.",
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-DEFAULT_SERVER = "http://127.0.0.1:8080"
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -61,17 +78,19 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _token(server: str, token: str | None) -> str:
-    if token:
-        return token
-    path = default_keystore_path().parent / "credentials.json"
+def _stored_token(choice: ServerChoice, keystore: Path) -> str:
+    """The session stored for the keystore's address on the chosen server; with no keystore
+    file, the session saved last for that server."""
     try:
-        stored = load_token(path, server)
-    except CredentialsError as exc:
+        address = read_address(keystore) if keystore.exists() else None
+        stored = load_token(credentials_path(keystore), choice.url, address)
+    except (CredentialsError, KeystoreError) as exc:
         raise _fail(str(exc)) from None
     if stored is None:
+        who = f" as {address}" if address else ""
         raise _fail(
-            f"no token for {server}: run `parity-server auth --server {server}` or pass --token"
+            f"no session{who} on {choice.describe()}: run `parity-server auth --server "
+            f"{choice.url} --keystore {keystore}` or pass --token"
         )
     return stored.token
 
@@ -79,9 +98,18 @@ def _token(server: str, token: str | None) -> str:
 def _client(server: str, token: str | None) -> httpx.Client:
     return httpx.Client(
         base_url=server.rstrip("/"),
-        headers={"Authorization": f"Bearer {_token(server, token)}"},
+        headers={"Authorization": f"Bearer {token}"} if token else {},
         timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
     )
+
+
+def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
+    path = keystore.expanduser() if keystore is not None else default_keystore_path()
+    try:
+        choice = resolve_server_url(server, credentials=credentials_path(path))
+    except ServerUrlError as exc:
+        raise _fail(str(exc)) from None
+    return _client(choice.url, token or _stored_token(choice, path))
 
 
 def _refused(response: httpx.Response) -> typer.Exit:
@@ -113,17 +141,20 @@ def _print_json(doc: Any) -> None:
 @storage_app.command("put")
 def put(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
     pin: Annotated[bool, typer.Option("--pin/--no-pin", help="Pin it for you.")] = True,
     name: Annotated[
         str | None, typer.Option("--name", help="Pin label (default: file name).")
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Upload FILE (streamed, with a progress bar); prints its CID."""
+    """Upload FILE (streamed, with a progress bar); prints its CID. A file over the server's
+    upload limit is refused before anything is sent."""
     size = file.stat().st_size
-    with _progress(quiet) as progress, _client(server, token) as client:
+    with _connect(server, keystore, token) as client, _progress(quiet) as progress:
+        _refuse_oversized(client, file, size)
         task = progress.add_task(f"put {file.name}", total=size)
 
         def body() -> Iterator[bytes]:
@@ -150,6 +181,39 @@ def put(
     typer.echo(doc["cid"])
 
 
+def human_bytes(n: int) -> str:
+    """``1536`` → ``"1.5 KiB"``; binary units, as the limits are set in bytes."""
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            break
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+def _refuse_oversized(client: httpx.Client, file: Path, size: int) -> None:
+    """Compare the file with the server's STORAGE_MAX_UPLOAD_BYTES (GET /storage/usage) and
+    stop before the upload when it cannot fit. A server that does not say leaves the decision
+    to the upload itself (it refuses with 413 as before)."""
+    try:
+        r = client.get(f"{API}/usage")
+    except httpx.HTTPError as exc:
+        raise _fail(f"upload failed: {exc}") from None
+    if r.status_code in (401, 403):
+        raise _refused(r)  # the upload would be refused the same way
+    try:
+        limit = r.json().get("max_upload_bytes") if r.status_code == 200 else None
+    except (ValueError, AttributeError):
+        limit = None
+    if isinstance(limit, int) and not isinstance(limit, bool) and size > limit:
+        raise _fail(
+            f"{file} is {human_bytes(size)} ({size} bytes), over the server's upload limit of "
+            f"{human_bytes(limit)} ({limit} bytes, STORAGE_MAX_UPLOAD_BYTES); nothing was sent"
+        )
+
+
 def _verify(wanted: Cid, importer: FileImporter) -> str | None:
     _, result = importer.finish()
     mine = {result.cid.multihash} | ({result.cid_v0.multihash} if result.cid_v0 else set())
@@ -173,8 +237,9 @@ def get(
         Path | None,
         typer.Option("--output", "-o", help="File to write ('-' for stdout; default ./CID)."),
     ] = None,
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
     verify: Annotated[
         bool,
         typer.Option(
@@ -193,7 +258,7 @@ def get(
     try:
         with (
             _progress(quiet or final is None) as progress,
-            _client(server, token) as client,
+            _connect(server, keystore, token) as client,
             client.stream("GET", f"{API}/download/{cid}") as r,
         ):
             if r.status_code != 200:
@@ -228,11 +293,12 @@ def get(
 def pin_cmd(
     cid: str,
     name: Annotated[str | None, typer.Option("--name", help="Pin label.")] = None,
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
 ) -> None:
     """Pin CID (content the server holds) for you; prints the pin."""
-    with _client(server, token) as client:
+    with _connect(server, keystore, token) as client:
         try:
             r = client.post(f"{API}/pin/{cid}", json={"name": name} if name else None)
         except httpx.HTTPError as exc:
@@ -243,9 +309,11 @@ def pin_cmd(
 
 
 @storage_app.command("unpin")
-def unpin_cmd(cid: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+def unpin_cmd(
+    cid: str, server: ServerOpt = None, token: TokenOpt = None, keystore: KeystoreOpt = None
+) -> None:
     """Remove your pin of CID."""
-    with _client(server, token) as client:
+    with _connect(server, keystore, token) as client:
         try:
             r = client.delete(f"{API}/pin/{cid}")
         except httpx.HTTPError as exc:
@@ -256,9 +324,11 @@ def unpin_cmd(cid: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = No
 
 
 @storage_app.command("info")
-def info_cmd(cid: str, server: ServerOpt = DEFAULT_SERVER, token: TokenOpt = None) -> None:
+def info_cmd(
+    cid: str, server: ServerOpt = None, token: TokenOpt = None, keystore: KeystoreOpt = None
+) -> None:
     """CID, size, pinned, created, gateway URL."""
-    with _client(server, token) as client:
+    with _connect(server, keystore, token) as client:
         try:
             r = client.get(f"{API}/info/{cid}")
         except httpx.HTTPError as exc:

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import MetaData, Uuid
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase
 
 from parity.db.types import UTCDateTime
 
@@ -22,11 +22,3 @@ NAMING = {
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime(), uuid.UUID: Uuid()}
-
-
-class IdMixin:
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-
-
-class CreatedMixin:
-    created_at: Mapped[datetime] = mapped_column(index=True)

@@ -8,7 +8,6 @@ event id), which a retry or a redelivery reuses."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections import defaultdict
@@ -24,6 +23,8 @@ from parity.db.session import Database
 from parity.events import repository as repo
 from parity.events.models import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from parity.events.service import envelope, signing_secrets
+from parity.jobs.locks import NoLock
+from parity.jobs.loop import BackgroundLoop
 from parity.logging import get_logger
 from parity.webhooks import signing
 from parity.webhooks.ssrf import UrlRefused, post_json
@@ -230,10 +231,18 @@ class DeliveryLoop:
         self.deps = deps
         self.event = event
         self.interval = interval
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self._flight = _InFlight()
+        self.loop: BackgroundLoop[bool, int] = BackgroundLoop(
+            "webhook-delivery",
+            self._dispatch,
+            NoLock(),
+            interval=interval,
+            clock=deps.clock,
+            wake=event,
+            log_ticks=False,
+            random=deps.random,
+        )
 
     async def dispatch(self) -> int:
         items = await take_due(
@@ -266,30 +275,15 @@ class DeliveryLoop:
                     self._flight.per_endpoint.pop(item.endpoint_id, None)
             self.event.set()  # a freed slot may have a backlog behind it
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.event.wait(), timeout=self.interval)
-            self.event.clear()
-            if self._stop.is_set():
-                break
-            try:
-                await self.dispatch()
-            except Exception as exc:
-                log.warning("webhook_loop_error", error=type(exc).__name__, detail=str(exc)[:200])
+    async def _dispatch(self, _held: bool) -> int:
+        return await self.dispatch()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._task = asyncio.create_task(self._run(), name="webhook-delivery")
+        self.loop.start()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop taking work; sends in flight get ``timeout`` to finish and record."""
-        self._stop.set()
-        self.event.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, timeout=timeout)
-            self._task = None
+        await self.loop.stop(timeout)
         if self._sends:
             _, pending = await asyncio.wait(set(self._sends), timeout=timeout)
             for t in pending:

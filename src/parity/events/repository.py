@@ -7,10 +7,11 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import String, bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor, newest_first
+from parity.db.pagination import Cursor, newest_first
+from parity.events import fanout
 from parity.events.models import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 
 PENDING = "pending"
@@ -28,6 +29,35 @@ def _rowcount(res: Any) -> int:
 async def add_event(session: AsyncSession, event: Event) -> None:
     session.add(event)
     await session.flush()
+
+
+_FAN_OUT: dict[bool, Any] = {}
+
+
+def _fan_out_statement(postgres: bool) -> Any:
+    stmt = _FAN_OUT.get(postgres)
+    if stmt is None:
+        stmt = _FAN_OUT[postgres] = fanout.deliveries(
+            bindparam("b_event_id", type_=Event.__table__.c.id.type),
+            bindparam("b_owner", type_=String(42)),
+            bindparam("b_type", type_=String(40)),
+            bindparam("b_now", type_=Event.__table__.c.created_at.type),
+            postgres=postgres,
+        )
+    return stmt
+
+
+async def fan_out(session: AsyncSession, event: Event, admins: Sequence[str]) -> int:
+    """Queue the event's deliveries (see ``events.fanout``); how many were queued."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    params = {
+        "b_event_id": event.id,
+        "b_owner": event.owner_address,
+        "b_type": event.type,
+        "b_now": event.created_at,
+        "b_admins": list(admins),
+    }
+    return len((await session.execute(_fan_out_statement(postgres), params)).all())
 
 
 async def get_event(session: AsyncSession, event_id: uuid.UUID) -> Event | None:
@@ -74,17 +104,6 @@ async def get_endpoint(
 async def count_endpoints(session: AsyncSession, owner: str) -> int:
     q = select(func.count()).select_from(WebhookEndpoint)
     return int(await session.scalar(q.where(WebhookEndpoint.owner_address == owner)) or 0)
-
-
-async def subscribers(
-    session: AsyncSession, owner: str, admins: Collection[str]
-) -> list[WebhookEndpoint]:
-    """Enabled endpoints of the owner and of the operators (type matching is the caller's)."""
-    owners = {owner, *admins}
-    q = select(WebhookEndpoint).where(
-        WebhookEndpoint.enabled.is_(True), WebhookEndpoint.owner_address.in_(sorted(owners))
-    )
-    return list((await session.scalars(q)).all())
 
 
 async def list_endpoints(

@@ -12,10 +12,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor
 from parity.auth.schemas import Principal
 from parity.clock import Clock
 from parity.db.hooks import after_commit
+from parity.db.pagination import Cursor
 from parity.events import repository as repo
 from parity.events.errors import (
     DeliveryNotFound,
@@ -44,6 +44,10 @@ class EventDeps:
     admins: frozenset[str]
     allow_private_webhooks: bool
     visibility_lag_seconds: float
+
+    @property
+    def admins_sorted(self) -> list[str]:
+        return sorted(self.admins)
 
 
 def check_types(types: Sequence[str], field: str = "events") -> list[str]:
@@ -79,14 +83,9 @@ async def emit(
         created_at=now,
     )
     await repo.add_event(session, event)
-    endpoints = await repo.subscribers(session, owner, deps.admins)
-    rows = [
-        _new_delivery(ep.id, event.id, now) for ep in endpoints if type in (ep.event_types or [])
-    ]
-    if rows:
-        await repo.add_deliveries(session, rows)
+    count = await repo.fan_out(session, event, deps.admins_sorted)
     hub = deps.hub
-    deliveries = bool(rows)
+    deliveries = count > 0
 
     def wake() -> None:
         hub.publish([owner], deliveries=deliveries)

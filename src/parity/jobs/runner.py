@@ -1,42 +1,30 @@
 """Periodic background jobs without a leader (ARCHITECTURE §2 "Loops").
 
-Each tick is one transaction. On PostgreSQL it starts with ``pg_try_advisory_xact_lock(key)``
-and skips when another replica holds it; the lock only saves work, so a job must stay correct
-if two replicas run it anyway (conditional UPDATEs, SKIP LOCKED). On SQLite the lock file keeps
-a single process, so no lock is taken."""
+Each job is a :class:`~parity.jobs.loop.BackgroundLoop` whose tick is one transaction. On
+PostgreSQL it starts with ``pg_try_advisory_xact_lock(key)`` and skips when another replica
+holds it; the lock only saves work, so a job must stay correct if two replicas run it anyway
+(conditional UPDATEs, SKIP LOCKED). On SQLite the lock file keeps a single process, so no lock
+is taken."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import zlib
+import random as random_module
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.clock import Clock
-from parity.db.hooks import run_after_commit
 from parity.db.session import Database
-from parity.logging import get_logger
+from parity.jobs.locks import TransactionAdvisoryLock, job_key
+from parity.jobs.loop import BackgroundLoop, MetricsHook, TickOutcome, TickResult
 
-log = get_logger("parity.jobs")
+__all__ = ["JobRunner", "PeriodicJob", "TickFn", "TickOutcome", "TickResult", "job_key"]
 
 TickFn = Callable[[AsyncSession, datetime], Awaitable[int]]
-
-
-def job_key(name: str) -> int:
-    """A stable 31-bit advisory-lock key per job name (CRC-32, masked to stay positive)."""
-    return zlib.crc32(f"parity.job.{name}".encode()) & 0x7FFFFFFF
-
-
-class TickOutcome(StrEnum):
-    RAN = "ran"
-    SKIPPED = "skipped"
-    FAILED = "failed"
+JobLoop = BackgroundLoop[AsyncSession, int]
 
 
 @dataclass
@@ -50,58 +38,55 @@ class PeriodicJob:
         self.key = job_key(self.name)
 
 
-@dataclass
-class TickResult:
-    outcome: TickOutcome
-    items: int = 0
-
-
 class JobRunner:
-    def __init__(self, db: Database, clock: Clock, jobs: list[PeriodicJob]) -> None:
+    """One loop per job; :meth:`run_tick` runs one tick of a job (tests call it)."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        jobs: list[PeriodicJob],
+        *,
+        metrics: MetricsHook | None = None,
+        random: Callable[[], float] = random_module.random,
+    ) -> None:
         self.db = db
         self.clock = clock
         self.jobs = jobs
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self.ticks: dict[str, int] = {j.name: 0 for j in jobs}
+        self._metrics = metrics
+        self._random = random
+        self.loops: dict[str, JobLoop] = {j.name: self._loop_for(j) for j in jobs}
 
-    async def run_tick(self, job: PeriodicJob) -> TickResult:
-        async with self.db.write_session() as session:
-            if not self.db.is_sqlite:
-                got = await session.scalar(
-                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": job.key}
-                )
-                if not got:
-                    await session.rollback()
-                    return TickResult(TickOutcome.SKIPPED)
-            items = await job.tick(session, self.clock.now())
-            await session.commit()
-        await run_after_commit(session)
-        self.ticks[job.name] += 1
-        return TickResult(TickOutcome.RAN, items)
+    def _loop_for(self, job: PeriodicJob) -> JobLoop:
+        async def tick(session: AsyncSession) -> int:
+            return await job.tick(session, self.clock.now())
 
-    async def _loop(self, job: PeriodicJob) -> None:
-        while not self._stop.is_set():
-            try:
-                res = await self.run_tick(job)
-                if res.items:
-                    log.info("job_tick", job=job.name, items=res.items)
-            except Exception as exc:
-                log.warning("job_failed", job=job.name, error=type(exc).__name__, detail=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=job.interval_seconds)
+        return BackgroundLoop(
+            job.name,
+            tick,
+            TransactionAdvisoryLock(self.db, job.key),
+            interval=job.interval_seconds,
+            clock=self.clock,
+            metrics=self._metrics,
+            random=self._random,
+        )
+
+    @property
+    def ticks(self) -> dict[str, int]:
+        """Ticks that ran to the end, per job."""
+        return {name: loop.stats.ticks for name, loop in self.loops.items()}
+
+    async def run_tick(self, job: PeriodicJob) -> TickResult[int]:
+        loop = self.loops.get(job.name)
+        if loop is None:
+            loop = self.loops[job.name] = self._loop_for(job)
+        return await loop.run_tick()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._tasks = [asyncio.create_task(self._loop(j), name=f"job:{j.name}") for j in self.jobs]
+        for loop in self.loops.values():
+            loop.start()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop at a tick boundary; a tick still running after ``timeout`` is cancelled."""
-        self._stop.set()
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(self._tasks, timeout=timeout)
-        for t in pending:
-            t.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        self._tasks = []
+        """Stop every job at a tick boundary; a tick still running after ``timeout`` is
+        cancelled."""
+        await asyncio.gather(*(loop.stop(timeout) for loop in self.loops.values()))

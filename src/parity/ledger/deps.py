@@ -60,12 +60,16 @@ class StakeReader:
         except ChainError:
             return 18
 
-    def forget(self, stake_id: str | None = None) -> None:
-        """Drop the cache (one id, or all)."""
-        if stake_id is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(stake_id, None)
+    async def symbol(self, fallback: str) -> str:
+        """The token's ``symbol()`` for display strings; ``fallback`` (FILECOIN_TOKEN_SYMBOL)
+        when no chain is configured or the token does not answer."""
+        client = self._chain()
+        if client is None:
+            return fallback
+        try:
+            return await client.token_symbol() or fallback
+        except ChainError:
+            return fallback
 
 
 @dataclass

@@ -8,7 +8,7 @@ import zlib
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor, newest_first
+from parity.db.pagination import Cursor, newest_first
 from parity.ledger.models import Entry, Posting, Reservation, Settlement
 
 

@@ -13,7 +13,7 @@ from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
 from parity.core.billing.units import format_token_amount
 from parity.errors import Forbidden, InvalidInput
-from parity.ledger import service, settlement_service
+from parity.ledger import service
 from parity.ledger.models import Settlement
 from parity.ledger.schemas import (
     BalanceRead,
@@ -23,6 +23,7 @@ from parity.ledger.schemas import (
     SettlementRead,
     SettlementStatus,
 )
+from parity.ledger.settlement import service as settlement_service
 
 router = APIRouter(tags=["ledger"])
 
@@ -65,7 +66,7 @@ async def ledger_balance(
     return BalanceRead(
         account=b.account,
         decimals=decimals,
-        symbol=deps.token_symbol,
+        symbol=await deps.stakes.symbol(deps.token_symbol),
         display={k: format_token_amount(v, decimals) for k, v in amounts.items()},
         **{k: str(v) for k, v in amounts.items()},
     )

@@ -12,15 +12,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor
 from parity.chain.stake_ids import StakeIdError, stake_id
 from parity.core.billing.postings import available, payment_legs
 from parity.core.billing.pricing import metered_amount, reservation_amount
 from parity.core.billing.units import format_token_amount, parse_token_amount
+from parity.db.pagination import Cursor
 from parity.errors import InvalidInput
 from parity.ledger import repository as repo
 from parity.ledger.deps import LedgerDeps
-from parity.ledger.errors import InsufficientFunds, InsufficientStake
+from parity.ledger.errors import InsufficientFunds, InsufficientStake, Shortfall
 from parity.ledger.models import Entry, Posting, Reservation, Settlement
 
 TASK = "task"
@@ -112,21 +112,31 @@ def _task_cost(
     return amount, snapshot
 
 
-def _short(account: str, amount: int, current: Balance, freed: int = 0) -> InsufficientFunds:
-    have = current.available + freed
-    missing = amount - have
-    return InsufficientFunds(
-        f"this task can cost up to {amount} base units and {account} has "
-        f"{max(have, 0)} available; {missing} missing (stake more tokens)",
-        details={
-            "required": str(amount),
-            "available": str(have),
-            "missing": str(missing),
-            "stake": str(current.stake),
-            "reserved": str(current.reserved - freed),
-            "unsettled_debits": str(current.unsettled_debits),
-        },
-    )
+async def _short(
+    deps: LedgerDeps,
+    account: str,
+    amount: int,
+    snapshot: dict[str, Any],
+    current: Balance,
+    *,
+    timeout_is_default: bool,
+    freed: int = 0,
+) -> InsufficientFunds:
+    """409 ``insufficient_funds`` in tokens and base units, saying what to change."""
+    return Shortfall(
+        account=account,
+        required=amount,
+        available=current.available + freed,
+        stake=current.stake,
+        reserved=current.reserved - freed,
+        unsettled_debits=current.unsettled_debits,
+        base=int(snapshot["base"]),
+        rate_milli=int(snapshot["rate_milli"]),
+        timeout_seconds=int(snapshot["timeout_seconds"]),
+        timeout_is_default=timeout_is_default,
+        decimals=await deps.stakes.decimals(),
+        symbol=await deps.stakes.symbol(deps.token_symbol),
+    ).error()
 
 
 async def reserve_task(
@@ -150,7 +160,9 @@ async def reserve_task(
     await repo.lock_account(session, account)
     current = await balance(session, deps, account, stake=stake)
     if amount > current.available:
-        raise _short(account, amount, current)
+        raise await _short(
+            deps, account, amount, snapshot, current, timeout_is_default=not timeout_seconds
+        )
     now = deps.clock.now()
     reservation = Reservation(
         id=uuid.uuid4(),
@@ -187,7 +199,15 @@ async def resize_task_reservation(
     await repo.lock_account(session, reservation.account)
     current = await balance(session, deps, reservation.account)
     if amount > current.available + reservation.amount:
-        raise _short(reservation.account, amount, current, freed=reservation.amount)
+        raise await _short(
+            deps,
+            reservation.account,
+            amount,
+            snapshot,
+            current,
+            timeout_is_default=not timeout_seconds,
+            freed=reservation.amount,
+        )
     reservation.amount = amount
     reservation.price = snapshot
     await session.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from eth_account.signers.local import LocalAccount
 
-from parity.cli.keystore import KeystoreError, account_from_private_key, load_account
+from parity.chain.keystore import KeystoreError, account_from_private_key, load_account
 from parity.config import Settings
 from parity.errors import ConfigError
 

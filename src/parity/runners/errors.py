@@ -22,3 +22,7 @@ class RunnerVersionTooOld(ParityError):
 
 class WebhookUrlRefused(InvalidInput):
     code = "webhook_url_refused"
+
+
+class RunnerTokenRequired(Forbidden):
+    code = "runner_token_required"

@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor, newest_first
+from parity.db.pagination import Cursor, newest_first
 from parity.runners.models import Runner, RunnerModel
 
 
@@ -106,17 +106,6 @@ async def stale_runners(session: AsyncSession, cutoff: datetime, limit: int) -> 
         .with_for_update(skip_locked=True)
     )
     return list((await session.scalars(q)).all())
-
-
-async def set_status(
-    session: AsyncSession, runner_id: uuid.UUID, status: str, now: datetime
-) -> None:
-    await session.execute(
-        update(Runner)
-        .where(Runner.id == runner_id)
-        .values(status=status, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
 
 
 async def all_runners(session: AsyncSession) -> list[Runner]:

@@ -6,8 +6,6 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from parity.tasks.schemas import ClaimRead
-
 
 class Capabilities(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -80,15 +78,6 @@ class RunnerRead(BaseModel):
     banned: bool
     created_at: datetime
     updated_at: datetime
-
-
-class RunnerRegistered(BaseModel):
-    runner: RunnerRead
-    runner_token: str
-    webhook_secret: str | None = Field(
-        None, description="Verifies the server's pushes to this runner (shown at registration)"
-    )
-    claims: list[ClaimRead]
 
 
 class WebhookSet(BaseModel):

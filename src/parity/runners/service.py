@@ -1,11 +1,14 @@
-"""Runner registry: registration (device ownership, token rotation, claim hand-back),
-heartbeats (liveness, usage, models, lease renewal), push URL, drain, ban, stats."""
+"""Runner registry: registration (device ownership, token rotation), heartbeats (liveness,
+usage, models, reported status), push URL, drain, ban, liveness sweep, stats. What these mean
+for a runner's tasks (claims handed back, leases renewed or released) is the task queue's
+(``parity.tasks.runner_side``); this package imports nothing from it."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,29 +16,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.auth import service as auth_service
 from parity.auth.schemas import Principal
 from parity.auth.service import AuthDeps
-from parity.core.identity.siwe import hash_token
+from parity.clock import Clock
 from parity.core.runners.liveness import offline_cutoff
-from parity.core.tasks.states import TaskStatus
-from parity.db.hooks import after_commit
 from parity.events import service as events_service
+from parity.events.service import EventDeps
 from parity.ledger import service as ledger
+from parity.ledger.deps import LedgerDeps
 from parity.runners import repository as repo
 from parity.runners.errors import (
     DeviceOwnedByOtherWallet,
     RunnerBanned,
     RunnerNotFound,
+    RunnerTokenRequired,
     RunnerVersionTooOld,
     WebhookUrlRefused,
 )
 from parity.runners.models import Runner, RunnerModel
 from parity.runners.schemas import Heartbeat, RunnerRegister
-from parity.tasks import lifecycle
-from parity.tasks import queue_repository as tasks_queue_repo
-from parity.tasks import repository as tasks_repo
-from parity.tasks.claims import new_claim_token
-from parity.tasks.deps import TaskDeps
-from parity.tasks.errors import RunnerTokenRequired
-from parity.tasks.models import Task, TaskAttempt
 from parity.webhooks.signing import new_secret
 from parity.webhooks.ssrf import UrlRefused, resolve_and_check
 
@@ -45,12 +42,10 @@ class RunnerConfig:
     allow_private_webhooks: bool
     min_version: str
     offline_timeout_seconds: float
-
-
-def require_runner(principal: Principal) -> uuid.UUID:
-    if principal.kind != "runner" or principal.runner_id is None:
-        raise RunnerTokenRequired("this endpoint needs a runner token (from registration)")
-    return principal.runner_id
+    clock: Clock
+    random_bytes: Callable[[int], bytes]
+    events: EventDeps
+    ledger: LedgerDeps | None = None  # stake gating of registration; None when pricing is off
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -74,20 +69,18 @@ class Registration:
     runner: Runner
     runner_token: str
     webhook_secret: str | None
-    claims: list[tuple[Task, str, int]]
 
 
 async def register(
     session: AsyncSession,
     auth: AuthDeps,
-    tasks: TaskDeps,
     cfg: RunnerConfig,
     principal: Principal,
     body: RunnerRegister,
 ) -> Registration:
     """Create or re-register a runner. A device belongs to the first wallet that registers it.
-    Re-registration rotates the runner token and hands back current claims with fresh tokens
-    so a restarted runner can resume or release them."""
+    Re-registration rotates the runner token (the caller then hands back the runner's current
+    claims with fresh claim tokens, so a restarted runner can resume or release them)."""
     if principal.kind == "runner":
         raise RunnerTokenRequired("register with a wallet session or API key, not a runner token")
     if body.runner_version and _version_tuple(body.runner_version) < _version_tuple(
@@ -99,7 +92,7 @@ async def register(
         )
     if body.webhook:
         await check_webhook_url(body.webhook, cfg)
-    now = tasks.clock.now()
+    now = cfg.clock.now()
     caps = body.capabilities
     runner = await repo.by_device(session, body.device_id, lock=True)
     if runner is not None and runner.owner_address != principal.address:
@@ -108,9 +101,9 @@ async def register(
         )
     if runner is not None and runner.banned_at is not None:
         raise RunnerBanned("this runner is banned by the operator")
-    if tasks.ledger is not None:
-        account = ledger.runner_account(tasks.ledger, principal.address, body.device_id)
-        await ledger.require_min_stake(tasks.ledger, account, doing="registering a runner")
+    if cfg.ledger is not None:
+        account = ledger.runner_account(cfg.ledger, principal.address, body.device_id)
+        await ledger.require_min_stake(cfg.ledger, account, doing="registering a runner")
     secret: str | None = None
     if runner is None:
         runner = Runner(
@@ -126,7 +119,7 @@ async def register(
     runner.status = "online"
     runner.webhook_url = body.webhook
     if body.webhook:
-        secret = new_secret(tasks.random_bytes(32))
+        secret = new_secret(cfg.random_bytes(32))
         runner.webhook_secret = secret
     runner.cpu_cores = caps.cpu_cores
     runner.memory_mb = caps.memory_mb
@@ -142,44 +135,27 @@ async def register(
     await repo.replace_models(session, runner.id, [m.model_dump() for m in body.models], now)
     await auth_service.revoke_runner_tokens(session, runner.id, now)
     raw, _ = await auth_service.issue_runner_token(session, auth, principal.address, runner.id)
-    claims = await _rebind_claims(session, tasks, runner.id)
-    return Registration(runner, raw, secret, claims)
+    return Registration(runner, raw, secret)
 
 
-async def _rebind_claims(
-    session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID
-) -> list[tuple[Task, str, int]]:
-    """Claims are stored only as hashes, so a restarted runner gets a fresh token per claim
-    (same attempt); its old tokens stop working."""
-    out: list[tuple[Task, str, int]] = []
-    for task in await tasks_queue_repo.runner_active_tasks(session, runner_id, lock=True):
-        token = new_claim_token(deps)
-        h = hash_token(token)
-        attempt: TaskAttempt | None = await tasks_repo.current_attempt(session, task)
-        task.claim_token_hash = h
-        task.lease_expires_at = deps.clock.now() + timedelta(seconds=deps.lease_seconds)
-        if attempt is not None:
-            attempt.claim_token_hash = h
-        out.append((task, token, task.attempts))
-    await session.flush()
-    return out
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat recorded: the status the runner reported, and whether it came back."""
 
-
-@dataclass
-class HeartbeatResult:
-    revoked: list[str]
-    cancel: list[uuid.UUID]
-    renewed: list[uuid.UUID]
+    runner: Runner
+    offline: bool
+    came_online: bool
 
 
 async def heartbeat(
-    session: AsyncSession, deps: TaskDeps, principal: Principal, body: Heartbeat
-) -> HeartbeatResult:
-    runner_id = require_runner(principal)
+    session: AsyncSession, cfg: RunnerConfig, runner_id: uuid.UUID, body: Heartbeat
+) -> Beat:
+    """Liveness, usage, models and the reported status (``offline`` is the runner's last call
+    when it stops; the caller releases its work)."""
     runner = await repo.get(session, runner_id, lock=True)
     if runner is None:
         raise RunnerNotFound("runner not found")
-    now = deps.clock.now()
+    now = cfg.clock.now()
     reported = "online" if body.status == "busy" else body.status
     runner.last_heartbeat = now
     runner.cpu_usage = body.cpu_usage
@@ -189,53 +165,26 @@ async def heartbeat(
     runner.status = reported
     if body.models is not None:
         await repo.replace_models(session, runner.id, [m.model_dump() for m in body.models], now)
-    active = await tasks_queue_repo.runner_active_tasks(session, runner.id, lock=True)
-    if reported == "offline":
-        if not was_offline:
-            await _offline_event(session, deps, runner, "reported")
-        await lifecycle.release_runner_claims(session, deps, runner.id)
-        return HeartbeatResult(revoked=list(body.claims), cancel=[], renewed=[])
-    by_hash: dict[str, list[Task]] = {}
-    for t in active:
-        if t.claim_token_hash:
-            by_hash.setdefault(t.claim_token_hash, []).append(t)
-    revoked: list[str] = []
-    renewed: list[uuid.UUID] = []
-    until = now + timedelta(seconds=deps.lease_seconds)
-    for token in body.claims:
-        held = by_hash.get(hash_token(token))
-        if not held:
-            revoked.append(token)
-            continue
-        for t in held:
-            t.lease_expires_at = until
-            renewed.append(t.id)
-    cancel = [t.id for t in active if t.status == TaskStatus.CANCEL_REQUESTED]
+    offline = reported == "offline"
+    if offline and not was_offline:
+        await _offline_event(session, cfg, runner, "reported")
     await session.flush()
-    if was_offline and reported == "online":
-        wakeups = deps.wakeups
-
-        def wake() -> None:
-            wakeups.wake_runner(runner_id)
-
-        after_commit(session, wake)
-    return HeartbeatResult(revoked=revoked, cancel=cancel, renewed=renewed)
+    return Beat(runner, offline, was_offline and reported == "online")
 
 
 async def set_webhook(
-    session: AsyncSession, deps: TaskDeps, cfg: RunnerConfig, principal: Principal, url: str | None
+    session: AsyncSession, cfg: RunnerConfig, runner_id: uuid.UUID, url: str | None
 ) -> tuple[Runner, str | None]:
-    runner_id = require_runner(principal)
     runner = await repo.get(session, runner_id, lock=True)
     if runner is None:
         raise RunnerNotFound("runner not found")
     secret: str | None = None
     if url:
         await check_webhook_url(url, cfg, field="url")
-        secret = new_secret(deps.random_bytes(32))
+        secret = new_secret(cfg.random_bytes(32))
     runner.webhook_url = url
     runner.webhook_secret = secret
-    runner.updated_at = deps.clock.now()
+    runner.updated_at = cfg.clock.now()
     await session.flush()
     return runner, secret
 
@@ -260,52 +209,54 @@ async def list_runners(
 
 
 async def set_draining(
-    session: AsyncSession, deps: TaskDeps, principal: Principal, runner_id: uuid.UUID, drain: bool
+    session: AsyncSession,
+    cfg: RunnerConfig,
+    principal: Principal,
+    runner_id: uuid.UUID,
+    drain: bool,
 ) -> Runner:
     """Owner or operator: a draining runner finishes its work but claims nothing new."""
     runner = await get_runner(session, principal, runner_id)
     runner.drain_requested = drain
-    runner.updated_at = deps.clock.now()
+    runner.updated_at = cfg.clock.now()
     await session.flush()
     return runner
 
 
 async def ban(
-    session: AsyncSession, deps: TaskDeps, principal: Principal, runner_id: uuid.UUID
+    session: AsyncSession, cfg: RunnerConfig, principal: Principal, runner_id: uuid.UUID
 ) -> Runner:
+    """Operator only: the runner goes offline for good and its tokens stop working (the caller
+    expires its leases)."""
     auth_service.require_admin(principal)
     runner = await get_runner(session, principal, runner_id)
-    now = deps.clock.now()
+    now = cfg.clock.now()
     runner.banned_at = now
     runner.status = "offline"
     runner.updated_at = now
     await auth_service.revoke_runner_tokens(session, runner.id, now)
-    await tasks_queue_repo.expire_runner_leases(session, runner.id, now)
     await session.flush()
     return runner
 
 
 async def mark_stale_offline(
-    session: AsyncSession, deps: TaskDeps, now: datetime, timeout_seconds: float
-) -> int:
-    """Liveness sweep: runners silent past the timeout go offline and their leases expire now
-    (the lease job then counts the attempt and retries elsewhere)."""
+    session: AsyncSession, cfg: RunnerConfig, now: datetime, timeout_seconds: float
+) -> list[uuid.UUID]:
+    """Liveness sweep: runners silent past the timeout go offline (the caller expires their
+    leases, so the attempts count and the work is retried elsewhere)."""
     stale = await repo.stale_runners(session, offline_cutoff(now, timeout_seconds), limit=500)
     for r in stale:
         r.status = "offline"
         r.updated_at = now
-        await tasks_queue_repo.expire_runner_leases(session, r.id, now)
-        await _offline_event(session, deps, r, "heartbeat_timeout")
+        await _offline_event(session, cfg, r, "heartbeat_timeout")
     await session.flush()
-    if stale:
-        await lifecycle.expire_leases(session, deps, now)
-    return len(stale)
+    return [r.id for r in stale]
 
 
-async def _offline_event(session: AsyncSession, deps: TaskDeps, r: Runner, reason: str) -> None:
+async def _offline_event(session: AsyncSession, cfg: RunnerConfig, r: Runner, reason: str) -> None:
     data = {"runner_id": str(r.id), "device_id": r.device_id, "reason": reason}
     await events_service.emit(
-        session, deps.events, "runner.offline", r.owner_address, data, str(r.id)
+        session, cfg.events, "runner.offline", r.owner_address, data, str(r.id)
     )
 
 
@@ -315,14 +266,28 @@ async def models_for(
     return await repo.models_of(session, [r.id for r in runners])
 
 
-async def active_counts(session: AsyncSession, runners: list[Runner]) -> dict[uuid.UUID, int]:
-    return await tasks_repo.active_counts(session, [r.id for r in runners])
+async def online_runners(session: AsyncSession) -> list[Runner]:
+    """Online, unbanned runners (placement's candidates)."""
+    return await repo.online_runners(session)
 
 
-async def stats(session: AsyncSession) -> dict[str, Any]:
+async def get(session: AsyncSession, runner_id: uuid.UUID) -> Runner | None:
+    return await repo.get(session, runner_id)
+
+
+async def try_lock(session: AsyncSession, runner_id: uuid.UUID) -> bool:
+    """Lock the runner row without waiting: False when another transaction holds it."""
+    return await repo.try_lock(session, runner_id)
+
+
+async def stats(
+    session: AsyncSession,
+    active_counts: Callable[[list[uuid.UUID]], Awaitable[dict[uuid.UUID, int]]],
+    by_status: dict[str, int],
+) -> dict[str, Any]:
+    """Network-wide counts; claims per runner and tasks by status come from the task queue."""
     runners = await repo.all_runners(session)
-    counts = await tasks_repo.active_counts(session, [r.id for r in runners])
-    by_status = await tasks_repo.count_by_status(session)
+    counts = await active_counts([r.id for r in runners])
     out: dict[str, Any] = {
         "total": len(runners),
         "online": 0,

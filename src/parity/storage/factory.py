@@ -1,11 +1,16 @@
-"""Which content store the settings select."""
+"""Which content store the settings select, and the lock a server holds on a local one."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from parity.config import Settings
+from parity.db.lockfile import ProcessLock
 from parity.storage.kubo import KuboContentStore
 from parity.storage.local import LocalContentStore
 from parity.storage.ports import ContentStore
+
+BLOCKSTORE_LOCK = ".server.lock"
 
 
 def open_content_store(settings: Settings) -> ContentStore:
@@ -17,3 +22,31 @@ def open_content_store(settings: Settings) -> ContentStore:
             with_cidv0=settings.storage_cidv0_aliases,
         )
     return LocalContentStore(settings.blocks_path, with_cidv0=settings.storage_cidv0_aliases)
+
+
+def database_label(settings: Settings) -> str:
+    """Which database a server uses, without credentials: for lock files and messages."""
+    if settings.embedded:
+        return f"embedded mode, {settings.resolved_database_url.partition(':///')[2]}"
+    parts = urlsplit(settings.resolved_database_url)
+    return f"PostgreSQL mode, {parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def blockstore_lock(settings: Settings) -> ProcessLock | None:
+    """The lock a server holds on its local blockstore (None with kubo): one server per local
+    blockstore. Its pins live in that server's database, so a server of another database (an
+    embedded one beside a PostgreSQL one, say) sharing it would collect garbage the other
+    still pins; replicas of one database share a kubo node instead (README: required with
+    more than one replica). ``storage gc`` takes no such lock: it runs beside its server."""
+    if settings.filecoin_ipfs_endpoint:
+        return None
+    return ProcessLock(
+        settings.blocks_path / BLOCKSTORE_LOCK,
+        what=f"the blockstore {settings.blocks_path}",
+        holder=database_label(settings),
+        advice=(
+            "a local blockstore belongs to one server. Stop that server, set STORAGE_PATH to "
+            "another directory for this one, or set FILECOIN_IPFS_ENDPOINT to a kubo node that "
+            "servers can share."
+        ),
+    )

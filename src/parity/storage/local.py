@@ -6,10 +6,6 @@ Layout under ``root`` (default ``$PARITY_HOME/blocks``)::
                   merges small ones (:mod:`.packgc`)
     .pins/<cidv1> one empty file per pinned root
     .gc.lock      GC holds it exclusively; an upload holds it shared while it commits
-    <xy>/<key>    one block per file (key = base32 of the multihash, xy = key[-3:-1], kubo's
-                  flatfs "next-to-last/2"): the layout before packs, still read and collected,
-                  never written
-    .tmp/         leftovers of that layout's writes (GC removes them)
 
 Blocks are written with the importer in :mod:`parity.core.storage.importer`, so CIDs equal
 kubo's. Disk work runs in worker threads behind the network: while the loop receives a batch,
@@ -26,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import os
 from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +30,7 @@ from parity.core.storage import reader
 from parity.core.storage.importer import Block, CidV0Hasher, FileImporter, ImportResult
 from parity.core.storage.multiformats import DAG_PB, RAW, Cid, CidError
 from parity.storage.errors import ContentNotFound, NotAFile
-from parity.storage.packgc import Swept, Thresholds, loose_files, sweep_packs
+from parity.storage.packgc import Swept, Thresholds, sweep_packs
 from parity.storage.packs import PackIndex, flocked
 from parity.storage.packwriter import PackWriter
 from parity.storage.ports import GcReport, Stored
@@ -65,33 +60,17 @@ class LocalContentStore:
         self.with_cidv0 = with_cidv0
         self.gc_limits = Thresholds(compact_below, merge_below, merge_target)
         self._pins = root / ".pins"
-        self._tmp = root / ".tmp"
         self._gc_lock = root / ".gc.lock"
         self.packs = PackIndex(root / "packs")
-        self._root_str = str(root)
 
-    # -- paths and single blocks (called in worker threads)
-
-    def _loose(self, key: str) -> str:
-        return os.path.join(self._root_str, key[-3:-1], key)
-
-    def _has_loose(self, key: str) -> bool:
-        return os.path.isfile(self._loose(key))
+    # -- single blocks (called in worker threads)
 
     def _ensure_dirs(self) -> None:
         for d in (self.root, self._pins, self.packs.dir):
             d.mkdir(parents=True, exist_ok=True)
 
     def _block(self, cid: Cid) -> bytes | None:
-        key = cid.block_key
-        data = self.packs.read(key)
-        if data is not None:
-            return data
-        try:
-            with open(self._loose(key), "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return None
+        return self.packs.read(cid.block_key)
 
     def _read_block(self, cid: Cid) -> bytes:
         data = self._block(cid)
@@ -100,18 +79,11 @@ class LocalContentStore:
         return data
 
     def _has(self, cid: Cid) -> bool:
-        key = cid.block_key
-        return self.packs.locate(key) is not None or self._has_loose(key)
+        return self.packs.locate(cid.block_key) is not None
 
     def _size(self, cid: Cid) -> int | None:
-        key = cid.block_key
-        found = self.packs.locate(key)
-        if found is not None:
-            return found[2]
-        try:
-            return os.stat(self._loose(key)).st_size
-        except FileNotFoundError:
-            return None
+        found = self.packs.locate(cid.block_key)
+        return None if found is None else found[2]
 
     # -- put
 
@@ -153,7 +125,7 @@ class LocalContentStore:
     def _open_writer(self) -> PackWriter:
         self._ensure_dirs()
         self.packs.refresh()  # see what GC removed since, so as not to rely on it
-        return PackWriter(self.packs, self._gc_lock, self._has_loose)
+        return PackWriter(self.packs, self._gc_lock)
 
     async def put(self, chunks: AsyncIterable[bytes], *, pin: bool = False) -> Stored:
         """Three stages run at once: the loop receives batch n+2 while batch n+1 is hashed and
@@ -341,20 +313,7 @@ class LocalContentStore:
             for root in self._list_pins() | {c.to_v1() for c in keep}:
                 live.update(c.block_key for c in self._walk(root))
             out = Swept()
-            spared = sweep_packs(self.packs, live, older_than, self.gc_limits, out)
-            for path in loose_files(self.root):
-                if path.name in live or path.name in spared:
-                    continue
-                st = path.stat()
-                if older_than is not None and st.st_mtime >= older_than:
-                    continue
-                path.unlink(missing_ok=True)
-                out.removed += 1
-                out.freed += st.st_size
-            if self._tmp.is_dir():
-                for path in self._tmp.iterdir():
-                    if older_than is None or path.stat().st_mtime < older_than:
-                        path.unlink(missing_ok=True)
+            sweep_packs(self.packs, live, older_than, self.gc_limits, out)
         return GcReport(out.removed, out.freed, out.compacted, out.merged)
 
     async def gc(self, *, keep: Collection[Cid] = (), older_than: float | None = None) -> GcReport:

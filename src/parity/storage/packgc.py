@@ -1,4 +1,4 @@
-"""Garbage collection of the packed layout (and of the older one-file-per-block layout).
+"""Garbage collection of the packed layout.
 
 Runs under the store's GC lock (exclusive; uploads take it shared only to commit), possibly in
 another process than the server. A block is kept when a root reaches it (``live``), when an
@@ -185,9 +185,8 @@ def sweep_packs(
     older_than: float | None,
     limits: Thresholds,
     out: Swept,
-) -> set[str]:
-    """Remove, rewrite or merge old packs; returns the keys GC must also spare among loose
-    blocks."""
+) -> None:
+    """Remove, rewrite or merge old packs."""
     spared = pending_refs(index, older_than, out)
     metas = sorted(index.packs.values(), key=lambda m: m.name)
     for meta in metas:
@@ -219,7 +218,6 @@ def sweep_packs(
     index.rebuild()
     if out.compacted or out.merged:
         log.info("storage_packs_rewritten", compacted=out.compacted, merged=out.merged)
-    return spared
 
 
 def _compact(
@@ -272,13 +270,3 @@ def _stale_files(index: PackIndex, older_than: float | None) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     if not _young(path.stat().st_mtime, older_than):
                         path.unlink(missing_ok=True)
-
-
-def loose_files(root: Path) -> Iterator[Path]:
-    """The blocks of the one-file-per-block layout."""
-    if not root.is_dir():
-        return
-    for shard in root.iterdir():
-        if shard.name.startswith(".") or shard.name == "packs" or not shard.is_dir():
-            continue
-        yield from shard.iterdir()

@@ -1,19 +1,18 @@
 """One upload's pack: its new blocks appended in order, committed once at the end.
 
 The writer holds an exclusive ``flock`` on its pack while the upload runs (GC never touches a
-locked pack). Blocks already stored (in a committed pack, earlier in this upload, or in the
-one-file-per-block layout) are not written again; their keys go to the ``.refs`` journal so GC
-spares them while the upload runs, and into the index as references so GC's grace period
-covers them after. :meth:`commit` fsyncs the pack, then, under the store's GC lock (shared),
-checks that the pack and every referenced block are still there, writes the index durably and
-adds it to the in-memory index; only then is the upload reported stored.
+locked pack). Blocks already stored (in a committed pack or earlier in this upload) are not
+written again; their keys go to the ``.refs`` journal so GC spares them while the upload runs,
+and into the index as references so GC's grace period covers them after. :meth:`commit` fsyncs
+the pack, then, under the store's GC lock (shared), checks that the pack and every referenced
+block are still there, writes the index durably and adds it to the in-memory index; only then
+is the upload reported stored.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from parity.core.storage.importer import Block
@@ -33,10 +32,9 @@ from parity.storage.packs import (
 
 
 class PackWriter:
-    def __init__(self, index: PackIndex, gc_lock: Path, has_loose: Callable[[str], bool]) -> None:
+    def __init__(self, index: PackIndex, gc_lock: Path) -> None:
         self.index = index
         self.gc_lock = gc_lock
-        self.has_loose = has_loose
         self.name = new_name()
         self.path = index.pack_path(self.name)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
@@ -65,7 +63,7 @@ class PackWriter:
                 continue
             # A copy this process knows of is checked to still be on disk (GC elsewhere).
             stored = self.index.get(key) is not None and self.index.locate(key) is not None
-            if stored or self.has_loose(key):
+            if stored:
                 self._refset.add(key)
                 self.refs.append(key)
                 new_refs.append(key)
@@ -101,7 +99,6 @@ class PackWriter:
             if self.refs:
                 self.index.refresh()
                 missing = [k for k in self.refs if self.index.get(k) is None]
-                missing = [k for k in missing if not self.has_loose(k)]
                 if missing:
                     raise StoreFailed(
                         f"{len(missing)} block(s) this upload relied on were removed by a "

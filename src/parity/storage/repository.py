@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor, newest_first
+from parity.db.pagination import Cursor, newest_first
 from parity.storage.models import StoragePin, StorageUsage, StoredObject
 
 

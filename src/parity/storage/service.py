@@ -16,10 +16,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor
 from parity.auth.schemas import Principal
 from parity.core.storage.multiformats import Cid, CidError
 from parity.db.hooks import after_commit
+from parity.db.pagination import Cursor
 from parity.db.session import Database
 from parity.logging import get_logger
 from parity.storage import repository as repo

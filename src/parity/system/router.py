@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from parity import __version__
 from parity.api.deps import ContainerDep, ReadSession
 from parity.system import service
+from parity.system.schemas import StatusRead
 
 router = APIRouter(tags=["system"])
 root_router = APIRouter(tags=["system"])
@@ -20,9 +21,10 @@ async def health(c: ContainerDep) -> dict[str, Any]:
     return await service.check_health(c)
 
 
-@router.get("/status")
+@router.get("/status", response_model=StatusRead)
 async def status(c: ContainerDep, session: ReadSession) -> dict[str, Any]:
-    """Version, uptime, counts and which backends are active."""
+    """Version, uptime, the network at a glance (runners and tasks by status, queue depth) and
+    which backends are active. Public: counts only, nothing about any one account."""
     return await service.describe_status(c, session)
 
 

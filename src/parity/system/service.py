@@ -11,6 +11,8 @@ from parity.auth import service as auth_service
 from parity.chain.startup import OFF, ChainStatus, recheck_if_stale
 from parity.container import Container
 from parity.ledger import service as ledger_service
+from parity.runners import stats as runner_stats
+from parity.tasks import stats as task_stats
 
 
 async def check_health(container: Container) -> dict[str, Any]:
@@ -28,7 +30,13 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
         "version": __version__,
         "uptime_seconds": round(max(uptime, 0.0), 3),
         "mode": "embedded" if s.embedded else "postgresql",
-        "counts": {"accounts": await auth_service.count_accounts(session)},
+        # Counts only (the page is public), each an aggregate statement: no rows are loaded.
+        "counts": {
+            "accounts": await auth_service.count_accounts(session),
+            "runners": await runner_stats.count_by_status(session, task_stats.claim_holders()),
+            "tasks": await task_stats.count_by_status(session),
+        },
+        "queue": await task_stats.queue_depth(session, container.clock.now()),
         "backends": {
             "database": container.db.dialect,
             "content_store": container.content_store.kind,

@@ -3,6 +3,7 @@ task ends (ARCHITECTURE §6). Both run in the transaction of the task's own stat
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.core.tasks.states import TaskStatus
 from parity.ledger import service as ledger
 from parity.ledger.deps import LedgerDeps
-from parity.runners import repository as runners_repo
+from parity.runners import service as runners_service
 from parity.tasks.deps import TaskDeps
 from parity.tasks.models import Task
 
@@ -56,10 +57,20 @@ def escrow_ledger(deps: TaskDeps) -> LedgerDeps | None:
     return deps.ledger if deps.ledger is not None and deps.ledger.escrow.possible else None
 
 
-async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
+Closer = Callable[[AsyncSession, LedgerDeps, Any], Awaitable[None]]
+CLOSERS: dict[str, Closer] = {}
+"""Task type → how its escrow closes, for types not billed by run time (a prompt bills its
+tokens). Registered by the domain that owns the type, at start-up."""
+
+
+async def close(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
     """The task reached a terminal state: bill a completion, release anything else."""
     ledger_deps = escrow_ledger(deps)
     if ledger_deps is None:
+        return
+    closer = CLOSERS.get(task.type)
+    if closer is not None:
+        await closer(session, ledger_deps, task)
         return
     reservation = await ledger.open_task_reservation(session, task.id)
     if reservation is None:
@@ -67,7 +78,7 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Task) -> None:
     completed = task.status == TaskStatus.COMPLETED
     payee = None
     if completed and task.runner_id is not None:
-        runner = await runners_repo.get(session, task.runner_id)
+        runner = await runners_service.get(session, task.runner_id)
         if runner is not None:
             payee = ledger.runner_account(ledger_deps, runner.owner_address, runner.device_id)
     await ledger.close_task(

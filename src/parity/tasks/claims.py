@@ -1,55 +1,25 @@
-"""The claim side of the queue: claim pending tasks that fit a runner (or one named task, with
-the precise reason when it cannot be claimed), placement over the locked candidates, the claim
-token, and what a runner could claim now. The transitions of a claimed task are in
+"""The claim side of the queue in a SQLAlchemy unit of work: a claim (``queue.ops.claim``,
+the same implementation as the PostgreSQL fast path) with the precise reason when a named task
+cannot be claimed, and what a runner could claim now. The transitions of a claimed task are in
 ``lifecycle``."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.core.identity.siwe import hash_token
-from parity.core.tasks.placement import Resources, fits
 from parity.core.tasks.states import TaskStatus
-from parity.runners import repository as runners_repo
+from parity.runners import service as runners_service
 from parity.tasks import claim_repository as claim_repo
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.errors import RunnerNotEligible, TaskNotClaimable, TaskNotFound
 from parity.tasks.models import Task
-
-CLAIM_PREFIX = "ps_claim_"
-
-
-@dataclass(frozen=True)
-class Claim:
-    tasks: Sequence[Any]  # tasks rows: Core rows, or pg_queue.RecordView on the driver path
-    token: str
-    lease_seconds: float
-    lease_expires_at: datetime
-
-
-def new_claim_token(deps: TaskDeps) -> str:
-    return CLAIM_PREFIX + deps.random_bytes(32).hex()
-
-
-def _labels_match(required: dict[str, object], labels: dict[str, object]) -> bool:
-    return all(labels.get(k) == v for k, v in required.items())
-
-
-async def _eligible_runner(
-    session: AsyncSession, runner_id: uuid.UUID
-) -> claim_repo.ClaimingRunner:
-    # Locking the runner row serializes this runner's claims: no overcommit.
-    runner = await claim_repo.lock_runner(session, runner_id)
-    if runner is None or runner.banned_at is not None:
-        raise RunnerNotEligible("this runner is unknown or banned")
-    return runner
+from parity.tasks.queue import ops
+from parity.tasks.queue.executors import SessionExecutor
+from parity.tasks.queue.ops import Claim, Refusal
 
 
 async def claim(
@@ -61,68 +31,28 @@ async def claim(
     start: bool = False,
     task_id: uuid.UUID | None = None,
 ) -> Claim | None:
-    """Claim up to ``max_tasks`` pending tasks that fit this runner (or one named task)."""
-    now = deps.clock.now()
-    runner = await _eligible_runner(session, runner_id)
-    if runner.status != "online" or runner.drain_requested:
-        if task_id is not None:
-            state = "draining" if runner.drain_requested else runner.status
-            raise RunnerNotEligible(f"runner is {state}; only online runners claim")
-        return None
-    # The runner's active usage comes with the candidates (one statement, after the lock).
-    candidates = await claim_repo.claim_candidates(
-        session, runner.id, now, task_id=task_id, **runner.candidate_limits(max_tasks)
+    """Claim up to ``max_tasks`` pending tasks that fit this runner (or one named task, or
+    raise why it cannot be claimed)."""
+    got = await ops.claim(
+        SessionExecutor(session), deps, runner_id, max_tasks=max_tasks, start=start, task_id=task_id
     )
-    if not candidates:
-        if task_id is not None:
-            await _explain_unclaimable(session, runner, task_id, now)
+    if isinstance(got, Claim):
+        return got
+    if got is Refusal.UNKNOWN_RUNNER:
+        raise RunnerNotEligible("this runner is unknown or banned")
+    if task_id is None:
         return None
-    chosen = choose(runner, candidates, max_tasks)
-    if not chosen:
-        if task_id is not None:
-            await _explain_unclaimable(session, runner, task_id, now)
-        return None
-    token = new_claim_token(deps)
-    lease_until = now + timedelta(seconds=deps.lease_seconds)
-    rows = await claim_repo.mark_claimed(
-        session, chosen, runner.id, hash_token(token), now, lease_until, start
-    )
-    if not rows:
-        return None
-    return Claim(rows, token, deps.lease_seconds, lease_until)
-
-
-def choose(
-    runner: claim_repo.ClaimingRunner, candidates: Sequence[Any], max_tasks: int
-) -> list[uuid.UUID]:
-    """Placement over the locked candidates, in their order: each must fit what the runner has
-    left after its active claims and the tasks chosen before it, and carry only labels the
-    runner has. Candidates carry the runner's usage (``used_*``) and requirements (``req_*``)."""
-    first = candidates[0]
-    capacity = Resources(runner.cpu_cores, runner.memory_mb, runner.gpus, runner.docker)
-    in_use = Resources(first.used_cpu, first.used_memory, first.used_gpus, False)
-    want = min(max_tasks, runner.max_concurrent_tasks - first.used_count)
-    chosen: list[uuid.UUID] = []
-    for t in candidates:
-        need = Resources(t.req_cpu_cores, t.req_memory_mb, t.req_gpus, t.req_docker)
-        if not fits(need, capacity, in_use) or not _labels_match(
-            t.required_labels or {}, runner.labels or {}
-        ):
-            continue
-        in_use = Resources(
-            in_use.cpu_cores + need.cpu_cores,
-            in_use.memory_mb + need.memory_mb,
-            in_use.gpus + need.gpus,
-            False,
-        )
-        chosen.append(t.id)
-        if len(chosen) >= want:
-            break
-    return chosen
+    runner = await ops.lock_runner(SessionExecutor(session), runner_id)
+    assert runner is not None
+    if got is Refusal.NOT_CLAIMING:
+        state = "draining" if runner.drain_requested else runner.status
+        raise RunnerNotEligible(f"runner is {state}; only online runners claim")
+    await _explain_unclaimable(session, runner, task_id, deps.clock.now())
+    raise RunnerNotEligible("task cannot be claimed by this runner now")
 
 
 async def _explain_unclaimable(
-    session: AsyncSession, runner: claim_repo.ClaimingRunner, task_id: uuid.UUID, now: datetime
+    session: AsyncSession, runner: ops.ClaimingRunner, task_id: uuid.UUID, now: datetime
 ) -> None:
     usage = await claim_repo.active_usage(session, runner.id)
     if usage.count >= runner.max_concurrent_tasks:
@@ -144,7 +74,10 @@ async def _explain_unclaimable(
             details["offer_expires_at"] = task.offer_expires_at.isoformat()
         raise TaskNotClaimable("task is offered to another runner", details=details)
     if runner.id in await repo.exclusions(session, task.id):
-        raise RunnerNotEligible("this runner already failed this task", details=details)
+        raise RunnerNotEligible(
+            "this runner already failed this task and another eligible runner is online",
+            details=details,
+        )
     raise RunnerNotEligible(
         "task does not fit this runner (resources, docker, labels or free capacity)",
         details={
@@ -163,7 +96,7 @@ async def available_for(
     session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, limit: int
 ) -> list[Task]:
     """What this runner could claim now (read only, nothing locked on SQLite)."""
-    runner = await runners_repo.get(session, runner_id)
+    runner = await runners_service.get(session, runner_id)
     if runner is None or runner.banned_at is not None:
         raise RunnerNotEligible("this runner is unknown or banned")
     usage = await claim_repo.active_usage(session, runner.id)

@@ -35,10 +35,6 @@ class RunnerNotEligible(Forbidden):
     code = "runner_not_eligible"
 
 
-class RunnerTokenRequired(Forbidden):
-    code = "runner_token_required"
-
-
 class TooManyPending(RateLimited):
     code = "too_many_pending_tasks"
     retry_after = 5

@@ -1,6 +1,7 @@
 """Claim, start and complete as the runner API calls them: each its own unit of work.
 
-On PostgreSQL the common case runs on the driver (``pg_queue``): a claim of the next task, a
+On PostgreSQL the common case runs on the driver (``queue.executors.DriverExecutor`` running
+``queue.ops`` over the statements of ``queue.statements``): a claim of the next task, a
 start or a completion under the runner's current claim. Everything else (SQLite, a repeat with
 the same token, a stale or foreign claim to explain, priced work whose escrow must close in
 the completion's transaction) goes through ``claims`` or ``lifecycle`` in a SQLAlchemy unit of
@@ -9,22 +10,23 @@ work, exactly as before. Both commit before the caller answers; wake-ups happen 
 
 from __future__ import annotations
 
-import enum
 import uuid
-from datetime import datetime, timedelta
-from typing import Any, Final, Literal
+from datetime import datetime
+from typing import Any
 
-from parity.core.identity.siwe import hash_token
+from parity.core.tokens import hash_token
 from parity.db.session import Database
 from parity.logging import get_logger
-from parity.tasks import billing, claims, lifecycle, pg_queue, service
-from parity.tasks import claim_repository as claim_repo
-from parity.tasks.claims import Claim
+from parity.tasks import billing, claims, lifecycle, service
 from parity.tasks.deps import TaskDeps
 from parity.tasks.lifecycle import Report
+from parity.tasks.queue import ops
+from parity.tasks.queue.executors import DriverExecutor, warm
+from parity.tasks.queue.ops import Claim, Refusal
 
 log = get_logger("parity.tasks")
-TaskLike = Any  # a Task, a Core row or a pg_queue.RecordView: the same attribute names
+TaskLike = Any  # a Task, a Core row or a RecordView: the same attribute names
+warm()
 
 
 async def claim_next(
@@ -32,9 +34,11 @@ async def claim_next(
 ) -> Claim | None:
     """The next task(s) this runner may claim, or None when there is nothing for it now."""
     if not db.is_sqlite:
-        claim = await _claim_on_driver(db, deps, runner_id, max_tasks, start, None)
-        if claim is not _GENERAL:
-            return claim
+        got = await _claim_on_driver(db, deps, runner_id, max_tasks, start, None)
+        if isinstance(got, Claim):
+            return got
+        if got is not Refusal.UNKNOWN_RUNNER:
+            return None
     async with db.transaction() as session:
         return await claims.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
 
@@ -44,21 +48,14 @@ async def claim_task(
 ) -> Claim:
     """Claim one named task (after a push offer), or raise why it cannot be claimed."""
     if not db.is_sqlite:
-        claim = await _claim_on_driver(db, deps, runner_id, 1, start, task_id)
-        if isinstance(claim, Claim):
-            return claim
+        got = await _claim_on_driver(db, deps, runner_id, 1, start, task_id)
+        if isinstance(got, Claim):
+            return got
     # SQLite, or a refusal to explain (the general path raises the precise error).
     async with db.transaction() as session:
         named = await claims.claim(session, deps, runner_id, start=start, task_id=task_id)
     assert named is not None  # a named claim raises rather than answering nothing
     return named
-
-
-class _Route(enum.Enum):
-    GENERAL = "general"  # not for the driver path: unknown or banned runner, or a refusal
-
-
-_GENERAL: Final = _Route.GENERAL
 
 
 async def _claim_on_driver(
@@ -68,32 +65,13 @@ async def _claim_on_driver(
     max_tasks: int,
     start: bool,
     task_id: uuid.UUID | None,
-) -> Claim | Literal[_Route.GENERAL] | None:
-    """Lock the runner, read the candidates with its usage, place, claim: one transaction.
-    None when a next-task claim finds nothing; _GENERAL when the general path must answer
-    (it raises the same errors as before: unknown or banned runner, a named task refused)."""
-    now = deps.clock.now()
+) -> Claim | Refusal:
+    """``queue.ops.claim`` in one driver transaction. A refusal of a named task or of an
+    unknown runner is explained by the general path (it raises the precise error)."""
     async with db.driver_connection() as conn, conn.transaction():
-        row = await pg_queue.lock_runner(conn, runner_id)
-        runner = None if row is None else claim_repo.ClaimingRunner(*row)
-        if runner is None or runner.banned_at is not None:
-            return _GENERAL
-        if runner.status != "online" or runner.drain_requested:
-            return _GENERAL if task_id is not None else None
-        candidates = await pg_queue.claim_candidates(
-            conn, runner.id, now, task_id=task_id, **runner.candidate_limits(max_tasks)
+        return await ops.claim(
+            DriverExecutor(conn), deps, runner_id, max_tasks=max_tasks, start=start, task_id=task_id
         )
-        chosen = claims.choose(runner, candidates, max_tasks) if candidates else []
-        if not chosen:
-            return _GENERAL if task_id is not None else None
-        token = claims.new_claim_token(deps)
-        lease_until = now + timedelta(seconds=deps.lease_seconds)
-        rows = await pg_queue.mark_claimed(
-            conn, chosen, runner.id, hash_token(token), now, lease_until, start
-        )
-    if not rows:
-        return _GENERAL if task_id is not None else None
-    return Claim(rows, token, deps.lease_seconds, lease_until)
 
 
 async def start_task(
@@ -101,8 +79,8 @@ async def start_task(
 ) -> TaskLike:
     if not db.is_sqlite:
         async with db.driver_connection() as conn:
-            row = await pg_queue.start_held(
-                conn, task_id, runner_id, hash_token(token), deps.clock.now()
+            row = await ops.start_held(
+                DriverExecutor(conn), task_id, runner_id, hash_token(token), deps.clock.now()
             )
         if row is not None:
             return row
@@ -142,19 +120,14 @@ async def _complete_on_driver(
 ) -> TaskLike | None:
     now = deps.clock.now()
     async with db.driver_connection() as conn:
-        done = await pg_queue.complete_held(
-            conn,
+        done = await ops.complete_held(
+            DriverExecutor(conn),
             task_id,
             runner_id,
             hash_token(token),
             now,
-            exit_code=report.exit_code,
-            output=report.inline_output(deps.output_inline_max_bytes),
-            output_cid=report.output_cid,
-            error=report.error,
-            result_hash=report.digest(),
-            usage=dict(report.usage),
-            admins=deps.events.admins,
+            report.result_fields(deps.output_inline_max_bytes),
+            deps.events.admins_sorted,
         )
     if done is None:
         return None

@@ -9,7 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.db.hooks import after_commit
 from parity.jobs.runner import PeriodicJob
 from parity.runners import service as runners_service
-from parity.tasks import lifecycle, service
+from parity.runners.service import RunnerConfig
+from parity.tasks import lifecycle, runner_side, service
 from parity.tasks import queue_repository as queue_repo
 from parity.tasks.deps import TaskDeps
 
@@ -29,9 +30,15 @@ def lease_expiry_job(deps: TaskDeps, interval: float) -> PeriodicJob:
     return PeriodicJob("lease_expiry", interval, tick)
 
 
-def liveness_job(deps: TaskDeps, interval: float, timeout_seconds: float) -> PeriodicJob:
+def liveness_job(
+    deps: TaskDeps, runners: RunnerConfig, interval: float, timeout_seconds: float
+) -> PeriodicJob:
+    """Runners silent past the timeout go offline; their leases expire at once."""
+
     async def tick(session: AsyncSession, now: datetime) -> int:
-        return await runners_service.mark_stale_offline(session, deps, now, timeout_seconds)
+        stale = await runners_service.mark_stale_offline(session, runners, now, timeout_seconds)
+        await runner_side.runners_gone(session, deps, stale, now, sweep=True)
+        return len(stale)
 
     return PeriodicJob("liveness", interval, tick)
 

@@ -1,7 +1,8 @@
 """The runner side of a claimed task: start, complete, fail, release, lease renewal, logs, and
 lease expiry (the claim itself is in ``claims``). Every transition is fenced by the claim token
 bound to (task, attempt, runner); repeating a transition with the same token answers with the
-current task."""
+current task. Status changes go through ``queue.transitions``; the common start and complete
+through ``queue.ops`` (the same statements as the PostgreSQL fast path)."""
 
 from __future__ import annotations
 
@@ -13,37 +14,20 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.core.identity.siwe import hash_token
 from parity.core.tasks.states import ACTIVE, TaskStatus
+from parity.core.tokens import hash_token
 from parity.db.hooks import after_commit
-from parity.events import service as events_service
-from parity.tasks import billing
 from parity.tasks import queue_repository as queue_repo
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.errors import ClaimInvalid, InvalidTransition, StaleClaim, TaskNotFound
 from parity.tasks.models import Task, TaskAttempt, TaskLog
+from parity.tasks.queue import ops
+from parity.tasks.queue import transitions as tr
+from parity.tasks.queue.executors import SessionExecutor
 
 # session.info key: (task due, push runner online) as the completing UPDATE returned them.
 _SLOT_FREED = "parity.tasks.slot_freed"
-
-
-async def emit_task_event(
-    session: AsyncSession, deps: TaskDeps, event_type: str, task: Task, **extra: Any
-) -> None:
-    """A task event for the task's creator (and operators), in this transaction."""
-    data: dict[str, Any] = {
-        "task_id": str(task.id),
-        "status": task.status,
-        "title": task.title,
-        **extra,
-    }
-    await events_service.emit(
-        session, deps.events, event_type, task.creator_address, data, str(task.id)
-    )
-    if event_type in billing.TERMINAL_EVENTS:
-        # Every terminal transition emits its event here, so escrow is closed in one place.
-        await billing.close(session, deps, task)
 
 
 @dataclass
@@ -84,9 +68,10 @@ def _not_current(f: Fenced, wanted: str) -> Exception:
 
 async def start(
     session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
-) -> Task | repo.TaskRow:
+) -> Any:
     token_hash = hash_token(token)
-    task = await queue_repo.start_held(session, task_id, runner_id, token_hash, deps.clock.now())
+    now = deps.clock.now()
+    task = await ops.start_held(SessionExecutor(session), task_id, runner_id, token_hash, now)
     if task is not None:
         return task
     # Not assigned under this runner's current claim: a repeat, or a refusal to explain.
@@ -94,12 +79,8 @@ async def start(
     if not f.current:
         raise _not_current(f, "start")
     if f.task.status == TaskStatus.ASSIGNED:
-        now = deps.clock.now()
-        f.task.status = TaskStatus.RUNNING.value
-        f.task.started_at = now
-        f.task.updated_at = now
+        await tr.transition(session, deps, f.task, tr.START, now=now)
         f.attempt.started_at = now
-        await session.flush()
     return f.task
 
 
@@ -117,6 +98,16 @@ class Report:
     def inline_output(self, limit: int) -> str | None:
         """The output as stored inline: cut at ``limit`` bytes with a marker."""
         return _cap_output(self.output, limit)[0]
+
+    def result_fields(self, inline_limit: int) -> ops.ResultFields:
+        return ops.ResultFields(
+            output=self.inline_output(inline_limit),
+            output_cid=self.output_cid,
+            exit_code=self.exit_code,
+            error=self.error,
+            result_hash=self.digest(),
+            usage=dict(self.usage),
+        )
 
     def digest(self) -> str | None:
         """The runner's hash of its result, else SHA-256 of the output (None without either)."""
@@ -142,94 +133,90 @@ async def complete(
     task_id: uuid.UUID,
     token: str,
     report: Report,
-) -> Task:
+) -> Any:
     """Accept the one completion of a task. ``complete`` from ``assigned`` implies start."""
     now = deps.clock.now()
     token_hash = hash_token(token)
+    x = SessionExecutor(session)
+    fields = report.result_fields(deps.output_inline_max_bytes)
     # Common case first: one conditional UPDATE is both the fence and the transition.
-    held = await queue_repo.complete_held(session, task_id, runner_id, token_hash, now)
-    if held is not None:
-        task, due, push = held
-        session.info[_SLOT_FREED] = (due, push)  # read by slot_freed: no second query
-        started = task.started_at or now
-    else:
-        f = await _fence(session, task_id, runner_id, token_hash)
-        if not f.current:
-            if f.attempt.outcome == "completed":
-                return f.task  # a retried completion after a timeout
-            raise _not_current(f, "complete")
-        task = f.task
-        started = task.started_at or f.attempt.started_at or now
-        task.status = TaskStatus.COMPLETED.value
-        task.started_at = started
-        task.completed_at = now
-        task.updated_at = now
-        task.lease_expires_at = None
-        task.claim_token_hash = None
-        await session.flush()
-    await queue_repo.end_attempt(
-        session,
-        task.id,
-        task.attempts,
-        started=started,
-        ended=now,
-        outcome="completed",
-        exit_code=report.exit_code,
+    done = await ops.complete_held(
+        x, task_id, runner_id, token_hash, now, fields, deps.events.admins_sorted
     )
-    await repo.insert_result(
-        session,
-        {
-            "id": uuid.uuid4(),
-            "task_id": task.id,
-            "attempt": task.attempts,
-            "runner_id": runner_id,
-            "output": report.inline_output(deps.output_inline_max_bytes),
-            "output_cid": report.output_cid,
-            "exit_code": report.exit_code,
-            "error": report.error,
-            "result_hash": report.digest(),
-            "usage": dict(report.usage),
-            "execution_seconds": max((now - started).total_seconds(), 0.0),
-            "created_at": now,
-        },
-    )
-    await emit_task_event(session, deps, "task.completed", task, attempts=task.attempts)
-    return task
+    if done is not None:
+        session.info[_SLOT_FREED] = (done.due, done.push)  # read by slot_freed: no second query
+        await tr.settle(
+            session,
+            deps,
+            done.task,
+            tr.COMPLETE,
+            event_recorded=x.statements.single,
+            deliveries=done.deliveries > 0,
+            attempts=done.task.attempts,
+        )
+        return done.task
+    f = await _fence(session, task_id, runner_id, token_hash)
+    if f.attempt.outcome == tr.COMPLETE.outcome:
+        return f.task  # a retried completion after a timeout
+    raise _not_current(f, "complete")
 
 
 async def _retry_or_fail(
-    session: AsyncSession, deps: TaskDeps, task: Task, reason: str, exclude: uuid.UUID | None
+    session: AsyncSession,
+    deps: TaskDeps,
+    task: Task,
+    reason: str,
+    exclude: uuid.UUID | None,
+    *,
+    attempt: TaskAttempt | None,
+    outcome: str,
 ) -> None:
     now = deps.clock.now()
-    task.last_error = reason
-    task.updated_at = now
-    task.lease_expires_at = None
-    task.claim_token_hash = None
     if task.status == TaskStatus.CANCEL_REQUESTED:
-        task.status = TaskStatus.CANCELLED.value
-        task.completed_at = now
-        await emit_task_event(session, deps, "task.cancelled", task, last_error=reason)
+        # The client asked to stop: a failure is the acknowledgement, never a retry.
+        await tr.transition(
+            session,
+            deps,
+            task,
+            tr.CANCEL_ACKNOWLEDGED,
+            now=now,
+            attempt=attempt,
+            outcome=outcome,
+            event_data={"last_error": reason},
+        )
+        task.last_error = reason
         return
     used = task.attempts - task.releases
     decision = deps.retry.decide_after_failure(used, task.max_attempts, now, deps.rand())
+    facts = {"attempts": task.attempts, "max_attempts": task.max_attempts, "last_error": reason}
     if decision.retry and decision.available_at is not None:
-        task.status = TaskStatus.PENDING.value
-        task.available_at = decision.available_at
-        task.runner_id = None
-        task.target_runner_id = None
-        task.offer_expires_at = None
         if exclude is not None:
             await repo.add_exclusion(session, task.id, exclude)
+        at = decision.available_at
+        await tr.transition(
+            session,
+            deps,
+            task,
+            tr.RETRY,
+            now=now,
+            attempt=attempt,
+            outcome=outcome,
+            event_data={**facts, "available_at": at.isoformat()},
+            available_at=at,
+            reason=reason,
+        )
     else:
-        task.status = TaskStatus.FAILED.value
-        task.completed_at = now
-    await session.flush()
-    facts = {"attempts": task.attempts, "max_attempts": task.max_attempts, "last_error": reason}
-    if task.status == TaskStatus.FAILED:
-        await emit_task_event(session, deps, "task.failed", task, **facts)
-    else:
-        at = task.available_at.isoformat()
-        await emit_task_event(session, deps, "task.retrying", task, **facts, available_at=at)
+        await tr.transition(
+            session,
+            deps,
+            task,
+            tr.FAIL,
+            now=now,
+            attempt=attempt,
+            outcome=outcome,
+            event_data=facts,
+            reason=reason,
+        )
 
 
 async def fail(
@@ -248,12 +235,11 @@ async def fail(
         if f.attempt.outcome == "failed":
             return f.task
         raise _not_current(f, "fail")
-    now = deps.clock.now()
-    f.attempt.ended_at = now
-    f.attempt.outcome = "failed"
     f.attempt.exit_code = exit_code
     f.attempt.error = error[:4000]
-    await _retry_or_fail(session, deps, f.task, error[:4000], exclude=runner_id)
+    await _retry_or_fail(
+        session, deps, f.task, error[:4000], runner_id, attempt=f.attempt, outcome="failed"
+    )
     return f.task
 
 
@@ -274,24 +260,9 @@ async def _release(
     session: AsyncSession, deps: TaskDeps, task: Task, attempt: TaskAttempt | None, why: str
 ) -> None:
     now = deps.clock.now()
-    if attempt is not None:
-        attempt.ended_at = now
-        attempt.outcome = why
     cancelled = task.status == TaskStatus.CANCEL_REQUESTED
-    if cancelled:
-        task.status = TaskStatus.CANCELLED.value
-        task.completed_at = now
-    else:
-        task.status = TaskStatus.PENDING.value
-        task.available_at = now
-        task.releases += 1
-        task.runner_id = None
-    task.claim_token_hash = None
-    task.lease_expires_at = None
-    task.updated_at = now
-    await session.flush()
-    if cancelled:
-        await emit_task_event(session, deps, "task.cancelled", task)
+    edge = tr.CANCEL_ACKNOWLEDGED if cancelled else tr.RELEASE
+    await tr.transition(session, deps, task, edge, now=now, attempt=attempt, outcome=why)
 
 
 async def renew(
@@ -383,11 +354,15 @@ async def expire_leases(session: AsyncSession, deps: TaskDeps, now: datetime) ->
         attempt = await repo.current_attempt(session, task)
         runner = task.runner_id
         if attempt is not None and attempt.ended_at is None:
-            attempt.ended_at = now
-            attempt.outcome = "lease_expired"
             attempt.error = "lease expired without renewal (runner silent or offline)"
         await _retry_or_fail(
-            session, deps, task, f"lease expired on runner {runner}", exclude=runner
+            session,
+            deps,
+            task,
+            f"lease expired on runner {runner}",
+            runner,
+            attempt=attempt,
+            outcome="lease_expired",
         )
     return len(tasks)
 

@@ -5,7 +5,6 @@ A duplicated or lost push does no harm: the runner still has to claim."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -15,13 +14,13 @@ from sqlalchemy import select, update
 
 from parity.clock import Clock
 from parity.db.session import Database
-from parity.logging import get_logger
+from parity.jobs.locks import NoLock
+from parity.jobs.loop import BackgroundLoop
 from parity.runners.models import Runner
 from parity.tasks.models import RunnerPush
 from parity.webhooks import signing
 from parity.webhooks.ssrf import UrlRefused, post_json
 
-log = get_logger("parity.pushes")
 MAX_ATTEMPTS = 6
 
 
@@ -129,27 +128,21 @@ class PushLoop:
         self.event = event
         self.interval = interval
         self.allow_private = allow_private
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self.loop: BackgroundLoop[bool, int] = BackgroundLoop(
+            "push-delivery",
+            self._deliver,
+            NoLock(),
+            interval=interval,
+            clock=clock,
+            wake=event,
+            log_ticks=False,
+        )
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.event.wait(), timeout=self.interval)
-            self.event.clear()
-            try:
-                await deliver_due(self.db, self.clock, allow_private=self.allow_private)
-            except Exception as exc:
-                log.warning("push_loop_error", error=type(exc).__name__, detail=str(exc)[:200])
+    async def _deliver(self, _held: bool) -> int:
+        return await deliver_due(self.db, self.clock, allow_private=self.allow_private)
 
     def start(self) -> None:
-        self._stop.clear()
-        self._task = asyncio.create_task(self._run(), name="push-delivery")
+        self.loop.start()
 
-    async def stop(self) -> None:
-        self._stop.set()
-        self.event.set()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._task, timeout=10)
-            self._task = None
+    async def stop(self, timeout: float = 10.0) -> None:
+        await self.loop.stop(timeout)

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, delete, func, insert, or_, select
+from sqlalchemy import Row, Table, and_, delete, exists, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor, older_than
 from parity.core.tasks.states import ACTIVE, TERMINAL, TaskStatus, TaskType
+from parity.db.pagination import Cursor, older_than
 from parity.tasks.models import Task, TaskAttempt, TaskExclusion, TaskLog, TaskResult
+from parity.tasks.queue import statements as st
 
 ACTIVE_VALUES = [s.value for s in ACTIVE]
 # A tasks row as Core returns it: the same attribute names as a Task.
@@ -74,6 +75,19 @@ async def exclusions(session: AsyncSession, task_id: uuid.UUID) -> list[uuid.UUI
         select(TaskExclusion.runner_id).where(TaskExclusion.task_id == task_id)
     )
     return list(rows.all())
+
+
+async def unexcluded_runner_could(session: AsyncSession, task_id: uuid.UUID) -> bool:
+    """Some online runner that has not failed this task fits it (then a runner that failed it
+    waits; otherwise the task may go back to one that did)."""
+    other = st.RUNNERS.alias("other")
+    could = (
+        exists()
+        .where(*st.runner_fits(other, st.TASKS), ~st.excluded_for(other.c.id))
+        .correlate_except(other)
+    )
+    q = select(st.TASKS.c.id).where(st.TASKS.c.id == task_id, could)
+    return (await session.execute(q)).first() is not None
 
 
 _INSERT_RESULT = insert(_RESULTS)

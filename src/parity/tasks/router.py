@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
+from parity.api.errors import invalid_json
 from parity.core.tasks.states import TERMINAL
 from parity.errors import InvalidInput
 from parity.ledger import service as ledger_service
@@ -60,16 +61,16 @@ async def _body(request: Request) -> tuple[TaskCreate, UploadFile | None]:
             raise InvalidInput("task", "the form needs a 'task' field holding the task JSON")
         try:
             raw = json.loads(task_field)
-        except ValueError:
-            raise InvalidInput("task", "must be a JSON object") from None
+        except ValueError as exc:
+            raise invalid_json("task", exc) from None
         image = form.get("image")
         if image is not None and not isinstance(image, UploadFile):
             raise InvalidInput("image", "must be a file part")
         return _validated(raw), image
     try:
         raw = await request.json()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("body", "must be a JSON object") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise invalid_json("body", exc) from None
     return _validated(raw), None
 
 

@@ -10,11 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel
 
-from parity.api.deps import ContainerDep, CurrentPrincipal, WriteSession
+from parity.api.deps import ContainerDep, CurrentRunner, WriteSession
 from parity.errors import InvalidInput
-from parity.runners.service import require_runner
 from parity.tasks import hotpath, lifecycle, service
-from parity.tasks.claims import Claim, available_for
+from parity.tasks.claims import available_for
+from parity.tasks.queue.ops import Claim
 from parity.tasks.schemas import (
     ClaimBody,
     ClaimRead,
@@ -56,12 +56,11 @@ def _no_content(retry_after: int | None = None) -> Response:
 
 @router.get("/runners/tasks/available", response_model=list[TaskRead])
 async def available(
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     c: ContainerDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Any:
     """Pending tasks this runner could claim now (targeted at it or at nobody, fitting it)."""
-    runner_id = require_runner(principal)
     async with c.db.read_session() as s:
         rows = await available_for(s, c.tasks, runner_id, limit)
         return [task_read(t) for t in rows]
@@ -73,7 +72,7 @@ async def available(
     responses={204: {"description": "Nothing to claim within `wait` seconds"}},
 )
 async def claim_next(
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     c: ContainerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
     max_tasks: Annotated[int, Query(ge=1, le=100)] = 1,
@@ -83,7 +82,6 @@ async def claim_next(
     database connection. ``max_tasks`` > 1 answers ``{"claims": [...]}``; ``start=true``
     claims and starts in one call. 204 when nothing came; 204 with Retry-After while the
     server is shutting down."""
-    runner_id = require_runner(principal)
     deadline = time.monotonic() + wait
     while True:
         if c.draining:
@@ -101,13 +99,12 @@ async def claim_next(
 @router.post("/runners/tasks/{task_id}/claim", response_model=ClaimRead)
 async def claim_one(
     task_id: uuid.UUID,
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     c: ContainerDep,
     start: bool = False,
 ) -> ClaimRead:
     """Claim a specific task: 404 unknown, 409 task_not_claimable (details say why),
     403 runner_not_eligible when it does not fit this runner."""
-    runner_id = require_runner(principal)
     claim = await hotpath.claim_task(c.db, c.tasks, runner_id, task_id, start=start)
     return _claims(claim)[0]
 
@@ -116,11 +113,10 @@ async def claim_one(
 async def renew_lease(
     task_id: uuid.UUID,
     body: ClaimBody,
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     session: WriteSession,
     c: ContainerDep,
 ) -> LeaseRead:
-    runner_id = require_runner(principal)
     task = await lifecycle.renew(session, c.tasks, runner_id, task_id, body.claim_token)
     assert task.lease_expires_at is not None
     return LeaseRead(
@@ -134,10 +130,9 @@ async def renew_lease(
 async def start_task(
     task_id: uuid.UUID,
     body: ClaimBody,
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     c: ContainerDep,
 ) -> TaskRead:
-    runner_id = require_runner(principal)
     return task_read(await hotpath.start_task(c.db, c.tasks, runner_id, task_id, body.claim_token))
 
 
@@ -145,12 +140,11 @@ async def start_task(
 async def complete_task(
     task_id: uuid.UUID,
     body: CompleteBody,
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     c: ContainerDep,
 ) -> TaskRead:
     """Report a successful run. A failed run must use ``fail``; ``exit_code`` ≠ 0 here is
     refused so a failure is never recorded as a completion."""
-    runner_id = require_runner(principal)
     if body.exit_code not in (None, 0):
         raise InvalidInput("exit_code", "a non-zero exit code is a failure: use /fail")
     report = lifecycle.Report(
@@ -169,11 +163,10 @@ async def complete_task(
 async def fail_task(
     task_id: uuid.UUID,
     body: FailBody,
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     session: WriteSession,
     c: ContainerDep,
 ) -> TaskRead:
-    runner_id = require_runner(principal)
     deps = c.tasks
     task = await lifecycle.fail(
         session,
@@ -194,12 +187,11 @@ async def fail_task(
 async def release_task(
     task_id: uuid.UUID,
     body: ClaimBody,
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     session: WriteSession,
     c: ContainerDep,
 ) -> TaskRead:
     """Give the task back untouched (e.g. on shutdown); it does not count as a failure."""
-    runner_id = require_runner(principal)
     task = await lifecycle.release(session, c.tasks, runner_id, task_id, body.claim_token)
     return task_read(task)
 
@@ -208,12 +200,11 @@ async def release_task(
 async def append_logs(
     task_id: uuid.UUID,
     body: LogBody,
-    principal: CurrentPrincipal,
+    runner_id: CurrentRunner,
     session: WriteSession,
     c: ContainerDep,
 ) -> LogAppended:
     """Append log lines (idempotent on task, attempt, seq; ~1 MiB per task, then a marker)."""
-    runner_id = require_runner(principal)
     accepted, truncated, stored = await lifecycle.append_logs(
         session, c.tasks, runner_id, task_id, body.claim_token, body.seq, body.lines
     )

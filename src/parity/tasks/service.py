@@ -10,15 +10,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.api.pagination import Cursor
 from parity.auth.schemas import Principal
 from parity.core.tasks.config import ConfigInvalid, normalize_task_config
 from parity.core.tasks.placement import Resources, RunnerLoad, choose_runner
 from parity.core.tasks.states import TaskStatus, TaskType
 from parity.db.hooks import after_commit
+from parity.db.pagination import Cursor
 from parity.errors import InvalidInput
-from parity.runners import repository as runners_repo
-from parity.tasks import billing, lifecycle
+from parity.runners import service as runners_service
+from parity.tasks import billing
 from parity.tasks import claim_repository as claim_repo
 from parity.tasks import queue_repository as queue_repo
 from parity.tasks import repository as repo
@@ -30,7 +30,9 @@ from parity.tasks.errors import (
     TaskNotFound,
     TooManyPending,
 )
+from parity.tasks.events import emit_task_event
 from parity.tasks.models import RunnerPush, Task, TaskAttempt, TaskLog, TaskResult
+from parity.tasks.queue import transitions as tr
 from parity.tasks.schemas import ResourcesIn, TaskCreate, TaskUpdate
 
 CLIENT_TYPES = [TaskType.COMMAND.value, TaskType.DOCKER.value]
@@ -88,7 +90,7 @@ async def create_task(
         title=body.title,
         description=body.description,
         type=task_type,
-        status=TaskStatus.PENDING.value,
+        status=tr.INITIAL.value,
         config=config,
         environment=body.environment,
         req_cpu_cores=res.cpu_cores,
@@ -119,7 +121,7 @@ async def create_task(
     )
     await billing.gate_and_reserve(session, deps, task)
     await repo.add(session, task)
-    await lifecycle.emit_task_event(session, deps, "task.created", task, type=task.type)
+    await emit_task_event(session, deps, "task.created", task, type=task.type)
     await offer(session, deps, task)
     return task
 
@@ -131,7 +133,9 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
     if task.available_at > now:
         return None
     runners = [
-        r for r in await runners_repo.online_runners(session) if r.webhook_url and r.webhook_secret
+        r
+        for r in await runners_service.online_runners(session)
+        if r.webhook_url and r.webhook_secret
     ]
     target: uuid.UUID | None = None
     if runners:
@@ -158,6 +162,8 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
         ]
         need = Resources(task.req_cpu_cores, task.req_memory_mb, task.req_gpus, task.req_docker)
         excluded = {str(x) for x in await repo.exclusions(session, task.id)}
+        if excluded and not await repo.unexcluded_runner_could(session, task.id):
+            excluded = set()  # exclusion is a preference: no other runner could take it
         labels = {k: str(v) for k, v in (task.required_labels or {}).items()}
         target = await _reserve_runner(
             session,
@@ -187,7 +193,7 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
             )
         )
         await session.flush()
-        await lifecycle.emit_task_event(session, deps, "task.offered", task, runner_id=str(target))
+        await emit_task_event(session, deps, "task.offered", task, runner_id=str(target))
         runner_id = target
 
         def wake_target() -> None:
@@ -224,7 +230,7 @@ async def _reserve_runner(
     none = claim_repo.Usage(0, 0.0, 0, 0)
     while chosen is not None:
         runner_id = uuid.UUID(chosen)
-        if await runners_repo.try_lock(session, runner_id):
+        if await runners_service.try_lock(session, runner_id):
             fresh = (await claim_repo.committed_usages(session, [runner_id], now)).get(
                 runner_id, none
             )
@@ -363,22 +369,11 @@ async def cancel_task(
         return task
     if task.status in (TaskStatus.PENDING, TaskStatus.ASSIGNED):
         attempt = await repo.current_attempt(session, task) if task.status == "assigned" else None
-        if attempt is not None and attempt.ended_at is None:
-            attempt.ended_at = now
-            attempt.outcome = "cancelled"
-        task.status = TaskStatus.CANCELLED.value
-        task.completed_at = now
-        task.claim_token_hash = None
-        task.lease_expires_at = None
+        await tr.transition(session, deps, task, tr.CANCEL, now=now, attempt=attempt)
     elif task.status == TaskStatus.RUNNING:
-        task.status = TaskStatus.CANCEL_REQUESTED.value
-        task.cancel_requested_at = now
+        await tr.transition(session, deps, task, tr.REQUEST_CANCEL, now=now)
     else:
         raise TaskNotCancellable(f"task is {task.status}", details={"status": task.status})
-    task.updated_at = now
-    await session.flush()
-    if task.status == TaskStatus.CANCELLED:
-        await lifecycle.emit_task_event(session, deps, "task.cancelled", task)
     return task
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from parity.tasks.models import Task, TaskAttempt, TaskResult
-from parity.tasks.pg_queue import RecordView
+from parity.tasks.queue.executors import RecordView
 from parity.tasks.schemas import AttemptRead, ResourcesIn, ResultRead, TaskRead, TaskStatusRead
 
 

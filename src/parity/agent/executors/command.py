@@ -114,10 +114,6 @@ def _preexec(limits: Limits, as_uid: int | None) -> Callable[[], None]:
     return apply
 
 
-class CommandRefused(Exception):
-    pass
-
-
 class CommandExecutor:
     def __init__(self, mode: SandboxMode, default_limits: Limits | None = None) -> None:
         self.mode = mode

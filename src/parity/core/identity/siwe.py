@@ -1,15 +1,13 @@
-"""EIP-4361 (Sign-In with Ethereum) message construction and token formats. Pure functions."""
+"""EIP-4361 (Sign-In with Ethereum) message construction. Pure functions; bearer tokens are in
+``parity.core.tokens``."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
 STATEMENT = "Sign in to Parity Server."
 NONCE_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-
-TOKEN_PREFIXES = {"session": "ps_sess_", "runner": "ps_run_", "api_key": "ps_key_"}
 
 
 @dataclass(frozen=True)
@@ -49,23 +47,3 @@ def make_nonce(random_bytes: bytes) -> str:
     input byte, so 16 random bytes give ~94 bits."""
     n = len(NONCE_ALPHABET)
     return "".join(NONCE_ALPHABET[b % n] for b in random_bytes)
-
-
-def make_token(kind: str, random_bytes: bytes) -> str:
-    """An opaque bearer token: kind prefix + 256 random bits in hex."""
-    if len(random_bytes) < 32:
-        raise ValueError("a token needs at least 256 random bits")
-    return TOKEN_PREFIXES[kind] + random_bytes.hex()
-
-
-def hash_token(token: str) -> str:
-    """SHA-256 hex of the whole token. Tokens carry 256 random bits, so a fast hash is enough;
-    a slow password hash would cost 100+ ms on every request."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def token_kind(token: str) -> str | None:
-    for kind, prefix in TOKEN_PREFIXES.items():
-        if token.startswith(prefix):
-            return kind
-    return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -89,11 +89,11 @@ def normalize_task_config(
     request field: used by docker tasks only, ignored for command tasks.
     """
     cfg: Mapping[str, Any] = {} if config is None else config
-    if task_type == "command":
-        return normalize_command_config(cfg)
-    if task_type == "docker":
-        return normalize_docker_config(cfg, image=image)
-    raise ConfigInvalid("type", f"unknown compute task type {task_type!r}; use command or docker")
+    schema = CONFIG_SCHEMAS.get(task_type)
+    if schema is None:
+        known = " or ".join(CONFIG_SCHEMAS)
+        raise ConfigInvalid("type", f"unknown compute task type {task_type!r}; use {known}")
+    return schema(cfg, image)
 
 
 def normalize_command_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -303,3 +303,12 @@ def _parse_working_dir(value: object, require_absolute: bool) -> str:
     if ".." in value.replace("\\", "/").split("/"):
         raise ConfigInvalid(field, "must not contain '..'")
     return value
+
+
+ConfigSchema = Callable[[Mapping[str, Any], str | None], dict[str, Any]]
+
+CONFIG_SCHEMAS: dict[str, ConfigSchema] = {
+    "command": lambda cfg, _image: normalize_command_config(cfg),
+    "docker": lambda cfg, image: normalize_docker_config(cfg, image=image),
+}
+"""Task type → its config normaliser (a new client-submitted type adds one entry here)."""

@@ -1,0 +1,164 @@
+"""Local training of the reference models: minibatch SGD on softmax cross-entropy.
+
+For ``local_epochs`` epochs the participant's rows are visited in a fresh seeded permutation,
+``batch_size`` at a time (the last batch of an epoch may be short), and every weight takes the
+step ``w <- w - learning_rate * (dL/dw + mu * (w - w_global))``. The second term is FedProx's
+proximal term (Li et al. 2020, "Federated Optimization in Heterogeneous Networks": the local
+objective is ``L(w) + mu/2 * ||w - w_global||^2``); ``mu = 0`` is plain FedAvg training.
+
+The same (model, data, config, seed) always gives the same weights: the only randomness is the
+``numpy.random.default_rng(seed)`` permutation per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from parity.core.fl._params import read_float, read_int
+from parity.core.fl.aggregation import Weights, as_float32, check_same_layout
+from parity.core.fl.errors import AggregationError, ModelError
+from parity.core.fl.model import ModelSpec, evaluate, forward
+
+__all__ = ["TrainConfig", "TrainResult", "check_dataset", "parse_train_config", "train_local"]
+
+MAX_EPOCHS = 1_000
+MAX_BATCH_SIZE = 1_000_000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training settings a round's task carries to a runner."""
+
+    learning_rate: float
+    batch_size: int
+    local_epochs: int
+    mu: float = 0.0
+
+
+def parse_train_config(config: Mapping[str, Any], *, mu: Any = None) -> TrainConfig:
+    """Validate ``learning_rate``, ``batch_size`` and ``local_epochs`` (all required, no
+    defaults) and an optional FedProx ``mu``; errors name the field."""
+
+    def required(key: str) -> Any:
+        if config.get(key) is None:
+            raise ModelError(key, f"{key} is required")
+        return config[key]
+
+    learning_rate = read_float(
+        required("learning_rate"), "learning_rate", ModelError, minimum=0.0, min_exclusive=True
+    )
+    batch_size = read_int(
+        required("batch_size"), "batch_size", ModelError, minimum=1, maximum=MAX_BATCH_SIZE
+    )
+    local_epochs = read_int(
+        required("local_epochs"), "local_epochs", ModelError, minimum=1, maximum=MAX_EPOCHS
+    )
+    proximal = 0.0 if mu is None else read_float(mu, "mu", ModelError, minimum=0.0)
+    return TrainConfig(learning_rate, batch_size, local_epochs, proximal)
+
+
+def check_dataset(
+    spec: ModelSpec, x: ArrayLike, y: ArrayLike
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Features as float32 ``[rows, input_size]`` and labels as int64 in ``0..output_size-1``,
+    or an error naming what does not fit the model."""
+    features = np.asarray(x, dtype=np.float32)
+    labels = np.asarray(y)
+    if features.ndim != 2 or features.shape[1] != spec.input_size:
+        raise ModelError(
+            "features",
+            f"features have shape {list(features.shape)}; the model needs [rows, "
+            f"{spec.input_size}]",
+        )
+    if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+        raise ModelError("labels", f"{labels.shape[0]} labels for {features.shape[0]} rows")
+    if features.shape[0] == 0:
+        raise ModelError("features", "no rows to train on")
+    if not np.isfinite(features).all():
+        raise ModelError("features", "features contain NaN or infinity")
+    if labels.dtype.kind not in "iu" and not (
+        labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)
+    ):
+        raise ModelError("labels", "labels must be integer class ids")
+    as_int = labels.astype(np.int64)
+    if as_int.min() < 0 or as_int.max() >= spec.output_size:
+        raise ModelError(
+            "labels", f"labels must lie in 0..{spec.output_size - 1} (the model's output_size)"
+        )
+    return features, as_int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The trained weights, the rows trained on, the trained model's loss and accuracy on
+    those rows, and the number of SGD steps taken."""
+
+    weights: Weights
+    num_examples: int
+    loss: float
+    accuracy: float
+    steps: int
+
+
+def _gradients(
+    spec: ModelSpec,
+    weights: Mapping[str, NDArray[np.float32]],
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+) -> dict[str, NDArray[np.float32]]:
+    """Gradients of the mean softmax cross-entropy over the batch (backpropagation)."""
+    activations, logits = forward(spec, weights, x)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    probs[np.arange(y.shape[0]), y] -= 1.0
+    delta = probs / np.float32(y.shape[0])
+    grads: dict[str, NDArray[np.float32]] = {}
+    for i in range(spec.num_layers, 0, -1):
+        below = activations[i - 1]
+        grads[f"fc{i}.weight"] = delta.T @ below
+        grads[f"fc{i}.bias"] = delta.sum(axis=0)
+        if i > 1:
+            # ReLU passes the gradient only where its output (the activation below) is positive.
+            delta = (delta @ weights[f"fc{i}.weight"]) * (below > 0)
+    return grads
+
+
+def train_local(
+    spec: ModelSpec,
+    global_weights: Mapping[str, NDArray[Any]],
+    x: ArrayLike,
+    y: ArrayLike,
+    config: TrainConfig,
+    seed: int,
+) -> TrainResult:
+    """Train from ``global_weights`` on ``(x, y)``; the inputs are not modified."""
+    expected = {name: np.empty(shape, np.float32) for name, shape in spec.shapes().items()}
+    try:
+        check_same_layout(expected, global_weights, "the global model")
+    except AggregationError as exc:
+        raise ModelError(exc.field, exc.reason) from exc
+    features, labels = check_dataset(spec, x, y)
+    start = as_float32(global_weights)
+    weights = as_float32(global_weights)
+    rng = np.random.default_rng(seed)
+    lr, mu = np.float32(config.learning_rate), np.float32(config.mu)
+    n = features.shape[0]
+    steps = 0
+    for _ in range(config.local_epochs):
+        order = rng.permutation(n)
+        for begin in range(0, n, config.batch_size):
+            batch = order[begin : begin + config.batch_size]
+            grads = _gradients(spec, weights, features[batch], labels[batch])
+            for name, grad in grads.items():
+                if mu:
+                    grad = grad + mu * (weights[name] - start[name])
+                weights[name] -= lr * grad
+            steps += 1
+    result = evaluate(spec, weights, features, labels)
+    return TrainResult(weights, n, result.loss, result.accuracy, steps)

@@ -1,0 +1,70 @@
+"""The shape of ``GET /api/status`` (documented in the OpenAPI schema through these models).
+
+The status page is public: it shows counts and backend names only, never an account, a runner
+or a task."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class RunnerCounts(BaseModel):
+    """Runners by the status the runner list shows; ``busy`` is derived (online with a claim),
+    a banned runner counts as ``offline``."""
+
+    online: int
+    busy: int
+    draining: int
+    offline: int
+
+
+class TaskCounts(BaseModel):
+    """Tasks by status; every status is present, zeros included."""
+
+    pending: int
+    assigned: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    cancel_requested: int
+
+
+class Counts(BaseModel):
+    accounts: int
+    runners: RunnerCounts
+    tasks: TaskCounts
+
+
+class QueueDepth(BaseModel):
+    pending: int = Field(description="tasks waiting for a runner")
+    ready: int = Field(
+        description="pending tasks claimable now (not held back by a retry back-off or not_before)"
+    )
+    oldest_pending_age_seconds: float | None = Field(
+        description="seconds since the oldest pending task was created; null when none is pending"
+    )
+
+
+class Backends(BaseModel):
+    database: str = Field(description="sqlite or postgresql")
+    content_store: str
+    chain: str = Field(description="off, ok, wrong_chain, no_contract or unreachable")
+    wakeups: Literal["postgres-notify", "in-process"]
+    wakeup_peers: int = Field(description="other replicas heard on the wake-up relay")
+
+
+class StatusRead(BaseModel):
+    service: str
+    version: str
+    uptime_seconds: float
+    mode: Literal["embedded", "postgresql"]
+    counts: Counts
+    queue: QueueDepth
+    backends: Backends
+    storage: dict[str, Any]
+    chain: dict[str, Any]
+    billing: dict[str, Any]
+    draining: bool
