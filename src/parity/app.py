@@ -18,11 +18,17 @@ from parity.container import Container
 from parity.db import migrate
 from parity.events.delivery import DeliveryLoop
 from parity.events.router import router as events_router
+from parity.gateway.ollama import router as ollama_router
+from parity.gateway.openai import router as openai_router
+from parity.gateway.runner_stream import router as runner_stream_router
 from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob
 from parity.ledger import service as ledger_service
 from parity.ledger.router import router as ledger_router
 from parity.ledger.settlement import settlement_worker
+from parity.llm import billing as llm_billing
+from parity.llm.jobs import prompts_job
+from parity.llm.router import router as llm_router
 from parity.logging import get_logger
 from parity.network.router import router as runners_router
 from parity.relay import WakeRelay, asyncpg_dsn
@@ -45,11 +51,13 @@ def api_router() -> APIRouter:
     api.include_router(auth_router)
     # Runner-side task routes first: /runners/tasks/... must not be read as /runners/{id}.
     api.include_router(runner_tasks_router)
+    api.include_router(runner_stream_router)
     api.include_router(runners_router)
     api.include_router(tasks_router)
     api.include_router(events_router)
     api.include_router(storage_router)
     api.include_router(ledger_router)
+    api.include_router(llm_router)
     return api
 
 
@@ -65,6 +73,7 @@ def build_jobs(container: Container) -> list[PeriodicJob]:
         liveness_job(deps, container.runners, tick, s.offline_timeout_seconds),
         offer_expiry_job(deps, tick),
         reoffer_job(deps, tick),
+        prompts_job(container.llm, tick),
     ]
 
 
@@ -85,6 +94,7 @@ def create_app(
     container: Container, *, run_migrations: bool = True, start_jobs: bool = True
 ) -> FastAPI:
     settings = container.settings
+    llm_billing.register()  # prompts close their escrow by tokens
     jobs = JobRunner(container.db, container.clock, build_jobs(container))
     pushes = PushLoop(
         container.db,
@@ -167,6 +177,9 @@ def create_app(
     app.include_router(api, prefix=f"{prefix}/v1")
     app.include_router(api, prefix=prefix, include_in_schema=False)
     app.include_router(root_router)
+    # The compatible gateways live at the root (/v1/..., /ollama/api/...), beside /api.
+    app.include_router(openai_router)
+    app.include_router(ollama_router)
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_body_bytes,

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     push_interval_seconds: float = Field(1.0, gt=0)
     runner_min_version: str = "0.0.0"
 
+    # -- LLM prompts
+    llm_queue_timeout_seconds: float = Field(120.0, gt=0)
+    llm_default_max_tokens: int = Field(512, ge=1)
+    # The OpenAI/Ollama-compatible gateway: how long a request waits for its prompt.
+    llm_gateway_timeout_seconds: float = Field(300.0, gt=0)
+
     # -- identity
     admin_addresses: str = ""
     auth_session_ttl_seconds: int = Field(86400, gt=0)

@@ -23,6 +23,8 @@ from parity.events.delivery import DeliveryDeps
 from parity.events.hub import EventHub
 from parity.events.service import EventDeps
 from parity.ledger.deps import LedgerDeps, StakeReader
+from parity.llm.deps import LlmDeps
+from parity.llm.streams import LocalStreamBus, StreamBus
 from parity.relay import WakeRelay
 from parity.runners.service import RunnerConfig
 from parity.storage.factory import open_content_store
@@ -50,6 +52,7 @@ class Container:
     relay: WakeRelay | None = None  # cross-replica wake-ups (PostgreSQL LISTEN/NOTIFY)
     wakeups: WakeHub = field(default_factory=WakeHub)
     event_hub: EventHub = field(default_factory=EventHub)
+    streams: StreamBus = field(default_factory=LocalStreamBus)  # LLM token deltas (one replica)
     # The chain start-up check's verdict (None until the lifespan or run_server ran it) and
     # when it was taken (monotonic seconds), so /api/status can re-check an unreachable node.
     chain_status: ChainStatus | None = None
@@ -74,6 +77,15 @@ class Container:
             max_pending_total=s.task_max_pending_total,
             events=self.events,
             ledger=self.ledger,
+        )
+
+    @functools.cached_property
+    def llm(self) -> LlmDeps:
+        s = self.settings
+        return LlmDeps(
+            tasks=self.tasks,
+            queue_timeout_seconds=s.llm_queue_timeout_seconds,
+            default_max_tokens=s.llm_default_max_tokens,
         )
 
     @functools.cached_property

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,15 @@ from parity.agent.client import ServerClient, ServerError
 from parity.agent.executors import Executor
 from parity.agent.executors.command import CommandExecutor, SandboxMode, detect_sandbox
 from parity.agent.executors.docker import DockerExecutor, HttpDockerEngine
+from parity.agent.llm import (
+    BackendSpec,
+    LlmExecutor,
+    ModelDiscovery,
+    build_backend,
+    parse_backend_spec,
+    parse_backend_specs,
+    parse_price_specs,
+)
 from parity.agent.loop import Runner, RunnerOptions
 from parity.chain.keystore import KeystoreError, load_account
 from parity.cli.auth import default_keystore_path
@@ -23,6 +33,7 @@ from parity.cli.credentials import credentials_path
 from parity.cli.help_width import widen_help_without_terminal
 from parity.cli.passwords import password_from_env_or_prompt
 from parity.cli.server_url import ServerUrlError, resolve_server_url
+from parity.core.llm.metering import LlmPrice
 from parity.logging import configure_logging, get_logger
 
 log = get_logger("parity.runner")
@@ -59,6 +70,29 @@ def _labels(values: list[str]) -> dict[str, str]:
             raise typer.BadParameter(f"label {v!r} must be key=value")
         out[k] = val
     return out
+
+
+def llm_config(
+    backends: list[str],
+    prices: list[str],
+    ollama_url: str | None,
+    env: Mapping[str, str] = os.environ,
+) -> tuple[list[BackendSpec], dict[str, LlmPrice]]:
+    """The LLM backends and prices from the flags, else ``PARITY_LLM_BACKENDS`` /
+    ``PARITY_LLM_PRICES``; ``--ollama-url`` (the older flag) adds an Ollama backend. A bad
+    value is a usage error naming the flag or variable."""
+    try:
+        specs = parse_backend_specs(backends, env.get("PARITY_LLM_BACKENDS"))
+        if ollama_url:
+            specs = list(
+                dict.fromkeys(
+                    [*specs, parse_backend_spec(f"ollama={ollama_url}", source="--ollama-url")]
+                )
+            )
+        price_map = parse_price_specs(prices, env.get("PARITY_LLM_PRICES"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return specs, price_map
 
 
 def _account(keystore: Path) -> Any:
@@ -169,13 +203,39 @@ def main_cmd(
     docker_socket: Annotated[
         str, typer.Option(envvar="RUNNER_DOCKER_SOCKET")
     ] = "/var/run/docker.sock",
-    ollama_url: Annotated[str | None, typer.Option(envvar="RUNNER_OLLAMA_URL")] = None,
+    ollama_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RUNNER_OLLAMA_URL",
+            metavar="URL",
+            help="An Ollama server (the same as --llm-backend ollama=URL)",
+        ),
+    ] = None,
+    llm_backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--llm-backend",
+            metavar="KIND=URL",
+            help="An LLM server to run llm tasks on, KIND openai (vLLM, llama.cpp server, LM "
+            "Studio) or ollama (repeatable; default: PARITY_LLM_BACKENDS, comma-separated)",
+        ),
+    ] = None,
+    llm_price: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--llm-price",
+            metavar="MODEL=IN/OUT",
+            help="This runner's price for MODEL per 1000 input/output tokens, in base units "
+            "(repeatable; default: PARITY_LLM_PRICES, comma-separated)",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="LOG_LEVEL")] = "info",
 ) -> None:
     """Run the runner until SIGTERM/SIGINT (it then finishes or releases its work)."""
     if ctx.invoked_subcommand is not None:
         return
     configure_logging(log_level, "json")
+    llm_specs, llm_prices = llm_config(llm_backend or [], llm_price or [], ollama_url)
     keystore_path = _keystore(keystore)
     url = _server(server, keystore_path)
     account = _account(keystore_path)
@@ -189,9 +249,10 @@ def main_cmd(
     if command.available:
         executors["command"] = command
     has_docker = asyncio.run(engine.ping())
+    llm_names = " ".join(f"{s.kind}={s.url}" for s in llm_specs) or "none"
     typer.echo(
         f"parity-runner {RUNNER_VERSION}: sandbox={mode.value} "
-        f"docker={'yes' if has_docker else 'no'}",
+        f"docker={'yes' if has_docker else 'no'} llm={llm_names}",
         err=True,
     )
     options = RunnerOptions(
@@ -206,7 +267,8 @@ def main_cmd(
         claim_wait=claim_wait,
         grace_seconds=grace_seconds,
         labels=_labels(label or []),
-        ollama_url=ollama_url,
+        # --ollama-url is one of the LLM backends: its models are discovered (and priced) there.
+        ollama_url=None,
     )
 
     async def go() -> None:
@@ -214,7 +276,12 @@ def main_cmd(
         if has_docker:
             # image_cid images are streamed from the server's content store into the engine.
             executors["docker"] = DockerExecutor(engine, fetch=client.download)
-        runner = Runner(options, account, client, executors, engine if has_docker else None)
+        models: ModelDiscovery | None = None
+        if llm_specs:
+            llm = LlmExecutor([build_backend(spec) for spec in llm_specs])
+            executors["llm"] = llm
+            models = ModelDiscovery(llm, llm_prices)
+        runner = Runner(options, account, client, executors, engine if has_docker else None, models)
         client.on_push_refused = lambda refusal: _pull_instead_of_push(runner, refusal)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,6 +289,8 @@ def main_cmd(
         try:
             await runner.run()
         finally:
+            if models is not None:
+                await models.aclose()
             await client.close()
 
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -128,6 +129,28 @@ class ServerClient:
     async def transition(self, task_id: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         r = await self.http.post(
             f"/api/v1/runners/tasks/{task_id}/{action}", json=body, headers=self._auth()
+        )
+        _raise(r)
+        return dict(r.json())
+
+    async def stream(self, task_id: str, token: str, deltas: AsyncIterator[str]) -> dict[str, Any]:
+        """Relay an llm task's token deltas as one chunked NDJSON request (fenced by the claim
+        token in ``X-Claim-Token``); answers once ``deltas`` ends."""
+
+        async def body() -> AsyncIterator[bytes]:
+            async for text in deltas:
+                yield (json.dumps({"delta": text}) + "\n").encode()
+
+        r = await self.http.post(
+            f"/api/v1/runners/tasks/{task_id}/stream",
+            content=body(),
+            headers={
+                **self._auth(),
+                "X-Claim-Token": token,
+                "Content-Type": "application/x-ndjson",
+            },
+            # Open as long as the backend generates.
+            timeout=httpx.Timeout(15.0, read=None, write=None),
         )
         _raise(r)
         return dict(r.json())

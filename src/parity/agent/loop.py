@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -15,14 +15,22 @@ from parity.agent.capabilities import detect
 from parity.agent.client import ServerClient, ServerError
 from parity.agent.executors import CancelToken, Executor, Outcome
 from parity.agent.executors.docker import DockerEngine
+from parity.agent.llm.executor import LlmExecutor
 from parity.agent.push import PushReceiver
+from parity.agent.token_stream import TokenStream
 from parity.logging import get_logger
+
+if TYPE_CHECKING:
+    from parity.agent.llm.discovery import ModelDiscovery
 
 MAX_DEFERRED_OFFERS = 64  # a runner keeps at most this many offers it had no room for
 # While stopping, each step that waits on the server waits at most this long: a server that is
 # down or hung must not hold up the exit (what is left is handed back by the offline heartbeat
 # or, failing that, by lease expiry).
 STOP_STEP_SECONDS = 3.0
+# A heartbeat waits at most this long for the LLM backends' model lists; a slower listing
+# finishes in the background and goes out with a later beat.
+MODEL_REPORT_WAIT_SECONDS = 2.0
 log = get_logger("parity.runner")
 
 
@@ -49,6 +57,7 @@ class Active:
     cancel: CancelToken
     job: asyncio.Task[None] | None = None
     revoked: bool = False
+    stream: TokenStream | None = None  # an llm task's token deltas, once the first came
 
 
 class Runner:
@@ -59,12 +68,14 @@ class Runner:
         client: ServerClient,
         executors: dict[str, Executor],
         docker: DockerEngine | None = None,
+        llm_models: ModelDiscovery | None = None,
     ) -> None:
         self.o = options
         self.account = account
         self.client = client
         self.executors = executors
         self.docker = docker
+        self.llm_models = llm_models
         self.active: dict[str, Active] = {}
         self.claiming = 0  # offer claims in flight: they hold a slot until answered
         # Offers that came while every slot was taken (concurrent placements on the server can
@@ -80,6 +91,9 @@ class Runner:
         self.completed = 0
         self.failed = 0
         self.runner_id: str | None = None
+        llm = executors.get("llm")
+        if isinstance(llm, LlmExecutor) and llm.token_sink is None:
+            llm.token_sink = self._on_token  # tasks with ``stream: true`` stream their tokens
 
     def stop(self) -> None:
         self.stopping.set()
@@ -103,6 +117,8 @@ class Runner:
         }
         if "docker" not in self.executors:
             body["capabilities"]["docker"] = False
+        if self.llm_models is not None:
+            body["models"] = [*body["models"], *await self.llm_models.discover()]
         background: list[asyncio.Task[Any]] = []
         if self.o.push:
             self.push = PushReceiver(self.o.push_host, self.o.push_port, self._on_offer)
@@ -194,14 +210,17 @@ class Runner:
                 log.warning("heartbeat_failed", error=str(exc)[:200])
 
     async def heartbeat_once(self) -> dict[str, Any]:
-        answer = await self.client.heartbeat(
-            {
-                "status": "draining" if self.stopping.is_set() else "online",
-                "cpu_usage": psutil.cpu_percent(interval=None) / 100.0,
-                "memory_usage": psutil.virtual_memory().percent / 100.0,
-                "claims": sorted({a.token for a in self.active.values()}),
-            }
-        )
+        beat: dict[str, Any] = {
+            "status": "draining" if self.stopping.is_set() else "online",
+            "cpu_usage": psutil.cpu_percent(interval=None) / 100.0,
+            "memory_usage": psutil.virtual_memory().percent / 100.0,
+            "claims": sorted({a.token for a in self.active.values()}),
+        }
+        if self.llm_models is not None:
+            # Every beat: a backend that was down comes back, one that went down drops out.
+            wait = min(MODEL_REPORT_WAIT_SECONDS, self.o.heartbeat_interval / 2)
+            beat["models"] = await self.llm_models.current(wait)
+        answer = await self.client.heartbeat(beat)
         revoked = set(answer.get("revoked", []))
         cancel = {str(x) for x in answer.get("cancel", [])}
         for a in list(self.active.values()):
@@ -285,6 +304,9 @@ class Runner:
                 outcome = Outcome(False, None, "", f"this runner cannot run {task['type']} tasks")
             else:
                 outcome = await executor.run(task, sink, a.cancel)
+            if a.stream is not None:
+                # The last deltas reach the server before the outcome does.
+                await a.stream.close(STOP_STEP_SECONDS)
             if not a.revoked:
                 await self._report(a, outcome)
         except ServerError as exc:
@@ -295,9 +317,19 @@ class Runner:
                 with contextlib.suppress(Exception):
                     await self._report(a, Outcome(False, None, "", f"runner error: {exc}"[:1000]))
         finally:
+            if a.stream is not None and not a.stream.closed:
+                await a.stream.close(0)
             self.active.pop(a.task_id, None)
             self.slot_freed.set()
             self._claim_deferred()
+
+    async def _on_token(self, task: dict[str, Any], text: str) -> None:
+        a = self.active.get(str(task.get("id")))
+        if a is None or a.revoked:
+            return
+        if a.stream is None:
+            a.stream = TokenStream(self.client, a.task_id, a.token)
+        a.stream.send(text)
 
     def _claim_deferred(self) -> None:
         """A slot freed: claim the oldest deferred offers that now fit (one that expired or
@@ -332,6 +364,12 @@ class Runner:
                 "error": outcome.error or "failed",
                 "exit_code": outcome.exit_code,
             }
+            if outcome.usage:
+                # What a failed or cancelled run used (an llm task: the tokens delivered before
+                # it broke off), so the server can bill partial work; it ignores what it does
+                # not read.
+                body["usage"] = outcome.usage
+                body["output"] = outcome.output
             action = "fail"
         # Same token, same transition: safe to retry after a timeout.
         for attempt in range(5):

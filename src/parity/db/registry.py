@@ -5,6 +5,7 @@ from parity.db.base import Base
 from parity.events import models as event_models
 from parity.idempotency import models as idempotency_models
 from parity.ledger import models as ledger_models
+from parity.llm import models as llm_models
 from parity.runners import models as runner_models
 from parity.storage import models as storage_models
 from parity.tasks import models as task_models
@@ -15,6 +16,7 @@ __all__ = [
     "event_models",
     "idempotency_models",
     "ledger_models",
+    "llm_models",
     "runner_models",
     "storage_models",
     "task_models",

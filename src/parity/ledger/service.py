@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.chain.stake_ids import StakeIdError, stake_id
-from parity.core.billing.postings import available, payment_legs
+from parity.core.billing.postings import Leg, available, payment_legs
 from parity.core.billing.pricing import metered_amount, reservation_amount
 from parity.core.billing.units import format_token_amount, parse_token_amount
 from parity.db.pagination import Cursor
@@ -25,6 +25,8 @@ from parity.ledger.models import Entry, Posting, Reservation, Settlement
 
 TASK = "task"
 TASK_PAYMENT = "task_payment"
+PROMPT = "prompt"
+PROMPT_PAYMENT = "prompt_payment"
 
 
 def client_account(address: str) -> str:
@@ -271,6 +273,118 @@ async def close_task(
         },
         created_at=now,
     )
+    await _post(session, posting, legs)
+    return posting
+
+
+async def reserve_amount(
+    session: AsyncSession,
+    deps: LedgerDeps,
+    *,
+    source_type: str,
+    source_id: str,
+    client: str,
+    amount: int,
+    price_snapshot: dict[str, Any],
+    stake: int | None = None,
+    what: str,
+) -> Reservation | None:
+    """Hold ``amount`` (work priced by its own domain, e.g. a prompt's tokens) from the
+    client's available balance; 409 ``insufficient_funds`` naming the amounts when it does not
+    fit. ``what`` says in words what the amount pays for. None when pricing is off or the
+    amount is zero."""
+    if not deps.pricing_enabled or amount <= 0:
+        return None
+    account = client_account(client)
+    await repo.lock_account(session, account)
+    current = await balance(session, deps, account, stake=stake)
+    if amount > current.available:
+        decimals = await deps.stakes.decimals()
+        symbol = await deps.stakes.symbol(deps.token_symbol)
+
+        def tokens(units: int) -> str:
+            return f"{format_token_amount(units, decimals)} {symbol} ({units} base units)"
+
+        missing = amount - current.available
+        raise InsufficientFunds(
+            f"{what} reserves up to {tokens(amount)} in escrow; {account} has "
+            f"{tokens(max(current.available, 0))} available (stake {tokens(current.stake)}, "
+            f"held for other work {tokens(current.reserved)}, owed "
+            f"{tokens(current.unsettled_debits)}): {tokens(missing)} missing. Stake more "
+            "(parity-server stake) or ask for less.",
+            details={
+                "required": str(amount),
+                "available": str(current.available),
+                "missing": str(missing),
+            },
+        )
+    reservation = Reservation(
+        id=uuid.uuid4(),
+        account=account,
+        source_type=source_type,
+        source_id=source_id,
+        amount=amount,
+        price=price_snapshot,
+        status="open",
+        created_at=deps.clock.now(),
+        closed_at=None,
+    )
+    await repo.add(session, reservation)
+    return reservation
+
+
+async def close_with_amount(
+    session: AsyncSession,
+    deps: LedgerDeps,
+    *,
+    source_type: str,
+    source_id: str,
+    kind: str,
+    amount: int | None,
+    payee: str | None,
+    facts: dict[str, Any],
+) -> Posting | None:
+    """Close the open escrow of a piece of work metered by its own domain: with an ``amount``
+    and a ``payee``, post one payment of ``min(amount, reserved)`` (client -P, payee +(P-fee),
+    protocol +fee) and consume the reservation; otherwise release it. No open reservation
+    (unpriced work, or already closed) does nothing; a posting already there is never written
+    twice (unique per source and kind)."""
+    reservation = await repo.reservation_for(session, source_type, source_id, lock=True)
+    if reservation is None or reservation.status != "open":
+        return None
+    now = deps.clock.now()
+    reservation.closed_at = now
+    if amount is None or payee is None:
+        reservation.status = "released"
+        await session.flush()
+        return None
+    reservation.status = "consumed"
+    if await repo.posting_for(session, source_type, source_id, kind) is not None:
+        await session.flush()
+        return None
+    billed = min(max(amount, 0), reservation.amount)
+    legs = payment_legs(
+        reservation.account, payee, billed, fee_bps=deps.fee_bps, protocol=deps.protocol_account
+    )
+    posting = Posting(
+        id=uuid.uuid4(),
+        source_type=source_type,
+        source_id=source_id,
+        kind=kind,
+        facts={
+            **facts,
+            "reserved": str(reservation.amount),
+            "amount": str(billed),
+            "fee_bps": deps.fee_bps,
+        },
+        created_at=now,
+    )
+    await _post(session, posting, legs)
+    return posting
+
+
+async def _post(session: AsyncSession, posting: Posting, legs: list[Leg]) -> None:
+    """Store a posting and its legs (none for a posting of zero)."""
     entries = [
         Entry(
             id=uuid.uuid4(),
@@ -281,14 +395,13 @@ async def close_task(
             counterparty=leg.counterparty,
             settlement_id=None,
             settled_at=None,
-            created_at=now,
+            created_at=posting.created_at,
         )
         for leg in legs
     ]
     await repo.add(session, posting)
     if entries:
         await repo.add(session, *entries)
-    return posting
 
 
 @dataclass(frozen=True)

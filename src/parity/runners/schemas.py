@@ -4,7 +4,22 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from parity.core.billing.units import AmountError, parse_base_units
+
+
+def base_units_or_none(v: object) -> str | None:
+    """A token amount field: a decimal string (or int) of base units, normalised; floats are
+    refused (amounts are exact)."""
+    if v is None:
+        return None
+    if not isinstance(v, str | int):
+        raise ValueError("must be a decimal string of base units")
+    try:
+        return str(parse_base_units(v))
+    except AmountError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class Capabilities(BaseModel):
@@ -16,11 +31,28 @@ class Capabilities(BaseModel):
     fl: bool = False
 
 
+def _unset(value: object) -> bool:
+    return value is None
+
+
 class ModelInfo(BaseModel):
+    """A model a runner reports. Prices are base units per 1,000 tokens as decimal strings
+    (floats refused); other keys a runner sends are kept as they are."""
+
     model_config = ConfigDict(extra="allow")
     model_name: str = Field(min_length=1, max_length=200)
     is_loaded: bool = True
     max_tokens: int = Field(4096, ge=1, le=10_000_000)
+    # Optional facts, shown only when reported (the shape is otherwise unchanged).
+    context_length: int | None = Field(None, ge=1, le=100_000_000, exclude_if=_unset)
+    quantization: str | None = Field(None, max_length=64, exclude_if=_unset)
+    price_per_1k_input: str | None = Field(None, exclude_if=_unset)
+    price_per_1k_output: str | None = Field(None, exclude_if=_unset)
+
+    @field_validator("price_per_1k_input", "price_per_1k_output", mode="before")
+    @classmethod
+    def _base_units(cls, v: object) -> str | None:
+        return base_units_or_none(v)
 
 
 class RunnerRegister(BaseModel):

@@ -84,6 +84,18 @@ async def start(
     return f.task
 
 
+async def current_attempt(
+    session: AsyncSession, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
+) -> tuple[Task, int]:
+    """The task and attempt number of a claim that is current and active (assigned, running,
+    cancel requested), else the fence's refusal: for runner calls that change no state (the
+    streaming leg)."""
+    f = await _fence(session, task_id, runner_id, hash_token(token))
+    if not f.current:
+        raise _not_current(f, "stream")
+    return f.task, f.attempt.attempt
+
+
 @dataclass(frozen=True)
 class Report:
     """What a runner reports with a completion."""

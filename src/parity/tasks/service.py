@@ -24,15 +24,14 @@ from parity.tasks import queue_repository as queue_repo
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.errors import (
-    QueueFull,
     TaskNotCancellable,
     TaskNotEditable,
     TaskNotFound,
-    TooManyPending,
 )
 from parity.tasks.events import emit_task_event
 from parity.tasks.models import RunnerPush, Task, TaskAttempt, TaskLog, TaskResult
 from parity.tasks.queue import transitions as tr
+from parity.tasks.rows import check_pending_limits, new_task
 from parity.tasks.schemas import ResourcesIn, TaskCreate, TaskUpdate
 
 CLIENT_TYPES = [TaskType.COMMAND.value, TaskType.DOCKER.value]
@@ -74,24 +73,21 @@ async def create_task(
     task_type, raw_config = _legacy_config(body)
     config = _config(task_type, raw_config, body.image)
     now = deps.clock.now()
-    if await repo.count_pending(session, principal.address) >= deps.max_pending_per_client:
-        raise TooManyPending(
-            f"you have {deps.max_pending_per_client} pending tasks; wait for some to run"
-        )
-    if await repo.count_pending(session, None) >= deps.max_pending_total:
-        raise QueueFull(f"the queue holds {deps.max_pending_total} pending tasks; retry later")
+    await check_pending_limits(session, deps, principal.address)
     res = body.resources or ResourcesIn()
     not_before = body.not_before
     if not_before is not None and not_before.tzinfo is None:
         raise InvalidInput("not_before", "must carry a timezone (UTC ISO-8601)")
     timeout = body.timeout_seconds or config.get("timeout_seconds")
-    task = Task(
-        id=uuid.uuid4(),
+    task = new_task(
+        deps,
+        now,
+        task_type=task_type,
         title=body.title,
-        description=body.description,
-        type=task_type,
-        status=tr.INITIAL.value,
         config=config,
+        creator=principal.address,
+        max_attempts=body.max_attempts,
+        description=body.description,
         environment=body.environment,
         req_cpu_cores=res.cpu_cores,
         req_memory_mb=res.memory_mb,
@@ -100,24 +96,7 @@ async def create_task(
         required_labels=dict(body.labels),
         priority=body.priority,
         timeout_seconds=timeout,
-        creator_address=principal.address,
-        nonce=deps.random_bytes(32).hex(),
-        max_attempts=body.max_attempts,
-        attempts=0,
-        releases=0,
         available_at=max(not_before, now) if not_before else now,
-        target_runner_id=None,
-        offer_expires_at=None,
-        runner_id=None,
-        claim_token_hash=None,
-        lease_expires_at=None,
-        started_at=None,
-        completed_at=None,
-        cancel_requested_at=None,
-        last_error=None,
-        log_bytes=0,
-        created_at=now,
-        updated_at=now,
     )
     await billing.gate_and_reserve(session, deps, task)
     await repo.add(session, task)
@@ -174,14 +153,38 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
             excluded,
             choose_runner(need, labels, loads, excluded),
         )
-    wakeups = deps.wakeups
     if target is not None:
-        task.target_runner_id = target
-        task.offer_expires_at = now + timedelta(seconds=deps.offer_seconds)
+        expires = now + timedelta(seconds=deps.offer_seconds)
+        await offer_to(session, deps, task, target, now, push=True, expires=expires)
+    else:
+        wakeups = deps.wakeups
+
+        def wake_one() -> None:
+            wakeups.wake_any(1)
+
+        after_commit(session, wake_one)
+    return target
+
+
+async def offer_to(
+    session: AsyncSession,
+    deps: TaskDeps,
+    task: Task,
+    runner_id: uuid.UUID,
+    now: datetime,
+    *,
+    push: bool,
+    expires: datetime | None,
+) -> None:
+    """Target ``task`` at a runner: queue its signed ``task.offered`` push when it has a push
+    URL, and wake it after commit (its long-poll, and the push loop)."""
+    task.target_runner_id = runner_id
+    task.offer_expires_at = expires
+    if push:
         session.add(
             RunnerPush(
                 id=uuid.uuid4(),
-                runner_id=target,
+                runner_id=runner_id,
                 task_id=task.id,
                 payload={"type": "task.offered", "task_id": str(task.id), "title": task.title},
                 attempts=0,
@@ -192,22 +195,16 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
                 created_at=now,
             )
         )
-        await session.flush()
-        await emit_task_event(session, deps, "task.offered", task, runner_id=str(target))
-        runner_id = target
+    await session.flush()
+    await emit_task_event(session, deps, "task.offered", task, runner_id=str(runner_id))
+    wakeups = deps.wakeups
 
-        def wake_target() -> None:
-            wakeups.wake_runner(runner_id)
+    def wake_target() -> None:
+        wakeups.wake_runner(runner_id)
+        if push:
             wakeups.poke_pushes()
 
-        after_commit(session, wake_target)
-    else:
-
-        def wake_one() -> None:
-            wakeups.wake_any(1)
-
-        after_commit(session, wake_one)
-    return target
+    after_commit(session, wake_target)
 
 
 async def _reserve_runner(

@@ -2,6 +2,7 @@
 and the ``llm`` task executor."""
 
 from parity.agent.llm.backend import Completion, LlmBackend, ModelInfo, Timeouts, TokenChunk
+from parity.agent.llm.discovery import ModelDiscovery
 from parity.agent.llm.errors import (
     BackendError,
     BackendRejected,
@@ -17,6 +18,8 @@ from parity.agent.llm.specs import (
     build_backend,
     parse_backend_spec,
     parse_backend_specs,
+    parse_price_spec,
+    parse_price_specs,
 )
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "Completion",
     "LlmBackend",
     "LlmExecutor",
+    "ModelDiscovery",
     "ModelInfo",
     "ModelNotFound",
     "OllamaBackend",
@@ -38,5 +42,7 @@ __all__ = [
     "build_backend",
     "parse_backend_spec",
     "parse_backend_specs",
+    "parse_price_spec",
+    "parse_price_specs",
     "run_prompt",
 ]

@@ -15,14 +15,15 @@ when the client goes away) and reports the partial text with ``cancelled``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from parity.agent.executors import CancelToken, LogSink, Outcome
 from parity.agent.llm.backend import Completion, LlmBackend, ModelInfo, TokenChunk
 from parity.agent.llm.errors import BackendError, ModelNotFound
-from parity.core.llm.request import LlmRequest, parse_llm_config
+from parity.core.llm.metering import LlmPrice
+from parity.core.llm.request import MAX_OUTPUT_TOKENS, LlmRequest, parse_llm_config
 from parity.core.tasks.config import ConfigInvalid
 
 __all__ = ["LlmExecutor", "PromptResult", "TokenSink", "run_prompt"]
@@ -31,6 +32,7 @@ TokenSink = Callable[[dict[str, Any], str], Awaitable[None]]
 """Receives (task, text chunk) for streaming tasks, in order."""
 
 DEFAULT_TOTAL_SECONDS = 600.0
+DEFAULT_MAX_TOKENS = 4096  # what the server assumes of a model reported without a limit
 
 
 @dataclass
@@ -119,6 +121,9 @@ class LlmExecutor:
         self._serving: dict[str, LlmBackend] = {}
         self._models: dict[str, ModelInfo] = {}
         self._refresh_lock = asyncio.Lock()
+        # The backends the last refresh could not list (``kind url`` -> why): they report no
+        # models until a later refresh reaches them.
+        self.unreachable: dict[str, BackendError] = {}
 
     async def refresh(self) -> list[tuple[LlmBackend, ModelInfo]]:
         """List every backend's models and rebuild the model→backend map. A backend that is
@@ -130,10 +135,12 @@ class LlmExecutor:
             )
             serving: dict[str, LlmBackend] = {}
             models: dict[str, ModelInfo] = {}
+            unreachable: dict[str, BackendError] = {}
             for backend, listing in zip(self.backends, listings, strict=True):
                 if isinstance(listing, BaseException):
                     if not isinstance(listing, BackendError):
                         raise listing
+                    unreachable[_label(backend)] = listing
                     continue
                 for info in listing:
                     found.append((backend, info))
@@ -141,25 +148,50 @@ class LlmExecutor:
                         serving[info.name] = backend
                         models[info.name] = info
             self._serving, self._models = serving, models
+            self.unreachable = unreachable
             return found
 
-    async def models_report(self) -> list[dict[str, Any]]:
-        """The models to report at registration and heartbeat, one entry per model name."""
+    async def models_report(
+        self, prices: Mapping[str, LlmPrice] | None = None
+    ) -> list[dict[str, Any]]:
+        """The models to report at registration and heartbeat, one entry per model name, with
+        this runner's price per 1,000 input and output tokens where ``prices`` has one
+        (decimal strings of base units, like every amount)."""
         await self.refresh()
         report = []
         for info in self._models.values():
             entry: dict[str, Any] = {
                 "model_name": info.name,
                 "is_loaded": info.loaded,
+                # No answer is longer than the context (nor than a request may ask for);
+                # without a context length, what the server assumes.
+                "max_tokens": min(info.context_length, MAX_OUTPUT_TOKENS)
+                if info.context_length
+                else DEFAULT_MAX_TOKENS,
                 "backend": self._serving[info.name].kind,
             }
             if info.context_length is not None:
                 entry["context_length"] = info.context_length
-                entry["max_tokens"] = info.context_length  # no answer is longer than the context
             if info.quantization is not None:
                 entry["quantization"] = info.quantization
+            price = (prices or {}).get(info.name)
+            if price is not None:
+                snapshot = price.snapshot()
+                entry["price_per_1k_input"] = snapshot["input_per_1k"]
+                entry["price_per_1k_output"] = snapshot["output_per_1k"]
             report.append(entry)
         return report
+
+    def served_by(self) -> dict[str, list[str]]:
+        """The model names each backend (``kind url``) serves, as of the last refresh."""
+        out: dict[str, list[str]] = {}
+        for name, backend in self._serving.items():
+            out.setdefault(_label(backend), []).append(name)
+        return out
+
+    async def aclose(self) -> None:
+        """Close every backend's connections."""
+        await asyncio.gather(*(b.aclose() for b in self.backends), return_exceptions=True)
 
     async def backend_for(self, model: str) -> LlmBackend:
         """The backend serving ``model`` (refreshing the map once on a miss)."""
@@ -205,6 +237,10 @@ class LlmExecutor:
         if result.error is not None:
             return Outcome(False, None, result.text, str(result.error), usage=usage)
         return Outcome(True, 0, result.text, usage=usage)
+
+
+def _label(backend: LlmBackend) -> str:
+    return f"{backend.kind} {backend.base_url}"
 
 
 def _usage(request: LlmRequest, backend: LlmBackend, result: PromptResult) -> dict[str, Any]:

@@ -1,0 +1,160 @@
+"""`parity-server llm`: the models the network serves, and a prompt from the command line (its
+answer on stdout). Talks to a server over HTTP with the session `parity-server auth` stored for
+the keystore's address (or --token); the server is chosen by :mod:`parity.cli.server_url`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from parity.chain.keystore import KeystoreError, read_address
+from parity.cli.auth import default_keystore_path
+from parity.cli.credentials import CredentialsError, credentials_path, load_token
+from parity.cli.server_url import ServerUrlError, resolve_server_url
+from parity.cli.storage import KeystoreOpt, ServerOpt, TokenOpt
+
+llm_app = typer.Typer(
+    name="llm",
+    help="LLM prompts: list the models online runners serve, send a prompt.",
+    no_args_is_help=True,
+)
+
+API = "/api/v1/llm"
+CONNECT_TIMEOUT_S = 10.0
+MAX_WAIT_S = 30.0
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _connect(
+    server: str | None, keystore: Path | None, token: str | None, read_timeout: float
+) -> httpx.Client:
+    path = keystore.expanduser() if keystore is not None else default_keystore_path()
+    try:
+        choice = resolve_server_url(server, credentials=credentials_path(path))
+        if token is None:
+            address = read_address(path) if path.exists() else None
+            stored = load_token(credentials_path(path), choice.url, address)
+            if stored is None:
+                raise _fail(
+                    f"no session on {choice.describe()}: run `parity-server auth --server "
+                    f"{choice.url} --keystore {path}` or pass --token"
+                )
+            token = stored.token
+    except (ServerUrlError, CredentialsError, KeystoreError) as exc:
+        raise _fail(str(exc)) from None
+    return httpx.Client(
+        base_url=choice.url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S),
+    )
+
+
+def _call(client: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Response:
+    try:
+        return client.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {client.base_url}: {exc}") from None
+
+
+def _refused(response: httpx.Response) -> typer.Exit:
+    try:
+        err = response.json().get("error", {})
+        return _fail(f"{err.get('message')} ({err.get('code')})")
+    except (ValueError, AttributeError):
+        return _fail(f"HTTP {response.status_code}")
+
+
+@llm_app.command("models")
+def models_cmd(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The models of the online runners: runners reporting each, loaded anywhere, lowest price
+    per 1,000 tokens (base units), largest context."""
+    with _connect(server, keystore, token, 30.0) as client:
+        r = _call(client, "GET", f"{API}/models")
+    if r.status_code != 200:
+        raise _refused(r)
+    doc = r.json()
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    if not doc["models"]:
+        typer.echo("no online runner reports a model", err=True)
+        return
+    rows = [("MODEL", "LOADED", "RUNNERS", "IN/1K", "OUT/1K", "CONTEXT")]
+    for m in doc["models"]:
+        rows.append(
+            (
+                m["model_name"],
+                "yes" if m["is_loaded"] else "no",
+                f"{m['loaded_runner_count']}/{m['runner_count']}",
+                m["lowest_price_per_1k_input"],
+                m["lowest_price_per_1k_output"],
+                str(m["max_context_length"] or "-"),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@llm_app.command("prompt")
+def prompt_cmd(
+    text: Annotated[str, typer.Argument(help="The prompt.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name.")],
+    max_tokens: Annotated[
+        int | None,
+        typer.Option("--max-tokens", min=1, help="Output tokens at most (server default)."),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait", min=0, max=MAX_WAIT_S, help="Seconds to wait for the answer (0: submit only)."
+        ),
+    ] = MAX_WAIT_S,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send TEXT to MODEL and print the answer. If it is not finished within --wait seconds,
+    prints the prompt's id (read it later at /api/v1/llm/prompts/ID) and exits 0; a failed
+    prompt exits 1 with its reason."""
+    body: dict[str, Any] = {"model": model, "prompt": text}
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    with _connect(server, keystore, token, wait + 30.0) as client:
+        r = _call(client, "POST", f"{API}/prompts", json=body, params={"wait": wait})
+    if r.status_code not in (200, 202):
+        raise _refused(r)
+    doc = r.json()
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    if doc["status"] == "failed":
+        raise _fail(f"prompt {doc['id']} failed: {doc.get('error')}")
+    if doc["status"] != "completed":
+        typer.echo(f"prompt {doc['id']} is {doc['status']}", err=True)
+        if not as_json:
+            typer.echo(doc["id"])
+        return
+    if not as_json:
+        typer.echo(doc["response"])
+        usage = doc.get("usage") or {}
+        typer.echo(
+            f"{usage.get('input_tokens')} input + {usage.get('output_tokens')} output tokens, "
+            f"cost {doc.get('cost')} base units",
+            err=True,
+        )

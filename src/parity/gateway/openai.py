@@ -1,0 +1,182 @@
+"""The OpenAI-compatible gateway at the root (``/v1/models``, ``/v1/chat/completions``,
+``/v1/completions``): the official ``openai`` client and tools built on it work against the
+network with ``base_url=<server>/v1`` and an API key of the auth domain as their key.
+
+Each request is one prompt of the LLM domain: non-streaming waits for its result (up to
+LLM_GATEWAY_TIMEOUT_SECONDS, else 504); ``stream=true`` answers server-sent events of
+``chat.completion.chunk`` (or ``text_completion``) objects ending ``data: [DONE]``, with the
+billed usage in a last chunk when ``stream_options.include_usage`` is set, as OpenAI does."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from parity.api.deps import ContainerDep
+from parity.auth.schemas import Principal
+from parity.errors import InvalidInput, ParityError
+from parity.gateway import relay
+from parity.gateway.errors import openai_body, openai_error, parse, status_of
+from parity.gateway.openai_schemas import ChatCompletionCreate, CompletionCreate, chat_messages
+from parity.llm import service as llm
+from parity.llm.schemas import PromptCreate
+
+router = APIRouter(tags=["openai-compatible"])
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _usage(u: relay.Usage | None) -> dict[str, int] | None:
+    if u is None:
+        return None
+    return {
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
+    }
+
+
+def _sse(obj: object) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+@router.get("/v1/models")
+async def list_models(request: Request, c: ContainerDep) -> Response:
+    """The models the network's online runners serve."""
+    try:
+        await relay.authenticate(request)
+        async with c.db.read_session() as session:
+            models = await llm.list_models(session)
+    except ParityError as exc:
+        return openai_error(exc)
+    data = [{"id": m.model, "object": "model", "created": 0, "owned_by": "parity"} for m in models]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def _prompt(request: Request, c: ContainerDep, chat: bool) -> Response:
+    try:
+        principal = await relay.authenticate(request)
+        body: ChatCompletionCreate | CompletionCreate
+        if chat:
+            body = await parse(request, ChatCompletionCreate)
+            assert isinstance(body, ChatCompletionCreate)
+            create = PromptCreate(
+                model=body.model,
+                messages=chat_messages(body.messages),
+                max_tokens=body.max_completion_tokens or body.max_tokens,
+                temperature=body.temperature,
+            )
+        else:
+            body = await parse(request, CompletionCreate)
+            assert isinstance(body, CompletionCreate)
+            prompt = body.prompt
+            if isinstance(prompt, list):
+                if len(prompt) != 1:
+                    raise InvalidInput("prompt", "give one prompt (a string)")
+                prompt = prompt[0]
+            create = PromptCreate(
+                model=body.model, prompt=prompt, max_tokens=body.max_tokens,
+                temperature=body.temperature,
+            )  # fmt: skip
+        await relay.require_model(c, body.model)
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(c.clock.now().timestamp())
+        shape = _Shape(ident, created, body.model, chat)
+        if body.stream:
+            usage = body.stream_options is not None and body.stream_options.include_usage
+            return await _stream(c, principal, create, shape, usage)
+        done = await relay.complete(c, principal, create)
+    except ParityError as exc:
+        return openai_error(exc)
+    return JSONResponse(shape.whole(done))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, c: ContainerDep) -> Response:
+    """A chat completion (OpenAI's request and response shapes)."""
+    return await _prompt(request, c, chat=True)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, c: ContainerDep) -> Response:
+    """A text completion (OpenAI's legacy completions shape)."""
+    return await _prompt(request, c, chat=False)
+
+
+class _Shape:
+    """The response objects of one request."""
+
+    def __init__(self, ident: str, created: int, model: str, chat: bool) -> None:
+        self.ident, self.created, self.model, self.chat = ident, created, model, chat
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.ident, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self, done: relay.Finished) -> dict[str, Any]:
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": done.text},
+                "logprobs": None,
+                "finish_reason": done.finish_reason,
+            }
+            kind = "chat.completion"
+        else:
+            choice = {"index": 0, "text": done.text, "logprobs": None,
+                      "finish_reason": done.finish_reason}  # fmt: skip
+            kind = "text_completion"
+        return {**self._head(kind), "choices": [choice], "usage": _usage(done.usage)}
+
+    def chunk(
+        self, text: str | None, finish: str | None = None, role: bool = False
+    ) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if role:
+                delta["role"] = "assistant"
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None,
+                                      "finish_reason": finish}  # fmt: skip
+            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return {**self._head("text_completion"), "choices": [choice]}
+
+    def usage_chunk(self, done: relay.Finished) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return {**self._head(kind), "choices": [], "usage": _usage(done.usage)}
+
+
+async def _stream(
+    c: ContainerDep, principal: Principal, create: PromptCreate, shape: _Shape, include_usage: bool
+) -> Response:
+    # Entered here, so a refused submit answers with its status before any event is sent.
+    opened = relay.streamed(c, principal, create)
+    pieces = await opened.__aenter__()
+    extra: Callable[[dict[str, Any]], dict[str, Any]] = (
+        (lambda o: {**o, "usage": None}) if include_usage else (lambda o: o)
+    )
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            if shape.chat:
+                yield _sse(extra(shape.chunk("", role=True)))
+            async for piece in pieces:
+                if isinstance(piece, relay.Delta):
+                    yield _sse(extra(shape.chunk(piece.text)))
+                elif isinstance(piece, relay.Finished):
+                    yield _sse(extra(shape.chunk(None if shape.chat else "", piece.finish_reason)))
+                    if include_usage:
+                        yield _sse(shape.usage_chunk(piece))
+                    break
+                else:
+                    err = relay.PromptFailed(piece.message)
+                    yield _sse(openai_body(status_of(err), piece.message, None, err.code))
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            await opened.__aexit__(None, None, None)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

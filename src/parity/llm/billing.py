@@ -1,0 +1,143 @@
+"""Metering a completed prompt and closing its escrow (ARCHITECTURE §6).
+
+The task queue calls :func:`close_prompt` when a prompt's task reaches a terminal status
+(``tasks.billing.CLOSERS``), in that transition's transaction: a completion is metered from
+the runner's reported usage (cross-checked against the estimate, output capped at
+``max_tokens``), billed at the price snapshotted at dispatch as exactly one posting, and the
+runner's latency EWMA is updated; any other end releases the escrow. When nothing can hold
+escrow (pricing off) the queue skips closers, so the prompts job meters those completions
+with the same :func:`record_completion`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.core.llm.metering import LlmPrice, Metered, meter
+from parity.core.llm.request import parse_llm_config
+from parity.core.llm.routing import update_latency_ewma
+from parity.core.tasks.states import TaskStatus, TaskType
+from parity.ledger import service as ledger
+from parity.ledger.deps import LedgerDeps
+from parity.llm import repository as repo
+from parity.llm.models import Prompt
+from parity.runners import service as runners_service
+from parity.tasks import billing as task_billing
+
+INPUT_KEYS = ("input_tokens", "prompt_tokens")
+OUTPUT_KEYS = ("output_tokens", "completion_tokens", "response_tokens")
+
+
+def _reported(usage: Mapping[str, Any], keys: tuple[str, ...]) -> object:
+    """The first count present under one of ``keys`` (the names backends and old runners use)."""
+    for key in keys:
+        if usage.get(key) is not None:
+            return usage[key]
+    return None
+
+
+def meter_prompt(prompt: Prompt, output: str | None, usage: Mapping[str, Any]) -> Metered:
+    """What ``prompt`` is billed for a completion that delivered ``output`` and reported
+    ``usage``, at its dispatch price (free when it has none)."""
+    price = LlmPrice.from_snapshot(prompt.price) if prompt.price else LlmPrice()
+    return meter(
+        parse_llm_config(prompt.request),
+        reported_input=_reported(usage, INPUT_KEYS),
+        reported_output=_reported(usage, OUTPUT_KEYS),
+        output_text=output or "",
+        price=price,
+    )
+
+
+def usage_record(metered: Metered, usage: Mapping[str, Any]) -> dict[str, Any]:
+    """How a prompt was metered, as stored with it (and shown as its ``usage``)."""
+    reported_in, reported_out = _reported(usage, INPUT_KEYS), _reported(usage, OUTPUT_KEYS)
+    return {
+        "input_tokens": metered.input_tokens,
+        "output_tokens": metered.output_tokens,
+        "reported_input_tokens": reported_in if isinstance(reported_in, int) else None,
+        "reported_output_tokens": reported_out if isinstance(reported_out, int) else None,
+        "input_estimate": metered.input_estimate,
+        "output_estimate": metered.output_estimate,
+        "flags": list(metered.flags),
+        "flagged": metered.flagged,
+    }
+
+
+def latency_ms(prompt: Prompt, completed_at: datetime | None) -> float | None:
+    """End to end, as the client saw it: submitted → completion accepted."""
+    if completed_at is None:
+        return None
+    return max((completed_at - prompt.created_at).total_seconds() * 1000, 0.0)
+
+
+async def record_completion(session: AsyncSession, prompt: Prompt, now: datetime) -> bool:
+    """Meter a completed prompt once: store its usage, cost and latency, and feed the serving
+    runner's latency EWMA. False when it is not completed or was metered already."""
+    if prompt.metered_at is not None:
+        return False
+    task = await repo.task_facts(session, prompt.task_id)
+    result = await repo.result_of(session, prompt.task_id)
+    if task is None or task.status != TaskStatus.COMPLETED or result is None:
+        return False
+    output, usage = result
+    metered = meter_prompt(prompt, output, usage)
+    prompt.input_tokens = metered.input_tokens
+    prompt.output_tokens = metered.output_tokens
+    prompt.cost = metered.cost
+    prompt.usage = usage_record(metered, usage)
+    prompt.latency_ms = latency_ms(prompt, task.completed_at)
+    prompt.metered_at = now
+    if task.runner_id is not None and task.completed_at is not None:
+        claimed = await repo.claimed_at(session, prompt.task_id, task.attempts)
+        sample = (task.completed_at - (claimed or task.completed_at)).total_seconds() * 1000
+        stats = await repo.locked_latency(session, task.runner_id, prompt.model, now)
+        if stats is not None:
+            previous = stats.latency_ewma_ms if stats.samples else None
+            stats.latency_ewma_ms = update_latency_ewma(previous, max(sample, 0.0))
+            stats.samples += 1
+            stats.updated_at = now
+    await session.flush()
+    return True
+
+
+async def close_prompt(session: AsyncSession, deps: LedgerDeps, task: Any) -> None:
+    """The prompt's task ended (a closer of ``tasks.billing``): bill a completion as one
+    posting at the dispatch price, release the escrow otherwise."""
+    prompt = await repo.get(session, task.id, lock=True)
+    if prompt is None:
+        return
+    amount: int | None = None
+    payee: str | None = None
+    facts: dict[str, Any] = {}
+    if task.status == TaskStatus.COMPLETED and task.runner_id is not None:
+        await record_completion(session, prompt, deps.clock.now())
+        runner = await runners_service.get(session, task.runner_id)
+        if runner is not None:
+            payee = ledger.runner_account(deps, runner.owner_address, runner.device_id)
+        amount = prompt.cost
+        facts = {
+            "model": prompt.model,
+            "input_tokens": prompt.input_tokens,
+            "output_tokens": prompt.output_tokens,
+            "price": prompt.price,
+            "flags": (prompt.usage or {}).get("flags", []),
+        }
+    await ledger.close_with_amount(
+        session,
+        deps,
+        source_type=ledger.PROMPT,
+        source_id=str(prompt.id),
+        kind=ledger.PROMPT_PAYMENT,
+        amount=amount,
+        payee=payee,
+        facts=facts,
+    )
+
+
+def register() -> None:
+    """At start-up: prompts close their escrow by tokens, not by run time."""
+    task_billing.CLOSERS[TaskType.LLM.value] = close_prompt

@@ -1,0 +1,30 @@
+"""What the LLM services need, built once from settings by the container."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parity.clock import Clock
+from parity.ledger.deps import LedgerDeps
+from parity.tasks.deps import TaskDeps
+
+
+@dataclass(frozen=True)
+class LlmDeps:
+    tasks: TaskDeps
+    queue_timeout_seconds: float  # LLM_QUEUE_TIMEOUT_SECONDS: a prompt's default deadline
+    default_max_tokens: int  # LLM_DEFAULT_MAX_TOKENS
+    default_max_attempts: int = 3
+
+    @property
+    def clock(self) -> Clock:
+        return self.tasks.clock
+
+    @property
+    def ledger(self) -> LedgerDeps | None:
+        return self.tasks.ledger
+
+    @property
+    def priced(self) -> bool:
+        """Prompts are billed when the server prices work (PRICE_*), like compute tasks."""
+        return self.tasks.ledger is not None and self.tasks.ledger.pricing_enabled

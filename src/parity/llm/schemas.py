@@ -1,0 +1,163 @@
+"""Wire shapes of /api/v1/llm. The original API's fields are kept (``model_name``,
+``response``, ``status``, ``created_at``, ``completed_at``; ``{models, count}``; ``{prompts,
+limit, offset}``); amounts are decimal strings of base units."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from parity.runners.schemas import base_units_or_none
+
+_base_units = base_units_or_none
+
+
+class PromptCreate(BaseModel):
+    """``prompt`` (a completion) or ``messages`` (a chat); ``model_name`` or ``model``."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = None
+    messages: list[Any] | None = None
+    model_name: str | None = None
+    model: str | None = None
+    max_tokens: int | None = Field(
+        None, description="Output tokens at most (LLM_DEFAULT_MAX_TOKENS)"
+    )
+    temperature: float | None = None
+    stream: bool | None = Field(None, description="Not on this endpoint (use ?wait=)")
+    max_price_per_1k_input: str | None = Field(
+        None, description="Most you pay per 1,000 input tokens (base units)"
+    )
+    max_price_per_1k_output: str | None = Field(
+        None, description="Most you pay per 1,000 output tokens (base units)"
+    )
+    deadline_seconds: float | None = Field(
+        None, gt=0, le=86400, description="Seconds to wait for a runner (LLM_QUEUE_TIMEOUT_SECONDS)"
+    )
+    max_attempts: int | None = Field(None, ge=1, le=10)
+    # The original API's identity fields: accepted and ignored (identity is the token).
+    creator_address: str | None = None
+    client_id: str | None = None
+
+    _prices = field_validator("max_price_per_1k_input", "max_price_per_1k_output", mode="before")(
+        _base_units
+    )
+
+
+class PriceRead(BaseModel):
+    input_per_1k: str
+    output_per_1k: str
+
+
+class UsageRead(BaseModel):
+    """What the prompt is billed for, and how it was metered."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    reported_input_tokens: int | None
+    reported_output_tokens: int | None
+    input_estimate: int
+    output_estimate: int
+    flags: list[str] = Field(
+        description="input/output_tokens_estimated (not reported), _disagree (far from the "
+        "estimate: flagged for review), _capped (above max_tokens or the input bound)"
+    )
+    flagged: bool
+
+
+class PromptRead(BaseModel):
+    id: uuid.UUID
+    task_id: uuid.UUID
+    status: str = Field(description="queued | processing | completed | failed")
+    model_name: str
+    request: dict[str, Any]
+    response: str
+    error: str | None
+    runner_id: uuid.UUID | None = Field(description="The runner holding it, else routed to")
+    attempts: int
+    max_attempts: int
+    usage: UsageRead | None
+    cost: str | None
+    price: PriceRead | None = Field(description="The serving runner's price at dispatch")
+    max_price: dict[str, str] | None
+    reserved: str | None
+    latency_ms: float | None
+    deadline_at: datetime
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+class PromptList(BaseModel):
+    prompts: list[PromptRead]
+    limit: int
+    offset: int
+    total: int
+
+
+class PromptComplete(BaseModel):
+    """The original runner's body (``response``, ``prompt_tokens``, ``response_tokens``,
+    ``inference_time_ms``) or the task API's (``output``, ``usage``), with the claim token."""
+
+    model_config = ConfigDict(extra="ignore")
+    claim_token: str = Field(min_length=10, max_length=200)
+    response: str | None = Field(None, max_length=32 * 1024 * 1024)
+    output: str | None = Field(None, max_length=32 * 1024 * 1024)
+    usage: dict[str, Any] = Field(default_factory=dict)
+    prompt_tokens: int | None = Field(None, ge=0)
+    response_tokens: int | None = Field(None, ge=0)
+    completion_tokens: int | None = Field(None, ge=0)
+    input_tokens: int | None = Field(None, ge=0)
+    output_tokens: int | None = Field(None, ge=0)
+    inference_time_ms: float | None = Field(None, ge=0)
+
+
+class ModelRead(BaseModel):
+    model_name: str
+    is_loaded: bool = Field(description="Loaded on at least one online runner (routable)")
+    max_tokens: int | None = Field(description="The largest max_tokens a runner reports")
+    runner_count: int
+    loaded_runner_count: int
+    lowest_price_per_1k_input: str
+    lowest_price_per_1k_output: str
+    max_context_length: int | None
+    quantizations: list[str]
+
+
+class ModelsRead(BaseModel):
+    models: list[ModelRead]
+    count: int
+
+
+class TotalsRead(BaseModel):
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost: str
+    average_latency_ms: float | None
+    p95_latency_ms: float | None
+
+
+class ModelTotalsRead(TotalsRead):
+    model: str
+
+
+class PeriodTotalsRead(TotalsRead):
+    period_start: datetime
+
+
+class BillingMetricsRead(BaseModel):
+    period: str
+    total: TotalsRead
+    by_model: list[ModelTotalsRead]
+    by_period: list[PeriodTotalsRead] = Field(description="Oldest first (UTC buckets)")
+    # The original API's intended fields.
+    total_requests: int
+    total_tokens: int
+    total_cost: str
+    avg_inference_time_ms: float | None

@@ -1,0 +1,317 @@
+"""Prompts (ARCHITECTURE §4-§6): submit (a prompt and its ``llm`` task in one transaction,
+escrow held, routed at once when a runner fits), read, wait for the result without holding a
+database connection, complete (the original runner's path), discovery and billing metrics.
+``submit_prompt`` and ``wait_for_prompt`` are the entry points a gateway builds on."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.auth.schemas import Principal
+from parity.core.llm.aggregate import ModelOffer, ModelSummary, aggregate_models
+from parity.core.llm.metering import reservation_amount
+from parity.core.llm.metrics import BillingMetrics, Period, PromptUsage, billing_metrics
+from parity.core.llm.request import LlmRequest, parse_llm_config
+from parity.core.llm.routing import NoRoute, NoRouteReason, RouteCounts
+from parity.core.tasks.config import ConfigInvalid
+from parity.core.tasks.states import TaskType
+from parity.db.session import Database
+from parity.errors import InvalidInput
+from parity.events.hub import EventHub
+from parity.ledger import service as ledger
+from parity.llm import dispatch
+from parity.llm import repository as repo
+from parity.llm.billing import record_completion
+from parity.llm.deps import LlmDeps
+from parity.llm.errors import PromptNotFound
+from parity.llm.models import Prompt
+from parity.llm.repository import PromptRow
+from parity.llm.schemas import PromptComplete, PromptCreate
+from parity.llm.views import FINISHED, metered, prompt_status
+from parity.tasks import hotpath, internal
+from parity.tasks.lifecycle import Report
+
+JOB_BATCH = 100
+_NO_COUNTS = RouteCounts(0, 0, 0, 0)
+
+
+def _request(body: PromptCreate, deps: LlmDeps, *, stream: bool = False) -> LlmRequest:
+    """The body as an llm config, refused with the body's own field names. ``stream``: the
+    caller relays the runner's token deltas (the gateway), so the runner is asked for them."""
+    if body.model is not None and body.model_name is not None and body.model != body.model_name:
+        raise InvalidInput("model", "give model or model_name, not two different names")
+    if body.stream and not stream:
+        raise InvalidInput("stream", "streaming is not offered here; use ?wait=S for the result")
+    config: dict[str, object] = {
+        "model": body.model if body.model is not None else body.model_name,
+        "max_tokens": body.max_tokens,
+    }
+    for key in ("prompt", "messages", "temperature"):
+        if getattr(body, key) is not None:
+            config[key] = getattr(body, key)
+    if stream:
+        config["stream"] = True
+    try:
+        return parse_llm_config(config, default_max_tokens=deps.default_max_tokens)
+    except ConfigInvalid as exc:
+        field = exc.field.removeprefix("config.")
+        if field == "model" and body.model is None:
+            field = "model_name"
+        if field == "messages" and body.messages is None and body.prompt is None:
+            field = "prompt"
+        raise InvalidInput(field, exc.reason) from None
+
+
+def _max_price(body: PromptCreate) -> dict[str, str] | None:
+    cap = {
+        k: v
+        for k, v in (
+            ("input_per_1k", body.max_price_per_1k_input),
+            ("output_per_1k", body.max_price_per_1k_output),
+        )
+        if v is not None
+    }
+    return cap or None
+
+
+async def submit_prompt(
+    session: AsyncSession,
+    deps: LlmDeps,
+    principal: Principal,
+    body: PromptCreate,
+    *,
+    stream: bool = False,
+) -> Prompt:
+    """Create a prompt and its ``llm`` task, hold its escrow, and route it when a runner fits
+    now (else it stays queued for the prompts job until its deadline)."""
+    request = _request(body, deps, stream=stream)
+    now = deps.clock.now()
+    stake = None
+    if deps.ledger is not None:
+        account = ledger.client_account(principal.address)
+        stake = await ledger.require_min_stake(deps.ledger, account, doing="submitting a prompt")
+    task = await internal.create_internal_task(
+        session,
+        deps.tasks,
+        task_type=TaskType.LLM,
+        creator=principal.address,
+        title=f"llm: {request.model}"[:255],
+        config=request.to_config(),
+        max_attempts=body.max_attempts or deps.default_max_attempts,
+    )
+    deadline = body.deadline_seconds or deps.queue_timeout_seconds
+    prompt = Prompt(
+        id=task.id,
+        task_id=task.id,
+        creator_address=principal.address,
+        model=request.model,
+        request=request.to_config(),
+        max_price=_max_price(body),
+        reserved_price=None,
+        reserved=None,
+        price=None,
+        routed_runner_id=None,
+        routed_at=None,
+        no_route_reason=None,
+        deadline_at=now + timedelta(seconds=deadline),
+        input_tokens=None,
+        output_tokens=None,
+        cost=None,
+        usage=None,
+        latency_ms=None,
+        metered_at=None,
+        created_at=now,
+    )
+    await repo.add(session, prompt)
+    servings = await repo.serving(session, request.model)
+    if deps.priced and deps.ledger is not None:
+        price = dispatch.reserve_price(servings, dispatch.cap_of(prompt.max_price))
+        prompt.reserved_price = price.snapshot()
+        held = await ledger.reserve_amount(
+            session,
+            deps.ledger,
+            source_type=ledger.PROMPT,
+            source_id=str(prompt.id),
+            client=principal.address,
+            amount=reservation_amount(request, price),
+            price_snapshot=price.snapshot(),
+            stake=stake,
+            what=f"this prompt (up to {request.max_tokens} output tokens of {request.model})",
+        )
+        prompt.reserved = None if held is None else held.amount
+    await dispatch.route_prompt(session, deps, prompt, request, servings)
+    return prompt
+
+
+async def read_prompt(
+    session: AsyncSession, principal: Principal, prompt_id: uuid.UUID
+) -> PromptRow:
+    """The caller's prompt (an operator's: any; a runner's: the one it holds)."""
+    row = await repo.get_row(session, prompt_id)
+    if row is None:
+        raise PromptNotFound(f"prompt {prompt_id} not found")
+    p = row.prompt
+    mine = p.creator_address == principal.address or principal.is_admin
+    holds = principal.runner_id is not None and principal.runner_id == row.runner_id
+    if not (mine or holds):
+        raise PromptNotFound(f"prompt {prompt_id} not found")
+    return row
+
+
+async def wait_for_prompt(
+    db: Database,
+    hub: EventHub,
+    principal: Principal,
+    prompt_id: uuid.UUID,
+    seconds: float,
+    *,
+    recheck_seconds: float,
+    stopping: Callable[[], bool] = lambda: False,
+) -> PromptRow:
+    """The prompt once it has finished, or as it is after ``seconds``. No connection is held
+    while waiting: the task's events wake this waiter (they reach its creator), and a
+    re-check every ``recheck_seconds`` covers a wake-up missed on another replica."""
+    deadline = time.monotonic() + seconds
+    while True:
+        async with db.read_session() as session:
+            row = await read_prompt(session, principal, prompt_id)
+        remaining = deadline - time.monotonic()
+        if prompt_status(row.status) in FINISHED or remaining <= 0 or stopping():
+            return row
+        await hub.wait(row.prompt.creator_address.lower(), min(remaining, recheck_seconds))
+
+
+async def list_prompts(
+    session: AsyncSession, principal: Principal, limit: int, offset: int
+) -> tuple[list[PromptRow], int]:
+    """The caller's prompts, newest first."""
+    return await repo.list_rows(session, principal.address, limit, offset)
+
+
+async def complete_prompt(
+    db: Database, deps: LlmDeps, runner_id: uuid.UUID, prompt_id: uuid.UUID, body: PromptComplete
+) -> None:
+    """The original runner's completion: the same unit of work as the task API's complete
+    (claim-token fenced, same-token repeats answer again, escrow closed with it)."""
+    async with db.read_session() as session:
+        prompt = await repo.get(session, prompt_id)
+    if prompt is None:
+        raise PromptNotFound(f"prompt {prompt_id} not found")
+    usage = dict(body.usage)
+    counts = {
+        "input_tokens": body.input_tokens if body.input_tokens is not None else body.prompt_tokens,
+        "output_tokens": next(
+            (
+                v
+                for v in (body.output_tokens, body.completion_tokens, body.response_tokens)
+                if v is not None
+            ),
+            None,
+        ),
+        "inference_time_ms": body.inference_time_ms,
+    }
+    usage.update({k: v for k, v in counts.items() if v is not None})
+    output = body.response if body.response is not None else body.output
+    report = Report(output=output, usage=usage)
+    await hotpath.complete_task(db, deps.tasks, runner_id, prompt.task_id, body.claim_token, report)
+
+
+async def list_models(session: AsyncSession) -> list[ModelSummary]:
+    """Every model reported by an online runner, aggregated (a model goes with its last
+    runner)."""
+    offers = []
+    for runner_id, m in await repo.model_reports(session):
+        details = m.details or {}
+        price = dispatch.price_of(details)
+        context = details.get("context_length")
+        quantization = details.get("quantization")
+        offers.append(
+            ModelOffer(
+                runner_id=str(runner_id),
+                model=m.model_name,
+                loaded=m.is_loaded,
+                input_price_per_1k=price.input_per_1k,
+                output_price_per_1k=price.output_per_1k,
+                context_length=context if isinstance(context, int) else None,
+                max_output_tokens=m.max_tokens,
+                quantization=quantization if isinstance(quantization, str) else None,
+            )
+        )
+    return aggregate_models(offers)
+
+
+async def metrics_for(
+    session: AsyncSession,
+    principal: Principal,
+    period: Period,
+    since: datetime | None,
+    until: datetime | None,
+) -> BillingMetrics:
+    """The caller's prompts in [since, until): every prompt is a request; tokens, cost and
+    latency come from the completed ones."""
+    usages = []
+    for row in await repo.usage_rows(session, principal.address, since, until):
+        billed = metered(row)
+        usages.append(
+            PromptUsage(
+                model=row.prompt.model,
+                created_at=row.prompt.created_at,
+                input_tokens=0 if billed is None else billed[0]["input_tokens"],
+                output_tokens=0 if billed is None else billed[0]["output_tokens"],
+                cost=0 if billed is None else billed[1],
+                latency_ms=None if billed is None else billed[2],
+            )
+        )
+    return billing_metrics(usages, period)
+
+
+# -- the prompts job ----------------------------------------------------------------------------
+
+
+def deadline_reason(prompt: Prompt) -> str:
+    seconds = (prompt.deadline_at - prompt.created_at).total_seconds()
+    shown = f"{seconds:g}"
+    reason = f"no runner with model {prompt.model} became available within {shown} s"
+    if prompt.no_route_reason:
+        try:
+            why = NoRoute(NoRouteReason(prompt.no_route_reason), _NO_COUNTS).message
+        except ValueError:
+            why = prompt.no_route_reason
+        reason += f" ({why})"
+    return reason
+
+
+async def expire_overdue(session: AsyncSession, deps: LlmDeps, now: datetime) -> int:
+    """Queued prompts past their deadline fail with the reason (their escrow is released)."""
+    n = 0
+    for prompt in await repo.past_deadline(session, now, JOB_BATCH):
+        if await internal.end_internal_task(
+            session, deps.tasks, prompt.task_id, deadline_reason(prompt)
+        ):
+            n += 1
+    return n
+
+
+async def route_queued(session: AsyncSession, deps: LlmDeps, now: datetime) -> int:
+    """Route queued prompts that no claiming runner holds (first routing, failover after a
+    failure or a lost runner)."""
+    n = 0
+    for prompt in await repo.unrouted(session, now, JOB_BATCH):
+        if await dispatch.route_prompt(session, deps, prompt, parse_llm_config(prompt.request)):
+            n += 1
+    return n
+
+
+async def meter_completed(session: AsyncSession, deps: LlmDeps, now: datetime) -> int:
+    """Completions no closer metered (pricing off): usage, cost 0, latency, EWMA."""
+    n = 0
+    for prompt_id in await repo.unmetered(session, JOB_BATCH):
+        prompt = await repo.get(session, prompt_id, lock=True)
+        if prompt is not None and await record_completion(session, prompt, now):
+            n += 1
+    return n

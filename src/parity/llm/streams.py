@@ -1,0 +1,105 @@
+"""The streaming leg's relay (ARCHITECTURE §4): token deltas a runner posts for a prompt reach
+the client connections that wait on it. ``StreamBus`` is the port; ``LocalStreamBus`` relays
+within one process (one replica). Several replicas need a shared bus (Redis or NATS): an adapter
+of the same port, not provided here.
+
+Buffers are bounded: a subscriber that falls behind by more than ``buffer`` events is cut off
+with an ``overflow`` terminal event rather than holding the runner's request up; the gateway
+then sends the rest of the text from the prompt's stored result. A publish with no subscriber
+is dropped (nobody is listening; the whole text is stored with the completion anyway)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+EventKind = Literal["delta", "end", "overflow"]
+DEFAULT_BUFFER = 1024
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """``delta``: text of attempt ``attempt``; ``end``: that attempt's stream closed (the
+    runner finished sending, or its connection broke: ``broken``); ``overflow``: this
+    subscriber fell behind and was cut off (terminal)."""
+
+    kind: EventKind
+    attempt: int = 0
+    text: str = ""
+    broken: bool = False
+
+
+class Subscription(Protocol):
+    async def next(self, timeout: float) -> StreamEvent | None:
+        """The next event, or None when none came within ``timeout`` seconds."""
+        ...
+
+
+class StreamBus(Protocol):
+    def publish(self, key: str, event: StreamEvent) -> int:
+        """Hand ``event`` to every subscriber of ``key``; returns how many got it."""
+        ...
+
+    def subscribe(self, key: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        """Receive the events of ``key`` published from now on, until the context exits."""
+        ...
+
+    def subscribers(self, key: str) -> int: ...
+
+
+class _LocalSubscription:
+    def __init__(self, buffer: int) -> None:
+        self.queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize=buffer)
+        self.cut_off = False
+
+    def offer(self, event: StreamEvent) -> bool:
+        if self.cut_off:
+            return False
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # Make room for the terminal event: what was queued is superseded by the stored
+            # result the reader falls back to.
+            self.cut_off = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(StreamEvent("overflow"))
+            return False
+        return True
+
+    async def next(self, timeout: float) -> StreamEvent | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+class LocalStreamBus:
+    """In-process relay; every operation is synchronous and non-blocking on the publisher's
+    side (the subscriber's bounded queue absorbs bursts)."""
+
+    def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
+        self.buffer = buffer
+        self._subs: dict[str, set[_LocalSubscription]] = {}
+
+    def publish(self, key: str, event: StreamEvent) -> int:
+        return sum(1 for s in list(self._subs.get(key, ())) if s.offer(event))
+
+    def subscribers(self, key: str) -> int:
+        return len(self._subs.get(key, ()))
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, key: str) -> AsyncIterator[Subscription]:
+        sub = _LocalSubscription(self.buffer)
+        self._subs.setdefault(key, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            subs = self._subs.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[key]

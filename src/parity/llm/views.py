@@ -1,0 +1,71 @@
+"""Prompt rows → wire shapes. A prompt's status is its task's, renamed (§5: ``queued →
+processing → completed | failed``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from parity.core.tasks.states import TaskStatus
+from parity.llm.billing import latency_ms, meter_prompt, usage_record
+from parity.llm.repository import PromptRow
+from parity.llm.schemas import PriceRead, PromptRead, UsageRead
+
+_S = TaskStatus
+PROMPT_STATUS = {
+    _S.PENDING.value: "queued",
+    _S.ASSIGNED.value: "processing",
+    _S.RUNNING.value: "processing",
+    _S.CANCEL_REQUESTED.value: "processing",
+    _S.COMPLETED.value: "completed",
+    _S.FAILED.value: "failed",
+    _S.CANCELLED.value: "failed",
+}
+FINISHED = frozenset({"completed", "failed"})
+
+
+def prompt_status(task_status: str) -> str:
+    return PROMPT_STATUS.get(task_status, "processing")
+
+
+def metered(row: PromptRow) -> tuple[dict[str, Any], int, float | None] | None:
+    """(usage, cost, latency) of a completed prompt: as stored when metered, else computed the
+    same way from its result (the prompts job stores it within a tick)."""
+    p = row.prompt
+    if p.metered_at is not None and p.usage is not None:
+        return p.usage, p.cost or 0, p.latency_ms
+    if row.status != _S.COMPLETED or row.usage is None:
+        return None
+    m = meter_prompt(p, row.output, row.usage)
+    return usage_record(m, row.usage), m.cost, latency_ms(p, row.completed_at)
+
+
+def prompt_read(row: PromptRow) -> PromptRead:
+    p = row.prompt
+    status = prompt_status(row.status)
+    billed = metered(row)
+    usage = None
+    if billed is not None:
+        u = billed[0]
+        usage = UsageRead(**u, total_tokens=u["input_tokens"] + u["output_tokens"])
+    return PromptRead(
+        id=p.id,
+        task_id=p.task_id,
+        status=status,
+        model_name=p.model,
+        request=p.request,
+        response=(row.output or "") if status == "completed" else "",
+        error=row.last_error if status != "completed" else None,
+        runner_id=row.runner_id or row.target_runner_id,
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        usage=usage,
+        cost=None if billed is None else str(billed[1]),
+        price=PriceRead(**p.price) if p.price else None,
+        max_price=p.max_price,
+        reserved=None if p.reserved is None else str(p.reserved),
+        latency_ms=None if billed is None else billed[2],
+        deadline_at=p.deadline_at,
+        created_at=p.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+    )

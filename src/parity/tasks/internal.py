@@ -1,0 +1,76 @@
+"""Task rows of work another domain owns (a prompt's ``llm`` task; later an FL round's
+``fl_train`` tasks): created in the owner's transaction, never placed by compute placement,
+routed by the owner to one runner (only that runner may claim it), and given up by the owner
+with a reason. Every status change still goes through ``queue.transitions``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.core.tasks.states import TaskStatus, TaskType
+from parity.tasks import repository as repo
+from parity.tasks import service
+from parity.tasks.deps import TaskDeps
+from parity.tasks.events import emit_task_event
+from parity.tasks.models import Task
+from parity.tasks.queue import transitions as tr
+from parity.tasks.rows import check_pending_limits, new_task
+
+
+async def create_internal_task(
+    session: AsyncSession,
+    deps: TaskDeps,
+    *,
+    task_type: TaskType,
+    creator: str,
+    title: str,
+    config: dict[str, Any],
+    max_attempts: int,
+) -> Task:
+    """The task row of work another domain owns (a prompt's ``llm`` task), created in that
+    domain's transaction. No compute placement and no escrow here: the owner routes it
+    (:func:`target_internal_task`) and prices it itself."""
+    await check_pending_limits(session, deps, creator)
+    task = new_task(
+        deps,
+        deps.clock.now(),
+        task_type=task_type.value,
+        title=title,
+        config=config,
+        creator=creator,
+        max_attempts=max_attempts,
+    )
+    await repo.add(session, task)
+    await emit_task_event(session, deps, "task.created", task, type=task.type)
+    return task
+
+
+async def target_internal_task(
+    session: AsyncSession, deps: TaskDeps, task_id: uuid.UUID, runner_id: uuid.UUID, *, push: bool
+) -> bool:
+    """Route a pending internal task to a runner (only it may claim it; a runner that has not
+    failed it takes it without the retry backoff). False when the task is no longer pending."""
+    task = await repo.get(session, task_id, lock=True)
+    if task is None or task.status != TaskStatus.PENDING:
+        return False
+    now = deps.clock.now()
+    if runner_id not in await repo.exclusions(session, task.id):
+        task.available_at = min(task.available_at, now)
+    await service.offer_to(session, deps, task, runner_id, now, push=push, expires=None)
+    return True
+
+
+async def end_internal_task(
+    session: AsyncSession, deps: TaskDeps, task_id: uuid.UUID, reason: str
+) -> bool:
+    """Cancel a pending internal task that its owner gives up on (a prompt past its deadline),
+    with ``reason`` as its ``last_error``. False when it is no longer pending."""
+    task = await repo.get(session, task_id, lock=True)
+    if task is None or task.status != TaskStatus.PENDING:
+        return False
+    task.last_error = reason
+    await tr.transition(session, deps, task, tr.CANCEL, now=deps.clock.now())
+    return True

@@ -1,0 +1,207 @@
+"""The official `openai` Python client against the OpenAI-compatible gateway of a real server,
+with real `parity-runner` processes and their backend (the fake OpenAI-compatible server of
+tests/contract/llm_fakes.py, and the real llama.cpp server where xllamacpp is installed):
+
+- a streamed chat completion arrives token by token, relayed from the runner through the
+  streaming leg, and the usage the client receives is what the server metered for the prompt;
+- a runner killed before its first token: the prompt completes on another runner, and the
+  client still gets the whole answer (one completed attempt: billed once).
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ALICE, until
+from tests.contract.llm_fakes import MODEL, REPLY
+from tests.e2e.procs import ServerProcess
+from tests.e2e.runner_procs import RunnerProcess, client_token
+from tests.e2e.test_llm_runner import (
+    Backend,
+    FakeBackend,
+    keystore_path,
+    llm_backend,
+    llm_runner,
+    server,
+)
+
+__all__ = ["keystore_path", "llm_backend", "server"]  # fixtures, used by name
+pytestmark = pytest.mark.slow
+
+
+def api_key(server: ServerProcess) -> str:
+    session = client_token(server.url, ALICE)
+    r = httpx.post(
+        f"{server.url}/api/v1/auth/keys",
+        json={"name": "openai"},
+        headers={"Authorization": f"Bearer {session}"},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])
+
+
+def latest_prompt(server: ServerProcess, key: str) -> dict[str, Any]:
+    r = httpx.get(
+        f"{server.url}/api/llm/prompts",
+        params={"limit": 1},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    [prompt] = r.json()["prompts"]
+    return dict(prompt)
+
+
+def stream_chat(server: ServerProcess, key: str, model: str) -> tuple[list[str], Any]:
+    """Stream a chat completion with the official client: (content deltas, the usage chunk's
+    usage)."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, timeout=120)
+    try:
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Tell me something about the sea"}],
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        pieces: list[str] = []
+        usage = None
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            if chunk.usage is not None:
+                usage = chunk.usage
+        return pieces, usage
+    finally:
+        client.close()
+
+
+async def test_the_openai_client_streams_a_chat_completion_through_a_runner(
+    server: ServerProcess, keystore_path: Path, tmp_path: Path, llm_backend: Backend
+) -> None:
+    model, fake = llm_backend.model, llm_backend.fake
+    if fake is not None:
+        await fake.wait_up()
+    runner = llm_runner(server, keystore_path, tmp_path, "gw-1", llm_backend.url, model).start()
+    try:
+        runner.wait_registered()
+        key = api_key(server)
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, timeout=30)
+        assert model in [m.id for m in client.models.list()]
+        client.close()
+        pieces, usage = stream_chat(server, key, model)
+        if fake is not None:
+            assert pieces == REPLY  # token by token, as the backend produced them
+        else:
+            assert "".join(pieces).strip()
+        prompt = latest_prompt(server, key)
+        assert prompt["status"] == "completed" and prompt["response"] == "".join(pieces)
+        billed = prompt["usage"]
+        assert usage is not None
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+            billed["input_tokens"], billed["output_tokens"], billed["total_tokens"],
+        )  # fmt: skip
+        assert "token_stream_failed" not in runner.log()
+    finally:
+        runner.stop()
+
+
+async def test_a_runner_killed_before_its_first_token_fails_over_and_is_billed_once(
+    tmp_path: Path, database_url: str, keystore_path: Path
+) -> None:
+    from tests.conftest import TEST_DB
+    from tests.e2e.test_llm_runner import FAST
+
+    url = database_url if TEST_DB == "postgres" else ""
+    fast = {**FAST, "RUNNER_OFFLINE_TIMEOUT_SECONDS": "3"}
+    srv = ServerProcess(tmp_path / "server-home", url, **fast).start()
+    silent, steady = FakeBackend().start(), FakeBackend().start()
+    silent.fake.mode, silent.fake.delay = "slow_first", 120.0  # never a first token in time
+    runners: list[RunnerProcess] = []
+    try:
+        srv.wait_healthy()
+        await silent.wait_up()
+        await steady.wait_up()
+        # The cheaper runner is routed first (same load, no latency known yet).
+        first = RunnerProcess(
+            srv.url, keystore_path, "gw-silent", tmp_path,
+            "--llm-backend", f"openai={silent.url}/v1", "--llm-price", f"{MODEL}=1/1",
+        ).start()  # fmt: skip
+        runners.append(first)
+        first.wait_registered()
+        second = llm_runner(srv, keystore_path, tmp_path, "gw-steady", steady.url, MODEL).start()
+        runners.append(second)
+        second.wait_registered()
+        key = api_key(srv)
+
+        import threading
+
+        got: dict[str, Any] = {}
+        client = threading.Thread(
+            target=lambda: got.update(answer=stream_chat(srv, key, MODEL)), daemon=True
+        )
+        client.start()
+        await until(lambda: any(b.get("model") == MODEL for _, b in silent.fake.requests), 30)
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGKILL)  # dies holding the prompt, before any token
+        await until(lambda: not client.is_alive(), timeout=90)
+        pieces, usage = got["answer"]
+        assert pieces == REPLY
+        prompt = latest_prompt(srv, key)
+        assert prompt["status"] == "completed" and prompt["attempts"] == 2
+        attempts = httpx.get(
+            f"{srv.url}/api/v1/tasks/{prompt['task_id']}/attempts",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        ).json()
+        assert [a["outcome"] for a in attempts].count("completed") == 1
+        assert usage.completion_tokens == prompt["usage"]["output_tokens"]
+    finally:
+        for r in runners:
+            r.stop()
+        silent.stop()
+        steady.stop()
+        srv.stop()
+
+
+async def test_a_client_that_goes_away_mid_stream_cancels_the_work_on_the_runner(
+    server: ServerProcess, keystore_path: Path, tmp_path: Path
+) -> None:
+    backend = FakeBackend().start()
+    backend.fake.mode, backend.fake.delay = "stall", 120.0  # one token, then nothing for long
+    await backend.wait_up()
+    runner = llm_runner(server, keystore_path, tmp_path, "gw-gone", backend.url, MODEL).start()
+    try:
+        runner.wait_registered()
+        key = api_key(server)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as http,
+            http.stream(
+                "POST", "/v1/chat/completions", json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as r,
+        ):  # fmt: skip
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: ") and REPLY[0] in line:
+                    break  # the first token came: hang up
+        # The gateway cancels the prompt; the runner hears of it and closes its backend stream.
+        await until(lambda: backend.fake.disconnected.is_set(), timeout=30)
+        prompt = latest_prompt(server, key)
+        assert prompt["status"] == "failed"
+        task = httpx.get(
+            f"{server.url}/api/v1/tasks/{prompt['task_id']}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        ).json()
+        assert task["status"] in ("cancel_requested", "cancelled")
+    finally:
+        runner.stop()
+        backend.stop()

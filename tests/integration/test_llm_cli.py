@@ -1,0 +1,123 @@
+"""`parity-server llm models` and `parity-server llm prompt` against a real server process, with
+the test playing the runner over HTTP."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_account.messages import encode_defunct
+from typer.testing import CliRunner, Result
+
+from parity.cli.main import app as cli_app
+from tests.conftest import ALICE
+from tests.e2e.procs import ServerProcess
+
+
+def _sign_in(url: str) -> str:
+    with httpx.Client(base_url=url, timeout=10) as client:
+        challenge = client.post("/api/v1/auth/nonce", json={"address": ALICE.address}).json()
+        sig = ALICE.sign_message(encode_defunct(text=challenge["message"])).signature.hex()
+        r = client.post(
+            "/api/v1/auth/token",
+            json={"address": ALICE.address, "signature": sig, "nonce": challenge["nonce"]},
+        )
+        return str(r.json()["token"])
+
+
+@pytest.fixture
+def server(tmp_path: Path, fresh_database_url: str) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "home", fresh_database_url).start()
+    try:
+        proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _serve_one(url: str, runner_token: str, answer: str, done: dict[str, Any]) -> None:
+    """Claim the next task (long-poll) and complete it with ``answer``."""
+    headers = {"Authorization": f"Bearer {runner_token}"}
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
+        got = http.post("/api/v1/runners/tasks/claim", params={"wait": 20})
+        done["claim"] = got.status_code
+        if got.status_code != 200:
+            return
+        claim = got.json()
+        r = http.post(
+            f"/api/v1/runners/tasks/{claim['task']['id']}/complete",
+            json={
+                "claim_token": claim["claim_token"],
+                "output": answer,
+                "usage": {"input_tokens": 5, "output_tokens": 3},
+            },
+        )
+        done["complete"] = r.status_code
+
+
+def test_models_and_a_prompt_from_the_command_line(server: ServerProcess, tmp_path: Path):
+    token = _sign_in(server.url)
+    model = {
+        "model_name": "tiny",
+        "is_loaded": True,
+        "max_tokens": 512,
+        "context_length": 2048,
+        "price_per_1k_input": "3",
+        "price_per_1k_output": "7",
+    }
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        r = http.post(
+            "/api/v1/runners",
+            json={"device_id": "cli-llm-runner", "models": [model]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 201, r.text
+        runner_token = r.json()["runner_token"]
+    env = {
+        "PARITY_SERVER_URL": server.url,
+        "PARITY_TOKEN": token,
+        "PARITY_HOME": server.env["PARITY_HOME"],
+        "PARITY_CONFIG_PATH": str(tmp_path / "no.env"),
+    }
+    runner = CliRunner()
+
+    def cli(*args: str) -> Result:
+        return runner.invoke(cli_app, ["llm", *args], env=env)
+
+    models = cli("models")
+    assert models.exit_code == 0, models.output
+    header, row = models.stdout.splitlines()
+    assert header.split() == ["MODEL", "LOADED", "RUNNERS", "IN/1K", "OUT/1K", "CONTEXT"]
+    assert row.split() == ["tiny", "yes", "1/1", "3", "7", "2048"]
+
+    done: dict[str, Any] = {}
+    serving = threading.Thread(
+        target=_serve_one, args=(server.url, runner_token, "Hello from a runner", done)
+    )
+    serving.start()
+    try:
+        answer = cli("prompt", "--model", "tiny", "--max-tokens", "16", "--wait", "25", "Hi")
+    finally:
+        serving.join(timeout=40)
+    assert done == {"claim": 200, "complete": 200}
+    assert answer.exit_code == 0, answer.output
+    assert answer.stdout == "Hello from a runner\n"
+    assert "5 input + 3 output tokens" in answer.stderr
+
+    queued = cli("prompt", "--model", "nobody-serves-it", "--wait", "0", "Hi")
+    assert queued.exit_code == 0, queued.output
+    assert "is queued" in queued.stderr
+    prompt_id = queued.stdout.strip()
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        r = http.get(
+            f"/api/v1/llm/prompts/{prompt_id}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert (r.status_code, r.json()["status"]) == (200, "queued")
+
+    refused = cli("prompt", "--model", "x" * 300, "--wait", "0", "Hi")
+    assert refused.exit_code == 1
+    assert "model" in refused.stderr and "invalid_input" in refused.stderr
