@@ -8,7 +8,7 @@ COMPOSE ?= docker compose
 .DEFAULT_GOAL := help
 .PHONY: help deps build run test clean fmt imports format lint format-lint check-format \
         install-lint-tools watch install uninstall docker-build docker-up docker-down \
-        docker-logs docker-clean docker-ps docker-exec contracts dev-chain
+        docker-logs docker-clean docker-ps docker-exec contracts dev-chain demo-llm
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ build: deps ## Build a wheel and sdist into dist/
 
 run: deps ## Start the server on the embedded default (SQLite under ~/.parity)
 	$(BIN)/parity-server server
+
+demo-llm: deps ## A local LLM network, offline: llama.cpp + SmolLM2, server, runner, one prompt (Ctrl-C stops)
+	$(BIN)/python scripts/demo_llm.py $(DEMO_LLM_ARGS)
 
 test: ## Everything: venv, install, lint, PostgreSQL, all tests on SQLite, db tests also on PostgreSQL
 	bash scripts/test.sh

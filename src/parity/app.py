@@ -21,7 +21,6 @@ from parity.events.router import router as events_router
 from parity.gateway.ollama import router as ollama_router
 from parity.gateway.openai import router as openai_router
 from parity.gateway.runner_stream import router as runner_stream_router
-from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob
 from parity.ledger import service as ledger_service
 from parity.ledger.router import router as ledger_router
@@ -32,6 +31,7 @@ from parity.llm.router import router as llm_router
 from parity.logging import get_logger
 from parity.network.router import router as runners_router
 from parity.relay import WakeRelay, asyncpg_dsn
+from parity.retention import retention_job
 from parity.storage.router import UPLOAD_PATH
 from parity.storage.router import router as storage_router
 from parity.system.router import root_router

@@ -23,8 +23,8 @@ from parity.db.session import Database
 from parity.events import service as events_service
 from parity.events.delivery import DeliveryDeps, DeliveryLoop, deliver_due, record, send, take_due
 from parity.events.models import Event, WebhookDelivery, WebhookDeliveryAttempt
-from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner
+from parity.retention import retention_job
 from tests.conftest import ADMIN, ALICE, BOB, bearer, make_settings, sign_in, until
 from tests.integration.queue_helpers import (
     V1,

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.auth.models import AuthNonce, AuthToken
 from parity.clock import FrozenClock
 from parity.container import Container
-from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner, PeriodicJob, TickOutcome, job_key
+from parity.retention import retention_job
 from tests.conftest import ALICE, bearer, sign_in, until
 
 

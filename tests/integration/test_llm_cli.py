@@ -1,8 +1,9 @@
-"""`parity-server llm models` and `parity-server llm prompt` against a real server process, with
-the test playing the runner over HTTP."""
+"""`parity-server llm models` and `parity-server llm prompt` (waiting, and --stream through the
+gateway) against a real server process, with the test playing the runner over HTTP."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,93 @@ def test_models_and_a_prompt_from_the_command_line(server: ServerProcess, tmp_pa
     refused = cli("prompt", "--model", "x" * 300, "--wait", "0", "Hi")
     assert refused.exit_code == 1
     assert "model" in refused.stderr and "invalid_input" in refused.stderr
+
+
+def _serve_streaming(
+    url: str, runner_token: str, deltas: list[str], done: dict[str, Any], *, fail: bool = False
+) -> None:
+    """Claim the next task, stream ``deltas`` on its streaming leg, then complete it with their
+    text (or, with ``fail``, fail it after them)."""
+    headers = {"Authorization": f"Bearer {runner_token}"}
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
+        got = http.post("/api/v1/runners/tasks/claim", params={"wait": 20})
+        done["claim"] = got.status_code
+        if got.status_code != 200:
+            return
+        claim = got.json()
+        task_id, claim_token = claim["task"]["id"], claim["claim_token"]
+        done["stream"] = claim["task"]["config"].get("stream")
+
+        def lines() -> Iterator[bytes]:
+            for d in deltas:
+                yield (json.dumps({"delta": d}) + "\n").encode()
+
+        r = http.post(
+            f"/api/v1/runners/tasks/{task_id}/stream",
+            content=lines(),
+            headers={"X-Claim-Token": claim_token},
+        )
+        done["deltas"] = r.json().get("deltas")
+        text = "".join(deltas)
+        usage = {"input_tokens": 5, "output_tokens": len(deltas)}
+        action = "fail" if fail else "complete"
+        body: dict[str, Any] = {"claim_token": claim_token, "output": text, "usage": usage}
+        if fail:
+            body["error"] = "backend died"
+        done[action] = http.post(f"/api/v1/runners/tasks/{task_id}/{action}", json=body).status_code
+
+
+def test_a_prompt_streamed_from_the_command_line(server: ServerProcess, tmp_path: Path):
+    token = _sign_in(server.url)
+    model = {"model_name": "tiny", "is_loaded": True, "max_tokens": 512}
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        r = http.post(
+            "/api/v1/runners",
+            json={"device_id": "cli-llm-stream-runner", "models": [model]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 201, r.text
+        runner_token = r.json()["runner_token"]
+    env = {
+        "PARITY_SERVER_URL": server.url,
+        "PARITY_TOKEN": token,
+        "PARITY_HOME": server.env["PARITY_HOME"],
+        "PARITY_CONFIG_PATH": str(tmp_path / "no.env"),
+    }
+    runner = CliRunner()
+
+    def cli(*args: str) -> Result:
+        return runner.invoke(cli_app, ["llm", *args], env=env)
+
+    def streamed(deltas: list[str], *, fail: bool = False) -> tuple[Result, dict[str, Any]]:
+        done: dict[str, Any] = {}
+        serving = threading.Thread(
+            target=_serve_streaming,
+            args=(server.url, runner_token, deltas, done),
+            kwargs={"fail": fail},
+        )
+        serving.start()
+        try:
+            result = cli("prompt", "--model", "tiny", "--stream", "Hi")
+        finally:
+            serving.join(timeout=40)
+        return result, done
+
+    answer, done = streamed(["Hel", "lo", " there"])
+    assert done == {"claim": 200, "stream": True, "deltas": 3, "complete": 200}
+    assert answer.exit_code == 0, answer.output
+    assert answer.stdout == "Hello there\n"
+    assert "5 input + 3 output tokens" in answer.stderr
+
+    broken, done = streamed(["Par"], fail=True)
+    assert done["fail"] == 200
+    assert broken.exit_code == 1
+    assert broken.stdout == "Par\n"  # what was delivered, then the error
+    assert "error:" in broken.stderr and "prompt_failed" in broken.stderr
+
+    unknown = cli("prompt", "--model", "nobody-serves-it", "--stream", "Hi")
+    assert unknown.exit_code == 1
+    assert "model_not_found" in unknown.stderr
+
+    both = cli("prompt", "--model", "tiny", "--stream", "--json", "Hi")
+    assert both.exit_code == 2 and "cannot be combined" in both.stderr

@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from parity.clock import FrozenClock
 from parity.container import Container
-from parity.jobs.retention import retention_job
 from parity.jobs.runner import JobRunner
+from parity.retention import retention_job
 from parity.tasks.models import TaskLog, TaskResult
 from tests.conftest import ALICE, BOB, bearer, sign_in
 from tests.integration.queue_helpers import claimed, create_task, device, register_runner

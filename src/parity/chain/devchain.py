@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -115,7 +116,10 @@ class Anvil:
         ]
         if self.silent:
             args.append("--silent")
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # Its own process group: npm's anvil is a node wrapper that spawns the real binary, and
+        # stopping must reach both (a killed wrapper would leave the binary running, holding
+        # our output).
+        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_ready(ready_timeout)
         except BaseException:
@@ -140,20 +144,28 @@ class Anvil:
         return self.process.wait()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        group = self.process.pid  # the group's id (start_new_session)
+        if self.process.poll() is None:
+            _signal_group(group, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _signal_group(group, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        _signal_group(group, signal.SIGKILL)  # whatever of the group outlived the wrapper
 
     def __enter__(self) -> Anvil:
         return self.start() if self.process is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """`parity-server llm`: the models the network serves, and a prompt from the command line (its
-answer on stdout). Talks to a server over HTTP with the session `parity-server auth` stored for
-the keystore's address (or --token); the server is chosen by :mod:`parity.cli.server_url`."""
+answer on stdout; with --stream, printed as it is produced, through the server's
+OpenAI-compatible gateway). Talks to a server over HTTP with the session `parity-server auth`
+stored for the keystore's address (or --token); the server is chosen by
+:mod:`parity.cli.server_url`."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +27,7 @@ llm_app = typer.Typer(
 )
 
 API = "/api/v1/llm"
+STREAM_PATH = "/v1/completions"  # the gateway: server-sent events, usage in the last chunk
 CONNECT_TIMEOUT_S = 10.0
 MAX_WAIT_S = 30.0
 
@@ -129,13 +133,23 @@ def prompt_cmd(
     token: TokenOpt = None,
     keystore: KeystoreOpt = None,
     as_json: JsonOpt = False,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Print the answer token by token as it comes.")
+    ] = False,
 ) -> None:
     """Send TEXT to MODEL and print the answer. If it is not finished within --wait seconds,
     prints the prompt's id (read it later at /api/v1/llm/prompts/ID) and exits 0; a failed
-    prompt exits 1 with its reason."""
+    prompt exits 1 with its reason. With --stream the answer is printed as the runner produces
+    it (the server's own time limit applies, not --wait) and the token usage at the end."""
     body: dict[str, Any] = {"model": model, "prompt": text}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
+    if stream:
+        if as_json:
+            raise _fail("--json and --stream cannot be combined", 2)
+        with _connect(server, keystore, token, MAX_WAIT_S + 30.0) as client:
+            _stream_prompt(client, body)
+        return
     with _connect(server, keystore, token, wait + 30.0) as client:
         r = _call(client, "POST", f"{API}/prompts", json=body, params={"wait": wait})
     if r.status_code not in (200, 202):
@@ -158,3 +172,52 @@ def prompt_cmd(
             f"cost {doc.get('cost')} base units",
             err=True,
         )
+
+
+def _events(response: httpx.Response) -> Any:
+    """The JSON payloads of a server-sent event stream, up to ``[DONE]``."""
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, keep-alives
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            return
+        try:
+            yield json.loads(data)
+        except ValueError:
+            raise _fail(f"the server sent an event that is not JSON: {data[:200]}") from None
+
+
+def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
+    """Stream the answer to stdout as its chunks arrive; the usage goes to stderr."""
+    request = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    usage: dict[str, Any] | None = None
+    printed = False
+    try:
+        with client.stream("POST", STREAM_PATH, json=request) as r:
+            if r.status_code != 200:
+                r.read()
+                raise _refused(r)
+            for event in _events(r):
+                if isinstance(event.get("error"), dict):
+                    if printed:
+                        typer.echo("")
+                    err = event["error"]
+                    raise _fail(f"{err.get('message')} ({err.get('code')})")
+                for choice in event.get("choices") or ():
+                    text = choice.get("text")
+                    if text:
+                        sys.stdout.write(text)
+                        sys.stdout.flush()
+                        printed = True
+                if isinstance(event.get("usage"), dict):
+                    usage = event["usage"]
+    except httpx.HTTPError as exc:
+        raise _fail(f"streaming from {client.base_url} failed: {exc}") from None
+    typer.echo("")
+    if usage is None:
+        raise _fail("the stream ended without its usage (the answer may be incomplete)")
+    typer.echo(
+        f"{usage.get('prompt_tokens')} input + {usage.get('completion_tokens')} output tokens",
+        err=True,
+    )

@@ -4,10 +4,12 @@ result within LLM_GATEWAY_TIMEOUT_SECONDS, or relay the deltas as they come.
 
 Streaming semantics (ARCHITECTURE §4, streaming leg): deltas come from one attempt. A runner
 that stops before its first delta is failed over by the queue and the next attempt streams
-instead. Once text has reached the client, a change of attempt (the runner died mid-stream and
-the queue re-routed the prompt) cannot be hidden: the client gets an error event and the task is
-cancelled. When the prompt completes, any text the relay did not carry (a subscriber cut off by
-its bounded buffer, a runner that does not stream) is sent from the stored result."""
+instead. Once text has reached the client, a change of attempt cannot be hidden: the client
+gets an error event. A runner that reports its failure with the delivered text ends the prompt
+`failed` and the delivered tokens are billed (``llm.billing``); a runner that died silently is
+re-routed by the queue, and the gateway then cancels the task (nothing is billed). When the
+prompt completes, any text the relay did not carry (a subscriber cut off by its bounded buffer,
+a runner that does not stream) is sent from the stored result."""
 
 from __future__ import annotations
 

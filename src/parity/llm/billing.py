@@ -4,12 +4,17 @@ The task queue calls :func:`close_prompt` when a prompt's task reaches a termina
 (``tasks.billing.CLOSERS``), in that transition's transaction: a completion is metered from
 the runner's reported usage (cross-checked against the estimate, output capped at
 ``max_tokens``), billed at the price snapshotted at dispatch as exactly one posting, and the
-runner's latency EWMA is updated; any other end releases the escrow. When nothing can hold
+runner's latency EWMA is updated. A streamed prompt whose attempt broke off after its first
+token (the runner failed, or the client went away and the work was cancelled) is billed the same
+way for what it delivered: :func:`keep_partial` stores that attempt's report with the prompt
+(``tasks.billing.PARTIALS``) and the closer meters it when the task ends failed or cancelled.
+Any other end releases the escrow. When nothing can hold
 escrow (pricing off) the queue skips closers, so the prompts job meters those completions
 with the same :func:`record_completion`."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -28,6 +33,9 @@ from parity.runners import service as runners_service
 from parity.tasks import billing as task_billing
 
 INPUT_KEYS = ("input_tokens", "prompt_tokens")
+PARTIAL = "partial"  # key of a broken attempt's report in Prompt.usage until it is metered
+# Kept of a partial text: far more than max_tokens can produce (metering caps the count anyway).
+PARTIAL_TEXT_MAX_CHARS = 256 * 1024
 OUTPUT_KEYS = ("output_tokens", "completion_tokens", "response_tokens")
 
 
@@ -104,28 +112,97 @@ async def record_completion(session: AsyncSession, prompt: Prompt, now: datetime
     return True
 
 
+async def keep_partial(
+    session: AsyncSession, task: Any, attempt: Any, output: str | None, usage: dict[str, Any]
+) -> bool:
+    """A failed attempt's report (a keeper of ``tasks.billing.PARTIALS``). When the prompt
+    streams and the attempt delivered text (or reports output tokens), its report is kept with
+    the prompt for the closer to bill, and True says that text reached the client: the prompt
+    must not be re-run. The first such attempt is the one the client saw (failover stops at the
+    first token), so a later report never replaces it. Without a first token nothing is kept:
+    the prompt fails over."""
+    reported = _reported(usage, OUTPUT_KEYS)
+    if not output and not (isinstance(reported, int) and reported > 0):
+        return False  # no first token: nothing delivered
+    prompt = await repo.get(session, task.id, lock=True)
+    if prompt is None or prompt.metered_at is not None:
+        return False
+    if not parse_llm_config(prompt.request).stream:
+        return False  # nothing reached the client before the completion
+    if partial_report(prompt) is None:
+        prompt.usage = {
+            PARTIAL: {
+                "attempt": attempt.attempt,
+                "runner_id": str(attempt.runner_id),
+                "output": (output or "")[:PARTIAL_TEXT_MAX_CHARS],
+                "usage": usage,
+            }
+        }
+        await session.flush()
+    return True
+
+
+def partial_report(prompt: Prompt) -> dict[str, Any] | None:
+    """The kept report of the attempt that broke off mid-stream, until it is metered."""
+    if prompt.metered_at is not None or not prompt.usage:
+        return None
+    found = prompt.usage.get(PARTIAL)
+    return found if isinstance(found, dict) else None
+
+
+def record_partial(prompt: Prompt, partial: Mapping[str, Any], now: datetime) -> None:
+    """Meter what a broken attempt delivered, like a completion: reported counts, estimated
+    from the delivered text when missing, output capped at ``max_tokens``."""
+    raw = partial.get("usage")
+    usage: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    output = partial.get("output")
+    metered = meter_prompt(prompt, output if isinstance(output, str) else "", usage)
+    prompt.input_tokens = metered.input_tokens
+    prompt.output_tokens = metered.output_tokens
+    prompt.cost = metered.cost
+    prompt.usage = {**usage_record(metered, usage), PARTIAL: True}
+    prompt.metered_at = now
+
+
+def _facts(prompt: Prompt) -> dict[str, Any]:
+    return {
+        "model": prompt.model,
+        "input_tokens": prompt.input_tokens,
+        "output_tokens": prompt.output_tokens,
+        "price": prompt.price,
+        "flags": (prompt.usage or {}).get("flags", []),
+    }
+
+
+async def _payee(session: AsyncSession, deps: LedgerDeps, runner_id: Any) -> str | None:
+    runner = await runners_service.get(session, runner_id)
+    if runner is None:
+        return None
+    return ledger.runner_account(deps, runner.owner_address, runner.device_id)
+
+
 async def close_prompt(session: AsyncSession, deps: LedgerDeps, task: Any) -> None:
-    """The prompt's task ended (a closer of ``tasks.billing``): bill a completion as one
-    posting at the dispatch price, release the escrow otherwise."""
+    """The prompt's task ended (a closer of ``tasks.billing``): bill a completion, or what a
+    stream delivered before it broke off, as one posting at the dispatch price; release the
+    escrow otherwise."""
     prompt = await repo.get(session, task.id, lock=True)
     if prompt is None:
         return
     amount: int | None = None
     payee: str | None = None
     facts: dict[str, Any] = {}
+    partial = partial_report(prompt)
     if task.status == TaskStatus.COMPLETED and task.runner_id is not None:
         await record_completion(session, prompt, deps.clock.now())
-        runner = await runners_service.get(session, task.runner_id)
-        if runner is not None:
-            payee = ledger.runner_account(deps, runner.owner_address, runner.device_id)
+        payee = await _payee(session, deps, task.runner_id)
         amount = prompt.cost
-        facts = {
-            "model": prompt.model,
-            "input_tokens": prompt.input_tokens,
-            "output_tokens": prompt.output_tokens,
-            "price": prompt.price,
-            "flags": (prompt.usage or {}).get("flags", []),
-        }
+        facts = _facts(prompt)
+    elif task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED) and partial is not None:
+        record_partial(prompt, partial, deps.clock.now())
+        payee = await _payee(session, deps, uuid.UUID(str(partial.get("runner_id"))))
+        amount = prompt.cost
+        facts = {**_facts(prompt), "partial": True, "attempt": partial.get("attempt")}
+        await session.flush()
     await ledger.close_with_amount(
         session,
         deps,
@@ -141,3 +218,4 @@ async def close_prompt(session: AsyncSession, deps: LedgerDeps, task: Any) -> No
 def register() -> None:
     """At start-up: prompts close their escrow by tokens, not by run time."""
     task_billing.CLOSERS[TaskType.LLM.value] = close_prompt
+    task_billing.PARTIALS[TaskType.LLM.value] = keep_partial

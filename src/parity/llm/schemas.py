@@ -67,6 +67,9 @@ class UsageRead(BaseModel):
         "estimate: flagged for review), _capped (above max_tokens or the input bound)"
     )
     flagged: bool
+    partial: bool = Field(
+        False, description="billed for what a stream delivered before it broke off"
+    )
 
 
 class PromptRead(BaseModel):

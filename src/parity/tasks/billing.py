@@ -63,6 +63,14 @@ CLOSERS: dict[str, Closer] = {}
 tokens). Registered by the domain that owns the type, at start-up."""
 
 
+PartialKeeper = Callable[[AsyncSession, Any, Any, str | None, dict[str, Any]], Awaitable[bool]]
+PARTIALS: dict[str, PartialKeeper] = {}
+"""Task type → what to keep of a failed attempt's report (session, task, attempt, output,
+usage), in the fail's transaction, before its transition: the work it delivered before it broke
+off, for the closer to bill. Returns True when that work already reached the client, so the
+task must not be run again elsewhere. Registered by the domain that owns the type."""
+
+
 async def close(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
     """The task reached a terminal state: bill a completion, release anything else."""
     ledger_deps = escrow_ledger(deps)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.core.tasks.states import ACTIVE, TaskStatus
 from parity.core.tokens import hash_token
 from parity.db.hooks import after_commit
+from parity.tasks import billing
 from parity.tasks import queue_repository as queue_repo
 from parity.tasks import repository as repo
 from parity.tasks.deps import TaskDeps
@@ -182,6 +183,7 @@ async def _retry_or_fail(
     *,
     attempt: TaskAttempt | None,
     outcome: str,
+    retry: bool = True,
 ) -> None:
     now = deps.clock.now()
     if task.status == TaskStatus.CANCEL_REQUESTED:
@@ -201,7 +203,7 @@ async def _retry_or_fail(
     used = task.attempts - task.releases
     decision = deps.retry.decide_after_failure(used, task.max_attempts, now, deps.rand())
     facts = {"attempts": task.attempts, "max_attempts": task.max_attempts, "last_error": reason}
-    if decision.retry and decision.available_at is not None:
+    if retry and decision.retry and decision.available_at is not None:
         if exclude is not None:
             await repo.add_exclusion(session, task.id, exclude)
         at = decision.available_at
@@ -240,8 +242,12 @@ async def fail(
     *,
     error: str,
     exit_code: int | None,
+    output: str | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> Task:
-    """A failed run: retried later on another runner while attempts remain, else ``failed``."""
+    """A failed run: retried later on another runner while attempts remain, else ``failed``.
+    ``output``/``usage``: what the run delivered before it broke off, handed to the task type's
+    keeper (``billing.PARTIALS``); work that already reached the client is never re-run."""
     f = await _fence(session, task_id, runner_id, hash_token(token))
     if not f.current:
         if f.attempt.outcome == "failed":
@@ -249,8 +255,19 @@ async def fail(
         raise _not_current(f, "fail")
     f.attempt.exit_code = exit_code
     f.attempt.error = error[:4000]
+    retry = True
+    keeper = billing.PARTIALS.get(f.task.type)
+    if keeper is not None and (output or usage):
+        retry = not await keeper(session, f.task, f.attempt, output, dict(usage or {}))
     await _retry_or_fail(
-        session, deps, f.task, error[:4000], runner_id, attempt=f.attempt, outcome="failed"
+        session,
+        deps,
+        f.task,
+        error[:4000],
+        runner_id,
+        attempt=f.attempt,
+        outcome="failed",
+        retry=retry,
     )
     return f.task
 

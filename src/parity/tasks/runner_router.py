@@ -176,6 +176,8 @@ async def fail_task(
         body.claim_token,
         error=body.error,
         exit_code=body.exit_code,
+        output=body.output,
+        usage=body.usage,
     )
     now = c.clock.now()
     if await lifecycle.slot_freed(session, deps, now):

@@ -115,6 +115,9 @@ class CompleteBody(ClaimBody):
 class FailBody(ClaimBody):
     error: str = Field(min_length=1, max_length=65536)
     exit_code: int | None = None
+    # What the run delivered before it broke off (an llm task's partial text and token counts).
+    output: str | None = Field(None, max_length=32 * 1024 * 1024)
+    usage: dict[str, Any] = Field(default_factory=dict)
 
 
 class LogBody(ClaimBody):
