@@ -124,3 +124,23 @@ async def test_concurrent_ticks_on_two_replicas_run_once(container: Container, c
     assert (await first).outcome is TickOutcome.RAN
     assert second.outcome is TickOutcome.SKIPPED
     assert ran == [1]
+
+
+async def test_a_job_with_a_wake_event_ticks_when_woken_not_at_its_interval(
+    container: Container, clock: FrozenClock
+):
+    ran: list[datetime] = []
+    woken = asyncio.Event()
+
+    async def tick(session: AsyncSession, now: datetime) -> int:
+        ran.append(now)
+        return 0
+
+    runner = JobRunner(container.db, clock, [PeriodicJob("woken", 3600, tick, wake=woken)])
+    runner.start()
+    try:
+        await until(lambda: len(ran) == 1)  # the first tick at start
+        woken.set()
+        await until(lambda: len(ran) == 2)  # long before the hour-long interval
+    finally:
+        await runner.stop()

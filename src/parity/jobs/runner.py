@@ -32,6 +32,7 @@ class PeriodicJob:
     name: str
     interval_seconds: float
     tick: TickFn
+    wake: asyncio.Event | None = None  # set: the job ticks now rather than at its interval
     key: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +67,7 @@ class JobRunner:
             tick,
             TransactionAdvisoryLock(self.db, job.key),
             interval=job.interval_seconds,
+            wake=job.wake,
             clock=self.clock,
             metrics=self._metrics,
             random=self._random,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from parity.clock import Clock
 from parity.ledger.deps import LedgerDeps
@@ -15,6 +16,9 @@ class LlmDeps:
     queue_timeout_seconds: float  # LLM_QUEUE_TIMEOUT_SECONDS: a prompt's default deadline
     default_max_tokens: int  # LLM_DEFAULT_MAX_TOKENS
     default_max_attempts: int = 3
+    # Set after a commit that left a prompt unrouted: the prompts job routes it at once instead
+    # of at its next tick (a runner row another transaction held is usually free again).
+    route_now: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
 
     @property
     def clock(self) -> Clock:

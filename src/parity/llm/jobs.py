@@ -19,4 +19,4 @@ def prompts_job(deps: LlmDeps, interval: float) -> PeriodicJob:
         n += await service.meter_completed(session, deps, now)
         return n
 
-    return PeriodicJob("llm_prompts", interval, tick)
+    return PeriodicJob("llm_prompts", interval, tick, wake=deps.route_now)

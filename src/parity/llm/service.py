@@ -20,6 +20,7 @@ from parity.core.llm.request import LlmRequest, parse_llm_config
 from parity.core.llm.routing import NoRoute, NoRouteReason, RouteCounts
 from parity.core.tasks.config import ConfigInvalid
 from parity.core.tasks.states import TaskType
+from parity.db.hooks import after_commit
 from parity.db.session import Database
 from parity.errors import InvalidInput
 from parity.events.hub import EventHub
@@ -144,7 +145,8 @@ async def submit_prompt(
             what=f"this prompt (up to {request.max_tokens} output tokens of {request.model})",
         )
         prompt.reserved = None if held is None else held.amount
-    await dispatch.route_prompt(session, deps, prompt, request, servings)
+    if not await dispatch.route_prompt(session, deps, prompt, request, servings):
+        after_commit(session, deps.route_now.set)
     return prompt
 
 
