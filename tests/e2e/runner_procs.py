@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 from eth_account.messages import encode_defunct
 
 import parity.chain.keystore as keystore
+from tests.conftest import TEST_DB
+from tests.e2e.procs import ServerProcess
 
 PASSWORD = "runner-test-password"
 
@@ -100,3 +104,22 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.25) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+@contextlib.contextmanager
+def running_server(home: Path, database_url: str, env: dict[str, str]) -> Iterator[ServerProcess]:
+    """A healthy server process on the test database (its own embedded SQLite on SQLite runs),
+    stopped afterwards."""
+    s = ServerProcess(home, database_url if TEST_DB == "postgres" else "", **env).start()
+    try:
+        s.wait_healthy()
+        yield s
+    finally:
+        s.stop()
+
+
+def keystore_with(tmp_path: Path, private_key: str) -> Path:
+    """A runner's keystore (in a folder of its own) holding ``private_key``."""
+    path = tmp_path / "secret" / "keystore.json"
+    make_keystore(path, private_key)
+    return path

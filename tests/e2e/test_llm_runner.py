@@ -22,11 +22,16 @@ import pytest
 import uvicorn
 from eth_account import Account
 
-from tests.conftest import ALICE, TEST_DB, until
+from tests.conftest import ALICE, until
 from tests.contract.llm_fakes import MODEL, REPLY, FakeLlm
 from tests.contract.llm_real import find_gguf, unavailable_reason, xllamacpp_server
 from tests.e2e.procs import ServerProcess, free_port
-from tests.e2e.runner_procs import RunnerProcess, client_token, make_keystore
+from tests.e2e.runner_procs import (
+    RunnerProcess,
+    client_token,
+    keystore_with,
+    running_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -72,20 +77,13 @@ class FakeBackend:
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str) -> Iterator[ServerProcess]:
-    url = database_url if TEST_DB == "postgres" else ""
-    s = ServerProcess(tmp_path / "server-home", url, **FAST).start()
-    try:
-        s.wait_healthy()
+    with running_server(tmp_path / "server-home", database_url, FAST) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
 def keystore_path(tmp_path: Path) -> Path:
-    path = tmp_path / "secret" / "keystore.json"
-    make_keystore(path, RUNNER_KEY)
-    return path
+    return keystore_with(tmp_path, RUNNER_KEY)
 
 
 def llm_runner(

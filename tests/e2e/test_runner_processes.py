@@ -12,7 +12,13 @@ from eth_account import Account
 
 from tests.conftest import ALICE, TEST_DB
 from tests.e2e.procs import ServerProcess
-from tests.e2e.runner_procs import RunnerProcess, client_token, make_keystore, wait_for
+from tests.e2e.runner_procs import (
+    RunnerProcess,
+    client_token,
+    keystore_with,
+    running_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,20 +36,13 @@ FAST = {
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str) -> Iterator[ServerProcess]:
-    url = database_url if TEST_DB == "postgres" else ""
-    s = ServerProcess(tmp_path / "server-home", url, **FAST).start()
-    try:
-        s.wait_healthy()
+    with running_server(tmp_path / "server-home", database_url, FAST) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
 def keystore_path(tmp_path: Path) -> Path:
-    path = tmp_path / "secret" / "keystore.json"
-    make_keystore(path, RUNNER_KEY)
-    return path
+    return keystore_with(tmp_path, RUNNER_KEY)
 
 
 class Api:

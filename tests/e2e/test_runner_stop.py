@@ -13,7 +13,11 @@ from eth_account import Account
 
 from tests.conftest import ALICE, TEST_DB, until
 from tests.e2e.procs import ServerProcess
-from tests.e2e.runner_procs import RunnerProcess, client_token, make_keystore
+from tests.e2e.runner_procs import (
+    RunnerProcess,
+    client_token,
+    keystore_with,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +48,7 @@ def server(tmp_path: Path, database_url: str) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def keystore_path(tmp_path: Path) -> Path:
-    path = tmp_path / "secret" / "keystore.json"
-    make_keystore(path, RUNNER_KEY)
-    return path
+    return keystore_with(tmp_path, RUNNER_KEY)
 
 
 class Api:
