@@ -297,7 +297,11 @@ def dev_chain(
     except AmountError as exc:
         raise _fail(f"--mint: {exc}") from None
     node = Anvil(binary, port=port, accounts=accounts)
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops anvil too, like Ctrl-C
+    # Ctrl-C and SIGTERM stop anvil. Both handlers are set here: a process started in the
+    # background by a non-interactive shell inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         node.start()
     except (DevChainError, OSError) as exc:
