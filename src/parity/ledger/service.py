@@ -165,20 +165,7 @@ async def reserve_task(
         raise await _short(
             deps, account, amount, snapshot, current, timeout_is_default=not timeout_seconds
         )
-    now = deps.clock.now()
-    reservation = Reservation(
-        id=uuid.uuid4(),
-        account=account,
-        source_type=TASK,
-        source_id=str(task_id),
-        amount=amount,
-        price=snapshot,
-        status="open",
-        created_at=now,
-        closed_at=None,
-    )
-    await repo.add(session, reservation)
-    return reservation
+    return await _open_reservation(session, deps, account, TASK, str(task_id), amount, snapshot)
 
 
 async def resize_task_reservation(
@@ -318,13 +305,29 @@ async def reserve_amount(
                 "missing": str(missing),
             },
         )
+    return await _open_reservation(
+        session, deps, account, source_type, source_id, amount, price_snapshot
+    )
+
+
+async def _open_reservation(
+    session: AsyncSession,
+    deps: LedgerDeps,
+    account: str,
+    source_type: str,
+    source_id: str,
+    amount: int,
+    price: dict[str, Any],
+) -> Reservation:
+    """An open escrow of ``amount`` for one piece of work (the caller checked the balance
+    under the account's lock)."""
     reservation = Reservation(
         id=uuid.uuid4(),
         account=account,
         source_type=source_type,
         source_id=source_id,
         amount=amount,
-        price=price_snapshot,
+        price=price,
         status="open",
         created_at=deps.clock.now(),
         closed_at=None,
