@@ -54,6 +54,7 @@ async def test_register_returns_the_runner_a_runner_token_and_no_claims(
         "gpus": 0,
         "docker": True,
         "fl": False,
+        "fl_datasets": [],
     }
     uuid.UUID(runner["id"])
 

@@ -260,7 +260,7 @@ async def close_task(
         },
         created_at=now,
     )
-    await _post(session, posting, legs)
+    await post(session, posting, legs)
     return posting
 
 
@@ -382,11 +382,11 @@ async def close_with_amount(
         },
         created_at=now,
     )
-    await _post(session, posting, legs)
+    await post(session, posting, legs)
     return posting
 
 
-async def _post(session: AsyncSession, posting: Posting, legs: list[Leg]) -> None:
+async def post(session: AsyncSession, posting: Posting, legs: list[Leg]) -> None:
     """Store a posting and its legs (none for a posting of zero)."""
     entries = [
         Entry(

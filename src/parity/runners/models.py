@@ -27,6 +27,8 @@ class Runner(Base):
     gpus: Mapped[int] = mapped_column(Integer, default=0)
     docker: Mapped[bool] = mapped_column(Boolean, default=False)
     fl: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Names of runner-local FL datasets the runner serves (sessions may train on them).
+    fl_datasets: Mapped[list[str]] = mapped_column(JSON, default=list)
     max_concurrent_tasks: Mapped[int] = mapped_column(Integer, default=1)
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     runner_version: Mapped[str | None] = mapped_column(String(40))

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from parity.core.billing.units import AmountError, parse_base_units
 
@@ -29,6 +29,10 @@ class Capabilities(BaseModel):
     gpus: int = Field(0, ge=0, le=256)
     docker: bool = False
     fl: bool = False
+    # Runner-local FL datasets by name (the data never leaves the runner).
+    fl_datasets: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=64
+    )
 
 
 def _unset(value: object) -> bool:

@@ -126,6 +126,7 @@ async def register(
     runner.gpus = caps.gpus
     runner.docker = caps.docker
     runner.fl = caps.fl
+    runner.fl_datasets = list(caps.fl_datasets)
     runner.max_concurrent_tasks = body.max_concurrent_tasks
     runner.labels = dict(body.labels)
     runner.runner_version = body.runner_version

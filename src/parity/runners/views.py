@@ -17,7 +17,12 @@ def runner_read(r: Runner, models: list[RunnerModel], active: int) -> RunnerRead
         reported_status=r.status,
         webhook=r.webhook_url,
         capabilities=Capabilities(
-            cpu_cores=r.cpu_cores, memory_mb=r.memory_mb, gpus=r.gpus, docker=r.docker, fl=r.fl
+            cpu_cores=r.cpu_cores,
+            memory_mb=r.memory_mb,
+            gpus=r.gpus,
+            docker=r.docker,
+            fl=r.fl,
+            fl_datasets=list(r.fl_datasets or []),
         ),
         max_concurrent_tasks=r.max_concurrent_tasks,
         labels=r.labels or {},
