@@ -18,6 +18,9 @@ from parity.container import Container
 from parity.db import migrate
 from parity.events.delivery import DeliveryLoop
 from parity.events.router import router as events_router
+from parity.fl import tasks_glue as fl_tasks
+from parity.fl.jobs import RoundsLoop, rounds_job
+from parity.fl.router import router as fl_router
 from parity.gateway.ollama import router as ollama_router
 from parity.gateway.openai import router as openai_router
 from parity.gateway.runner_stream import router as runner_stream_router
@@ -58,6 +61,7 @@ def api_router() -> APIRouter:
     api.include_router(storage_router)
     api.include_router(ledger_router)
     api.include_router(llm_router)
+    api.include_router(fl_router)
     return api
 
 
@@ -69,8 +73,15 @@ def build_jobs(container: Container) -> list[PeriodicJob]:
         retention_job(
             s.retention_interval_seconds, s.events_retention_days, s.task_log_retention_days
         ),
-        lease_expiry_job(deps, tick),
-        liveness_job(deps, container.runners, tick, s.offline_timeout_seconds),
+        # After a restart, runners get one lease / offline period to reach the server again.
+        lease_expiry_job(deps, tick, startup_grace_seconds=s.lease_seconds),
+        liveness_job(
+            deps,
+            container.runners,
+            tick,
+            s.offline_timeout_seconds,
+            startup_grace_seconds=s.offline_timeout_seconds,
+        ),
         offer_expiry_job(deps, tick),
         reoffer_job(deps, tick),
         prompts_job(container.llm, tick),
@@ -95,6 +106,7 @@ def create_app(
 ) -> FastAPI:
     settings = container.settings
     llm_billing.register()  # prompts close their escrow by tokens
+    fl_tasks.register()  # FL training tasks are paid from their session's pool
     jobs = JobRunner(container.db, container.clock, build_jobs(container))
     pushes = PushLoop(
         container.db,
@@ -136,10 +148,14 @@ def create_app(
             else None
         )
         container.settlement = settlement
+        # Built here, not with the app: it holds the content store, which tests may replace.
+        fl_rounds: RoundsLoop | None = None
         if start_jobs:
+            fl_rounds = rounds_job(container.db, container.fl, settings.scheduler_interval_seconds)
             jobs.start()
             pushes.start()
             deliveries.start()
+            fl_rounds.start()
             if settlement is not None:
                 settlement.start()
         # No announcement here: `parity-server server` logs `server_started` with its URLs once
@@ -151,6 +167,8 @@ def create_app(
             container.wakeups.wake_all()
             container.event_hub.wake_all()
             await pushes.stop()
+            if fl_rounds is not None:
+                await fl_rounds.stop(timeout=settings.shutdown_grace_seconds / 4)
             await deliveries.stop(timeout=settings.shutdown_grace_seconds / 4)
             await jobs.stop(timeout=settings.shutdown_grace_seconds / 2)
             if settlement is not None:

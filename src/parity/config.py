@@ -32,6 +32,8 @@ ALIASES: dict[str, str] = {
     "FILECOIN_IPFS_ENDPOINT": "BLOCKCHAIN_IPFS_ENDPOINT",
     "FILECOIN_GATEWAY_URL": "BLOCKCHAIN_GATEWAY_URL",
     "FILECOIN_CREATE_STORAGE_DEALS": "BLOCKCHAIN_CREATE_STORAGE_DEALS",
+    # Short spellings of unit-named keys.
+    "FL_ROUND_TIMEOUT_SECONDS": "FL_ROUND_TIMEOUT",
 }
 
 
@@ -86,6 +88,10 @@ class Settings(BaseSettings):
     llm_default_max_tokens: int = Field(512, ge=1)
     # The OpenAI/Ollama-compatible gateway: how long a request waits for its prompt.
     llm_gateway_timeout_seconds: float = Field(300.0, gt=0)
+
+    # -- federated learning (FL_ROUND_TIMEOUT is the same key)
+    # A round's deadline after it opens, unless the session sets config.round_timeout_seconds.
+    fl_round_timeout_seconds: float = Field(600.0, gt=0)
 
     # -- identity
     admin_addresses: str = ""

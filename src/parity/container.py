@@ -22,6 +22,7 @@ from parity.db.session import Database
 from parity.events.delivery import DeliveryDeps
 from parity.events.hub import EventHub
 from parity.events.service import EventDeps
+from parity.fl.deps import FLDeps
 from parity.ledger.deps import LedgerDeps, StakeReader
 from parity.llm.deps import LlmDeps
 from parity.llm.streams import LocalStreamBus, StreamBus
@@ -86,6 +87,14 @@ class Container:
             tasks=self.tasks,
             queue_timeout_seconds=s.llm_queue_timeout_seconds,
             default_max_tokens=s.llm_default_max_tokens,
+        )
+
+    @functools.cached_property
+    def fl(self) -> FLDeps:
+        return FLDeps(
+            tasks=self.tasks,
+            store=self.content_store,
+            round_timeout_seconds=self.settings.fl_round_timeout_seconds,
         )
 
     @functools.cached_property

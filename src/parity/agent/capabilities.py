@@ -51,6 +51,7 @@ async def detect(docker: DockerEngine | None, ollama_url: str | None = None) -> 
             "memory_mb": int(psutil.virtual_memory().total / (1024 * 1024)),
             "gpus": await count_gpus(),
             "docker": has_docker,
+            # Set by the runner loop: true when it runs fl_train tasks (the default).
             "fl": False,
         },
         "models": await ollama_models(ollama_url),

@@ -17,6 +17,7 @@ from parity.agent.client import ServerClient, ServerError
 from parity.agent.executors import Executor
 from parity.agent.executors.command import CommandExecutor, SandboxMode, detect_sandbox
 from parity.agent.executors.docker import DockerExecutor, HttpDockerEngine
+from parity.agent.fl import FlExecutor, parse_dataset_specs
 from parity.agent.llm import (
     BackendSpec,
     LlmExecutor,
@@ -93,6 +94,22 @@ def llm_config(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     return specs, price_map
+
+
+def fl_config(
+    enabled: bool, datasets: list[str], env: Mapping[str, str] = os.environ
+) -> dict[str, Path] | None:
+    """The runner-local FL data sets (name -> file) from ``--fl-dataset`` flags, else
+    ``PARITY_FL_DATASETS``; None when FL is off (``--no-fl``). A bad spec, or data sets with
+    FL off, is a usage error."""
+    if not enabled:
+        if datasets:
+            raise typer.BadParameter("--fl-dataset needs FL: drop --no-fl (or RUNNER_FL=0)")
+        return None
+    try:
+        return parse_dataset_specs(datasets, env.get("PARITY_FL_DATASETS"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _account(keystore: Path) -> Any:
@@ -229,6 +246,33 @@ def main_cmd(
             "(repeatable; default: PARITY_LLM_PRICES, comma-separated)",
         ),
     ] = None,
+    fl: Annotated[
+        bool,
+        typer.Option(
+            "--fl/--no-fl",
+            envvar="RUNNER_FL",
+            help="Run federated-learning training (fl_train tasks) and advertise it",
+        ),
+    ] = True,
+    fl_dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fl-dataset",
+            metavar="NAME=PATH",
+            help="A local data set FL sessions may name (.csv with a header and the label "
+            "last, .npz with X and y, or .json with features and labels); it never leaves "
+            "this machine (repeatable; default: PARITY_FL_DATASETS, comma-separated)",
+        ),
+    ] = None,
+    fl_trainer: Annotated[
+        str,
+        typer.Option(
+            "--fl-trainer",
+            metavar="numpy|noop",
+            help="numpy trains; noop sends the global model back untrained with the partition's "
+            "row count (for measuring pure coordination cost, never for real sessions)",
+        ),
+    ] = "numpy",
     log_level: Annotated[str, typer.Option(envvar="LOG_LEVEL")] = "info",
 ) -> None:
     """Run the runner until SIGTERM/SIGINT (it then finishes or releases its work)."""
@@ -236,6 +280,9 @@ def main_cmd(
         return
     configure_logging(log_level, "json")
     llm_specs, llm_prices = llm_config(llm_backend or [], llm_price or [], ollama_url)
+    fl_datasets = fl_config(fl, fl_dataset or [])
+    if fl_trainer not in ("numpy", "noop"):
+        raise typer.BadParameter("--fl-trainer is numpy or noop", param_hint="--fl-trainer")
     keystore_path = _keystore(keystore)
     url = _server(server, keystore_path)
     account = _account(keystore_path)
@@ -250,9 +297,10 @@ def main_cmd(
         executors["command"] = command
     has_docker = asyncio.run(engine.ping())
     llm_names = " ".join(f"{s.kind}={s.url}" for s in llm_specs) or "none"
+    fl_names = "no" if fl_datasets is None else "yes" + "".join(f" {n}" for n in fl_datasets)
     typer.echo(
         f"parity-runner {RUNNER_VERSION}: sandbox={mode.value} "
-        f"docker={'yes' if has_docker else 'no'} llm={llm_names}",
+        f"docker={'yes' if has_docker else 'no'} llm={llm_names} fl={fl_names}",
         err=True,
     )
     options = RunnerOptions(
@@ -276,6 +324,9 @@ def main_cmd(
         if has_docker:
             # image_cid images are streamed from the server's content store into the engine.
             executors["docker"] = DockerExecutor(engine, fetch=client.download)
+        if fl_datasets is not None:
+            # Global models and partitions come from the server's content store by CID.
+            executors["fl_train"] = FlExecutor(client, fl_datasets, noop=fl_trainer == "noop")
         models: ModelDiscovery | None = None
         if llm_specs:
             llm = LlmExecutor([build_backend(spec) for spec in llm_specs])

@@ -180,6 +180,51 @@ class ServerClient:
         _raise(r)
         return str(r.json()["cid"])
 
+    async def model_update(self, content: bytes) -> dict[str, Any]:
+        """Post an FL model update (a JSON body, fenced by its task's claim token); the server
+        completes the task when it accepts the update."""
+        r = await self.http.post(
+            "/api/v1/federated-learning/model-updates",
+            content=content,
+            headers={**self._auth(), "Content-Type": "application/json"},
+            timeout=httpx.Timeout(30.0, read=120.0),
+        )
+        _raise(r)
+        return dict(r.json())
+
+    def _secagg_path(self, session_id: str, round_number: int, stage: str) -> str:
+        return (
+            f"/api/v1/federated-learning/sessions/{session_id}/rounds/{round_number}/secagg/{stage}"
+        )
+
+    async def secagg_post(
+        self, session_id: str, round_number: int, stage: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Post this participant's message for a SecAgg+ stage (fenced by the task's claim
+        token in ``body["claim_token"]``)."""
+        r = await self.http.post(
+            self._secagg_path(session_id, round_number, stage),
+            json=body,
+            headers=self._auth(),
+            timeout=httpx.Timeout(30.0, read=120.0),
+        )
+        _raise(r)
+        return dict(r.json())
+
+    async def secagg_get(
+        self, session_id: str, round_number: int, stage: str, token: str, wait: float
+    ) -> dict[str, Any]:
+        """The messages of a SecAgg+ stage addressed to this participant, long-polling up to
+        ``wait`` seconds; ``ready`` is false until the stage's messages are final."""
+        r = await self.http.get(
+            self._secagg_path(session_id, round_number, stage),
+            params={"wait": wait},
+            headers={**self._auth(), "X-Claim-Token": token},
+            timeout=httpx.Timeout(15.0, read=wait + 20.0),
+        )
+        _raise(r)
+        return dict(r.json())
+
     async def download(self, cid: str) -> AsyncIterator[bytes]:
         """Stream content by CID from the server's content store."""
         async with self.http.stream(

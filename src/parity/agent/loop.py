@@ -15,6 +15,7 @@ from parity.agent.capabilities import detect
 from parity.agent.client import ServerClient, ServerError
 from parity.agent.executors import CancelToken, Executor, Outcome
 from parity.agent.executors.docker import DockerEngine
+from parity.agent.fl import FlExecutor
 from parity.agent.llm.executor import LlmExecutor
 from parity.agent.push import PushReceiver
 from parity.agent.token_stream import TokenStream
@@ -94,6 +95,9 @@ class Runner:
         llm = executors.get("llm")
         if isinstance(llm, LlmExecutor) and llm.token_sink is None:
             llm.token_sink = self._on_token  # tasks with ``stream: true`` stream their tokens
+        fl = executors.get("fl_train")
+        if isinstance(fl, FlExecutor) and fl.claim_token_of is None:
+            fl.claim_token_of = self._claim_token  # an FL update is fenced by the task's claim
 
     def stop(self) -> None:
         self.stopping.set()
@@ -117,6 +121,10 @@ class Runner:
         }
         if "docker" not in self.executors:
             body["capabilities"]["docker"] = False
+        fl = self.executors.get("fl_train")
+        body["capabilities"]["fl"] = fl is not None
+        if isinstance(fl, FlExecutor):
+            body["capabilities"]["fl_datasets"] = fl.dataset_names
         if self.llm_models is not None:
             body["models"] = [*body["models"], *await self.llm_models.discover()]
         background: list[asyncio.Task[Any]] = []
@@ -307,7 +315,11 @@ class Runner:
             if a.stream is not None:
                 # The last deltas reach the server before the outcome does.
                 await a.stream.close(STOP_STEP_SECONDS)
-            if not a.revoked:
+            if a.revoked:
+                return  # a revoked claim is released (or gone), never reported
+            if outcome.reported:
+                self.completed += 1  # the executor's own request ended the task on the server
+            else:
                 await self._report(a, outcome)
         except ServerError as exc:
             log.warning("task_report_refused", task_id=a.task_id, error=str(exc))
@@ -322,6 +334,10 @@ class Runner:
             self.active.pop(a.task_id, None)
             self.slot_freed.set()
             self._claim_deferred()
+
+    def _claim_token(self, task_id: str) -> str | None:
+        a = self.active.get(task_id)
+        return None if a is None else a.token
 
     async def _on_token(self, task: dict[str, Any], text: str) -> None:
         a = self.active.get(str(task.get("id")))

@@ -14,10 +14,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from parity.chain.keystore import KeystoreError, read_address
-from parity.cli.auth import default_keystore_path
-from parity.cli.credentials import CredentialsError, credentials_path, load_token
-from parity.cli.server_url import ServerUrlError, resolve_server_url
+from parity.cli.session import SessionError, resolve_session
 from parity.cli.storage import KeystoreOpt, ServerOpt, TokenOpt
 
 llm_app = typer.Typer(
@@ -42,23 +39,13 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _connect(
     server: str | None, keystore: Path | None, token: str | None, read_timeout: float
 ) -> httpx.Client:
-    path = keystore.expanduser() if keystore is not None else default_keystore_path()
     try:
-        choice = resolve_server_url(server, credentials=credentials_path(path))
-        if token is None:
-            address = read_address(path) if path.exists() else None
-            stored = load_token(credentials_path(path), choice.url, address)
-            if stored is None:
-                raise _fail(
-                    f"no session on {choice.describe()}: run `parity-server auth --server "
-                    f"{choice.url} --keystore {path}` or pass --token"
-                )
-            token = stored.token
-    except (ServerUrlError, CredentialsError, KeystoreError) as exc:
+        url, bearer = resolve_session(server, keystore, token)
+    except SessionError as exc:
         raise _fail(str(exc)) from None
     return httpx.Client(
-        base_url=choice.url,
-        headers={"Authorization": f"Bearer {token}"},
+        base_url=url,
+        headers={"Authorization": f"Bearer {bearer}"},
         timeout=httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S),
     )
 

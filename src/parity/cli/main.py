@@ -111,6 +111,7 @@ def version() -> None:
 def _register_optional() -> None:
     from parity.cli.auth import register_auth_command
     from parity.cli.chain import register_chain_commands
+    from parity.cli.fl import fl_app
     from parity.cli.llm import llm_app
     from parity.cli.storage import storage_app
     from parity.cli.token import register_token_command
@@ -120,6 +121,7 @@ def _register_optional() -> None:
     register_token_command(app)
     app.add_typer(storage_app, name="storage")
     app.add_typer(llm_app, name="llm")
+    app.add_typer(fl_app, name="fl")
 
 
 _register_optional()

@@ -4,6 +4,7 @@ from parity.auth import models as auth_models
 from parity.db.base import Base
 from parity.events import models as event_models
 from parity.fl import models as fl_models
+from parity.fl import secagg_models as fl_secagg_models
 from parity.idempotency import models as idempotency_models
 from parity.ledger import models as ledger_models
 from parity.llm import models as llm_models
@@ -16,6 +17,7 @@ __all__ = [
     "auth_models",
     "event_models",
     "fl_models",
+    "fl_secagg_models",
     "idempotency_models",
     "ledger_models",
     "llm_models",

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from parity.clock import Clock
-from parity.ledger.deps import LedgerDeps
 from parity.storage.ports import ContentStore
-from parity.tasks.deps import TaskDeps
+from parity.tasks.deps import OnTaskRows, TaskDeps
 
 
 @dataclass(frozen=True)
-class FLDeps:
+class FLDeps(OnTaskRows):
     tasks: TaskDeps
     store: ContentStore
     round_timeout_seconds: float  # FL_ROUND_TIMEOUT: a round's deadline unless the session sets one
@@ -21,16 +19,3 @@ class FLDeps:
     # Set after a commit that may let a round close (its last update arrived, a task ended): the
     # rounds job closes and aggregates it at once instead of at its next tick.
     rounds_now: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
-
-    @property
-    def clock(self) -> Clock:
-        return self.tasks.clock
-
-    @property
-    def ledger(self) -> LedgerDeps | None:
-        return self.tasks.ledger
-
-    @property
-    def priced(self) -> bool:
-        """Reward pools are held in escrow when the server prices work (PRICE_*)."""
-        return self.tasks.ledger is not None and self.tasks.ledger.pricing_enabled

@@ -15,13 +15,11 @@ flush, never commit: every call runs in the transaction of the state change it b
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.core.billing.postings import payment_legs
 from parity.ledger import repository as repo
 from parity.ledger import service as ledger
 from parity.ledger.deps import LedgerDeps
@@ -133,25 +131,20 @@ async def pay_from_pool(
         return None
     now = deps.clock.now()
     remaining = pool.amount - paid
-    legs = payment_legs(
-        pool.account, payee, paid, fee_bps=deps.fee_bps, protocol=deps.protocol_account
-    )
-    posting = Posting(
-        id=uuid.uuid4(),
-        source_type=source_type,
-        source_id=payment_source_id,
-        kind=kind,
+    posting = await ledger.pay(
+        session,
+        deps,
+        payer=pool.account,
+        payee=payee,
+        amount=paid,
+        source=(source_type, payment_source_id, kind),
         facts={
             **facts,
             "pool": {"source_type": source_type, "source_id": source_id},
             "requested": str(amount),
-            "amount": str(paid),
             "remaining": str(remaining),
-            "fee_bps": deps.fee_bps,
         },
-        created_at=now,
     )
-    await ledger.post(session, posting, legs)
     pool.amount = remaining
     # A new dict: the JSON column does not track changes made inside the old one.
     pool.price = {**pool.price, "paid": str(_paid(pool) + paid)}

@@ -243,25 +243,19 @@ async def close_task(
         return None
     ms = int((completed_at - started_at).total_seconds() * 1000)
     amount = metered_amount(reservation.price, ms, reservation.amount)
-    legs = payment_legs(
-        reservation.account, payee, amount, fee_bps=deps.fee_bps, protocol=deps.protocol_account
-    )
-    posting = Posting(
-        id=uuid.uuid4(),
-        source_type=TASK,
-        source_id=task_id,
-        kind=TASK_PAYMENT,
+    return await pay(
+        session,
+        deps,
+        payer=reservation.account,
+        payee=payee,
+        amount=amount,
+        source=(TASK, task_id, TASK_PAYMENT),
         facts={
             "milliseconds": max(ms, 0),
             "price": reservation.price,
             "reserved": str(reservation.amount),
-            "amount": str(amount),
-            "fee_bps": deps.fee_bps,
         },
-        created_at=now,
     )
-    await post(session, posting, legs)
-    return posting
 
 
 async def reserve_amount(
@@ -366,21 +360,39 @@ async def close_with_amount(
         await session.flush()
         return None
     billed = min(max(amount, 0), reservation.amount)
-    legs = payment_legs(
-        reservation.account, payee, billed, fee_bps=deps.fee_bps, protocol=deps.protocol_account
+    return await pay(
+        session,
+        deps,
+        payer=reservation.account,
+        payee=payee,
+        amount=billed,
+        source=(source_type, source_id, kind),
+        facts={**facts, "reserved": str(reservation.amount)},
     )
+
+
+async def pay(
+    session: AsyncSession,
+    deps: LedgerDeps,
+    *,
+    payer: str,
+    payee: str,
+    amount: int,
+    source: tuple[str, str, str],
+    facts: dict[str, Any],
+) -> Posting:
+    """Post one payment of ``amount`` from ``payer`` to ``payee`` (payer -P, payee +(P-fee),
+    protocol +fee) for ``source`` = (source type, source id, kind); ``facts`` say what it
+    paid for (the amount and the fee rate are added)."""
+    source_type, source_id, kind = source
+    legs = payment_legs(payer, payee, amount, fee_bps=deps.fee_bps, protocol=deps.protocol_account)
     posting = Posting(
         id=uuid.uuid4(),
         source_type=source_type,
         source_id=source_id,
         kind=kind,
-        facts={
-            **facts,
-            "reserved": str(reservation.amount),
-            "amount": str(billed),
-            "fee_bps": deps.fee_bps,
-        },
-        created_at=now,
+        facts={**facts, "amount": str(amount), "fee_bps": deps.fee_bps},
+        created_at=deps.clock.now(),
     )
     await post(session, posting, legs)
     return posting

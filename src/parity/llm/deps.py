@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from parity.clock import Clock
-from parity.ledger.deps import LedgerDeps
-from parity.tasks.deps import TaskDeps
+from parity.tasks.deps import OnTaskRows, TaskDeps
 
 
 @dataclass(frozen=True)
-class LlmDeps:
+class LlmDeps(OnTaskRows):
     tasks: TaskDeps
     queue_timeout_seconds: float  # LLM_QUEUE_TIMEOUT_SECONDS: a prompt's default deadline
     default_max_tokens: int  # LLM_DEFAULT_MAX_TOKENS
@@ -19,16 +17,3 @@ class LlmDeps:
     # Set after a commit that left a prompt unrouted: the prompts job routes it at once instead
     # of at its next tick (a runner row another transaction held is usually free again).
     route_now: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
-
-    @property
-    def clock(self) -> Clock:
-        return self.tasks.clock
-
-    @property
-    def ledger(self) -> LedgerDeps | None:
-        return self.tasks.ledger
-
-    @property
-    def priced(self) -> bool:
-        """Prompts are billed when the server prices work (PRICE_*), like compute tasks."""
-        return self.tasks.ledger is not None and self.tasks.ledger.pricing_enabled

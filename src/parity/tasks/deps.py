@@ -30,3 +30,23 @@ class TaskDeps:
     def rand(self) -> float:
         """A float in [0, 1) from the injected random source (for jitter)."""
         return int.from_bytes(self.random_bytes(4), "big") / 2**32
+
+
+class OnTaskRows:
+    """For the deps of a domain whose work rides on task rows (prompts, FL rounds): the clock
+    and the ledger are the queue's, and its work is priced when the queue's is."""
+
+    tasks: TaskDeps
+
+    @property
+    def clock(self) -> Clock:
+        return self.tasks.clock
+
+    @property
+    def ledger(self) -> LedgerDeps | None:
+        return self.tasks.ledger
+
+    @property
+    def priced(self) -> bool:
+        """Work is billed (escrow, postings) when the server prices work (PRICE_*)."""
+        return self.tasks.ledger is not None and self.tasks.ledger.pricing_enabled

@@ -6,6 +6,8 @@ with a reason. Every status change still goes through ``queue.transitions``."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,6 +50,53 @@ async def create_internal_task(
     return task
 
 
+@dataclass(frozen=True)
+class Routed:
+    """One internal task to create already routed to its runner."""
+
+    title: str
+    config: dict[str, Any]
+    runner_id: uuid.UUID
+    push: bool  # the runner has a push URL: queue its signed ``task.offered``
+
+
+async def create_routed_internal_tasks(
+    session: AsyncSession,
+    deps: TaskDeps,
+    *,
+    task_type: TaskType,
+    creator: str,
+    items: Sequence[Routed],
+    max_attempts: int,
+) -> list[Task]:
+    """Several internal tasks (an FL round's), each offered to its runner from the start: the
+    rows, events and offers :func:`create_internal_task` then :func:`target_internal_task`
+    give, in one pass (one limit check, one batched insert; a new task has no exclusions)."""
+    await check_pending_limits(session, deps, creator)
+    now = deps.clock.now()
+    tasks = []
+    for item in items:
+        task = new_task(
+            deps,
+            now,
+            task_type=task_type.value,
+            title=item.title,
+            config=item.config,
+            creator=creator,
+            max_attempts=max_attempts,
+        )
+        task.target_runner_id = item.runner_id
+        tasks.append(task)
+    session.add_all(tasks)
+    await session.flush()
+    for task, item in zip(tasks, items, strict=True):
+        await emit_task_event(session, deps, "task.created", task, type=task.type)
+        await service.offer_to(
+            session, deps, task, item.runner_id, now, push=item.push, expires=None
+        )
+    return tasks
+
+
 async def target_internal_task(
     session: AsyncSession, deps: TaskDeps, task_id: uuid.UUID, runner_id: uuid.UUID, *, push: bool
 ) -> bool:
@@ -74,3 +123,26 @@ async def end_internal_task(
     task.last_error = reason
     await tr.transition(session, deps, task, tr.CANCEL, now=deps.clock.now())
     return True
+
+
+async def cancel_internal_task(
+    session: AsyncSession, deps: TaskDeps, task_id: uuid.UUID, reason: str
+) -> bool:
+    """Cancel an internal task whatever runner holds it (an FL session cancelled, a round
+    given up): pending/assigned → cancelled, running → cancel_requested (the runner hears it
+    through its lease or heartbeat answer). ``reason`` becomes its ``last_error``. False when
+    it had already ended or a cancel was already asked for."""
+    task = await repo.get(session, task_id, lock=True)
+    if task is None:
+        return False
+    now = deps.clock.now()
+    if task.status in (TaskStatus.PENDING, TaskStatus.ASSIGNED):
+        attempt = await repo.current_attempt(session, task) if task.status == "assigned" else None
+        task.last_error = reason
+        await tr.transition(session, deps, task, tr.CANCEL, now=now, attempt=attempt)
+        return True
+    if task.status == TaskStatus.RUNNING:
+        task.last_error = reason
+        await tr.transition(session, deps, task, tr.REQUEST_CANCEL, now=now)
+        return True
+    return False

@@ -15,8 +15,29 @@ from parity.tasks import queue_repository as queue_repo
 from parity.tasks.deps import TaskDeps
 
 
-def lease_expiry_job(deps: TaskDeps, interval: float) -> PeriodicJob:
+class StartupGrace:
+    """True for ``seconds`` after the first tick of this process. While a server was down its
+    runners could neither renew leases nor beat: what looks expired at start-up is usually
+    alive, so the sweeps that judge by those timestamps wait one period after a (re)start."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._first: datetime | None = None
+
+    def active(self, now: datetime) -> bool:
+        if self._first is None:
+            self._first = now
+        return (now - self._first).total_seconds() < self.seconds
+
+
+def lease_expiry_job(
+    deps: TaskDeps, interval: float, *, startup_grace_seconds: float = 0.0
+) -> PeriodicJob:
+    grace = StartupGrace(startup_grace_seconds)
+
     async def tick(session: AsyncSession, now: datetime) -> int:
+        if grace.active(now):
+            return 0
         n = await lifecycle.expire_leases(session, deps, now)
         if n:
             wakeups = deps.wakeups
@@ -31,11 +52,19 @@ def lease_expiry_job(deps: TaskDeps, interval: float) -> PeriodicJob:
 
 
 def liveness_job(
-    deps: TaskDeps, runners: RunnerConfig, interval: float, timeout_seconds: float
+    deps: TaskDeps,
+    runners: RunnerConfig,
+    interval: float,
+    timeout_seconds: float,
+    *,
+    startup_grace_seconds: float = 0.0,
 ) -> PeriodicJob:
     """Runners silent past the timeout go offline; their leases expire at once."""
+    grace = StartupGrace(startup_grace_seconds)
 
     async def tick(session: AsyncSession, now: datetime) -> int:
+        if grace.active(now):
+            return 0
         stale = await runners_service.mark_stale_offline(session, runners, now, timeout_seconds)
         await runner_side.runners_gone(session, deps, stale, now, sweep=True)
         return len(stale)

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from parity.api.deps import ContainerDep, CurrentRunner, WriteSession
@@ -72,6 +72,7 @@ async def available(
     responses={204: {"description": "Nothing to claim within `wait` seconds"}},
 )
 async def claim_next(
+    request: Request,
     runner_id: CurrentRunner,
     c: ContainerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
@@ -94,6 +95,10 @@ async def claim_next(
         if remaining <= 0:
             return _no_content()
         await c.wakeups.wait(runner_id, min(remaining, c.settings.long_poll_recheck_seconds))
+        if await request.is_disconnected():
+            # The runner went away while waiting (stopped, restarted under the same runner id):
+            # a claim now would hold work for a process that can never receive it.
+            return _no_content()
 
 
 @router.post("/runners/tasks/{task_id}/claim", response_model=ClaimRead)

@@ -177,9 +177,11 @@ async def offer_to(
     expires: datetime | None,
 ) -> None:
     """Target ``task`` at a runner: queue its signed ``task.offered`` push when it has a push
-    URL, and wake it after commit (its long-poll, and the push loop)."""
+    URL, and wake it after commit (its long-poll, and the push loop). A runner in a long-poll on
+    this replica is only woken: it claims at once, and a push would make it claim twice."""
     task.target_runner_id = runner_id
     task.offer_expires_at = expires
+    push = push and not deps.wakeups.is_waiting(runner_id)
     if push:
         session.add(
             RunnerPush(

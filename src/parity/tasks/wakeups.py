@@ -24,6 +24,10 @@ class WakeHub:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def is_waiting(self, runner_id: uuid.UUID) -> bool:
+        """Whether that runner is in a long-poll on this replica right now."""
+        return any(key == runner_id for key in self._waiters.keys())  # noqa: SIM118 - not a dict
+
     async def wait(self, runner_id: uuid.UUID, timeout: float) -> bool:
         """True when woken, False on timeout."""
         return await self._waiters.wait(runner_id, timeout)

@@ -19,6 +19,9 @@ class Outcome:
     cancelled: bool = False
     # The whole output when it did not fit inline (the runner stores it and reports a CID).
     full_output: bytes | None = None
+    # The executor's own request already ended the task on the server (an accepted FL update
+    # completes its task): the runner reports nothing more.
+    reported: bool = False
 
 
 class Executor(Protocol):

@@ -1,0 +1,462 @@
+"""`parity-server fl`: federated-learning sessions from the command line. Create a session from
+a JSON configuration (uploading its dataset through the storage API), start, watch and cancel
+it, read its rounds and metrics, download its global model. Talks to a server over HTTP with the
+session `parity-server auth` stored for the keystore's address (or --token); the server is
+chosen by :mod:`parity.cli.server_url`. What is printed is shaped in :mod:`parity.cli.fl_view`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TimeElapsedColumn,
+)
+
+from parity.cli import fl_view as view
+from parity.cli.session import SessionError, resolve_session
+from parity.cli.storage import KeystoreOpt, QuietOpt, ServerOpt, TokenOpt
+
+fl_app = typer.Typer(
+    name="fl",
+    help="Federated learning: create, start, watch and cancel sessions; list them; read their "
+    "rounds and metrics; download the global model.",
+    no_args_is_help=True,
+)
+
+API = "/api/v1/federated-learning"
+STORAGE_UPLOAD = "/api/v1/storage/upload"
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 300.0
+PIECE = 1 << 20
+PAGE_SIZE = 100
+# `fl watch` rides out a server restart: this many failed polls in a row end it.
+MAX_POLL_ERRORS = 5
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
+SessionArg = Annotated[str, typer.Argument(metavar="ID", help="The session's id.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _client(server: str, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=server.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+    )
+
+
+def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
+    try:
+        url, bearer = resolve_session(server, keystore, token)
+    except SessionError as exc:
+        raise _fail(str(exc)) from None
+    return _client(url, bearer)
+
+
+def _refused(response: httpx.Response) -> typer.Exit:
+    """The error envelope's message and code; the HTTP status when there is no envelope."""
+    message = f"HTTP {response.status_code}"
+    try:
+        err = response.json().get("error", {})
+        message = f"{err.get('message', message)} ({err.get('code', response.status_code)})"
+    except (ValueError, AttributeError):
+        pass
+    return _fail(message)
+
+
+def _request(client: httpx.Client, method: str, path: str, ok: int = 200, **kw: Any) -> Any:
+    """The JSON answer of one request; a refusal or an unreachable server ends the command."""
+    try:
+        r = client.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {client.base_url}: {exc}") from None
+    if r.status_code != ok:
+        raise _refused(r)
+    try:
+        return r.json()
+    except ValueError:
+        raise _fail(f"{client.base_url} answered {method} {path} with something not JSON") from None
+
+
+def _session_path(session_id: str, *rest: str) -> str:
+    return "/".join((f"{API}/sessions/{quote(session_id, safe='')}", *rest)).rstrip("/")
+
+
+def _session_of(doc: Any) -> dict[str, Any]:
+    """Start and cancel answer ``{"message", "session"}``; create and read the session itself."""
+    inner = doc.get("session") if isinstance(doc, dict) else None
+    return inner if isinstance(inner, dict) else dict(doc)
+
+
+def _print_json(doc: Any) -> None:
+    typer.echo(json.dumps(doc, indent=2))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return view.parse_config(path.read_text(encoding="utf-8"), path.name)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"cannot read {path}: {exc}", 2) from None
+    except view.ConfigProblem as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _progress(quiet: bool, *columns: ProgressColumn) -> Progress:
+    """A progress bar on stderr (stdout carries the answer)."""
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        *columns,
+        console=Console(stderr=True, soft_wrap=True),
+        disable=quiet,
+    )
+
+
+def _upload(client: httpx.Client, dataset: Path, quiet: bool) -> str:
+    """Upload ``dataset`` (streamed, pinned under its file name) and return its CID."""
+    size = dataset.stat().st_size
+    with _progress(quiet, DownloadColumn()) as progress:
+        task = progress.add_task(f"upload {dataset.name}", total=size)
+
+        def body() -> Iterator[bytes]:
+            with open(dataset, "rb") as f:
+                while piece := f.read(PIECE):
+                    progress.advance(task, len(piece))
+                    yield piece
+
+        doc = _request(
+            client,
+            "PUT",
+            STORAGE_UPLOAD,
+            ok=201,
+            params={"pin": "true", "name": dataset.name},
+            content=body(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+    return str(doc["cid"])
+
+
+@fl_app.command("create")
+def create_cmd(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="CONFIG.json",
+            help="The session's configuration: the body of POST sessions (see the README).",
+        ),
+    ],
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE",
+            help="Upload FILE (CSV with a header row and the label last, NPZ with X and y, or "
+            "JSON {features, labels}) and train on it: fills training_data.dataset_cid, and "
+            "training_data.data_format from the extension when the configuration has none.",
+        ),
+    ] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Create a session from CONFIG.json; prints its id. The session waits, pending, for
+    `parity-server fl start ID`."""
+    body = _read_config(config)
+    if dataset is not None:
+        try:
+            view.check_dataset_option(body, dataset)
+        except view.ConfigProblem as exc:
+            raise _fail(str(exc), 2) from None
+    with _connect(server, keystore, token) as client:
+        if dataset is not None:
+            cid = _upload(client, dataset, quiet)
+            typer.echo(f"uploaded {dataset.name}: {cid}", err=True)
+            body = view.with_dataset(body, cid, view.data_format_for(dataset))
+        session = _session_of(_request(client, "POST", f"{API}/sessions", ok=201, json=body))
+    if as_json:
+        _print_json(session)
+        return
+    typer.echo(
+        f"created session {session['name']!r} ({session['status']}); "
+        f"start it with `parity-server fl start {session['id']}`",
+        err=True,
+    )
+    typer.echo(session["id"])
+
+
+@fl_app.command("start")
+def start_cmd(
+    session_id: SessionArg,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start session ID: selects its participants among the online runners and opens round 1.
+    Refused while too few runners advertise federated learning."""
+    with _connect(server, keystore, token) as client:
+        doc = _request(client, "POST", _session_path(session_id, "start"))
+    if as_json:
+        _print_json(doc)
+        return
+    session = _session_of(doc)
+    typer.echo(
+        f"session {session['id']} {session['status']}: "
+        f"{session.get('participant_count')} participants, "
+        f"round {session.get('current_round')}/{session.get('total_rounds')}"
+    )
+
+
+@fl_app.command("cancel")
+def cancel_cmd(
+    session_id: SessionArg,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel session ID: its open round's tasks are cancelled and what is left of its reward
+    pool is released."""
+    with _connect(server, keystore, token) as client:
+        doc = _request(client, "POST", _session_path(session_id, "cancel"))
+    if as_json:
+        _print_json(doc)
+        return
+    session = _session_of(doc)
+    typer.echo(f"session {session['id']} {session['status']}")
+
+
+def _status_doc(client: httpx.Client, session_id: str) -> dict[str, Any]:
+    session = _request(client, "GET", _session_path(session_id))
+    rounds = _request(client, "GET", _session_path(session_id, "rounds"), params={"limit": 1})
+    metrics = _request(client, "GET", _session_path(session_id, "metrics"))
+    items = rounds.get("items") or []
+    return {
+        "session": session,
+        "latest_round": items[0] if items else None,
+        "metrics": metrics,
+    }
+
+
+@fl_app.command("status")
+def status_cmd(
+    session_id: SessionArg,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Session ID: its state, its latest round and the metrics of every completed round."""
+    with _connect(server, keystore, token) as client:
+        doc = _status_doc(client, session_id)
+    if as_json:
+        _print_json(doc)
+        return
+    for line in view.session_lines(doc["session"]):
+        typer.echo(line)
+    if doc["latest_round"] is not None:
+        typer.echo(view.round_line(doc["latest_round"]))
+    rounds = doc["metrics"].get("rounds") or []
+    if rounds:
+        typer.echo("")
+        for line in view.metrics_table(rounds):
+            typer.echo(line)
+
+
+@fl_app.command("list")
+def list_cmd(
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Show this many at most (default all).")
+    ] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your sessions, newest first (every session for an operator), page by page."""
+    sessions: list[dict[str, Any]] = []
+    cursor: str | None = None
+    with _connect(server, keystore, token) as client:
+        while limit is None or len(sessions) < limit:
+            size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(sessions))
+            params: dict[str, Any] = {"limit": size}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = _request(client, "GET", f"{API}/sessions", params=params)
+            sessions.extend(page.get("sessions") or [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+    if as_json:
+        _print_json(sessions)
+        return
+    if not sessions:
+        typer.echo("no sessions", err=True)
+        return
+    for line in view.sessions_table(sessions):
+        typer.echo(line)
+
+
+def _poll(client: httpx.Client, path: str) -> Any:
+    """One poll of `fl watch`; None on a failure worth retrying (unreachable, restarting)."""
+    try:
+        r = client.get(path)
+    except httpx.HTTPError:
+        return None
+    if r.status_code in RETRYABLE_STATUS:
+        return None
+    if r.status_code != 200:
+        raise _refused(r)
+    return r.json()
+
+
+@fl_app.command("watch")
+def watch_cmd(
+    session_id: SessionArg,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0, max=60, help="Seconds between polls.")
+    ] = 2.0,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Follow session ID until it ends: a progress bar over its rounds and a line per completed
+    round with its accuracy (test accuracy where the session holds out a test split) and train
+    loss, on stderr. Exits 0 when the session completes, 1 when it fails or is cancelled."""
+    errors = 0
+    shown = 0
+    rounds: list[dict[str, Any]] = []
+    with (
+        _connect(server, keystore, token) as client,
+        _progress(quiet, MofNCompleteColumn(), TimeElapsedColumn()) as progress,
+    ):
+        bar = progress.add_task("waiting", total=None)
+        while True:
+            session = _poll(client, _session_path(session_id))
+            metrics = _poll(client, _session_path(session_id, "metrics")) if session else None
+            if session is None or metrics is None:
+                errors += 1
+                if errors >= MAX_POLL_ERRORS:
+                    raise _fail(f"{client.base_url} did not answer {errors} polls in a row")
+            else:
+                errors = 0
+                rounds = metrics.get("rounds") or []
+                for m in rounds[shown:]:
+                    progress.console.print(
+                        view.round_summary(m, session.get("total_rounds")),
+                        markup=False,
+                        highlight=False,
+                    )
+                shown = len(rounds)
+                progress.update(
+                    bar,
+                    total=session.get("total_rounds"),
+                    completed=len(rounds),
+                    description=view.watch_description(session, rounds),
+                )
+                if session.get("status") in view.TERMINAL:
+                    break
+            time.sleep(interval)
+    if as_json:
+        _print_json({"session": session, "metrics": metrics})
+    status = session.get("status")
+    if status != "completed":
+        reason = session.get("failure_reason")
+        raise _fail(f"session {session.get('id')} {status}" + (f": {reason}" if reason else ""))
+    if not as_json:
+        final = f"session {session.get('id')} completed after {shown} rounds"
+        typer.echo(f"{final}: {view.accuracy_text(rounds[-1])}" if rounds else final)
+
+
+def _download(client: httpx.Client, session_id: str, part: Path) -> str:
+    """Stream the global model into ``part``; its sha256 (hex)."""
+    digest = hashlib.sha256()
+    try:
+        with (
+            client.stream("GET", _session_path(session_id, "model", "download")) as r,
+            open(part, "wb") as sink,
+        ):
+            if r.status_code != 200:
+                r.read()
+                raise _refused(r)
+            for piece in r.iter_bytes(PIECE):
+                sink.write(piece)
+                digest.update(piece)
+    except httpx.HTTPError as exc:
+        raise _fail(f"download failed: {exc}") from None
+    return digest.hexdigest()
+
+
+@fl_app.command("model")
+def model_cmd(
+    session_id: SessionArg,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Where to write it (default ./ID.safetensors)."
+        ),
+    ] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    keystore: KeystoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download session ID's latest global model (safetensors) and check its sha256 against the
+    one the server records. During the session it is the latest round's (intermediate) model."""
+    final = output or Path(f"{session_id}.safetensors")
+    part = final.with_name(final.name + ".part")
+    with _connect(server, keystore, token) as client:
+        meta = _request(client, "GET", _session_path(session_id, "model"))
+        try:
+            got = _download(client, session_id, part)
+            if got != meta.get("sha256"):
+                # A round may have completed between the two requests: read the record again,
+                # and fetch the file once more when it still disagrees with the record.
+                meta = _request(client, "GET", _session_path(session_id, "model"))
+                if got != meta.get("sha256"):
+                    got = _download(client, session_id, part)
+            if got != meta.get("sha256"):
+                raise _fail(f"the model downloaded hashes to {got}, not {meta.get('sha256')}")
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+    part.replace(final)
+    if as_json:
+        _print_json(meta)
+        return
+    stage = " (intermediate)" if meta.get("intermediate") else ""
+    typer.echo(
+        f"round {meta.get('round')}/{meta.get('total_rounds')}{stage}, "
+        f"{len(meta.get('tensors') or {})} tensors, sha256 {got} verified",
+        err=True,
+    )
+    typer.echo(str(final))

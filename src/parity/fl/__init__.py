@@ -1,0 +1,1 @@
+"""Federated learning: sessions, participants, rounds, model updates (ARCHITECTURE §4-§5)."""

@@ -1,0 +1,273 @@
+"""A participant's model update (``POST /federated-learning/model-updates``).
+
+Checked before anything is written: the round is collecting and its deadline has not passed
+(409 ``round_closed``), the caller holds a slot in it (403 ``not_a_participant``), the tensors
+match the round's global model by name and shape, are finite and within the session's norm
+bound (422 naming the tensor). The update is then stored as safetensors in the content store
+(off the event loop, before the transaction), and one transaction completes the slot's
+``fl_train`` task through the task queue (fenced by the claim token) and records the update on
+the slot. Repeating an accepted update with the same claim token answers the same again.
+The last update of a round wakes the rounds job after commit, so the round closes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parity.core.fl.aggregation import Weights
+from parity.core.fl.errors import TensorError
+from parity.core.fl.tensors import decode, encode, from_lists, validate_update
+from parity.db.hooks import after_commit
+from parity.db.session import Database
+from parity.errors import InvalidInput
+from parity.fl import rounds_repository as repo
+from parity.fl import secagg_service, store_io
+from parity.fl.deps import FLDeps
+from parity.fl.errors import NotAParticipant, RoundClosed, RoundNotFound
+from parity.fl.models import FLRound, FLRoundSlot, FLSession
+from parity.fl.rounds import settings_of
+from parity.fl.spec import ModelUpdate, parse_model_update
+from parity.tasks import lifecycle
+
+HEADER_SLACK = 1024 * 1024  # a safetensors header and metadata, beyond the tensor bytes
+MODEL_CACHE_ENTRIES = 8
+
+
+class ModelCache:
+    """Decoded models by CID (content-addressed, so an entry can never go stale): every update
+    of a round is checked against the same global model, read and decoded once."""
+
+    def __init__(self, entries: int = MODEL_CACHE_ENTRIES) -> None:
+        self._entries = entries
+        self._models: OrderedDict[str, Weights] = OrderedDict()
+
+    async def get(self, deps: FLDeps, cid: str, sha256: str, max_bytes: int) -> Weights:
+        found = self._models.get(cid)
+        if found is not None:
+            self._models.move_to_end(cid)
+            return found
+        data = await store_io.get_bytes(deps.store, cid, max_bytes=max_bytes, sha256=sha256)
+        weights = await asyncio.to_thread(decode, data)
+        self._models[cid] = weights
+        while len(self._models) > self._entries:
+            self._models.popitem(last=False)
+        return weights
+
+    def clear(self) -> None:
+        self._models.clear()
+
+
+MODELS = ModelCache()
+
+
+def model_bytes_cap(shapes: dict[str, Any]) -> int:
+    """The largest safetensors file a model of these shapes can be (float64 values allowed)."""
+    values = sum(math.prod(int(d) for d in shape) for shape in shapes.values())
+    return values * 8 + HEADER_SLACK
+
+
+@dataclass(frozen=True)
+class Checked:
+    cid: str
+    sha256: str
+    norm: float
+
+
+def _answer(round_: FLRound, slot: FLRoundSlot) -> dict[str, Any]:
+    return {
+        "message": "Model update submitted successfully",
+        "update": {
+            "round": round_.number,
+            "participant_index": slot.participant_index,
+            "norm": slot.update_norm,
+        },
+    }
+
+
+def _closed(round_: FLRound, now: datetime) -> RoundClosed | None:
+    if round_.status != repo.COLLECTING:
+        return RoundClosed(
+            f"round {round_.number} is {round_.status}; it no longer accepts updates",
+            details={"round": round_.number, "status": round_.status},
+        )
+    if now >= round_.deadline_at:
+        return RoundClosed(
+            f"round {round_.number} closed at its deadline {round_.deadline_at.isoformat()}",
+            details={"round": round_.number, "deadline_at": round_.deadline_at.isoformat()},
+        )
+    return None
+
+
+def _dropped(round_: FLRound, slot: FLRoundSlot) -> RoundClosed | None:
+    if slot.status != repo.DROPPED:
+        return None
+    return RoundClosed(
+        f"this runner was dropped from round {round_.number}: {slot.drop_reason}",
+        details={"round": round_.number, "status": slot.status},
+    )
+
+
+def _check_slot(update: ModelUpdate, round_: FLRound, slot: FLRoundSlot | None) -> FLRoundSlot:
+    if slot is None:
+        raise NotAParticipant(
+            f"this runner holds no slot in round {round_.number} of session {update.session_id}"
+        )
+    if update.task_id is not None and update.task_id != slot.task_id:
+        raise InvalidInput("task_id", "task_id is not this runner's task for that round")
+    return slot
+
+
+async def submit_update(
+    db: Database, deps: FLDeps, runner_id: uuid.UUID, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Accept one participant's update for its round (see the module docstring)."""
+    update = parse_model_update(body)
+    async with db.read_session() as session:
+        found = await repo.update_target(session, update.round_id, runner_id)
+        if found is None or found[0].session_id != update.session_id:
+            raise RoundNotFound(f"session {update.session_id} has no round {update.round_id}")
+        round_, fl_session, maybe_slot, known = found
+        secagg_service.refuse_plain_update(fl_session, round_.number)
+        slot = _check_slot(update, round_, maybe_slot)
+        if slot.status != repo.SUBMITTED:
+            closed = _closed(round_, deps.clock.now()) or _dropped(round_, slot)
+            if closed is not None:
+                raise closed
+            # The claim token is checked before anything is stored: a refused update leaves
+            # nothing behind in the content store.
+            await lifecycle.current_attempt(session, runner_id, slot.task_id, update.claim_token)
+    # What the update counts for (its FedAvg weight, its reward share): what the runner
+    # reports, never more than the partition the server gave it.
+    examples = min(update.data_size, known) if known else update.data_size
+    if slot.status == repo.SUBMITTED:
+        # A repeat: the transaction below answers it once the token is checked.
+        checked = Checked(slot.update_cid or "", slot.update_sha256 or "", slot.update_norm or 0.0)
+    else:
+        checked = await _check_and_store(deps, fl_session, round_, update)
+    async with db.transaction() as session:
+        answer, waiting = await _accept(session, deps, runner_id, update, checked, examples)
+    if waiting > 0 and not db.is_sqlite:
+        # Updates of one round are accepted side by side on PostgreSQL: each may have counted
+        # the others as still waiting before they committed. Counted again now, the last of
+        # them is sure to see the round complete. (SQLite serializes writes: the count held.)
+        async with db.read_session() as session:
+            if await repo.assigned_count(session, update.round_id) == 0:
+                deps.rounds_now.set()
+    return answer
+
+
+async def _check_and_store(
+    deps: FLDeps, fl_session: FLSession, round_: FLRound, update: ModelUpdate
+) -> Checked:
+    shapes = {
+        name: tuple(int(d) for d in shape)
+        for name, shape in (fl_session.model_shapes or {}).items()
+    }
+    cap = model_bytes_cap(fl_session.model_shapes or {})
+    reference = await MODELS.get(deps, round_.model_in_cid, round_.model_in_sha256, cap)
+    max_norm = settings_of(fl_session).max_update_norm
+    if update.weights is not None:
+        weights = update.weights
+
+        def from_json() -> tuple[bytes, float]:
+            with _tensor_field("weights"):
+                parsed = from_lists(weights, shapes)
+                norm = validate_update(parsed, reference, max_norm=max_norm)
+            return encode(parsed), norm
+
+        data, norm = await asyncio.to_thread(from_json)
+        cid, sha256 = await store_io.put_bytes(deps.store, data)
+        return Checked(cid, sha256, norm)
+    assert update.update_cid is not None
+    data = await store_io.get_bytes(
+        deps.store,
+        update.update_cid,
+        max_bytes=cap,
+        sha256=update.update_sha256,
+        field="update_cid",
+    )
+
+    def from_file() -> float:
+        with _tensor_field("update_cid"):
+            return validate_update(decode(data), reference, max_norm=max_norm)
+
+    norm = await asyncio.to_thread(from_file)
+    return Checked(update.update_cid, await store_io.sha256_hex(data), norm)
+
+
+@contextmanager
+def _tensor_field(where: str) -> Iterator[None]:
+    """A core tensor refusal as a 422 naming the tensor (``weights.fc1.weight``)."""
+    try:
+        yield
+    except TensorError as exc:
+        field = where if exc.field in ("weights", "model") else f"{where}.{exc.field}"
+        raise InvalidInput(field, exc.reason) from None
+
+
+async def _accept(
+    session: AsyncSession,
+    deps: FLDeps,
+    runner_id: uuid.UUID,
+    update: ModelUpdate,
+    checked: Checked,
+    examples: int,
+) -> tuple[dict[str, Any], int]:
+    """Record the update in the caller's transaction; returns the answer and how many slots
+    of the round were still waiting (as this transaction saw them)."""
+    # Shared: the updates of one round are accepted side by side, a close waits for them.
+    round_ = await repo.get_round(session, update.round_id, lock="share")
+    assert round_ is not None
+    slot = _check_slot(
+        update, round_, await repo.slot_of_runner(session, round_.id, runner_id, lock=True)
+    )
+    report = lifecycle.Report(
+        output=json.dumps({"update_cid": checked.cid, "norm": checked.norm}),
+        output_cid=checked.cid,
+        result_hash=checked.sha256,
+        usage={
+            "data_size": update.data_size,
+            "loss": update.loss,
+            "accuracy": update.accuracy,
+            "training_time_ms": update.training_time_ms,
+        },
+    )
+    if slot.status == repo.SUBMITTED:
+        # Same token: the queue answers with the task; another token is refused by its fence.
+        await lifecycle.complete(
+            session, deps.tasks, runner_id, slot.task_id, update.claim_token, report
+        )
+        return _answer(round_, slot), 0
+    closed = _closed(round_, deps.clock.now())
+    if closed is not None:
+        raise closed
+    dropped = _dropped(round_, slot)
+    if dropped is not None:
+        raise dropped
+    await lifecycle.complete(
+        session, deps.tasks, runner_id, slot.task_id, update.claim_token, report
+    )
+    slot.status = repo.SUBMITTED
+    slot.update_cid = checked.cid
+    slot.update_sha256 = checked.sha256
+    slot.update_norm = checked.norm
+    slot.num_examples = examples
+    slot.loss = update.loss
+    slot.accuracy = update.accuracy
+    slot.training_time_ms = update.training_time_ms
+    slot.submitted_at = deps.clock.now()
+    await session.flush()
+    waiting = await repo.assigned_count(session, round_.id)
+    if waiting == 0:
+        after_commit(session, deps.rounds_now.set)
+    return _answer(round_, slot), waiting
