@@ -201,3 +201,16 @@ def _looks_like_connection_loss(exc: Exception) -> bool:
     orig = getattr(exc, "orig", None)
     name = type(orig).__name__ if orig is not None else ""
     return any(k in name for k in ("Connection", "CannotConnect", "InterfaceError", "Shutdown"))
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object, for routes that validate it themselves: 422
+    ``invalid_json`` (where the parser stopped) when it does not parse, 422 naming ``body``
+    when it is not an object."""
+    try:
+        raw = await request.json()
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise invalid_json("body", exc) from None
+    if not isinstance(raw, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    return raw

@@ -18,10 +18,9 @@ from parity.api.deps import (
     ReadSession,
     WriteSession,
 )
-from parity.api.errors import invalid_json
+from parity.api.errors import json_object
 from parity.api.pagination import PageParamsDep
 from parity.db.pagination import next_cursor
-from parity.errors import InvalidInput
 from parity.fl import secagg_router, service, start, store_io, updates
 from parity.fl.schemas import (
     MetricsRead,
@@ -46,16 +45,6 @@ from parity.fl.views import (
 
 router = APIRouter(prefix="/federated-learning", tags=["federated-learning"])
 SAFETENSORS = "application/octet-stream"
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        raw = await request.json()
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise invalid_json("body", exc) from None
-    if not isinstance(raw, dict):
-        raise InvalidInput("body", "must be a JSON object")
-    return raw
 
 
 def _json(out: Any, status_code: int = 200) -> JSONResponse:
@@ -84,7 +73,7 @@ async def create_session(
     stored = await idem.replay()
     if stored is not None:
         return JSONResponse(stored.body, status_code=stored.status_code)
-    body = await _json_object(request)
+    body = await json_object(request)
     row = await service.create_session(session, c.fl, principal, body)
     out = jsonable_encoder(session_read(row, 0))
     await idem.remember(201, out)
@@ -235,7 +224,7 @@ async def submit_model_update(
     """A participant's update for its round (runner token, fenced by the task's claim token):
     `weights` per tensor (JSON) or `update_cid` (safetensors in the store), with `data_size`,
     `loss`, `accuracy`, `training_time_ms`. Repeating it with the same token answers again."""
-    body = await _json_object(request)
+    body = await json_object(request)
     out = await updates.submit_update(c.db, c.fl, runner_id, body)
     return _json(out)
 

@@ -5,29 +5,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from parity.api.deps import ContainerDep, CurrentRunner
-from parity.api.errors import invalid_json
-from parity.errors import InvalidInput
+from parity.api.errors import json_object
 from parity.fl import secagg_service
 
 router = APIRouter(tags=["federated-learning"])
 STAGE_PATH = "/sessions/{session_id}/rounds/{number}/secagg/{stage}"
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        raw = await request.json()
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise invalid_json("body", exc) from None
-    if not isinstance(raw, dict):
-        raise InvalidInput("body", "must be a JSON object")
-    return raw
 
 
 @router.post(STAGE_PATH)
@@ -45,7 +34,7 @@ async def post_stage_message(
     bundle); `masked_input`: `vector` (uint64 little-endian, base64) with `data_size`, `loss`,
     `accuracy`, `training_time_ms`; `unmask`: `self_mask_shares` and `key_shares`
     (participant index → share). 409 `stage_closed` names the stage's deadline."""
-    body = await _json_object(request)
+    body = await json_object(request)
     out = await secagg_service.post_message(c.db, c.fl, runner_id, session_id, number, stage, body)
     return JSONResponse(jsonable_encoder(out))
 

@@ -32,6 +32,7 @@ from parity.agent.fl import local_dp
 from parity.agent.fl.config import Blob, FlTask, LocalData, parse_fl_task
 from parity.agent.fl.data import FlDataError, LocalDatasets
 from parity.agent.fl.fetch import FetchError, decode_partition, fetch_verified
+from parity.agent.fl.retry import until_reachable
 from parity.agent.fl.secagg import SecureRound, parse_secure_task
 from parity.core.fl.aggregation import Weights
 from parity.core.fl.errors import FLConfigError
@@ -203,20 +204,9 @@ class FlExecutor:
     async def _post(self, content: bytes) -> dict[str, Any]:
         """Post the update; a broken connection or a server error (5xx) is tried again, with
         backoff, for up to ``SUBMIT_WINDOW_SECONDS``."""
-        give_up = time.monotonic() + SUBMIT_WINDOW_SECONDS
-        attempt = 0
-        while True:
-            last = time.monotonic() >= give_up
-            try:
-                return await self.client.model_update(content)
-            except ServerError as exc:
-                if exc.status < 500 or last:
-                    raise
-            except httpx.TransportError:
-                if last:
-                    raise
-            await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
-            attempt += 1
+        return await until_reachable(
+            lambda: self.client.model_update(content), SUBMIT_WINDOW_SECONDS
+        )
 
 
 def _check(job: FlTask, result: TrainResult, global_weights: Weights) -> float:

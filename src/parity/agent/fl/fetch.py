@@ -3,10 +3,8 @@ and the server-made partition file read back into arrays."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
-import time
 import zipfile
 from collections.abc import AsyncIterator, Callable
 
@@ -16,6 +14,7 @@ from numpy.typing import NDArray
 
 from parity.agent.client import ServerError
 from parity.agent.fl.config import Blob
+from parity.agent.fl.retry import until_reachable
 
 __all__ = ["MAX_FETCH_BYTES", "Download", "FetchError", "decode_partition", "fetch_verified"]
 
@@ -38,21 +37,14 @@ async def fetch_verified(
     """The bytes of ``blob``, whose sha256 must be the one the task names. A connection that
     breaks off or a server error (5xx) is tried again for up to ``FETCH_WINDOW_SECONDS`` (the
     content is immutable); a refusal by the server (4xx) is not."""
-    give_up = time.monotonic() + FETCH_WINDOW_SECONDS
-    attempt = 0
-    while True:
-        last = time.monotonic() >= give_up
-        try:
-            data = await _read(download, what, blob, max_bytes)
-            break
-        except ServerError as exc:
-            if exc.status < 500 or last:
-                raise FetchError(f"cannot download {what} {blob.cid}: {exc}") from exc
-        except httpx.TransportError as exc:
-            if last:
-                raise FetchError(f"cannot download {what} {blob.cid}: {exc!r}") from exc
-        await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
-        attempt += 1
+    try:
+        data = await until_reachable(
+            lambda: _read(download, what, blob, max_bytes), FETCH_WINDOW_SECONDS
+        )
+    except ServerError as exc:
+        raise FetchError(f"cannot download {what} {blob.cid}: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise FetchError(f"cannot download {what} {blob.cid}: {exc!r}") from exc
     actual = hashlib.sha256(data).hexdigest()
     if actual != blob.sha256:
         raise FetchError(

@@ -35,6 +35,7 @@ import numpy as np
 from parity.agent.client import ServerClient, ServerError
 from parity.agent.executors import CancelToken, Outcome
 from parity.agent.fl.config import FlTask, FlTaskError
+from parity.agent.fl.retry import until_reachable
 from parity.core.fl._params import read_int, read_mapping
 from parity.core.fl.aggregation import Weights
 from parity.core.fl.errors import FLConfigError
@@ -300,22 +301,12 @@ class SecureRound:
         """A broken connection or a server error (5xx) is tried again, with backoff, for up to
         ``RETRY_WINDOW_SECONDS`` (a repeated message answers the same); the server's refusal
         that the round went on without us ends the round here."""
-        stop = time.monotonic() + RETRY_WINDOW_SECONDS
-        attempt = 0
-        while True:
-            last = time.monotonic() >= stop
-            try:
-                return await call()
-            except ServerError as exc:
-                if exc.code in ("round_closed", "stage_closed"):
-                    raise RoundEnded(f"the round went on without this participant: {exc}") from exc
-                if exc.status < 500 or last:
-                    raise
-            except httpx.TransportError:
-                if last:
-                    raise
-            await asyncio.sleep(min(0.25 * 2**attempt, 2.0))
-            attempt += 1
+
+        def ended(exc: ServerError) -> None:
+            if exc.code in ("round_closed", "stage_closed"):
+                raise RoundEnded(f"the round went on without this participant: {exc}") from exc
+
+        return await until_reachable(call, RETRY_WINDOW_SECONDS, check=ended)
 
 
 def _delta(local: Weights, global_weights: Weights) -> dict[str, np.ndarray]:
