@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -15,10 +16,15 @@ class Waiters(Generic[K]):
     def __init__(self) -> None:
         # insertion order = waiting order (oldest first)
         self._futures: dict[int, tuple[K, asyncio.Future[None]]] = {}
+        self._per_key: Counter[K] = Counter()  # waiters per key: membership without a scan
         self._seq = 0
 
     def __len__(self) -> int:
         return len(self._futures)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether someone waits on ``key`` right now (woken ones count until they return)."""
+        return self._per_key[key] > 0  # type: ignore[index]
 
     def keys(self) -> Iterator[K]:
         return (key for key, _ in self._futures.values())
@@ -29,6 +35,7 @@ class Waiters(Generic[K]):
         slot = self._seq
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._futures[slot] = (key, fut)
+        self._per_key[key] += 1
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout=timeout)
             return True
@@ -36,6 +43,9 @@ class Waiters(Generic[K]):
             return False
         finally:
             self._futures.pop(slot, None)
+            self._per_key[key] -= 1
+            if not self._per_key[key]:
+                del self._per_key[key]
             if not fut.done():
                 fut.cancel()
 

@@ -38,3 +38,17 @@ async def test_wake_any_wakes_at_most_one_waiter_per_runner():
     assert [j.done() for j in jobs] == [True, False, True]
     assert hub.wake_runner(r1) == 1
     assert await asyncio.gather(*jobs) == [True, True, True]
+
+
+async def test_a_key_counts_as_waiting_until_its_last_waiter_returns():
+    w: Waiters[str] = Waiters()
+    jobs = [asyncio.create_task(w.wait("a", 5)) for _ in range(2)]
+    await until(lambda: len(w) == 2)
+    assert "a" in w and "b" not in w
+    w.wake(lambda k: k == "a", limit=1)
+    await until(jobs[0].done)
+    assert "a" in w  # the second waiter still waits
+    w.wake_all()
+    await asyncio.gather(*jobs)
+    assert "a" not in w and len(w) == 0
+    assert await w.wait("b", 0.01) is False and "b" not in w  # a timeout leaves nothing behind

@@ -26,7 +26,7 @@ class WakeHub:
 
     def is_waiting(self, runner_id: uuid.UUID) -> bool:
         """Whether that runner is in a long-poll on this replica right now."""
-        return any(key == runner_id for key in self._waiters.keys())  # noqa: SIM118 - not a dict
+        return runner_id in self._waiters
 
     async def wait(self, runner_id: uuid.UUID, timeout: float) -> bool:
         """True when woken, False on timeout."""
