@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,39 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def full_fleet(c: httpx.Client, fleet: Fleet, n: int, gap: float) -> None:
+    """(Re)start the fleet when a runner is missing (the first session, or after a kill)."""
+    if len(fleet.procs) == n and all(p.poll() is None for p in fleet.procs.values()):
+        return
+    fleet.stop()
+    fleet.procs.clear()
+    time.sleep(gap)
+    owner = fleet.start(n)
+    wait_online(c, owner, n)
+
+
+@contextlib.contextmanager
+def bench_server(
+    data: bytes, db_url: str, prefix: str, *, noop: bool = False
+) -> Iterator[tuple[httpx.Client, ServerProcess, Fleet, str]]:
+    """A server with ``data`` (the digits CSV) uploaded and an unstarted fleet of one wallet,
+    stopped on the way out. Yields the signed-in client, the server, the fleet and the CID."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        env = {"TASK_LEASE_SECONDS": "6", "RUNNER_OFFLINE_TIMEOUT_SECONDS": "8"}
+        with ServerProcess(database_url=db_url, env=env) as server:
+            client = sign_in(server.base_url)
+            headers = {"Authorization": f"Bearer {client.token}"}
+            with httpx.Client(
+                base_url=server.base_url, headers=headers, timeout=60, trust_env=False
+            ) as c:
+                cid = c.put("/api/v1/storage/upload", content=data).json()["cid"]
+                fleet = Fleet(server.base_url, Path(tmp), noop, "0x" + os.urandom(32).hex())
+                try:
+                    yield c, server, fleet, cid
+                finally:
+                    fleet.stop()
+
+
 def one_session(
     c: httpx.Client,
     server: ServerProcess,
@@ -257,12 +291,7 @@ def one_session(
 ) -> dict[str, Any]:
     """One session on the fleet; the fleet is (re)started when a runner is missing (the first
     session, or after runners were killed)."""
-    if len(fleet.procs) < args.runners or any(p.poll() is not None for p in fleet.procs.values()):
-        fleet.stop()
-        fleet.procs.clear()
-        time.sleep(args.runner_gap)
-        owner = fleet.start(args.runners)
-        wait_online(c, owner, args.runners)
+    full_fleet(c, fleet, args.runners, args.runner_gap)
     probe = CpuProbe({"server": server.pid, **{k: p.pid for k, p in fleet.procs.items()}})
     before = probe.snapshot()
     body = session_body(cid, strategy, seed, args, args.runners)
@@ -278,27 +307,13 @@ def one_session(
 def run_grid(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
     data, x, y = digits_csv()
     results: list[dict[str, Any]] = []
-    fleet_key = "0x" + os.urandom(32).hex()
-    with tempfile.TemporaryDirectory(prefix="parity-fl-") as tmp:
-        home = Path(tmp)
-        env = {"TASK_LEASE_SECONDS": "6", "RUNNER_OFFLINE_TIMEOUT_SECONDS": "8"}
-        with ServerProcess(database_url=db_url, env=env) as server:
-            client = sign_in(server.base_url)
-            headers = {"Authorization": f"Bearer {client.token}"}
-            with httpx.Client(
-                base_url=server.base_url, headers=headers, timeout=60, trust_env=False
-            ) as c:
-                cid = c.put("/api/v1/storage/upload", content=data).json()["cid"]
-                floor = http_floor(c)
-                fleet = Fleet(server.base_url, home, args.noop, fleet_key)
-                try:
-                    for strategy in args.partitions:
-                        for seed in args.seeds:
-                            row = one_session(c, server, fleet, cid, strategy, seed, args)
-                            results.append(row)
-                            print(json.dumps(row), flush=True)
-                finally:
-                    fleet.stop()
+    with bench_server(data, db_url, "parity-fl-", noop=args.noop) as (c, server, fleet, cid):
+        floor = http_floor(c)
+        for strategy in args.partitions:
+            for seed in args.seeds:
+                row = one_session(c, server, fleet, cid, strategy, seed, args)
+                results.append(row)
+                print(json.dumps(row), flush=True)
     baseline = (
         [centralized_baseline(x, y, s, args.baseline_epochs) for s in args.seeds]
         if args.baseline_epochs

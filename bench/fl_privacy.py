@@ -43,13 +43,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +54,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ServerProcess, install_sigterm_handler, sign_in, temporary_postgres_database
+from _common import install_sigterm_handler, temporary_postgres_database
 from fl_digits import (
     TERMINAL,
     Fleet,
+    bench_server,
     digits_csv,
+    full_fleet,
     http_floor,
     run_session,
     session_body,
     summarize,
-    wait_online,
 )
 
 STAGES = 4  # advertise_keys, share_keys, masked_input, unmask
@@ -105,41 +103,9 @@ def cells(args: argparse.Namespace) -> list[tuple[str, float]]:
     return out + [(mode, z) for mode in args.modes for z in args.noise]
 
 
-@contextlib.contextmanager
-def bench_server(db_url: str, prefix: str) -> Iterator[tuple[httpx.Client, Fleet, str]]:
-    """A server with the digits CSV uploaded and an (unstarted) fleet; the fleet is stopped on
-    the way out. Yields the signed-in client, the fleet and the data set's CID."""
-    data, _x, _y = digits_csv()
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        env = {"TASK_LEASE_SECONDS": "6", "RUNNER_OFFLINE_TIMEOUT_SECONDS": "8"}
-        with ServerProcess(database_url=db_url, env=env) as server:
-            client = sign_in(server.base_url)
-            headers = {"Authorization": f"Bearer {client.token}"}
-            with httpx.Client(
-                base_url=server.base_url, headers=headers, timeout=60, trust_env=False
-            ) as c:
-                cid = c.put("/api/v1/storage/upload", content=data).json()["cid"]
-                fleet = Fleet(server.base_url, Path(tmp), False, "0x" + os.urandom(32).hex())
-                try:
-                    yield c, fleet, cid
-                finally:
-                    fleet.stop()
-
-
-def full_fleet(c: httpx.Client, fleet: Fleet, n: int, gap: float) -> None:
-    """(Re)start the fleet when a runner is missing (the first session, or after a kill)."""
-    if len(fleet.procs) == n and all(p.poll() is None for p in fleet.procs.values()):
-        return
-    fleet.stop()
-    fleet.procs.clear()
-    time.sleep(gap)
-    owner = fleet.start(n)
-    wait_online(c, owner, n)
-
-
 def run_grid(args: argparse.Namespace, db_url: str) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    with bench_server(db_url, "parity-fl-dp-") as (c, fleet, cid):
+    with bench_server(digits_csv()[0], db_url, "parity-fl-dp-") as (c, _server, fleet, cid):
         full_fleet(c, fleet, args.runners, 0)
         for seed in args.seeds:
             for mode, z in cells(args):
@@ -247,7 +213,7 @@ def compare(plain: dict[str, Any], secure: dict[str, Any], stage_floor: float) -
 def run_secagg(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     pairs: list[dict[str, Any]] = []
-    with bench_server(db_url, "parity-fl-secagg-") as (c, fleet, cid):
+    with bench_server(digits_csv()[0], db_url, "parity-fl-secagg-") as (c, _server, fleet, cid):
         floor = http_floor(c, 100)
         stage_floor = STAGES * REQUESTS_PER_STAGE * floor
         for seed in args.seeds:
