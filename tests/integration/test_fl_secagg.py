@@ -616,12 +616,6 @@ async def test_a_session_whose_rounds_could_never_be_unmasked_is_refused(world: 
     field = "config.privacy_config.secure_aggregation.reconstruction_threshold"
     assert error(r) == (422, "invalid_input", field)
     assert "min_participants (2)" in r.json()["error"]["message"]
-    central = {"mode": "central", "noise_multiplier": 1.0, "l2_norm_clip": 1.0, "delta": 1e-5}
-    body = world.body(
-        config={"privacy_config": {"secure_aggregation": SECAGG, "differential_privacy": central}}
-    )
-    r = await world.client.post(f"{FL}/sessions", json=body, headers=world.auth)
-    assert error(r) == (422, "unsupported_option", "config.privacy_config.differential_privacy")
 
 
 async def test_a_session_cancelled_while_unmasking_ends_the_round_and_its_tasks(world: World):

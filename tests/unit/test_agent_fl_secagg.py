@@ -2,9 +2,11 @@
 server whose other participants are the FL core's SecAgg+ clients: the runner advertises its
 keys and shares its secrets while it trains, waits on the stage long-polls, posts a masked
 vector (never its update) with its figures, answers the unmask request, and the server's core
-unmasking then gives the example-weighted mean of all three updates. A round that goes on
-without the runner, a malformed ``secure_aggregation`` config, and a cancel end the task with
-the reason."""
+unmasking then gives the example-weighted mean of all three updates. Under central DP
+(``privacy: {"mode": "central", "l2_norm_clip": C}``) what the runner contributes to the sum is
+its delta clipped to C with a weight factor of 1. A round that goes on without the runner, a
+malformed ``secure_aggregation`` or ``privacy`` config, and a cancel end the task with the
+reason."""
 
 from __future__ import annotations
 
@@ -21,7 +23,15 @@ import pytest
 from parity.agent.executors import CancelToken, Outcome
 from parity.agent.fl import FlExecutor
 from parity.core.fl.aggregation import fedavg
-from parity.core.fl.quantize import decode_sum, encode_update, layout_of, quantization_step
+from parity.core.fl.dp import clip_update, joint_l2_norm, model_delta
+from parity.core.fl.quantize import (
+    decode_sum,
+    dequantize_sum,
+    encode_update,
+    flatten,
+    layout_of,
+    quantization_step,
+)
 from parity.core.fl.secagg import (
     KeyAdvert,
     MaskedInput,
@@ -95,6 +105,7 @@ class SecAggServer(Server):
         self.adverts = {u: c.advertise() for u, c in self.peers.items()}
         self.shares: dict[str, ShareMessage] = {}
         self.inputs: dict[str, MaskedInput] = {}
+        self.levels: dict[str, np.ndarray] = {}  # the peers' quantized updates
         self.replies: list[UnmaskReply] = []
         self.bundles: dict[str, dict[str, bytes]] = {}
         self.stage_calls: list[tuple[str, str]] = []
@@ -163,8 +174,8 @@ class SecAggServer(Server):
             rng = np.random.default_rng(9)
             for u, peer in self.peers.items():
                 delta, n = self.updates_of[u]
-                quantized = encode_update(delta, n, CONFIG, LAYOUT, rng)
-                self.inputs[u] = peer.masked_input(self.bundles[u], quantized)
+                self.levels[u] = encode_update(delta, n, CONFIG, LAYOUT, rng)
+                self.inputs[u] = peer.masked_input(self.bundles[u], self.levels[u])
             return
         assert stage == "unmask"
         self.replies.append(
@@ -238,6 +249,56 @@ async def test_the_runner_takes_part_in_a_secagg_round_and_its_update_counts_in_
     assert posted.shape == (SIZE,)
     levels = encode_update(mine, len(Y), CONFIG, LAYOUT, np.random.default_rng(0))
     assert np.mean(np.abs(posted.astype(np.float64) - levels.astype(np.float64))) > 1e6
+
+
+async def test_under_central_dp_the_runner_clips_its_delta_to_c_before_it_is_masked() -> None:
+    clip = 0.05
+    mine = model_delta(expected(X, Y), GLOBAL)
+    assert joint_l2_norm(mine) > 4 * clip  # so clipping does something
+    server = SecAggServer()
+    config = {**secure_config(), "privacy": {"mode": "central", "l2_norm_clip": clip}}
+    outcome = await execute(server, config)
+    assert outcome.ok, outcome.error
+    assert server.masked_body["data_size"] == len(Y)  # the figures stay as they are
+    # The runner's quantized update is the unmasked sum less the peers' (mod the modulus).
+    assert server.total is not None
+    levels = server.total.astype(np.uint64)
+    for peer in server.levels.values():
+        levels = levels - peer.astype(np.uint64)
+    levels &= np.uint64(CONFIG.modulus_range - 1)
+    contributed = dequantize_sum(levels, 1, CONFIG.clipping_range, CONFIG.quantization_range)
+    step = quantization_step(CONFIG.clipping_range, CONFIG.quantization_range)
+    weight, vector = contributed[-1], contributed[:-1]
+    # Weighed fully (weight factor 1, not len(Y) / max_weight), and clipped to C: its norm
+    # is at most C plus the rounding (under one step per value) ...
+    assert len(Y) < CONFIG.max_weight and abs(weight - 1.0) < step
+    assert np.linalg.norm(vector) <= clip + step * math.sqrt(vector.size)
+    # ... and it is the trained delta scaled down to C, direction kept.
+    want = flatten(clip_update(mine, clip).delta, LAYOUT)
+    assert np.max(np.abs(vector - want)) < step + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("privacy", "secure", "named"),
+    [
+        ({"mode": "central", "l2_norm_clip": 0.1}, False, "privacy"),
+        (
+            {"mode": "central", "l2_norm_clip": 0.1, "noise_multiplier": 1.0},
+            True,
+            "privacy.noise_multiplier",
+        ),
+        ({"mode": "central"}, True, "privacy.l2_norm_clip"),
+    ],
+)
+async def test_a_central_clip_the_runner_cannot_apply_fails_the_task_naming_it(
+    privacy: dict[str, Any], secure: bool, named: str
+) -> None:
+    server = SecAggServer()
+    config = secure_config() if secure else plain_config()
+    outcome = await execute(server, {**config, "privacy": privacy})
+    assert not outcome.ok and outcome.error is not None
+    assert outcome.error.startswith(f"invalid fl_train config: {named}"), outcome.error
+    assert server.stage_calls == [] and server.updates == []
 
 
 async def test_a_round_that_goes_on_without_the_runner_fails_its_task_with_the_reason() -> None:

@@ -169,14 +169,14 @@ async def _secure(
     state: ServerOptState | None,
 ) -> tuple[AggregationResult, dict[str, Any]]:
     """A SecAgg+ round: the server holds only the survivors' unmasked mean delta
-    (:mod:`parity.fl.secagg_unmask`); the method finishes from the mean model it gives."""
+    (:mod:`parity.fl.secagg_unmask`; under central DP the runners' clipped deltas with the
+    noise sigma = z * C / m already added at unmasking, :mod:`parity.fl.secagg_dp`); the
+    method finishes from the mean model it gives."""
     secure = await secagg_unmask.secure_mean(deps, fl_session, round_)
-    # Central DP on a secure sum adds its noise to ``secure.delta`` here (sigma = z * C / m with
-    # m = secure.inputs); until it does, session create refuses central DP with SecAgg+.
     mean = secure.mean_model(reference)
     method = rounds.settings_of(fl_session).method
     result = await asyncio.to_thread(aggregate_mean, method, reference, mean, state)
-    return result, {"secagg": secure.figures}
+    return result, {"secagg": secure.figures, **secure.dp_figures}
 
 
 async def compute_round(

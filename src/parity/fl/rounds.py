@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.core.fl.aggregators import MethodConfig, parse_method
 from parity.core.fl.model import ModelSpec, parse_model_spec
 from parity.core.tasks.states import TaskType
-from parity.fl import events, privacy, secagg_stages
+from parity.fl import events, privacy, secagg_dp, secagg_stages
 from parity.fl import repository as session_repo
 from parity.fl import rounds_repository as repo
 from parity.fl.deps import FLDeps
@@ -144,7 +144,8 @@ def task_config(
             "max_norm": settings.max_update_norm,
             "max_json_bytes": deps.max_update_json_bytes,
         },
-        "privacy": privacy.task_privacy(fl_session),
+        # What the runner applies itself: local DP, or central DP's clip in a SecAgg+ round.
+        "privacy": privacy.task_privacy(fl_session) or secagg_dp.task_privacy(fl_session),
     }
 
 

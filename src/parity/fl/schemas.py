@@ -143,8 +143,9 @@ class SessionConfigIn(BaseModel):
     client_selection: Literal["random"] | None = Field(None, description="Accepted")
     privacy_config: dict[str, Any] | None = Field(
         None,
-        description="Privacy flags; differential privacy and secure aggregation are refused "
-        "(unsupported_option) until rounds apply them",
+        description="differential_privacy {mode central|local, noise_multiplier, l2_norm_clip "
+        "| adaptive_clipping, delta, max_epsilon?, sampling_rate?} and/or secure_aggregation "
+        "{mode secagg_plus, ...}; the original's flat flags are mapped (see the README)",
     )
 
 

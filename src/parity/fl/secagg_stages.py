@@ -11,7 +11,8 @@ cancelled), and the round fails — with its session, saying why — once fewer 
 than the round can unmask (``reconstruction_threshold``) or than it requires (``min_share``).
 The masked-input stage replaces the plain model update: a slot counts as ``submitted`` when its
 masked vector arrives. Unmasking runs in the rounds job, off the event loop and outside any
-transaction; its result is the example-weighted mean delta of the survivors' updates, stored in
+transaction; its result is the example-weighted mean delta of the survivors' updates (under
+central DP their clipped mean plus the noise, :mod:`parity.fl.secagg_dp`), stored in
 the content store (an aggregate: the server never holds an individual update in clear), and
 the round goes on to ``aggregating`` where :func:`secure_mean` hands it to the aggregation.
 """

@@ -5,9 +5,11 @@ masked inputs, and the rounds-job step that moves SecAgg+ rounds along.
 and rebuild, from the survivors' shares, each survivor's self-mask seed and each dropped
 participant's mask key (a tampered share is outvoted and named, or fails the round when too few
 honest ones are left), and decodes the exact sum into the example-weighted mean delta — off the
-event loop and outside any transaction. It stores that mean (an aggregate) in the content store
-and, in one transaction that starts by checking the stage is still ``unmask``, moves the round
-``unmasking → aggregating``; the aggregation then reads it back with :func:`secure_mean`.
+event loop and outside any transaction (under central DP, the equally weighted mean of clipped
+deltas with the noise already added, :mod:`parity.fl.secagg_dp`: nothing less private is ever
+stored). It stores that mean (an aggregate) in the content store and, in one transaction that
+starts by checking the stage is still ``unmask``, moves the round ``unmasking → aggregating``;
+the aggregation then reads it back with :func:`secure_mean`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import base64
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,9 +42,9 @@ from parity.db.hooks import after_commit
 from parity.db.session import Database
 from parity.errors import Conflict
 from parity.fl import rounds_repository as rounds_repo
+from parity.fl import secagg_dp, store_io
 from parity.fl import secagg_repository as repo
 from parity.fl import secagg_stages as stages
-from parity.fl import store_io
 from parity.fl.deps import FLDeps
 from parity.fl.models import FLRound, FLSession
 from parity.fl.secagg_models import FLSecAggMessage, FLSecAggRound
@@ -141,15 +143,21 @@ async def _read(
     )
 
 
-def unmask(found: Inputs) -> tuple[dict[str, Any], UnmaskResult]:
-    """The survivors' example-weighted mean delta per tensor, and the unmasking's result
-    (who survived, who dropped, which shares were refused). Pure; runs in a worker thread."""
+def unmask(found: Inputs) -> tuple[dict[str, Any], UnmaskResult, dict[str, Any]]:
+    """The survivors' example-weighted mean delta per tensor (under central DP their equally
+    weighted mean plus the noise), the unmasking's result (who survived, who dropped, which
+    shares were refused) and the DP figures. Pure but for the noise; runs in a worker
+    thread."""
     masked_sum, _ = sum_masked(found.setups, found.commitments, found.inputs)
     result = unmask_sum(
         found.setups, found.adverts, found.commitments, masked_sum, found.request, found.replies
     )
-    mean = decode_sum(result.total, len(result.survivors), found.config, found.layout)
-    return mean, result
+    m = len(result.survivors)
+    dp = secagg_dp.central_dp(found.fl_session)
+    if dp is None:
+        return decode_sum(result.total, m, found.config, found.layout), result, {}
+    mean, figures = secagg_dp.noised_mean(dp, result.total, m, found.config, found.layout)
+    return mean, result, figures
 
 
 def _index(who: str) -> int | str:
@@ -196,11 +204,12 @@ async def finish_unmask(db: Database, deps: FLDeps, round_id: uuid.UUID) -> bool
         found = await _read(session, fl_session, round_, state) if going else None
     failure: str | None = None
     public: dict[str, Any] = {}
+    dp_figures: dict[str, Any] = {}
     if found is None:
         failure = round_.failure_reason or f"the session is {fl_session.status}"
     else:
         try:
-            mean, result = await asyncio.to_thread(unmask, found)
+            mean, result, dp_figures = await asyncio.to_thread(unmask, found)
             blob = await asyncio.to_thread(encode, mean)
             cid, sha256 = await store_io.put_bytes(deps.store, blob)
             public = _public(result, cid, sha256)
@@ -210,7 +219,7 @@ async def finish_unmask(db: Database, deps: FLDeps, round_id: uuid.UUID) -> bool
                 f"round {round_.number}: secure aggregation could not unmask the sum: {reason}"
             )
     async with db.transaction() as session:
-        return await _apply(session, deps, round_id, failure, public)
+        return await _apply(session, deps, round_id, failure, public, dp_figures)
 
 
 async def _apply(
@@ -219,6 +228,7 @@ async def _apply(
     round_id: uuid.UUID,
     failure: str | None,
     public: dict[str, Any],
+    dp_figures: dict[str, Any],
 ) -> bool:
     locked = await repo.lock_round(session, round_id)
     if locked is None:
@@ -235,7 +245,7 @@ async def _apply(
         round_id,
         stages.UNMASKING,
         status=rounds_repo.AGGREGATING,
-        metrics={"secagg": public},
+        metrics={"secagg": public, **dp_figures},
     ):
         return False
     stages.mark_closed(state, now)
@@ -263,12 +273,13 @@ async def _apply(
 @dataclass(frozen=True)
 class SecureMean:
     """An unmasked SecAgg+ round: the survivors' example-weighted mean delta (local model
-    minus the round's global model), how many inputs it averages, and the round's SecAgg+
-    figures (survivors, dropped, refused shares)."""
+    minus the round's global model; noised under central DP), how many inputs it averages,
+    the round's SecAgg+ figures (survivors, dropped, refused shares) and its DP figures."""
 
     delta: Weights
     inputs: int
     figures: dict[str, Any]
+    dp_figures: dict[str, Any] = field(default_factory=dict)
 
     def mean_model(self, reference: Weights) -> Weights:
         """The mean of the survivors' local models: the round's global model plus the delta."""
@@ -294,7 +305,8 @@ async def secure_mean(deps: FLDeps, fl_session: FLSession, round_: FLRound) -> S
     )
     delta = await asyncio.to_thread(decode, data)
     figures = {k: v for k, v in info.items() if k not in ("mean_delta_cid", "mean_delta_sha256")}
-    return SecureMean(delta, int(info["inputs"]), figures)
+    dp = {k: v for k, v in (round_.metrics or {}).items() if k.startswith("dp_")}
+    return SecureMean(delta, int(info["inputs"]), figures, dp)
 
 
 # -- the rounds job's step -------------------------------------------------------------------

@@ -13,8 +13,9 @@ turns differential privacy or secure aggregation on is first validated in full b
 :func:`parity.core.fl.privacy_config.parse_privacy_config` (so its own mistakes are named).
 Differential privacy (either form) is then checked against the session and stored normalized
 (:mod:`parity.fl.privacy`). Secure aggregation (SecAgg+, :mod:`parity.fl.secagg_stages`) is
-stored in its nested form; combined with central DP it is refused with ``unsupported_option``
-(the noise is not yet added to a secure sum: the round would train without it).
+stored in its nested form. With central DP the runners clip and the server noises the unmasked
+sum (:mod:`parity.fl.secagg_dp`); what that cannot do is refused as ``incompatible_options``:
+adaptive clipping (the core's check: the clip count is hidden) and participant sampling.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from parity.core.billing.units import AmountError, parse_base_units
 from parity.core.fl.aggregators import MethodConfig, parse_method
@@ -375,7 +376,7 @@ def _privacy(value: Any, method: str, min_p: int, max_p: int) -> dict[str, Any] 
 def _secure_aggregation(parsed: PrivacyConfig, raw: Any, min_p: int) -> dict[str, Any]:
     """The SecAgg+ settings, stored in their nested form (either input form maps to it), once
     the session can run them: every round must be able to reach the reconstruction threshold,
-    and central DP noise is not yet added to a secure sum."""
+    and central DP on the secure sum takes every participant every round."""
     secagg = parsed.secure_aggregation
     assert secagg is not None
     nested = isinstance(raw, Mapping) and isinstance(raw.get("secure_aggregation"), Mapping)
@@ -387,15 +388,16 @@ def _secure_aggregation(parsed: PrivacyConfig, raw: Any, min_p: int) -> dict[str
             f"min_participants ({min_p}): a round with fewer participants can never be unmasked",
         )
     dp = parsed.differential_privacy
-    if dp is not None and dp.mode == "central":
-        _unsupported("differential_privacy", "central differential privacy with secure aggregation")
+    if dp is not None and dp.mode == "central" and dp.accounting_sampling_rate < 1.0:
+        dp_nested = isinstance(raw.get("differential_privacy"), Mapping)  # raw: a mapping here
+        raise InvalidInput(
+            "config.privacy_config"
+            + (".differential_privacy" if dp_nested else "")
+            + ".sampling_rate",
+            "participant sampling does not work with secure aggregation: the noise on a secure "
+            "sum is scaled to the number of inputs, which sampling would make depend on who "
+            "took part, and a sampled round can fall below reconstruction_threshold; leave "
+            "sampling_rate out or turn secure_aggregation off",
+            code="incompatible_options",
+        )
     return asdict(secagg)
-
-
-def _unsupported(key: str, what: str) -> NoReturn:
-    raise InvalidInput(
-        f"config.privacy_config.{key}",
-        f"{what} is not available for sessions yet: rounds would train without it, so a "
-        "session asking for it is refused rather than run unprotected",
-        code="unsupported_option",
-    )

@@ -11,6 +11,8 @@ Shape (set by the server for one participant in one round)::
      "train_config": {"learning_rate", "batch_size", "local_epochs", "mu"?},
      "seed", "deadline_at"?, "update_limits": {"max_norm"?, "max_json_bytes"?}?, "privacy"?}
 
+``privacy`` is what the runner applies itself (local DP, or central DP's clip in a SecAgg+
+round); :mod:`parity.agent.fl.local_dp` takes it out first, so one still here is refused.
 Every refusal is a :class:`FlTaskError` naming the field by its dotted path.
 """
 

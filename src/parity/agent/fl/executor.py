@@ -102,7 +102,11 @@ class FlExecutor:
         )
         if secure is not None:  # SecAgg+: the key stages run while the model trains
             private = None if local is None else _privatizer(local, job)
-            round_ = SecureRound(self.client, job, secure, token, privatize=private)
+            # Central DP's noise goes on a mean of equally weighted clipped deltas.
+            equal = local is not None and local.mode == "central"
+            round_ = SecureRound(
+                self.client, job, secure, token, privatize=private, equal_weights=equal
+            )
             return await round_.run(training, started, global_weights, cancel)
         finished = await _unless_cancelled(training, cancel)
         elapsed_ms = _ms_since(started)
@@ -222,10 +226,11 @@ def _check(job: FlTask, result: TrainResult, global_weights: Weights) -> float:
 def _private(
     local: local_dp.LocalDP, result: TrainResult, global_weights: Weights, job: FlTask
 ) -> TrainResult:
-    """Local DP: clip the trained delta and add the noise (see :mod:`.local_dp`)."""
+    """Local DP: clip the trained delta and add the noise; central DP in a SecAgg+ round:
+    clip it (see :mod:`.local_dp`)."""
     private, applied = local_dp.privatize(local, result, global_weights)
     log.info(
-        "fl_local_dp_applied",
+        "fl_local_dp_applied" if local.mode == "local" else "fl_central_dp_clip_applied",
         round=job.round,
         noise_multiplier=local.noise_multiplier,
         l2_norm_clip=local.l2_norm_clip,
@@ -237,7 +242,8 @@ def _private(
 def _privatizer(
     local: local_dp.LocalDP, job: FlTask
 ) -> Callable[[TrainResult, Weights], TrainResult]:
-    """Local DP for a SecAgg+ round: applied to the trained model before it is quantized."""
+    """DP for a SecAgg+ round (local, or central mode's clip): applied to the trained model
+    before it is quantized."""
     return lambda result, global_weights: _private(local, result, global_weights, job)
 
 

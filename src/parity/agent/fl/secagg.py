@@ -13,6 +13,11 @@ applied first when the session asks for it), masks it, posts the masked vector w
 figures, and answers the server's unmask request with the shares it may reveal; the server
 completes the task with that reply. The update itself never leaves the runner in clear.
 
+With central DP (``equal_weights``) the delta is first clipped to the session's L2 clip and
+weighed fully, whatever the example count: the server's noise is calibrated to a mean in which
+one participant moves the sum by at most the clip, and a weight factor below 1 for some would
+let the others count for more (the reported ``data_size`` is unchanged).
+
 Each stage's messages are awaited with the server's long-poll; a refusal (the round failed, the
 stage closed, a message the protocol refuses) ends the task with the server's reason.
 """
@@ -133,6 +138,7 @@ class SecureRound:
         token: str,
         *,
         privatize: Privatize | None = None,
+        equal_weights: bool = False,
         poll_seconds: float = POLL_SECONDS,
         rng: np.random.Generator | None = None,
     ) -> None:
@@ -141,6 +147,7 @@ class SecureRound:
         self.secure = secure
         self.token = token
         self.privatize = privatize
+        self.equal_weights = equal_weights
         self.poll_seconds = poll_seconds
         # Stochastic rounding draws from the OS's entropy unless a test pins it.
         self.rng = rng or np.random.default_rng(secrets.randbits(128))
@@ -192,7 +199,7 @@ class SecureRound:
             }
             vector = encode_update(
                 _delta(result.weights, global_weights),
-                result.num_examples,
+                self._weight(result.num_examples),
                 self.secure.config,
                 sorted(layout_of(global_weights)),
                 self.rng,
@@ -225,6 +232,13 @@ class SecureRound:
                 keys.cancel()
         log.info("fl_secagg_round_done", round=self.job.round, **usage)
         return Outcome(True, 0, _summary(self.job, usage), usage=usage, reported=True)
+
+    def _weight(self, num_examples: int) -> int:
+        """The example count the update is weighed by: its own, or (equal weights) one that
+        reaches ``max_weight``, a weight factor of exactly 1."""
+        if self.equal_weights:
+            return max(math.ceil(self.secure.config.max_weight), 1)
+        return num_examples
 
     def _checked(self, result: TrainResult, global_weights: Weights) -> TrainResult:
         """The server's checks (finite loss, norm bound), here first; local DP applied."""
