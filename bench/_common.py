@@ -182,7 +182,7 @@ class ServerProcess:
                 "DATABASE_URL": self.database_url,
                 "SERVER_HOST": LOOPBACK,
                 "SERVER_PORT": str(self.port),
-                "LOG_LEVEL": "warning",
+                "LOG_LEVEL": os.environ.get("BENCH_SERVER_LOG_LEVEL", "warning"),
                 "SHUTDOWN_GRACE_SECONDS": "5",
                 **self._extra_env,
             }

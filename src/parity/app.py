@@ -50,18 +50,20 @@ log = get_logger("parity.app")
 def api_router() -> APIRouter:
     """Every domain's router; mounted twice (canonical /api/v1 and the /api mirror)."""
     api = APIRouter()
-    api.include_router(system_router)
-    api.include_router(auth_router)
-    # Runner-side task routes first: /runners/tasks/... must not be read as /runners/{id}.
+    # Routes are matched in order, one pattern after another: the runners' per-task and
+    # per-round calls come first, the rare ones last. Runner-side task routes stay before
+    # runners_router: /runners/tasks/... must not be read as /runners/{id}.
     api.include_router(runner_tasks_router)
+    api.include_router(fl_router)
+    api.include_router(storage_router)
     api.include_router(runner_stream_router)
+    api.include_router(llm_router)
     api.include_router(runners_router)
     api.include_router(tasks_router)
     api.include_router(events_router)
-    api.include_router(storage_router)
     api.include_router(ledger_router)
-    api.include_router(llm_router)
-    api.include_router(fl_router)
+    api.include_router(auth_router)
+    api.include_router(system_router)
     return api
 
 
@@ -176,6 +178,7 @@ def create_app(
             if container.relay is not None:
                 await container.relay.stop()
                 container.relay = None
+            await container.close_streams()
             await container.close_content_store()
             await container.close_chain()
             await container.db.dispose()

@@ -721,3 +721,46 @@ async def test_signatures_verify_with_the_standardwebhooks_package(
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         standardwebhooks.Webhook(stranger).verify(both.body, both.headers)
     uuid.UUID(both.headers["webhook-id"])
+
+
+async def test_a_batch_of_events_is_stored_in_order_and_fans_out_like_single_events(
+    client: httpx.AsyncClient, container: Container, receivers: MakeReceiver
+):
+    # An FL round's task rows emit their events in one batch (events.service.emit_many).
+    alice, admin = [await sign_in(client, a) for a in (ALICE, ADMIN)]
+    rec_alice, rec_admin = await receivers(), await receivers()
+    await subscribe(client, alice, rec_alice, ["task.created"])
+    await subscribe(client, admin, rec_admin, ["task.offered"])
+    batch = [
+        events_service.NewEvent("task.created", ALICE.address, {"n": 1}, "r1"),
+        events_service.NewEvent("task.offered", ALICE.address, {"n": 2}, "r1"),
+        events_service.NewEvent("task.created", BOB.address, {"n": 3}, "r2"),
+        events_service.NewEvent("task.failed", BOB.address, {"n": 4}, "r2"),
+    ]
+    deps = container.tasks.events
+    async with container.db.transaction() as s:
+        await events_service.emit_many(s, deps, batch)
+    async with container.db.read_session() as s:
+        stored = (await s.scalars(select(Event).order_by(Event.seq))).all()
+    assert [(e.type, e.data["n"]) for e in stored][-4:] == [
+        ("task.created", 1),
+        ("task.offered", 2),
+        ("task.created", 3),
+        ("task.failed", 4),
+    ]
+    assert stored[-1].owner_address == BOB.address.lower()
+    await deliver_all(container)
+    assert [(r.json["type"], r.json["data"]["n"]) for r in rec_alice.events] == [
+        ("task.created", 1)
+    ]
+    assert [(r.json["type"], r.json["data"]["n"]) for r in rec_admin.events] == [
+        ("task.offered", 2)
+    ]
+    # Nobody subscribed: the batch is stored without a delivery.
+    async with container.db.transaction() as s:
+        await events_service.emit_many(
+            s, deps, [events_service.NewEvent("task.created", BOB.address, {"n": 5}, "r3")]
+        )
+    async with container.db.read_session() as s:
+        total = await s.scalar(select(func.count()).select_from(WebhookDelivery))
+    assert total == 2

@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, delete, func, select, update
+from sqlalchemy import String, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.db.pagination import Cursor, newest_first
@@ -29,6 +29,23 @@ def _rowcount(res: Any) -> int:
 async def add_event(session: AsyncSession, event: Event) -> None:
     session.add(event)
     await session.flush()
+
+
+async def add_events(session: AsyncSession, events: Sequence[Event]) -> None:
+    """Insert in one executemany, in order (``seq`` follows it); the objects stay detached."""
+    cols = ("id", "type", "owner_address", "resource_id", "data", "created_at")
+    rows = [{c: getattr(e, c) for c in cols} for e in events]
+    await session.execute(insert(Event), rows)
+
+
+async def any_endpoint(session: AsyncSession, owners: Sequence[str]) -> bool:
+    """Whether any of these addresses has an enabled webhook endpoint."""
+    q = (
+        select(WebhookEndpoint.id)
+        .where(WebhookEndpoint.owner_address.in_(owners), WebhookEndpoint.enabled.is_(True))
+        .limit(1)
+    )
+    return (await session.execute(q)).first() is not None
 
 
 _FAN_OUT: dict[bool, Any] = {}

@@ -12,6 +12,7 @@ The last update of a round wakes the rounds job after commit, so the round close
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 import uuid
@@ -27,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.core.fl.aggregation import Weights
 from parity.core.fl.errors import TensorError
 from parity.core.fl.tensors import decode, encode, from_lists, validate_update
+from parity.core.tasks.states import ACTIVE
+from parity.core.tokens import hash_token
 from parity.db.hooks import after_commit
 from parity.db.session import Database
 from parity.errors import InvalidInput
@@ -134,18 +137,23 @@ async def submit_update(
     update = parse_model_update(body)
     async with db.read_session() as session:
         found = await repo.update_target(session, update.round_id, runner_id)
-        if found is None or found[0].session_id != update.session_id:
+        if found is None or found.round.session_id != update.session_id:
             raise RoundNotFound(f"session {update.session_id} has no round {update.round_id}")
-        round_, fl_session, maybe_slot, known = found
+        round_, fl_session, known = found.round, found.session, found.partition_rows
         secagg_service.refuse_plain_update(fl_session, round_.number)
-        slot = _check_slot(update, round_, maybe_slot)
+        slot = _check_slot(update, round_, found.slot)
         if slot.status != repo.SUBMITTED:
             closed = _closed(round_, deps.clock.now()) or _dropped(round_, slot)
             if closed is not None:
                 raise closed
             # The claim token is checked before anything is stored: a refused update leaves
-            # nothing behind in the content store.
-            await lifecycle.current_attempt(session, runner_id, slot.task_id, update.claim_token)
+            # nothing behind in the content store. The usual case (the current claim of an
+            # active task) is recognised from the row already read; the queue's fence
+            # explains any other.
+            if not _holds_claim(found, runner_id, update.claim_token):
+                await lifecycle.current_attempt(
+                    session, runner_id, slot.task_id, update.claim_token
+                )
     # What the update counts for (its FedAvg weight, its reward share): what the runner
     # reports, never more than the partition the server gave it.
     examples = min(update.data_size, known) if known else update.data_size
@@ -164,6 +172,15 @@ async def submit_update(
             if await repo.assigned_count(session, update.round_id) == 0:
                 deps.rounds_now.set()
     return answer
+
+
+def _holds_claim(found: repo.UpdateTarget, runner_id: uuid.UUID, token: str) -> bool:
+    return (
+        found.task_runner_id == runner_id
+        and found.task_status in ACTIVE
+        and found.task_token_hash is not None
+        and hmac.compare_digest(found.task_token_hash, hash_token(token))
+    )
 
 
 async def _check_and_store(

@@ -3,6 +3,7 @@ service, in the transaction of the change."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,4 +27,30 @@ async def emit_task_event(
         task.creator_address,
         task_event_data(task, **extra),
         str(task.id),
+    )
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """One task event of a batch for :func:`emit_task_events`."""
+
+    type: str
+    task: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def emit_task_events(session: AsyncSession, deps: TaskDeps, items: list[TaskEvent]) -> None:
+    """Several task events in one pass (one insert; see ``events.service.emit_many``)."""
+    await events_service.emit_many(
+        session,
+        deps.events,
+        [
+            events_service.NewEvent(
+                e.type,
+                e.task.creator_address,
+                task_event_data(e.task, **e.extra),
+                str(e.task.id),
+            )
+            for e in items
+        ],
     )

@@ -16,7 +16,7 @@ from parity.core.tasks.states import TaskStatus, TaskType
 from parity.tasks import repository as repo
 from parity.tasks import service
 from parity.tasks.deps import TaskDeps
-from parity.tasks.events import emit_task_event
+from parity.tasks.events import TaskEvent, emit_task_event, emit_task_events
 from parity.tasks.models import Task
 from parity.tasks.queue import transitions as tr
 from parity.tasks.rows import check_pending_limits, new_task
@@ -88,12 +88,16 @@ async def create_routed_internal_tasks(
         task.target_runner_id = item.runner_id
         tasks.append(task)
     session.add_all(tasks)
-    await session.flush()
+    events: list[TaskEvent] = []
     for task, item in zip(tasks, items, strict=True):
-        await emit_task_event(session, deps, "task.created", task, type=task.type)
-        await service.offer_to(
-            session, deps, task, item.runner_id, now, push=item.push, expires=None
+        events.append(TaskEvent("task.created", task, {"type": task.type}))
+        events.append(
+            service.stage_offer(
+                session, deps, task, item.runner_id, now, push=item.push, expires=None
+            )
         )
+    await session.flush()
+    await emit_task_events(session, deps, events)
     return tasks
 
 

@@ -28,7 +28,7 @@ from parity.tasks.errors import (
     TaskNotEditable,
     TaskNotFound,
 )
-from parity.tasks.events import emit_task_event
+from parity.tasks.events import TaskEvent, emit_task_event, emit_task_events
 from parity.tasks.models import RunnerPush, Task, TaskAttempt, TaskLog, TaskResult
 from parity.tasks.queue import transitions as tr
 from parity.tasks.rows import check_pending_limits, new_task
@@ -179,6 +179,23 @@ async def offer_to(
     """Target ``task`` at a runner: queue its signed ``task.offered`` push when it has a push
     URL, and wake it after commit (its long-poll, and the push loop). A runner in a long-poll on
     this replica is only woken: it claims at once, and a push would make it claim twice."""
+    event = stage_offer(session, deps, task, runner_id, now, push=push, expires=expires)
+    await session.flush()
+    await emit_task_events(session, deps, [event])
+
+
+def stage_offer(
+    session: AsyncSession,
+    deps: TaskDeps,
+    task: Task,
+    runner_id: uuid.UUID,
+    now: datetime,
+    *,
+    push: bool,
+    expires: datetime | None,
+) -> TaskEvent:
+    """:func:`offer_to` without its flush and event: the caller flushes and emits the returned
+    ``task.offered`` with others (an FL round's tasks, in one pass)."""
     task.target_runner_id = runner_id
     task.offer_expires_at = expires
     push = push and not deps.wakeups.is_waiting(runner_id)
@@ -197,8 +214,6 @@ async def offer_to(
                 created_at=now,
             )
         )
-    await session.flush()
-    await emit_task_event(session, deps, "task.offered", task, runner_id=str(runner_id))
     wakeups = deps.wakeups
 
     def wake_target() -> None:
@@ -207,6 +222,7 @@ async def offer_to(
             wakeups.poke_pushes()
 
     after_commit(session, wake_target)
+    return TaskEvent("task.offered", task, {"runner_id": str(runner_id)})
 
 
 async def _reserve_runner(
