@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     task_retry_max_seconds: float = Field(300.0, ge=0)
     long_poll_recheck_seconds: float = Field(2.0, gt=0)
     wakeup_relay: Literal["auto", "off"] = "auto"
+    # LLM token relay between replicas: empty = in-process (one replica), else a Redis URL.
+    stream_bus_url: str = Field("", repr=False)
     push_interval_seconds: float = Field(1.0, gt=0)
     runner_min_version: str = "0.0.0"
 
@@ -201,6 +203,14 @@ class Settings(BaseSettings):
     def _database_url_scheme(cls, v: str) -> str:
         if v and not v.startswith(("sqlite", "postgresql", "postgres")):
             raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return v
+
+    @field_validator("stream_bus_url")
+    @classmethod
+    def _stream_bus_scheme(cls, v: str) -> str:
+        v = v.strip()
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be empty (in-process) or a redis://, rediss:// or unix:// URL")
         return v
 
     @field_validator("min_stake_tokens")

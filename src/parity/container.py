@@ -25,7 +25,7 @@ from parity.events.service import EventDeps
 from parity.fl.deps import FLDeps
 from parity.ledger.deps import LedgerDeps, StakeReader
 from parity.llm.deps import LlmDeps
-from parity.llm.streams import LocalStreamBus, StreamBus
+from parity.llm.streams import StreamBus, open_stream_bus
 from parity.relay import WakeRelay
 from parity.runners.service import RunnerConfig
 from parity.storage.factory import open_content_store
@@ -53,7 +53,6 @@ class Container:
     relay: WakeRelay | None = None  # cross-replica wake-ups (PostgreSQL LISTEN/NOTIFY)
     wakeups: WakeHub = field(default_factory=WakeHub)
     event_hub: EventHub = field(default_factory=EventHub)
-    streams: StreamBus = field(default_factory=LocalStreamBus)  # LLM token deltas (one replica)
     # The chain start-up check's verdict (None until the lifespan or run_server ran it) and
     # when it was taken (monotonic seconds), so /api/status can re-check an unreachable node.
     chain_status: ChainStatus | None = None
@@ -193,6 +192,18 @@ class Container:
         client = self.__dict__.pop("chain", None)
         if client is not None:
             await client.aclose()
+
+    @functools.cached_property
+    def streams(self) -> StreamBus:
+        """LLM token deltas from the runner's stream to the client's connection: in-process,
+        or Redis pub/sub shared by the replicas when STREAM_BUS_URL is set. Built on first
+        use; tests may assign their own."""
+        return open_stream_bus(self.settings.stream_bus_url)
+
+    async def close_streams(self) -> None:
+        bus = self.__dict__.pop("streams", None)
+        if bus is not None:
+            await bus.aclose()
 
     async def close_content_store(self) -> None:
         store = self.__dict__.pop("content_store", None)

@@ -213,7 +213,13 @@ class WakeRelay:
                 self.events.wake_readers(forward=False)
             elif isinstance(owners, list):
                 deliveries = bool(message.get("d"))
-                self.events.publish([str(a) for a in owners], deliveries=deliveries, forward=False)
+                about = message.get("s")
+                self.events.publish(
+                    [str(a) for a in owners],
+                    deliveries=deliveries,
+                    forward=False,
+                    resources=[str(r) for r in about] if isinstance(about, list) else (),
+                )
 
 
 _ALWAYS_SENT = frozenset({"tokens", "hello"})
@@ -223,6 +229,7 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
     """Several queued wake-ups as one notification (see the module docstring)."""
     runners: dict[str, None] = {}
     owners: dict[str, None] | None = {}
+    resources: dict[str, None] = {}
     any_count, pushes, events, deliveries, tokens = 0, False, False, False, False
     hello = False
     for m in batch:
@@ -240,6 +247,7 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
         elif kind == "events":
             events = True
             deliveries = deliveries or m.get("d", True) is not False
+            resources.update(dict.fromkeys(str(x) for x in m.get("s") or ()))
             a = m.get("a")
             if a is None or owners is None:
                 owners = None
@@ -254,6 +262,8 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
         out["p"] = True
     if events:
         out["a"] = None if owners is None else sorted(owners)
+        if resources and owners is not None:
+            out["s"] = sorted(resources)
         if deliveries:
             out["d"] = True
     if tokens:

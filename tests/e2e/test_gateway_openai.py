@@ -5,7 +5,9 @@ tests/contract/llm_fakes.py, and the real llama.cpp server where xllamacpp is in
 - a streamed chat completion arrives token by token, relayed from the runner through the
   streaming leg, and the usage the client receives is what the server metered for the prompt;
 - a runner killed before its first token: the prompt completes on another runner, and the
-  client still gets the whole answer (one completed attempt: billed once).
+  client still gets the whole answer (one completed attempt: billed once);
+- a runner killed after its first token: its stream connection breaks, the client gets an error
+  event at once (no lease expiry), and the prompt fails with that reason.
 """
 
 from __future__ import annotations
@@ -203,6 +205,41 @@ async def test_a_client_that_goes_away_mid_stream_cancels_the_work_on_the_runner
             timeout=10,
         ).json()
         assert task["status"] in ("cancel_requested", "cancelled")
+    finally:
+        runner.stop()
+        backend.stop()
+
+
+async def test_a_runner_killed_mid_stream_ends_the_stream_with_an_error_at_once(
+    server: ServerProcess, keystore_path: Path, tmp_path: Path
+) -> None:
+    backend = FakeBackend().start()
+    backend.fake.mode, backend.fake.delay = "stall", 120.0  # one token, then nothing for long
+    await backend.wait_up()
+    runner = llm_runner(server, keystore_path, tmp_path, "gw-killed", backend.url, MODEL).start()
+    try:
+        runner.wait_registered()
+        key = api_key(server)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        events: list[str] = []
+        with (
+            httpx.Client(base_url=server.url, timeout=60) as http,
+            http.stream(
+                "POST", "/v1/chat/completions", json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as r,
+        ):  # fmt: skip
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line.removeprefix("data: "))
+                if REPLY[0] in line and runner.proc is not None and runner.proc.poll() is None:
+                    runner.proc.send_signal(signal.SIGKILL)  # the first token came: kill it
+        # The stream ended on its own, well before the 10 s lease could have expired.
+        assert events[-1] == "[DONE]" and "stream broke off" in events[-2]
+        prompt = latest_prompt(server, key)
+        assert prompt["status"] == "failed" and "stream broke off" in prompt["error"]
+        assert prompt["attempts"] == 1  # not re-run: the client saw part of an answer
     finally:
         runner.stop()
         backend.stop()

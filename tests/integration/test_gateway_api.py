@@ -180,7 +180,7 @@ async def test_a_streamed_chat_relays_the_runners_deltas_then_usage_and_done(
     got = await claim_when_routed(client, runner)
     task_id, token = got["task"]["id"], got["claim_token"]
     assert got["task"]["config"]["stream"] is True
-    assert container.streams.subscribers(task_id) == 1
+    assert await container.streams.subscribers(task_id) == 1
     r = await stream_deltas(client, runner, task_id, token, ["Hel", "lo", " world"])
     assert r.status_code == 200, r.text
     assert r.json() == {"deltas": 3, "listeners": 1}
@@ -201,7 +201,7 @@ async def test_a_streamed_chat_relays_the_runners_deltas_then_usage_and_done(
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
     assert all(c["usage"] is None for c in chunks[:-1])
-    assert container.streams.subscribers(task_id) == 0
+    assert await container.streams.subscribers(task_id) == 0
 
 
 async def test_text_the_stream_missed_is_sent_from_the_stored_result(client: httpx.AsyncClient):
@@ -313,13 +313,14 @@ async def test_ollama_generate_answers_one_object_and_chat_streams_ndjson(
 async def test_a_subscriber_that_falls_behind_is_cut_off_with_an_overflow_event():
     bus = LocalStreamBus(buffer=2)
     async with bus.subscribe("k") as sub:
-        assert bus.publish("k", StreamEvent("delta", 1, "a")) == 1
-        assert bus.publish("k", StreamEvent("delta", 1, "b")) == 1
-        assert bus.publish("k", StreamEvent("delta", 1, "c")) == 0  # full: cut off
+        assert await bus.publish("k", StreamEvent("delta", 1, "a")) == 1
+        assert await bus.publish("k", StreamEvent("delta", 1, "b")) == 1
+        assert await bus.publish("k", StreamEvent("delta", 1, "c")) == 0  # full: cut off
         first = await sub.next(1)
         assert first is not None and first.kind == "overflow"
         assert await sub.next(0.01) is None
-    assert bus.subscribers("k") == 0 and bus.publish("k", StreamEvent("delta", 1, "d")) == 0
+    assert await bus.subscribers("k") == 0
+    assert await bus.publish("k", StreamEvent("delta", 1, "d")) == 0
 
 
 # -- billing -----------------------------------------------------------------------------------

@@ -106,3 +106,26 @@ def test_wake_ups_go_out_only_while_another_replica_was_heard_recently():
     relay._queue.get_nowait()
     relay.wakeups.wake_any(1)
     assert relay._queue.empty() and relay.dropped == 2
+
+
+def test_resource_wake_ups_travel_with_their_owners_and_are_applied():
+    merged = merge(
+        [
+            {"k": "events", "a": ["0xb"], "d": False, "s": ["p1"]},
+            {"k": "events", "a": ["0xc"], "d": False, "s": ["p2", "p1"]},
+        ],
+        "me",
+    )
+    assert merged["a"] == ["0xb", "0xc"] and merged["s"] == ["p1", "p2"]
+    hub = EventHub()
+    woken: list[tuple[list[str], list[str]]] = []
+
+    def record(owners: Any, *, deliveries: bool, forward: bool, resources: Any = ()) -> int:
+        woken.append((list(owners), list(resources)))
+        return 0
+
+    hub.publish = record  # type: ignore[method-assign]
+    relay = WakeRelay.__new__(WakeRelay)
+    relay.events, relay.tokens = hub, None
+    relay.apply({"o": "other", "a": ["0xb"], "s": ["p1"]})
+    assert woken == [(["0xb"], ["p1"])]

@@ -52,3 +52,26 @@ async def test_a_key_counts_as_waiting_until_its_last_waiter_returns():
     await asyncio.gather(*jobs)
     assert "a" not in w and len(w) == 0
     assert await w.wait("b", 0.01) is False and "b" not in w  # a timeout leaves nothing behind
+
+
+async def test_a_watch_keeps_a_wake_that_came_before_its_wait():
+    w: Waiters[str] = Waiters()
+    with w.watching("p1") as watch:
+        assert "p1" in w
+        assert w.wake_key("p1") == 1  # while the watcher is still reading
+        assert await watch.wait(5) is True  # not lost: returns at once
+        assert await watch.wait(0.01) is False  # re-armed after the wake
+        assert w.wake_key("p2") == 0
+    assert "p1" not in w and len(w) == 0
+
+
+async def test_a_resource_watch_wakes_only_for_its_own_resource():
+    from parity.events.hub import EventHub
+
+    hub = EventHub()
+    with hub.watch_resource("prompt-a") as a, hub.watch_resource("prompt-b") as b:
+        hub.publish(["0xowner"], resources=["prompt-b"], deliveries=False)
+        assert await b.wait(5) is True
+        assert await a.wait(0.01) is False  # the owner's other prompts do not wake it
+        hub.wake_readers()  # "wake everything" from another replica reaches it too
+        assert await a.wait(5) is True

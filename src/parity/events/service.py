@@ -87,8 +87,10 @@ async def emit(
     hub = deps.hub
     deliveries = count > 0
 
+    about = () if resource_id is None else (resource_id,)
+
     def wake() -> None:
-        hub.publish([owner], deliveries=deliveries)
+        hub.publish([owner], deliveries=deliveries, resources=about)
 
     after_commit(session, wake)
     return event
@@ -133,9 +135,10 @@ async def emit_many(session: AsyncSession, deps: EventDeps, items: Sequence[NewE
             deliveries = await repo.fan_out(session, event, deps.admins_sorted) > 0 or deliveries
     hub = deps.hub
     found = deliveries
+    about = sorted({e.resource_id for e in events if e.resource_id is not None})
 
     def wake() -> None:
-        hub.publish(owners, deliveries=found)
+        hub.publish(owners, deliveries=found, resources=about)
 
     after_commit(session, wake)
 

@@ -125,7 +125,7 @@ async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
                 {"role": "assistant", "content": done.text} if chat else done.text
             )
             return JSONResponse(whole)
-        opened = relay.streamed(c, principal, create)
+        opened = relay.streamed(c, principal, create, request)
         pieces = await opened.__aenter__()
     except ParityError as exc:
         return ollama_error(exc)

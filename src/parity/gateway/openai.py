@@ -88,7 +88,7 @@ async def _prompt(request: Request, c: ContainerDep, chat: bool) -> Response:
         shape = _Shape(ident, created, body.model, chat)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
-            return await _stream(c, principal, create, shape, usage)
+            return await _stream(request, c, principal, create, shape, usage)
         done = await relay.complete(c, principal, create)
     except ParityError as exc:
         return openai_error(exc)
@@ -150,10 +150,15 @@ class _Shape:
 
 
 async def _stream(
-    c: ContainerDep, principal: Principal, create: PromptCreate, shape: _Shape, include_usage: bool
+    request: Request,
+    c: ContainerDep,
+    principal: Principal,
+    create: PromptCreate,
+    shape: _Shape,
+    include_usage: bool,
 ) -> Response:
     # Entered here, so a refused submit answers with its status before any event is sent.
-    opened = relay.streamed(c, principal, create)
+    opened = relay.streamed(c, principal, create, request)
     pieces = await opened.__aenter__()
     extra: Callable[[dict[str, Any]], dict[str, Any]] = (
         (lambda o: {**o, "usage": None}) if include_usage else (lambda o: o)
@@ -175,6 +180,8 @@ async def _stream(
                     err = relay.PromptFailed(piece.message)
                     yield _sse(openai_body(status_of(err), piece.message, None, err.code))
                     break
+            else:
+                return  # no last piece: the client went away, nobody reads an end
             yield "data: [DONE]\n\n"
         finally:
             await opened.__aexit__(None, None, None)

@@ -6,10 +6,16 @@ Streaming semantics (ARCHITECTURE §4, streaming leg): deltas come from one atte
 that stops before its first delta is failed over by the queue and the next attempt streams
 instead. Once text has reached the client, a change of attempt cannot be hidden: the client
 gets an error event. A runner that reports its failure with the delivered text ends the prompt
-`failed` and the delivered tokens are billed (``llm.billing``); a runner that died silently is
-re-routed by the queue, and the gateway then cancels the task (nothing is billed). When the
-prompt completes, any text the relay did not carry (a subscriber cut off by its bounded buffer,
-a runner that does not stream) is sent from the stored result."""
+`failed` and the delivered tokens are billed (``llm.billing``); so does a runner whose stream
+connection broke off (killed outright: the streaming leg fails its attempt with the relayed
+text, then ends the stream, and the client gets the error event at once). A runner lost
+otherwise is re-routed by the queue, and the gateway then cancels the task. When the prompt
+completes, any text the relay did not carry (a subscriber cut off by its bounded buffer, a
+runner that does not stream) is sent from the stored result.
+
+A client that goes away cancels the prompt, whenever it leaves: the relay watches the request's
+receive channel for the server's ``http.disconnect`` while it waits for events, so a hang-up
+before the first token is noticed then, not at the next write."""
 
 from __future__ import annotations
 
@@ -19,7 +25,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request
 
@@ -30,7 +35,7 @@ from parity.errors import NotFound, ParityError, Unavailable
 from parity.llm import service as llm
 from parity.llm.repository import PromptRow
 from parity.llm.schemas import PromptCreate
-from parity.llm.streams import StreamEvent
+from parity.llm.streams import StreamEvent, Subscription
 from parity.llm.views import FINISHED, metered, prompt_status
 from parity.logging import get_logger
 from parity.tasks import service as tasks_service
@@ -146,29 +151,65 @@ Piece = Delta | Finished | Failed
 
 @contextlib.asynccontextmanager
 async def streamed(
-    c: Container, principal: Principal, body: PromptCreate
+    c: Container, principal: Principal, body: PromptCreate, request: Request | None = None
 ) -> AsyncIterator[AsyncIterator[Piece]]:
     """Submit a streaming prompt; yields the iterator of its pieces (deltas, then one
-    ``Finished`` or ``Failed``). Leaving early (the client went away) cancels the prompt."""
+    ``Finished`` or ``Failed``). Leaving early (the client went away) cancels the prompt. With
+    ``request``, the iterator also ends, without a last piece, as soon as its client
+    disconnects: the caller writes nothing more and leaves."""
     async with contextlib.AsyncExitStack() as stack:
         async with c.db.transaction() as session:
             prompt = await llm.submit_prompt(session, c.llm, principal, body, stream=True)
             # Subscribed before the commit: no runner can see the prompt before this.
             sub = await stack.enter_async_context(c.streams.subscribe(str(prompt.id)))
         state = _Relay(c, principal, prompt.id, sub)
+        if request is not None:
+            state.gone = asyncio.get_running_loop().create_task(_disconnected(request))
         try:
             yield state.pieces()
         finally:
+            if state.gone is not None:
+                state.gone.cancel()
             if not state.done:
                 cancel_later(c, principal, prompt.id)
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns once the client's connection is gone (the server's ``http.disconnect``). The
+    body was read before the submit, so nothing else arrives on the channel."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
 class _Relay:
-    def __init__(self, c: Container, principal: Principal, prompt_id: uuid.UUID, sub: Any) -> None:
+    def __init__(
+        self, c: Container, principal: Principal, prompt_id: uuid.UUID, sub: Subscription
+    ) -> None:
         self.c, self.principal, self.prompt_id, self.sub = c, principal, prompt_id, sub
         self.sent: list[str] = []
         self.attempt: int | None = None
         self.done = False
+        self.gone: asyncio.Task[None] | None = None
+
+    async def _next(self, wait: float) -> StreamEvent | None:
+        """The subscription's next event, or _ClientGone as soon as the client disconnects."""
+        if self.gone is None:
+            return await self.sub.next(wait)
+        if not self.gone.done():
+            nxt = asyncio.ensure_future(self.sub.next(wait))
+            await asyncio.wait((nxt, self.gone), return_when=asyncio.FIRST_COMPLETED)
+            if nxt.done():
+                return nxt.result()
+            nxt.cancel()
+            await asyncio.gather(nxt, return_exceptions=True)
+        if self.gone.cancelled() or self.gone.exception() is not None:
+            self.gone = None  # the channel could not be watched: writes still notice a hang-up
+            return await self.sub.next(wait)
+        raise _ClientGone
 
     async def _read(self) -> PromptRow:
         async with self.c.db.read_session() as session:
@@ -185,7 +226,10 @@ class _Relay:
                 yield self._fail(f"the prompt did not finish within {limit:g} s")
                 return
             wait = min(remaining, SETTLE_POLL_SECONDS if settling else recheck)
-            event: StreamEvent | None = await self.sub.next(wait)
+            try:
+                event = await self._next(wait)
+            except _ClientGone:
+                return  # no last piece: the caller's exit cancels the prompt
             if event is not None and event.kind == "delta":
                 if self.attempt is None:
                     self.attempt = event.attempt
@@ -193,8 +237,10 @@ class _Relay:
                     self.sent.append(event.text)
                     yield Delta(event.text)
                 continue
+            broke = False
             if event is not None and event.kind == "end" and event.attempt == self.attempt:
                 settling = not event.broken
+                broke = event.broken and bool(self.sent)
             row = await self._read()
             status = prompt_status(row.status)
             if status == "completed":
@@ -212,8 +258,9 @@ class _Relay:
                 self.done = True
                 yield Failed(row.last_error or "the prompt failed")
                 return
-            if self.sent and (status == "queued" or row.attempts != self.attempt):
+            if broke or (self.sent and (status == "queued" or row.attempts != self.attempt)):
                 # Text was delivered and the runner that sent it is gone: no silent restart.
+                # (A broken stream normally finds the prompt failed already, just above.)
                 yield self._fail("the runner serving this prompt stopped mid-stream")
                 return
 

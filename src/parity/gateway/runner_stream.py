@@ -5,10 +5,18 @@ fenced once, before the body is read; the body is chunked NDJSON, one ``{"delta"
 line, relayed to the prompt's ``StreamBus`` subscribers as it arrives (no database work per
 delta). The answer, once the body ends: ``{"deltas": n, "listeners": k}``. The completion still
 goes through ``/complete`` (or ``/fail``) with the whole text and usage; the stream only carries
-it early."""
+it early.
+
+The body's own end (the chunked encoding's last, empty chunk) marks a stream the runner closed.
+A connection lost before it (a runner killed outright, a network cut) after at least one delta
+fails the attempt here, fenced by the same claim token, with the relayed text as its partial
+output (``llm.service.fail_broken_stream``): the client gets its error event at once and that
+text is billed, instead of both waiting for the lease to expire. Before the first delta nothing
+reached the client and the queue's failover applies as for any lost runner."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Annotated
@@ -18,13 +26,19 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from parity.api.deps import ContainerDep, CurrentRunner
+from parity.container import Container
 from parity.core.tasks.states import TaskType
 from parity.errors import InvalidInput
-from parity.llm.streams import StreamEvent
+from parity.llm import service as llm
+from parity.llm.billing import PARTIAL_TEXT_MAX_CHARS
+from parity.llm.streams import StreamBus, StreamEvent
+from parity.logging import get_logger
 from parity.tasks import lifecycle
 
 router = APIRouter(tags=["runner tasks"])
+log = get_logger("parity.gateway")
 MAX_LINE_BYTES = 1024 * 1024
+_background: set[asyncio.Task[None]] = set()
 
 
 class StreamAccepted(BaseModel):
@@ -60,26 +74,75 @@ async def stream_deltas(
         task, attempt = await lifecycle.current_attempt(session, runner_id, task_id, claim_token)
         if task.type != TaskType.LLM:
             raise InvalidInput("task_id", f"only llm tasks stream (this one is {task.type})")
-    key = str(task_id)
-    bus = c.streams
-    deltas = 0
+        # A prompt that does not stream has no client reading along: its runner reports.
+        streams = (task.config or {}).get("stream") is True
+    body = _Body(c.streams, str(task_id), attempt)
     broken = False
-    pending = b""
     try:
         async for chunk in request.stream():
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if len(pending) > MAX_LINE_BYTES:
-                raise InvalidInput("delta", f"a line may hold at most {MAX_LINE_BYTES} bytes")
-            for line in lines:
-                if line.strip():
-                    bus.publish(key, StreamEvent("delta", attempt, _delta(line)))
-                    deltas += 1
-        if pending.strip():
-            bus.publish(key, StreamEvent("delta", attempt, _delta(pending)))
-            deltas += 1
+            await body.feed(chunk)
+        await body.finish()
     except ClientDisconnect:
         broken = True  # the runner went away mid-stream
+        if body.text and streams:
+            await _fail_broken(c, runner_id, task_id, claim_token, body)
     finally:
-        bus.publish(key, StreamEvent("end", attempt, broken=broken))
-    return StreamAccepted(deltas=deltas, listeners=bus.subscribers(key))
+        # After the failure is recorded: a reader woken by this end finds the prompt ended.
+        await body.bus.publish(body.key, StreamEvent("end", attempt, broken=broken))
+    return StreamAccepted(deltas=body.deltas, listeners=await body.bus.subscribers(body.key))
+
+
+class _Body:
+    """One attempt's NDJSON body, line by line onto the bus; keeps the relayed text (bounded)
+    for billing a stream that breaks off."""
+
+    def __init__(self, bus: StreamBus, key: str, attempt: int) -> None:
+        self.bus, self.key, self.attempt = bus, key, attempt
+        self.deltas = 0
+        self.pending = b""
+        self.parts: list[str] = []
+        self.kept = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    async def feed(self, chunk: bytes) -> None:
+        self.pending += chunk
+        *lines, self.pending = self.pending.split(b"\n")
+        if len(self.pending) > MAX_LINE_BYTES:
+            raise InvalidInput("delta", f"a line may hold at most {MAX_LINE_BYTES} bytes")
+        for line in lines:
+            if line.strip():
+                await self._publish(_delta(line))
+
+    async def finish(self) -> None:
+        if self.pending.strip():
+            await self._publish(_delta(self.pending))
+
+    async def _publish(self, text: str) -> None:
+        await self.bus.publish(self.key, StreamEvent("delta", self.attempt, text))
+        self.deltas += 1
+        if text and self.kept < PARTIAL_TEXT_MAX_CHARS:
+            self.parts.append(text)
+            self.kept += len(text)
+
+
+async def _fail_broken(
+    c: Container, runner_id: uuid.UUID, task_id: uuid.UUID, token: str, body: _Body
+) -> None:
+    """Fail the attempt whose stream broke after its first token. Shielded: the request it
+    serves is already lost, and a server that cancels such a request must not skip this."""
+
+    async def fail() -> None:
+        try:
+            await llm.fail_broken_stream(
+                c.db, c.llm, runner_id, task_id, token, body.text, body.deltas
+            )
+        except Exception as exc:  # already ended (a report came first), or the database
+            log.warning("broken_stream_fail_refused", task_id=str(task_id), error=str(exc)[:200])
+
+    job = asyncio.get_running_loop().create_task(fail())
+    _background.add(job)
+    job.add_done_callback(_background.discard)
+    await asyncio.shield(job)

@@ -34,7 +34,7 @@ from parity.llm.models import Prompt
 from parity.llm.repository import PromptRow
 from parity.llm.schemas import PromptComplete, PromptCreate
 from parity.llm.views import FINISHED, metered, prompt_status
-from parity.tasks import hotpath, internal
+from parity.tasks import hotpath, internal, lifecycle
 from parity.tasks.lifecycle import Report
 
 JOB_BATCH = 100
@@ -176,16 +176,19 @@ async def wait_for_prompt(
     stopping: Callable[[], bool] = lambda: False,
 ) -> PromptRow:
     """The prompt once it has finished, or as it is after ``seconds``. No connection is held
-    while waiting: the task's events wake this waiter (they reach its creator), and a
-    re-check every ``recheck_seconds`` covers a wake-up missed on another replica."""
+    while waiting: the events of the prompt's own task wake this waiter (not every event of
+    its creator: a client with many prompts in flight would re-read each of them on every
+    event), and a re-check every ``recheck_seconds`` covers a wake-up missed on another
+    replica."""
     deadline = time.monotonic() + seconds
-    while True:
-        async with db.read_session() as session:
-            row = await read_prompt(session, principal, prompt_id)
-        remaining = deadline - time.monotonic()
-        if prompt_status(row.status) in FINISHED or remaining <= 0 or stopping():
-            return row
-        await hub.wait(row.prompt.creator_address.lower(), min(remaining, recheck_seconds))
+    with hub.watch_resource(str(prompt_id)) as watch:  # a prompt's id is its task's
+        while True:
+            async with db.read_session() as session:
+                row = await read_prompt(session, principal, prompt_id)
+            remaining = deadline - time.monotonic()
+            if prompt_status(row.status) in FINISHED or remaining <= 0 or stopping():
+                return row
+            await watch.wait(min(remaining, recheck_seconds))
 
 
 async def list_prompts(
@@ -221,6 +224,30 @@ async def complete_prompt(
     output = body.response if body.response is not None else body.output
     report = Report(output=output, usage=usage)
     await hotpath.complete_task(db, deps.tasks, runner_id, prompt.task_id, body.claim_token, report)
+
+
+async def fail_broken_stream(
+    db: Database,
+    deps: LlmDeps,
+    runner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    claim_token: str,
+    delivered: str,
+    deltas: int,
+) -> None:
+    """A runner's stream broke off (its connection was lost before the body's end) after it
+    relayed ``delivered`` to the client: the runner was killed, or is cut off and cannot be
+    relied on to report. Fail the attempt as its own ``fail`` report would, fenced by its claim
+    token, with the relayed text as the partial output: the prompt ends ``failed`` (never
+    re-run: the client saw part of an answer) and that text is billed once, its token counts
+    estimated. A later report of the same claim is answered idempotently (``fail``) or refused
+    (``complete``), so nothing posts twice."""
+    reason = f"the runner's stream broke off after {deltas} token deltas (connection lost)"
+    async with db.transaction() as session:
+        await lifecycle.fail(
+            session, deps.tasks, runner_id, task_id, claim_token,
+            error=reason, exit_code=None, output=delivered, usage={},
+        )  # fmt: skip
 
 
 async def list_models(session: AsyncSession) -> list[ModelSummary]:

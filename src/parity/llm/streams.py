@@ -1,12 +1,16 @@
 """The streaming leg's relay (ARCHITECTURE §4): token deltas a runner posts for a prompt reach
 the client connections that wait on it. ``StreamBus`` is the port; ``LocalStreamBus`` relays
-within one process (one replica). Several replicas need a shared bus (Redis or NATS): an adapter
-of the same port, not provided here.
+within one process (one replica); ``RedisStreamBus`` (``streams_redis``, chosen by
+``STREAM_BUS_URL``) relays between replicas, so the runner's stream and the client's connection
+may reach different servers. ``open_stream_bus`` picks one.
 
 Buffers are bounded: a subscriber that falls behind by more than ``buffer`` events is cut off
 with an ``overflow`` terminal event rather than holding the runner's request up; the gateway
 then sends the rest of the text from the prompt's stored result. A publish with no subscriber
-is dropped (nobody is listening; the whole text is stored with the completion anyway)."""
+is dropped (nobody is listening; the whole text is stored with the completion anyway).
+
+``publish`` and ``subscribers`` are coroutines because a shared bus answers over the network;
+the in-process bus never suspends in them."""
 
 from __future__ import annotations
 
@@ -39,15 +43,26 @@ class Subscription(Protocol):
 
 
 class StreamBus(Protocol):
-    def publish(self, key: str, event: StreamEvent) -> int:
-        """Hand ``event`` to every subscriber of ``key``; returns how many got it."""
+    async def publish(self, key: str, event: StreamEvent) -> int:
+        """Hand ``event`` to every subscriber of ``key``, on any replica sharing the bus;
+        returns how many it reached (0: nobody listens). Never raises for an unreachable
+        shared bus: the event is dropped, as the stored result carries the text anyway."""
         ...
 
     def subscribe(self, key: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
-        """Receive the events of ``key`` published from now on, until the context exits."""
+        """Receive the events of ``key`` published from now on (once entered), until the
+        context exits."""
         ...
 
-    def subscribers(self, key: str) -> int: ...
+    async def subscribers(self, key: str) -> int:
+        """Open subscriptions of ``key`` on every replica sharing the bus (a shared bus may
+        count a replica's several subscriptions of one key once: the gateway holds one per
+        prompt)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and background work (at shutdown)."""
+        ...
 
 
 class _LocalSubscription:
@@ -78,18 +93,29 @@ class _LocalSubscription:
 
 
 class LocalStreamBus:
-    """In-process relay; every operation is synchronous and non-blocking on the publisher's
-    side (the subscriber's bounded queue absorbs bursts)."""
+    """In-process relay; every operation is non-blocking on the publisher's side (the
+    subscriber's bounded queue absorbs bursts). ``deliver`` and ``count`` are the synchronous
+    core, also the local fan-out of the Redis adapter."""
 
     def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
         self.buffer = buffer
         self._subs: dict[str, set[_LocalSubscription]] = {}
 
-    def publish(self, key: str, event: StreamEvent) -> int:
+    def deliver(self, key: str, event: StreamEvent) -> int:
+        """Offer ``event`` to this process's subscribers of ``key``; how many took it."""
         return sum(1 for s in list(self._subs.get(key, ())) if s.offer(event))
 
-    def subscribers(self, key: str) -> int:
+    def count(self, key: str) -> int:
         return len(self._subs.get(key, ()))
+
+    async def publish(self, key: str, event: StreamEvent) -> int:
+        return self.deliver(key, event)
+
+    async def subscribers(self, key: str) -> int:
+        return self.count(key)
+
+    async def aclose(self) -> None:
+        return None
 
     @contextlib.asynccontextmanager
     async def subscribe(self, key: str) -> AsyncIterator[Subscription]:
@@ -103,3 +129,14 @@ class LocalStreamBus:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[key]
+
+
+def open_stream_bus(url: str, *, buffer: int = DEFAULT_BUFFER) -> StreamBus:
+    """The bus STREAM_BUS_URL names: empty → in-process (one replica); ``redis://`` or
+    ``rediss://`` → Redis pub/sub shared by the replicas. The Redis client is imported only
+    when configured."""
+    if not url:
+        return LocalStreamBus(buffer)
+    from parity.llm.streams_redis import RedisStreamBus
+
+    return RedisStreamBus(url, buffer=buffer)

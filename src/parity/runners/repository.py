@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.db.pagination import Cursor, newest_first
@@ -38,33 +38,66 @@ async def add(session: AsyncSession, runner: Runner) -> None:
     await session.flush()
 
 
-async def replace_models(
-    session: AsyncSession, runner_id: uuid.UUID, models: list[dict[str, Any]], now: datetime
-) -> None:
-    await session.execute(delete(RunnerModel).where(RunnerModel.runner_id == runner_id))
-    seen: dict[str, dict[str, Any]] = {}
+_COLUMNS = ("model_name", "is_loaded", "max_tokens")
+_ModelSpec = tuple[bool, int, dict[str, Any]]  # is_loaded, max_tokens, details
+
+
+def _reported(models: list[dict[str, Any]]) -> dict[str, _ModelSpec]:
+    """A report as the rows store it, by name (the last one wins on duplicates)."""
+    out: dict[str, _ModelSpec] = {}
     for m in models:
-        seen[m["model_name"]] = m  # last one wins on duplicates
-    if seen:
-        await session.execute(
-            insert(RunnerModel),
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "runner_id": runner_id,
-                    "model_name": name,
-                    "is_loaded": bool(m.get("is_loaded", True)),
-                    "max_tokens": int(m.get("max_tokens", 4096)),
-                    "details": {
-                        k: v
-                        for k, v in m.items()
-                        if k not in ("model_name", "is_loaded", "max_tokens")
-                    },
-                    "updated_at": now,
-                }
-                for name, m in seen.items()
-            ],
+        details = {k: v for k, v in m.items() if k not in _COLUMNS}
+        out[m["model_name"]] = (
+            bool(m.get("is_loaded", True)),
+            int(m.get("max_tokens", 4096)),
+            details,
         )
+    return out
+
+
+async def sync_models(
+    session: AsyncSession, runner_id: uuid.UUID, models: list[dict[str, Any]], now: datetime
+) -> bool:
+    """Make the runner's model rows equal its report, writing only the rows that differ: a
+    runner repeats the same list in every heartbeat, and an unchanged list writes nothing.
+    Compared with the stored rows (not a per-process memory), so it holds across replicas and
+    restarts; callers hold the runner's row lock. Returns whether anything was written."""
+    wanted = _reported(models)
+    q = select(
+        RunnerModel.id,
+        RunnerModel.model_name,
+        RunnerModel.is_loaded,
+        RunnerModel.max_tokens,
+        RunnerModel.details,
+    ).where(RunnerModel.runner_id == runner_id)
+    have = {row.model_name: row for row in (await session.execute(q)).all()}
+    gone = [row.id for name, row in have.items() if name not in wanted]
+    changed = [
+        {"id": row.id, "is_loaded": spec[0], "max_tokens": spec[1], "details": spec[2]}
+        for name, spec in wanted.items()
+        if (row := have.get(name)) is not None
+        and (row.is_loaded, row.max_tokens, row.details or {}) != spec
+    ]
+    added = [
+        {
+            "id": uuid.uuid4(),
+            "runner_id": runner_id,
+            "model_name": name,
+            "is_loaded": spec[0],
+            "max_tokens": spec[1],
+            "details": spec[2],
+            "updated_at": now,
+        }
+        for name, spec in wanted.items()
+        if name not in have
+    ]
+    if gone:
+        await session.execute(delete(RunnerModel).where(RunnerModel.id.in_(gone)))
+    if changed:
+        await session.execute(update(RunnerModel), [{**c, "updated_at": now} for c in changed])
+    if added:
+        await session.execute(insert(RunnerModel), added)
+    return bool(gone or changed or added)
 
 
 async def models_of(

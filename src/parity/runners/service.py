@@ -133,7 +133,7 @@ async def register(
     runner.last_heartbeat = now
     runner.updated_at = now
     await session.flush()
-    await repo.replace_models(session, runner.id, [m.model_dump() for m in body.models], now)
+    await repo.sync_models(session, runner.id, [m.model_dump() for m in body.models], now)
     await auth_service.revoke_runner_tokens(session, runner.id, now)
     raw, _ = await auth_service.issue_runner_token(session, auth, principal.address, runner.id)
     return Registration(runner, raw, secret)
@@ -151,8 +151,9 @@ class Beat:
 async def heartbeat(
     session: AsyncSession, cfg: RunnerConfig, runner_id: uuid.UUID, body: Heartbeat
 ) -> Beat:
-    """Liveness, usage, models and the reported status (``offline`` is the runner's last call
-    when it stops; the caller releases its work)."""
+    """Liveness, usage, models (rows written only when the list changed) and the reported
+    status (``offline`` is the runner's last call when it stops; the caller releases its
+    work)."""
     runner = await repo.get(session, runner_id, lock=True)
     if runner is None:
         raise RunnerNotFound("runner not found")
@@ -165,7 +166,7 @@ async def heartbeat(
     was_offline = runner.status == "offline"
     runner.status = reported
     if body.models is not None:
-        await repo.replace_models(session, runner.id, [m.model_dump() for m in body.models], now)
+        await repo.sync_models(session, runner.id, [m.model_dump() for m in body.models], now)
     offline = reported == "offline"
     if offline and not was_offline:
         await _offline_event(session, cfg, runner, "reported")

@@ -133,7 +133,11 @@ async def _complete_on_driver(
         return None
     # Committed: wake the creator's event readers (and the delivery loop when webhooks were
     # queued), then let a freed slot place a due task.
-    deps.events.hub.publish([done.task.creator_address.lower()], deliveries=done.deliveries > 0)
+    deps.events.hub.publish(
+        [done.task.creator_address.lower()],
+        deliveries=done.deliveries > 0,
+        resources=(str(done.task.id),),
+    )
     if done.due:
         if done.push:
             await _reoffer_after(db, deps, now)

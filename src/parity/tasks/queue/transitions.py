@@ -245,10 +245,10 @@ async def settle(
     if edge.event is not None and not event_recorded:
         await emit_task_event(session, deps, edge.event, task, **event_data)
     elif event_recorded:
-        hub, owner = deps.events.hub, task.creator_address.lower()
+        hub, owner, about = deps.events.hub, task.creator_address.lower(), (str(task.id),)
 
         def wake() -> None:
-            hub.publish([owner], deliveries=deliveries)
+            hub.publish([owner], deliveries=deliveries, resources=about)
 
         after_commit(session, wake)
     if edge.target in TERMINAL:
