@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -249,6 +250,9 @@ class ServerProcess:
         return out
 
     def _cleanup(self) -> None:
+        keep = os.environ.get("BENCH_SERVER_LOG_COPY")  # a path: the server log is kept there
+        if keep and self.log_path is not None and self.log_path.exists():
+            shutil.copyfile(self.log_path, keep)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

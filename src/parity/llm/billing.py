@@ -15,7 +15,7 @@ with the same :func:`record_completion`."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -91,25 +91,43 @@ async def record_completion(session: AsyncSession, prompt: Prompt, now: datetime
     result = await repo.result_of(session, prompt.task_id)
     if task is None or task.status != TaskStatus.COMPLETED or result is None:
         return False
-    output, usage = result
-    metered = meter_prompt(prompt, output, usage)
-    prompt.input_tokens = metered.input_tokens
-    prompt.output_tokens = metered.output_tokens
-    prompt.cost = metered.cost
-    prompt.usage = usage_record(metered, usage)
-    prompt.latency_ms = latency_ms(prompt, task.completed_at)
-    prompt.metered_at = now
+    claimed = None
     if task.runner_id is not None and task.completed_at is not None:
         claimed = await repo.claimed_at(session, prompt.task_id, task.attempts)
-        sample = (task.completed_at - (claimed or task.completed_at)).total_seconds() * 1000
-        stats = await repo.locked_latency(session, task.runner_id, prompt.model, now)
-        if stats is not None:
-            previous = stats.latency_ewma_ms if stats.samples else None
-            stats.latency_ewma_ms = update_latency_ewma(previous, max(sample, 0.0))
-            stats.samples += 1
-            stats.updated_at = now
-    await session.flush()
+    item = repo.ToMeter(prompt, task.runner_id, task.completed_at, claimed, *result)
+    await record_completions(session, [item], now)
     return True
+
+
+async def record_completions(
+    session: AsyncSession, items: Sequence[repo.ToMeter], now: datetime
+) -> None:
+    """Meter completed prompts (read by ``repository.to_meter``): their usage, cost and
+    latency, then each serving runner's latency EWMA fed with its samples in completion
+    order, one stats row lock per (runner, model)."""
+    samples: dict[tuple[uuid.UUID, str], list[float]] = {}
+    for item in sorted(items, key=lambda i: (i.completed_at is None, i.completed_at)):
+        prompt = item.prompt
+        metered = meter_prompt(prompt, item.output, item.usage)
+        prompt.input_tokens = metered.input_tokens
+        prompt.output_tokens = metered.output_tokens
+        prompt.cost = metered.cost
+        prompt.usage = usage_record(metered, item.usage)
+        prompt.latency_ms = latency_ms(prompt, item.completed_at)
+        prompt.metered_at = now
+        if item.runner_id is not None and item.completed_at is not None:
+            sample = (item.completed_at - (item.claimed_at or item.completed_at)).total_seconds()
+            samples.setdefault((item.runner_id, prompt.model), []).append(max(sample, 0.0) * 1000)
+    for (runner_id, model), values in samples.items():
+        stats = await repo.locked_latency(session, runner_id, model, now)
+        if stats is None:
+            continue
+        for value in values:
+            previous = stats.latency_ewma_ms if stats.samples else None
+            stats.latency_ewma_ms = update_latency_ewma(previous, value)
+            stats.samples += 1
+        stats.updated_at = now
+    await session.flush()
 
 
 async def keep_partial(

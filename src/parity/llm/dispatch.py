@@ -6,6 +6,7 @@ failure, or once a runner with the model comes)."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +19,6 @@ from parity.llm import repository as repo
 from parity.llm.deps import LlmDeps
 from parity.llm.models import Prompt
 from parity.llm.repository import Serving
-from parity.runners import service as runners_service
 from parity.tasks import internal
 
 FREE = LlmPrice()
@@ -76,22 +76,31 @@ def reserve_price(servings: list[Serving], cap: PriceCap | None) -> LlmPrice:
     )
 
 
-async def route_prompt(
+@dataclass(frozen=True)
+class Choice:
+    """Routing's pick for a prompt: the runner serving it, or why none fits."""
+
+    serving: Serving | None
+    reason: str | None
+
+
+async def choose_runner(
     session: AsyncSession,
     deps: LlmDeps,
-    prompt: Prompt,
+    model: str,
     request: LlmRequest,
-    servings: list[Serving] | None = None,
-) -> bool:
-    """Route a queued prompt: write the chosen runner as its task's target (and offer it), or
-    remember why no runner fits (``no_route_reason``). True when routed."""
-    if servings is None:
-        servings = await repo.serving(session, prompt.model)
-    by_id = {str(s.runner_id): s for s in servings}
+    cap: PriceCap | None,
+    servings: list[Serving],
+    excluded: set[uuid.UUID],
+) -> Choice:
+    """Routing over the runners serving ``model`` as they are now (their outstanding work and
+    latency read in two statements). Not confirmed under a lock: concurrent routings may both
+    pick a runner's last free slot; the claim is the gate (a runner never holds more than its
+    ``max_concurrent_tasks``), so the second prompt waits for that runner's next free slot
+    instead of being passed over."""
     ids = [s.runner_id for s in servings]
     load = await repo.outstanding(session, ids)
-    latency = await repo.latency(session, ids, prompt.model)
-    excluded = await repo.exclusions(session, prompt.task_id)
+    latency = await repo.latency(session, ids, model)
     candidates = [
         RunnerCandidate(
             runner_id=str(s.runner_id),
@@ -105,8 +114,6 @@ async def route_prompt(
         )
         for s in servings
     ]
-    # Priced: never above what escrow holds; unpriced: only the client's own cap.
-    cap = cap_of(prompt.reserved_price) if deps.priced else cap_of(prompt.max_price)
     routed = route(
         candidates,
         cap=cap,
@@ -114,28 +121,51 @@ async def route_prompt(
         output_tokens=request.max_tokens,
     )
     if isinstance(routed, NoRoute):
-        prompt.no_route_reason = routed.reason.value
-        await session.flush()
-        return False
+        return Choice(None, routed.reason.value)
+    by_id = {str(s.runner_id): s for s in servings}
     for candidate in routed.ranked:
-        runner_id = uuid.UUID(candidate.runner_id)
-        # Concurrent routings read the same load: confirm the pick under the runner's lock
-        # (taken without waiting; a runner another transaction holds is passed over now).
-        if not await runners_service.try_lock(session, runner_id):
-            continue
-        if (await repo.outstanding(session, [runner_id]))[runner_id] >= candidate.max_concurrency:
-            continue
-        serving = by_id[candidate.runner_id]
-        if not await internal.target_internal_task(
-            session, deps.tasks, prompt.task_id, runner_id, push=serving.push
-        ):
-            return False
-        prompt.price = (runner_price(serving) if deps.priced else FREE).snapshot()
-        prompt.routed_runner_id = runner_id
-        prompt.routed_at = deps.clock.now()
-        prompt.no_route_reason = None
-        await session.flush()
-        return True
-    prompt.no_route_reason = NoRouteReason.AT_CAPACITY.value
+        if candidate.outstanding < candidate.max_concurrency:
+            return Choice(by_id[candidate.runner_id], None)
+    return Choice(None, NoRouteReason.AT_CAPACITY.value)
+
+
+def routing_cap(deps: LlmDeps, prompt: Prompt) -> PriceCap | None:
+    """Priced: never above what escrow holds; unpriced: only the client's own cap."""
+    return cap_of(prompt.reserved_price) if deps.priced else cap_of(prompt.max_price)
+
+
+def note_route(deps: LlmDeps, prompt: Prompt, choice: Choice) -> None:
+    """Write the choice on the prompt: the serving runner and its price snapshotted at
+    dispatch, or why it stays queued."""
+    if choice.serving is None:
+        prompt.no_route_reason = choice.reason
+        return
+    prompt.price = (runner_price(choice.serving) if deps.priced else FREE).snapshot()
+    prompt.routed_runner_id = choice.serving.runner_id
+    prompt.routed_at = deps.clock.now()
+    prompt.no_route_reason = None
+
+
+async def route_prompt(
+    session: AsyncSession,
+    deps: LlmDeps,
+    prompt: Prompt,
+    request: LlmRequest,
+    servings: list[Serving] | None = None,
+) -> bool:
+    """Route a queued prompt (the prompts job: after a failure, or once a runner with the model
+    comes): write the chosen runner as its task's target (and offer it), or remember why no
+    runner fits (``no_route_reason``). True when routed."""
+    if servings is None:
+        servings = await repo.serving(session, prompt.model)
+    excluded = await repo.exclusions(session, prompt.task_id)
+    choice = await choose_runner(
+        session, deps, prompt.model, request, routing_cap(deps, prompt), servings, excluded
+    )
+    if choice.serving is not None and not await internal.target_internal_task(
+        session, deps.tasks, prompt.task_id, choice.serving.runner_id, push=choice.serving.push
+    ):
+        return False
+    note_route(deps, prompt, choice)
     await session.flush()
-    return False
+    return choice.serving is not None

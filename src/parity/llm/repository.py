@@ -242,16 +242,38 @@ async def past_deadline(session: AsyncSession, now: datetime, limit: int) -> lis
     return list((await session.scalars(q.order_by(Prompt.deadline_at).limit(limit))).all())
 
 
-async def unmetered(session: AsyncSession, limit: int) -> list[uuid.UUID]:
-    """Completed prompts not metered yet (unpriced completions are metered by the job)."""
+@dataclass(frozen=True)
+class ToMeter:
+    """A completed, unmetered prompt (locked) with what metering reads of its task."""
+
+    prompt: Prompt
+    runner_id: uuid.UUID | None
+    completed_at: datetime | None
+    claimed_at: datetime | None
+    output: str | None
+    usage: dict[str, Any]
+
+
+async def to_meter(session: AsyncSession, limit: int) -> list[ToMeter]:
+    """Up to ``limit`` completed prompts not metered yet, oldest first, each with its task's
+    runner and times, its accepted result and when its last attempt was claimed: one
+    statement (prompt rows locked, skipping those another replica is metering)."""
     q = (
-        select(Prompt.id)
+        select(Prompt, _T.runner_id, _T.completed_at, ATTEMPTS.c.claimed_at, _R.output, _R.usage)
         .join(TASKS, _T.id == Prompt.task_id)
+        .join(RESULTS, _R.task_id == Prompt.task_id)
+        .outerjoin(
+            ATTEMPTS, and_(ATTEMPTS.c.task_id == Prompt.task_id, ATTEMPTS.c.attempt == _T.attempts)
+        )
         .where(Prompt.metered_at.is_(None), _T.status == TaskStatus.COMPLETED.value)
         .order_by(Prompt.created_at)
         .limit(limit)
+        .with_for_update(of=Prompt, skip_locked=True)
     )
-    return list((await session.scalars(q)).all())
+    return [
+        ToMeter(r[0], r[1], r[2], r[3], r[4], dict(r[5] or {}))
+        for r in (await session.execute(q)).all()
+    ]
 
 
 async def claimed_at(session: AsyncSession, task_id: uuid.UUID, attempt: int) -> datetime | None:

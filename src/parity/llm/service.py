@@ -27,7 +27,7 @@ from parity.events.hub import EventHub
 from parity.ledger import service as ledger
 from parity.llm import dispatch
 from parity.llm import repository as repo
-from parity.llm.billing import record_completion
+from parity.llm.billing import record_completions
 from parity.llm.deps import LlmDeps
 from parity.llm.errors import PromptNotFound
 from parity.llm.models import Prompt
@@ -96,19 +96,8 @@ async def submit_prompt(
     if deps.ledger is not None:
         account = ledger.client_account(principal.address)
         stake = await ledger.require_min_stake(deps.ledger, account, doing="submitting a prompt")
-    task = await internal.create_internal_task(
-        session,
-        deps.tasks,
-        task_type=TaskType.LLM,
-        creator=principal.address,
-        title=f"llm: {request.model}"[:255],
-        config=request.to_config(),
-        max_attempts=body.max_attempts or deps.default_max_attempts,
-    )
     deadline = body.deadline_seconds or deps.queue_timeout_seconds
     prompt = Prompt(
-        id=task.id,
-        task_id=task.id,
         creator_address=principal.address,
         model=request.model,
         request=request.to_config(),
@@ -128,11 +117,36 @@ async def submit_prompt(
         metered_at=None,
         created_at=now,
     )
-    await repo.add(session, prompt)
     servings = await repo.serving(session, request.model)
-    if deps.priced and deps.ledger is not None:
-        price = dispatch.reserve_price(servings, dispatch.cap_of(prompt.max_price))
+    priced = deps.priced and deps.ledger is not None
+    price = dispatch.reserve_price(servings, dispatch.cap_of(prompt.max_price))
+    if priced:
         prompt.reserved_price = price.snapshot()
+    # Routed before its task exists: the task is created already offered to that runner.
+    choice = await dispatch.choose_runner(
+        session,
+        deps,
+        request.model,
+        request,
+        dispatch.routing_cap(deps, prompt),
+        servings,
+        excluded=set(),
+    )
+    dispatch.note_route(deps, prompt, choice)
+    task = await internal.create_internal_task(
+        session,
+        deps.tasks,
+        task_type=TaskType.LLM,
+        creator=principal.address,
+        title=f"llm: {request.model}"[:255],
+        config=request.to_config(),
+        max_attempts=body.max_attempts or deps.default_max_attempts,
+        offer_to=None if choice.serving is None else choice.serving.runner_id,
+        push=choice.serving is not None and choice.serving.push,
+    )
+    prompt.id = prompt.task_id = task.id
+    await repo.add(session, prompt)
+    if priced and deps.ledger is not None:
         held = await ledger.reserve_amount(
             session,
             deps.ledger,
@@ -145,7 +159,7 @@ async def submit_prompt(
             what=f"this prompt (up to {request.max_tokens} output tokens of {request.model})",
         )
         prompt.reserved = None if held is None else held.amount
-    if not await dispatch.route_prompt(session, deps, prompt, request, servings):
+    if choice.serving is None:
         after_commit(session, deps.route_now.set)
     return prompt
 
@@ -338,9 +352,6 @@ async def route_queued(session: AsyncSession, deps: LlmDeps, now: datetime) -> i
 
 async def meter_completed(session: AsyncSession, deps: LlmDeps, now: datetime) -> int:
     """Completions no closer metered (pricing off): usage, cost 0, latency, EWMA."""
-    n = 0
-    for prompt_id in await repo.unmetered(session, JOB_BATCH):
-        prompt = await repo.get(session, prompt_id, lock=True)
-        if prompt is not None and await record_completion(session, prompt, now):
-            n += 1
-    return n
+    items = await repo.to_meter(session, JOB_BATCH)
+    await record_completions(session, items, now)
+    return len(items)

@@ -16,7 +16,7 @@ from parity.core.tasks.states import TaskStatus, TaskType
 from parity.tasks import repository as repo
 from parity.tasks import service
 from parity.tasks.deps import TaskDeps
-from parity.tasks.events import TaskEvent, emit_task_event, emit_task_events
+from parity.tasks.events import TaskEvent, emit_task_events
 from parity.tasks.models import Task
 from parity.tasks.queue import transitions as tr
 from parity.tasks.rows import check_pending_limits, new_task
@@ -31,22 +31,33 @@ async def create_internal_task(
     title: str,
     config: dict[str, Any],
     max_attempts: int,
+    offer_to: uuid.UUID | None = None,
+    push: bool = False,
 ) -> Task:
     """The task row of work another domain owns (a prompt's ``llm`` task), created in that
-    domain's transaction. No compute placement and no escrow here: the owner routes it
-    (:func:`target_internal_task`) and prices it itself."""
+    domain's transaction. Offered to runner ``offer_to`` from the start when the owner has
+    routed it already (``push``: that runner has a push URL), else later
+    (:func:`target_internal_task`). No compute placement and no escrow here: the owner prices
+    it itself."""
     await check_pending_limits(session, deps, creator)
+    now = deps.clock.now()
     task = new_task(
         deps,
-        deps.clock.now(),
+        now,
         task_type=task_type.value,
         title=title,
         config=config,
         creator=creator,
         max_attempts=max_attempts,
     )
-    await repo.add(session, task)
-    await emit_task_event(session, deps, "task.created", task, type=task.type)
+    session.add(task)
+    events = [TaskEvent("task.created", task, {"type": task.type})]
+    if offer_to is not None:
+        events.append(
+            service.stage_offer(session, deps, task, offer_to, now, push=push, expires=None)
+        )
+    await session.flush()
+    await emit_task_events(session, deps, events)
     return task
 
 

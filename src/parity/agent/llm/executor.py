@@ -213,7 +213,7 @@ class LlmExecutor:
             backend = await self.backend_for(request.model)
         except BackendError as exc:
             return Outcome(False, None, "", str(exc), usage={"error_code": exc.code})
-        await logs([f"llm: {request.model} on {backend.kind} {backend.base_url}"])
+        started = f"llm: {request.model} on {backend.kind} {backend.base_url}"
         sink = self.token_sink
         on_token = None
         if request.stream and sink is not None:
@@ -231,7 +231,11 @@ class LlmExecutor:
         if isinstance(result.error, ModelNotFound):
             self._serving.pop(request.model, None)  # the backend dropped it: re-list next time
         usage = _usage(request, backend, result)
-        await logs([_summary_line(result)])
+        if result.cancelled or result.error is not None:
+            # Only a prompt that went wrong gets task log lines: a completed one's model,
+            # backend and usage are in its result, and a log write per prompt would double
+            # the server writes of every prompt.
+            await logs([started, _summary_line(result)])
         if result.cancelled:
             return Outcome(False, None, result.text, "cancelled", usage=usage, cancelled=True)
         if result.error is not None:
