@@ -18,7 +18,7 @@ from parity.core.llm.routing import NoRoute, NoRouteReason, PriceCap, RunnerCand
 from parity.llm import repository as repo
 from parity.llm.deps import LlmDeps
 from parity.llm.models import Prompt
-from parity.llm.repository import Serving
+from parity.llm.repository import Loaded, Serving
 from parity.tasks import internal
 
 FREE = LlmPrice()
@@ -84,35 +84,29 @@ class Choice:
     reason: str | None
 
 
-async def choose_runner(
-    session: AsyncSession,
-    deps: LlmDeps,
-    model: str,
+def choose_runner(
     request: LlmRequest,
     cap: PriceCap | None,
-    servings: list[Serving],
+    loaded: list[Loaded],
     excluded: set[uuid.UUID],
 ) -> Choice:
-    """Routing over the runners serving ``model`` as they are now (their outstanding work and
-    latency read in two statements). Not confirmed under a lock: concurrent routings may both
-    pick a runner's last free slot; the claim is the gate (a runner never holds more than its
-    ``max_concurrent_tasks``), so the second prompt waits for that runner's next free slot
+    """Routing over the runners serving the model as they were just read
+    (:func:`repository.serving_with_load`). Not confirmed under a lock: concurrent routings may
+    both pick a runner's last free slot; the claim is the gate (a runner never holds more than
+    its ``max_concurrent_tasks``), so the second prompt waits for that runner's next free slot
     instead of being passed over."""
-    ids = [s.runner_id for s in servings]
-    load = await repo.outstanding(session, ids)
-    latency = await repo.latency(session, ids, model)
     candidates = [
         RunnerCandidate(
-            runner_id=str(s.runner_id),
-            model_loaded=s.loaded,
-            outstanding=load.get(s.runner_id, 0),
-            max_concurrency=s.max_concurrent_tasks,
-            latency_ewma_ms=latency.get(s.runner_id),
-            input_price_per_1k=runner_price(s).input_per_1k,
-            output_price_per_1k=runner_price(s).output_per_1k,
-            excluded=s.runner_id in excluded,
+            runner_id=str(x.serving.runner_id),
+            model_loaded=x.serving.loaded,
+            outstanding=x.outstanding,
+            max_concurrency=x.serving.max_concurrent_tasks,
+            latency_ewma_ms=x.latency_ewma_ms,
+            input_price_per_1k=runner_price(x.serving).input_per_1k,
+            output_price_per_1k=runner_price(x.serving).output_per_1k,
+            excluded=x.serving.runner_id in excluded,
         )
-        for s in servings
+        for x in loaded
     ]
     routed = route(
         candidates,
@@ -122,7 +116,7 @@ async def choose_runner(
     )
     if isinstance(routed, NoRoute):
         return Choice(None, routed.reason.value)
-    by_id = {str(s.runner_id): s for s in servings}
+    by_id = {str(x.serving.runner_id): x.serving for x in loaded}
     for candidate in routed.ranked:
         if candidate.outstanding < candidate.max_concurrency:
             return Choice(by_id[candidate.runner_id], None)
@@ -147,21 +141,14 @@ def note_route(deps: LlmDeps, prompt: Prompt, choice: Choice) -> None:
 
 
 async def route_prompt(
-    session: AsyncSession,
-    deps: LlmDeps,
-    prompt: Prompt,
-    request: LlmRequest,
-    servings: list[Serving] | None = None,
+    session: AsyncSession, deps: LlmDeps, prompt: Prompt, request: LlmRequest
 ) -> bool:
     """Route a queued prompt (the prompts job: after a failure, or once a runner with the model
     comes): write the chosen runner as its task's target (and offer it), or remember why no
     runner fits (``no_route_reason``). True when routed."""
-    if servings is None:
-        servings = await repo.serving(session, prompt.model)
+    loaded = await repo.serving_with_load(session, prompt.model)
     excluded = await repo.exclusions(session, prompt.task_id)
-    choice = await choose_runner(
-        session, deps, prompt.model, request, routing_cap(deps, prompt), servings, excluded
-    )
+    choice = choose_runner(request, routing_cap(deps, prompt), loaded, excluded)
     if choice.serving is not None and not await internal.target_internal_task(
         session, deps.tasks, prompt.task_id, choice.serving.runner_id, push=choice.serving.push
     ):

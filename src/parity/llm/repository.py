@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -139,7 +138,31 @@ def _claiming() -> list[Any]:
     ]
 
 
-async def serving(session: AsyncSession, model: str) -> list[Serving]:
+@dataclass(frozen=True)
+class Loaded:
+    """A runner serving a model, with what routing weighs: its outstanding work (active claims
+    of every type plus prompts routed to it and not claimed yet) and its latency EWMA."""
+
+    serving: Serving
+    outstanding: int
+    latency_ewma_ms: float | None
+
+
+async def serving_with_load(session: AsyncSession, model: str) -> list[Loaded]:
+    """:func:`serving` with :func:`outstanding` and :func:`latency` of each runner, in one
+    statement (the prompt path's routing read)."""
+    active = (
+        select(func.count())
+        .select_from(TASKS)
+        .where(_T.runner_id == Runner.id, _T.status.in_(_ACTIVE))
+        .scalar_subquery()
+    )
+    routed = (
+        select(func.count())
+        .select_from(TASKS)
+        .where(_T.target_runner_id == Runner.id, _T.status == _PENDING, _T.type == _LLM)
+        .scalar_subquery()
+    )
     q = (
         select(
             Runner.id,
@@ -148,13 +171,24 @@ async def serving(session: AsyncSession, model: str) -> list[Serving]:
             RunnerModel.is_loaded,
             RunnerModel.max_tokens,
             RunnerModel.details,
+            active,
+            routed,
+            RunnerModelStats.latency_ewma_ms,
         )
         .join(RunnerModel, RunnerModel.runner_id == Runner.id)
+        .outerjoin(
+            RunnerModelStats,
+            and_(RunnerModelStats.runner_id == Runner.id, RunnerModelStats.model == model),
+        )
         .where(RunnerModel.model_name == model, *_claiming())
         .order_by(Runner.id)
     )
     return [
-        Serving(r[0], r[1], bool(r[2]), bool(r[3]), r[4], dict(r[5] or {}))
+        Loaded(
+            Serving(r[0], r[1], bool(r[2]), bool(r[3]), r[4], dict(r[5] or {})),
+            int(r[6] or 0) + int(r[7] or 0),
+            None if r[8] is None else float(r[8]),
+        )
         for r in (await session.execute(q)).all()
     ]
 
@@ -164,37 +198,6 @@ async def model_reports(session: AsyncSession) -> list[tuple[uuid.UUID, RunnerMo
     q = select(Runner.id, RunnerModel).join(RunnerModel, RunnerModel.runner_id == Runner.id)
     rows = (await session.execute(q.where(*_claiming()))).all()
     return [(r[0], r[1]) for r in rows]
-
-
-async def outstanding(
-    session: AsyncSession, runner_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, int]:
-    """Per runner: its active claims (every type: they hold its slots) plus the prompts
-    routed to it and not claimed yet."""
-    if not runner_ids:
-        return {}
-    active = select(_T.runner_id, func.count()).where(
-        _T.runner_id.in_(runner_ids), _T.status.in_(_ACTIVE)
-    )
-    routed = select(_T.target_runner_id, func.count()).where(
-        _T.target_runner_id.in_(runner_ids), _T.status == _PENDING, _T.type == _LLM
-    )
-    out = dict.fromkeys(runner_ids, 0)
-    for q in (active.group_by(_T.runner_id), routed.group_by(_T.target_runner_id)):
-        for rid, n in (await session.execute(q)).all():
-            out[rid] += int(n)
-    return out
-
-
-async def latency(
-    session: AsyncSession, runner_ids: Sequence[uuid.UUID], model: str
-) -> dict[uuid.UUID, float]:
-    if not runner_ids:
-        return {}
-    q = select(RunnerModelStats.runner_id, RunnerModelStats.latency_ewma_ms).where(
-        RunnerModelStats.runner_id.in_(runner_ids), RunnerModelStats.model == model
-    )
-    return {rid: float(ms) for rid, ms in (await session.execute(q)).all()}
 
 
 async def exclusions(session: AsyncSession, task_id: uuid.UUID) -> set[uuid.UUID]:

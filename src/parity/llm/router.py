@@ -79,8 +79,7 @@ async def submit_prompt(
         guard = await get_idempotency(request, session, principal, idempotency_key)
         stored = await guard.replay()
         if stored is None:
-            prompt = await service.submit_prompt(session, c.llm, principal, body)
-            out = prompt_read(await service.read_prompt(session, principal, prompt.id))
+            out = prompt_read(await service.submit(session, c.llm, principal, body))
             await guard.remember(202, out.model_dump(mode="json"))
     if stored is not None:
         if wait <= 0:

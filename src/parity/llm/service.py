@@ -90,6 +90,18 @@ async def submit_prompt(
 ) -> Prompt:
     """Create a prompt and its ``llm`` task, hold its escrow, and route it when a runner fits
     now (else it stays queued for the prompts job until its deadline)."""
+    return (await submit(session, deps, principal, body, stream=stream)).prompt
+
+
+async def submit(
+    session: AsyncSession,
+    deps: LlmDeps,
+    principal: Principal,
+    body: PromptCreate,
+    *,
+    stream: bool = False,
+) -> PromptRow:
+    """:func:`submit_prompt`, answering the prompt as :func:`read_prompt` would read it."""
     request = _request(body, deps, stream=stream)
     now = deps.clock.now()
     stake = None
@@ -117,20 +129,14 @@ async def submit_prompt(
         metered_at=None,
         created_at=now,
     )
-    servings = await repo.serving(session, request.model)
+    loaded = await repo.serving_with_load(session, request.model)
     priced = deps.priced and deps.ledger is not None
-    price = dispatch.reserve_price(servings, dispatch.cap_of(prompt.max_price))
+    price = dispatch.reserve_price([x.serving for x in loaded], dispatch.cap_of(prompt.max_price))
     if priced:
         prompt.reserved_price = price.snapshot()
     # Routed before its task exists: the task is created already offered to that runner.
-    choice = await dispatch.choose_runner(
-        session,
-        deps,
-        request.model,
-        request,
-        dispatch.routing_cap(deps, prompt),
-        servings,
-        excluded=set(),
+    choice = dispatch.choose_runner(
+        request, dispatch.routing_cap(deps, prompt), loaded, excluded=set()
     )
     dispatch.note_route(deps, prompt, choice)
     task = await internal.create_internal_task(
@@ -161,7 +167,19 @@ async def submit_prompt(
         prompt.reserved = None if held is None else held.amount
     if choice.serving is None:
         after_commit(session, deps.route_now.set)
-    return prompt
+    return PromptRow(
+        prompt,
+        task.status,
+        task.runner_id,
+        task.target_runner_id,
+        task.attempts,
+        task.max_attempts,
+        task.last_error,
+        task.started_at,
+        task.completed_at,
+        None,
+        None,
+    )
 
 
 async def read_prompt(

@@ -36,11 +36,12 @@ async def get(session: AsyncSession, task_id: uuid.UUID, *, lock: bool = False) 
     return (await session.scalars(q)).first()
 
 
-async def count_pending(session: AsyncSession, creator: str | None) -> int:
-    q = select(func.count()).select_from(Task).where(Task.status == TaskStatus.PENDING.value)
-    if creator is not None:
-        q = q.where(Task.creator_address == creator)
-    return int(await session.scalar(q) or 0)
+async def pending_counts(session: AsyncSession, creator: str) -> tuple[int, int]:
+    """Pending tasks of ``creator`` and in all, in one statement."""
+    pending = select(func.count()).select_from(Task).where(Task.status == TaskStatus.PENDING.value)
+    mine = pending.where(Task.creator_address == creator)
+    row = (await session.execute(select(mine.scalar_subquery(), pending.scalar_subquery()))).one()
+    return int(row[0] or 0), int(row[1] or 0)
 
 
 async def active_counts(

@@ -18,11 +18,12 @@ from parity.tasks.queue import transitions as tr
 
 async def check_pending_limits(session: AsyncSession, deps: TaskDeps, creator: str) -> None:
     """429 for a creator at its pending limit, 503 when the whole queue is."""
-    if await repo.count_pending(session, creator) >= deps.max_pending_per_client:
+    mine, total = await repo.pending_counts(session, creator)
+    if mine >= deps.max_pending_per_client:
         raise TooManyPending(
             f"you have {deps.max_pending_per_client} pending tasks; wait for some to run"
         )
-    if await repo.count_pending(session, None) >= deps.max_pending_total:
+    if total >= deps.max_pending_total:
         raise QueueFull(f"the queue holds {deps.max_pending_total} pending tasks; retry later")
 
 
