@@ -94,6 +94,7 @@ async def submit_prompt(
             wait,
             recheck_seconds=c.settings.long_poll_recheck_seconds,
             stopping=lambda: c.draining,
+            unfinished=stored is None,  # just submitted here, as `out` shows it
         )
         out = prompt_read(row)
     code = 200 if wait > 0 and out.status in FINISHED else 202

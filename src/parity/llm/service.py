@@ -38,6 +38,7 @@ from parity.tasks import hotpath, internal, lifecycle
 from parity.tasks.lifecycle import Report
 
 JOB_BATCH = 100
+FIRST_READ_AFTER_SECONDS = 0.2
 _NO_COUNTS = RouteCounts(0, 0, 0, 0)
 
 
@@ -206,6 +207,7 @@ async def wait_for_prompt(
     *,
     recheck_seconds: float,
     stopping: Callable[[], bool] = lambda: False,
+    unfinished: bool = False,
 ) -> PromptRow:
     """The prompt once it has finished, or as it is after ``seconds``. No connection is held
     while waiting: the events of the prompt's own task wake this waiter (not every event of
@@ -214,6 +216,11 @@ async def wait_for_prompt(
     replica."""
     deadline = time.monotonic() + seconds
     with hub.watch_resource(str(prompt_id)) as watch:  # a prompt's id is its task's
+        if unfinished:
+            # The caller has just seen it unfinished (its own submit): nothing to read until
+            # an event of its task comes, or a short while (its events may have been published
+            # between the submit's commit and this watch).
+            await watch.wait(min(seconds, recheck_seconds, FIRST_READ_AFTER_SECONDS))
         while True:
             async with db.read_session() as session:
                 row = await read_prompt(session, principal, prompt_id)
