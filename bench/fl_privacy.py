@@ -25,8 +25,8 @@ session too, ``none`` in neither); the fleet is restarted before the next sessio
 final accuracy of both and their difference in points (goal: within 0.5), the median and the
 largest round duration (``duration_ms`` of ``GET …/sessions/{id}/metrics``: round open to round
 complete, server clock), the ratio SecAgg+ / plain, and the goal ``SecAgg+ median <= 2 x plain
-median + stage floor``. The stage floor is 4 stages x 2 requests (the runner's POST of its
-message and its long-poll GET of the stage's result) x the HTTP floor, the median of 100
+median + stage floor``. The stage floor is 4 stages x 1 request (the runner's POST of its
+message, whose answer carries the stage's result) x the HTTP floor, the median of 100
 sequential authenticated GETs to the same server: the least four sequential stage exchanges add
 to a round. The round the runner dies in waits for a stage deadline (or its task's lease) before
 the dropout is recovered, which the largest duration shows and the median leaves out.
@@ -68,7 +68,7 @@ from fl_digits import (
 )
 
 STAGES = 4  # advertise_keys, share_keys, masked_input, unmask
-REQUESTS_PER_STAGE = 2  # the runner's POST, then its long-poll GET
+REQUESTS_PER_STAGE = 1  # the runner's POST ?wait=, answered with the stage's result
 
 
 def privacy_config(mode: str, z: float, args: argparse.Namespace) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """The runner's side of a SecAgg+ round (``parity.agent.fl.secagg``) against a scripted
 server whose other participants are the FL core's SecAgg+ clients: the runner advertises its
-keys and shares its secrets while it trains, waits on the stage long-polls, posts a masked
+keys and shares its secrets while it trains, one request per stage (each post's reply carries
+the next messages; the stage's long-poll when a reply is not ready in time), posts a masked
 vector (never its update) with its figures, answers the unmask request, and the server's core
 unmasking then gives the example-weighted mean of all three updates. Under central DP
 (``privacy: {"mode": "central", "l2_norm_clip": C}``) what the runner contributes to the sum is
@@ -58,6 +59,7 @@ SEED = bytes(range(32))
 IDS = ["0", "1", "2"]
 LAYOUT = sorted(layout_of(GLOBAL))
 SIZE = sum(math.prod(shape) for _, shape in LAYOUT) + 1
+NEXT = {"advertise_keys": "advertise_keys", "share_keys": "share_keys", "masked_input": "unmask"}
 
 
 def secure_config(**over: Any) -> dict[str, Any]:
@@ -87,8 +89,9 @@ def unb64(text: str) -> bytes:
 
 class SecAggServer(Server):
     """The scripted runner API plus one SecAgg+ round's stage endpoints. Participant 0 is the
-    runner under test; 1 and 2 are core clients with known updates. Each stage's long-poll
-    answers ``ready: false`` once before its messages."""
+    runner under test; 1 and 2 are core clients with known updates. A post with ``wait``
+    answers with ``reply``: the messages that come next, ready (``reply_ready``) or not yet;
+    each stage's long-poll answers ``ready: false`` once before its messages."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,6 +118,8 @@ class SecAggServer(Server):
         self.total: np.ndarray | None = None
         self.on_poll: Callable[[str], None] = lambda stage: None
         self.hold: set[str] = set()  # stages that never close
+        self.reply_ready = True  # a post's reply carries the next messages
+        self.reply_error: dict[str, Any] | None = None  # ... or the wait's refusal
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -137,7 +142,19 @@ class SecAggServer(Server):
         body = json.loads(request.content)
         assert body.pop("claim_token") == TOKEN
         self.accept(stage, body)
-        return httpx.Response(200, json={"message": f"{stage} message accepted"})
+        answer: dict[str, Any] = {"message": f"{stage} message accepted"}
+        if "wait" in request.url.params and stage != "unmask":
+            assert float(request.url.params["wait"]) > 0
+            after = NEXT[stage]
+            ready = self.reply_ready and after not in self.hold and self.reply_error is None
+            answer["reply"] = {
+                "stage": after,
+                "ready": ready,
+                "messages": self.relay(after) if ready else [],
+            }
+            if self.reply_error is not None and stage == "masked_input":
+                answer["reply"]["error"] = self.reply_error
+        return httpx.Response(200, json=answer)
 
     def relay(self, stage: str) -> list[dict[str, Any]]:
         if stage == "advertise_keys":
@@ -214,16 +231,12 @@ async def test_the_runner_takes_part_in_a_secagg_round_and_its_update_counts_in_
     outcome = await execute(server, secure_config())
     assert outcome.ok and outcome.reported, outcome.error
     assert server.updates == [] and server.uploads == []  # no plain update, no model file
-    posts = [stage for method, stage in server.stage_calls if method == "POST"]
-    assert posts == ["advertise_keys", "share_keys", "masked_input", "unmask"]
-    # Each stage was long-polled until ready.
-    assert [s for m, s in server.stage_calls if m == "GET"] == [
-        "advertise_keys",
-        "advertise_keys",
-        "share_keys",
-        "share_keys",
-        "unmask",
-        "unmask",
+    # One request per stage: each post's reply carried the messages that come next.
+    assert server.stage_calls == [
+        ("POST", "advertise_keys"),
+        ("POST", "share_keys"),
+        ("POST", "masked_input"),
+        ("POST", "unmask"),
     ]
     body = server.masked_body
     assert body["data_size"] == len(Y) and np.isfinite(body["loss"])
@@ -249,6 +262,23 @@ async def test_the_runner_takes_part_in_a_secagg_round_and_its_update_counts_in_
     assert posted.shape == (SIZE,)
     levels = encode_update(mine, len(Y), CONFIG, LAYOUT, np.random.default_rng(0))
     assert np.mean(np.abs(posted.astype(np.float64) - levels.astype(np.float64))) > 1e6
+
+
+async def test_a_reply_not_ready_in_time_is_long_polled_until_it_is() -> None:
+    server = SecAggServer()
+    server.reply_ready = False  # every post's wait runs out before the stage closes
+    outcome = await execute(server, secure_config())
+    assert outcome.ok and outcome.reported, outcome.error
+    assert server.total is not None
+    # Each stage's messages were then long-polled until ready.
+    assert [s for m, s in server.stage_calls if m == "GET"] == [
+        "advertise_keys",
+        "advertise_keys",
+        "share_keys",
+        "share_keys",
+        "unmask",
+        "unmask",
+    ]
 
 
 async def test_under_central_dp_the_runner_clips_its_delta_to_c_before_it_is_masked() -> None:
@@ -301,16 +331,21 @@ async def test_a_central_clip_the_runner_cannot_apply_fails_the_task_naming_it(
     assert server.stage_calls == [] and server.updates == []
 
 
-async def test_a_round_that_goes_on_without_the_runner_fails_its_task_with_the_reason() -> None:
+@pytest.mark.parametrize("heard", ["reply", "long-poll"])
+async def test_a_round_that_goes_on_without_the_runner_fails_its_task_with_the_reason(
+    heard: str,
+) -> None:
     server = SecAggServer()
     reason = "round 1: secure aggregation: 1 of 3 participants sent a masked input"
-    server.refuse[("GET", "unmask")] = (
-        409,
-        {"error": {"code": "round_closed", "message": reason, "details": {"round": 1}}},
-    )
+    error = {"code": "round_closed", "message": reason, "details": {"round": 1}}
+    if heard == "reply":  # the masked input's post was accepted, its wait refused
+        server.reply_error = error
+    else:
+        server.reply_ready = False
+        server.refuse[("GET", "unmask")] = (409, {"error": error})
     outcome = await execute(server, secure_config())
     assert not outcome.ok and outcome.error is not None
-    assert reason in outcome.error
+    assert reason in outcome.error and "went on without this participant" in outcome.error
     assert ("POST", "unmask") not in server.stage_calls
 
 

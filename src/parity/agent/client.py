@@ -198,15 +198,22 @@ class ServerClient:
         )
 
     async def secagg_post(
-        self, session_id: str, round_number: int, stage: str, body: dict[str, Any]
+        self,
+        session_id: str,
+        round_number: int,
+        stage: str,
+        body: dict[str, Any],
+        wait: float | None = None,
     ) -> dict[str, Any]:
         """Post this participant's message for a SecAgg+ stage (fenced by the task's claim
-        token in ``body["claim_token"]``)."""
+        token in ``body["claim_token"]``); with ``wait``, the answer's ``reply`` carries the
+        messages it needs next once final (waiting up to ``wait`` seconds)."""
         r = await self.http.post(
             self._secagg_path(session_id, round_number, stage),
             json=body,
+            params=None if wait is None else {"wait": wait},
             headers=self._auth(),
-            timeout=httpx.Timeout(30.0, read=120.0),
+            timeout=httpx.Timeout(30.0, read=120.0 + (wait or 0.0)),
         )
         _raise(r)
         return dict(r.json())

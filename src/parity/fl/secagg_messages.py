@@ -1,6 +1,7 @@
-"""SecAgg+ stage messages: a participant's request body read into the rows the server stores
-(each checked as the FL core checks it, :mod:`parity.core.fl.secagg_server`), and stored rows
-turned into what a participant receives. Bytes travel as base64."""
+"""SecAgg+ stage messages: a participant's request body read into the rows the server stores,
+each checked as the FL core checks it (:mod:`parity.core.fl.secagg_server`) against the stage's
+messages already in (read once per batch, :mod:`parity.fl.secagg_accept`); what a participant
+receives is :mod:`parity.fl.secagg_relay`'s. Bytes travel as base64."""
 
 from __future__ import annotations
 
@@ -8,20 +9,18 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.fl.privacy_errors import SecAggError
 from parity.core.fl.secagg import KeyAdvert, RoundSetup, ShareMessage, check_vector
 from parity.core.fl.secagg_config import SecAggConfig
 from parity.core.fl.secagg_server import check_adverts, route_shares
 from parity.errors import InvalidInput
-from parity.fl import secagg_repository as repo
 from parity.fl import secagg_stages as stages
 from parity.fl.errors import RoundClosed
 from parity.fl.models import FLRound, FLRoundSlot, FLSession
@@ -110,32 +109,35 @@ def _message(
     )
 
 
-async def _adverts(session: AsyncSession, caller: Caller, only: set[int] | None) -> list[KeyAdvert]:
-    rows = await repo.messages(session, caller.round_.id, stages.ADVERTISE, to_server=True)
+Seen = Mapping[str, Mapping[int, Mapping[str, Any]]]
+Built = list[FLSecAggMessage]
+Builder = Callable[[Caller, Mapping[str, Any], datetime, Seen], Built]
+# The messages to the server a stage's message is checked against (read in its transaction).
+CHECKED_AGAINST = {
+    stages.ADVERTISE: (stages.ADVERTISE,),
+    stages.SHARE: (stages.ADVERTISE, stages.SHARE),
+    stages.MASKED: (stages.MASKED,),
+    stages.UNMASK: (stages.UNMASK,),
+}
+
+
+def _adverts(seen: Seen, only: set[int] | None) -> list[KeyAdvert]:
     return [
         KeyAdvert(
-            stages.pid(r.sender_index),
-            base64.b64decode(r.payload["c_public"]),
-            base64.b64decode(r.payload["s_public"]),
+            stages.pid(sender),
+            base64.b64decode(payload["c_public"]),
+            base64.b64decode(payload["s_public"]),
         )
-        for r in rows
-        if r.sender_index is not None and (only is None or r.sender_index in only)
+        for sender, payload in sorted(seen.get(stages.ADVERTISE, {}).items())
+        if only is None or sender in only
     ]
 
 
-Built = list[FLSecAggMessage]
-Builder = Callable[[AsyncSession, Caller, Mapping[str, Any], datetime], Awaitable[Built]]
-
-
-async def _advertise(
-    session: AsyncSession, caller: Caller, body: Mapping[str, Any], now: datetime
-) -> Built:
+def _advertise(caller: Caller, body: Mapping[str, Any], now: datetime, seen: Seen) -> Built:
     """Stage 1: two X25519 public keys, 32 bytes each, that no other participant uses."""
     c_public = _decode(required(body, "c_public", "c_public"), "c_public", size=KEY_BYTES)
     s_public = _decode(required(body, "s_public", "s_public"), "s_public", size=KEY_BYTES)
-    others = [
-        a for a in await _adverts(session, caller, None) if a.participant != str(caller.index)
-    ]
+    others = [a for a in _adverts(seen, None) if a.participant != str(caller.index)]
     try:
         check_adverts(caller.setups(), [*others, KeyAdvert(str(caller.index), c_public, s_public)])
     except SecAggError as exc:
@@ -144,9 +146,7 @@ async def _advertise(
     return [_message(caller, stages.ADVERTISE, now, payload=payload)]
 
 
-async def _share(
-    session: AsyncSession, caller: Caller, body: Mapping[str, Any], now: datetime
-) -> Built:
+def _share(caller: Caller, body: Mapping[str, Any], now: datetime, seen: Seen) -> Built:
     """Stage 2: the self-mask commitment (stored for the server) and one sealed bundle per
     neighbour that advertised keys (stored for its recipient)."""
     commitment = _decode(required(body, "commitment", "commitment"), "commitment", size=32)
@@ -157,7 +157,7 @@ async def _share(
         index = _participant_key(key, "shares", everyone, "a participant", caller.round_.number)
         sealed[index] = _decode(value, f"shares.{key}", most=MAX_SEALED_BYTES)
     advertised = set(stages.members(caller.state, stages.ADVERTISE))
-    adverts = {a.participant: a for a in await _adverts(session, caller, advertised)}
+    adverts = {a.participant: a for a in _adverts(seen, advertised)}
     message = ShareMessage(
         str(caller.index), commitment, {stages.pid(i): s for i, s in sealed.items()}
     )
@@ -173,9 +173,7 @@ async def _share(
     return rows
 
 
-async def _masked(
-    session: AsyncSession, caller: Caller, body: Mapping[str, Any], now: datetime
-) -> Built:
+def _masked(caller: Caller, body: Mapping[str, Any], now: datetime, seen: Seen) -> Built:
     """Stage 3: the masked vector, one uint64 below the modulus per value."""
     size = caller.state.vector_size
     raw = _decode(required(body, "vector", "vector"), "vector", size=8 * size)
@@ -187,9 +185,7 @@ async def _masked(
     return [_message(caller, stages.MASKED, now, data=raw)]
 
 
-async def _unmask(
-    session: AsyncSession, caller: Caller, body: Mapping[str, Any], now: datetime
-) -> Built:
+def _unmask(caller: Caller, body: Mapping[str, Any], now: datetime, seen: Seen) -> Built:
     """Stage 4: shares of survivors' self-mask seeds and of dropped participants' mask keys,
     each for a participant the request names in that role (checked when they are combined)."""
     number = caller.round_.number
@@ -257,31 +253,3 @@ def answer(caller: Caller, stage: str) -> dict[str, Any]:
         "stage": stage,
         "participant_index": caller.index,
     }
-
-
-async def relayed(session: AsyncSession, caller: Caller, stage: str) -> list[dict[str, Any]]:
-    """What the caller receives of a stage whose messages are final."""
-    state, index = caller.state, caller.index
-    if stage == stages.ADVERTISE:
-        mine = caller.setups()[stages.pid(index)]
-        wanted = {int(v) for v in mine.neighbours} & set(stages.members(state, stages.ADVERTISE))
-        return [
-            {
-                "sender": int(a.participant),
-                "c_public": stages.b64(a.c_public),
-                "s_public": stages.b64(a.s_public),
-            }
-            for a in await _adverts(session, caller, wanted)
-        ]
-    if stage == stages.SHARE:
-        senders = set(stages.members(state, stages.SHARE))
-        rows = await repo.messages(session, caller.round_.id, stages.SHARE, recipient=index)
-        return [
-            {"sender": r.sender_index, "sealed": stages.b64(r.data or b"")}
-            for r in rows
-            if r.sender_index in senders
-        ]
-    if stage == stages.UNMASK:
-        rows = await repo.messages(session, caller.round_.id, stages.UNMASK, to_server=True)
-        return [{"sender": None, **r.payload} for r in rows if r.sender_index is None]
-    return []

@@ -27,15 +27,32 @@ async def post_stage_message(
     request: Request,
     runner_id: CurrentRunner,
     c: ContainerDep,
+    wait: Annotated[
+        float | None,
+        Query(ge=0, description="Seconds to wait for `reply` (30 at most); absent: no reply"),
+    ] = None,
 ) -> JSONResponse:
     """Post this participant's message for a stage of a SecAgg+ round, with the claim token of
     its `fl_train` task (`claim_token`). `advertise_keys`: `c_public`, `s_public` (X25519, 32
     bytes, base64); `share_keys`: `commitment` and `shares` (participant index → sealed
     bundle); `masked_input`: `vector` (uint64 little-endian, base64) with `data_size`, `loss`,
     `accuracy`, `training_time_ms`; `unmask`: `self_mask_shares` and `key_shares`
-    (participant index → share). 409 `stage_closed` names the stage's deadline."""
+    (participant index → share). 409 `stage_closed` names the stage's deadline. With `wait`,
+    the answer's `reply` is what `GET` of the stage whose messages come next would answer
+    (`advertise_keys` → `advertise_keys`, `share_keys` → `share_keys`, `masked_input` →
+    `unmask`), waited for up to `wait` seconds; not for `unmask`."""
     body = await json_object(request)
-    out = await secagg_service.post_message(c.db, c.fl, runner_id, session_id, number, stage, body)
+    out = await secagg_service.post_message(
+        c.db,
+        c.fl,
+        runner_id,
+        session_id,
+        number,
+        stage,
+        body,
+        wait=None if wait is None else (0.0 if c.draining else wait),
+        recheck_seconds=c.settings.long_poll_recheck_seconds,
+    )
     return JSONResponse(jsonable_encoder(out))
 
 

@@ -19,10 +19,8 @@ the round goes on to ``aggregating`` where :func:`secure_mean` hands it to the a
 
 from __future__ import annotations
 
-import base64
-import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,13 +28,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.fl.privacy_errors import SecAggError
-from parity.core.fl.quantize import Layout
-from parity.core.fl.secagg import (
-    RoundSetup,
-    plan_round,
-    round_context,
-)
-from parity.core.fl.secagg_config import SecAggConfig, parse_secure_aggregation
+from parity.core.fl.secagg_config import SecAggConfig
 from parity.core.fl.secagg_server import unmask_request
 from parity.db.hooks import after_commit
 from parity.fl import rounds
@@ -45,11 +37,51 @@ from parity.fl import secagg_repository as repo
 from parity.fl.deps import FLDeps
 from parity.fl.models import FLRound, FLRoundSlot, FLSession
 from parity.fl.secagg_models import FLSecAggMessage, FLSecAggRound
+from parity.fl.secagg_plan import (
+    b64,
+    config_of,
+    enabled,
+    layout_of,
+    members,
+    pid,
+    setups_of,
+    vector_size,
+)
 from parity.logging import get_logger
 from parity.tasks import internal
 from parity.waiters import Waiters
 
 log = get_logger("parity.fl")
+# What other modules use as ``secagg_stages.X`` (the plan's helpers live in secagg_plan).
+__all__ = [
+    "ADVERTISE",
+    "BELL",
+    "DONE",
+    "FAILED",
+    "MASKED",
+    "ORDER",
+    "SHARE",
+    "STAGES",
+    "UNMASK",
+    "UNMASKING",
+    "b64",
+    "close_locked",
+    "close_stage",
+    "config_of",
+    "due",
+    "enabled",
+    "fail_round",
+    "layout_of",
+    "mark_closed",
+    "members",
+    "open_round",
+    "pid",
+    "ring",
+    "rings",
+    "setups_of",
+    "stage_due",
+    "vector_size",
+]
 
 ADVERTISE = "advertise_keys"
 SHARE = "share_keys"
@@ -74,63 +106,17 @@ _MISSED = {
 
 # Long-polls of a round's stage messages wait here, woken when one of its stages closes.
 BELL: Waiters[uuid.UUID] = Waiters()
+_rings = [0]  # how many times any round's stage closed (a read begun before is stale)
 
 
 def ring(round_id: uuid.UUID) -> None:
-    BELL.wake(lambda key: key == round_id)
+    """After the commit that closed a stage of the round (or ended it): wake its waiters."""
+    _rings[0] += 1
+    BELL.wake_key(round_id)
 
 
-def pid(index: int) -> str:
-    """A participant's id in the protocol: its participant index, as text."""
-    return str(index)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-# -- a session's settings ----------------------------------------------------------------------
-
-
-def config_of(fl_session: FLSession) -> SecAggConfig | None:
-    """The session's SecAgg+ settings (validated at create), or None for a plain session."""
-    privacy = (fl_session.config or {}).get("privacy_config")
-    if not isinstance(privacy, Mapping):
-        return None
-    return parse_secure_aggregation(privacy)
-
-
-def enabled(fl_session: FLSession) -> bool:
-    return config_of(fl_session) is not None
-
-
-def layout_of(fl_session: FLSession) -> list[tuple[str, tuple[int, ...]]]:
-    """Tensor names and shapes, sorted by name: the runners flatten in the same order."""
-    shapes = fl_session.model_shapes or {}
-    return sorted((name, tuple(int(d) for d in shape)) for name, shape in shapes.items())
-
-
-def vector_size(layout: Layout) -> int:
-    """Values a participant masks: every model parameter and its weight factor."""
-    return sum(math.prod(shape) for _, shape in layout) + 1
-
-
-def setups_of(
-    fl_session: FLSession, round_: FLRound, state: FLSecAggRound, config: SecAggConfig
-) -> dict[str, RoundSetup]:
-    """The round's plan, as every participant computes it from its task config."""
-    return plan_round(
-        [pid(i) for i in state.participants],
-        config,
-        bytes.fromhex(state.graph_seed),
-        round_context(str(fl_session.id), round_.number),
-        state.vector_size,
-    )
-
-
-def members(state: FLSecAggRound, stage: str) -> list[int]:
-    """Who took part in a closed stage (empty while it is open)."""
-    return [int(i) for i in (state.stages or {}).get(stage, {}).get("members", [])]
+def rings() -> int:
+    return _rings[0]
 
 
 def _mark(state: FLSecAggRound, stage: str, **values: Any) -> None:
@@ -283,18 +269,35 @@ async def close_stage(session: AsyncSession, deps: FLDeps, round_id: uuid.UUID) 
     fl_session, round_, state = locked
     if state.stage not in (ADVERTISE, SHARE, MASKED):
         return False
+    slots = await rounds_repo.slots_of(session, round_id)
+    sent = await repo.senders(session, round_id, state.stage)
+    return await close_locked(session, deps, fl_session, round_, state, slots, sent)
+
+
+async def close_locked(
+    session: AsyncSession,
+    deps: FLDeps,
+    fl_session: FLSession,
+    round_: FLRound,
+    state: FLSecAggRound,
+    slots: Sequence[FLRoundSlot],
+    sent: set[int],
+) -> bool:
+    """:func:`close_stage` with the session, round and state already locked and the round's
+    slots and the stage's senders read in the caller's transaction (a stage message that may
+    be the stage's last): who sent goes on, the others are dropped."""
+    if state.stage not in (ADVERTISE, SHARE, MASKED):
+        return False
     now = deps.clock.now()
     if round_.status != rounds_repo.COLLECTING or fl_session.status != "active":
         why = round_.failure_reason or f"the session is {fl_session.status}"
         await fail_round(session, deps, fl_session, round_, state, why, now)
         return True
+    if not stage_due(state, slots, sent, now):
+        return False
     config = config_of(fl_session)
     assert config is not None
     stage = state.stage
-    slots = await rounds_repo.slots_of(session, round_id)
-    sent = await repo.senders(session, round_id, stage)
-    if not stage_due(state, slots, sent, now):
-        return False
     status = {s.participant_index: s.status for s in slots}
     wanted = rounds_repo.SUBMITTED if stage == MASKED else rounds_repo.ASSIGNED
     took_part = {i for i in sent if status.get(i) == wanted}

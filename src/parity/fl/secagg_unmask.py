@@ -94,26 +94,26 @@ async def _read(
     sharers = set(stages.members(state, stages.SHARE))
     survivors = set(state.survivors)
 
-    async def rows(stage: str) -> list[FLSecAggMessage]:
-        return await repo.messages(session, round_.id, stage, to_server=True)
-
+    by_stage: dict[str, list[FLSecAggMessage]] = {stage: [] for stage in stages.STAGES}
+    for m in await repo.messages(session, round_.id, None, to_server=True):
+        by_stage[m.stage].append(m)
     adverts = {
         stages.pid(m.sender_index): KeyAdvert(
             stages.pid(m.sender_index), _bytes(m.payload["c_public"]), _bytes(m.payload["s_public"])
         )
-        for m in await rows(stages.ADVERTISE)
+        for m in by_stage[stages.ADVERTISE]
         if m.sender_index in advertisers
     }
     commitments = {
         stages.pid(m.sender_index): _bytes(m.payload["commitment"])
-        for m in await rows(stages.SHARE)
+        for m in by_stage[stages.SHARE]
         if m.sender_index in sharers
     }
     inputs = [
         MaskedInput(
             stages.pid(m.sender_index), np.frombuffer(m.data or b"", "<u8").astype(np.uint64)
         )
-        for m in await rows(stages.MASKED)
+        for m in by_stage[stages.MASKED]
         if m.sender_index in survivors
     ]
     replies = [
@@ -122,7 +122,7 @@ async def _read(
             _shares(m.payload, "self_mask_shares"),
             _shares(m.payload, "key_shares"),
         )
-        for m in await rows(stages.UNMASK)
+        for m in by_stage[stages.UNMASK]
         if m.sender_index is not None and m.sender_index in survivors
     ]
     request = UnmaskRequest(
@@ -146,8 +146,7 @@ async def _read(
 def unmask(found: Inputs) -> tuple[dict[str, Any], UnmaskResult, dict[str, Any]]:
     """The survivors' example-weighted mean delta per tensor (under central DP their equally
     weighted mean plus the noise), the unmasking's result (who survived, who dropped, which
-    shares were refused) and the DP figures. Pure but for the noise; runs in a worker
-    thread."""
+    shares were refused) and the DP figures. Pure but for the noise."""
     masked_sum, _ = sum_masked(found.setups, found.commitments, found.inputs)
     result = unmask_sum(
         found.setups, found.adverts, found.commitments, masked_sum, found.request, found.replies
@@ -158,6 +157,12 @@ def unmask(found: Inputs) -> tuple[dict[str, Any], UnmaskResult, dict[str, Any]]
         return decode_sum(result.total, m, found.config, found.layout), result, {}
     mean, figures = secagg_dp.noised_mean(dp, result.total, m, found.config, found.layout)
     return mean, result, figures
+
+
+def _unmasked_blob(found: Inputs) -> tuple[bytes, UnmaskResult, dict[str, Any]]:
+    """:func:`unmask` and the mean's file, in one worker thread."""
+    mean, result, dp_figures = unmask(found)
+    return encode(mean), result, dp_figures
 
 
 def _index(who: str) -> int | str:
@@ -193,11 +198,10 @@ async def finish_unmask(db: Database, deps: FLDeps, round_id: uuid.UUID) -> bool
     """Unmask a round whose unmask stage is due (see the module docstring); True when this
     call moved it on (to ``aggregating``, or ``failed`` with the reason)."""
     async with db.read_session() as session:
-        state = await repo.get_state(session, round_id)
-        round_ = await rounds_repo.get_round(session, round_id)
-        fl_session = None if round_ is None else await session.get(FLSession, round_.session_id)
-        if state is None or round_ is None or fl_session is None:
+        found_round = await repo.round_with_state(session, round_id)
+        if found_round is None:
             return False
+        fl_session, round_, state = found_round
         going = fl_session.status == "active" and round_.status == stages.UNMASKING
         if not await _due(session, deps, state, ended=not going):
             return False
@@ -209,8 +213,7 @@ async def finish_unmask(db: Database, deps: FLDeps, round_id: uuid.UUID) -> bool
         failure = round_.failure_reason or f"the session is {fl_session.status}"
     else:
         try:
-            mean, result, dp_figures = await asyncio.to_thread(unmask, found)
-            blob = await asyncio.to_thread(encode, mean)
+            blob, result, dp_figures = await asyncio.to_thread(_unmasked_blob, found)
             cid, sha256 = await store_io.put_bytes(deps.store, blob)
             public = _public(result, cid, sha256)
         except (SecAggError, FLConfigError) as exc:

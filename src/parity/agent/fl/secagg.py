@@ -18,8 +18,11 @@ weighed fully, whatever the example count: the server's noise is calibrated to a
 one participant moves the sum by at most the clip, and a weight factor below 1 for some would
 let the others count for more (the reported ``data_size`` is unchanged).
 
-Each stage's messages are awaited with the server's long-poll; a refusal (the round failed, the
-stage closed, a message the protocol refuses) ends the task with the server's reason.
+Each stage is one request: the runner posts its message with ``?wait=`` and the answer's
+``reply`` carries what it needs next once the stage closed (the neighbours' keys, the bundles
+sealed for it, the unmask request); when that wait runs out first it long-polls the stage. A
+refusal (the round failed, the stage closed, a message the protocol refuses) ends the task
+with the server's reason.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ MIN_POLL_SECONDS = 0.2
 RETRY_WINDOW_SECONDS = 60.0  # an unreachable server (restarting) or a 5xx is tried again
 SLACK_SECONDS = 60.0  # beyond the four stages' deadlines before the runner gives up itself
 _HEX_SEED = re.compile(r"^[0-9a-fA-F]{64}$")
+# The stage whose messages a participant needs after posting its message for a stage.
+NEXT = {"advertise_keys": "advertise_keys", "share_keys": "share_keys", "masked_input": "unmask"}
 
 Privatize = Callable[[TrainResult, Weights], TrainResult]
 
@@ -206,8 +211,7 @@ class SecureRound:
             )
             masked = await asyncio.to_thread(sa.masked_input, received, vector)
             body = {"vector": _b64(masked.vector.astype("<u8").tobytes()), **usage}
-            await self._post("masked_input", body)
-            reply = sa.unmask(await self._request())
+            reply = sa.unmask(_request(await self._exchange("masked_input", body)))
             await self._post(
                 "unmask",
                 {
@@ -255,37 +259,36 @@ class SecureRound:
         """Stages 1 and 2: advertise our keys, share our secrets with the neighbours that
         advertised theirs, and collect the bundles they sealed for us."""
         advert = sa.advertise()
-        await self._post(
-            "advertise_keys",
-            {"c_public": _b64(advert.c_public), "s_public": _b64(advert.s_public)},
-        )
+        keys = {"c_public": _b64(advert.c_public), "s_public": _b64(advert.s_public)}
         adverts = {
             str(m["sender"]): KeyAdvert(
                 str(m["sender"]), _bytes(m.get("c_public")), _bytes(m.get("s_public"))
             )
-            for m in await self._messages("advertise_keys")
+            for m in await self._exchange("advertise_keys", keys)
         }
         message = sa.share_keys(adverts)
-        await self._post(
-            "share_keys",
-            {
-                "commitment": _b64(message.commitment),
-                "shares": {who: _b64(sealed) for who, sealed in message.sealed.items()},
-            },
-        )
+        shares = {
+            "commitment": _b64(message.commitment),
+            "shares": {who: _b64(sealed) for who, sealed in message.sealed.items()},
+        }
         return {
-            str(m["sender"]): _bytes(m.get("sealed")) for m in await self._messages("share_keys")
+            str(m["sender"]): _bytes(m.get("sealed"))
+            for m in await self._exchange("share_keys", shares)
         }
 
-    async def _request(self) -> UnmaskRequest:
-        messages = await self._messages("unmask")
-        if len(messages) != 1:
-            raise SecAggError("unmask", "the server sent no single unmask request")
-        found = messages[0]
-        return UnmaskRequest(
-            tuple(str(i) for i in found.get("survivors") or []),
-            tuple(str(i) for i in found.get("dropped") or []),
-        )
+    async def _exchange(self, stage: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """Post our message for ``stage`` and get what comes next (the stage's messages for
+        us, or the unmask request after the masked input) in the same request once final;
+        when the post's wait ran out first, long-poll for them."""
+        answer = await self._post(stage, body, wait=self.poll_seconds)
+        reply = answer.get("reply")
+        if isinstance(reply, dict):
+            error = reply.get("error")
+            if isinstance(error, dict):  # the round went on without us while we waited
+                _ended(_reply_error(error))
+            if reply.get("ready"):
+                return list(reply.get("messages") or [])
+        return await self._messages(NEXT[stage])
 
     async def _messages(self, stage: str) -> list[dict[str, Any]]:
         """The stage's messages for us, once the server says they are final."""
@@ -304,23 +307,41 @@ class SecureRound:
                 # A server that answers at once (draining, a proxy's cap): poll, don't spin.
                 await asyncio.sleep(MIN_POLL_SECONDS)
 
-    async def _post(self, stage: str, body: dict[str, Any]) -> None:
-        await self._retrying(
-            lambda: self.client.secagg_post(
-                self.job.session_id, self.job.round, stage, {"claim_token": self.token, **body}
-            )
+    async def _post(
+        self, stage: str, body: dict[str, Any], wait: float | None = None
+    ) -> dict[str, Any]:
+        job, claimed = self.job, {"claim_token": self.token, **body}
+        return await self._retrying(
+            lambda: self.client.secagg_post(job.session_id, job.round, stage, claimed, wait)
         )
 
     async def _retrying(self, call: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         """A broken connection or a server error (5xx) is tried again, with backoff, for up to
-        ``RETRY_WINDOW_SECONDS`` (a repeated message answers the same); the server's refusal
-        that the round went on without us ends the round here."""
+        ``RETRY_WINDOW_SECONDS`` (a repeated message answers the same)."""
+        return await until_reachable(call, RETRY_WINDOW_SECONDS, check=_ended)
 
-        def ended(exc: ServerError) -> None:
-            if exc.code in ("round_closed", "stage_closed"):
-                raise RoundEnded(f"the round went on without this participant: {exc}") from exc
 
-        return await until_reachable(call, RETRY_WINDOW_SECONDS, check=ended)
+def _ended(exc: ServerError) -> None:
+    """The server's refusal that the round went on without us ends the round here."""
+    if exc.code in ("round_closed", "stage_closed"):
+        raise RoundEnded(f"the round went on without this participant: {exc}") from exc
+
+
+def _reply_error(error: Mapping[str, Any]) -> ServerError:
+    """A ``reply``'s error (the post was in, the wait after it refused): the long-poll's."""
+    details = error.get("details")
+    info = dict(details) if isinstance(details, Mapping) else {}
+    return ServerError(409, str(error.get("code")), str(error.get("message", "")), info)
+
+
+def _request(messages: list[dict[str, Any]]) -> UnmaskRequest:
+    if len(messages) != 1:
+        raise SecAggError("unmask", "the server sent no single unmask request")
+    found = messages[0]
+    return UnmaskRequest(
+        tuple(str(i) for i in found.get("survivors") or []),
+        tuple(str(i) for i in found.get("dropped") or []),
+    )
 
 
 def _delta(local: Weights, global_weights: Weights) -> dict[str, np.ndarray]:
