@@ -34,27 +34,14 @@ class Waiters(Generic[K]):
         """True when woken, False when ``timeout`` seconds passed first."""
         self._seq += 1
         slot = self._seq
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._futures[slot] = (key, fut)
-        self._per_key[key] += 1
-        self._by_key.setdefault(key, {})[slot] = fut
+        fut = self._arm(key, slot)
         try:
             await asyncio.wait_for(asyncio.shield(fut), timeout=timeout)
             return True
         except TimeoutError:
             return False
         finally:
-            self._futures.pop(slot, None)
-            self._per_key[key] -= 1
-            if not self._per_key[key]:
-                del self._per_key[key]
-            same = self._by_key.get(key)
-            if same is not None:
-                same.pop(slot, None)
-                if not same:
-                    del self._by_key[key]
-            if not fut.done():
-                fut.cancel()
+            self._disarm(key, slot)
 
     def wake(self, select: Callable[[K], bool], limit: int | None = None) -> list[K]:
         """Wake the oldest waiters whose key ``select`` accepts (at most ``limit``)."""

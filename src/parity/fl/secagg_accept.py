@@ -16,7 +16,6 @@ and once no survivor holds its task the rounds job is woken to unmask the sum.
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import uuid
 from collections.abc import Mapping
@@ -27,7 +26,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.tasks.states import ACTIVE
-from parity.core.tokens import hash_token
 from parity.db.hooks import after_commit
 from parity.errors import Conflict, ParityError
 from parity.fl import rounds_repository as rounds_repo
@@ -214,7 +212,9 @@ async def _accept_one(
             details={"round": number, "stage": stage},
         )
     check_post(caller, stage, now)
-    if stage != stages.UNMASK and not _holds_claim(claim, p.runner_id, p.token):
+    if stage != stages.UNMASK and not lifecycle.holds_current_claim(
+        claim.task_runner_id, claim.task_status, claim.task_token_hash, p.runner_id, p.token
+    ):
         # Not the task's current claim as read: the queue's fence says why (or lets it by).
         await lifecycle.current_attempt(session, p.runner_id, claim.slot.task_id, p.token)
     rows = messages.BUILDERS[stage](caller, p.body, now, seen)
@@ -224,15 +224,6 @@ async def _accept_one(
     if p.figures is not None:
         _record_figures(caller, claim.partition_rows, p.figures, now)
     return rows
-
-
-def _holds_claim(claim: repo.SlotClaim, runner_id: uuid.UUID, token: str) -> bool:
-    return (
-        claim.task_runner_id == runner_id
-        and claim.task_status in _ACTIVE
-        and claim.task_token_hash is not None
-        and hmac.compare_digest(claim.task_token_hash, hash_token(token))
-    )
 
 
 def _record_figures(

@@ -12,7 +12,6 @@ The last update of a round wakes the rounds job after commit, so the round close
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
 import uuid
@@ -28,8 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.core.fl.aggregation import Weights
 from parity.core.fl.errors import TensorError
 from parity.core.fl.tensors import decode, encode, from_lists, validate_update
-from parity.core.tasks.states import ACTIVE
-from parity.core.tokens import hash_token
 from parity.db.hooks import after_commit
 from parity.db.session import Database
 from parity.errors import InvalidInput
@@ -150,7 +147,13 @@ async def submit_update(
             # nothing behind in the content store. The usual case (the current claim of an
             # active task) is recognised from the row already read; the queue's fence
             # explains any other.
-            if not _holds_claim(found, runner_id, update.claim_token):
+            if not lifecycle.holds_current_claim(
+                found.task_runner_id,
+                found.task_status,
+                found.task_token_hash,
+                runner_id,
+                update.claim_token,
+            ):
                 await lifecycle.current_attempt(
                     session, runner_id, slot.task_id, update.claim_token
                 )
@@ -172,15 +175,6 @@ async def submit_update(
             if await repo.assigned_count(session, update.round_id) == 0:
                 deps.rounds_now.set()
     return answer
-
-
-def _holds_claim(found: repo.UpdateTarget, runner_id: uuid.UUID, token: str) -> bool:
-    return (
-        found.task_runner_id == runner_id
-        and found.task_status in ACTIVE
-        and found.task_token_hash is not None
-        and hmac.compare_digest(found.task_token_hash, hash_token(token))
-    )
 
 
 async def _check_and_store(

@@ -7,6 +7,7 @@ through ``queue.ops`` (the same statements as the PostgreSQL fast path)."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -95,6 +96,24 @@ async def current_attempt(
     if not f.current:
         raise _not_current(f, "stream")
     return f.task, f.attempt.attempt
+
+
+def holds_current_claim(
+    task_runner_id: uuid.UUID | None,
+    task_status: str | None,
+    task_token_hash: str | None,
+    runner_id: uuid.UUID,
+    token: str,
+) -> bool:
+    """Whether ``token`` is the current claim of an active task held by ``runner_id``, from the
+    task row's columns another domain read along with its own rows (no fence query). False
+    means "ask the fence" (:func:`current_attempt`), which names the refusal."""
+    return (
+        task_runner_id == runner_id
+        and task_status in ACTIVE
+        and task_token_hash is not None
+        and hmac.compare_digest(task_token_hash, hash_token(token))
+    )
 
 
 @dataclass(frozen=True)
