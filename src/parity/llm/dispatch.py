@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parity.core.billing.units import AmountError, parse_base_units
 from parity.core.llm.metering import LlmPrice, estimate_prompt_tokens
 from parity.core.llm.request import LlmRequest
-from parity.core.llm.routing import NoRoute, NoRouteReason, PriceCap, RunnerCandidate, route
+from parity.core.llm.routing import NoRoute, PriceCap, RunnerCandidate, route
 from parity.llm import repository as repo
 from parity.llm.deps import LlmDeps
 from parity.llm.models import Prompt
@@ -116,11 +116,9 @@ def choose_runner(
     )
     if isinstance(routed, NoRoute):
         return Choice(None, routed.reason.value)
-    by_id = {str(x.serving.runner_id): x.serving for x in loaded}
-    for candidate in routed.ranked:
-        if candidate.outstanding < candidate.max_concurrency:
-            return Choice(by_id[candidate.runner_id], None)
-    return Choice(None, NoRouteReason.AT_CAPACITY.value)
+    # route() has already left out runners without a free slot (NoRoute at_capacity).
+    chosen = next(x.serving for x in loaded if str(x.serving.runner_id) == routed.runner_id)
+    return Choice(chosen, None)
 
 
 def routing_cap(deps: LlmDeps, prompt: Prompt) -> PriceCap | None:

@@ -149,8 +149,8 @@ class Loaded:
 
 
 async def serving_with_load(session: AsyncSession, model: str) -> list[Loaded]:
-    """:func:`serving` with :func:`outstanding` and :func:`latency` of each runner, in one
-    statement (the prompt path's routing read)."""
+    """The online, claiming runners that report ``model``, each with its outstanding work
+    and its latency EWMA for the model, in one statement (routing's read)."""
     active = (
         select(func.count())
         .select_from(TASKS)
