@@ -117,10 +117,18 @@ def test_json_lists_flat_or_nested_become_the_expected_shapes() -> None:
         ("fc1.bias", [1.0, float("nan"), 3.0]),
         ("fc1.bias", "1,2,3"),
         ("fc9.bias", [1.0]),
+        ("fc1.weight", "bool in a nested row"),
+        ("fc1.weight", "string in a nested row"),
     ],
 )
 def test_bad_json_tensors_are_named(name: str, value: object) -> None:
     data = to_lists(weights())
+    if value == "bool in a nested row":
+        value = [list(row) for row in data[name]]
+        value[-1][-1] = True
+    elif value == "string in a nested row":
+        value = [list(row) for row in data[name]]
+        value[0][0] = "0.5"
     data[name] = value  # type: ignore[assignment]
     with pytest.raises(TensorError) as caught:
         from_lists(data, SPEC.shapes())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -207,10 +208,16 @@ async def json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, for routes that validate it themselves: 422
     ``invalid_json`` (where the parser stopped) when it does not parse, 422 naming ``body``
     when it is not an object."""
+    body = await request.body()
     try:
-        raw = await request.json()
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise invalid_json("body", exc) from None
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses what the standard parser reads (NaN, integers past 64 bits): parsed
+        # again, those reach the checks that name the field; the rest gets the parser's word.
+        try:
+            raw = json.loads(body)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+            raise invalid_json("body", exc) from None
     if not isinstance(raw, dict):
         raise InvalidInput("body", "must be a JSON object")
     return raw

@@ -9,6 +9,10 @@
    unmasking: :func:`parity.fl.secagg_unmask.advance_rounds`);
 3. aggregates the rounds waiting for it, which opens the next round or completes the session.
 
+A round whose last update has just committed is named in its wake (``FLDeps.wake``): it is
+closed and aggregated first, and a wake that names rounds only skips the sweeps until the
+interval has passed since the last one.
+
 Each item commits on its own and every change is conditional on the state it leaves, so the
 job is safe to run twice and resumes whatever a restart interrupted (a round found in
 ``aggregating`` is computed again: the result is content-addressed, the apply conditional).
@@ -127,31 +131,53 @@ async def close_due_rounds(db: Database, deps: FLDeps) -> int:
     return n
 
 
+async def _aggregate(db: Database, deps: FLDeps, round_id: uuid.UUID) -> int:
+    """A round whose inputs cannot be read now (the store does not answer) is logged and
+    tried again next tick; the others go on."""
+    try:
+        return int(await aggregate.aggregate_round(db, deps, round_id))
+    except Exception as exc:
+        log.warning(
+            "fl_aggregation_retry",
+            round_id=str(round_id),
+            error=type(exc).__name__,
+            detail=str(exc)[:200],
+        )
+        return 0
+
+
 async def aggregate_ready_rounds(db: Database, deps: FLDeps) -> int:
-    """Step 3. A round whose inputs cannot be read now (the store does not answer) is logged
-    and tried again next tick; the others go on."""
+    """Step 3, for every round waiting for it."""
     async with db.read_session() as session:
         ready = await repo.aggregating_rounds(session, JOB_BATCH)
     n = 0
     for round_id in ready:
-        try:
-            n += int(await aggregate.aggregate_round(db, deps, round_id))
-        except Exception as exc:
-            log.warning(
-                "fl_aggregation_retry",
-                round_id=str(round_id),
-                error=type(exc).__name__,
-                detail=str(exc)[:200],
-            )
+        n += await _aggregate(db, deps, round_id)
     return n
 
 
-async def run_rounds(db: Database, deps: FLDeps) -> int:
-    """One pass of the three steps; how many items changed."""
-    n = await drop_ended_slots(db, deps)
-    n += await secagg_unmask.advance_rounds(db, deps)
-    n += await close_due_rounds(db, deps)
-    n += await aggregate_ready_rounds(db, deps)
+async def finish_due_rounds(db: Database, deps: FLDeps, due: list[uuid.UUID]) -> int:
+    """Steps 2 and 3 for the rounds whose last update has just committed, before any sweep:
+    the participants wait for the next round, so it opens first."""
+    n = 0
+    for round_id in due:
+        async with db.transaction() as session:
+            closed = await close_round(session, deps, round_id)
+        if closed:
+            n += 1 + await _aggregate(db, deps, round_id)
+    return n
+
+
+async def run_rounds(db: Database, deps: FLDeps, *, sweep: bool = True) -> int:
+    """The rounds woken for (:meth:`FLDeps.wake`), then, with ``sweep``, one pass of the three
+    steps over every session; how many items changed."""
+    due, _ = deps.take_due()
+    n = await finish_due_rounds(db, deps, due)
+    if sweep:
+        n += await drop_ended_slots(db, deps)
+        n += await secagg_unmask.advance_rounds(db, deps)
+        n += await close_due_rounds(db, deps)
+        n += await aggregate_ready_rounds(db, deps)
     return n
 
 
@@ -164,6 +190,8 @@ class RoundsLoop:
     ) -> None:
         self.db = db
         self.deps = deps
+        self.interval = interval
+        self._swept_at = float("-inf")
         self.loop: BackgroundLoop[bool, int] = BackgroundLoop(
             JOB_NAME,
             self._tick,
@@ -176,7 +204,17 @@ class RoundsLoop:
         )
 
     async def _tick(self, _held: bool) -> int:
-        return await run_rounds(self.db, self.deps)
+        # A wake for named rounds only (their last updates) finishes those; the sweeps, which
+        # look for what no update announces (ended tasks, deadlines, stages, an interrupted
+        # aggregation), run on the interval as before, and at once when a wake asks for them.
+        now = self.deps.clock.monotonic()
+        due, sweep = self.deps.take_due()
+        sweep = sweep or not due or now - self._swept_at >= self.interval
+        n = await finish_due_rounds(self.db, self.deps, due)
+        if sweep:
+            self._swept_at = now
+            n += await run_rounds(self.db, self.deps)
+        return n
 
     async def run_once(self) -> int:
         """One tick under the lock (tests call it)."""

@@ -170,7 +170,7 @@ async def accept_batch(
     if stage == stages.UNMASK:
         survivors = await repo.slots_with_active_tasks(session, round_.id, [rounds_repo.SUBMITTED])
         if not survivors:  # every reply is in (or its task ended): time to unmask
-            after_commit(session, deps.rounds_now.set)
+            after_commit(session, deps.wake)
         return
     slots = [c.slot for c in claims.values()]
     sent = set(seen[stage])

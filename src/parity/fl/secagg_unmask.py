@@ -265,7 +265,7 @@ async def _apply(
             round_id=str(round_id),
             shares=public["rejected_shares"][:20],
         )
-    after_commit(session, deps.rounds_now.set)
+    after_commit(session, deps.wake)
     after_commit(session, lambda: stages.ring(round_id))
     return True
 

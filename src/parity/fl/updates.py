@@ -31,7 +31,7 @@ from parity.db.hooks import after_commit
 from parity.db.session import Database
 from parity.errors import InvalidInput
 from parity.fl import rounds_repository as repo
-from parity.fl import secagg_service, store_io
+from parity.fl import secagg_service, store_io, update_sql
 from parity.fl.deps import FLDeps
 from parity.fl.errors import NotAParticipant, RoundClosed, RoundNotFound
 from parity.fl.models import FLRound, FLRoundSlot, FLSession
@@ -83,18 +83,14 @@ class Checked:
     norm: float
 
 
-def _answer(round_: FLRound, slot: FLRoundSlot) -> dict[str, Any]:
+def _answer(number: int, participant_index: int, norm: float | None) -> dict[str, Any]:
     return {
         "message": "Model update submitted successfully",
-        "update": {
-            "round": round_.number,
-            "participant_index": slot.participant_index,
-            "norm": slot.update_norm,
-        },
+        "update": {"round": number, "participant_index": participant_index, "norm": norm},
     }
 
 
-def _closed(round_: FLRound, now: datetime) -> RoundClosed | None:
+def _closed(round_: FLRound | update_sql.RoundState, now: datetime) -> RoundClosed | None:
     if round_.status != repo.COLLECTING:
         return RoundClosed(
             f"round {round_.number} is {round_.status}; it no longer accepts updates",
@@ -108,16 +104,18 @@ def _closed(round_: FLRound, now: datetime) -> RoundClosed | None:
     return None
 
 
-def _dropped(round_: FLRound, slot: FLRoundSlot) -> RoundClosed | None:
+def _dropped(number: int, slot: FLRoundSlot) -> RoundClosed | None:
     if slot.status != repo.DROPPED:
         return None
     return RoundClosed(
-        f"this runner was dropped from round {round_.number}: {slot.drop_reason}",
-        details={"round": round_.number, "status": slot.status},
+        f"this runner was dropped from round {number}: {slot.drop_reason}",
+        details={"round": number, "status": slot.status},
     )
 
 
-def _check_slot(update: ModelUpdate, round_: FLRound, slot: FLRoundSlot | None) -> FLRoundSlot:
+def _check_slot(
+    update: ModelUpdate, round_: FLRound | update_sql.RoundState, slot: FLRoundSlot | None
+) -> FLRoundSlot:
     if slot is None:
         raise NotAParticipant(
             f"this runner holds no slot in round {round_.number} of session {update.session_id}"
@@ -140,7 +138,7 @@ async def submit_update(
         secagg_service.refuse_plain_update(fl_session, round_.number)
         slot = _check_slot(update, round_, found.slot)
         if slot.status != repo.SUBMITTED:
-            closed = _closed(round_, deps.clock.now()) or _dropped(round_, slot)
+            closed = _closed(round_, deps.clock.now()) or _dropped(round_.number, slot)
             if closed is not None:
                 raise closed
             # The claim token is checked before anything is stored: a refused update leaves
@@ -166,14 +164,23 @@ async def submit_update(
     else:
         checked = await _check_and_store(deps, fl_session, round_, update)
     async with db.transaction() as session:
-        answer, waiting = await _accept(session, deps, runner_id, update, checked, examples)
+        answer, waiting = await _accept(
+            session,
+            deps,
+            runner_id,
+            update,
+            checked,
+            examples,
+            slot.task_id,
+            repeat=slot.status == repo.SUBMITTED,
+        )
     if waiting > 0 and not db.is_sqlite:
         # Updates of one round are accepted side by side on PostgreSQL: each may have counted
         # the others as still waiting before they committed. Counted again now, the last of
         # them is sure to see the round complete. (SQLite serializes writes: the count held.)
         async with db.read_session() as session:
             if await repo.assigned_count(session, update.round_id) == 0:
-                deps.rounds_now.set()
+                deps.wake(update.round_id)
     return answer
 
 
@@ -233,15 +240,17 @@ async def _accept(
     update: ModelUpdate,
     checked: Checked,
     examples: int,
+    task_id: uuid.UUID,
+    *,
+    repeat: bool,
 ) -> tuple[dict[str, Any], int]:
     """Record the update in the caller's transaction; returns the answer and how many slots
-    of the round were still waiting (as this transaction saw them)."""
-    # Shared: the updates of one round are accepted side by side, a close waits for them.
-    round_ = await repo.get_round(session, update.round_id, lock="share")
-    assert round_ is not None
-    slot = _check_slot(
-        update, round_, await repo.slot_of_runner(session, round_.id, runner_id, lock=True)
-    )
+    of the round were still waiting (as this transaction saw them). ``repeat``: the slot was
+    read as submitted already (a retried update)."""
+    shared = session.get_bind().dialect.name != "sqlite"
+    round_ = await update_sql.round_state(session, update.round_id, shared=shared)
+    if round_ is None:
+        raise RoundNotFound(f"session {update.session_id} has no round {update.round_id}")
     report = lifecycle.Report(
         output=json.dumps({"update_cid": checked.cid, "norm": checked.norm}),
         output_cid=checked.cid,
@@ -253,32 +262,38 @@ async def _accept(
             "training_time_ms": update.training_time_ms,
         },
     )
-    if slot.status == repo.SUBMITTED:
-        # Same token: the queue answers with the task; another token is refused by its fence.
-        await lifecycle.complete(
-            session, deps.tasks, runner_id, slot.task_id, update.claim_token, report
+    if not repeat:
+        closed = _closed(round_, deps.clock.now())
+        if closed is not None:
+            raise closed
+    # The task's completion is the fence: another claim's token is refused here, and the same
+    # token again (a retry after a timeout) answers with the completed task.
+    await lifecycle.complete(session, deps.tasks, runner_id, task_id, update.claim_token, report)
+    index = None
+    if not repeat:
+        done = update_sql.Submitted(
+            checked.cid,
+            checked.sha256,
+            checked.norm,
+            examples,
+            update.loss,
+            update.accuracy,
+            update.training_time_ms,
+            deps.clock.now(),
         )
-        return _answer(round_, slot), 0
-    closed = _closed(round_, deps.clock.now())
-    if closed is not None:
-        raise closed
-    dropped = _dropped(round_, slot)
-    if dropped is not None:
-        raise dropped
-    await lifecycle.complete(
-        session, deps.tasks, runner_id, slot.task_id, update.claim_token, report
-    )
-    slot.status = repo.SUBMITTED
-    slot.update_cid = checked.cid
-    slot.update_sha256 = checked.sha256
-    slot.update_norm = checked.norm
-    slot.num_examples = examples
-    slot.loss = update.loss
-    slot.accuracy = update.accuracy
-    slot.training_time_ms = update.training_time_ms
-    slot.submitted_at = deps.clock.now()
-    await session.flush()
-    waiting = await repo.assigned_count(session, round_.id)
+        index = await update_sql.submit_slot(session, update.round_id, runner_id, done)
+    if index is None:
+        # Not waiting any more: dropped (refused, and the completion above rolls back with
+        # it), or submitted by this update's twin (answered as a repeat).
+        slot = _check_slot(
+            update, round_, await repo.slot_of_runner(session, update.round_id, runner_id)
+        )
+        dropped = _dropped(round_.number, slot)
+        if dropped is not None:
+            raise dropped
+        return _answer(round_.number, slot.participant_index, slot.update_norm), 0
+    waiting = await update_sql.waiting_count(session, update.round_id)
     if waiting == 0:
-        after_commit(session, deps.rounds_now.set)
-    return _answer(round_, slot), waiting
+        round_id = update.round_id
+        after_commit(session, lambda: deps.wake(round_id))
+    return _answer(round_.number, index, checked.norm), waiting

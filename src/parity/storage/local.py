@@ -128,6 +128,38 @@ class LocalContentStore:
         return PackWriter(self.packs, self._gc_lock)
 
     async def put(self, chunks: AsyncIterable[bytes], *, pin: bool = False) -> Stored:
+        """An upload that ends within one batch is stored by one worker-thread call (a model
+        update of a few KB would otherwise cross threads half a dozen times); a larger one
+        streams through :meth:`_put_stream`."""
+        head: list[bytes] = []
+        size = 0
+        iterator = aiter(chunks)
+        while size < BATCH_BYTES:
+            try:
+                piece = await anext(iterator)
+            except StopAsyncIteration:
+                return await asyncio.to_thread(self._put_small, b"".join(head), pin)
+            head.append(piece)
+            size += len(piece)
+        return await self._put_stream(_prepend(head, iterator), pin=pin)
+
+    def _put_small(self, data: bytes, pin: bool) -> Stored:
+        """The stages of :meth:`_put_stream` in order, in the calling (worker) thread."""
+        writer = self._open_writer()
+        try:
+            blocks, result = self._import(FileImporter(with_cidv0=False), data, True)
+            cid_v0 = self._hash_v0(CidV0Hasher(), data, True) if self.with_cidv0 else None
+            writer.add(blocks)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        assert result is not None
+        if pin:
+            self._pin_file(result.cid).touch()
+        return Stored(result.cid, result.size, cid_v0)
+
+    async def _put_stream(self, chunks: AsyncIterable[bytes], *, pin: bool) -> Stored:
         """Three stages run at once: the loop receives batch n+2 while batch n+1 is hashed and
         batch n is appended to the pack (each stage in order, one batch at a time)."""
         importer = FileImporter(with_cidv0=False)
@@ -324,3 +356,11 @@ class LocalContentStore:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _prepend(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The pieces already read, then the rest of the upload."""
+    for piece in head:
+        yield piece
+    async for piece in rest:
+        yield piece

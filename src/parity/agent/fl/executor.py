@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from parity.agent.client import ServerClient, ServerError
@@ -37,7 +38,7 @@ from parity.agent.fl.secagg import SecureRound, parse_secure_task
 from parity.core.fl.aggregation import Weights
 from parity.core.fl.errors import FLConfigError
 from parity.core.fl.model import ModelSpec
-from parity.core.fl.tensors import decode, encode, to_lists, validate_update
+from parity.core.fl.tensors import decode, encode, validate_update
 from parity.core.fl.train import TrainConfig, TrainResult, train_local
 from parity.logging import get_logger
 
@@ -255,8 +256,11 @@ def _untrained(
 
 
 def _json_body(body: dict[str, Any], weights: Weights) -> bytes:
-    whole = {**body, "weights": to_lists(weights)}
-    return json.dumps(whole, allow_nan=False, separators=(",", ":")).encode()
+    """The README's JSON update: each tensor as nested lists of float32 values, written in
+    their shortest round-tripping form straight from the arrays (no Python float per value).
+    Values are finite here: :func:`_check` ran first (orjson would write NaN as null)."""
+    tensors = {name: np.ascontiguousarray(a, dtype=np.float32) for name, a in weights.items()}
+    return orjson.dumps({**body, "weights": tensors}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _intro(job: FlTask, rows: int) -> str:

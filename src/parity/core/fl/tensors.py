@@ -150,11 +150,22 @@ def from_lists(data: Mapping[str, Any], expected: Shapes) -> Weights:
     return result
 
 
+_NUMBERS = frozenset((float, int))
+_NESTED = frozenset((list, tuple))
+
+
 def _has_non_number(values: Any) -> bool:
     # numpy would read True as 1.0 and "2.5" as 2.5; a JSON update must hold numbers only.
-    if isinstance(values, list | tuple):
-        return any(_has_non_number(v) for v in values)
-    return isinstance(values, bool | str | bytes)
+    # The element types of each list are collected as a set (one C-level pass; ``type(True)``
+    # is bool, not int), so a model's thousands of floats cost no Python call per value.
+    if not isinstance(values, list | tuple):
+        return isinstance(values, bool | str | bytes)
+    kinds = set(map(type, values))
+    if kinds <= _NUMBERS:
+        return False
+    if kinds - _NUMBERS - _NESTED:
+        return True
+    return any(_has_non_number(v) for v in values if type(v) in _NESTED)
 
 
 def to_lists(weights: Mapping[str, NDArray[Any]]) -> dict[str, list[Any]]:
