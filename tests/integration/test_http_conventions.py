@@ -3,12 +3,15 @@ the unit of work committing before the response."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -236,3 +239,38 @@ def test_secrets_never_reach_the_log(capsys: pytest.CaptureFixture[str]):
     assert data["authorization"] == "[redacted]"
     assert data["signature"] == "[redacted]"
     assert "c" * 64 not in data["note"]
+
+
+def _sync_callables(dependant: Any, where: str) -> list[str]:
+    found = []
+    for dep in dependant.dependencies:
+        call = dep.call
+        if not (inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)):
+            found.append(f"{where}: {getattr(call, '__qualname__', call)!r}")
+        found += _sync_callables(dep, where)
+    return found
+
+
+def _api_routes(routes: Any) -> Any:
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif hasattr(route, "original_router"):  # an included router
+            yield from _api_routes(route.original_router.routes)
+        elif hasattr(route, "routes"):  # a mount
+            yield from _api_routes(route.routes)
+
+
+def test_no_route_or_dependency_runs_in_the_thread_pool(container: Container):
+    # FastAPI runs a plain ``def`` endpoint or dependency in its thread pool: a thread hop and
+    # a GIL hand-over on every request of that route.
+    app = create_app(container, run_migrations=False, start_jobs=False)
+    found = []
+    routes = list(_api_routes(app.routes))
+    assert len(routes) > 100  # the walk reaches the routes of the included routers
+    for route in routes:
+        where = f"{sorted(route.methods)} {route.path}"
+        if not inspect.iscoroutinefunction(route.endpoint):
+            found.append(f"{where}: the endpoint")
+        found += _sync_callables(route.dependant, where)
+    assert found == []

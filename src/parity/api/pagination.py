@@ -27,7 +27,7 @@ class PageParams(BaseModel):
     cursor: Cursor | None
 
 
-def page_params(
+async def page_params(  # async: a plain def dependency runs in the thread pool
     limit: Annotated[int, Query(ge=1, le=200, description="Page size")] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> PageParams:

@@ -45,6 +45,7 @@ log = get_logger("parity.fl")
 
 REWARD_KIND = "fl_reward"
 TEST_CACHE_ENTRIES = 4
+FOLD_BATCH_BYTES = 8 * 1024 * 1024  # update bytes decoded and summed per worker-thread call
 MAX_TEST_BYTES = 1024 * 1024 * 1024
 
 
@@ -109,15 +110,28 @@ async def _aggregate(
     cap = model_bytes_cap(fl_session.model_shapes or {})
     if method.info.streaming:
         total = WeightedSum()
+        batch: list[tuple[bytes, int]] = []
+        held = 0
 
-        def fold(data: bytes, n: int) -> None:
-            total.add(decode(data), n)
+        def fold(items: list[tuple[bytes, int]]) -> None:
+            for data, n in items:
+                total.add(decode(data), n)
 
+        # Folded a batch at a time (one worker-thread call per batch, not per update); the
+        # bytes held stay under FOLD_BATCH_BYTES plus one update, however many participants.
         for slot in slots:
-            await asyncio.to_thread(fold, await _update(deps, slot, cap), _examples(slot))
-        return await asyncio.to_thread(
-            lambda: aggregate_mean(method, reference, total.mean(), state)
-        )
+            data = await _update(deps, slot, cap)
+            batch.append((data, _examples(slot)))
+            held += len(data)
+            if held >= FOLD_BATCH_BYTES:
+                await asyncio.to_thread(fold, batch)
+                batch, held = [], 0
+
+        def finish() -> AggregationResult:
+            fold(batch)
+            return aggregate_mean(method, reference, total.mean(), state)
+
+        return await asyncio.to_thread(finish)
     updates = []
     for slot in slots:
         data = await _update(deps, slot, cap)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from parity.core.storage.multiformats import Cid, CidError
@@ -34,11 +36,55 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
         yield bytes(view[start : start + CHUNK])
 
 
+RECENT_BYTES = 64 << 20  # held per store, at most
+RECENT_LARGEST = 4 << 20  # larger blobs are not held
+
+
+class RecentBlobs:
+    """The last blobs a process wrote to (or read from) one store, by CID, up to a byte budget:
+    a round's updates are read back by its aggregation moments after they were written, and
+    its new model by every next update's check. Content-addressed, so an entry never goes
+    stale; kept per store object, so one store never answers for another."""
+
+    def __init__(self, budget: int = RECENT_BYTES, largest: int = RECENT_LARGEST) -> None:
+        self.budget = budget
+        self.largest = largest
+        self._held = 0
+        self._blobs: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+
+    def get(self, cid: str) -> tuple[bytes, str] | None:
+        found = self._blobs.get(cid)
+        if found is not None:
+            self._blobs.move_to_end(cid)
+        return found
+
+    def add(self, cid: str, data: bytes, sha256: str) -> None:
+        if len(data) > self.largest or cid in self._blobs:
+            return
+        self._blobs[cid] = (data, sha256)
+        self._held += len(data)
+        while self._held > self.budget:
+            _, (old, _sha) = self._blobs.popitem(last=False)
+            self._held -= len(old)
+
+
+_RECENT: weakref.WeakKeyDictionary[ContentStore, RecentBlobs] = weakref.WeakKeyDictionary()
+
+
+def recent(store: ContentStore) -> RecentBlobs:
+    found = _RECENT.get(store)
+    if found is None:
+        found = _RECENT[store] = RecentBlobs()
+    return found
+
+
 async def put_bytes(store: ContentStore, data: bytes) -> tuple[str, str]:
     """Store ``data`` (pinned) and return its CIDv1 text and sha256 hex. Content-addressed: the
     same bytes give the same CID, so storing a recomputed object again changes nothing."""
     stored = await store.put(_chunks(data), pin=True)
-    return stored.cid.encode(), await sha256_hex(data)
+    cid, sha256 = stored.cid.encode(), await sha256_hex(data)
+    recent(store).add(cid, data, sha256)
+    return cid, sha256
 
 
 def parse_cid(text: str, *, field: str = "cid") -> Cid:
@@ -61,6 +107,13 @@ async def get_bytes(
     ``sha256`` (hex) when given. Every refusal is a 422 naming ``field``: not a CID, not in
     the store, too large, or other bytes than the hash says."""
     root = parse_cid(cid, field=field)
+    held = recent(store).get(root.encode())
+    if held is not None and len(held[0]) <= max_bytes:
+        if sha256 is not None and held[1] != sha256.lower():
+            raise ContentInvalid(
+                field, f"content {cid} has sha256 {held[1]}, not the expected {sha256}"
+            )
+        return held[0]
     size = await store.stat(root)
     if size is None:
         raise ContentInvalid(field, f"no content {cid} in this server's store")
@@ -80,6 +133,7 @@ async def get_bytes(
             raise ContentInvalid(
                 field, f"content {cid} has sha256 {actual}, not the expected {sha256}"
             )
+        recent(store).add(root.encode(), data, actual)
     return data
 
 
