@@ -9,12 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.tasks.models import RunnerPush, TaskResult
-from tests.conftest import ALICE, BOB, bearer, sign_in, until
+from tests.conftest import ALICE, BOB, TEST_DB, bearer, sign_in, until
 from tests.integration.queue_helpers import (
     V1,
     act,
@@ -45,6 +45,36 @@ async def test_claim_next_is_204_when_nothing_is_pending(client: httpx.AsyncClie
     _, runner = await _setup(client)
     r = await claim(client, runner, wait=0)
     assert r.status_code == 204 and r.content == b""
+
+
+@pytest.mark.skipif(TEST_DB != "sqlite", reason="SQLite's serialized write path")
+async def test_an_empty_claim_on_sqlite_takes_no_write_transaction(
+    client: httpx.AsyncClient, container: Container
+):
+    # A runner long-polling right after its last result finds nothing: answered from a read,
+    # without queueing behind every other write for the write lock.
+    alice, runner = await _setup(client)
+    other, _ = await register_runner(client, alice, device())
+    await create_task(client, alice)
+    r = await claim(client, other, wait=0)  # the only task goes to the other runner
+    assert r.status_code == 200, r.text
+    writes: list[str] = []
+    listen = container.db.write_engine.sync_engine
+    record = lambda *a, **k: writes.append(a[2])  # noqa: E731
+    event.listen(listen, "before_cursor_execute", record)
+    try:
+        r = await claim(client, runner, wait=0)
+    finally:
+        event.remove(listen, "before_cursor_execute", record)
+    assert r.status_code == 204 and writes == []
+    await create_task(client, alice)
+    writes.clear()
+    event.listen(listen, "before_cursor_execute", record)
+    try:
+        assert (await claim(client, runner, wait=0)).status_code == 200
+    finally:
+        event.remove(listen, "before_cursor_execute", record)
+    assert any(w.startswith("UPDATE tasks") for w in writes)  # work there: the claim wrote
 
 
 async def test_claim_start_complete_records_one_result(client: httpx.AsyncClient):

@@ -21,6 +21,7 @@ from parity.tasks import billing, claims, lifecycle, service
 from parity.tasks.deps import TaskDeps
 from parity.tasks.lifecycle import Report
 from parity.tasks.queue import ops
+from parity.tasks.queue import statements as st
 from parity.tasks.queue.executors import DriverExecutor, warm
 from parity.tasks.queue.ops import Claim, Refusal
 
@@ -30,9 +31,25 @@ warm()
 
 
 async def claim_next(
-    db: Database, deps: TaskDeps, runner_id: uuid.UUID, *, max_tasks: int, start: bool
+    db: Database,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    *,
+    max_tasks: int,
+    start: bool,
+    likely: bool = True,
 ) -> Claim | None:
-    """The next task(s) this runner may claim, or None when there is nothing for it now."""
+    """The next task(s) this runner may claim, or None when there is nothing for it now.
+
+    On SQLite a claim is a write transaction, serialized with every other write; unless work
+    is ``likely`` (the caller was just woken for it), a read first asks whether any task is
+    there for this runner at all (a superset of what the claim takes) and answers None
+    without a write when not: a runner long-polling right after its last result."""
+    if db.is_sqlite and not likely:
+        async with db.read_session() as session:
+            params = {"b_runner_id": runner_id, "b_now": deps.clock.now()}
+            if not (await session.execute(st.ANY_FOR_RUNNER, params)).scalar():
+                return None
     if not db.is_sqlite:
         got = await _claim_on_driver(db, deps, runner_id, max_tasks, start, None)
         if isinstance(got, Claim):

@@ -84,21 +84,25 @@ async def claim_next(
     claims and starts in one call. 204 when nothing came; 204 with Retry-After while the
     server is shutting down."""
     deadline = time.monotonic() + wait
-    while True:
-        if c.draining:
-            return _no_content(retry_after=5)
-        claim = await hotpath.claim_next(c.db, c.tasks, runner_id, max_tasks=max_tasks, start=start)
-        if claim is not None:
-            claims = _claims(claim)
-            return ClaimBatchRead(claims=claims) if max_tasks > 1 else claims[0]
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return _no_content()
-        await c.wakeups.wait(runner_id, min(remaining, c.settings.long_poll_recheck_seconds))
-        if await request.is_disconnected():
-            # The runner went away while waiting (stopped, restarted under the same runner id):
-            # a claim now would hold work for a process that can never receive it.
-            return _no_content()
+    woken = False
+    with c.wakeups.watching(runner_id) as watch:
+        while True:
+            if c.draining:
+                return _no_content(retry_after=5)
+            claim = await hotpath.claim_next(
+                c.db, c.tasks, runner_id, max_tasks=max_tasks, start=start, likely=woken
+            )
+            if claim is not None:
+                claims = _claims(claim)
+                return ClaimBatchRead(claims=claims) if max_tasks > 1 else claims[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _no_content()
+            woken = await watch.wait(min(remaining, c.settings.long_poll_recheck_seconds))
+            if await request.is_disconnected():
+                # The runner went away while waiting (stopped, restarted under the same runner
+                # id): a claim now would hold work for a process that can never receive it.
+                return _no_content()
 
 
 @router.post("/runners/tasks/{task_id}/claim", response_model=ClaimRead)

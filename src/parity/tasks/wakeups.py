@@ -6,11 +6,12 @@ any it misses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from parity.waiters import Waiters
+from parity.waiters import Waiters, Watch
 
 
 class WakeHub:
@@ -31,6 +32,11 @@ class WakeHub:
     async def wait(self, runner_id: uuid.UUID, timeout: float) -> bool:
         """True when woken, False on timeout."""
         return await self._waiters.wait(runner_id, timeout)
+
+    def watching(self, runner_id: uuid.UUID) -> contextlib.AbstractContextManager[Watch[uuid.UUID]]:
+        """The runner's waiter registered for a whole long-poll, its claim attempts included:
+        work committed while an attempt reads is a wake-up kept for the next wait."""
+        return self._waiters.watching(runner_id)
 
     def wake_runner(self, runner_id: uuid.UUID, *, forward: bool = True) -> int:
         """Wake that runner's long-poll; when it is not waiting here, it may be on another

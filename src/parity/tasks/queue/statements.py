@@ -186,6 +186,10 @@ def _candidates(by_id: bool) -> Any:
     return q.limit(bindparam("b_limit", type_=Integer)).with_for_update(skip_locked=True, of=TASKS)
 
 
+# Is there any task this runner might claim now? ``may_take`` without its exclusion rule, so
+# a superset of the claim's candidates (a cheap read before a claim's write transaction).
+ANY_FOR_RUNNER = select(select(TASKS.c.id).where(*may_take(RUNNER, NOW)[:3]).limit(1).exists())
+
 # Is an untargeted task due (to offer), is a push-capable runner online (to offer it to)?
 DUE_UNOFFERED = (
     select(TASKS.c.id)
