@@ -87,14 +87,11 @@ async def record_completion(session: AsyncSession, prompt: Prompt, now: datetime
     runner's latency EWMA. False when it is not completed or was metered already."""
     if prompt.metered_at is not None:
         return False
-    task = await repo.task_facts(session, prompt.task_id)
-    result = await repo.result_of(session, prompt.task_id)
-    if task is None or task.status != TaskStatus.COMPLETED or result is None:
+    f = await repo.completion_facts(session, prompt.task_id)
+    if f is None or f.status != TaskStatus.COMPLETED or f.result_task_id is None:
         return False
-    claimed = None
-    if task.runner_id is not None and task.completed_at is not None:
-        claimed = await repo.claimed_at(session, prompt.task_id, task.attempts)
-    item = repo.ToMeter(prompt, task.runner_id, task.completed_at, claimed, *result)
+    claimed = f.claimed_at if f.runner_id is not None and f.completed_at is not None else None
+    item = repo.ToMeter(prompt, f.runner_id, f.completed_at, claimed, f.output, dict(f.usage or {}))
     await record_completions(session, [item], now)
     return True
 

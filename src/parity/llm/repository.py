@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, func, or_, select
+from sqlalchemy import Select, Table, and_, bindparam, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from parity.core.tasks.states import ACTIVE, TaskStatus, TaskType
 from parity.llm.models import Prompt, RunnerModelStats
@@ -66,11 +66,6 @@ def _row(r: Any) -> PromptRow:
     return PromptRow(r[0], *r[1:])
 
 
-async def add(session: AsyncSession, prompt: Prompt) -> None:
-    session.add(prompt)
-    await session.flush()
-
-
 async def get(session: AsyncSession, prompt_id: uuid.UUID, *, lock: bool = False) -> Prompt | None:
     q = select(Prompt).where(Prompt.id == prompt_id)
     if lock:
@@ -81,6 +76,48 @@ async def get(session: AsyncSession, prompt_id: uuid.UUID, *, lock: bool = False
 async def get_row(session: AsyncSession, prompt_id: uuid.UUID) -> PromptRow | None:
     found = (await session.execute(_rows().where(Prompt.id == prompt_id))).first()
     return None if found is None else _row(found)
+
+
+PROMPTS = cast(Table, Prompt.__table__)
+_PROMPT_KEYS = tuple(c.key for c in PROMPTS.c)
+_ID = bindparam("b_id", type_=PROMPTS.c.id.type)
+# One prompt as :func:`get_row` reads it, in Core: defined once, no ORM loading (the read of
+# every GET and of every ?wait re-check).
+ROW = (
+    select(
+        *PROMPTS.c,
+        _T.status.label("t_status"),
+        _T.runner_id.label("t_runner_id"),
+        _T.target_runner_id.label("t_target_runner_id"),
+        _T.attempts.label("t_attempts"),
+        _T.max_attempts.label("t_max_attempts"),
+        _T.last_error.label("t_last_error"),
+        _T.started_at.label("t_started_at"),
+        _T.completed_at.label("t_completed_at"),
+        _R.output.label("r_output"),
+        _R.usage.label("r_usage"),
+    )
+    .join(TASKS, _T.id == PROMPTS.c.task_id)
+    .outerjoin(RESULTS, _R.task_id == _T.id)
+    .where(PROMPTS.c.id == _ID)
+)
+TASK_OF = select(PROMPTS.c.task_id).where(PROMPTS.c.id == _ID)
+
+
+async def row_once(conn: AsyncConnection, prompt_id: uuid.UUID) -> PromptRow | None:
+    """:func:`get_row` on a connection outside any unit of work (one statement)."""
+    r = (await conn.execute(ROW, {"b_id": prompt_id})).first()
+    if r is None:
+        return None
+    n = len(_PROMPT_KEYS)
+    prompt = Prompt(**dict(zip(_PROMPT_KEYS, r[:n], strict=True)))
+    return PromptRow(prompt, *r[n:])
+
+
+async def task_of(conn: AsyncConnection, prompt_id: uuid.UUID) -> uuid.UUID | None:
+    """The prompt's task id (None when there is no such prompt)."""
+    found: uuid.UUID | None = (await conn.execute(TASK_OF, {"b_id": prompt_id})).scalar()
+    return found
 
 
 async def list_rows(
@@ -104,15 +141,6 @@ async def usage_rows(
     if until is not None:
         q = q.where(Prompt.created_at < until)
     return [_row(r) for r in (await session.execute(q.order_by(Prompt.created_at))).all()]
-
-
-async def result_of(
-    session: AsyncSession, task_id: uuid.UUID
-) -> tuple[str | None, dict[str, Any]] | None:
-    """The accepted result's output and usage (None before a completion)."""
-    q = select(_R.output, _R.usage).where(_R.task_id == task_id)
-    found = (await session.execute(q)).first()
-    return None if found is None else (found[0], dict(found[1] or {}))
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -148,9 +176,10 @@ class Loaded:
     latency_ewma_ms: float | None
 
 
-async def serving_with_load(session: AsyncSession, model: str) -> list[Loaded]:
-    """The online, claiming runners that report ``model``, each with its outstanding work
-    and its latency EWMA for the model, in one statement (routing's read)."""
+def _serving() -> Select[Any]:
+    """The online, claiming runners that report the model ``b_model``, each with its active
+    claims, its prompts routed and not claimed yet, and its latency EWMA for the model."""
+    model = bindparam("b_model", type_=RunnerModel.model_name.type)
     active = (
         select(func.count())
         .select_from(TASKS)
@@ -163,16 +192,16 @@ async def serving_with_load(session: AsyncSession, model: str) -> list[Loaded]:
         .where(_T.target_runner_id == Runner.id, _T.status == _PENDING, _T.type == _LLM)
         .scalar_subquery()
     )
-    q = (
+    return (
         select(
-            Runner.id,
+            Runner.id.label("runner_id"),
             Runner.max_concurrent_tasks,
-            and_(Runner.webhook_url.is_not(None), Runner.webhook_secret.is_not(None)),
+            and_(Runner.webhook_url.is_not(None), Runner.webhook_secret.is_not(None)).label("push"),
             RunnerModel.is_loaded,
             RunnerModel.max_tokens,
             RunnerModel.details,
-            active,
-            routed,
+            active.label("active"),
+            routed.label("routed"),
             RunnerModelStats.latency_ewma_ms,
         )
         .join(RunnerModel, RunnerModel.runner_id == Runner.id)
@@ -181,16 +210,31 @@ async def serving_with_load(session: AsyncSession, model: str) -> list[Loaded]:
             and_(RunnerModelStats.runner_id == Runner.id, RunnerModelStats.model == model),
         )
         .where(RunnerModel.model_name == model, *_claiming())
-        .order_by(Runner.id)
     )
-    return [
-        Loaded(
-            Serving(r[0], r[1], bool(r[2]), bool(r[3]), r[4], dict(r[5] or {})),
-            int(r[6] or 0) + int(r[7] or 0),
-            None if r[8] is None else float(r[8]),
-        )
-        for r in (await session.execute(q)).all()
-    ]
+
+
+# Defined once: routing reads it at every submit (bound parameters, one compiled form).
+SERVING = _serving()
+SERVING_ORDERED = SERVING.order_by(Runner.id)
+
+
+def loaded_of(r: Any) -> Loaded:
+    """A row of :data:`SERVING` (or of a statement carrying its columns) as routing sees it."""
+    return Loaded(
+        Serving(
+            r.runner_id, r.max_concurrent_tasks, bool(r.push), bool(r.is_loaded), r.max_tokens,
+            dict(r.details or {}),
+        ),
+        int(r.active or 0) + int(r.routed or 0),
+        None if r.latency_ewma_ms is None else float(r.latency_ewma_ms),
+    )  # fmt: skip
+
+
+async def serving_with_load(session: AsyncSession, model: str) -> list[Loaded]:
+    """The online, claiming runners that report ``model``, each with its outstanding work
+    and its latency EWMA for the model, in one statement (routing's read)."""
+    rows = (await session.execute(SERVING_ORDERED, {"b_model": model})).all()
+    return [loaded_of(r) for r in rows]
 
 
 async def model_reports(session: AsyncSession) -> list[tuple[uuid.UUID, RunnerModel]]:
@@ -279,20 +323,29 @@ async def to_meter(session: AsyncSession, limit: int) -> list[ToMeter]:
     ]
 
 
-async def claimed_at(session: AsyncSession, task_id: uuid.UUID, attempt: int) -> datetime | None:
-    q = select(ATTEMPTS.c.claimed_at).where(
-        ATTEMPTS.c.task_id == task_id, ATTEMPTS.c.attempt == attempt
+_TASK_ID = bindparam("b_task_id", type_=_T.id.type)
+# What metering reads of a prompt's task, in one statement (see :func:`completion_facts`).
+COMPLETION_FACTS = (
+    select(
+        _T.status,
+        _T.runner_id,
+        _T.completed_at,
+        ATTEMPTS.c.claimed_at,
+        _R.task_id.label("result_task_id"),
+        _R.output,
+        _R.usage,
     )
-    found: datetime | None = await session.scalar(q)
-    return found
+    .outerjoin(RESULTS, _R.task_id == _T.id)
+    .outerjoin(ATTEMPTS, and_(ATTEMPTS.c.task_id == _T.id, ATTEMPTS.c.attempt == _T.attempts))
+    .where(_T.id == _TASK_ID)
+)
 
 
-async def task_facts(session: AsyncSession, task_id: uuid.UUID) -> Any:
-    """The task row's status, runner, attempts and times (None when missing)."""
-    q = select(_T.status, _T.runner_id, _T.attempts, _T.started_at, _T.completed_at).where(
-        _T.id == task_id
-    )
-    return (await session.execute(q)).first()
+async def completion_facts(session: AsyncSession, task_id: uuid.UUID) -> Any:
+    """The task's status, runner and completion time, when its last attempt was claimed, and
+    its accepted result (``result_task_id`` None before a completion); None when the task is
+    missing."""
+    return (await session.execute(COMPLETION_FACTS, {"b_task_id": task_id})).first()
 
 
 # -- latency EWMA -------------------------------------------------------------------------------
@@ -301,16 +354,20 @@ async def task_facts(session: AsyncSession, task_id: uuid.UUID) -> Any:
 async def locked_latency(
     session: AsyncSession, runner_id: uuid.UUID, model: str, now: datetime
 ) -> RunnerModelStats | None:
-    """The (runner, model) stats row, locked; None when the runner row is gone."""
-    if await session.scalar(select(Runner.id).where(Runner.id == runner_id)) is None:
-        return None
+    """The (runner, model) stats row, locked; None when the runner row is gone (its stats
+    rows go with it: the seed below is only written for an existing runner)."""
     table = cast(Table, RunnerModelStats.__table__)
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    seed = {"runner_id": runner_id, "model": model, "latency_ewma_ms": 0.0}
-    await session.execute(
-        insert(table).values(**seed, samples=0, updated_at=now).on_conflict_do_nothing()
-    )
+    seed = select(
+        Runner.id,
+        literal(model, type_=table.c.model.type),
+        literal(0.0, type_=table.c.latency_ewma_ms.type),
+        literal(0, type_=table.c.samples.type),
+        literal(now, type_=table.c.updated_at.type),
+    ).where(Runner.id == runner_id)
+    columns = ["runner_id", "model", "latency_ewma_ms", "samples", "updated_at"]
+    await session.execute(insert(table).from_select(columns, seed).on_conflict_do_nothing())
     q = (
         select(RunnerModelStats)
         .where(RunnerModelStats.runner_id == runner_id, RunnerModelStats.model == model)

@@ -75,12 +75,14 @@ async def submit_prompt(
     """Submit a prompt: 202 with it (`queued`, or `processing` once a runner has it).
     `?wait=S` (30 max) waits up to S seconds for the result without holding a database
     connection: 200 when it finished by then, else 202."""
+    dumped: dict[str, Any] | None = None  # `out` as JSON, while it is the submit's answer
     async with c.db.transaction() as session:
         guard = await get_idempotency(request, session, principal, idempotency_key)
         stored = await guard.replay()
         if stored is None:
             out = prompt_read(await service.submit(session, c.llm, principal, body))
-            await guard.remember(202, out.model_dump(mode="json"))
+            dumped = out.model_dump(mode="json")
+            await guard.remember(202, dumped)
     if stored is not None:
         if wait <= 0:
             return JSONResponse(stored.body, status_code=stored.status_code)
@@ -96,9 +98,9 @@ async def submit_prompt(
             stopping=lambda: c.draining,
             unfinished=stored is None,  # just submitted here, as `out` shows it
         )
-        out = prompt_read(row)
+        out, dumped = prompt_read(row), None
     code = 200 if wait > 0 and out.status in FINISHED else 202
-    return JSONResponse(out.model_dump(mode="json"), status_code=code)
+    return JSONResponse(out.model_dump(mode="json") if dumped is None else dumped, status_code=code)
 
 
 @router.get("/llm/prompts", response_model=PromptList)
@@ -120,10 +122,10 @@ async def list_prompts(
 
 @router.get("/llm/prompts/{prompt_id}", response_model=PromptRead)
 async def get_prompt(
-    prompt_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+    prompt_id: uuid.UUID, principal: CurrentPrincipal, c: ContainerDep
 ) -> PromptRead:
     """Your prompt (someone else's is 404; the runner holding it may read it)."""
-    return prompt_read(await service.read_prompt(session, principal, prompt_id))
+    return prompt_read(await service.read_prompt_now(c.db, principal, prompt_id))
 
 
 @router.post("/llm/prompts/{prompt_id}/complete", response_model=PromptRead)
@@ -138,8 +140,7 @@ async def complete_prompt(
     completion as `POST /runners/tasks/{id}/complete`, fenced by the claim token; repeating
     it with the same token answers again without billing twice."""
     await service.complete_prompt(c.db, c.llm, runner_id, prompt_id, body)
-    async with c.db.read_session() as session:
-        return prompt_read(await service.read_prompt(session, principal, prompt_id))
+    return prompt_read(await service.read_prompt_now(c.db, principal, prompt_id))
 
 
 def _totals(t: UsageTotals) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from parity.db.session import Database
 from parity.errors import InvalidInput
 from parity.events.hub import EventHub
 from parity.ledger import service as ledger
-from parity.llm import dispatch
+from parity.llm import dispatch, submit_sql
 from parity.llm import repository as repo
 from parity.llm.billing import record_completions
 from parity.llm.deps import LlmDeps
@@ -130,7 +130,8 @@ async def submit(
         metered_at=None,
         created_at=now,
     )
-    loaded = await repo.serving_with_load(session, request.model)
+    routing = await submit_sql.read_routing(session, request.model, principal.address)
+    loaded = routing.loaded
     priced = deps.priced and deps.ledger is not None
     price = dispatch.reserve_price([x.serving for x in loaded], dispatch.cap_of(prompt.max_price))
     if priced:
@@ -140,9 +141,10 @@ async def submit(
         request, dispatch.routing_cap(deps, prompt), loaded, excluded=set()
     )
     dispatch.note_route(deps, prompt, choice)
-    task = await internal.create_internal_task(
+    staged = internal.stage_internal_task(
         session,
         deps.tasks,
+        pending=routing.pending,
         task_type=TaskType.LLM,
         creator=principal.address,
         title=f"llm: {request.model}"[:255],
@@ -151,9 +153,10 @@ async def submit(
         offer_to=None if choice.serving is None else choice.serving.runner_id,
         push=choice.serving is not None and choice.serving.push,
     )
+    task = staged.task
     prompt.id = prompt.task_id = task.id
-    await repo.add(session, prompt)
     if priced and deps.ledger is not None:
+        # Held before the rows are written, so the prompt row is written once, with it.
         held = await ledger.reserve_amount(
             session,
             deps.ledger,
@@ -166,6 +169,9 @@ async def submit(
             what=f"this prompt (up to {request.max_tokens} output tokens of {request.model})",
         )
         prompt.reserved = None if held is None else held.amount
+    await submit_sql.insert_submission(
+        session, deps.tasks, staged, submit_sql.prompt_values(prompt)
+    )
     if choice.serving is None:
         after_commit(session, deps.route_now.set)
     return PromptRow(
@@ -187,7 +193,18 @@ async def read_prompt(
     session: AsyncSession, principal: Principal, prompt_id: uuid.UUID
 ) -> PromptRow:
     """The caller's prompt (an operator's: any; a runner's: the one it holds)."""
-    row = await repo.get_row(session, prompt_id)
+    return _visible(await repo.get_row(session, prompt_id), principal, prompt_id)
+
+
+async def read_prompt_now(db: Database, principal: Principal, prompt_id: uuid.UUID) -> PromptRow:
+    """:func:`read_prompt` as one statement outside any unit of work (a GET, a ?wait
+    re-check): no transaction to open and close around it."""
+    async with db.lookup() as conn:
+        row = await repo.row_once(conn, prompt_id)
+    return _visible(row, principal, prompt_id)
+
+
+def _visible(row: PromptRow | None, principal: Principal, prompt_id: uuid.UUID) -> PromptRow:
     if row is None:
         raise PromptNotFound(f"prompt {prompt_id} not found")
     p = row.prompt
@@ -222,8 +239,7 @@ async def wait_for_prompt(
             # between the submit's commit and this watch).
             await watch.wait(min(seconds, recheck_seconds, FIRST_READ_AFTER_SECONDS))
         while True:
-            async with db.read_session() as session:
-                row = await read_prompt(session, principal, prompt_id)
+            row = await read_prompt_now(db, principal, prompt_id)
             remaining = deadline - time.monotonic()
             if prompt_status(row.status) in FINISHED or remaining <= 0 or stopping():
                 return row
@@ -242,9 +258,9 @@ async def complete_prompt(
 ) -> None:
     """The original runner's completion: the same unit of work as the task API's complete
     (claim-token fenced, same-token repeats answer again, escrow closed with it)."""
-    async with db.read_session() as session:
-        prompt = await repo.get(session, prompt_id)
-    if prompt is None:
+    async with db.lookup() as conn:
+        task_id = await repo.task_of(conn, prompt_id)
+    if task_id is None:
         raise PromptNotFound(f"prompt {prompt_id} not found")
     usage = dict(body.usage)
     counts = {
@@ -262,7 +278,7 @@ async def complete_prompt(
     usage.update({k: v for k, v in counts.items() if v is not None})
     output = body.response if body.response is not None else body.output
     report = Report(output=output, usage=usage)
-    await hotpath.complete_task(db, deps.tasks, runner_id, prompt.task_id, body.claim_token, report)
+    await hotpath.complete_task(db, deps.tasks, runner_id, task_id, body.claim_token, report)
 
 
 async def fail_broken_stream(

@@ -8,8 +8,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.tasks.states import TaskStatus, TaskType
@@ -19,7 +20,9 @@ from parity.tasks.deps import TaskDeps
 from parity.tasks.events import TaskEvent, emit_task_events
 from parity.tasks.models import Task
 from parity.tasks.queue import transitions as tr
-from parity.tasks.rows import check_pending_limits, new_task
+from parity.tasks.rows import check_pending_limits, new_task, refuse_over_limits
+
+TASKS_TABLE = cast(Table, Task.__table__)
 
 
 async def create_internal_task(
@@ -59,6 +62,64 @@ async def create_internal_task(
     await session.flush()
     await emit_task_events(session, deps, events)
     return task
+
+
+def pending_counts_columns(creator: Any) -> tuple[Any, Any]:
+    """The pending tasks of ``creator`` and in all, as scalar subqueries: an owner that reads
+    them along with its own columns, in one statement, checks them with
+    :func:`stage_internal_task`."""
+    pending = select(func.count()).select_from(Task).where(Task.status == TaskStatus.PENDING.value)
+    mine = pending.where(Task.creator_address == creator)
+    return mine.scalar_subquery(), pending.scalar_subquery()
+
+
+@dataclass(frozen=True)
+class StagedTask:
+    """An internal task's rows, for its owner to insert with its own (one statement on
+    PostgreSQL). ``task`` is not in the session."""
+
+    task: Task
+    row: dict[str, Any]  # the tasks row
+    events: list[TaskEvent]  # task.created, then task.offered when routed
+    push: dict[str, Any] | None  # the runner_pushes row of a pushed offer
+
+
+def stage_internal_task(
+    session: AsyncSession,
+    deps: TaskDeps,
+    *,
+    pending: tuple[int, int],
+    task_type: TaskType,
+    creator: str,
+    title: str,
+    config: dict[str, Any],
+    max_attempts: int,
+    offer_to: uuid.UUID | None = None,
+    push: bool = False,
+) -> StagedTask:
+    """:func:`create_internal_task` for an owner that writes the rows itself: the same limits
+    (``pending``: the creator's and all pending tasks, read by the owner with
+    :func:`pending_counts_columns`), row, offer, events and wake-ups, nothing written here."""
+    refuse_over_limits(deps, *pending)
+    now = deps.clock.now()
+    task = new_task(
+        deps,
+        now,
+        task_type=task_type.value,
+        title=title,
+        config=config,
+        creator=creator,
+        max_attempts=max_attempts,
+    )
+    events = [TaskEvent("task.created", task, {"type": task.type})]
+    push_row = None
+    if offer_to is not None:
+        offered, push_row = service.offer_rows(
+            session, deps, task, offer_to, now, push=push, expires=None
+        )
+        events.append(offered)
+    row = {c.key: getattr(task, c.key) for c in TASKS_TABLE.c}
+    return StagedTask(task, row, events, push_row)
 
 
 @dataclass(frozen=True)

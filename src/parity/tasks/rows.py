@@ -19,6 +19,12 @@ from parity.tasks.queue import transitions as tr
 async def check_pending_limits(session: AsyncSession, deps: TaskDeps, creator: str) -> None:
     """429 for a creator at its pending limit, 503 when the whole queue is."""
     mine, total = await repo.pending_counts(session, creator)
+    refuse_over_limits(deps, mine, total)
+
+
+def refuse_over_limits(deps: TaskDeps, mine: int, total: int) -> None:
+    """:func:`check_pending_limits` on counts read by the caller (the creator's pending tasks,
+    all pending tasks)."""
     if mine >= deps.max_pending_per_client:
         raise TooManyPending(
             f"you have {deps.max_pending_per_client} pending tasks; wait for some to run"

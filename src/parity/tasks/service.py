@@ -196,24 +196,42 @@ def stage_offer(
 ) -> TaskEvent:
     """:func:`offer_to` without its flush and event: the caller flushes and emits the returned
     ``task.offered`` with others (an FL round's tasks, in one pass)."""
+    event, push_row = offer_rows(session, deps, task, runner_id, now, push=push, expires=expires)
+    if push_row is not None:
+        session.add(RunnerPush(**push_row))
+    return event
+
+
+def offer_rows(
+    session: AsyncSession,
+    deps: TaskDeps,
+    task: Task,
+    runner_id: uuid.UUID,
+    now: datetime,
+    *,
+    push: bool,
+    expires: datetime | None,
+) -> tuple[TaskEvent, dict[str, Any] | None]:
+    """The offer of ``task`` to ``runner_id`` as its caller writes it: the task's target set,
+    the runner woken after commit, and the ``task.offered`` event and the ``runner_pushes``
+    row (when pushed: not while the runner is in a long-poll here) returned, not added."""
     task.target_runner_id = runner_id
     task.offer_expires_at = expires
     push = push and not deps.wakeups.is_waiting(runner_id)
+    push_row = None
     if push:
-        session.add(
-            RunnerPush(
-                id=uuid.uuid4(),
-                runner_id=runner_id,
-                task_id=task.id,
-                payload={"type": "task.offered", "task_id": str(task.id), "title": task.title},
-                attempts=0,
-                next_attempt_at=now,
-                delivered_at=None,
-                abandoned_at=None,
-                last_error=None,
-                created_at=now,
-            )
-        )
+        push_row = {
+            "id": uuid.uuid4(),
+            "runner_id": runner_id,
+            "task_id": task.id,
+            "payload": {"type": "task.offered", "task_id": str(task.id), "title": task.title},
+            "attempts": 0,
+            "next_attempt_at": now,
+            "delivered_at": None,
+            "abandoned_at": None,
+            "last_error": None,
+            "created_at": now,
+        }
     wakeups = deps.wakeups
 
     def wake_target() -> None:
@@ -222,7 +240,7 @@ def stage_offer(
             wakeups.poke_pushes()
 
     after_commit(session, wake_target)
-    return TaskEvent("task.offered", task, {"runner_id": str(runner_id)})
+    return TaskEvent("task.offered", task, {"runner_id": str(runner_id)}), push_row
 
 
 async def _reserve_runner(
