@@ -14,7 +14,7 @@ from sqlalchemy import CursorResult, and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.tasks.states import ACTIVE, TaskStatus
-from parity.fl.models import FLParticipant, FLRound, FLRoundSlot, FLSession
+from parity.fl.models import FLParticipant, FLRound, FLRoundSlot
 from parity.runners.models import Runner
 from parity.tasks.queue.statements import TASKS
 
@@ -76,48 +76,6 @@ async def slot_of_runner(
     if lock:
         q = q.with_for_update().execution_options(populate_existing=True)
     return (await session.scalars(q)).first()
-
-
-@dataclass(frozen=True)
-class UpdateTarget:
-    """What an update needs to be checked (see :func:`update_target`)."""
-
-    round: FLRound
-    session: FLSession
-    slot: FLRoundSlot | None  # None: the runner is not a participant of the round
-    partition_rows: int | None
-    task_token_hash: str | None  # the slot's task: its current claim
-    task_status: str | None
-    task_runner_id: uuid.UUID | None
-
-
-async def update_target(
-    session: AsyncSession, round_id: uuid.UUID, runner_id: uuid.UUID
-) -> UpdateTarget | None:
-    """What an update needs to be checked, in one statement: the round, its session, the
-    runner's slot in it, that participant's partition size and the slot task's current claim
-    (so a valid claim token is recognised without a second query)."""
-    q = (
-        select(
-            FLRound,
-            FLSession,
-            FLRoundSlot,
-            FLParticipant.num_examples,
-            TASKS.c.claim_token_hash,
-            TASKS.c.status,
-            TASKS.c.runner_id,
-        )
-        .join(FLSession, FLSession.id == FLRound.session_id)
-        .outerjoin(
-            FLRoundSlot,
-            and_(FLRoundSlot.round_id == FLRound.id, FLRoundSlot.runner_id == runner_id),
-        )
-        .outerjoin(FLParticipant, FLParticipant.id == FLRoundSlot.participant_id)
-        .outerjoin(TASKS, TASKS.c.id == FLRoundSlot.task_id)
-        .where(FLRound.id == round_id)
-    )
-    row = (await session.execute(q)).first()
-    return None if row is None else UpdateTarget(*row)
 
 
 async def assigned_count(session: AsyncSession, round_id: uuid.UUID) -> int:

@@ -1,7 +1,9 @@
-"""The statements of an accepted model update, defined once in SQLAlchemy Core (compiled once,
-bound per call): the round's state read under a share lock (PostgreSQL), the slot's
-conditional move to ``submitted`` and the count of slots still waiting. Every update of every
-round runs them, so they skip the ORM's per-call statement building and entity loading."""
+"""The statements of a model update, defined once in SQLAlchemy Core (compiled once, bound per
+call): what the update is checked against (the round, its session's settings, the caller's
+slot, its partition size and its task's claim, in one read), the round's state read under a
+share lock (PostgreSQL), the slot's conditional move to ``submitted`` and the count of slots
+still waiting. Every update of every round runs them, so they skip the ORM's per-call
+statement building and entity loading."""
 
 from __future__ import annotations
 
@@ -10,16 +12,56 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.fl.models import FLRound, FLRoundSlot
+from parity.fl.models import FLParticipant, FLRound, FLRoundSlot, FLSession
+from parity.tasks.queue.statements import TASKS
 
 ROUNDS = cast(Table, FLRound.__table__)
 SLOTS = cast(Table, FLRoundSlot.__table__)
+SESSIONS = cast(Table, FLSession.__table__)
+PARTICIPANTS = cast(Table, FLParticipant.__table__)
 
 ASSIGNED = "assigned"
 SUBMITTED = "submitted"
+
+_TARGET = (
+    select(
+        ROUNDS.c.id,
+        ROUNDS.c.session_id,
+        ROUNDS.c.number,
+        ROUNDS.c.status,
+        ROUNDS.c.deadline_at,
+        ROUNDS.c.model_in_cid,
+        ROUNDS.c.model_in_sha256,
+        SESSIONS.c.config.label("session_config"),
+        SESSIONS.c.model_type.label("session_model_type"),
+        SESSIONS.c.model_shapes.label("session_model_shapes"),
+        SLOTS.c.id.label("slot_id"),
+        SLOTS.c.status.label("slot_status"),
+        SLOTS.c.task_id.label("slot_task_id"),
+        SLOTS.c.participant_index.label("slot_participant_index"),
+        SLOTS.c.update_cid.label("slot_update_cid"),
+        SLOTS.c.update_sha256.label("slot_update_sha256"),
+        SLOTS.c.update_norm.label("slot_update_norm"),
+        SLOTS.c.drop_reason.label("slot_drop_reason"),
+        PARTICIPANTS.c.num_examples.label("partition_rows"),
+        TASKS.c.claim_token_hash.label("task_token_hash"),
+        TASKS.c.status.label("task_status"),
+        TASKS.c.runner_id.label("task_runner_id"),
+    )
+    .select_from(
+        ROUNDS.join(SESSIONS, SESSIONS.c.id == ROUNDS.c.session_id)
+        .outerjoin(
+            SLOTS,
+            and_(SLOTS.c.round_id == ROUNDS.c.id, SLOTS.c.runner_id == bindparam("runner_id")),
+        )
+        .outerjoin(PARTICIPANTS, PARTICIPANTS.c.id == SLOTS.c.participant_id)
+        .outerjoin(TASKS, TASKS.c.id == SLOTS.c.task_id)
+    )
+    .where(ROUNDS.c.id == bindparam("round_id"))
+)
 
 _ROUND_STATE = select(ROUNDS.c.status, ROUNDS.c.deadline_at, ROUNDS.c.number).where(
     ROUNDS.c.id == bindparam("round_id")
@@ -54,6 +96,87 @@ _WAITING = (
     .select_from(SLOTS)
     .where(SLOTS.c.round_id == bindparam("round_id"), SLOTS.c.status == ASSIGNED)
 )
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """The round's columns an update is checked against."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    number: int
+    status: str
+    deadline_at: datetime
+    model_in_cid: str
+    model_in_sha256: str
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """The caller's slot in the round."""
+
+    id: uuid.UUID
+    status: str
+    task_id: uuid.UUID
+    participant_index: int
+    update_cid: str | None
+    update_sha256: str | None
+    update_norm: float | None
+    drop_reason: str | None
+
+
+@dataclass(frozen=True)
+class UpdateTarget:
+    """What an update needs to be checked (see :func:`update_target`)."""
+
+    round: RoundView
+    session: FLSession  # transient: id, config, model_type and model_shapes only
+    slot: SlotView | None  # None: the runner is not a participant of the round
+    partition_rows: int | None
+    task_token_hash: str | None  # the slot's task: its current claim
+    task_status: str | None
+    task_runner_id: uuid.UUID | None
+
+
+async def update_target(
+    session: AsyncSession, round_id: uuid.UUID, runner_id: uuid.UUID
+) -> UpdateTarget | None:
+    """The round, its session's settings, the runner's slot in it, that participant's
+    partition size and the slot task's current claim (so a valid claim token is recognised
+    without a second query), in one statement."""
+    r = (await session.execute(_TARGET, {"round_id": round_id, "runner_id": runner_id})).first()
+    if r is None:
+        return None
+    round_ = RoundView(
+        r.id, r.session_id, r.number, r.status, r.deadline_at, r.model_in_cid, r.model_in_sha256
+    )
+    settings = FLSession(
+        id=r.session_id,
+        config=r.session_config,
+        model_type=r.session_model_type,
+        model_shapes=r.session_model_shapes,
+    )
+    slot = None
+    if r.slot_id is not None:
+        slot = SlotView(
+            r.slot_id,
+            r.slot_status,
+            r.slot_task_id,
+            r.slot_participant_index,
+            r.slot_update_cid,
+            r.slot_update_sha256,
+            r.slot_update_norm,
+            r.slot_drop_reason,
+        )
+    return UpdateTarget(
+        round_,
+        settings,
+        slot,
+        r.partition_rows,
+        r.task_token_hash,
+        r.task_status,
+        r.task_runner_id,
+    )
 
 
 @dataclass(frozen=True)

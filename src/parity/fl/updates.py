@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,10 +34,12 @@ from parity.fl import rounds_repository as repo
 from parity.fl import secagg_service, store_io, update_sql
 from parity.fl.deps import FLDeps
 from parity.fl.errors import NotAParticipant, RoundClosed, RoundNotFound
-from parity.fl.models import FLRound, FLRoundSlot, FLSession
+from parity.fl.models import FLRoundSlot, FLSession
 from parity.fl.rounds import settings_of
 from parity.fl.spec import ModelUpdate, parse_model_update
 from parity.tasks import lifecycle
+
+Slot = TypeVar("Slot", FLRoundSlot, update_sql.SlotView)
 
 HEADER_SLACK = 1024 * 1024  # a safetensors header and metadata, beyond the tensor bytes
 MODEL_CACHE_ENTRIES = 8
@@ -90,7 +92,9 @@ def _answer(number: int, participant_index: int, norm: float | None) -> dict[str
     }
 
 
-def _closed(round_: FLRound | update_sql.RoundState, now: datetime) -> RoundClosed | None:
+def _closed(
+    round_: update_sql.RoundView | update_sql.RoundState, now: datetime
+) -> RoundClosed | None:
     if round_.status != repo.COLLECTING:
         return RoundClosed(
             f"round {round_.number} is {round_.status}; it no longer accepts updates",
@@ -104,7 +108,7 @@ def _closed(round_: FLRound | update_sql.RoundState, now: datetime) -> RoundClos
     return None
 
 
-def _dropped(number: int, slot: FLRoundSlot) -> RoundClosed | None:
+def _dropped(number: int, slot: FLRoundSlot | update_sql.SlotView) -> RoundClosed | None:
     if slot.status != repo.DROPPED:
         return None
     return RoundClosed(
@@ -114,8 +118,10 @@ def _dropped(number: int, slot: FLRoundSlot) -> RoundClosed | None:
 
 
 def _check_slot(
-    update: ModelUpdate, round_: FLRound | update_sql.RoundState, slot: FLRoundSlot | None
-) -> FLRoundSlot:
+    update: ModelUpdate,
+    round_: update_sql.RoundView | update_sql.RoundState,
+    slot: Slot | None,
+) -> Slot:
     if slot is None:
         raise NotAParticipant(
             f"this runner holds no slot in round {round_.number} of session {update.session_id}"
@@ -131,7 +137,7 @@ async def submit_update(
     """Accept one participant's update for its round (see the module docstring)."""
     update = parse_model_update(body)
     async with db.read_session() as session:
-        found = await repo.update_target(session, update.round_id, runner_id)
+        found = await update_sql.update_target(session, update.round_id, runner_id)
         if found is None or found.round.session_id != update.session_id:
             raise RoundNotFound(f"session {update.session_id} has no round {update.round_id}")
         round_, fl_session, known = found.round, found.session, found.partition_rows
@@ -185,7 +191,7 @@ async def submit_update(
 
 
 async def _check_and_store(
-    deps: FLDeps, fl_session: FLSession, round_: FLRound, update: ModelUpdate
+    deps: FLDeps, fl_session: FLSession, round_: update_sql.RoundView, update: ModelUpdate
 ) -> Checked:
     shapes = {
         name: tuple(int(d) for d in shape)
