@@ -25,45 +25,6 @@ from parity.tasks.rows import check_pending_limits, new_task, refuse_over_limits
 TASKS_TABLE = cast(Table, Task.__table__)
 
 
-async def create_internal_task(
-    session: AsyncSession,
-    deps: TaskDeps,
-    *,
-    task_type: TaskType,
-    creator: str,
-    title: str,
-    config: dict[str, Any],
-    max_attempts: int,
-    offer_to: uuid.UUID | None = None,
-    push: bool = False,
-) -> Task:
-    """The task row of work another domain owns (a prompt's ``llm`` task), created in that
-    domain's transaction. Offered to runner ``offer_to`` from the start when the owner has
-    routed it already (``push``: that runner has a push URL), else later
-    (:func:`target_internal_task`). No compute placement and no escrow here: the owner prices
-    it itself."""
-    await check_pending_limits(session, deps, creator)
-    now = deps.clock.now()
-    task = new_task(
-        deps,
-        now,
-        task_type=task_type.value,
-        title=title,
-        config=config,
-        creator=creator,
-        max_attempts=max_attempts,
-    )
-    session.add(task)
-    events = [TaskEvent("task.created", task, {"type": task.type})]
-    if offer_to is not None:
-        events.append(
-            service.stage_offer(session, deps, task, offer_to, now, push=push, expires=None)
-        )
-    await session.flush()
-    await emit_task_events(session, deps, events)
-    return task
-
-
 def pending_counts_columns(creator: Any) -> tuple[Any, Any]:
     """The pending tasks of ``creator`` and in all, as scalar subqueries: an owner that reads
     them along with its own columns, in one statement, checks them with
@@ -97,9 +58,13 @@ def stage_internal_task(
     offer_to: uuid.UUID | None = None,
     push: bool = False,
 ) -> StagedTask:
-    """:func:`create_internal_task` for an owner that writes the rows itself: the same limits
-    (``pending``: the creator's and all pending tasks, read by the owner with
-    :func:`pending_counts_columns`), row, offer, events and wake-ups, nothing written here."""
+    """The task row of work another domain owns (a prompt's ``llm`` task), staged for that
+    domain to write in its own transaction: the queue's pending limits (``pending``: the
+    creator's and all pending tasks, read by the owner with :func:`pending_counts_columns`),
+    the row, its offer to ``offer_to`` when the owner has routed it already (``push``: that
+    runner has a push URL; else it is offered later, :func:`target_internal_task`), its
+    events and wake-ups; nothing is written here. No compute placement and no escrow: the
+    owner prices the work itself."""
     refuse_over_limits(deps, *pending)
     now = deps.clock.now()
     task = new_task(
@@ -142,7 +107,7 @@ async def create_routed_internal_tasks(
     max_attempts: int,
 ) -> list[Task]:
     """Several internal tasks (an FL round's), each offered to its runner from the start: the
-    rows, events and offers :func:`create_internal_task` then :func:`target_internal_task`
+    rows, events and offers :func:`stage_internal_task` then :func:`target_internal_task`
     give, in one pass (one limit check, one batched insert; a new task has no exclusions)."""
     await check_pending_limits(session, deps, creator)
     now = deps.clock.now()
