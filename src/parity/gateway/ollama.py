@@ -5,11 +5,11 @@ stream as NDJSON by default, as Ollama does; ``"stream": false`` answers one JSO
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -95,8 +95,8 @@ def _piece(model: str, text: str, chat: bool) -> dict[str, Any]:
     return {"model": model, "created_at": _now(), **key, "done": False}
 
 
-def _line(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":")) + "\n"
+def _line(obj: object) -> bytes:
+    return orjson.dumps(obj) + b"\n"
 
 
 async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
@@ -126,22 +126,26 @@ async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
             )
             return JSONResponse(whole)
         opened = relay.streamed(c, principal, create, request)
-        pieces = await opened.__aenter__()
+        batches = await opened.__aenter__()
     except ParityError as exc:
         return ollama_error(exc)
     model = body.model
 
-    async def lines() -> AsyncIterator[str]:
+    async def lines() -> AsyncIterator[bytes]:
         try:
-            async for piece in pieces:
-                if isinstance(piece, relay.Delta):
-                    yield _line(_piece(model, piece.text, chat))
-                elif isinstance(piece, relay.Finished):
-                    yield _line(_final(model, piece, chat))
-                    break
-                else:
-                    yield _line({"error": piece.message})
-                    break
+            async for batch in batches:
+                # What arrived together goes out in one write, a line per piece.
+                out = []
+                for piece in batch:
+                    if isinstance(piece, relay.Delta):
+                        out.append(_line(_piece(model, piece.text, chat)))
+                    elif isinstance(piece, relay.Finished):
+                        out.append(_line(_final(model, piece, chat)))
+                    else:
+                        out.append(_line({"error": piece.message}))
+                yield b"".join(out)
+                if not isinstance(batch[-1], relay.Delta):
+                    return
         finally:
             await opened.__aexit__(None, None, None)
 

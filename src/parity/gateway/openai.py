@@ -9,11 +9,11 @@ billed usage in a last chunk when ``stream_options.include_usage`` is set, as Op
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -40,8 +40,8 @@ def _usage(u: relay.Usage | None) -> dict[str, int] | None:
     }
 
 
-def _sse(obj: object) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+def _sse(obj: object) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 @router.get("/v1/models")
@@ -107,6 +107,10 @@ async def completions(request: Request, c: ContainerDep) -> Response:
     return await _prompt(request, c, chat=False)
 
 
+def _texts(batch: list[relay.Piece]) -> list[str]:
+    return [p.text for p in batch if isinstance(p, relay.Delta)]
+
+
 class _Shape:
     """The response objects of one request."""
 
@@ -148,6 +152,26 @@ class _Shape:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         return {**self._head(kind), "choices": [], "usage": _usage(done.usage)}
 
+    def delta_events(self, include_usage: bool) -> Callable[[list[str]], bytes]:
+        """The events of text deltas: ``chunk(text)`` (with ``"usage": null`` when the usage
+        comes last) as server-sent events, from bytes encoded once per request around each
+        text's own JSON string."""
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        head = orjson.dumps(self._head(kind))[:-1]
+        opening = (
+            b',"choices":[{"index":0,"delta":{"content":'
+            if self.chat
+            else (b',"choices":[{"index":0,"text":')
+        )
+        closing = b'},"logprobs":null' if self.chat else b',"logprobs":null'
+        tail = b',"finish_reason":null}]' + (b',"usage":null' if include_usage else b"")
+        before, after = b"data: " + head + opening, closing + tail + b"}\n\n"
+
+        def events(texts: list[str]) -> bytes:
+            return b"".join(before + orjson.dumps(t) + after for t in texts)
+
+        return events
+
 
 async def _stream(
     request: Request,
@@ -159,30 +183,35 @@ async def _stream(
 ) -> Response:
     # Entered here, so a refused submit answers with its status before any event is sent.
     opened = relay.streamed(c, principal, create, request)
-    pieces = await opened.__aenter__()
+    batches = await opened.__aenter__()
     extra: Callable[[dict[str, Any]], dict[str, Any]] = (
         (lambda o: {**o, "usage": None}) if include_usage else (lambda o: o)
     )
 
-    async def events() -> AsyncIterator[str]:
+    deltas = shape.delta_events(include_usage)
+
+    async def events() -> AsyncIterator[bytes]:
         try:
             if shape.chat:
                 yield _sse(extra(shape.chunk("", role=True)))
-            async for piece in pieces:
-                if isinstance(piece, relay.Delta):
-                    yield _sse(extra(shape.chunk(piece.text)))
-                elif isinstance(piece, relay.Finished):
-                    yield _sse(extra(shape.chunk(None if shape.chat else "", piece.finish_reason)))
+            async for batch in batches:
+                # What arrived together goes out in one write, an event per delta.
+                out = [deltas(texts)] if (texts := _texts(batch)) else []
+                last = batch[-1]
+                if isinstance(last, relay.Finished):
+                    out.append(
+                        _sse(extra(shape.chunk(None if shape.chat else "", last.finish_reason)))
+                    )
                     if include_usage:
-                        yield _sse(shape.usage_chunk(piece))
-                    break
-                else:
-                    err = relay.PromptFailed(piece.message)
-                    yield _sse(openai_body(status_of(err), piece.message, None, err.code))
-                    break
-            else:
-                return  # no last piece: the client went away, nobody reads an end
-            yield "data: [DONE]\n\n"
+                        out.append(_sse(shape.usage_chunk(last)))
+                elif isinstance(last, relay.Failed):
+                    err = relay.PromptFailed(last.message)
+                    out.append(_sse(openai_body(status_of(err), last.message, None, err.code)))
+                if not isinstance(last, relay.Delta):
+                    yield b"".join([*out, b"data: [DONE]\n\n"])
+                    return
+                yield b"".join(out)
+            # No last piece: the client went away, nobody reads an end.
         finally:
             await opened.__aexit__(None, None, None)
 

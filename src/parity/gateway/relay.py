@@ -11,7 +11,9 @@ connection broke off (killed outright: the streaming leg fails its attempt with 
 text, then ends the stream, and the client gets the error event at once). A runner lost
 otherwise is re-routed by the queue, and the gateway then cancels the task. When the prompt
 completes, any text the relay did not carry (a subscriber cut off by its bounded buffer, a
-runner that does not stream) is sent from the stored result.
+runner that does not stream) is sent from the stored result. Once the runner has closed its
+stream, the relay waits for its task's next event (the runner's report, committed right after)
+instead of polling, and reads the stored prompt then: one read per streamed prompt.
 
 A client that goes away cancels the prompt, whenever it leaves: the relay watches the request's
 receive channel for the server's ``http.disconnect`` while it waits for events, so a hang-up
@@ -33,12 +35,14 @@ from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.errors import NotFound, ParityError, Unavailable
 from parity.llm import service as llm
+from parity.llm import stream_sql
 from parity.llm.repository import PromptRow
 from parity.llm.schemas import PromptCreate
 from parity.llm.streams import StreamEvent, Subscription
 from parity.llm.views import FINISHED, metered, prompt_status
 from parity.logging import get_logger
 from parity.tasks import service as tasks_service
+from parity.waiters import Watch
 
 log = get_logger("parity.gateway")
 # After a runner closed its stream, its completion follows within a request: look often.
@@ -67,9 +71,7 @@ async def require_model(c: Container, model: object) -> str:
     """``model`` when an online runner reports it, else model_not_found (404)."""
     if not isinstance(model, str) or not model:
         return ""  # the submit names the missing field
-    async with c.db.read_session() as session:
-        names = {m.model for m in await llm.list_models(session)}
-    if model not in names:
+    if not await stream_sql.model_served(c.db, model):
         raise ModelNotFound(f"The model `{model}` does not exist or no runner serves it")
     return model
 
@@ -152,9 +154,10 @@ Piece = Delta | Finished | Failed
 @contextlib.asynccontextmanager
 async def streamed(
     c: Container, principal: Principal, body: PromptCreate, request: Request | None = None
-) -> AsyncIterator[AsyncIterator[Piece]]:
+) -> AsyncIterator[AsyncIterator[list[Piece]]]:
     """Submit a streaming prompt; yields the iterator of its pieces (deltas, then one
-    ``Finished`` or ``Failed``). Leaving early (the client went away) cancels the prompt. With
+    ``Finished`` or ``Failed``), in batches of what arrived together, so a caller writes them
+    to its client at once. Leaving early (the client went away) cancels the prompt. With
     ``request``, the iterator also ends, without a last piece, as soon as its client
     disconnects: the caller writes nothing more and leaves."""
     async with contextlib.AsyncExitStack() as stack:
@@ -163,13 +166,12 @@ async def streamed(
             # Subscribed before the commit: no runner can see the prompt before this.
             sub = await stack.enter_async_context(c.streams.subscribe(str(prompt.id)))
         state = _Relay(c, principal, prompt.id, sub)
+        stack.callback(state.close)
         if request is not None:
             state.gone = asyncio.get_running_loop().create_task(_disconnected(request))
         try:
-            yield state.pieces()
+            yield state.batches()
         finally:
-            if state.gone is not None:
-                state.gone.cancel()
             if not state.done:
                 cancel_later(c, principal, prompt.id)
 
@@ -193,76 +195,142 @@ class _Relay:
         self.sent: list[str] = []
         self.attempt: int | None = None
         self.done = False
+        self.settling = False  # the attempt's stream ended: its runner's report follows
         self.gone: asyncio.Task[None] | None = None
+        self._watches = contextlib.ExitStack()
+        self.watch: Watch[str] | None = None
 
-    async def _next(self, wait: float) -> StreamEvent | None:
-        """The subscription's next event, or _ClientGone as soon as the client disconnects."""
-        if self.gone is None:
-            return await self.sub.next(wait)
-        if not self.gone.done():
-            nxt = asyncio.ensure_future(self.sub.next(wait))
-            await asyncio.wait((nxt, self.gone), return_when=asyncio.FIRST_COMPLETED)
-            if nxt.done():
-                return nxt.result()
-            nxt.cancel()
-            await asyncio.gather(nxt, return_exceptions=True)
-        if self.gone.cancelled() or self.gone.exception() is not None:
-            self.gone = None  # the channel could not be watched: writes still notice a hang-up
-            return await self.sub.next(wait)
-        raise _ClientGone
+    def close(self) -> None:
+        if self.gone is not None:
+            self.gone.cancel()
+        self._watches.close()
+
+    def _client_gone(self) -> bool:
+        """Whether the client disconnected; a watcher that failed is dropped (writes still
+        notice a hang-up)."""
+        gone = self.gone
+        if gone is None or not gone.done():
+            return False
+        if gone.cancelled() or gone.exception() is not None:
+            self.gone = None
+            return False
+        return True
+
+    async def _events(self, wait: float) -> list[StreamEvent]:
+        """The events queued now, else those that come within ``wait`` seconds (none: empty);
+        _ClientGone as soon as the client disconnects. Waits on the subscription's future and
+        the disconnect watcher together: no task per wait."""
+        if self._client_gone():
+            raise _ClientGone
+        events = self.sub.take()
+        if events:
+            return events
+        arrival = self.sub.arrival()
+        waiting = (arrival,) if self.gone is None else (arrival, self.gone)
+        await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        events = self.sub.take()
+        if events:
+            return events
+        watcher = self.gone
+        if self._client_gone():
+            raise _ClientGone
+        if watcher is not None and self.gone is None:
+            return await self._events(wait)  # the watcher failed: wait on without it
+        return events
+
+    async def _settle(self, wait: float) -> None:
+        """The attempt's stream ended: wait for its task's next event (the runner's report
+        commits right after), the client's hang-up (_ClientGone), or ``wait`` seconds. One
+        read then, instead of a read and a poll."""
+        if self.watch is None:
+            self.watch = self._watches.enter_context(
+                self.c.event_hub.watch_resource(str(self.prompt_id))
+            )
+        woken = asyncio.ensure_future(self.watch.wait(wait))
+        waiting = {woken} if self.gone is None else {woken, self.gone}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not woken.done():
+            woken.cancel()
+            await asyncio.gather(woken, return_exceptions=True)
+        if self._client_gone():
+            raise _ClientGone
 
     async def _read(self) -> PromptRow:
-        async with self.c.db.read_session() as session:
-            return await llm.read_prompt(session, self.principal, self.prompt_id)
+        return await llm.read_prompt_now(self.c.db, self.principal, self.prompt_id)
 
-    async def pieces(self) -> AsyncIterator[Piece]:
+    async def batches(self) -> AsyncIterator[list[Piece]]:
         limit = self.c.settings.llm_gateway_timeout_seconds
         deadline = time.monotonic() + limit
         recheck = self.c.settings.long_poll_recheck_seconds
-        settling = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                yield self._fail(f"the prompt did not finish within {limit:g} s")
+                yield [self._fail(f"the prompt did not finish within {limit:g} s")]
                 return
-            wait = min(remaining, SETTLE_POLL_SECONDS if settling else recheck)
             try:
-                event = await self._next(wait)
+                if self.settling:
+                    await self._settle(min(remaining, SETTLE_POLL_SECONDS))
+                    events: list[StreamEvent | None] = [*self.sub.take(), None]
+                else:
+                    events = [*(await self._events(min(remaining, recheck)))] or [None]
             except _ClientGone:
                 return  # no last piece: the caller's exit cancels the prompt
-            if event is not None and event.kind == "delta":
-                if self.attempt is None:
-                    self.attempt = event.attempt
-                if event.attempt == self.attempt and event.text:
-                    self.sent.append(event.text)
-                    yield Delta(event.text)
-                continue
-            broke = False
-            if event is not None and event.kind == "end" and event.attempt == self.attempt:
-                settling = not event.broken
-                broke = event.broken and bool(self.sent)
-            row = await self._read()
-            status = prompt_status(row.status)
-            if status == "completed":
-                done = finished(row)
-                sent = "".join(self.sent)
-                if done.text.startswith(sent):
-                    if done.text[len(sent) :]:
-                        yield Delta(done.text[len(sent) :])
-                    self.done = True
-                    yield done
-                else:
-                    yield self._fail("the stream broke off (the completed text differs)")
-                return
-            if status in FINISHED:
-                self.done = True
-                yield Failed(row.last_error or "the prompt failed")
-                return
-            if broke or (self.sent and (status == "queued" or row.attempts != self.attempt)):
-                # Text was delivered and the runner that sent it is gone: no silent restart.
-                # (A broken stream normally finds the prompt failed already, just above.)
-                yield self._fail("the runner serving this prompt stopped mid-stream")
-                return
+            out: list[Piece] = []
+            read = False
+            for event in events:
+                if event is not None and event.kind == "delta":
+                    if self.attempt is None:
+                        self.attempt = event.attempt
+                        # From the first token on, the task's events wake the settling wait.
+                        self.watch = self._watches.enter_context(
+                            self.c.event_hub.watch_resource(str(self.prompt_id))
+                        )
+                    if event.attempt == self.attempt and event.text:
+                        self.sent.append(event.text)
+                        out.append(Delta(event.text))
+                    continue
+                if event is None and read:
+                    continue
+                if out:
+                    yield out  # the text first: the read below takes a while
+                    out = []
+                read = True
+                last = await self._after(event)
+                if last is not None:
+                    yield last
+                    return
+            if out:
+                yield out
+
+    async def _after(self, event: StreamEvent | None) -> list[Piece] | None:
+        """After an end, an overflow or a quiet wait, the stored prompt decides: its last
+        pieces when it ended (or must end here), else None."""
+        broke = False
+        if event is not None and event.kind == "end" and event.attempt == self.attempt:
+            if not event.broken:
+                # Its runner's report follows: the settling wait reads once the task's next
+                # event comes (a report that came first has woken it already).
+                self.settling = True
+                return None
+            broke = bool(self.sent)
+        row = await self._read()
+        status = prompt_status(row.status)
+        if status == "completed":
+            done = finished(row)
+            sent = "".join(self.sent)
+            if not done.text.startswith(sent):
+                return [self._fail("the stream broke off (the completed text differs)")]
+            self.done = True
+            rest = done.text[len(sent) :]
+            return [Delta(rest), done] if rest else [done]
+        if status in FINISHED:
+            self.done = True
+            return [Failed(row.last_error or "the prompt failed")]
+        if broke or (self.sent and (status == "queued" or row.attempts != self.attempt)):
+            # Text was delivered and the runner that sent it is gone: no silent restart.
+            # (A broken stream normally finds the prompt failed already, just above.)
+            return [self._fail("the runner serving this prompt stopped mid-stream")]
+        return None
 
     def _fail(self, message: str) -> Failed:
         cancel_later(self.c, self.principal, self.prompt_id)

@@ -9,14 +9,15 @@ with an ``overflow`` terminal event rather than holding the runner's request up;
 then sends the rest of the text from the prompt's stored result. A publish with no subscriber
 is dropped (nobody is listening; the whole text is stored with the completion anyway).
 
-``publish`` and ``subscribers`` are coroutines because a shared bus answers over the network;
-the in-process bus never suspends in them."""
+``publish``, ``publish_many`` and ``subscribers`` are coroutines because a shared bus answers
+over the network; the in-process bus never suspends in them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -41,12 +42,27 @@ class Subscription(Protocol):
         """The next event, or None when none came within ``timeout`` seconds."""
         ...
 
+    def take(self) -> list[StreamEvent]:
+        """Every event queued now, oldest first, without waiting (empty when none): a reader
+        handles what arrived together in one go."""
+        ...
+
+    def arrival(self) -> asyncio.Future[None]:
+        """A future that is done once an event is queued (already done when one is); a reader
+        waits on it beside other things (its client's hang-up) without a task per wait."""
+        ...
+
 
 class StreamBus(Protocol):
     async def publish(self, key: str, event: StreamEvent) -> int:
         """Hand ``event`` to every subscriber of ``key``, on any replica sharing the bus;
         returns how many it reached (0: nobody listens). Never raises for an unreachable
         shared bus: the event is dropped, as the stored result carries the text anyway."""
+        ...
+
+    async def publish_many(self, key: str, events: Sequence[StreamEvent]) -> None:
+        """:meth:`publish` of each of ``events`` in order (what arrived together): a shared
+        bus sends them in one round trip."""
         ...
 
     def subscribe(self, key: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
@@ -66,30 +82,53 @@ class StreamBus(Protocol):
 
 
 class _LocalSubscription:
+    """A bounded queue of events with one waiter future: no task or timer while events are
+    already queued, one future per wait otherwise."""
+
     def __init__(self, buffer: int) -> None:
-        self.queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize=buffer)
+        self.buffer = buffer
+        self.queue: deque[StreamEvent] = deque()
         self.cut_off = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, event: StreamEvent) -> bool:
         if self.cut_off:
             return False
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self.queue) >= self.buffer:
             # Make room for the terminal event: what was queued is superseded by the stored
             # result the reader falls back to.
             self.cut_off = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(StreamEvent("overflow"))
+            self.queue.clear()
+            self.queue.append(StreamEvent("overflow"))
+            self._wake()
             return False
+        self.queue.append(event)
+        self._wake()
         return True
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> list[StreamEvent]:
+        out = list(self.queue)
+        self.queue.clear()
+        return out
+
+    def arrival(self) -> asyncio.Future[None]:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            # A done future stays done: a new one for the next wait.
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        if self.queue:
+            waiter.set_result(None)
+        return waiter
+
     async def next(self, timeout: float) -> StreamEvent | None:
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return None
+        if not self.queue:
+            await asyncio.wait((self.arrival(),), timeout=timeout)
+        return self.queue.popleft() if self.queue else None
 
 
 class LocalStreamBus:
@@ -110,6 +149,10 @@ class LocalStreamBus:
 
     async def publish(self, key: str, event: StreamEvent) -> int:
         return self.deliver(key, event)
+
+    async def publish_many(self, key: str, events: Sequence[StreamEvent]) -> None:
+        for event in events:
+            self.deliver(key, event)
 
     async def subscribers(self, key: str) -> int:
         return self.count(key)
