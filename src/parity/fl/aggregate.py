@@ -295,7 +295,7 @@ async def _locked(session: AsyncSession, round_id: uuid.UUID) -> tuple[FLSession
     if found is None:
         return None
     fl_session = await session_repo.get_session(session, found.session_id, lock=True)
-    round_ = await repo.get_round(session, round_id, lock="update")
+    round_ = await repo.get_round(session, round_id, lock=True)
     if fl_session is None or round_ is None:
         return None
     return fl_session, round_

@@ -87,7 +87,7 @@ async def close_round(session: AsyncSession, deps: FLDeps, round_id: uuid.UUID) 
     if found is None:
         return False
     fl_session = await session_repo.get_session(session, found.session_id, lock=True)
-    round_ = await repo.get_round(session, round_id, lock="update")
+    round_ = await repo.get_round(session, round_id, lock=True)
     if fl_session is None or round_ is None or round_.status != repo.COLLECTING:
         return False
     if secagg_stages.enabled(fl_session):
@@ -168,16 +168,15 @@ async def finish_due_rounds(db: Database, deps: FLDeps, due: list[uuid.UUID]) ->
     return n
 
 
-async def run_rounds(db: Database, deps: FLDeps, *, sweep: bool = True) -> int:
-    """The rounds woken for (:meth:`FLDeps.wake`), then, with ``sweep``, one pass of the three
-    steps over every session; how many items changed."""
+async def run_rounds(db: Database, deps: FLDeps) -> int:
+    """The rounds woken for (:meth:`FLDeps.wake`), then one pass of the three steps over every
+    session; how many items changed."""
     due, _ = deps.take_due()
     n = await finish_due_rounds(db, deps, due)
-    if sweep:
-        n += await drop_ended_slots(db, deps)
-        n += await secagg_unmask.advance_rounds(db, deps)
-        n += await close_due_rounds(db, deps)
-        n += await aggregate_ready_rounds(db, deps)
+    n += await drop_ended_slots(db, deps)
+    n += await secagg_unmask.advance_rounds(db, deps)
+    n += await close_due_rounds(db, deps)
+    n += await aggregate_ready_rounds(db, deps)
     return n
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, exists, func, select, update
+from sqlalchemy import CursorResult, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.tasks.states import ACTIVE, TaskStatus
@@ -47,13 +47,13 @@ async def active_participants(session: AsyncSession, session_id: uuid.UUID) -> l
 
 
 async def get_round(
-    session: AsyncSession, round_id: uuid.UUID, *, lock: str | None = None
+    session: AsyncSession, round_id: uuid.UUID, *, lock: bool = False
 ) -> FLRound | None:
-    """A round; ``lock="share"`` lets updates of one round be accepted side by side while a
-    close (``lock="update"``) waits for them, and they for it (PostgreSQL)."""
+    """A round; ``lock``: locked for update, so a close waits for the updates being accepted
+    (they hold the round shared: ``update_sql.round_state``), and they for it (PostgreSQL)."""
     q = select(FLRound).where(FLRound.id == round_id)
-    if lock is not None:
-        q = q.with_for_update(read=lock == "share").execution_options(populate_existing=True)
+    if lock:
+        q = q.with_for_update().execution_options(populate_existing=True)
     return (await session.scalars(q)).one_or_none()
 
 
@@ -68,20 +68,12 @@ async def slots_of(session: AsyncSession, round_id: uuid.UUID) -> list[FLRoundSl
 
 
 async def slot_of_runner(
-    session: AsyncSession, round_id: uuid.UUID, runner_id: uuid.UUID, *, lock: bool = False
+    session: AsyncSession, round_id: uuid.UUID, runner_id: uuid.UUID
 ) -> FLRoundSlot | None:
     q = select(FLRoundSlot).where(
         FLRoundSlot.round_id == round_id, FLRoundSlot.runner_id == runner_id
     )
-    if lock:
-        q = q.with_for_update().execution_options(populate_existing=True)
     return (await session.scalars(q)).first()
-
-
-async def assigned_count(session: AsyncSession, round_id: uuid.UUID) -> int:
-    """Slots of the round still waiting for their update."""
-    q = select(func.count()).where(FLRoundSlot.round_id == round_id, FLRoundSlot.status == ASSIGNED)
-    return int(await session.scalar(q) or 0)
 
 
 @dataclass(frozen=True)

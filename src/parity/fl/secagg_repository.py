@@ -61,7 +61,7 @@ async def lock_round(
     if found is None:
         return None
     fl_session = await session_repo.get_session(session, found.session_id, lock=True)
-    round_ = await rounds_repo.get_round(session, round_id, lock="update")
+    round_ = await rounds_repo.get_round(session, round_id, lock=True)
     state = await get_state(session, round_id, lock=True)
     if fl_session is None or round_ is None or state is None:
         return None

@@ -185,7 +185,7 @@ async def submit_update(
         # the others as still waiting before they committed. Counted again now, the last of
         # them is sure to see the round complete. (SQLite serializes writes: the count held.)
         async with db.read_session() as session:
-            if await repo.assigned_count(session, update.round_id) == 0:
+            if await update_sql.waiting_count(session, update.round_id) == 0:
                 deps.wake(update.round_id)
     return answer
 
