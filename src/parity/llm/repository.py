@@ -73,16 +73,11 @@ async def get(session: AsyncSession, prompt_id: uuid.UUID, *, lock: bool = False
     return (await session.scalars(q)).first()
 
 
-async def get_row(session: AsyncSession, prompt_id: uuid.UUID) -> PromptRow | None:
-    found = (await session.execute(_rows().where(Prompt.id == prompt_id))).first()
-    return None if found is None else _row(found)
-
-
 PROMPTS = cast(Table, Prompt.__table__)
 _PROMPT_KEYS = tuple(c.key for c in PROMPTS.c)
 _ID = bindparam("b_id", type_=PROMPTS.c.id.type)
-# One prompt as :func:`get_row` reads it, in Core: defined once, no ORM loading (the read of
-# every GET and of every ?wait re-check).
+# One prompt with its task's state and result, in Core: defined once, no ORM loading (the read
+# of every GET and of every ?wait re-check).
 ROW = (
     select(
         *PROMPTS.c,
@@ -105,7 +100,8 @@ TASK_OF = select(PROMPTS.c.task_id).where(PROMPTS.c.id == _ID)
 
 
 async def row_once(conn: AsyncConnection, prompt_id: uuid.UUID) -> PromptRow | None:
-    """:func:`get_row` on a connection outside any unit of work (one statement)."""
+    """One prompt with its task's state and result (None: no such prompt), on a connection
+    outside any unit of work (one statement)."""
     r = (await conn.execute(ROW, {"b_id": prompt_id})).first()
     if r is None:
         return None

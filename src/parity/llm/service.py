@@ -102,7 +102,7 @@ async def submit(
     *,
     stream: bool = False,
 ) -> PromptRow:
-    """:func:`submit_prompt`, answering the prompt as :func:`read_prompt` would read it."""
+    """:func:`submit_prompt`, answering the prompt as :func:`read_prompt_now` would read it."""
     request = _request(body, deps, stream=stream)
     now = deps.clock.now()
     stake = None
@@ -189,16 +189,10 @@ async def submit(
     )
 
 
-async def read_prompt(
-    session: AsyncSession, principal: Principal, prompt_id: uuid.UUID
-) -> PromptRow:
-    """The caller's prompt (an operator's: any; a runner's: the one it holds)."""
-    return _visible(await repo.get_row(session, prompt_id), principal, prompt_id)
-
-
 async def read_prompt_now(db: Database, principal: Principal, prompt_id: uuid.UUID) -> PromptRow:
-    """:func:`read_prompt` as one statement outside any unit of work (a GET, a ?wait
-    re-check): no transaction to open and close around it."""
+    """The caller's prompt (an operator's: any; a runner's: the one it holds), read as one
+    statement outside any unit of work (a GET, a ?wait re-check): no transaction to open and
+    close around it."""
     async with db.lookup() as conn:
         row = await repo.row_once(conn, prompt_id)
     return _visible(row, principal, prompt_id)
