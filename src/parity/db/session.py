@@ -25,11 +25,18 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
+from parity.db import sqlite_driver
 from parity.db.hooks import discard_after_commit, run_after_commit
 
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, busy_ms: int) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+    engine = create_async_engine(
+        url,
+        module=sqlite_driver.dbapi(),
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=30,
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
