@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
+from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
@@ -27,9 +28,7 @@ from sqlalchemy.util.concurrency import await_
 _Result = tuple[list[Any], Any, int, int | None]
 
 
-def _run(
-    conn: sqlite3.Connection, operation: str, parameters: Any, many: bool
-) -> _Result:
+def _run(conn: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> _Result:
     """On aiosqlite's thread: the whole statement, its rows and what is read about it."""
     cursor = conn.cursor()
     try:
@@ -46,9 +45,9 @@ def _run(
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     """A cursor whose statement runs in one call on the connection's thread."""
 
-    __slots__ = ("_description", "_rowcount", "_lastrowid")
+    __slots__ = ("_description", "_lastrowid", "_rowcount")
 
-    def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
+    def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
         # No driver cursor is opened here: each statement opens and closes its own.
         self._adapt_connection = adapt_connection
         self._connection = adapt_connection._connection
