@@ -22,6 +22,7 @@ from parity.db.session import Database
 from parity.events.delivery import DeliveryDeps
 from parity.events.hub import EventHub
 from parity.events.service import EventDeps
+from parity.fl.claim_answer import with_inline_model
 from parity.fl.deps import FLDeps
 from parity.ledger.deps import LedgerDeps, StakeReader
 from parity.llm.deps import LlmDeps
@@ -31,7 +32,7 @@ from parity.runners.service import RunnerConfig
 from parity.storage.factory import open_content_store
 from parity.storage.ports import ContentStore
 from parity.storage.service import StorageConfig
-from parity.tasks.deps import TaskDeps
+from parity.tasks.deps import ClaimAnswer, TaskDeps
 from parity.tasks.wakeups import WakeHub
 
 if TYPE_CHECKING:  # the worker module imports much of the server; only its type is needed
@@ -95,6 +96,12 @@ class Container:
             store=self.content_store,
             round_timeout_seconds=self.settings.fl_round_timeout_seconds,
         )
+
+    @functools.cached_property
+    def claim_answers(self) -> dict[str, ClaimAnswer]:
+        """By task type: what a runner's claim of such a task carries beyond its row (the
+        runner router applies it to the task's config before answering)."""
+        return {"fl_train": functools.partial(with_inline_model, self.fl)}
 
     @functools.cached_property
     def events(self) -> EventDeps:

@@ -8,6 +8,7 @@ aggregation, and a restart with a round left mid-aggregation."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -33,11 +34,12 @@ from parity.core.fl.tensors import decode, encode, to_lists
 from parity.core.fl.train import parse_train_config, train_local
 from parity.db.session import Database
 from parity.events.models import Event
-from parity.fl import aggregate
+from parity.fl import aggregate, claim_answer
 from parity.fl import rounds_repository as rounds_repo
 from parity.fl.jobs import RoundsLoop, close_due_rounds, run_rounds
 from parity.fl.models import FLRound, FLSession
 from parity.ledger.models import Entry, Posting, Reservation
+from parity.tasks.models import Task
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in, until
 from tests.integration.queue_helpers import act, claim, device, heartbeat, register_runner
 
@@ -290,6 +292,25 @@ async def test_session_trains_from_the_global_model_round_by_round_and_learns(wo
         *["fl.round.completed"] * 4,
         "fl.session.completed",
     ]
+
+
+async def test_a_claim_carries_a_small_global_model_inline_and_a_large_one_by_cid_only(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    runners = await world.add_runners(3)
+    await world.started()
+    got = await claim_task(world, runners[0])
+    ref = got["task"]["config"]["global_model"]
+    inline = base64.b64decode(ref["data_base64"])
+    assert inline == await fetch(world, runners[0], ref)  # the stored model, byte for byte
+    async with world.container.db.read_session() as s:
+        row = await s.get(Task, uuid.UUID(got["task"]["id"]))
+        assert row is not None and "data_base64" not in row.config["global_model"]
+    monkeypatch.setattr(claim_answer, "INLINE_MODEL_MAX_BYTES", len(inline) - 1)
+    got = await claim_task(world, runners[1])
+    ref = got["task"]["config"]["global_model"]
+    assert set(ref) == {"cid", "sha256", "format"}
+    assert hashlib.sha256(await fetch(world, runners[1], ref)).hexdigest() == ref["sha256"]
 
 
 async def test_each_participant_gets_only_its_own_disjoint_partition(world: World):

@@ -8,6 +8,7 @@ advertised (or not) at registration per ``--fl`` / ``--no-fl`` / ``--fl-dataset`
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import json
@@ -209,6 +210,39 @@ async def test_the_partition_is_fetched_once_and_the_global_model_every_round() 
     assert sorted(server.downloads) == ["bafymodel", "bafymodel", "bafypart"]
     assert [u["round_id"] for u in server.updates] == ["r-1", "r-2"]
     assert server.updates[0]["weights"] == server.updates[1]["weights"]  # same inputs, same seed
+
+
+def inline(data: bytes) -> dict[str, Any]:
+    model = fl_config()["global_model"]
+    return {**model, "data_base64": base64.b64encode(data).decode()}
+
+
+async def test_a_global_model_the_claim_carries_is_trained_from_without_a_download() -> None:
+    server = Server()
+    outcome = await execute(server, fl_config(global_model=inline(MODEL_BYTES)))
+    assert outcome.ok, outcome.error
+    assert server.downloads == ["bafypart"]
+    for name, want in expected(X, Y).items():
+        np.testing.assert_array_equal(posted_weights(server.updates[0])[name], want)
+
+
+async def test_inline_model_bytes_other_than_the_sha256_names_are_replaced_by_a_download() -> None:
+    other = tensors.encode(init_weights(SPEC, seed=12))
+    server = Server()
+    outcome = await execute(server, fl_config(global_model=inline(other)))
+    assert outcome.ok, outcome.error
+    assert sorted(server.downloads) == ["bafymodel", "bafypart"]
+    for name, want in expected(X, Y).items():  # trained from the store's model, not the other
+        np.testing.assert_array_equal(posted_weights(server.updates[0])[name], want)
+
+
+async def test_inline_model_text_that_is_not_base64_fails_the_task_naming_the_field() -> None:
+    model = {**fl_config()["global_model"], "data_base64": "not base64!"}
+    server = Server()
+    outcome = await execute(server, fl_config(global_model=model))
+    assert not outcome.ok
+    assert "global_model.data_base64" in (outcome.error or "")
+    assert server.downloads == [] and server.updates == []
 
 
 async def test_with_a_tiny_learning_rate_the_update_stays_at_the_served_global_model() -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from parity.clock import Clock
 from parity.core.tasks.retry import RetryPolicy
 from parity.events.service import EventDeps
 from parity.ledger.deps import LedgerDeps
 from parity.tasks.wakeups import WakeHub
+
+# What a claim of one task type carries beyond the task row: given the task's config, the
+# config to answer with (the domain that owns the type supplies it; see Container).
+ClaimAnswer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from parity.api.deps import ContainerDep, CurrentRunner, WriteSession
+from parity.container import Container
 from parity.errors import InvalidInput
 from parity.tasks import hotpath, lifecycle, service
 from parity.tasks.claims import available_for
@@ -36,17 +37,23 @@ class ClaimBatchRead(BaseModel):
     claims: list[ClaimRead]
 
 
-def _claims(claim: Claim) -> list[ClaimRead]:
-    return [
-        ClaimRead(
-            task=task_read(t),
-            claim_token=claim.token,
-            attempt=t.attempts,
-            lease_seconds=claim.lease_seconds,
-            lease_expires_at=claim.lease_expires_at,
+async def _claims(c: Container, claim: Claim) -> list[ClaimRead]:
+    answers = []
+    for t in claim.tasks:
+        read = task_read(t)
+        extra = c.claim_answers.get(read.type)
+        if extra is not None:
+            read.config = await extra(read.config)
+        answers.append(
+            ClaimRead(
+                task=read,
+                claim_token=claim.token,
+                attempt=t.attempts,
+                lease_seconds=claim.lease_seconds,
+                lease_expires_at=claim.lease_expires_at,
+            )
         )
-        for t in claim.tasks
-    ]
+    return answers
 
 
 def _no_content(retry_after: int | None = None) -> Response:
@@ -93,7 +100,7 @@ async def claim_next(
                 c.db, c.tasks, runner_id, max_tasks=max_tasks, start=start, likely=woken
             )
             if claim is not None:
-                claims = _claims(claim)
+                claims = await _claims(c, claim)
                 return ClaimBatchRead(claims=claims) if max_tasks > 1 else claims[0]
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -115,7 +122,7 @@ async def claim_one(
     """Claim a specific task: 404 unknown, 409 task_not_claimable (details say why),
     403 runner_not_eligible when it does not fit this runner."""
     claim = await hotpath.claim_task(c.db, c.tasks, runner_id, task_id, start=start)
-    return _claims(claim)[0]
+    return (await _claims(c, claim))[0]
 
 
 @router.post("/runners/tasks/{task_id}/lease", response_model=LeaseRead)

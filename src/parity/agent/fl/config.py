@@ -4,13 +4,15 @@ Shape (set by the server for one participant in one round)::
 
     {"session_id", "round_id", "round", "participant_index", "num_participants",
      "model_type", "model_config",
-     "global_model": {"cid", "sha256", "format": "safetensors"},
+     "global_model": {"cid", "sha256", "format": "safetensors", "data_base64"?},
      "data": {"kind": "partition", "cid", "sha256", "format": "npz", "rows"?}
            | {"kind": "runner_dataset", "name", "partition": {"strategy", "options", "seed",
               "num_participants", "participant_index", "test_split"?}},
      "train_config": {"learning_rate", "batch_size", "local_epochs", "mu"?},
      "seed", "deadline_at"?, "update_limits": {"max_norm"?, "max_json_bytes"?}?, "privacy"?}
 
+``global_model.data_base64`` is the model's bytes, which a claim carries when the model is small
+(the runner checks them against ``sha256`` and downloads by CID when they are absent or differ).
 ``privacy`` is what the runner applies itself (local DP, or central DP's clip in a SecAgg+
 round); :mod:`parity.agent.fl.local_dp` takes it out first, so one still here is refused.
 Every refusal is a :class:`FlTaskError` naming the field by its dotted path.
@@ -18,6 +20,8 @@ Every refusal is a :class:`FlTaskError` naming the field by its dotted path.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,6 +81,7 @@ class FlTask:
     num_participants: int
     model: ModelSpec
     global_model: Blob
+    global_model_inline: bytes | None  # the claim's copy of the model's bytes, unverified
     data: PartitionRef | LocalData
     train: TrainConfig
     seed: int
@@ -105,6 +110,7 @@ def parse_fl_task(config: Any) -> FlTask:
             lambda f: f, lambda: parse_model_spec(cfg.get("model_type"), cfg.get("model_config"))
         ),
         global_model=_global_model(cfg),
+        global_model_inline=_inline_model(cfg),
         data=_data(cfg),
         train=_core(
             lambda f: f"train_config.{f}",
@@ -162,6 +168,20 @@ def _blob(cfg: Mapping[str, Any], prefix: str, fmt: str) -> Blob:
 def _global_model(cfg: Mapping[str, Any]) -> Blob:
     model = read_mapping(_required(cfg, "global_model"), "global_model", FlTaskError)
     return _blob(model, "global_model.", "safetensors")
+
+
+def _inline_model(cfg: Mapping[str, Any]) -> bytes | None:
+    text = cfg["global_model"].get("data_base64")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise FlTaskError("global_model.data_base64", "global_model.data_base64 must be a string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise FlTaskError(
+            "global_model.data_base64", "global_model.data_base64 is not valid base64"
+        ) from None
 
 
 def _data(cfg: Mapping[str, Any]) -> PartitionRef | LocalData:
