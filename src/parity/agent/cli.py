@@ -35,6 +35,7 @@ from parity.cli.help_width import widen_help_without_terminal
 from parity.cli.passwords import password_from_env_or_prompt
 from parity.cli.server_url import ServerUrlError, resolve_server_url
 from parity.core.llm.metering import LlmPrice
+from parity.heap import settle_heap
 from parity.logging import configure_logging, get_logger
 
 log = get_logger("parity.runner")
@@ -344,6 +345,7 @@ def main_cmd(
                 await models.aclose()
             await client.close()
 
+    settle_heap()  # what the imports built stays out of later garbage collections
     try:
         asyncio.run(go())
     except ServerError as exc:

@@ -16,6 +16,7 @@ from parity.container import Container
 from parity.db import migrate
 from parity.db.lockfile import ProcessLock
 from parity.db.session import Database
+from parity.heap import settle_heap
 from parity.logging import get_logger
 from parity.storage.factory import blockstore_lock
 
@@ -59,6 +60,9 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started and sockets:
+            # Start-up is done: what it built stays out of later garbage collections (the
+            # one full collection now, before anyone is told the server is up).
+            settle_heap()
             # Announced only now: the lifespan (migrations, chain check, loops) is done and the
             # socket listens, so whoever reads the line can connect.
             _announce(self.container.settings, sockets[0])
