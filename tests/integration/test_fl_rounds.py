@@ -312,6 +312,14 @@ async def test_a_claim_carries_a_small_global_model_inline_and_a_large_one_by_ci
     assert set(ref) == {"cid", "sha256", "format"}
     assert hashlib.sha256(await fetch(world, runners[1], ref)).hexdigest() == ref["sha256"]
 
+    async def broken(*args: Any, **kwargs: Any) -> bytes:
+        raise RuntimeError("the store broke mid-read")
+
+    # The claim has committed before its answer is built: a failing read still answers it.
+    monkeypatch.setattr(claim_answer.store_io, "get_bytes", broken)
+    got = await claim_task(world, runners[2])
+    assert set(got["task"]["config"]["global_model"]) == {"cid", "sha256", "format"}
+
 
 async def test_each_participant_gets_only_its_own_disjoint_partition(world: World):
     runners = await world.add_runners(3)

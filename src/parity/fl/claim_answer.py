@@ -18,8 +18,10 @@ from parity.errors import ParityError
 from parity.fl import store_io
 from parity.fl.deps import FLDeps
 from parity.fl.rounds import MODEL_FORMAT
+from parity.logging import get_logger
 
 INLINE_MODEL_MAX_BYTES = 256 * 1024
+log = get_logger("parity.fl")
 
 
 async def with_inline_model(deps: FLDeps, config: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +37,11 @@ async def with_inline_model(deps: FLDeps, config: dict[str, Any]) -> dict[str, A
             max_bytes=INLINE_MODEL_MAX_BYTES,
             sha256=str(ref.get("sha256")),
         )
-    except (ParityError, OSError):
+    except ParityError:
         return config  # too large, or not readable now: the runner downloads it
+    except Exception as exc:
+        # The claim has committed: its answer must go out, with the model or without it.
+        log.warning("fl_inline_model_skipped", cid=str(ref.get("cid")), error=repr(exc)[:200])
+        return config
     inline = {**ref, "data_base64": base64.b64encode(data).decode("ascii")}
     return {**config, "global_model": inline}
