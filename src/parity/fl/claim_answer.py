@@ -17,7 +17,7 @@ from typing import Any
 from parity.errors import ParityError
 from parity.fl import store_io
 from parity.fl.deps import FLDeps
-from parity.fl.rounds import MODEL_FORMAT
+from parity.fl.views import MODEL_FORMAT
 from parity.logging import get_logger
 
 INLINE_MODEL_MAX_BYTES = 256 * 1024

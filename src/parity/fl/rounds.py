@@ -26,12 +26,12 @@ from parity.fl import repository as session_repo
 from parity.fl import rounds_repository as repo
 from parity.fl.deps import FLDeps
 from parity.fl.models import FLParticipant, FLRound, FLRoundSlot, FLSession
+from parity.fl.views import MODEL_FORMAT
 from parity.ledger import pools
 from parity.runners.models import Runner
 from parity.tasks import internal, runner_side
 
 POOL_SOURCE = "fl_session"
-MODEL_FORMAT = "safetensors"
 
 
 @dataclass(frozen=True)

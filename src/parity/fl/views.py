@@ -11,7 +11,7 @@ from typing import Any
 from parity.fl import privacy
 from parity.fl.models import FLParticipant, FLRound, FLSession
 
-MODEL_FORMAT = "safetensors"
+MODEL_FORMAT = "safetensors"  # how global models are stored and named in task configs
 # Per-round figures, in the order the metrics endpoint lists them.
 ROUND_METRICS = (
     "participants",
