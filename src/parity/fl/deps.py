@@ -23,20 +23,20 @@ class FLDeps(OnTaskRows):
     # Rounds named by :meth:`wake`, which the job closes and aggregates before anything else;
     # and whether a wake asked for the job's whole pass (its sweeps) as well.
     due_rounds: set[uuid.UUID] = field(default_factory=set, compare=False)
-    sweep_requested: list[bool] = field(default_factory=lambda: [False], compare=False)
+    sweep_requested: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
 
     def wake(self, round_id: uuid.UUID | None = None) -> None:
         """Wake the rounds job: for that round (its last update has committed), or, without
         one, for a whole pass (a SecAgg+ stage may have completed)."""
         if round_id is None:
-            self.sweep_requested[0] = True
+            self.sweep_requested.set()
         else:
             self.due_rounds.add(round_id)
         self.rounds_now.set()
 
     def take_due(self) -> tuple[list[uuid.UUID], bool]:
         """The rounds woken for since the last call, and whether a whole pass was asked for."""
-        due, sweep = sorted(self.due_rounds), self.sweep_requested[0]
+        due, sweep = sorted(self.due_rounds), self.sweep_requested.is_set()
         self.due_rounds.clear()
-        self.sweep_requested[0] = False
+        self.sweep_requested.clear()
         return due, sweep
