@@ -42,30 +42,6 @@ class PromptRow:
     usage: dict[str, Any] | None
 
 
-def _rows() -> Select[Any]:
-    return (
-        select(
-            Prompt,
-            _T.status,
-            _T.runner_id,
-            _T.target_runner_id,
-            _T.attempts,
-            _T.max_attempts,
-            _T.last_error,
-            _T.started_at,
-            _T.completed_at,
-            _R.output,
-            _R.usage,
-        )
-        .join(TASKS, _T.id == Prompt.task_id)
-        .outerjoin(RESULTS, _R.task_id == _T.id)
-    )
-
-
-def _row(r: Any) -> PromptRow:
-    return PromptRow(r[0], *r[1:])
-
-
 async def get(session: AsyncSession, prompt_id: uuid.UUID, *, lock: bool = False) -> Prompt | None:
     q = select(Prompt).where(Prompt.id == prompt_id)
     if lock:
@@ -75,10 +51,11 @@ async def get(session: AsyncSession, prompt_id: uuid.UUID, *, lock: bool = False
 
 PROMPTS = cast(Table, Prompt.__table__)
 _PROMPT_KEYS = tuple(c.key for c in PROMPTS.c)
-_ID = bindparam("b_id", type_=PROMPTS.c.id.type)
-# One prompt with its task's state and result, in Core: defined once, no ORM loading (the read
-# of every GET and of every ?wait re-check).
-ROW = (
+_P = PROMPTS.c
+_ID = bindparam("b_id", type_=_P.id.type)
+# Prompts with their task's state and result, in Core: defined once, no ORM loading. ROW is
+# the read of every GET and of every ?wait re-check; the lists add their filters and order.
+_JOINED = (
     select(
         *PROMPTS.c,
         _T.status.label("t_status"),
@@ -92,22 +69,24 @@ ROW = (
         _R.output.label("r_output"),
         _R.usage.label("r_usage"),
     )
-    .join(TASKS, _T.id == PROMPTS.c.task_id)
+    .join(TASKS, _T.id == _P.task_id)
     .outerjoin(RESULTS, _R.task_id == _T.id)
-    .where(PROMPTS.c.id == _ID)
 )
-TASK_OF = select(PROMPTS.c.task_id).where(PROMPTS.c.id == _ID)
+ROW = _JOINED.where(_P.id == _ID)
+TASK_OF = select(_P.task_id).where(_P.id == _ID)
+
+
+def _prompt_row(r: Any) -> PromptRow:
+    n = len(_PROMPT_KEYS)
+    prompt = Prompt(**dict(zip(_PROMPT_KEYS, r[:n], strict=True)))
+    return PromptRow(prompt, *r[n:])
 
 
 async def row_once(conn: AsyncConnection, prompt_id: uuid.UUID) -> PromptRow | None:
     """One prompt with its task's state and result (None: no such prompt), on a connection
     outside any unit of work (one statement)."""
     r = (await conn.execute(ROW, {"b_id": prompt_id})).first()
-    if r is None:
-        return None
-    n = len(_PROMPT_KEYS)
-    prompt = Prompt(**dict(zip(_PROMPT_KEYS, r[:n], strict=True)))
-    return PromptRow(prompt, *r[n:])
+    return None if r is None else _prompt_row(r)
 
 
 async def task_of(conn: AsyncConnection, prompt_id: uuid.UUID) -> uuid.UUID | None:
@@ -119,24 +98,24 @@ async def task_of(conn: AsyncConnection, prompt_id: uuid.UUID) -> uuid.UUID | No
 async def list_rows(
     session: AsyncSession, creator: str | None, limit: int, offset: int
 ) -> tuple[list[PromptRow], int]:
-    q, count = _rows(), select(func.count()).select_from(Prompt)
+    q, count = _JOINED, select(func.count()).select_from(PROMPTS)
     if creator is not None:
-        q = q.where(Prompt.creator_address == creator)
-        count = count.where(Prompt.creator_address == creator)
-    q = q.order_by(Prompt.created_at.desc(), Prompt.id.desc()).limit(limit).offset(offset)
-    rows = [_row(r) for r in (await session.execute(q)).all()]
+        q = q.where(_P.creator_address == creator)
+        count = count.where(_P.creator_address == creator)
+    q = q.order_by(_P.created_at.desc(), _P.id.desc()).limit(limit).offset(offset)
+    rows = [_prompt_row(r) for r in (await session.execute(q)).all()]
     return rows, int(await session.scalar(count) or 0)
 
 
 async def usage_rows(
     session: AsyncSession, creator: str, since: datetime | None, until: datetime | None
 ) -> list[PromptRow]:
-    q = _rows().where(Prompt.creator_address == creator)
+    q = _JOINED.where(_P.creator_address == creator)
     if since is not None:
-        q = q.where(Prompt.created_at >= since)
+        q = q.where(_P.created_at >= since)
     if until is not None:
-        q = q.where(Prompt.created_at < until)
-    return [_row(r) for r in (await session.execute(q.order_by(Prompt.created_at))).all()]
+        q = q.where(_P.created_at < until)
+    return [_prompt_row(r) for r in (await session.execute(q.order_by(_P.created_at))).all()]
 
 
 # -- routing ----------------------------------------------------------------------------------
