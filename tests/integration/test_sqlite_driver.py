@@ -1,9 +1,12 @@
-"""The SQLite engine's one-hop cursor (parity.db.sqlite_driver): each statement is one call on
-aiosqlite's thread, and what SQLAlchemy reads back (rows, rowcount, lastrowid, errors) is what
-the driver's own cursor gives."""
+"""The SQLite engine's cursors (parity.db.sqlite_driver): a read statement is one call on
+aiosqlite's thread, a write transaction runs on the loop's thread with no call at all, and
+what SQLAlchemy reads back (rows, rowcount, lastrowid, errors) is what the driver's own cursor
+gives. A database locked by another process is waited for without blocking the loop."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
@@ -74,3 +77,84 @@ async def test_driver_errors_surface_as_sqlalchemy_errors_and_roll_back(db: Data
     async with db.read_session() as s:
         names = (await s.execute(text("SELECT name FROM t"))).scalars().all()
     assert names == ["a"]  # the failed transaction left nothing behind
+
+
+async def test_write_transactions_make_no_call_on_the_connection_thread(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+):
+    calls: list[object] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: object, *args: object, **kw: object):
+        calls.append(fn)
+        return await original(self, fn, *args, **kw)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    async with db.transaction() as s:
+        await s.execute(text("INSERT INTO t (name, n) VALUES ('w', 1)"))  # connection checked out
+        calls.clear()
+        for i in range(5):
+            await s.execute(text("UPDATE t SET n = :n WHERE name = 'w'"), {"n": i})
+    assert calls == []  # BEGIN IMMEDIATE, five UPDATEs and the COMMIT ran on the loop's thread
+    async with db.read_session() as s:
+        assert (await s.execute(text("SELECT n FROM t WHERE name = 'w'"))).scalar_one() == 4
+
+
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another process's view: a plain connection that has begun a write transaction."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t (name, n) VALUES ('other', 0)")
+    return other
+
+
+async def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_path: Path):
+    path = tmp_path / "busy.db"
+    database = Database(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=5000)
+    try:
+        async with database.transaction() as s:
+            await s.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, n INT)"))
+        other = _hold_write_lock(path)
+        ticks = 0
+
+        async def write() -> None:
+            async with database.transaction() as s:
+                await s.execute(text("INSERT INTO t (name, n) VALUES ('mine', 1)"))
+
+        writer = asyncio.ensure_future(write())
+        for _ in range(20):  # 200 ms in which the loop must keep running other work
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not writer.done()  # still waiting for the other connection's lock
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(writer, 5)
+        assert ticks == 20
+        async with database.read_session() as s:
+            rows = (await s.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
+        assert rows == ["other", "mine"]
+    finally:
+        await database.dispose()
+
+
+async def test_a_lock_held_past_the_busy_timeout_fails_the_write_cleanly(tmp_path: Path):
+    path = tmp_path / "busy.db"
+    database = Database(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=150)
+    try:
+        async with database.transaction() as s:
+            await s.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, n INT)"))
+        other = _hold_write_lock(path)
+        try:
+            with pytest.raises(OperationalError, match="database is locked"):
+                async with database.transaction() as s:
+                    await s.execute(text("INSERT INTO t (name, n) VALUES ('mine', 1)"))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        async with database.transaction() as s:  # the write connection is usable again
+            await s.execute(text("INSERT INTO t (name, n) VALUES ('after', 2)"))
+        async with database.read_session() as s:
+            rows = (await s.execute(text("SELECT name FROM t"))).scalars().all()
+        assert rows == ["after"]
+    finally:
+        await database.dispose()

@@ -30,9 +30,12 @@ from parity.db.hooks import discard_after_commit, run_after_commit
 
 
 def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, busy_ms: int) -> AsyncEngine:
+    # The write engine runs its statements on the loop's thread (sqlite_driver): SQLite itself
+    # must then never wait for a lock there; the driver waits in asyncio sleeps instead.
+    inline = immediate
     engine = create_async_engine(
         url,
-        module=sqlite_driver.dbapi(),
+        module=sqlite_driver.dbapi(inline_busy_s=busy_ms / 1000 if inline else None),
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=30,
@@ -46,7 +49,7 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, busy_ms: int) -
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cur.execute(f"PRAGMA busy_timeout={0 if inline else int(busy_ms)}")
         cur.close()
 
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
