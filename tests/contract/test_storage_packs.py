@@ -152,6 +152,23 @@ async def test_gc_in_another_instance_is_seen_by_a_reader(tmp_path: Path) -> Non
     assert await _read(LocalContentStore(root), again.cid) == two
 
 
+async def test_a_small_put_after_gc_elsewhere_stores_what_gc_took(tmp_path: Path) -> None:
+    """A writer does not list the pack directory when it opens: what another instance's GC
+    removed is noticed when a block is relied on, and stored anew."""
+    root = tmp_path / "blocks"
+    server = LocalContentStore(root)
+    small = _data(10_000, b"small")
+    first = await server.put(_pieces(small))
+    kept = await server.put(_pieces(_data(10_000, b"kept")), pin=True)
+    gc = LocalContentStore(root)
+    assert (await gc.gc(older_than=None)).removed_blocks == 1
+    again = await server.put(_pieces(small))
+    assert again.cid == first.cid
+    fresh = LocalContentStore(root)
+    assert await _read(fresh, again.cid) == small
+    assert await _read(fresh, kept.cid) == _data(10_000, b"kept")
+
+
 async def test_gc_spares_young_packs_and_blocks_an_upload_references(tmp_path: Path) -> None:
     root = tmp_path / "blocks"
     store = LocalContentStore(root)

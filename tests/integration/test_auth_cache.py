@@ -39,12 +39,7 @@ class TokenLookups:
 
 def _watch(container: Container) -> Iterator[TokenLookups]:
     lookups = TokenLookups()
-    engines: list[Engine] = list(
-        {
-            id(e): e
-            for e in (container.db.read_engine.sync_engine, container.db.write_engine.sync_engine)
-        }.values()
-    )
+    engines: list[Engine] = [e.sync_engine for e in container.db.engines]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", lookups)
     yield lookups

@@ -29,10 +29,12 @@ from parity.db import sqlite_driver
 from parity.db.hooks import discard_after_commit, run_after_commit
 
 
-def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, busy_ms: int) -> AsyncEngine:
-    # The write engine runs its statements on the loop's thread (sqlite_driver): SQLite itself
-    # must then never wait for a lock there; the driver waits in asyncio sleeps instead.
-    inline = immediate
+def _sqlite_engine(
+    url: str, *, begin: str | None, inline: bool, pool_size: int, busy_ms: int
+) -> AsyncEngine:
+    """``begin``: the statement that opens a transaction (None: none is opened, each statement
+    is its own). ``inline``: statements run on the loop's thread (sqlite_driver); SQLite itself
+    must then never wait for a lock there, the driver waits in asyncio sleeps instead."""
     engine = create_async_engine(
         url,
         module=sqlite_driver.dbapi(inline_busy_s=busy_ms / 1000 if inline else None),
@@ -52,11 +54,11 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int, busy_ms: int) -
         cur.execute(f"PRAGMA busy_timeout={0 if inline else int(busy_ms)}")
         cur.close()
 
-    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+    if begin is not None:
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(begin)
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(begin)
 
     return engine
 
@@ -83,10 +85,15 @@ class Database:
         self.dialect = "sqlite" if self.is_sqlite else "postgresql"
         if self.is_sqlite:
             self.write_engine = _sqlite_engine(
-                url, immediate=True, pool_size=1, busy_ms=busy_timeout_ms
+                url, begin="BEGIN IMMEDIATE", inline=True, pool_size=1, busy_ms=busy_timeout_ms
             )
             self.read_engine = _sqlite_engine(
-                url, immediate=False, pool_size=4, busy_ms=busy_timeout_ms
+                url, begin="BEGIN", inline=False, pool_size=4, busy_ms=busy_timeout_ms
+            )
+            # One-statement lookups: no transaction (the statement is its own) and no thread
+            # hop, so a lookup costs about what its statement does.
+            self._sqlite_lookup: AsyncEngine | None = _sqlite_engine(
+                url, begin=None, inline=True, pool_size=2, busy_ms=busy_timeout_ms
             )
             self._write_lock: asyncio.Lock | None = asyncio.Lock()
         else:
@@ -98,15 +105,25 @@ class Database:
                 )
             self.write_engine = self.read_engine = engine
             self._write_lock = None
+            self._sqlite_lookup = None
         # One-statement reads outside a unit of work (the bearer-token lookup): on PostgreSQL
         # in autocommit, so no BEGIN/ROLLBACK round trips around the one SELECT.
         self._lookup_engine = (
-            self.read_engine
-            if self.is_sqlite
+            self._sqlite_lookup
+            if self._sqlite_lookup is not None
             else self.read_engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self._writer = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._reader = async_sessionmaker(self.read_engine, expire_on_commit=False)
+
+    @property
+    def engines(self) -> list[AsyncEngine]:
+        """Every engine this database runs statements on, each once (for instrumentation: on
+        PostgreSQL the lookups run on the one engine, with other execution options)."""
+        found = [self.write_engine, self.read_engine]
+        if self._sqlite_lookup is not None:
+            found.append(self._sqlite_lookup)
+        return list({id(e): e for e in found}.values())
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:
@@ -150,7 +167,8 @@ class Database:
     @contextlib.asynccontextmanager
     async def lookup(self) -> AsyncIterator[AsyncConnection]:
         """A connection for one short read that needs no unit of work (Core statements only):
-        autocommit on PostgreSQL, a pooled read connection on SQLite."""
+        autocommit on PostgreSQL; on SQLite a connection that opens no transaction and runs
+        its statements on the loop's thread (keep them short and indexed)."""
         async with self._lookup_engine.connect() as conn:
             yield conn
 
@@ -178,6 +196,8 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._sqlite_lookup is not None:
+            await self._sqlite_lookup.dispose()
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()

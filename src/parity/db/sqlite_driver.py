@@ -204,6 +204,13 @@ class InlineConnection(OneHopConnection):
         self._end("rollback")
 
 
+def raw_connection(conn: InlineConnection) -> sqlite3.Connection:
+    """The sqlite3 connection under an inline connection, for statements run directly on it
+    (they run in the connection's current transaction, on the loop's thread)."""
+    raw: sqlite3.Connection = conn._connection._conn
+    return raw
+
+
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """SQLAlchemy's aiosqlite DBAPI shim whose connections hand out :class:`OneHopCursor`
     (or, with ``inline_busy_s`` set, are :class:`InlineConnection`)."""

@@ -27,8 +27,9 @@ def _rowcount(res: Any) -> int:
 
 
 async def add_event(session: AsyncSession, event: Event) -> None:
-    session.add(event)
-    await session.flush()
+    """One INSERT statement; the object stays detached (no unit-of-work flush: an event is
+    written on every task transition, and the ORM's flush costs more than the statement)."""
+    await add_events(session, [event])
 
 
 async def add_events(session: AsyncSession, events: Sequence[Event]) -> None:

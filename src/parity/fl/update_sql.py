@@ -13,9 +13,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from parity.fl.models import FLParticipant, FLRound, FLRoundSlot, FLSession
+from parity.tasks.queue.executors import Executor
 from parity.tasks.queue.statements import TASKS
 
 ROUNDS = cast(Table, FLRound.__table__)
@@ -139,12 +140,12 @@ class UpdateTarget:
 
 
 async def update_target(
-    session: AsyncSession, round_id: uuid.UUID, runner_id: uuid.UUID
+    conn: AsyncSession | AsyncConnection, round_id: uuid.UUID, runner_id: uuid.UUID
 ) -> UpdateTarget | None:
     """The round, its session's settings, the runner's slot in it, that participant's
     partition size and the slot task's current claim (so a valid claim token is recognised
     without a second query), in one statement."""
-    r = (await session.execute(_TARGET, {"round_id": round_id, "runner_id": runner_id})).first()
+    r = (await conn.execute(_TARGET, {"round_id": round_id, "runner_id": runner_id})).first()
     if r is None:
         return None
     round_ = RoundView(
@@ -200,17 +201,15 @@ class Submitted:
     at: datetime
 
 
-async def round_state(
-    session: AsyncSession, round_id: uuid.UUID, *, shared: bool
-) -> RoundState | None:
+async def round_state(x: Executor, round_id: uuid.UUID, *, shared: bool) -> RoundState | None:
     """The round's status, deadline and number (share-locked when ``shared``)."""
     stmt = _ROUND_STATE_SHARED if shared else _ROUND_STATE
-    row = (await session.execute(stmt, {"round_id": round_id})).first()
-    return None if row is None else RoundState(row[0], row[1], row[2])
+    rows = await x.rows(stmt, {"round_id": round_id})
+    return None if not rows else RoundState(rows[0][0], rows[0][1], rows[0][2])
 
 
 async def submit_slot(
-    session: AsyncSession, round_id: uuid.UUID, runner_id: uuid.UUID, done: Submitted
+    x: Executor, round_id: uuid.UUID, runner_id: uuid.UUID, done: Submitted
 ) -> int | None:
     """Move the runner's waiting slot of the round to ``submitted`` with its update; its
     participant index, or None when the slot was not waiting (dropped, or submitted already)."""
@@ -226,10 +225,10 @@ async def submit_slot(
         "b_training_ms": done.training_time_ms,
         "b_at": done.at,
     }
-    row = (await session.execute(_SUBMIT, params)).first()
-    return None if row is None else int(row[0])
+    rows = await x.rows(_SUBMIT, params)
+    return None if not rows else int(rows[0][0])
 
 
-async def waiting_count(session: AsyncSession, round_id: uuid.UUID) -> int:
+async def waiting_count(x: Executor, round_id: uuid.UUID) -> int:
     """Slots of the round still waiting for their update."""
-    return int((await session.execute(_WAITING, {"round_id": round_id})).scalar_one())
+    return int((await x.rows(_WAITING, {"round_id": round_id}))[0][0])

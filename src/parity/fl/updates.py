@@ -38,6 +38,7 @@ from parity.fl.models import FLRoundSlot, FLSession
 from parity.fl.rounds import settings_of
 from parity.fl.spec import ModelUpdate, parse_model_update
 from parity.tasks import lifecycle
+from parity.tasks.queue.executors import SessionExecutor, executor_for
 
 Slot = TypeVar("Slot", FLRoundSlot, update_sql.SlotView)
 
@@ -136,28 +137,28 @@ async def submit_update(
 ) -> dict[str, Any]:
     """Accept one participant's update for its round (see the module docstring)."""
     update = parse_model_update(body)
-    async with db.read_session() as session:
-        found = await update_sql.update_target(session, update.round_id, runner_id)
-        if found is None or found.round.session_id != update.session_id:
-            raise RoundNotFound(f"session {update.session_id} has no round {update.round_id}")
-        round_, fl_session, known = found.round, found.session, found.partition_rows
-        secagg_service.refuse_plain_update(fl_session, round_.number)
-        slot = _check_slot(update, round_, found.slot)
-        if slot.status != repo.SUBMITTED:
-            closed = _closed(round_, deps.clock.now()) or _dropped(round_.number, slot)
-            if closed is not None:
-                raise closed
-            # The claim token is checked before anything is stored: a refused update leaves
-            # nothing behind in the content store. The usual case (the current claim of an
-            # active task) is recognised from the row already read; the queue's fence
-            # explains any other.
-            if not lifecycle.holds_current_claim(
-                found.task_runner_id,
-                found.task_status,
-                found.task_token_hash,
-                runner_id,
-                update.claim_token,
-            ):
+    async with db.lookup() as conn:
+        found = await update_sql.update_target(conn, update.round_id, runner_id)
+    if found is None or found.round.session_id != update.session_id:
+        raise RoundNotFound(f"session {update.session_id} has no round {update.round_id}")
+    round_, fl_session, known = found.round, found.session, found.partition_rows
+    secagg_service.refuse_plain_update(fl_session, round_.number)
+    slot = _check_slot(update, round_, found.slot)
+    if slot.status != repo.SUBMITTED:
+        closed = _closed(round_, deps.clock.now()) or _dropped(round_.number, slot)
+        if closed is not None:
+            raise closed
+        # The claim token is checked before anything is stored: a refused update leaves
+        # nothing behind in the content store. The usual case (the current claim of an active
+        # task) is recognised from the row already read; the queue's fence explains any other.
+        if not lifecycle.holds_current_claim(
+            found.task_runner_id,
+            found.task_status,
+            found.task_token_hash,
+            runner_id,
+            update.claim_token,
+        ):
+            async with db.read_session() as session:
                 await lifecycle.current_attempt(
                     session, runner_id, slot.task_id, update.claim_token
                 )
@@ -185,7 +186,7 @@ async def submit_update(
         # the others as still waiting before they committed. Counted again now, the last of
         # them is sure to see the round complete. (SQLite serializes writes: the count held.)
         async with db.read_session() as session:
-            if await update_sql.waiting_count(session, update.round_id) == 0:
+            if await update_sql.waiting_count(SessionExecutor(session), update.round_id) == 0:
                 deps.wake(update.round_id)
     return answer
 
@@ -254,7 +255,8 @@ async def _accept(
     of the round were still waiting (as this transaction saw them). ``repeat``: the slot was
     read as submitted already (a retried update)."""
     shared = session.get_bind().dialect.name != "sqlite"
-    round_ = await update_sql.round_state(session, update.round_id, shared=shared)
+    x = await executor_for(session)
+    round_ = await update_sql.round_state(x, update.round_id, shared=shared)
     if round_ is None:
         raise RoundNotFound(f"session {update.session_id} has no round {update.round_id}")
     report = lifecycle.Report(
@@ -287,7 +289,7 @@ async def _accept(
             update.training_time_ms,
             deps.clock.now(),
         )
-        index = await update_sql.submit_slot(session, update.round_id, runner_id, done)
+        index = await update_sql.submit_slot(x, update.round_id, runner_id, done)
     if index is None:
         # Not waiting any more: dropped (refused, and the completion above rolls back with
         # it), or submitted by this update's twin (answered as a repeat).
@@ -298,7 +300,7 @@ async def _accept(
         if dropped is not None:
             raise dropped
         return _answer(round_.number, slot.participant_index, slot.update_norm), 0
-    waiting = await update_sql.waiting_count(session, update.round_id)
+    waiting = await update_sql.waiting_count(x, update.round_id)
     if waiting == 0:
         round_id = update.round_id
         after_commit(session, lambda: deps.wake(round_id))

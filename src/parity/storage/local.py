@@ -123,8 +123,11 @@ class LocalContentStore:
         return blocks, result, cid_v0
 
     def _open_writer(self) -> PackWriter:
+        # No look at the pack directory here (it grows with the number of packs, and every
+        # put would pay for it): a block this process knows of is checked to still be on disk
+        # before it is relied on (PackWriter.add), and the commit checks every block it relies
+        # on again under the GC lock.
         self._ensure_dirs()
-        self.packs.refresh()  # see what GC removed since, so as not to rely on it
         return PackWriter(self.packs, self._gc_lock)
 
     async def put(self, chunks: AsyncIterable[bytes], *, pin: bool = False) -> Stored:

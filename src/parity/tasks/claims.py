@@ -18,7 +18,7 @@ from parity.tasks.deps import TaskDeps
 from parity.tasks.errors import RunnerNotEligible, TaskNotClaimable, TaskNotFound
 from parity.tasks.models import Task
 from parity.tasks.queue import ops
-from parity.tasks.queue.executors import SessionExecutor
+from parity.tasks.queue.executors import SessionExecutor, executor_for
 from parity.tasks.queue.ops import Claim, Refusal
 
 
@@ -33,9 +33,8 @@ async def claim(
 ) -> Claim | None:
     """Claim up to ``max_tasks`` pending tasks that fit this runner (or one named task, or
     raise why it cannot be claimed)."""
-    got = await ops.claim(
-        SessionExecutor(session), deps, runner_id, max_tasks=max_tasks, start=start, task_id=task_id
-    )
+    x = await executor_for(session)
+    got = await ops.claim(x, deps, runner_id, max_tasks=max_tasks, start=start, task_id=task_id)
     if isinstance(got, Claim):
         return got
     if got is Refusal.UNKNOWN_RUNNER:

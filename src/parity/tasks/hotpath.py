@@ -46,9 +46,9 @@ async def claim_next(
     there for this runner at all (a superset of what the claim takes) and answers None
     without a write when not: a runner long-polling right after its last result."""
     if db.is_sqlite and not likely:
-        async with db.read_session() as session:
+        async with db.lookup() as conn:
             params = {"b_runner_id": runner_id, "b_now": deps.clock.now()}
-            if not (await session.execute(st.ANY_FOR_RUNNER, params)).scalar():
+            if not (await conn.execute(st.ANY_FOR_RUNNER, params)).scalar():
                 return None
     if not db.is_sqlite:
         got = await _claim_on_driver(db, deps, runner_id, max_tasks, start, None)

@@ -26,7 +26,7 @@ from parity.tasks.errors import ClaimInvalid, InvalidTransition, StaleClaim, Tas
 from parity.tasks.models import Task, TaskAttempt, TaskLog
 from parity.tasks.queue import ops
 from parity.tasks.queue import transitions as tr
-from parity.tasks.queue.executors import SessionExecutor
+from parity.tasks.queue.executors import executor_for
 
 # session.info key: (task due, push runner online) as the completing UPDATE returned them.
 _SLOT_FREED = "parity.tasks.slot_freed"
@@ -73,7 +73,7 @@ async def start(
 ) -> Any:
     token_hash = hash_token(token)
     now = deps.clock.now()
-    task = await ops.start_held(SessionExecutor(session), task_id, runner_id, token_hash, now)
+    task = await ops.start_held(await executor_for(session), task_id, runner_id, token_hash, now)
     if task is not None:
         return task
     # Not assigned under this runner's current claim: a repeat, or a refusal to explain.
@@ -169,7 +169,7 @@ async def complete(
     """Accept the one completion of a task. ``complete`` from ``assigned`` implies start."""
     now = deps.clock.now()
     token_hash = hash_token(token)
-    x = SessionExecutor(session)
+    x = await executor_for(session)
     fields = report.result_fields(deps.output_inline_max_bytes)
     # Common case first: one conditional UPDATE is both the fence and the transition.
     done = await ops.complete_held(
