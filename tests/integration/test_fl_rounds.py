@@ -34,10 +34,10 @@ from parity.core.fl.tensors import decode, encode, to_lists
 from parity.core.fl.train import parse_train_config, train_local
 from parity.db.session import Database
 from parity.events.models import Event
-from parity.fl import aggregate, claim_answer
+from parity.fl import aggregate, claim_answer, updates
 from parity.fl import rounds_repository as rounds_repo
 from parity.fl.jobs import RoundsLoop, close_due_rounds, run_rounds
-from parity.fl.models import FLRound, FLSession
+from parity.fl.models import FLRound, FLRoundSlot, FLSession
 from parity.ledger.models import Entry, Posting, Reservation
 from parity.tasks.models import Task
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in, until
@@ -452,6 +452,51 @@ async def test_update_refusals_name_the_reason(world: World):
     await world.tick()
     assert (await world.round(s["id"], 1))["status"] == "failed"
     assert error(await post_update(world, three, late[1]))[:2] == (409, "round_closed")
+
+
+async def test_a_large_model_is_checked_off_the_loop_with_the_same_result(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    one, two = await world.add_runners(2)
+    await world.started(min_participants=2)
+    got = await claim_task(world, one)
+    model = to_lists(decode(await fetch(world, one, got["task"]["config"]["global_model"])))
+    bodies = []
+    for runner in (one, two):
+        c = runner.claim or await claim_task(world, runner)
+        conf = c["task"]["config"]
+        bodies.append(
+            {
+                "session_id": conf["session_id"],
+                "round_id": conf["round_id"],
+                "claim_token": c["claim_token"],
+                "task_id": c["task"]["id"],
+                "weights": model,
+                "data_size": 10,
+                "loss": 0.5,
+                "accuracy": 0.5,
+                "training_time_ms": 1,
+            }
+        )
+    threads: list[object] = []
+    real = updates.asyncio.to_thread
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        if getattr(fn, "__name__", "") == "from_json":  # the JSON tensors' check and encoding
+            threads.append(fn)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(updates.asyncio, "to_thread", counted)
+    assert (await post_update(world, one, bodies[0])).status_code == 200  # small: on the loop
+    assert threads == []
+    monkeypatch.setattr(updates, "INLINE_CHECK_VALUES", 0)  # every model counts as large
+    nan = {**bodies[1], "weights": {**model, "fc2.bias": [math.nan] * 10}}
+    assert error(await post_update(world, two, nan))[::2] == (422, "weights.fc2.bias")
+    assert (await post_update(world, two, bodies[1])).status_code == 200
+    assert len(threads) == 2
+    async with world.container.db.read_session() as s:
+        cids = (await s.scalars(select(FLRoundSlot.update_cid))).all()
+    assert len(cids) == 2 and cids[0] == cids[1]  # the same weights, the same stored file
 
 
 # -- deadlines, drops, failures --------------------------------------------------------------

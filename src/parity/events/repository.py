@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import String, bindparam, delete, func, insert, select, update
+from sqlalchemy import String, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.db.pagination import Cursor, newest_first
@@ -26,6 +26,9 @@ def _rowcount(res: Any) -> int:
 # -- events
 
 
+_INSERT_EVENT = insert(cast(Table, Event.__table__))
+
+
 async def add_event(session: AsyncSession, event: Event) -> None:
     """One INSERT statement; the object stays detached (no unit-of-work flush: an event is
     written on every task transition, and the ORM's flush costs more than the statement)."""
@@ -36,7 +39,11 @@ async def add_events(session: AsyncSession, events: Sequence[Event]) -> None:
     """Insert in one executemany, in order (``seq`` follows it); the objects stay detached."""
     cols = ("id", "type", "owner_address", "resource_id", "data", "created_at")
     rows = [{c: getattr(e, c) for c in cols} for e in events]
-    await session.execute(insert(Event), rows)
+    # The table, not the mapped class: a plain INSERT, without the ORM's bulk-insert path.
+    if len(rows) == 1:
+        await session.execute(_INSERT_EVENT, rows[0])
+    else:
+        await session.execute(_INSERT_EVENT, rows)
 
 
 async def any_endpoint(session: AsyncSession, owners: Sequence[str]) -> bool:

@@ -278,6 +278,9 @@ def _as_sqlalchemy_errors(sql: str, args: Any) -> Iterator[None]:
 async def executor_for(session: AsyncSession) -> Executor:
     """The fastest executor for this session's transaction: on SQLite's write connection the
     connection itself, otherwise the session."""
+    found = session.info.get(_EXECUTOR)
+    if found is not None:
+        return found  # type: ignore[no-any-return]
     if session.get_bind().dialect.name != "sqlite":
         return SessionExecutor(session)
     conn = await session.connection()
@@ -285,4 +288,9 @@ async def executor_for(session: AsyncSession) -> Executor:
     adapted = raw.dbapi_connection
     if not isinstance(adapted, sqlite_driver.InlineConnection):
         return SessionExecutor(session)  # a read connection: its statements hop threads
-    return SqliteExecutor(session, sqlite_driver.raw_connection(adapted))
+    x = SqliteExecutor(session, sqlite_driver.raw_connection(adapted))
+    session.info[_EXECUTOR] = x  # the transaction's connection: the same until it ends
+    return x
+
+
+_EXECUTOR = "parity.sqlite_executor"
