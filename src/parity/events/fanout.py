@@ -9,6 +9,7 @@ from typing import Any
 from typing import cast as type_cast
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     ColumnElement,
     Insert,
@@ -58,7 +59,10 @@ def deliveries(event_id: Any, owner: Any, event_type: Any, now: Any, *, postgres
     if postgres:
         admins = _ENDPOINTS.c.owner_address == func.any(bindparam("b_admins", type_=ARRAY(String)))
     else:
-        admins = _ENDPOINTS.c.owner_address.in_(bindparam("b_admins", expanding=True))
+        # A JSON array read by json_each, not an expanding IN: SQLAlchemy re-renders a statement
+        # with an expanding parameter on every execution (~0.5 ms for this one, on every event).
+        listed = func.json_each(bindparam("b_admins", type_=JSON)).table_valued("value")
+        admins = _ENDPOINTS.c.owner_address.in_(select(listed.c.value))
     receivers = select(
         _new_id(postgres),
         _ENDPOINTS.c.id,
