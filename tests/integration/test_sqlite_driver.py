@@ -6,8 +6,11 @@ gives. A database locked by another process is waited for without blocking the l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import pytest
@@ -44,17 +47,23 @@ async def test_rows_rowcount_and_lastrowid_come_back_from_one_call(db: Database)
         assert [tuple(row) for row in r] == [("a", 1), ("b", 12), ("c", 13)]
 
 
-async def test_each_statement_is_one_call_on_the_connection_thread(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-):
-    calls: list[object] = []
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every call made on a connection's aiosqlite thread, in order."""
+    made: list[object] = []
     original = aiosqlite.Connection._execute
 
     async def counted(self: aiosqlite.Connection, fn: object, *args: object, **kw: object):
-        calls.append(fn)
+        made.append(fn)
         return await original(self, fn, *args, **kw)
 
     monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    return made
+
+
+async def test_each_statement_is_one_call_on_the_connection_thread(
+    db: Database, calls: list[object]
+):
     async with db.read_session() as s:
         await s.execute(text("SELECT 1"))  # the pool's connection is checked out here
         calls.clear()
@@ -80,16 +89,8 @@ async def test_driver_errors_surface_as_sqlalchemy_errors_and_roll_back(db: Data
 
 
 async def test_write_transactions_make_no_call_on_the_connection_thread(
-    db: Database, monkeypatch: pytest.MonkeyPatch
+    db: Database, calls: list[object]
 ):
-    calls: list[object] = []
-    original = aiosqlite.Connection._execute
-
-    async def counted(self: aiosqlite.Connection, fn: object, *args: object, **kw: object):
-        calls.append(fn)
-        return await original(self, fn, *args, **kw)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
     async with db.transaction() as s:
         await s.execute(text("INSERT INTO t (name, n) VALUES ('w', 1)"))  # connection checked out
         calls.clear()
@@ -100,21 +101,33 @@ async def test_write_transactions_make_no_call_on_the_connection_thread(
         assert (await s.execute(text("SELECT n FROM t WHERE name = 'w'"))).scalar_one() == 4
 
 
-def _hold_write_lock(path: Path) -> sqlite3.Connection:
-    """Another process's view: a plain connection that has begun a write transaction."""
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    other.execute("INSERT INTO t (name, n) VALUES ('other', 0)")
-    return other
-
-
-async def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_path: Path):
+@contextlib.asynccontextmanager
+async def _locked_elsewhere(tmp_path: Path, busy_ms: int) -> AsyncIterator[tuple[Database, Any]]:
+    """A database with table t, and another process's view of it: a plain connection that
+    has begun a write transaction (the caller ends it)."""
     path = tmp_path / "busy.db"
-    database = Database(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=5000)
+    database = Database(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=busy_ms)
     try:
         async with database.transaction() as s:
             await s.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, n INT)"))
-        other = _hold_write_lock(path)
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t (name, n) VALUES ('other', 0)")
+        try:
+            yield database, other
+        finally:
+            other.close()
+    finally:
+        await database.dispose()
+
+
+async def _names(database: Database) -> list[str]:
+    async with database.read_session() as s:
+        return list((await s.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all())
+
+
+async def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_path: Path):
+    async with _locked_elsewhere(tmp_path, 5000) as (database, other):
         ticks = 0
 
         async def write() -> None:
@@ -127,34 +140,17 @@ async def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_pat
             ticks += 1
         assert not writer.done()  # still waiting for the other connection's lock
         other.execute("COMMIT")
-        other.close()
         await asyncio.wait_for(writer, 5)
         assert ticks == 20
-        async with database.read_session() as s:
-            rows = (await s.execute(text("SELECT name FROM t ORDER BY id"))).scalars().all()
-        assert rows == ["other", "mine"]
-    finally:
-        await database.dispose()
+        assert await _names(database) == ["other", "mine"]
 
 
 async def test_a_lock_held_past_the_busy_timeout_fails_the_write_cleanly(tmp_path: Path):
-    path = tmp_path / "busy.db"
-    database = Database(f"sqlite+aiosqlite:///{path}", busy_timeout_ms=150)
-    try:
-        async with database.transaction() as s:
-            await s.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, n INT)"))
-        other = _hold_write_lock(path)
-        try:
-            with pytest.raises(OperationalError, match="database is locked"):
-                async with database.transaction() as s:
-                    await s.execute(text("INSERT INTO t (name, n) VALUES ('mine', 1)"))
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
+    async with _locked_elsewhere(tmp_path, 150) as (database, other):
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with database.transaction() as s:
+                await s.execute(text("INSERT INTO t (name, n) VALUES ('mine', 1)"))
+        other.execute("ROLLBACK")
         async with database.transaction() as s:  # the write connection is usable again
             await s.execute(text("INSERT INTO t (name, n) VALUES ('after', 2)"))
-        async with database.read_session() as s:
-            rows = (await s.execute(text("SELECT name FROM t"))).scalars().all()
-        assert rows == ["after"]
-    finally:
-        await database.dispose()
+        assert await _names(database) == ["after"]

@@ -70,13 +70,15 @@ class _Compiled:
     defaults: dict[str, Any]
     processors: dict[str, Any]
 
+    def _value(self, name: str, value: Any) -> Any:
+        proc = self.processors.get(name)
+        return proc(value) if proc is not None and value is not None else value
+
     def args(self, params: Mapping[str, Any]) -> list[Any]:
-        out = []
-        for name in self.order:
-            value = params[name] if name in params else self.defaults[name]
-            proc = self.processors.get(name)
-            out.append(proc(value) if proc is not None and value is not None else value)
-        return out
+        return [
+            self._value(name, params[name] if name in params else self.defaults[name])
+            for name in self.order
+        ]
 
 
 _DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
@@ -152,18 +154,10 @@ class RowView:
 
 
 @dataclass(frozen=True)
-class _SqliteCompiled:
-    sql: str
-    order: tuple[str, ...]
-    defaults: dict[str, Any]
-    processors: dict[str, Any]
+class _SqliteCompiled(_Compiled):
     expanding: frozenset[str]  # IN (...) parameters: one placeholder per list item
     index: dict[str, int]  # result column name -> position
     results: tuple[Any, ...]  # result processor per column (None: the value as it comes)
-
-    def _value(self, name: str, value: Any) -> Any:
-        proc = self.processors.get(name)
-        return proc(value) if proc is not None and value is not None else value
 
     def bound(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
         """The SQL and its positional arguments, expanding IN lists."""
