@@ -8,14 +8,15 @@ the four in one call on aiosqlite's thread and keeps what SQLAlchemy reads after
 as the engine's DBAPI module (``create_async_engine(..., module=dbapi())``), SQLAlchemy's
 documented hook for an alternate DBAPI; everything else is SQLAlchemy's aiosqlite dialect.
 
-The write engine's one connection goes further (``dbapi(inline=True)``): its statements, commits
-and rollbacks run on the event loop's own thread, with no hop at all. Writes are serialized by
-the database's write lock, so a write transaction that waits for a hop holds that lock while the
-loop serves other requests before it resumes the holder: measured over FL rounds, a hop took
-0.21 ms at the median and 6.9 ms at p99 against 0.03 / 1.5 ms for the statement itself, and the
-write lock was busy the whole time. SQLite never sleeps on the loop: the write connection has a
-busy timeout of 0 and a statement refused as busy (another process holds the database's write
-lock: a CLI command, a migration) is tried again after an asyncio sleep, until ``busy_ms``.
+The write engine's one connection goes further (``dbapi(inline_busy_s=...)``): its
+statements, commits and rollbacks run on the event loop's own thread, with no hop at all.
+Writes are serialized by the database's write lock, so a write transaction that waits for a
+hop holds that lock while the loop serves other requests before it resumes the holder:
+measured over FL rounds, a hop took 0.21 ms at the median and 6.9 ms at p99 against
+0.03 / 1.5 ms for the statement itself, and the write lock was busy the whole time. SQLite
+never sleeps on the loop: the write connection has a busy timeout of 0 and a statement refused
+as busy (another process holds the database's write lock: a CLI command, a migration) is tried
+again after an asyncio sleep, until the busy timeout has passed.
 """
 
 from __future__ import annotations
@@ -112,7 +113,11 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 def is_busy(error: BaseException) -> bool:
     """SQLITE_BUSY or one of its extended codes: the database's lock is held elsewhere."""
     code = getattr(error, "sqlite_errorcode", None)
-    return isinstance(error, sqlite3.OperationalError) and code is not None and code & 0xFF == 5
+    return (
+        isinstance(error, sqlite3.OperationalError)
+        and code is not None
+        and code & 0xFF == SQLITE_BUSY
+    )
 
 
 def run_until_not_busy(call: Any, busy_s: float) -> Any:
@@ -142,9 +147,6 @@ class InlineCursor(OneHopCursor):
     """A cursor whose statement runs on the calling (event loop) thread."""
 
     __slots__ = ()
-
-    async def _run(self, operation: Any, parameters: Any, many: bool) -> None:
-        raise AssertionError("inline statements are not awaited")  # pragma: no cover
 
     def _inline(self, operation: Any, parameters: Any, many: bool) -> None:
         conn = self._adapt_connection

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parity.fl.models import FLParticipant, FLRound, FLRoundSlot, FLSession
 from parity.tasks.queue.executors import Executor
@@ -140,7 +140,7 @@ class UpdateTarget:
 
 
 async def update_target(
-    conn: AsyncSession | AsyncConnection, round_id: uuid.UUID, runner_id: uuid.UUID
+    conn: AsyncConnection, round_id: uuid.UUID, runner_id: uuid.UUID
 ) -> UpdateTarget | None:
     """The round, its session's settings, the runner's slot in it, that participant's
     partition size and the slot task's current claim (so a valid claim token is recognised

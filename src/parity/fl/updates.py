@@ -76,10 +76,14 @@ class ModelCache:
 MODELS = ModelCache()
 
 
+def model_values(shapes: dict[str, Any]) -> int:
+    """How many values a model of these shapes holds."""
+    return sum(math.prod(int(d) for d in shape) for shape in shapes.values())
+
+
 def model_bytes_cap(shapes: dict[str, Any]) -> int:
     """The largest safetensors file a model of these shapes can be (float64 values allowed)."""
-    values = sum(math.prod(int(d) for d in shape) for shape in shapes.values())
-    return values * 8 + HEADER_SLACK
+    return model_values(shapes) * 8 + HEADER_SLACK
 
 
 @dataclass(frozen=True)
@@ -215,10 +219,8 @@ async def _check_and_store(
 
         # A small model is checked and encoded on the loop (a thread hop would cost more than
         # the work); a larger one in a worker thread.
-        values = sum(math.prod(int(d) for d in shape) for shape in shapes.values())
-        data, norm = (
-            from_json() if values <= INLINE_CHECK_VALUES else await asyncio.to_thread(from_json)
-        )
+        small = model_values(shapes) <= INLINE_CHECK_VALUES
+        data, norm = from_json() if small else await asyncio.to_thread(from_json)
         cid, sha256 = await store_io.put_bytes(deps.store, data)
         return Checked(cid, sha256, norm)
     assert update.update_cid is not None

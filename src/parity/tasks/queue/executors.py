@@ -70,15 +70,16 @@ class _Compiled:
     defaults: dict[str, Any]
     processors: dict[str, Any]
 
+    def _param(self, name: str, params: Mapping[str, Any]) -> Any:
+        """The value bound to ``name``: given, or the literal SQLAlchemy bound at definition."""
+        return params[name] if name in params else self.defaults[name]
+
     def _value(self, name: str, value: Any) -> Any:
         proc = self.processors.get(name)
         return proc(value) if proc is not None and value is not None else value
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
-        return [
-            self._value(name, params[name] if name in params else self.defaults[name])
-            for name in self.order
-        ]
+        return [self._value(name, self._param(name, params)) for name in self.order]
 
 
 _DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
@@ -164,24 +165,21 @@ class _SqliteCompiled(_Compiled):
         out: list[Any] = []
         lengths: dict[str, int] = {}
         for name in self.order:
-            value = params[name] if name in params else self.defaults[name]
+            value = self._param(name, params)
             if name in self.expanding:
                 items = list(value)
                 lengths[name] = len(items)
                 out += [self._value(name, v) for v in items]
             else:
                 out.append(self._value(name, value))
-        sql = self.sql
-        if lengths:
-            sql = _EXPANDING.sub(
-                lambda m: (
-                    "(" + ", ".join("?" * max(lengths[m.group(1)], 0)) + ")"
-                    if lengths[m.group(1)]
-                    else "(NULL)"
-                ),
-                sql,
-            )
-        return sql, out
+        if not lengths:
+            return self.sql, out
+
+        def placeholders(m: re.Match[str]) -> str:
+            n = lengths[m.group(1)]
+            return "(" + ", ".join(["?"] * n) + ")" if n else "(NULL)"  # IN (NULL): no row
+
+        return _EXPANDING.sub(placeholders, self.sql), out
 
     def row(self, raw: tuple[Any, ...]) -> RowView:
         values = tuple(
