@@ -14,6 +14,7 @@ import typer
 
 from parity.agent import RUNNER_VERSION
 from parity.agent.client import ServerClient, ServerError
+from parity.agent.eventloop import run_loop
 from parity.agent.executors import Executor
 from parity.agent.executors.command import CommandExecutor, SandboxMode, detect_sandbox
 from parity.agent.executors.docker import DockerExecutor, HttpDockerEngine
@@ -347,7 +348,7 @@ def main_cmd(
 
     settle_heap()  # what the imports built stays out of later garbage collections
     try:
-        asyncio.run(go())
+        run_loop(go())
     except ServerError as exc:
         typer.echo(f"error: server refused: {exc}", err=True)
         raise typer.Exit(1) from None
