@@ -37,12 +37,12 @@ def main() -> None:
         print(f"local store: CPU per put of {args.size} bytes (mean of {args.samples})")
         for target in (int(c) for c in args.counts.split(",")):
             while packs < target:
-                store._put_small(os.urandom(args.size), True)
+                store._put_batch([(os.urandom(args.size), True)])
                 packs += 1
             data = [os.urandom(args.size) for _ in range(args.samples)]
             started = time.process_time()
             for blob in data:
-                store._put_small(blob, True)
+                store._put_batch([(blob, True)])
             per_put = (time.process_time() - started) / args.samples * 1000
             packs += args.samples
             baseline = baseline or per_put

@@ -8,9 +8,12 @@ import hashlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+import pytest
+
 from parity.core.storage.importer import FileImporter
 from parity.storage import local
 from parity.storage.local import LocalContentStore
+from parity.storage.packwriter import PackWriter
 
 
 def _data(n: int) -> bytes:
@@ -72,3 +75,74 @@ async def test_a_missing_packs_directory_is_made_again(tmp_path: Path) -> None:
     again = await store.put(_pieces(data, [1 << 20] * 10))
     assert again == first
     assert await store.stat(first.cid) == len(data)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _packs(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "packs").iterdir() if p.name.endswith(".pack"))
+
+
+async def test_small_puts_that_arrive_together_share_one_durable_pack(tmp_path: Path) -> None:
+    root = tmp_path / "blocks"
+    store = LocalContentStore(root)
+    first = await store.put(_one(_data(3000)), pin=True)  # alone: its own pack
+    assert len(_packs(root)) == 1
+    blobs = [_data(1000 + i) for i in range(12)]
+    stored = await asyncio.gather(
+        *(store.put(_one(b), pin=i % 2 == 0) for i, b in enumerate(blobs))
+    )
+    # Queued before the writer ran: one batch, one pack, one commit.
+    assert len(_packs(root)) == 2
+    assert store.small_puts.batches == 2
+    for blob, s in zip(blobs, stored, strict=True):
+        assert (s.cid.encode(), s.cid_v0 and s.cid_v0.encode()) == _expected(blob)
+        assert b"".join([p async for p in store.cat(s.cid)]) == blob
+    pins = await store.pins()
+    assert {s.cid for i, s in enumerate(stored) if i % 2 == 0} | {first.cid} == pins
+    # A fresh instance (another process) reads them from the shared pack's index on disk.
+    again = LocalContentStore(root)
+    for blob, s in zip(blobs, stored, strict=True):
+        assert b"".join([p async for p in again.cat(s.cid)]) == blob
+
+
+async def test_a_failed_batch_fails_its_uploads_only_and_leaves_no_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "blocks"
+    store = LocalContentStore(root)
+    await store.put(_one(_data(10)))
+    real_commit = PackWriter.commit
+    calls = 0
+
+    def commit(self: PackWriter) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError(28, "No space left on device")
+        real_commit(self)
+
+    monkeypatch.setattr(PackWriter, "commit", commit)
+    # Four uploads queued together: one batch, whose commit fails.
+    results = await asyncio.gather(
+        *(store.put(_one(_data(100 + i))) for i in range(4)), return_exceptions=True
+    )
+    assert all(isinstance(r, OSError) for r in results), results
+    assert len(_packs(root)) == 1  # the earlier upload's only: nothing half-kept
+    later = await store.put(_one(_data(100 + 3)))  # the store goes on
+    assert b"".join([p async for p in store.cat(later.cid)]) == _data(103)
+
+
+async def test_a_caller_that_goes_away_does_not_stop_the_batch(tmp_path: Path) -> None:
+    store = LocalContentStore(tmp_path / "blocks")
+    blobs = [_data(500 + i) for i in range(3)]
+    tasks = [asyncio.create_task(store.put(_one(b))) for b in blobs]
+    await asyncio.sleep(0)
+    tasks[1].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[1], asyncio.CancelledError)
+    await store.aclose()
+    for i in (0, 2):
+        assert b"".join([p async for p in store.cat(done[i].cid)]) == blobs[i]  # type: ignore[union-attr]

@@ -2,8 +2,9 @@
 
 Layout under ``root`` (default ``$PARITY_HOME/blocks``)::
 
-    packs/        the blocks, packed: one pack per upload plus its index (:mod:`.packs`); GC
-                  merges small ones (:mod:`.packgc`)
+    packs/        the blocks, packed: one pack per upload (small uploads that arrive together
+                  share one) plus its index (:mod:`.packs`); GC merges small ones
+                  (:mod:`.packgc`)
     .pins/<cidv1> one empty file per pinned root
     .gc.lock      GC holds it exclusively; an upload holds it shared while it commits
 
@@ -30,6 +31,7 @@ from parity.core.storage import reader
 from parity.core.storage.importer import Block, CidV0Hasher, FileImporter, ImportResult
 from parity.core.storage.multiformats import DAG_PB, RAW, Cid, CidError
 from parity.storage.errors import ContentNotFound, NotAFile
+from parity.storage.groupcommit import SmallPuts
 from parity.storage.packgc import Swept, Thresholds, sweep_packs
 from parity.storage.packs import PackIndex, flocked
 from parity.storage.packwriter import PackWriter
@@ -62,6 +64,7 @@ class LocalContentStore:
         self._pins = root / ".pins"
         self._gc_lock = root / ".gc.lock"
         self.packs = PackIndex(root / "packs")
+        self.small_puts = SmallPuts(self._put_batch)
 
     # -- single blocks (called in worker threads)
 
@@ -132,8 +135,9 @@ class LocalContentStore:
 
     async def put(self, chunks: AsyncIterable[bytes], *, pin: bool = False) -> Stored:
         """An upload that ends within one batch is stored by one worker-thread call (a model
-        update of a few KB would otherwise cross threads half a dozen times); a larger one
-        streams through :meth:`_put_stream`."""
+        update of a few KB would otherwise cross threads half a dozen times), together with
+        the small uploads that arrive while another is being written (:mod:`.groupcommit`);
+        a larger one streams through :meth:`_put_stream`."""
         head: list[bytes] = []
         size = 0
         iterator = aiter(chunks)
@@ -141,26 +145,31 @@ class LocalContentStore:
             try:
                 piece = await anext(iterator)
             except StopAsyncIteration:
-                return await asyncio.to_thread(self._put_small, b"".join(head), pin)
+                return await self.small_puts.put(b"".join(head), pin)
             head.append(piece)
             size += len(piece)
         return await self._put_stream(_prepend(head, iterator), pin=pin)
 
-    def _put_small(self, data: bytes, pin: bool) -> Stored:
-        """The stages of :meth:`_put_stream` in order, in the calling (worker) thread."""
+    def _put_batch(self, items: list[tuple[bytes, bool]]) -> list[Stored]:
+        """The stages of :meth:`_put_stream` in order, in the calling (worker) thread, for each
+        of ``items`` (``(data, pin)``), into one pack committed once."""
         writer = self._open_writer()
+        out: list[Stored] = []
         try:
-            blocks, result = self._import(FileImporter(with_cidv0=False), data, True)
-            cid_v0 = self._hash_v0(CidV0Hasher(), data, True) if self.with_cidv0 else None
-            writer.add(blocks)
+            for data, _ in items:
+                blocks, result = self._import(FileImporter(with_cidv0=False), data, True)
+                cid_v0 = self._hash_v0(CidV0Hasher(), data, True) if self.with_cidv0 else None
+                writer.add(blocks)
+                assert result is not None
+                out.append(Stored(result.cid, result.size, cid_v0))
             writer.commit()
         except BaseException:
             writer.abort()
             raise
-        assert result is not None
-        if pin:
-            self._pin_file(result.cid).touch()
-        return Stored(result.cid, result.size, cid_v0)
+        for (_, pin), stored in zip(items, out, strict=True):
+            if pin:
+                self._pin_file(stored.cid).touch()
+        return out
 
     async def _put_stream(self, chunks: AsyncIterable[bytes], *, pin: bool) -> Stored:
         """Three stages run at once: the loop receives batch n+2 while batch n+1 is hashed and
@@ -358,7 +367,7 @@ class LocalContentStore:
         return {"kind": self.kind, "path": str(self.root), "reachable": True}
 
     async def aclose(self) -> None:
-        return None
+        await self.small_puts.aclose()
 
 
 async def _prepend(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
