@@ -47,24 +47,27 @@ from parity.tasks.runner_router import router as runner_tasks_router
 log = get_logger("parity.app")
 
 
-def api_router() -> APIRouter:
-    """Every domain's router; mounted twice (canonical /api/v1 and the /api mirror)."""
-    api = APIRouter()
+def api_routers() -> list[APIRouter]:
+    """Every domain's router, in the order routes are matched; each is included twice
+    (canonical /api/v1 and the /api mirror), directly into the app: FastAPI matches a request
+    against an included router's routes again at every level of inclusion it passes through,
+    so one level is cheaper per request than a router of routers."""
     # Routes are matched in order, one pattern after another: the runners' per-task and
     # per-round calls come first, the rare ones last. Runner-side task routes stay before
     # runners_router: /runners/tasks/... must not be read as /runners/{id}.
-    api.include_router(runner_tasks_router)
-    api.include_router(fl_router)
-    api.include_router(storage_router)
-    api.include_router(runner_stream_router)
-    api.include_router(llm_router)
-    api.include_router(runners_router)
-    api.include_router(tasks_router)
-    api.include_router(events_router)
-    api.include_router(ledger_router)
-    api.include_router(auth_router)
-    api.include_router(system_router)
-    return api
+    return [
+        runner_tasks_router,
+        fl_router,
+        storage_router,
+        runner_stream_router,
+        llm_router,
+        runners_router,
+        tasks_router,
+        events_router,
+        ledger_router,
+        auth_router,
+        system_router,
+    ]
 
 
 def build_jobs(container: Container) -> list[PeriodicJob]:
@@ -193,10 +196,11 @@ def create_app(
     app.state.container = container
     app.state.jobs = jobs
     install_error_handlers(app)
-    api = api_router()
     prefix = settings.server_endpoint
-    app.include_router(api, prefix=f"{prefix}/v1")
-    app.include_router(api, prefix=prefix, include_in_schema=False)
+    for router in api_routers():
+        app.include_router(router, prefix=f"{prefix}/v1")
+    for router in api_routers():
+        app.include_router(router, prefix=prefix, include_in_schema=False)
     app.include_router(root_router)
     # The compatible gateways live at the root (/v1/..., /ollama/api/...), beside /api.
     app.include_router(openai_router)
