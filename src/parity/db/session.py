@@ -169,8 +169,19 @@ class Database:
         """A connection for one short read that needs no unit of work (Core statements only):
         autocommit on PostgreSQL; on SQLite a connection that opens no transaction and runs
         its statements on the loop's thread (keep them short and indexed)."""
-        async with self._lookup_engine.connect() as conn:
+        if self._sqlite_lookup is None:
+            async with self._lookup_engine.connect() as conn:
+                yield conn
+            return
+        # Closed here rather than by AsyncConnection.__aexit__, which hands the close to a
+        # shielded task: two more turns of the loop (several ms when it is busy) with the
+        # connection still checked out, so the next lookups found the small pool empty and
+        # waited. The inline connection's return to the pool never leaves this thread.
+        conn = await self._lookup_engine.connect()
+        try:
             yield conn
+        finally:
+            await conn.close()
 
     @contextlib.asynccontextmanager
     async def driver_connection(self) -> AsyncIterator[Any]:

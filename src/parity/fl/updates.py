@@ -47,23 +47,41 @@ MODEL_CACHE_ENTRIES = 8
 # Up to this many model values (~0.1 ms of numpy per thousand) an update's JSON tensors are
 # checked and encoded on the event loop.
 INLINE_CHECK_VALUES = 16_384
+INLINE_DECODE_BYTES = 128 * 1024  # a safetensors file this small decodes in ~0.1 ms
 
 
 class ModelCache:
     """Decoded models by CID (content-addressed, so an entry can never go stale): every update
-    of a round is checked against the same global model, read and decoded once."""
+    of a round is checked against the same global model, read and decoded once. The updates
+    of a round arrive together: those that miss while the model is being read wait for that
+    one read instead of each starting their own."""
 
     def __init__(self, entries: int = MODEL_CACHE_ENTRIES) -> None:
         self._entries = entries
         self._models: OrderedDict[str, Weights] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Weights]] = {}
+        self.loads = 0  # reads from the store (tests and diagnostics)
 
     async def get(self, deps: FLDeps, cid: str, sha256: str, max_bytes: int) -> Weights:
         found = self._models.get(cid)
         if found is not None:
             self._models.move_to_end(cid)
             return found
+        loading = self._loading.get(cid)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(deps, cid, sha256, max_bytes))
+            self._loading[cid] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(cid, None))
+        # Shielded: a caller that goes away does not cancel the read the others wait for.
+        return await asyncio.shield(loading)
+
+    async def _load(self, deps: FLDeps, cid: str, sha256: str, max_bytes: int) -> Weights:
+        self.loads += 1
         data = await store_io.get_bytes(deps.store, cid, max_bytes=max_bytes, sha256=sha256)
-        weights = await asyncio.to_thread(decode, data)
+        # Decoding is a copy per tensor: on the loop for a small model (a thread hop would
+        # cost more), in a worker thread for a large one.
+        small = len(data) <= INLINE_DECODE_BYTES
+        weights = decode(data) if small else await asyncio.to_thread(decode, data)
         self._models[cid] = weights
         while len(self._models) > self._entries:
             self._models.popitem(last=False)
