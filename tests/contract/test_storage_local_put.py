@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,17 @@ async def test_a_caller_that_goes_away_does_not_stop_the_batch(tmp_path: Path) -
     await store.aclose()
     for i in (0, 2):
         assert b"".join([p async for p in store.cat(done[i].cid)]) == blobs[i]  # type: ignore[union-attr]
+
+
+def test_a_store_outliving_its_event_loop_still_takes_small_puts(tmp_path: Path) -> None:
+    store = LocalContentStore(tmp_path / "blocks")
+    first = asyncio.new_event_loop()
+    # A put left unfinished when its loop closed (a server stopped mid-write).
+    store.small_puts._writer = first.create_future()  # type: ignore[assignment]
+    first.close()
+    stored = asyncio.run(store.put(_one(_data(77))))
+    assert asyncio.run(_read_all(store, stored.cid)) == _data(77)
+
+
+async def _read_all(store: LocalContentStore, cid: Any) -> bytes:
+    return b"".join([p async for p in store.cat(cid)])

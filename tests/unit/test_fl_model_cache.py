@@ -62,3 +62,14 @@ async def test_a_waiter_that_goes_away_does_not_cancel_the_read(tmp_path: Path) 
         await first
     assert (await second)["fc1.weight"].shape == (2, 3)
     assert cache.loads == 1
+
+
+def test_a_read_left_pending_by_a_closed_event_loop_is_started_again(tmp_path: Path) -> None:
+    cache = ModelCache()
+    setup = asyncio.new_event_loop()
+    deps, cid, sha, _ = setup.run_until_complete(_model(tmp_path))
+    never: asyncio.Future[Any] = setup.create_future()  # a read that never finished
+    cache._loading[cid] = never
+    setup.close()
+    got = asyncio.run(cache.get(deps, cid, sha, 1 << 20))  # type: ignore[arg-type]
+    assert got["fc1.weight"].shape == (2, 3) and cache.loads == 1

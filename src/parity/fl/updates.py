@@ -68,12 +68,17 @@ class ModelCache:
             self._models.move_to_end(cid)
             return found
         loading = self._loading.get(cid)
-        if loading is None:
+        if loading is None or loading.get_loop() is not asyncio.get_running_loop():
+            # (A read left pending by an event loop that has since closed never finishes.)
             loading = asyncio.ensure_future(self._load(deps, cid, sha256, max_bytes))
             self._loading[cid] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(cid, None))
+            loading.add_done_callback(lambda done: self._forget(cid, done))
         # Shielded: a caller that goes away does not cancel the read the others wait for.
         return await asyncio.shield(loading)
+
+    def _forget(self, cid: str, done: asyncio.Future[Weights]) -> None:
+        if self._loading.get(cid) is done:
+            del self._loading[cid]
 
     async def _load(self, deps: FLDeps, cid: str, sha256: str, max_bytes: int) -> Weights:
         self.loads += 1

@@ -49,7 +49,11 @@ class SmallPuts:
         self.batches = 0  # batches written (tests and diagnostics)
 
     async def put(self, data: bytes, pin: bool) -> Stored:
-        pending = _Pending(data, pin, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        if self._writer is not None and self._writer.get_loop() is not loop:
+            # A writer (and waiters) of an event loop that has since closed: never resumed.
+            self._writer, self._queue = None, []
+        pending = _Pending(data, pin, loop.create_future())
         self._queue.append(pending)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain(), name="content-store-small-puts")
