@@ -197,9 +197,10 @@ def create_app(
     app.state.jobs = jobs
     install_error_handlers(app)
     prefix = settings.server_endpoint
-    for router in api_routers():
+    routers = api_routers()
+    for router in routers:
         app.include_router(router, prefix=f"{prefix}/v1")
-    for router in api_routers():
+    for router in routers:
         app.include_router(router, prefix=prefix, include_in_schema=False)
     app.include_router(root_router)
     # The compatible gateways live at the root (/v1/..., /ollama/api/...), beside /api.

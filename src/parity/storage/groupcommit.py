@@ -16,6 +16,7 @@ upload is still reported stored only after its pack and index are durable, exact
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,7 +45,7 @@ class SmallPuts:
         self._write = write
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self._queue: list[_Pending] = []
+        self._queue: deque[_Pending] = deque()
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # batches written (tests and diagnostics)
 
@@ -52,7 +53,7 @@ class SmallPuts:
         loop = asyncio.get_running_loop()
         if self._writer is not None and self._writer.get_loop() is not loop:
             # A writer (and waiters) of an event loop that has since closed: never resumed.
-            self._writer, self._queue = None, []
+            self._writer, self._queue = None, deque()
         pending = _Pending(data, pin, loop.create_future())
         self._queue.append(pending)
         if self._writer is None or self._writer.done():
@@ -68,7 +69,7 @@ class SmallPuts:
             nxt = self._queue[0]
             if batch and size + len(nxt.data) > self.max_bytes:
                 break
-            batch.append(self._queue.pop(0))
+            batch.append(self._queue.popleft())
             size += len(nxt.data)
         return batch
 
