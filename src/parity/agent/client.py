@@ -119,6 +119,15 @@ class ServerClient:
         data = r.json()
         return list(data["claims"]) if "claims" in data else [data]
 
+    async def reconcile(self, claims: list[str]) -> list[str]:
+        """List the claim tokens held; the server gives back every other claim of this runner
+        (ones whose answer was lost) and answers their task ids."""
+        r = await self.http.post(
+            "/api/v1/runners/tasks/reconcile", json={"claims": claims}, headers=self._auth()
+        )
+        _raise(r)
+        return [str(x) for x in r.json()["released"]]
+
     async def claim(self, task_id: str) -> dict[str, Any]:
         r = await self.http.post(
             f"/api/v1/runners/tasks/{task_id}/claim", params={"start": "true"}, headers=self._auth()

@@ -32,6 +32,9 @@ STOP_STEP_SECONDS = 3.0
 # A heartbeat waits at most this long for the LLM backends' model lists; a slower listing
 # finishes in the background and goes out with a later beat.
 MODEL_REPORT_WAIT_SECONDS = 2.0
+# After a failed claim the next try waits 0.25 s, doubling to 1 s: a restarted server hears
+# from its runners well within the one lease period it waits before expiring leases.
+CLAIM_RETRY_FIRST_SECONDS = 0.25
 log = get_logger("parity.runner")
 
 
@@ -79,6 +82,9 @@ class Runner:
         self.llm_models = llm_models
         self.active: dict[str, Active] = {}
         self.claiming = 0  # offer claims in flight: they hold a slot until answered
+        # A claim request failed in a way that leaves its outcome unknown: reconcile before
+        # the next claim (see _reconcile).
+        self.claims_unsure = False
         # Offers that came while every slot was taken (concurrent placements on the server can
         # offer one runner more than it has room for): claimed, oldest first, as slots free.
         self.deferred_offers: dict[str, None] = {}
@@ -240,7 +246,13 @@ class Runner:
         return answer
 
     async def _pull(self) -> None:
+        failures = 0
         while not self.stopping.is_set():
+            if failures:
+                await asyncio.sleep(min(CLAIM_RETRY_FIRST_SECONDS * 2 ** (failures - 1), 1.0))
+            if self.claims_unsure and not await self._reconcile():
+                failures += 1
+                continue
             if self.free_slots <= 0:
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
@@ -249,14 +261,40 @@ class Runner:
                 claims = await self.client.claim_next(self.o.claim_wait, self.free_slots)
             except ServerError as exc:
                 log.warning("claim_failed", error=str(exc))
-                await asyncio.sleep(2)
+                # A 5xx may come after the claim committed; a 4xx claimed nothing.
+                self.claims_unsure = self.claims_unsure or exc.status >= 500
+                failures += 1
                 continue
             except Exception as exc:
                 log.warning("claim_unreachable", error=str(exc)[:200])
-                await asyncio.sleep(2)
+                self.claims_unsure = True  # the claim may have committed, its answer lost
+                failures += 1
                 continue
+            failures = 0
             for claim in claims:
                 self._start(claim)
+
+    async def _reconcile(self) -> bool:
+        """After a claim whose answer never came, give back (untouched) whatever the server
+        shows this runner holding that it does not know of; otherwise that work would wait for
+        its lease to expire (an FL participant would miss its round). Not while an offer's
+        claim is in flight: its answer may still come. True when done."""
+        if self.claiming > 0:
+            return False
+        try:
+            released = await self.client.reconcile(sorted({a.token for a in self.active.values()}))
+        except ServerError as exc:
+            log.warning("claims_not_reconciled", error=str(exc)[:200])
+            if exc.status >= 500:
+                return False
+            released = []  # refused (e.g. a server without the endpoint): leases cover it
+        except Exception as exc:
+            log.warning("claims_not_reconciled", error=str(exc)[:200])
+            return False
+        self.claims_unsure = False
+        if released:
+            log.info("unknown_claims_released", task_ids=released)
+        return True
 
     async def _on_offer(self, task_id: str) -> None:
         if self.stopping.is_set() or task_id in self.active:
@@ -276,6 +314,7 @@ class Runner:
             pass  # someone else won it, it expired, or it no longer fits: harmless
         except Exception as exc:
             log.warning("offer_claim_unreachable", task_id=task_id, error=str(exc)[:200])
+            self.claims_unsure = True
         finally:
             self.claiming -= 1
             if me is not None:

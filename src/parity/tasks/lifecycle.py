@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -415,9 +416,21 @@ async def expire_leases(session: AsyncSession, deps: TaskDeps, now: datetime) ->
     return len(tasks)
 
 
-async def release_runner_claims(session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID) -> int:
-    """A runner that reports ``offline`` gives its claims back."""
-    tasks = await queue_repo.runner_active_tasks(session, runner_id, lock=True)
+async def release_runner_claims(
+    session: AsyncSession,
+    deps: TaskDeps,
+    runner_id: uuid.UUID,
+    *,
+    keep: Collection[str] = (),
+) -> list[uuid.UUID]:
+    """Give a runner's claims back (not counted as failures), except those whose claim-token
+    hash is in ``keep``: all of them when it reports ``offline``, the ones it does not know of
+    when it reconciles."""
+    tasks = [
+        t
+        for t in await queue_repo.runner_active_tasks(session, runner_id, lock=True)
+        if t.claim_token_hash not in keep
+    ]
     for task in tasks:
         await _release(session, deps, task, await repo.current_attempt(session, task), "released")
-    return len(tasks)
+    return [t.id for t in tasks]

@@ -1,5 +1,5 @@
-"""The runner side of the queue (runner token): available, claim (long-poll), lease, start,
-complete, fail, release, logs."""
+"""The runner side of the queue (runner token): available, claim (long-poll), reconcile, lease,
+start, complete, fail, release, logs."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from parity.api.deps import ContainerDep, CurrentRunner, WriteSession
 from parity.container import Container
 from parity.errors import InvalidInput
-from parity.tasks import hotpath, lifecycle, service
+from parity.tasks import hotpath, lifecycle, runner_side, service
 from parity.tasks.claims import available_for
 from parity.tasks.queue.ops import Claim
 from parity.tasks.schemas import (
@@ -35,6 +35,17 @@ MAX_WAIT_SECONDS = 30.0
 
 class ClaimBatchRead(BaseModel):
     claims: list[ClaimRead]
+
+
+class ReconcileBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    claims: list[str] = Field(
+        default_factory=list, max_length=1000, description="Claim tokens the runner holds"
+    )
+
+
+class ReconcileRead(BaseModel):
+    released: list[uuid.UUID] = Field(description="Tasks given back: the runner did not list them")
 
 
 async def _claims(c: Container, claim: Claim) -> list[ClaimRead]:
@@ -110,6 +121,22 @@ async def claim_next(
                 # The runner went away while waiting (stopped, restarted under the same runner
                 # id): a claim now would hold work for a process that can never receive it.
                 return _no_content()
+
+
+@router.post("/runners/tasks/reconcile", response_model=ReconcileRead)
+async def reconcile_claims(
+    body: ReconcileBody,
+    runner_id: CurrentRunner,
+    session: WriteSession,
+    c: ContainerDep,
+) -> ReconcileRead:
+    """The runner lists the claim tokens it holds; every claim of this runner not listed is
+    given back untouched (not counted as a failure). A runner calls this after a claim request
+    whose outcome it cannot know (the connection broke, the server restarted, a 5xx): a claim
+    committed without its answer reaching the runner would otherwise wait for its lease to
+    expire. Answers the task ids released."""
+    released = await runner_side.release_unlisted(session, c.tasks, runner_id, body.claims)
+    return ReconcileRead(released=released)
 
 
 @router.post("/runners/tasks/{task_id}/claim", response_model=ClaimRead)

@@ -96,7 +96,19 @@ async def heartbeat(
 
 async def release_all(session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID) -> int:
     """The runner stopped: its claims go back to the queue now (not counted as failures)."""
-    n = await lifecycle.release_runner_claims(session, deps, runner_id)
+    return len(await release_unlisted(session, deps, runner_id, ()))
+
+
+async def release_unlisted(
+    session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, claims: Sequence[str]
+) -> list[uuid.UUID]:
+    """Give back, untouched, every claim this runner holds that is not among ``claims`` (the
+    tokens it knows): a claim whose answer it never received (the connection broke, the server
+    restarted between commit and answer) would otherwise sit until its lease expired, and an
+    FL participant's round task would be lost for the round. Not counted as failures."""
+    keep = {hash_token(t) for t in claims}
+    released = await lifecycle.release_runner_claims(session, deps, runner_id, keep=keep)
+    n = len(released)
     if n:
         wakeups = deps.wakeups
 
@@ -104,7 +116,7 @@ async def release_all(session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUI
             wakeups.wake_any(n)
 
         after_commit(session, wake)
-    return n
+    return released
 
 
 async def runners_gone(
