@@ -4,7 +4,10 @@ appended to the upload's pack. CIDs must stay the importer's whatever the piece 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
+import os
+import threading
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -118,12 +121,12 @@ async def test_a_failed_batch_fails_its_uploads_only_and_leaves_no_pack(
     real_commit = PackWriter.commit
     calls = 0
 
-    def commit(self: PackWriter) -> None:
+    def commit(self: PackWriter, *, wait: bool = True) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise OSError(28, "No space left on device")
-        real_commit(self)
+        real_commit(self, wait=wait)
 
     monkeypatch.setattr(PackWriter, "commit", commit)
     # Four uploads queued together: one batch, whose commit fails.
@@ -161,3 +164,31 @@ def test_a_store_outliving_its_event_loop_still_takes_small_puts(tmp_path: Path)
 
 async def _read_all(store: LocalContentStore, cid: Any) -> bytes:
     return b"".join([p async for p in store.cat(cid)])
+
+
+async def test_a_gc_holding_the_store_delays_a_small_put_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "blocks"
+    store = LocalContentStore(root)
+    await store.put(_one(_data(20)))  # the store exists; written on the loop
+    assert store.small_puts.inline_batches == 1
+    fd = os.open(root / ".gc.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a GC (another process, as far as flock knows) runs
+        # Should the put block the loop, the GC still ends (and the timing check fails).
+        safety = threading.Timer(3.0, fcntl.flock, (fd, fcntl.LOCK_UN))
+        safety.start()
+        put = asyncio.create_task(store.put(_one(_data(21))))
+        started = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.2)
+        # The loop went on (the sleep was not held up) and the upload waits for the GC.
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert not put.done()
+    finally:
+        safety.cancel()
+        os.close(fd)  # the GC ends
+    stored = await asyncio.wait_for(put, 10)
+    assert await _read_all(store, stored.cid) == _data(21)
+    assert store.small_puts.inline_batches == 1  # this one was written in a worker thread
+    assert len(_packs(root)) == 2  # the first upload's and this one's: the inline try left none

@@ -134,10 +134,10 @@ class LocalContentStore:
         return PackWriter(self.packs, self._gc_lock)
 
     async def put(self, chunks: AsyncIterable[bytes], *, pin: bool = False) -> Stored:
-        """An upload that ends within one batch is stored by one worker-thread call (a model
-        update of a few KB would otherwise cross threads half a dozen times), together with
-        the small uploads that arrive while another is being written (:mod:`.groupcommit`);
-        a larger one streams through :meth:`_put_stream`."""
+        """An upload that ends within one batch is stored by one call (a model update of a few
+        KB would otherwise cross threads half a dozen times; on the loop's thread while such
+        writes are fast), together with the small uploads that arrive while another is being
+        written (:mod:`.groupcommit`); a larger one streams through :meth:`_put_stream`."""
         head: list[bytes] = []
         size = 0
         iterator = aiter(chunks)
@@ -150,9 +150,10 @@ class LocalContentStore:
             size += len(piece)
         return await self._put_stream(_prepend(head, iterator), pin=pin)
 
-    def _put_batch(self, items: list[tuple[bytes, bool]]) -> list[Stored]:
-        """The stages of :meth:`_put_stream` in order, in the calling (worker) thread, for each
-        of ``items`` (``(data, pin)``), into one pack committed once."""
+    def _put_batch(self, items: list[tuple[bytes, bool]], *, wait: bool = True) -> list[Stored]:
+        """The stages of :meth:`_put_stream` in order, in the calling thread, for each of
+        ``items`` (``(data, pin)``), into one pack committed once. ``wait=False`` (on the
+        event loop's thread): ``BlockingIOError`` rather than waiting for a running GC."""
         writer = self._open_writer()
         out: list[Stored] = []
         try:
@@ -162,7 +163,7 @@ class LocalContentStore:
                 writer.add(blocks)
                 assert result is not None
                 out.append(Stored(result.cid, result.size, cid_v0))
-            writer.commit()
+            writer.commit(wait=wait)
         except BaseException:
             writer.abort()
             raise

@@ -91,9 +91,13 @@ class PackWriter:
         self.unsynced = 0
         os.fdatasync(self.fd)
 
-    def commit(self) -> None:
+    def commit(self, *, wait: bool = True) -> None:
+        """Make the pack durable and index it. ``wait=False``: raise ``BlockingIOError`` at
+        once, instead of waiting, when a GC holds the store's lock (the caller then aborts
+        and retries where waiting is harmless)."""
         os.fsync(self.fd)
-        with flocked(self.gc_lock, fcntl.LOCK_SH):
+        mode = fcntl.LOCK_SH if wait else fcntl.LOCK_SH | fcntl.LOCK_NB
+        with flocked(self.gc_lock, mode):
             if os.fstat(self.fd).st_nlink == 0:
                 raise StoreFailed("the upload's pack was removed by a concurrent GC; retry")
             if self.refs:

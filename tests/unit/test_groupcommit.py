@@ -1,0 +1,62 @@
+"""Where the content store's small-upload batches are written: on the event loop's thread
+while those writes are fast, in a worker thread once they are slow (a slow disk) or large,
+with one inline try again every PROBE_EVERY batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from parity.core.storage.multiformats import RAW, Cid
+from parity.storage import groupcommit
+from parity.storage.groupcommit import SmallPuts
+from parity.storage.ports import Stored
+
+
+class RecordingWrite:
+    """A batch writer that records its thread and ``wait``; ``inline_cost`` seconds are
+    spent (sleeping) when it runs on the loop's thread."""
+
+    def __init__(self, inline_cost: float = 0.0) -> None:
+        self.inline_cost = inline_cost
+        self.calls: list[tuple[bool, bool, int]] = []  # (on the loop thread, wait, items)
+        self.loop_thread = threading.get_ident()
+
+    def __call__(self, items: list[tuple[bytes, bool]], *, wait: bool = True) -> list[Stored]:
+        on_loop = threading.get_ident() == self.loop_thread
+        self.calls.append((on_loop, wait, len(items)))
+        if on_loop:
+            time.sleep(self.inline_cost)
+        return [Stored(Cid(1, RAW, b"\x12\x20" + bytes(32)), len(d), None) for d, _ in items]
+
+
+async def test_a_fast_small_batch_is_written_on_the_loop_without_waiting_for_locks():
+    write = RecordingWrite()
+    puts = SmallPuts(write)
+    await asyncio.gather(*(puts.put(b"x" * 100, False) for _ in range(3)))
+    assert write.calls == [(True, False, 3)]  # one batch, inline, never waiting for a GC
+    assert (puts.batches, puts.inline_batches) == (1, 1)
+    assert puts.inline_ms is not None and puts.inline_ms < groupcommit.INLINE_MAX_MS
+
+
+async def test_slow_inline_writes_send_batches_to_a_worker_thread_and_are_tried_again():
+    write = RecordingWrite(inline_cost=0.02)  # 20 ms on the loop: a slow disk
+    puts = SmallPuts(write, inline_max_ms=5.0)
+    for _ in range(groupcommit.PROBE_EVERY + 1):
+        await puts.put(b"y", False)
+    where = [on_loop for on_loop, _, _ in write.calls]
+    # The first batch was timed inline (too slow); the next PROBE_EVERY - 1 went to a thread
+    # (waiting for locks is harmless there), then one was tried inline again.
+    assert where[0] is True
+    assert where[1 : groupcommit.PROBE_EVERY] == [False] * (groupcommit.PROBE_EVERY - 1)
+    assert where[groupcommit.PROBE_EVERY] is True
+    assert all(wait for on_loop, wait, _ in write.calls if not on_loop)
+    assert puts.inline_batches == 2
+
+
+async def test_a_large_batch_and_a_disabled_inline_path_use_a_worker_thread():
+    write = RecordingWrite()
+    await SmallPuts(write).put(b"z" * (groupcommit.INLINE_MAX_BYTES + 1), False)
+    await SmallPuts(write, inline_max_ms=0).put(b"z", False)
+    assert [on_loop for on_loop, _, _ in write.calls] == [False, False]
