@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from parity.agent.client import ServerClient
+from parity.agent.client import ServerClient, ServerError
 from parity.agent.executors import CancelToken, LogSink, Outcome
 from parity.agent.loop import Runner, RunnerOptions
 from parity.app import create_app
@@ -159,3 +159,39 @@ async def test_a_runner_whose_claim_answer_was_lost_gets_the_task_back_and_runs_
         assert outcomes == ["released", "completed"]
         assert runner.claims_unsure is False
         await client.close()
+
+
+class SlowReconcileClient:
+    """Just enough of ServerClient: a reconcile that waits for the test, claims recorded."""
+
+    def __init__(self) -> None:
+        self.proceed = asyncio.Event()
+        self.claimed: list[str] = []
+
+    async def reconcile(self, claims: list[str]) -> list[str]:
+        await self.proceed.wait()
+        return []
+
+    async def claim(self, task_id: str) -> dict[str, Any]:
+        self.claimed.append(task_id)
+        raise ServerError(409, "task_not_claimable", "gone", {})
+
+
+async def test_an_offer_that_comes_while_reconciling_waits_until_it_is_done():
+    client = SlowReconcileClient()
+    runner = Runner(
+        RunnerOptions(device_id="unused", max_concurrent_tasks=2, pull=False, push=False),
+        ALICE,
+        client,  # type: ignore[arg-type]
+        {},
+    )
+    runner.claims_unsure = True
+    reconciling = asyncio.create_task(runner._reconcile())
+    await until(lambda: runner.reconciling)
+    # Claimed now, the offer's claim could be released by the reconcile in flight.
+    await runner._on_offer("offered-task")
+    assert client.claimed == [] and list(runner.deferred_offers) == ["offered-task"]
+    client.proceed.set()
+    assert await reconciling is True
+    await until(lambda: client.claimed == ["offered-task"])
+    assert runner.claims_unsure is False and runner.reconciling is False

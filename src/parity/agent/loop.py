@@ -85,6 +85,7 @@ class Runner:
         # A claim request failed in a way that leaves its outcome unknown: reconcile before
         # the next claim (see _reconcile).
         self.claims_unsure = False
+        self.reconciling = False
         # Offers that came while every slot was taken (concurrent placements on the server can
         # offer one runner more than it has room for): claimed, oldest first, as slots free.
         self.deferred_offers: dict[str, None] = {}
@@ -281,6 +282,7 @@ class Runner:
         claim is in flight: its answer may still come. True when done."""
         if self.claiming > 0:
             return False
+        self.reconciling = True  # an offer that comes meanwhile waits (its claim is unlisted)
         try:
             released = await self.client.reconcile(sorted({a.token for a in self.active.values()}))
         except ServerError as exc:
@@ -291,6 +293,9 @@ class Runner:
         except Exception as exc:
             log.warning("claims_not_reconciled", error=str(exc)[:200])
             return False
+        finally:
+            self.reconciling = False
+            self._claim_deferred()
         self.claims_unsure = False
         if released:
             log.info("unknown_claims_released", task_ids=released)
@@ -299,7 +304,7 @@ class Runner:
     async def _on_offer(self, task_id: str) -> None:
         if self.stopping.is_set() or task_id in self.active:
             return
-        if self.free_slots <= 0:
+        if self.free_slots <= 0 or self.reconciling:
             if len(self.deferred_offers) < MAX_DEFERRED_OFFERS:
                 self.deferred_offers[task_id] = None
             return
