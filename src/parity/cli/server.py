@@ -8,6 +8,7 @@ from typing import Any
 
 import uvicorn
 
+from parity.api.coalesce import CoalescingHttpToolsProtocol
 from parity.app import create_app
 from parity.chain.factory import open_chain_client
 from parity.chain.startup import ChainStatus, check_at_start
@@ -140,6 +141,7 @@ def run_server(settings: Settings) -> None:
             timeout_keep_alive=int(settings.server_keepalive_seconds),
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             lifespan="on",
+            http=CoalescingHttpToolsProtocol,  # one send per response (parity.api.coalesce)
         )
         DrainingServer(config, container).run(sockets=[sock])
     finally:
