@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from parity.clock import FrozenClock
 from parity.container import Container
@@ -77,6 +77,25 @@ async def test_an_empty_claim_on_sqlite_takes_no_write_transaction(
     # Work there: the claim took a write transaction (its statements run on the connection
     # itself, queue.executors.SqliteExecutor, so only the BEGIN passes through the engine).
     assert any(w.startswith("BEGIN IMMEDIATE") for w in writes)
+
+
+@pytest.mark.skipif(TEST_DB != "postgres", reason="PostgreSQL's row locks")
+async def test_an_empty_claim_on_postgres_answers_from_a_read_without_the_runner_lock(
+    client: httpx.AsyncClient, container: Container
+):
+    # Nothing for this runner: a read answers, no transaction that locks the runner's row
+    # (a claim would wait here for the lock another transaction holds).
+    alice = await sign_in(client, ALICE)
+    runner, body = await register_runner(client, alice, device())
+    async with container.db.write_engine.connect() as conn:
+        await conn.execute(
+            text("SELECT id FROM runners WHERE id = :id FOR UPDATE"), {"id": body["runner"]["id"]}
+        )
+        r = await asyncio.wait_for(claim(client, runner, wait=0), 10)
+        assert r.status_code == 204
+        await conn.rollback()
+    task = await create_task(client, alice)  # work there: the claim proper takes it
+    assert (await claimed(client, runner))["task"]["id"] == task["id"]
 
 
 async def test_claim_start_complete_records_one_result(client: httpx.AsyncClient):

@@ -22,7 +22,7 @@ from parity.tasks.deps import TaskDeps
 from parity.tasks.lifecycle import Report
 from parity.tasks.queue import ops
 from parity.tasks.queue import statements as st
-from parity.tasks.queue.executors import DriverExecutor, warm
+from parity.tasks.queue.executors import DriverExecutor, compiled, warm
 from parity.tasks.queue.ops import Claim, Refusal
 
 log = get_logger("parity.tasks")
@@ -41,15 +41,13 @@ async def claim_next(
 ) -> Claim | None:
     """The next task(s) this runner may claim, or None when there is nothing for it now.
 
-    On SQLite a claim is a write transaction, serialized with every other write; unless work
-    is ``likely`` (the caller was just woken for it), a read first asks whether any task is
-    there for this runner at all (a superset of what the claim takes) and answers None
-    without a write when not: a runner long-polling right after its last result."""
-    if db.is_sqlite and not likely:
-        async with db.lookup() as conn:
-            params = {"b_runner_id": runner_id, "b_now": deps.clock.now()}
-            if not (await conn.execute(st.ANY_FOR_RUNNER, params)).scalar():
-                return None
+    A claim is a write transaction (on SQLite serialized with every other write; on
+    PostgreSQL four round trips and a lock on the runner's row); unless work is ``likely``
+    (the caller was just woken for it), one read first asks whether any task is there for
+    this runner at all (a superset of what the claim takes) and answers None without a
+    write when not: a runner long-polling right after its last result."""
+    if not likely and not await _any_for_runner(db, deps, runner_id):
+        return None
     if not db.is_sqlite:
         got = await _claim_on_driver(db, deps, runner_id, max_tasks, start, None)
         if isinstance(got, Claim):
@@ -58,6 +56,16 @@ async def claim_next(
             return None
     async with db.transaction() as session:
         return await claims.claim(session, deps, runner_id, max_tasks=max_tasks, start=start)
+
+
+async def _any_for_runner(db: Database, deps: TaskDeps, runner_id: uuid.UUID) -> bool:
+    params = {"b_runner_id": runner_id, "b_now": deps.clock.now()}
+    if db.is_sqlite:
+        async with db.lookup() as conn:
+            return bool((await conn.execute(st.ANY_FOR_RUNNER, params)).scalar())
+    c = compiled(st.ANY_FOR_RUNNER)
+    async with db.driver_connection() as driver:
+        return bool(await driver.fetchval(c.sql, *c.args(params)))
 
 
 async def claim_task(

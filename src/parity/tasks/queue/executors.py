@@ -119,7 +119,7 @@ def warm() -> None:
     p = st.POSTGRES
     for stmt in (p.lock_runner, p.candidates, p.candidate_by_id, p.claim, p.claim_started):
         compiled(stmt)
-    for stmt in (p.start, p.complete):
+    for stmt in (p.start, p.complete, st.ANY_FOR_RUNNER):
         compiled(stmt)
 
 
