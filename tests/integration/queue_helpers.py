@@ -141,16 +141,28 @@ async def expire_offers(container: Container) -> int:
 
 
 @contextlib.asynccontextmanager
+async def asgi_app(
+    container: Container, **settings: Any
+) -> AsyncIterator[tuple[httpx.ASGITransport, Container]]:
+    """An app on the same database and clock as ``container`` with extra settings, started
+    (no background jobs), and a transport to it; its database closed after."""
+    s = make_settings(container.settings.resolved_database_url, container.settings.home, **settings)
+    c = Container(settings=s, db=Database(s.resolved_database_url), clock=container.clock)
+    app = create_app(c, run_migrations=False, start_jobs=False)
+    try:
+        async with app.router.lifespan_context(app):
+            yield httpx.ASGITransport(app=app, raise_app_exceptions=False), c
+    finally:
+        await c.db.dispose()
+
+
+@contextlib.asynccontextmanager
 async def custom_client(
     container: Container, **settings: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
     """An app on the same database and clock as ``container`` with extra settings."""
-    s = make_settings(container.settings.resolved_database_url, container.settings.home, **settings)
-    c = Container(settings=s, db=Database(s.resolved_database_url), clock=container.clock)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
-        app.router.lifespan_context(app),
+        asgi_app(container, **settings) as (transport, c),
         httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
     ):
         yield http, c

@@ -5,8 +5,6 @@ what it does not list, and the work runs instead of waiting for its lease to exp
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,13 +12,12 @@ import httpx
 from parity.agent.client import ServerClient, ServerError
 from parity.agent.executors import CancelToken, LogSink, Outcome
 from parity.agent.loop import Runner, RunnerOptions
-from parity.app import create_app
 from parity.container import Container
-from parity.db.session import Database
-from tests.conftest import ALICE, bearer, make_settings, sign_in, until
+from tests.conftest import ALICE, bearer, sign_in, until
 from tests.integration.queue_helpers import (
     V1,
     act,
+    asgi_app,
     attempts,
     claimed,
     create_task,
@@ -106,21 +103,11 @@ class LosesFirstClaimAnswer(httpx.AsyncBaseTransport):
         return response
 
 
-@contextlib.asynccontextmanager
-async def _server(container: Container) -> AsyncIterator[httpx.ASGITransport]:
-    s = make_settings(container.settings.resolved_database_url, container.settings.home)
-    c = Container(settings=s, db=Database(s.resolved_database_url), clock=container.clock)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    async with app.router.lifespan_context(app):
-        yield httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    await c.db.dispose()
-
-
 async def test_a_runner_whose_claim_answer_was_lost_gets_the_task_back_and_runs_it_once(
     container: Container,
 ):
     async with (
-        _server(container) as asgi,
+        asgi_app(container) as (asgi, _),
         httpx.AsyncClient(transport=asgi, base_url="http://parity.test") as http,
     ):
         lossy = LosesFirstClaimAnswer(asgi)

@@ -5,8 +5,6 @@ that can no longer be claimed is dropped without holding the slot."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,11 +12,9 @@ import httpx
 from parity.agent.client import ServerClient
 from parity.agent.executors import CancelToken, LogSink, Outcome
 from parity.agent.loop import MAX_DEFERRED_OFFERS, Runner, RunnerOptions
-from parity.app import create_app
 from parity.container import Container
-from parity.db.session import Database
-from tests.conftest import ALICE, bearer, make_settings, sign_in, until
-from tests.integration.queue_helpers import create_task, device, get_task
+from tests.conftest import ALICE, bearer, sign_in, until
+from tests.integration.queue_helpers import asgi_app, create_task, device, get_task
 
 V1 = "/api/v1"
 
@@ -39,25 +35,11 @@ class GatedExecutor:
         return Outcome(True, 0, "ok")
 
 
-@contextlib.asynccontextmanager
-async def _server(container: Container) -> AsyncIterator[httpx.ASGITransport]:
-    s = make_settings(
-        container.settings.resolved_database_url,
-        container.settings.home,
-        webhook_allow_private=True,
-    )
-    c = Container(settings=s, db=Database(s.resolved_database_url), clock=container.clock)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    async with app.router.lifespan_context(app):
-        yield httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    await c.db.dispose()
-
-
 async def test_offers_that_come_while_full_are_claimed_oldest_first_as_slots_free(
     container: Container,
 ):
     async with (
-        _server(container) as transport,
+        asgi_app(container, webhook_allow_private=True) as (transport, _),
         httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
     ):
         client = ServerClient("http://parity.test", transport=transport)
