@@ -69,7 +69,7 @@ async def test_reconcile_needs_a_runner_token_and_a_list_of_tokens(client: httpx
     alice = await sign_in(client, ALICE)
     runner, _ = await register_runner(client, alice, device())
     r = await _reconcile(client, alice, [])
-    assert r.status_code in (401, 403), r.text
+    assert r.status_code == 403 and error_code(r) == "runner_token_required", r.text
     bad = await client.post(
         f"{V1}/runners/tasks/reconcile", json={"claims": "tok"}, headers=bearer(runner)
     )
