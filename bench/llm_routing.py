@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,28 @@ async def drain(db_url: str, limit_s: float) -> tuple[int, float]:
         await conn.close()
 
 
+async def phases(db_url: str, since: Any) -> dict[str, float | None]:
+    """p50 ms of each server-timestamped leg of the ``llm`` tasks created since ``since``:
+    submit → claim, claim → start (first token or the runner's start), start → end."""
+    import asyncpg
+
+    conn = await asyncpg.connect(asyncpg_dsn(db_url))
+    try:
+        rows = await conn.fetch(
+            "SELECT t.created_at, a.claimed_at, a.started_at, a.ended_at FROM tasks t "
+            "JOIN task_attempts a ON a.task_id = t.id WHERE t.type = 'llm' AND t.created_at >= $1",
+            since,
+        )
+    finally:
+        await conn.close()
+    legs = {"submit_claim": (0, 1), "claim_start": (1, 2), "start_end": (2, 3)}
+    out: dict[str, float | None] = {}
+    for name, (i, j) in legs.items():
+        v = [(r[j] - r[i]).total_seconds() for r in rows if r[i] and r[j]]
+        out[name] = percentile(v, 50, 1000)
+    return out
+
+
 # -- load
 
 
@@ -278,6 +301,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for rate in args.rates:
                     f50, f99 = asyncio.run(hop_floor(server.base_url, key))
                     direct = asyncio.run(backend_direct(fakes[0]))
+                    since = datetime.now(UTC)
                     before, pg0, t0 = probe.snapshot(), postgres_cpu(), time.monotonic()
                     res = asyncio.run(open_loop(server.base_url, keys, kind, rate, args.seconds))
                     wall = time.monotonic() - t0
@@ -286,6 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     server.check_alive()
                     left, drained = asyncio.run(drain(db_url, 120))
                     res["open_after_s"], res["open_left"] = round(drained, 1), left
+                    res["phases_p50_ms"] = asyncio.run(phases(db_url, since))
                     lat = res.pop("latencies")
                     cell = {
                         "kind": kind, "rate": rate, **res, "ok": len(lat),
@@ -327,6 +352,8 @@ def print_cell(c: dict[str, Any]) -> None:
         f"       cpu % of one core: {c['cpu_percent']}" + (f" errors {c['errors']}" if errs else "")
     )
     print(f"       backlog drained {c['open_after_s']} s after the cell (left: {c['open_left']})")
+    legs = "  ".join(f"{k.replace('_', ' -> ')} {_f(v)}" for k, v in c["phases_p50_ms"].items())
+    print(f"       server-timestamped legs, p50 ms: {legs}")
 
 
 def goals(cells: list[dict[str, Any]]) -> list[str]:

@@ -12,6 +12,7 @@ from fastapi_offline import FastAPIOffline
 from parity import __version__
 from parity.api.errors import install_error_handlers
 from parity.api.middleware import RequestContextMiddleware
+from parity.api.routeindex import install_prefix_filters
 from parity.auth.router import router as auth_router
 from parity.chain.startup import check_at_start
 from parity.container import Container
@@ -206,6 +207,7 @@ def create_app(
     # The compatible gateways live at the root (/v1/..., /ollama/api/...), beside /api.
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    install_prefix_filters(app)  # after the last include_router
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_body_bytes,

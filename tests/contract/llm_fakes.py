@@ -60,6 +60,9 @@ class FakeLlm:
     error_body: Any = None
     delay: float = 30.0
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The client (host, port) of each generation request: one port for two requests means the
+    # client kept the connection open between them.
+    peers: list[tuple[str, int]] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     base_url: str = ""
 
@@ -83,6 +86,8 @@ class FakeLlm:
     async def _accept(self, request: Request) -> tuple[dict[str, Any], Response | None]:
         body = await request.json()
         self.requests.append((request.url.path, body))
+        if request.client is not None:
+            self.peers.append((request.client.host, request.client.port))
         if self.mode == "status":
             return body, JSONResponse(self.error_body, status_code=self.status_code)
         if body.get("model") not in self.models:

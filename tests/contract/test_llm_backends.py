@@ -228,6 +228,28 @@ def short_timeouts() -> Timeouts:
     return Timeouts(connect=1.0, list_models=2.0, first_token=0.3, between_tokens=0.3, total=10.0)
 
 
+async def test_consecutive_generations_reuse_one_connection(fake: FakeLlm) -> None:
+    # The stream is read to its end after the last event, so its connection goes back to the
+    # pool: a closed one would cost every prompt a new TCP connection to the backend.
+    backend = client_for(fake.kind, fake.base_url)
+    executor = LlmExecutor([backend])
+
+    async def sink(lines: list[str]) -> None:
+        pass
+
+    try:
+        for i in range(3):
+            task = {"id": f"t{i}", "type": "llm", "config": chat(MODEL).to_config()}
+            outcome = await executor.run(task, sink, CancelToken())
+            assert outcome.ok, outcome.error
+        _, events = await collect(backend, chat(MODEL, max_tokens=3))
+        assert isinstance(events[-1], Completion)
+    finally:
+        await backend.aclose()
+    assert len(fake.peers) == 4
+    assert len(set(fake.peers)) == 1, fake.peers
+
+
 async def test_unknown_model_is_model_not_found(fake: FakeLlm) -> None:
     backend = client_for(fake.kind, fake.base_url)
     with pytest.raises(ModelNotFound, match="nope"):

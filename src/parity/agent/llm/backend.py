@@ -11,6 +11,7 @@ the model first), the gap between two tokens, and the whole generation. Every ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncGenerator
@@ -40,6 +41,9 @@ __all__ = [
 
 _MODEL_MISSING = re.compile(r"model.*(not found|does not exist|not exist|unknown)", re.I | re.S)
 _ERROR_BODY_LIMIT = 4096
+# After a stream's last event: how much more of the body is read to keep the connection.
+_DRAIN_LINES = 64
+_DRAIN_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,19 @@ class HttpBackend:
                     yield line
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from exc
+
+    async def _finish(self, rest: AsyncGenerator[Any, None]) -> None:
+        """Read what follows a stream's last event (usually only the chunked body's end) so
+        the connection goes back to the pool instead of being closed: a closed one costs the
+        next request a new TCP connection. Bounded: more than ``_DRAIN_LINES`` lines or
+        ``_DRAIN_SECONDS`` seconds and the stream is closed as before."""
+        with contextlib.suppress(TimeoutError, BackendError):
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                n = 0
+                async for _ in rest:
+                    n += 1
+                    if n > _DRAIN_LINES:
+                        return
 
     async def _timed(
         self, events: AsyncGenerator[Event, None], total_timeout: float | None

@@ -69,6 +69,7 @@ class OllamaBackend(HttpBackend):
                 if text:
                     yield TokenChunk(text)
                 if obj.get("done") is True:
+                    await self._finish(lines)
                     reason = obj.get("done_reason")
                     yield Completion(
                         input_tokens=optional_count(obj.get("prompt_eval_count")),

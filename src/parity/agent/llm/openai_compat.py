@@ -70,6 +70,7 @@ class OpenAIBackend(HttpBackend):
         async with aclosing(sse_data(self._stream_lines(path, body))) as events:
             async for data in events:
                 if data == _DONE:
+                    await self._finish(events)
                     yield _completion(usage, finish)
                     return
                 chunk = self._json_line(data)
