@@ -13,16 +13,20 @@ that arrive while it is being written wait for it and then go together, in one p
 upload is still reported stored only after its pack and index are durable, exactly as alone.
 
 A small batch is written on the event loop's own thread while such writes stay fast: there a
-dozen system calls cost their own time (~2.6 ms for ten 10 KB uploads on a local disk, three
-fsyncs included), where a worker thread would wait for the GIL after each of them. The loop
-keeps a moving average of those inline writes and sends batches to a worker thread once it
-passes :data:`INLINE_MAX_MS` (a slow disk), trying one inline again every
-:data:`PROBE_EVERY` batches; a batch above :data:`INLINE_MAX_BYTES` always goes to a thread.
+dozen system calls cost their own time (~2 ms for one to ten 10 KB uploads on a local disk,
+three fsyncs included), where a worker thread under load waits for the GIL after each of them
+(10-25 ms measured for the same batches). The loop keeps the last :data:`WINDOW` inline write
+times and sends batches to a worker thread while their median is above :data:`INLINE_MAX_MS`
+(a slow disk), trying one inline again every :data:`PROBE_EVERY` batches; a probe within the
+limit starts the record afresh. The median, not a moving average: one slow fsync (20 ms now and
+then on a healthy disk) must not send the next dozens of batches to a thread. A batch above
+:data:`INLINE_MAX_BYTES` always goes to a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,8 +37,10 @@ from parity.storage.ports import Stored
 MAX_ITEMS = 64  # uploads per batch, at most
 MAX_BYTES = 8 << 20  # bytes per batch, at most (one upload may exceed it alone)
 INLINE_MAX_BYTES = 512 << 10  # larger batches are always written in a worker thread
-INLINE_MAX_MS = 5.0  # inline while the moving average of inline writes stays at most this
-PROBE_EVERY = 64  # in a worker thread, every this many batches one is tried inline again
+INLINE_MAX_MS = 5.0  # inline while the median of the recent inline writes stays at most this
+WINDOW = 9  # inline write times kept for that median
+MIN_SAMPLES = 3  # fewer than this many times kept: inline (nothing says the disk is slow yet)
+PROBE_EVERY = 16  # in a worker thread, every this many batches one is tried inline again
 
 
 class WriteBatch(Protocol):
@@ -68,7 +74,7 @@ class SmallPuts:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.inline_max_ms = inline_max_ms  # 0: never inline
-        self.inline_ms: float | None = None  # moving average of the inline writes
+        self._recent: deque[float] = deque(maxlen=WINDOW)  # ms of the last inline writes
         self._since_inline = 0
         self._queue: deque[_Pending] = deque()
         self._writer: asyncio.Task[None] | None = None
@@ -88,11 +94,19 @@ class SmallPuts:
         # (content-addressed, an unreferenced upload is what GC collects).
         return await pending.done
 
+    @property
+    def inline_ms(self) -> float | None:
+        """The median of the recent inline write times (ms), or None before the first."""
+        return statistics.median(self._recent) if self._recent else None
+
+    def _slow(self) -> bool:
+        return len(self._recent) >= MIN_SAMPLES and (self.inline_ms or 0.0) > self.inline_max_ms
+
     def _inline(self, size: int) -> bool:
         """Whether the next batch (``size`` bytes) is written on the loop's thread."""
         if self.inline_max_ms <= 0 or size > INLINE_MAX_BYTES:
             return False
-        if self.inline_ms is None or self.inline_ms <= self.inline_max_ms:
+        if not self._slow():
             return True
         self._since_inline += 1
         return self._since_inline >= PROBE_EVERY  # the disk may have become fast again
@@ -101,6 +115,7 @@ class SmallPuts:
         if not self._inline(sum(len(data) for data, _ in items)):
             return await asyncio.to_thread(self._write, items)
         self._since_inline = 0
+        probe = self._slow()
         started = time.perf_counter()
         busy = False
         try:
@@ -109,7 +124,9 @@ class SmallPuts:
             busy = True  # a GC holds the store: wait for it off the loop (below)
         finally:  # a failed write is timed too: it blocked the loop as long
             ms = (time.perf_counter() - started) * 1000
-            self.inline_ms = ms if self.inline_ms is None else 0.8 * self.inline_ms + 0.2 * ms
+            if probe and ms <= self.inline_max_ms:
+                self._recent.clear()  # fast again: the slow record no longer applies
+            self._recent.append(ms)
         if busy:
             return await asyncio.to_thread(self._write, items)
         self.inline_batches += 1
