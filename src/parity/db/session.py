@@ -100,8 +100,15 @@ class Database:
             if nullpool:
                 engine = create_async_engine(url, poolclass=NullPool)
             else:
+                # Every connection stays pooled (no overflow): an overflow connection is closed
+                # when handed back, so a burst above the pool's size paid a new connection
+                # (TLS attempt, authentication, type introspection, every statement prepared
+                # again) per checkout, which slowed the loop, which kept connections out
+                # longer: at 100 streamed prompts/s that fed back into multi-second stalls.
+                # The ceiling is unchanged (twice DATABASE_POOL_SIZE); beyond it, requests
+                # wait for a connection (up to pool_timeout).
                 engine = create_async_engine(
-                    url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=10
+                    url, pool_size=2 * pool_size, max_overflow=0, pool_timeout=10
                 )
             self.write_engine = self.read_engine = engine
             self._write_lock = None
