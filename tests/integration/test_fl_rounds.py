@@ -679,6 +679,36 @@ async def test_an_aggregation_computed_twice_is_applied_once(world: World):
     assert (await world.session(sid))["global_model"]["cid"] == first.model_cid
 
 
+async def test_a_small_round_computed_on_the_loop_equals_the_worker_thread_result(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    # Small models are folded, scored and encoded on the loop's thread; the same round with
+    # every budget at 0 goes through worker threads and must give the same model and metrics.
+    sid, rnd = await _round_in_aggregation(world)
+    c = world.container
+    async with c.db.read_session() as session:
+        fl_session = await session.get(FLSession, rnd.session_id)
+        slots = await rounds_repo.submitted_slots(session, rnd.id)
+    assert fl_session is not None and fl_session.test_cid is not None
+    hops: list[str] = []
+    real = aggregate.asyncio.to_thread
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        hops.append(getattr(fn, "__name__", "?"))
+        return await real(fn, *args)
+
+    monkeypatch.setattr(aggregate.asyncio, "to_thread", counted)
+    inline = await aggregate.compute_round(c.fl, fl_session, rnd, slots)
+    assert hops in ([], ["decode_arrays"])  # the held-out split, read once per session
+    hops.clear()
+    for name in ("INLINE_FOLD_VALUES", "INLINE_EVAL_WORK", "INLINE_ENCODE_VALUES"):
+        monkeypatch.setattr(aggregate, name, 0)
+    threaded = await aggregate.compute_round(c.fl, fl_session, rnd, slots)
+    assert hops == ["finish", "evaluate", "encode"]
+    assert (inline.model_cid, inline.metrics) == (threaded.model_cid, threaded.metrics)
+    assert inline.metrics["test_accuracy"] is not None
+
+
 async def test_a_round_left_mid_aggregation_is_finished_after_a_restart(world: World):
     sid, _ = await _round_in_aggregation(world)
     # A new server process on the same database (nothing cached in memory): its rounds job

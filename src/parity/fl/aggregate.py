@@ -36,7 +36,7 @@ from parity.fl import repository as session_repo
 from parity.fl import rounds_repository as repo
 from parity.fl.deps import FLDeps
 from parity.fl.models import FLRound, FLRoundSlot, FLSession
-from parity.fl.updates import MODELS, model_bytes_cap
+from parity.fl.updates import MODELS, model_bytes_cap, model_values
 from parity.ledger import pools
 from parity.ledger import service as ledger_service
 from parity.logging import get_logger
@@ -46,6 +46,11 @@ log = get_logger("parity.fl")
 REWARD_KIND = "fl_reward"
 TEST_CACHE_ENTRIES = 4
 FOLD_BATCH_BYTES = 8 * 1024 * 1024  # update bytes decoded and summed per worker-thread call
+# Small work runs on the event loop's thread: a worker thread's hand-over (and the GIL's way
+# back to a busy loop) costs more than the numpy it runs. Budgets, in values touched:
+INLINE_FOLD_VALUES = 1 << 18  # model values x updates folded by a FedAvg-family round
+INLINE_EVAL_WORK = 1 << 21  # held-out rows x model values of the test evaluation
+INLINE_ENCODE_VALUES = 1 << 16  # model values of the new global model's safetensors file
 MAX_TEST_BYTES = 1024 * 1024 * 1024
 
 
@@ -108,6 +113,12 @@ async def _aggregate(
 ) -> AggregationResult:
     method = rounds.settings_of(fl_session).method
     cap = model_bytes_cap(fl_session.model_shapes or {})
+    values = model_values(fl_session.model_shapes or {})
+    if method.info.streaming and values * len(slots) <= INLINE_FOLD_VALUES:
+        small = WeightedSum()
+        for slot in slots:
+            small.add(decode(await _update(deps, slot, cap)), _examples(slot))
+        return aggregate_mean(method, reference, small.mean(), state)
     if method.info.streaming:
         total = WeightedSum()
         batch: list[tuple[bytes, int]] = []
@@ -228,13 +239,20 @@ async def compute_round(
     metrics.update(dp_figures)
     metrics.update(privacy.round_metrics(fl_session, round_.number))
     metrics["test_loss"] = metrics["test_accuracy"] = None
+    values = model_values(fl_session.model_shapes or {})
     if fl_session.test_cid is not None:
         x, y = await TESTS.get(deps, fl_session.test_cid, fl_session.test_sha256)
-        scored = await asyncio.to_thread(evaluate, settings.model, result.weights, x, y)
+        if len(x) * values <= INLINE_EVAL_WORK:
+            scored = evaluate(settings.model, result.weights, x, y)
+        else:
+            scored = await asyncio.to_thread(evaluate, settings.model, result.weights, x, y)
         metrics["test_loss"], metrics["test_accuracy"] = scored.loss, scored.accuracy
     if result.selected is not None:
         metrics["selected"] = [slots[i].participant_index for i in result.selected]
-    blob = await asyncio.to_thread(encode, result.weights)
+    if values <= INLINE_ENCODE_VALUES:
+        blob = encode(result.weights)
+    else:
+        blob = await asyncio.to_thread(encode, result.weights)
     cid, sha256 = await store_io.put_bytes(deps.store, blob)
     opt_cid = None
     if result.state is not None:
