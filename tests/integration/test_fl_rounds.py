@@ -684,7 +684,7 @@ async def test_a_small_round_computed_on_the_loop_equals_the_worker_thread_resul
 ):
     # Small models are folded, scored and encoded on the loop's thread; the same round with
     # every budget at 0 goes through worker threads and must give the same model and metrics.
-    sid, rnd = await _round_in_aggregation(world)
+    _, rnd = await _round_in_aggregation(world)
     c = world.container
     async with c.db.read_session() as session:
         fl_session = await session.get(FLSession, rnd.session_id)
