@@ -191,6 +191,32 @@ async def test_an_update_is_posted_once_with_the_weights_trained_from_the_global
         np.testing.assert_array_equal(weights[name], want)
 
 
+async def test_a_large_model_is_decoded_and_written_in_a_thread_with_the_same_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Small models are decoded and their update written on the loop; past INLINE_MODEL_BYTES
+    # in a worker thread. Both ways post the same update.
+    posted = []
+    for limit in (executor_module.INLINE_MODEL_BYTES, 0):
+        monkeypatch.setattr(executor_module, "INLINE_MODEL_BYTES", limit)
+        hops: list[str] = []
+        real = executor_module.asyncio.to_thread
+
+        async def counted(fn: Any, *args: Any, hops: list[str] = hops, real: Any = real) -> Any:
+            hops.append(getattr(fn, "__name__", "?"))
+            return await real(fn, *args)
+
+        monkeypatch.setattr(executor_module.asyncio, "to_thread", counted)
+        server = Server()
+        outcome = await execute(server, fl_config())
+        assert outcome.ok, outcome.error
+        monkeypatch.setattr(executor_module.asyncio, "to_thread", real)
+        assert ("decode" in hops, "_json_body" in hops) == ((limit == 0),) * 2, hops
+        [update] = server.updates
+        posted.append({k: v for k, v in update.items() if k != "training_time_ms"})
+    assert posted[0] == posted[1]
+
+
 async def test_the_partition_is_fetched_once_and_the_global_model_every_round() -> None:
     server = Server()
     client = client_for(server)
