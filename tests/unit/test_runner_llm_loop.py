@@ -43,7 +43,6 @@ class Backend:
         self.fail_after = fail_after
         self.down = False
         self.hang: asyncio.Event | None = None  # list_models waits for it when set
-        self.gate: asyncio.Event | None = None  # generate waits for it before the first token
         self.requests: list[LlmRequest] = []
 
     async def list_models(self) -> list[ModelInfo]:
@@ -57,8 +56,6 @@ class Backend:
         self, request: LlmRequest, *, total_timeout: float | None = None
     ) -> AsyncGenerator[Event, None]:
         self.requests.append(request)
-        if self.gate is not None:
-            await self.gate.wait()
         for i, piece in enumerate(self.pieces):
             if i == self.fail_after:
                 raise BackendUnavailable("engine died", backend=self.kind)
@@ -77,15 +74,9 @@ class Server:
         self.registrations: list[dict[str, Any]] = []
         self.beats: list[dict[str, Any]] = []
         self.reports: list[tuple[str, dict[str, Any]]] = []
-        self.streams: list[bytes] = []  # each stream request's whole body
-        self.stream_opened = asyncio.Event()  # a stream request was sent (its head, at least)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
-        if path.endswith("/stream"):
-            self.streams.append(request.content)
-            lines = request.content.count(b"\n")
-            return httpx.Response(200, json={"deltas": lines, "listeners": 1})
         body = json.loads(request.content) if request.content else {}
         if path == "/api/v1/auth/nonce":
             return httpx.Response(200, json={"message": "sign in", "nonce": "n"})
@@ -142,24 +133,10 @@ def llm_task(**config: Any) -> dict[str, Any]:
     return {"task": task, "claim_token": TOKEN}
 
 
-class Opening(httpx.AsyncBaseTransport):
-    """The scripted server behind a transport that notes a stream request when it is sent,
-    before its body is read (httpx's MockTransport reads a body whole before answering)."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.mock = httpx.MockTransport(server)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/stream"):
-            self.server.stream_opened.set()
-        return await self.mock.handle_async_request(request)
-
-
 async def start(
     server: Server, backend: Backend, prices: dict[str, LlmPrice] | None = None
 ) -> tuple[Runner, asyncio.Task[None]]:
-    client = ServerClient("http://parity.test", transport=Opening(server))
+    client = ServerClient("http://parity.test", transport=httpx.MockTransport(server))
     llm = LlmExecutor([backend])
     options = RunnerOptions(
         device_id="dev", push=False, heartbeat_interval=0.05, claim_wait=0, grace_seconds=1
@@ -267,43 +244,3 @@ async def test_a_heartbeat_sends_the_last_report_while_a_listing_hangs() -> None
     # The listing was not cancelled by the heartbeat's wait: it finishes on its own.
     await until(lambda: discovery.latest == [])
     await discovery.aclose()
-
-
-async def test_a_streaming_prompt_opens_its_stream_before_the_first_token() -> None:
-    server = Server([llm_task(stream=True)])
-    backend = Backend(["Hel", "lo"])
-    backend.gate = asyncio.Event()
-    runner, job = await start(server, backend)
-    try:
-        await until(lambda: server.stream_opened.is_set())
-        assert backend.requests and not server.streams  # no token yet: the backend waits
-        backend.gate.set()
-        await until(lambda: server.reports)
-    finally:
-        await stop(runner, job)
-    assert server.streams == [b'{"delta": "Hel"}\n{"delta": "lo"}\n']
-    [(action, body)] = server.reports
-    assert action == "complete" and body["output"] == "Hello"
-
-
-async def test_a_prompt_that_does_not_stream_opens_no_stream() -> None:
-    server = Server([llm_task()])
-    runner, job = await start(server, Backend(["Hi"]))
-    try:
-        await until(lambda: server.reports)
-    finally:
-        await stop(runner, job)
-    assert not server.stream_opened.is_set() and server.streams == []
-    assert server.reports[0][0] == "complete"
-
-
-async def test_a_backend_failing_before_the_first_token_ends_an_empty_stream() -> None:
-    server = Server([llm_task(stream=True)])
-    runner, job = await start(server, Backend(["never"], fail_after=0))
-    try:
-        await until(lambda: server.reports)
-    finally:
-        await stop(runner, job)
-    assert server.streams == [b""]  # opened early, ended with no delta: nothing relayed
-    [(action, body)] = server.reports
-    assert action == "fail" and "engine died" in body["error"]

@@ -355,11 +355,6 @@ class Runner:
             if executor is None:
                 outcome = Outcome(False, None, "", f"this runner cannot run {task['type']} tasks")
             else:
-                if _streams(task) and a.stream is None:
-                    # Opened now, the stream's request is authenticated and fenced by the
-                    # server while the backend works on the first token.
-                    a.stream = TokenStream(self.client, a.task_id, a.token)
-                    a.stream.open()
                 outcome = await executor.run(task, sink, a.cancel)
             if a.stream is not None:
                 # The last deltas reach the server before the outcome does.
@@ -467,9 +462,3 @@ async def _settle(jobs: list[asyncio.Task[Any]], timeout: float, cancel: bool = 
 
 def _why(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__)[:200]
-
-
-def _streams(task: dict[str, Any]) -> bool:
-    """An ``llm`` task whose client reads its tokens as they come."""
-    config = task.get("config")
-    return task.get("type") == "llm" and isinstance(config, dict) and config.get("stream") is True

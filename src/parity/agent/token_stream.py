@@ -1,9 +1,7 @@
 """The runner's half of the streaming leg: one ``POST /runners/tasks/{id}/stream`` request per
-task attempt, opened when the task starts (:meth:`TokenStream.open`: the server authenticates
-and fences it while the backend works on the first token) and fed as tokens arrive (chunked
-NDJSON). The backend is never held up by it: tokens queue in memory, and a stream the server
-refuses or drops only costs the early delivery (the completion carries the whole text). A stream
-that ends before its first token (the backend failed) relays nothing."""
+task attempt, opened at the first token and fed as tokens arrive (chunked NDJSON). The backend
+is never held up by it: tokens queue in memory, and a stream the server refuses or drops only
+costs the early delivery (the completion carries the whole text)."""
 
 from __future__ import annotations
 
@@ -25,15 +23,11 @@ class TokenStream:
         self._job: asyncio.Task[None] | None = None
         self.closed = False
 
-    def open(self) -> None:
-        """Start the request now, before the first token (a no-op once started or closed)."""
-        if not self.closed and self._job is None:
-            self._job = asyncio.create_task(self._post(), name=f"stream:{self.task_id}")
-
     def send(self, text: str) -> None:
         if self.closed:
             return
-        self.open()
+        if self._job is None:
+            self._job = asyncio.create_task(self._post(), name=f"stream:{self.task_id}")
         self._queue.put_nowait(text)
 
     async def _deltas(self) -> AsyncIterator[str]:
