@@ -113,12 +113,6 @@ async def _aggregate(
 ) -> AggregationResult:
     method = rounds.settings_of(fl_session).method
     cap = model_bytes_cap(fl_session.model_shapes or {})
-    values = model_values(fl_session.model_shapes or {})
-    if method.info.streaming and values * len(slots) <= INLINE_FOLD_VALUES:
-        small = WeightedSum()
-        for slot in slots:
-            small.add(decode(await _update(deps, slot, cap)), _examples(slot))
-        return aggregate_mean(method, reference, small.mean(), state)
     if method.info.streaming:
         total = WeightedSum()
         batch: list[tuple[bytes, int]] = []
@@ -142,6 +136,10 @@ async def _aggregate(
             fold(batch)
             return aggregate_mean(method, reference, total.mean(), state)
 
+        # A small round (all of it under FOLD_BATCH_BYTES, so folded only here) on the loop.
+        values = model_values(fl_session.model_shapes or {})
+        if values * len(slots) <= INLINE_FOLD_VALUES:
+            return finish()
         return await asyncio.to_thread(finish)
     updates = []
     for slot in slots:
