@@ -120,14 +120,22 @@ async def test_invalid_requests_name_the_param_and_unknown_models_are_404(
         assert r.json()["error"]["type"] == "invalid_request_error"
     r = await client.post("/v1/chat/completions", content=b"{not json", headers=bearer(key))
     assert (r.status_code, r.json()["error"]["param"]) == (400, "body")
-    r = await client.post(
-        "/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=bearer(key)
-    )
-    assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+    for body in ({**CHAT, "model": "nope"}, {**CHAT, "model": "nope", "stream": True}):
+        r = await client.post("/v1/chat/completions", json=body, headers=bearer(key))
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found"), r.text
+        assert "`nope`" in r.json()["error"]["message"]
     r = await client.post(
         "/v1/completions", json={"model": "m1", "prompt": ["a", "b"]}, headers=bearer(key)
     )
     assert (r.status_code, r.json()["error"]["param"]) == (400, "prompt")
+    body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    r = await client.post("/ollama/api/chat", json=body, headers=bearer(key))
+    assert r.status_code == 404 and "`nope`" in r.json()["error"], r.text
+    # A refused request wrote nothing: no prompt, no task.
+    r = await client.get("/api/v1/llm/prompts", headers=bearer(key))
+    assert r.status_code == 200 and r.json()["total"] == 0, r.text
+    r = await client.get("/api/v1/tasks", headers=bearer(key))
+    assert r.status_code == 200 and r.json() == [], r.text
 
 
 async def test_the_server_api_and_the_gateway_do_not_collide(client: httpx.AsyncClient):

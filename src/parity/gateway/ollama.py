@@ -117,7 +117,6 @@ async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
         if opts is not None:
             create.max_tokens = opts.num_predict
             create.temperature = opts.temperature
-        await relay.require_model(c, body.model)
         if not body.stream:
             done = await relay.complete(c, principal, create)
             whole = _final(body.model, done, chat)

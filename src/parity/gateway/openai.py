@@ -82,7 +82,6 @@ async def _prompt(request: Request, c: ContainerDep, chat: bool) -> Response:
                 model=body.model, prompt=prompt, max_tokens=body.max_tokens,
                 temperature=body.temperature,
             )  # fmt: skip
-        await relay.require_model(c, body.model)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(c.clock.now().timestamp())
         shape = _Shape(ident, created, body.model, chat)

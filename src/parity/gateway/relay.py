@@ -1,6 +1,7 @@
-"""What both gateways do with a prompt: authenticate the bearer key, check the model, submit
-(subscribed to its token deltas before the submit commits, so none is missed), wait for the
-result within LLM_GATEWAY_TIMEOUT_SECONDS, or relay the deltas as they come.
+"""What both gateways do with a prompt: authenticate the bearer key, submit (subscribed to its
+token deltas before the submit commits, so none is missed; a model no claiming runner reports
+is model_not_found, told by the submit's own routing read), wait for the result within
+LLM_GATEWAY_TIMEOUT_SECONDS, or relay the deltas as they come.
 
 Streaming semantics (ARCHITECTURE §4, streaming leg): deltas come from one attempt. A runner
 that stops before its first delta is failed over by the queue and the next attempt streams
@@ -33,9 +34,8 @@ from fastapi import Request
 from parity.api.deps import get_principal
 from parity.auth.schemas import Principal
 from parity.container import Container
-from parity.errors import NotFound, ParityError, Unavailable
+from parity.errors import ParityError, Unavailable
 from parity.llm import service as llm
-from parity.llm import stream_sql
 from parity.llm.repository import PromptRow
 from parity.llm.schemas import PromptCreate
 from parity.llm.streams import StreamEvent, Subscription
@@ -50,10 +50,6 @@ SETTLE_POLL_SECONDS = 0.25
 _background: set[asyncio.Task[None]] = set()
 
 
-class ModelNotFound(NotFound):
-    code = "model_not_found"
-
-
 class GatewayTimeout(ParityError):
     code = "timeout"
 
@@ -65,15 +61,6 @@ class PromptFailed(Unavailable):
 async def authenticate(request: Request) -> Principal:
     """The caller of a bearer key (an API key, or any other token of the auth domain)."""
     return await get_principal(request, request.headers.get("authorization"))
-
-
-async def require_model(c: Container, model: object) -> str:
-    """``model`` when an online runner reports it, else model_not_found (404)."""
-    if not isinstance(model, str) or not model:
-        return ""  # the submit names the missing field
-    if not await stream_sql.model_served(c.db, model):
-        raise ModelNotFound(f"The model `{model}` does not exist or no runner serves it")
-    return model
 
 
 @dataclass(frozen=True)
@@ -115,9 +102,10 @@ def _failure(row: PromptRow) -> PromptFailed:
 
 
 async def complete(c: Container, principal: Principal, body: PromptCreate) -> Finished:
-    """Submit and wait for the result (no connection held while waiting)."""
+    """Submit and wait for the result (no connection held while waiting). A model no
+    claiming runner reports is model_not_found (404), as OpenAI and Ollama answer it."""
     async with c.db.transaction() as session:
-        prompt = await llm.submit_prompt(session, c.llm, principal, body)
+        prompt = await llm.submit_prompt(session, c.llm, principal, body, require_served=True)
     row = await llm.wait_for_prompt(
         c.db,
         c.event_hub,
@@ -162,7 +150,9 @@ async def streamed(
     disconnects: the caller writes nothing more and leaves."""
     async with contextlib.AsyncExitStack() as stack:
         async with c.db.transaction() as session:
-            prompt = await llm.submit_prompt(session, c.llm, principal, body, stream=True)
+            prompt = await llm.submit_prompt(
+                session, c.llm, principal, body, stream=True, require_served=True
+            )
             # Subscribed before the commit: no runner can see the prompt before this.
             sub = await stack.enter_async_context(c.streams.subscribe(str(prompt.id)))
         state = _Relay(c, principal, prompt.id, sub)

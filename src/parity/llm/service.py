@@ -29,7 +29,7 @@ from parity.llm import dispatch, submit_sql
 from parity.llm import repository as repo
 from parity.llm.billing import record_completions
 from parity.llm.deps import LlmDeps
-from parity.llm.errors import PromptNotFound
+from parity.llm.errors import ModelNotServed, PromptNotFound
 from parity.llm.models import Prompt
 from parity.llm.repository import PromptRow
 from parity.llm.schemas import PromptComplete, PromptCreate
@@ -88,10 +88,14 @@ async def submit_prompt(
     body: PromptCreate,
     *,
     stream: bool = False,
+    require_served: bool = False,
 ) -> Prompt:
     """Create a prompt and its ``llm`` task, hold its escrow, and route it when a runner fits
-    now (else it stays queued for the prompts job until its deadline)."""
-    return (await submit(session, deps, principal, body, stream=stream)).prompt
+    now (else it stays queued for the prompts job until its deadline). ``require_served``
+    (the gateways): :class:`ModelNotServed`, with nothing written, when no claiming runner
+    reports the model, instead of queueing the prompt."""
+    row = await submit(session, deps, principal, body, stream=stream, require_served=require_served)
+    return row.prompt
 
 
 async def submit(
@@ -101,9 +105,15 @@ async def submit(
     body: PromptCreate,
     *,
     stream: bool = False,
+    require_served: bool = False,
 ) -> PromptRow:
     """:func:`submit_prompt`, answering the prompt as :func:`read_prompt_now` would read it."""
     request = _request(body, deps, stream=stream)
+    # The routing read lists every claiming runner that reports the model: it is also the
+    # gateways' "is this model served" check, with no read of its own.
+    routing = await submit_sql.read_routing(session, request.model, principal.address)
+    if require_served and not routing.loaded:
+        raise ModelNotServed(f"The model `{request.model}` does not exist or no runner serves it")
     now = deps.clock.now()
     stake = None
     if deps.ledger is not None:
@@ -130,7 +140,6 @@ async def submit(
         metered_at=None,
         created_at=now,
     )
-    routing = await submit_sql.read_routing(session, request.model, principal.address)
     loaded = routing.loaded
     priced = deps.priced and deps.ledger is not None
     price = dispatch.reserve_price([x.serving for x in loaded], dispatch.cap_of(prompt.max_price))

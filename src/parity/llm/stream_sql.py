@@ -1,49 +1,24 @@
-"""The reads of a streamed prompt that surround the submit, defined once in Core (bound
-parameters, one compiled form each, no ORM loading) and run as one statement on a lookup
-connection (no unit of work): whether a claiming runner reports a model (the gateways' check
-before they submit) and what the runner's stream request needs of its task (type, whether the
-prompt streams, and the columns that tell its current claim, so the request is fenced without
-a write transaction)."""
+"""The read of a streamed prompt's task that the runner's stream request needs, defined once in
+Core (bound parameters, one compiled form, no ORM loading) and run as one statement on a lookup
+connection (no unit of work): the task's type, whether the prompt streams, and the columns that
+tell its current claim, so the request is fenced without a write transaction."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import bindparam, select
 
 from parity.db.session import Database
-from parity.runners.models import Runner, RunnerModel
 from parity.tasks.queue.statements import TASKS
 
-RUNNERS = cast(Table, Runner.__table__)
-MODELS = cast(Table, RunnerModel.__table__)
-_T, _R, _M = TASKS.c, RUNNERS.c, MODELS.c
-
-# A model as discovery lists it (``llm.service.list_models``): reported by an online runner
-# that is neither banned nor draining.
-MODEL_SERVED = (
-    select(_M.runner_id)
-    .join(RUNNERS, _R.id == _M.runner_id)
-    .where(
-        _M.model_name == bindparam("b_model", type_=_M.model_name.type),
-        _R.status == "online",
-        _R.banned_at.is_(None),
-        _R.drain_requested.is_(False),
-    )
-    .limit(1)
-)
+_T = TASKS.c
 
 STREAM_TASK = select(
     _T.type, _T.config, _T.status, _T.runner_id, _T.claim_token_hash, _T.attempts
 ).where(_T.id == bindparam("b_id", type_=_T.id.type))
-
-
-async def model_served(db: Database, model: str) -> bool:
-    """Whether a claiming runner reports ``model`` now."""
-    async with db.lookup() as conn:
-        return (await conn.execute(MODEL_SERVED, {"b_model": model})).first() is not None
 
 
 @dataclass(frozen=True)
