@@ -4,6 +4,7 @@ offline docs, request context, lifespan with migrations and background loops."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
@@ -40,6 +41,7 @@ from parity.storage.router import UPLOAD_PATH
 from parity.storage.router import router as storage_router
 from parity.system.router import root_router
 from parity.system.router import router as system_router
+from parity.tasks import handoff
 from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job, reoffer_job
 from parity.tasks.pushes import PushLoop
 from parity.tasks.router import router as tasks_router
@@ -113,6 +115,10 @@ def create_app(
     settings = container.settings
     llm_billing.register()  # prompts close their escrow by tokens
     fl_tasks.register()  # FL training tasks are paid from their session's pool
+    # A claim handed to a long-poll whose runner hung up before the commit is given back.
+    container.wakeups.release_orphan = functools.partial(
+        handoff.release_later, container.db, container.tasks
+    )
     jobs = JobRunner(container.db, container.clock, build_jobs(container))
     pushes = PushLoop(
         container.db,

@@ -110,17 +110,25 @@ class Watch(Generic[K]):
     def __init__(self, waiters: Waiters[K], key: K, slot: int) -> None:
         self._waiters, self._key, self._slot = waiters, key, slot
         self._fut = waiters._arm(key, slot)
+        self.waiting = False  # inside wait() right now
 
     async def wait(self, timeout: float) -> bool:
         """True when woken since registration or the last wait, False after ``timeout``."""
+        self.waiting = True
         try:
             await asyncio.wait_for(asyncio.shield(self._fut), timeout=timeout)
             return True
         except TimeoutError:
             return False
         finally:
+            self.waiting = False
             if self._fut.done():
                 self._fut = self._waiters._arm(self._key, self._slot)
+
+    def wake(self) -> None:
+        """Wake this waiter only."""
+        if not self._fut.done():
+            self._fut.set_result(None)
 
     def close(self) -> None:
         self._waiters._disarm(self._key, self._slot)

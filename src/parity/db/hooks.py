@@ -1,4 +1,5 @@
-"""After-commit callbacks: wake-ups and pushes must only happen once the data is visible."""
+"""After-commit callbacks: wake-ups and pushes must only happen once the data is visible.
+After-rollback callbacks (synchronous) undo in-process reservations a unit of work made."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def after_commit(session: AsyncSession, fn: Callback) -> None:
 
 
 async def run_after_commit(session: AsyncSession) -> None:
+    session.info.pop("after_rollback", None)
     callbacks: list[Callback] = session.info.pop("after_commit", [])
     for fn in callbacks:
         try:
@@ -29,5 +31,16 @@ async def run_after_commit(session: AsyncSession) -> None:
             log.warning("after_commit_failed", error=type(exc).__name__, detail=str(exc))
 
 
+def after_rollback(session: AsyncSession, fn: Callable[[], None]) -> None:
+    session.info.setdefault("after_rollback", []).append(fn)
+
+
 def discard_after_commit(session: AsyncSession) -> None:
+    """The unit of work failed: its after-commit callbacks are dropped and its after-rollback
+    callbacks run."""
     session.info.pop("after_commit", None)
+    for fn in session.info.pop("after_rollback", []):
+        try:
+            fn()
+        except Exception as exc:
+            log.warning("after_rollback_failed", error=type(exc).__name__, detail=str(exc))

@@ -29,7 +29,7 @@ from parity.fl.models import FLParticipant, FLRound, FLRoundSlot, FLSession
 from parity.fl.views import MODEL_FORMAT
 from parity.ledger import pools
 from parity.runners.models import Runner
-from parity.tasks import internal, runner_side
+from parity.tasks import handoff, internal, runner_side
 
 POOL_SOURCE = "fl_session"
 
@@ -280,7 +280,8 @@ async def _assign(
     runners: dict[uuid.UUID, Runner],
     k: int,
 ) -> None:
-    """One task offered to the participant's runner, and one slot, per participant."""
+    """One task offered to the participant's runner, and one slot, per participant; the task
+    claimed at once for a participant whose runner's long-poll waits here (``tasks.handoff``)."""
     items = []
     # A SecAgg+ session's round also gets its protocol state; its tasks carry the settings.
     secure = await secagg_stages.open_round(
@@ -329,6 +330,9 @@ async def _assign(
         )
         for p, task in zip(participants, tasks, strict=True)
     )
+    # A participant whose long-poll waits here gets its task's claim from this transaction.
+    for p, task in zip(participants, tasks, strict=True):
+        await handoff.hand_over(session, deps.tasks, task.id, p.runner_id)
 
 
 # -- ending ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,7 +35,7 @@ from parity.llm.models import Prompt
 from parity.llm.repository import PromptRow
 from parity.llm.schemas import PromptComplete, PromptCreate
 from parity.llm.views import FINISHED, metered, prompt_status
-from parity.tasks import hotpath, internal, lifecycle
+from parity.tasks import handoff, hotpath, internal, lifecycle
 from parity.tasks.lifecycle import Report
 
 JOB_BATCH = 100
@@ -183,6 +184,13 @@ async def submit(
     )
     if choice.serving is None:
         after_commit(session, deps.route_now.set)
+        return _submitted(prompt, task)
+    # Its runner's long-poll waiting here answers the claim made now, after the commit.
+    claim = await handoff.hand_over(session, deps.tasks, task.id, choice.serving.runner_id)
+    return _submitted(prompt, task if claim is None else claim.tasks[0])
+
+
+def _submitted(prompt: Prompt, task: Any) -> PromptRow:
     return PromptRow(
         prompt,
         task.status,

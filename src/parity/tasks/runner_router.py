@@ -100,16 +100,19 @@ async def claim_next(
     """Claim the next task(s). Long-polls up to ``wait`` seconds (30 max) without holding a
     database connection. ``max_tasks`` > 1 answers ``{"claims": [...]}``; ``start=true``
     claims and starts in one call. 204 when nothing came; 204 with Retry-After while the
-    server is shutting down."""
+    server is shutting down. A task created for this runner while it waits may be claimed
+    for it by the creating transaction (``tasks.handoff``): answered the same way."""
     deadline = time.monotonic() + wait
     woken = False
-    with c.wakeups.watching(runner_id) as watch:
+    with c.wakeups.taking(runner_id, start=start) as watch:
         while True:
-            if c.draining:
-                return _no_content(retry_after=5)
-            claim = await hotpath.claim_next(
-                c.db, c.tasks, runner_id, max_tasks=max_tasks, start=start, likely=woken
-            )
+            claim = await watch.take()
+            if claim is None:
+                if c.draining:
+                    return _no_content(retry_after=5)
+                claim = await hotpath.claim_next(
+                    c.db, c.tasks, runner_id, max_tasks=max_tasks, start=start, likely=woken
+                )
             if claim is not None:
                 claims = await _claims(c, claim)
                 return ClaimBatchRead(claims=claims) if max_tasks > 1 else claims[0]
