@@ -39,8 +39,7 @@ async def test_a_waiting_long_poll_is_handed_the_new_prompts_claim(
     alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
     runner, runner_id = await llm_runner(client, bob, model("m1"))
     poll = _polling(client, runner)
-    await until(lambda: container.wakeups.is_waiting(uuid.UUID(runner_id)))
-    await asyncio.sleep(0.05)  # inside its wait, not only registered
+    await until(lambda: container.wakeups.can_take(uuid.UUID(runner_id)))  # inside its wait
 
     p = await submitted(client, alice, max_tokens=16)
     r = await poll

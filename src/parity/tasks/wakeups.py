@@ -135,6 +135,14 @@ class WakeHub:
                 if fut is not None and fut.done() and fut.result() is not None:
                     self.orphaned(runner_id, fut.result())  # handed, never answered
 
+    def can_take(self, runner_id: uuid.UUID) -> bool:
+        """Whether a long-poll of that runner waits here now, unreserved: a claim made for it
+        now would be handed over."""
+        return any(
+            t.watch.waiting and t.outcome is None and not t.closed
+            for t in self._takers.get(runner_id, ())
+        )
+
     def reserve(self, runner_id: uuid.UUID) -> Handoff | None:
         """A long-poll of that runner waiting here now and not reserved yet, reserved for a
         claim the caller's transaction is about to make; None when there is none."""
