@@ -36,6 +36,11 @@ class Taker:
         self.outcome: asyncio.Future[Any] | None = None  # set while reserved
         self.closed = False
 
+    @property
+    def free(self) -> bool:
+        """Inside its wait, open and not reserved: a claim may be handed to it now."""
+        return self.watch.waiting and self.outcome is None and not self.closed
+
     async def wait(self, timeout: float) -> bool:
         return await self.watch.wait(timeout)
 
@@ -112,14 +117,11 @@ class WakeHub:
         """True when woken, False on timeout."""
         return await self._waiters.wait(runner_id, timeout)
 
-    def watching(self, runner_id: uuid.UUID) -> contextlib.AbstractContextManager[Watch[uuid.UUID]]:
-        """The runner's waiter registered for a whole long-poll, its claim attempts included:
-        work committed while an attempt reads is a wake-up kept for the next wait."""
-        return self._waiters.watching(runner_id)
-
     @contextlib.contextmanager
     def taking(self, runner_id: uuid.UUID, *, start: bool) -> Iterator[Taker]:
-        """:meth:`watching`, for a long-poll that also takes claims handed to it."""
+        """The runner's waiter registered for a whole long-poll, its claim attempts included
+        (work committed while an attempt reads is a wake-up kept for the next wait), which also
+        takes claims handed to it."""
         with self._waiters.watching(runner_id) as watch:
             taker = Taker(watch, start)
             self._takers.setdefault(runner_id, []).append(taker)
@@ -138,18 +140,13 @@ class WakeHub:
     def can_take(self, runner_id: uuid.UUID) -> bool:
         """Whether a long-poll of that runner waits here now, unreserved: a claim made for it
         now would be handed over."""
-        return any(
-            t.watch.waiting and t.outcome is None and not t.closed
-            for t in self._takers.get(runner_id, ())
-        )
+        return any(t.free for t in self._takers.get(runner_id, ()))
 
     def reserve(self, runner_id: uuid.UUID) -> Handoff | None:
         """A long-poll of that runner waiting here now and not reserved yet, reserved for a
         claim the caller's transaction is about to make; None when there is none."""
-        for taker in self._takers.get(runner_id, ()):
-            if taker.watch.waiting and taker.outcome is None and not taker.closed:
-                return Handoff(self, runner_id, taker)
-        return None
+        taker = next((t for t in self._takers.get(runner_id, ()) if t.free), None)
+        return None if taker is None else Handoff(self, runner_id, taker)
 
     def orphaned(self, runner_id: uuid.UUID, claim: Any) -> None:
         if self.release_orphan is None:
