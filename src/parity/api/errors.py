@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from parity.api import jsonbody
 from parity.errors import Category, InvalidInput, ParityError
 from parity.logging import get_logger
 
@@ -45,6 +45,13 @@ HTTP_CODES: dict[int, str] = {
 }
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: renders any Python string."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
 def envelope(
     status: int,
     code: str,
@@ -53,7 +60,11 @@ def envelope(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    try:
+        return JSONResponse(body, status_code=status, headers=headers)
+    except UnicodeEncodeError:
+        # Text that is not Unicode (a lone surrogate) reached a message: sent escaped, as ASCII.
+        return _AsciiJSONResponse(body, status_code=status, headers=headers)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -208,16 +219,10 @@ async def json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, for routes that validate it themselves: 422
     ``invalid_json`` (where the parser stopped) when it does not parse, 422 naming ``body``
     when it is not an object."""
-    body = await request.body()
     try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson refuses what the standard parser reads (NaN, integers past 64 bits): parsed
-        # again, those reach the checks that name the field; the rest gets the parser's word.
-        try:
-            raw = json.loads(body)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-            raise invalid_json("body", exc) from None
+        raw = jsonbody.loads(await request.body())
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise invalid_json("body", exc) from None
     if not isinstance(raw, dict):
         raise InvalidInput("body", "must be a JSON object")
     return raw

@@ -15,6 +15,10 @@ from parity.db.pagination import Cursor, Keyed, decode_cursor, next_cursor
 
 T = TypeVar("T")
 
+# The largest integer PostgreSQL's bigint and SQLite's INTEGER hold: the upper bound of every
+# integer query or path parameter that reaches a query (offsets, sequence cursors, numbers).
+BIGINT_MAX = 2**63 - 1
+
 
 class Page(BaseModel, Generic[T]):
     items: list[T]

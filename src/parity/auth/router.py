@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
+from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth import service
 from parity.auth.models import AuthToken
@@ -24,7 +25,7 @@ from parity.auth.schemas import (
     TokenRead,
 )
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(route_class=JsonRoute, tags=["auth"])
 
 
 def _key_read(row: AuthToken) -> ApiKeyRead:

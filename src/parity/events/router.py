@@ -13,7 +13,8 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
-from parity.api.pagination import Page, PageParamsDep, make_page
+from parity.api.jsonbody import JsonRoute
+from parity.api.pagination import BIGINT_MAX, Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.errors import InvalidInput
@@ -31,7 +32,7 @@ from parity.events.schemas import (
     WebhookUpdate,
 )
 
-router = APIRouter(tags=["webhooks and events"])
+router = APIRouter(route_class=JsonRoute, tags=["webhooks and events"])
 
 MAX_WAIT_SECONDS = 30.0
 STREAM_MAX_SECONDS = 1800.0
@@ -229,7 +230,9 @@ async def _wait(c: Container, principal: Principal, timeout: float) -> None:
 async def read_events(
     principal: CurrentPrincipal,
     c: ContainerDep,
-    after: Annotated[int | None, Query(ge=0, description="next_after (or seq) read before")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=BIGINT_MAX, description="next_after (or seq) read before")
+    ] = None,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
     types: Annotated[list[str] | None, Query(description="Event types (repeat or commas)")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

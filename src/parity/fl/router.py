@@ -19,7 +19,8 @@ from parity.api.deps import (
     WriteSession,
 )
 from parity.api.errors import json_object
-from parity.api.pagination import PageParamsDep
+from parity.api.jsonbody import JsonRoute
+from parity.api.pagination import BIGINT_MAX, PageParamsDep
 from parity.db.pagination import next_cursor
 from parity.fl import secagg_router, service, start, store_io, updates
 from parity.fl.schemas import (
@@ -43,7 +44,7 @@ from parity.fl.views import (
     session_read,
 )
 
-router = APIRouter(prefix="/federated-learning", tags=["federated-learning"])
+router = APIRouter(route_class=JsonRoute, prefix="/federated-learning", tags=["federated-learning"])
 SAFETENSORS = "application/octet-stream"
 
 
@@ -151,7 +152,7 @@ async def list_rounds(
 @router.get("/sessions/{session_id}/rounds/{number}", response_model=RoundRead)
 async def get_round(
     session_id: uuid.UUID,
-    number: Annotated[int, Path(ge=1)],
+    number: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
     principal: CurrentPrincipal,
     session: ReadSession,
 ) -> JSONResponse:

@@ -4,14 +4,14 @@ code}}`` and Ollama's ``{"error": message}``, with the status the server's own A
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from parity.api.errors import STATUS
+from parity.api import jsonbody
+from parity.api.errors import STATUS, invalid_json
 from parity.errors import Category, InvalidInput, ParityError
 
 M = TypeVar("M", bound=BaseModel)
@@ -69,9 +69,9 @@ async def parse(request: Request, model: type[M]) -> M:
     """The JSON body as ``model``; a body that is not JSON, or does not fit, is InvalidInput
     naming the parameter."""
     try:
-        raw = json.loads(await request.body() or b"null")
-    except ValueError:
-        raise InvalidInput("body", "must be a JSON object") from None
+        raw = jsonbody.loads(await request.body() or b"null")
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise invalid_json("body", exc) from None
     if not isinstance(raw, dict):
         raise InvalidInput("body", "must be a JSON object")
     try:

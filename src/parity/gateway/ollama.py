@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from parity.api.deps import ContainerDep
+from parity.api.jsonbody import JsonRoute
 from parity.errors import ParityError
 from parity.gateway import relay
 from parity.gateway.errors import ollama_error, parse
@@ -22,7 +23,7 @@ from parity.gateway.openai_schemas import chat_messages
 from parity.llm import service as llm
 from parity.llm.schemas import PromptCreate
 
-router = APIRouter(prefix="/ollama/api", tags=["ollama-compatible"])
+router = APIRouter(route_class=JsonRoute, prefix="/ollama/api", tags=["ollama-compatible"])
 
 
 class Options(BaseModel):

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from parity.api.deps import ContainerDep
+from parity.api.jsonbody import JsonRoute
 from parity.auth.schemas import Principal
 from parity.errors import InvalidInput, ParityError
 from parity.gateway import relay
@@ -26,7 +27,7 @@ from parity.gateway.openai_schemas import ChatCompletionCreate, CompletionCreate
 from parity.llm import service as llm
 from parity.llm.schemas import PromptCreate
 
-router = APIRouter(tags=["openai-compatible"])
+router = APIRouter(route_class=JsonRoute, tags=["openai-compatible"])
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

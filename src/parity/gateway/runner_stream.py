@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from parity.api.deps import ContainerDep, CurrentRunner
+from parity.api.jsonbody import JsonRoute
 from parity.container import Container
 from parity.core.tasks.states import TaskType
 from parity.errors import InvalidInput
@@ -37,7 +38,7 @@ from parity.llm.streams import StreamBus, StreamEvent
 from parity.logging import get_logger
 from parity.tasks import lifecycle
 
-router = APIRouter(tags=["runner tasks"])
+router = APIRouter(route_class=JsonRoute, tags=["runner tasks"])
 log = get_logger("parity.gateway")
 MAX_LINE_BYTES = 1024 * 1024
 _LINE = 'each line must be a JSON object {"delta": text}'

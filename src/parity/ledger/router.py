@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 
 from parity.api.deps import ContainerDep, CurrentPrincipal, ReadSession, WriteSession
+from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
 from parity.core.billing.units import format_token_amount
@@ -25,7 +26,7 @@ from parity.ledger.schemas import (
 )
 from parity.ledger.settlement import service as settlement_service
 
-router = APIRouter(tags=["ledger"])
+router = APIRouter(route_class=JsonRoute, tags=["ledger"])
 
 AccountQuery = Annotated[
     str | None,

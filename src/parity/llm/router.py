@@ -16,6 +16,8 @@ from parity.api.deps import (
     ReadSession,
     get_idempotency,
 )
+from parity.api.jsonbody import JsonRoute
+from parity.api.pagination import BIGINT_MAX
 from parity.core.llm.metrics import Period, UsageTotals
 from parity.errors import InvalidInput
 from parity.llm import service
@@ -33,7 +35,7 @@ from parity.llm.schemas import (
 )
 from parity.llm.views import FINISHED, prompt_read
 
-router = APIRouter(tags=["llm"])
+router = APIRouter(route_class=JsonRoute, tags=["llm"])
 MAX_WAIT_SECONDS = 30.0
 
 
@@ -109,7 +111,7 @@ async def list_prompts(
     principal: CurrentPrincipal,
     session: ReadSession,
     limit: Annotated[int, Query(ge=1, le=500)] = 10,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> PromptList:
     """Your prompts, newest first: `{prompts, limit, offset}` as the original API answered,
     plus `total` (also in `X-Total-Count`)."""

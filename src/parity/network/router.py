@@ -17,6 +17,7 @@ from parity.api.deps import (
     ReadSession,
     WriteSession,
 )
+from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.network.schemas import RunnerRegistered
 from parity.runners import service
@@ -34,7 +35,7 @@ from parity.tasks import runner_side
 from parity.tasks.schemas import ClaimRead
 from parity.tasks.views import task_read
 
-router = APIRouter(tags=["runners"])
+router = APIRouter(route_class=JsonRoute, tags=["runners"])
 
 
 async def _read(session: Any, runner: Any) -> RunnerRead:

@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
 from parity.api.errors import envelope
+from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
 from parity.container import Container
@@ -26,7 +27,7 @@ from parity.storage.multipart import MultipartFile
 from parity.storage.ports import Stored
 from parity.storage.schemas import ContentRead, PinCreate, PinRead, UsageRead
 
-router = APIRouter(tags=["storage"])
+router = APIRouter(route_class=JsonRoute, tags=["storage"])
 
 UPLOAD_PATH = "/storage/upload"
 DOWNLOAD_PATH = "/storage/download/{cid}"

@@ -8,11 +8,12 @@ from fastapi import APIRouter
 
 from parity import __version__
 from parity.api.deps import ContainerDep, ReadSession
+from parity.api.jsonbody import JsonRoute
 from parity.system import service
 from parity.system.schemas import StatusRead
 
-router = APIRouter(tags=["system"])
-root_router = APIRouter(tags=["system"])
+router = APIRouter(route_class=JsonRoute, tags=["system"])
+root_router = APIRouter(route_class=JsonRoute, tags=["system"])
 
 
 @router.get("/health")

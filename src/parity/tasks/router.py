@@ -15,8 +15,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from parity.api import jsonbody
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
 from parity.api.errors import invalid_json
+from parity.api.jsonbody import JsonRoute
+from parity.api.pagination import BIGINT_MAX
 from parity.core.tasks.states import TERMINAL
 from parity.errors import InvalidInput
 from parity.ledger import service as ledger_service
@@ -35,7 +38,7 @@ from parity.tasks.schemas import (
 )
 from parity.tasks.views import attempt_read, result_read, status_read, task_read
 
-router = APIRouter(tags=["tasks"])
+router = APIRouter(route_class=JsonRoute, tags=["tasks"])
 FOLLOW_MAX_SECONDS = 1800
 
 
@@ -60,7 +63,7 @@ async def _body(request: Request) -> tuple[TaskCreate, UploadFile | None]:
         if not isinstance(task_field, str):
             raise InvalidInput("task", "the form needs a 'task' field holding the task JSON")
         try:
-            raw = json.loads(task_field)
+            raw = jsonbody.loads(task_field)
         except ValueError as exc:
             raise invalid_json("task", exc) from None
         image = form.get("image")
@@ -68,7 +71,7 @@ async def _body(request: Request) -> tuple[TaskCreate, UploadFile | None]:
             raise InvalidInput("image", "must be a file part")
         return _validated(raw), image
     try:
-        raw = await request.json()
+        raw = jsonbody.loads(await request.body())
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
         raise invalid_json("body", exc) from None
     return _validated(raw), None
@@ -145,7 +148,7 @@ async def list_tasks(
     type: Annotated[list[str] | None, Query(description="Filter by type (repeatable)")] = None,
     include_internal: bool = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> list[TaskRead]:
     """Your tasks (all, for an operator), newest first. Internal `llm`/`fl_train` rows are
     hidden unless `include_internal=true` or asked for by `type`."""
@@ -247,8 +250,10 @@ async def task_logs(
     task_id: uuid.UUID,
     principal: CurrentPrincipal,
     c: ContainerDep,
-    attempt: Annotated[int | None, Query(ge=1)] = None,
-    after: Annotated[int | None, Query(ge=0, description="next_after of a previous read")] = None,
+    attempt: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=BIGINT_MAX, description="next_after of a previous read")
+    ] = None,
     follow: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> Any:

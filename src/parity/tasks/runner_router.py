@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from parity.api.deps import ContainerDep, CurrentRunner, WriteSession
+from parity.api.jsonbody import JsonRoute
 from parity.container import Container
 from parity.errors import InvalidInput
 from parity.tasks import hotpath, lifecycle, runner_side, service
@@ -28,7 +29,7 @@ from parity.tasks.schemas import (
 )
 from parity.tasks.views import task_read
 
-router = APIRouter(tags=["runner tasks"])
+router = APIRouter(route_class=JsonRoute, tags=["runner tasks"])
 
 MAX_WAIT_SECONDS = 30.0
 
