@@ -385,6 +385,9 @@ async def test_integer_parameters_past_64_bits_are_422_naming_the_parameter(
         r = await client.get(url, headers=headers)
         assert r.status_code == 422, (url, r.text)
         assert r.json()["error"]["details"]["errors"][0]["field"] == name, (url, r.text)
+    r = await client.get(f"{V1}/events", headers={**headers, "Last-Event-ID": big})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"]["field"] == "Last-Event-ID"
     r = await client.get(f"{V1}/tasks?offset={2**63 - 1}", headers=headers)
     assert r.status_code == 200, r.text
     assert r.json() == []
@@ -405,3 +408,81 @@ async def test_every_api_route_reads_json_through_the_one_parser(container: Cont
     routes = [r for r in walk(app.router.routes) if r.path not in docs]
     assert len(routes) > 100
     assert [r.path for r in routes if not isinstance(r, JsonRoute)] == []
+
+
+async def test_malformed_headers_and_stream_lines_answer_below_500(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await sign_in(client, ALICE)
+    runner, _ = await register_runner(client, user, "sweep-headers")
+    cid = await _upload(client, user, b"hello world" * 100)
+    failures: list[str] = []
+
+    async def send(method: str, url: str, what: str, **kwargs: Any) -> None:
+        _check(await client.request(method, url, **kwargs), what, failures)
+
+    for auth in (
+        "Bearer",
+        "Bearer ",
+        "Bearer x",
+        "Basic abc",
+        "Bearer " + "x" * 10_000,
+        user,  # no scheme
+        "Bearer ps_run_" + "0" * 64,
+        "Bearer ps_key_x",
+        "Bearer eyJhbGciOiJub25lIn0.e30.",
+    ):
+        for method, url in (
+            ("GET", f"{V1}/auth/me"),
+            ("GET", "/v1/models"),
+            ("GET", "/ollama/api/tags"),
+            ("POST", f"{V1}/runners/tasks/claim?wait=0"),
+        ):
+            await send(method, url, f"{url} auth {auth[:20]}", headers={"Authorization": auth})
+    for wanted in (
+        "bytes=abc",
+        "bytes=10-5",
+        "bytes=99999999999999999999999-",
+        "bytes=-0",
+        "bytes=-99999999999999999999",
+        "bytes=0-0,2-3",
+        "items=0-1",
+        "bytes=",
+        "bytes=--1",
+    ):
+        for extra in ({}, {"If-Range": "x"}):
+            headers = {**bearer(user), "Range": wanted, **extra}
+            await send("GET", f"{V1}/storage/download/{cid}", f"range {wanted}", headers=headers)
+    for key in ("", " ", "x" * 10_000, "a\tb"):
+        await send(
+            "POST",
+            f"{V1}/tasks",
+            f"idempotency key {key[:10]!r}",
+            json={"title": "t", "type": "command", "config": {"command": ["true"]}},
+            headers={**bearer(user), "Idempotency-Key": key},
+        )
+    for last in ("abc", "-1", "9" * 40, "1e9"):
+        headers = {**bearer(user), "Last-Event-ID": last}
+        await send("GET", f"{V1}/events", f"Last-Event-ID {last}", headers=headers)
+    for ctype in (
+        "application/json; charset=latin-1",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "multipart/form-data; boundary=x",
+    ):
+        for url in (f"{V1}/tasks", f"{V1}/llm/prompts", "/v1/chat/completions", f"{V1}/webhooks"):
+            headers = {**bearer(user), "content-type": ctype}
+            await send("POST", url, f"{url} as {ctype}", content=b'{"title": "t"}', headers=headers)
+    for files in ({"file": ("", b"")}, {"other": ("a", b"x")}, {"file": ("a" * 5000, b"x")}):
+        await send("POST", f"{V1}/storage/upload", f"upload {list(files)}", files=files,
+                   headers=bearer(user))  # fmt: skip
+    for line in (b"garbage\n", b'{"t": 1}\n', b"\xff\xfe\n", b'{"token": "\\ud800"}\n'):
+        await send(
+            "POST",
+            f"{V1}/runners/tasks/{ZERO_UUID}/stream",
+            f"stream line {line!r}",
+            content=line,
+            headers={**bearer(runner), "X-Claim-Token": "x" * 20},
+        )
+    assert not failures, "\n".join(failures[:30])

@@ -190,9 +190,12 @@ def _cursor(after: int | None, last_event_id: str | None) -> int:
         return after
     if last_event_id:
         try:
-            return max(int(last_event_id), 0)
+            seq = max(int(last_event_id), 0)
         except ValueError:
-            raise InvalidInput("Last-Event-ID", "must be the id of an event read before") from None
+            seq = -1
+        if not 0 <= seq <= BIGINT_MAX:
+            raise InvalidInput("Last-Event-ID", "must be the id of an event read before")
+        return seq
     return 0
 
 
