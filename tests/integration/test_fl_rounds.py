@@ -741,3 +741,72 @@ async def test_a_stored_update_file_is_accepted_by_cid(world: World):
     r = await post_update(world, runners[0], body)
     assert r.status_code == 200, r.text
     assert (await world.round(s["id"], 1))["updates_received"] == 1
+
+
+async def test_an_update_with_any_one_wrong_value_is_refused_below_500(world: World):
+    """Each top-level value of a real update, each tensor, its first row and first value, set
+    to a wrong value or removed: never a 500, and every refusal names what it refused. A value
+    an update may carry is accepted, and the sweep goes on with the next participant's update
+    (the round's next one, once all three have reported)."""
+    runners = await world.add_runners(3)
+    s = await world.started(total_rounds=20)
+    pending = [(r, await trained(world, r)) for r in runners]
+    body = pending[0][1]
+    places: list[tuple[Any, ...]] = [(key,) for key in body]
+    for name, tensor in body["weights"].items():
+        places += [("weights", name), ("weights", name, 0)]
+        if isinstance(tensor[0], list):
+            places.append(("weights", name, 0, 0))
+    wrong: list[Any] = [None, "x", "\ud800", -1, 10**30, 1e308, [], {}, True, [[1.0]], {"a": 1}]
+    failures: list[str] = []
+    accepted: list[tuple[tuple[Any, ...], Any]] = []
+    for place in places:
+        for value in [*wrong, "<removed>"]:
+            runner, body = pending[0]
+            mutant = json.loads(json.dumps(body))
+            parent = mutant
+            for step in place[:-1]:
+                parent = parent[step]
+            if value == "<removed>":
+                del parent[place[-1]]
+            else:
+                parent[place[-1]] = value
+            r = await post_update(world, runner, mutant)
+            if r.status_code == 200:
+                accepted.append((place, value))
+                pending.pop(0)
+                if not pending:  # the round is complete: the next one opens
+                    number = len(accepted) // 3 + 1
+                    await until(lambda n=number: _round_open(world, s["id"], n))
+                    pending = [(r, await trained(world, r)) for r in runners]
+                continue
+            if r.status_code >= 500 or not r.json()["error"]["message"]:
+                failures.append(f"{place} = {value!r:.30}: {r.status_code} {r.text[:150]}")
+    assert not failures, "\n".join(failures[:20])
+    # Only values an update may carry: a task id left out, a larger example count (capped at
+    # the partition), a wider accuracy or loss within range.
+
+    def carried(place: tuple[Any, ...], value: Any) -> bool:
+        """Whether an update may carry ``value`` at ``place``."""
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if place == ("task_id",):
+            return value in (None, "<removed>")  # optional: the claim token names the task
+        if place == ("loss",):
+            return number and 0 <= value < math.inf
+        if place[0] == "weights" and len(place) == len(np.shape(body["weights"][place[1]])) + 2:
+            return number and bool(np.isfinite(np.float32(value)))
+        return False
+
+    assert [a for a in accepted if not carried(*a)] == []
+    assert 0 < len(accepted) < len(places)
+    # What the accepted extremes (a loss of 1e308, a weight of 1e19) did to the session reads.
+    await world.tick()
+    for path in ("", "/rounds", "/metrics", "/model", "/participants", "/rounds/1"):
+        r = await world.client.get(f"{FL}/sessions/{s['id']}{path}", headers=world.auth)
+        assert r.status_code == 200, (path, r.text[:300])
+
+
+async def _round_open(world: World, sid: str, number: int) -> bool:
+    await world.tick()
+    r = await world.client.get(f"{FL}/sessions/{sid}/rounds/{number}", headers=world.auth)
+    return r.status_code == 200 and r.json()["status"] == "collecting"

@@ -14,7 +14,7 @@ session."""
 from __future__ import annotations
 
 import asyncio
-import statistics
+import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -158,13 +158,29 @@ async def _opt_state(deps: FLDeps, fl_session: FLSession) -> ServerOptState | No
     return await asyncio.to_thread(ServerOptState.from_bytes, data)
 
 
+# Means as convex combinations (each value times its share): finite for any finite values,
+# where a sum first would overflow past float's range (a reported loss may be up to 1e308).
 def _mean(values: Sequence[float]) -> float | None:
-    return statistics.fmean(values) if values else None
+    return math.fsum(v / len(values) for v in values) if values else None
 
 
 def _weighted(values: Sequence[float], weights: Sequence[int]) -> float | None:
     total = sum(weights)
-    return sum(v * w for v, w in zip(values, weights, strict=True)) / total if total else None
+    if not total:
+        return None
+    return math.fsum(v * (w / total) for v, w in zip(values, weights, strict=True))
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: a round's metrics are
+    stored and served as JSON, which has no such numbers (a diverged model's test loss)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def train_metrics(slots: Sequence[FLRoundSlot]) -> dict[str, Any]:
@@ -257,7 +273,7 @@ async def compute_round(
         opt_cid, _ = await store_io.put_bytes(
             deps.store, await asyncio.to_thread(result.state.to_bytes)
         )
-    return Aggregated(round_.id, cid, sha256, opt_cid, metrics)
+    return Aggregated(round_.id, cid, sha256, opt_cid, json_safe(metrics))
 
 
 async def pay_rewards(

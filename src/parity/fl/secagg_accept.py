@@ -35,6 +35,7 @@ from parity.fl import secagg_repository as repo
 from parity.fl import secagg_stages as stages
 from parity.fl.deps import FLDeps
 from parity.fl.errors import NotAParticipant, RoundClosed, RoundNotFound
+from parity.fl.spec_update import Figures
 from parity.tasks import lifecycle
 
 _ACTIVE = frozenset(s.value for s in ACTIVE)
@@ -66,7 +67,7 @@ class Pending:
     runner_id: uuid.UUID
     body: Mapping[str, Any]
     token: str
-    figures: messages.Figures | None
+    figures: Figures | None
     caller: messages.Caller | None = None
     error: Exception | None = None
 
@@ -227,7 +228,7 @@ async def _accept_one(
 
 
 def _record_figures(
-    caller: messages.Caller, known: int | None, figures: messages.Figures, now: datetime
+    caller: messages.Caller, known: int | None, figures: Figures, now: datetime
 ) -> None:
     """The masked input stands in for the update: the slot counts as submitted, with what the
     participant reports (its examples never more than the partition the server gave it)."""

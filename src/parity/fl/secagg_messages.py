@@ -25,7 +25,8 @@ from parity.fl import secagg_stages as stages
 from parity.fl.errors import RoundClosed
 from parity.fl.models import FLRound, FLRoundSlot, FLSession
 from parity.fl.secagg_models import FLSecAggMessage, FLSecAggRound
-from parity.fl.spec_fields import read_float, read_int, read_mapping, read_str, required
+from parity.fl.spec_fields import read_mapping, read_str, required
+from parity.fl.spec_update import Figures, parse_figures
 
 KEY_BYTES = 32
 SHARE_BYTES = 68  # a Shamir share over GF(2^521 - 1): 2-byte index, 66-byte value
@@ -212,28 +213,9 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
-@dataclass(frozen=True)
-class Figures:
-    """What a participant reports with its masked input (in clear: not its update)."""
-
-    data_size: int
-    loss: float
-    accuracy: float
-    training_time_ms: int
-
-
 def figures(body: Mapping[str, Any]) -> Figures:
-    """The figures of a masked-input body, each a 422 naming it when out of range."""
-    return Figures(
-        data_size=read_int(required(body, "data_size", "data_size"), "data_size", minimum=1),
-        loss=read_float(required(body, "loss", "loss"), "loss"),
-        accuracy=read_float(
-            required(body, "accuracy", "accuracy"), "accuracy", minimum=0.0, maximum=1.0
-        ),
-        training_time_ms=read_int(
-            required(body, "training_time_ms", "training_time_ms"), "training_time_ms", minimum=0
-        ),
-    )
+    """The figures of a masked-input body (in clear: not the update), as a plain update's."""
+    return parse_figures(body)
 
 
 def same(stored: list[FLSecAggMessage], built: Built) -> bool:

@@ -29,8 +29,12 @@ from parity.fl.spec_fields import (
     required,
 )
 
-__all__ = ["ModelUpdate", "parse_model_update"]
+__all__ = ["Figures", "ModelUpdate", "parse_figures", "parse_model_update"]
 
+# Examples and milliseconds are stored as 32-bit integers; a participant's examples are at
+# most its partition's rows anyway (capped there when the server partitioned the data).
+MAX_EXAMPLES = 2**31 - 1
+MAX_TRAINING_TIME_MS = 2**31 - 1  # 24.8 days
 MAX_TOKEN = 512
 MAX_CID_TEXT = 512
 MAX_TENSORS = 1024
@@ -58,6 +62,40 @@ _UPDATE_KEYS = frozenset(
 )
 # Checked tensor by tensor later (weights) or not used at all (gradients): not walked here.
 _NOT_WALKED = frozenset({"weights", "gradients"})
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a participant reports of its training, beside its update (or masked input)."""
+
+    data_size: int
+    loss: float
+    accuracy: float
+    training_time_ms: int
+
+
+def parse_figures(body: Mapping[str, Any]) -> Figures:
+    """``data_size`` (examples, 1 to 2^31 - 1), ``loss`` (a training loss: 0 or more),
+    ``accuracy`` (0 to 1) and ``training_time_ms`` (0 to 2^31 - 1), each required; a 422
+    names the first at fault."""
+    return Figures(
+        data_size=read_int(
+            required(body, "data_size", "data_size"),
+            "data_size",
+            minimum=1,
+            maximum=MAX_EXAMPLES,
+        ),
+        loss=read_float(required(body, "loss", "loss"), "loss", minimum=0.0),
+        accuracy=read_float(
+            required(body, "accuracy", "accuracy"), "accuracy", minimum=0.0, maximum=1.0
+        ),
+        training_time_ms=read_int(
+            required(body, "training_time_ms", "training_time_ms"),
+            "training_time_ms",
+            minimum=0,
+            maximum=MAX_TRAINING_TIME_MS,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -90,6 +128,7 @@ def parse_model_update(body: Mapping[str, Any]) -> ModelUpdate:
     weights, cid = body.get("weights"), body.get("update_cid")
     if (weights is None) == (cid is None):
         raise InvalidInput("weights", "give exactly one of weights or update_cid")
+    figures = parse_figures(body)
     return ModelUpdate(
         session_id=session_id,
         round_id=round_id,
@@ -98,14 +137,10 @@ def parse_model_update(body: Mapping[str, Any]) -> ModelUpdate:
         weights=None if weights is None else _weights(weights),
         update_cid=None if cid is None else read_str(cid, "update_cid", max_length=MAX_CID_TEXT),
         update_sha256=_sha256(body.get("update_sha256"), cid is not None),
-        data_size=read_int(required(body, "data_size", "data_size"), "data_size", minimum=1),
-        loss=read_float(required(body, "loss", "loss"), "loss"),
-        accuracy=read_float(
-            required(body, "accuracy", "accuracy"), "accuracy", minimum=0.0, maximum=1.0
-        ),
-        training_time_ms=read_int(
-            required(body, "training_time_ms", "training_time_ms"), "training_time_ms", minimum=0
-        ),
+        data_size=figures.data_size,
+        loss=figures.loss,
+        accuracy=figures.accuracy,
+        training_time_ms=figures.training_time_ms,
     )
 
 
