@@ -202,6 +202,24 @@ async def test_a_deadlock_or_serialization_failure_is_a_retryable_503(
     assert r.headers["retry-after"] == "1"
 
 
+async def test_a_value_the_database_refuses_for_its_column_is_a_422(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+):
+    token = await sign_in(client, ALICE)
+
+    class TooLong(Exception):
+        sqlstate = "22001"  # string data, right truncation
+
+    async def refused_commit(self: AsyncSession) -> None:
+        raise DBAPIError("INSERT", {}, TooLong("value too long for type character varying(255)"))
+
+    monkeypatch.setattr(AsyncSession, "commit", refused_commit)
+    r = await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=bearer(token))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_input"
+    assert r.json()["error"]["details"] == {"sqlstate": "22001"}
+
+
 @pytest.mark.db  # picks its unreachable database by PARITY_TEST_DB, without a db fixture
 async def test_database_down_gives_503_on_health_and_reads(tmp_path: Path):
     if TEST_DB == "postgres":

@@ -8,13 +8,12 @@
   claim token), each with one value anywhere in it replaced by a wrong one, or removed.
 
 Every answer must be below 500 and carry an error object with a message; a 422 must name what
-is wrong. The sweeps are seeded, so a failure reproduces.
+is wrong.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -52,6 +51,8 @@ WRONG: list[Any] = [
     "a\udfffb",
     10**30,
     -(10**30),
+    2**40,  # past a 32-bit column, within a 64-bit one
+    -(2**40),
     -1,
     0,
     1.5,
@@ -107,12 +108,12 @@ def _with(body: Any, path: tuple[Any, ...], value: Any, *, remove: bool = False)
     return out
 
 
-def _mutants(body: dict[str, Any], rng: random.Random, per_place: int) -> Iterator[Any]:
+def _mutants(body: dict[str, Any]) -> Iterator[Any]:
     yield {**body, "\ud800": 1}
     yield {**body, "unknown_field_xyz": 1}
     for path in _paths(body):
         yield _with(body, path, None, remove=True)
-        for value in rng.sample(WRONG, per_place):
+        for value in WRONG:
             yield _with(body, path, value)
 
 
@@ -203,7 +204,6 @@ def _dataset() -> bytes:
 async def test_valid_bodies_with_one_wrong_value_answer_below_500(
     client: httpx.AsyncClient,
 ) -> None:
-    rng = random.Random(20261206)
     user = await sign_in(client, ALICE)
     model = {"model_name": "m1", "is_loaded": True, "max_tokens": 4096, "context_length": 8192}
     runner_body: dict[str, Any] = {
@@ -335,7 +335,7 @@ async def test_valid_bodies_with_one_wrong_value_answer_below_500(
             assert r.status_code == 404 and "unserved" in r.text, (url, r.text)
         else:
             assert r.status_code == expected.get(url, 200), (url, r.text)
-        for mutant in _mutants(body, rng, per_place=4):
+        for mutant in _mutants(body):
             r = await client.request(
                 method,
                 url,

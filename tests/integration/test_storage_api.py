@@ -383,7 +383,9 @@ async def test_upload_streams_without_holding_the_file(
         tracemalloc.stop()
     assert r.status_code == 201, r.text
     assert r.json()["size"] == total
-    assert peak < 12 << 20, f"peak Python allocations {peak} bytes for a {total}-byte upload"
+    # Three 2 MiB batches in flight plus hashing copies: under 12 MiB, 12.9 MiB seen on a
+    # loaded machine; holding the file would be 48 MiB and more.
+    assert peak < 16 << 20, f"peak Python allocations {peak} bytes for a {total}-byte upload"
 
 
 async def test_download_streams_in_pieces(

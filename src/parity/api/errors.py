@@ -194,12 +194,26 @@ async def _db_dbapi(request: Request, exc: Exception) -> JSONResponse:
         )
     if _looks_like_connection_loss(exc):
         return await _db_unavailable(request, exc)
+    if sqlstate is not None and sqlstate.startswith(DATA_EXCEPTION_CLASS):
+        # A value PostgreSQL refused for its column (too long, out of range): the request's
+        # data, which the API's own checks should have named; logged so they can.
+        log.warning(
+            "database_data_error", sqlstate=sqlstate, detail=str(getattr(exc, "orig", exc))[:200]
+        )
+        return envelope(
+            422,
+            "invalid_input",
+            "a value does not fit where it is stored (too long or out of range)",
+            {"sqlstate": sqlstate},
+        )
     return await _unexpected(request, exc)
 
 
 # Deadlock detected, serialization failure, lock not available: nothing was written (the
 # transaction rolled back) and the same request can simply be sent again.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+# SQLSTATE class 22, "data exception": string too long (22001), numeric out of range (22003), ...
+DATA_EXCEPTION_CLASS = "22"
 
 
 def _sqlstate(exc: Exception) -> str | None:

@@ -34,7 +34,8 @@ DOWNLOAD_PATH = "/storage/download/{cid}"
 MULTIPART_SLACK = 64 * 1024  # form framing around the file, allowed above the file size limit
 
 PinQuery = Annotated[bool, Query(description="Pin it for you (counts against your quota)")]
-NameQuery = Annotated[str | None, Query(max_length=255, description="A label for your pin")]
+MAX_NAME = 255
+NameQuery = Annotated[str | None, Query(max_length=MAX_NAME, description="A label for your pin")]
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
@@ -126,13 +127,14 @@ async def upload_form(
     name: NameQuery = None,
 ) -> ContentRead:
     """The original README's form upload. The file part streams into the store; the pin is
-    named after the part's filename unless ``name`` is given."""
+    named after the part's filename (its first 255 characters) unless ``name`` is given."""
     declared = _declared(request)
     payload = None if declared is None else max(declared - MULTIPART_SLACK, 0)
     await _precheck(c, principal, payload, pin)
     form = MultipartFile(request.stream(), request.headers.get("content-type"))
     stored = await _store(c, form)
-    return await _record(c, principal, stored, pin, name or form.filename)
+    filename = form.filename[:MAX_NAME] if form.filename else None
+    return await _record(c, principal, stored, pin, name or filename)
 
 
 @router.get(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,6 +98,11 @@ class ClaimRead(BaseModel):
     lease_expires_at: datetime
 
 
+# An exit code as a process reports it (a POSIX status, a negative signal, a Windows NTSTATUS):
+# any 32-bit integer, the width it is stored in.
+ExitCode = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+
+
 class ClaimBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     claim_token: str = Field(min_length=10, max_length=200)
@@ -106,7 +111,7 @@ class ClaimBody(BaseModel):
 class CompleteBody(ClaimBody):
     output: str | None = Field(None, max_length=32 * 1024 * 1024)
     output_cid: str | None = Field(None, max_length=120)
-    exit_code: int | None = None
+    exit_code: ExitCode | None = None
     error: str | None = Field(None, max_length=65536)
     result_hash: str | None = Field(None, max_length=128)
     usage: dict[str, Any] = Field(default_factory=dict)
@@ -114,7 +119,7 @@ class CompleteBody(ClaimBody):
 
 class FailBody(ClaimBody):
     error: str = Field(min_length=1, max_length=65536)
-    exit_code: int | None = None
+    exit_code: ExitCode | None = None
     # What the run delivered before it broke off (an llm task's partial text and token counts).
     output: str | None = Field(None, max_length=32 * 1024 * 1024)
     usage: dict[str, Any] = Field(default_factory=dict)

@@ -142,7 +142,7 @@ def _message(index: int, raw: object) -> ChatMessage:
     if extra:
         raise ConfigInvalid(f"{field}.{extra[0]}", "is not supported")
     role = raw.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise ConfigInvalid(f"{field}.role", f"must be one of {', '.join(sorted(ROLES))}")
     return ChatMessage(role=str(role), content=_content(f"{field}.content", raw.get("content")))
 
