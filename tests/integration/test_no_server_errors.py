@@ -25,6 +25,7 @@ from parity.api.jsonbody import JsonRoute
 from parity.app import create_app
 from parity.container import Container
 from tests.conftest import ADMIN, ALICE, bearer, sign_in
+from tests.integration.queue_helpers import claim as claim_one
 from tests.integration.queue_helpers import claimed, create_task, register_runner
 
 V1 = "/api/v1"
@@ -218,9 +219,20 @@ async def test_valid_bodies_with_one_wrong_value_answer_below_500(
     runner = str(r.json()["runner_token"])
     await create_task(client, user)
     claim = await claimed(client, runner)
-    pending = await create_task(client, user)  # one to edit
     claim_token = str(claim["claim_token"])
-    task_id = str(claim["task"]["id"]) if "task" in claim else str(claim["id"])
+    task_id = str(claim["task"]["id"])
+    second = await create_task(client, user)  # one to complete
+    r = await claim_one(client, runner, second["id"])
+    assert r.status_code == 200, r.text
+    second_token = str(r.json()["claim_token"])
+    r = await client.post(f"{V1}/llm/prompts", json={"model": "m1", "prompt": "hi"},
+                          headers=bearer(user))  # fmt: skip
+    assert r.status_code == 202, r.text
+    prompt_id = str(r.json()["id"])
+    r = await claim_one(client, runner, prompt_id)
+    assert r.status_code == 200, r.text
+    prompt_token = str(r.json()["claim_token"])
+    pending = await create_task(client, user)  # one to edit
     cid = await _upload(client, user, _dataset())
 
     chat = {"role": "user", "content": "hi"}
@@ -319,15 +331,42 @@ async def test_valid_bodies_with_one_wrong_value_answer_below_500(
         ),
         (
             "POST",
+            f"{V1}/runners/tasks/{second['id']}/complete",
+            runner,
+            {
+                "claim_token": second_token,
+                "output": "hi",
+                "exit_code": 0,
+                "result_hash": "ab" * 32,
+                "usage": {"cpu_seconds": 0.5},
+            },
+        ),
+        (
+            "POST",
+            f"{V1}/llm/prompts/{prompt_id}/complete",
+            runner,
+            {
+                "claim_token": prompt_token,
+                "response": "hello",
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+            },
+        ),
+        ("PUT", f"{V1}/runners/webhooks", runner, {"url": "https://93.184.216.34/push"}),
+        ("POST", f"{V1}/auth/keys", user, {"name": "k", "expires_in_days": 30}),
+        (
+            "POST",
             f"{V1}/runners/tasks/{task_id}/fail",
             runner,
             {"claim_token": claim_token, "error": "boom", "exit_code": 1},
         ),
+        # Last: a reconcile gives back every claim it does not list.
+        ("POST", f"{V1}/runners/tasks/reconcile", runner, {"claims": [claim_token]}),
     ]
     failures: list[str] = []
     sent = 0
     expected = {f"{V1}/llm/prompts": 202, f"{V1}/tasks": 201, f"{V1}/runners": 201}
     expected |= {f"{V1}/webhooks": 201, f"{V1}/federated-learning/sessions": 201}
+    expected |= {f"{V1}/auth/keys": 201}
     for method, url, token, body in cases:
         # The body itself is right: what the sweep changes is what is wrong.
         r = await client.request(method, url, json=body, headers=bearer(token))
@@ -344,7 +383,7 @@ async def test_valid_bodies_with_one_wrong_value_answer_below_500(
             )
             sent += 1
             _check(r, f"{method} {url} {json.dumps(mutant)[:160]}", failures)
-    assert sent > 300
+    assert sent > 1500  # every place of every body, every wrong value
     assert not failures, "\n".join(failures[:30])
 
 
