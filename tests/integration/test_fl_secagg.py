@@ -637,3 +637,68 @@ async def test_a_session_cancelled_while_unmasking_ends_the_round_and_its_tasks(
         assert task["status"] in ("cancelled", "cancel_requested"), task
     r = await post(world, parties[0], "unmask", {"self_mask_shares": {}, "key_shares": {}})
     assert (r.status_code, r.json()["error"]["code"]) == (409, "round_closed")
+
+
+async def test_every_stage_message_with_one_wrong_value_is_refused_below_500(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Before the first participant sends each stage's message, every place in it (the claim
+    token, keys, commitments, each share, the masked vector, the figures) is sent set to a wrong
+    value or removed: never a 500, every refusal says what it refused, and the round still
+    completes with the real messages."""
+    from tests.integration.test_no_server_errors import WRONG, _check, _paths, _with
+
+    runners = await world.add_runners(3)
+    s = await secure_session(world, total_rounds=1)
+    parties = await joined(world, runners)
+    real_post = post
+    failures: list[str] = []
+    accepted: list[str] = []
+
+    def allowed(place: tuple[Any, ...], value: Any) -> bool:
+        """What a message may carry (not sent: it would be the participant's message):
+        figures in range, either unmask map left out."""
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if place == ("loss",):
+            return number and 0 <= value < math.inf
+        if place == ("training_time_ms",):
+            return number and 0 <= value < 2**31
+        if place == ("accuracy",):
+            return number and 0 <= value <= 1
+        left_out = value is None or value == "<removed>" or value == {}
+        if place[0] in ("self_mask_shares", "key_shares"):
+            # Either map, or any share in it, may be left out: the server combines what the
+            # threshold needs from the survivors that answer.
+            return left_out if len(place) == 1 else value == "<removed>"
+        return False
+
+    async def swept(world: World, party: Party, stage: str, body: dict[str, Any]) -> httpx.Response:
+        if party.index == 0:
+            message = {"claim_token": party.token, **body}
+            for place in _paths(message):
+                values = [*WRONG, "AAAA", "<removed>"]
+                if place[0] == "shares" and len(place) == 2:
+                    # A sealed bundle is opaque to the server (only its recipient can open it
+                    # and refuses a forged one): any base64 text of a bundle's size passes here.
+                    values = [v for v in values if v not in ("AAAA", "x" * 5000)]
+                for value in [v for v in values if not allowed(place, v)]:
+                    mutant = _with(message, place, value, remove=value == "<removed>")
+                    r = await world.client.post(
+                        party.path(stage),
+                        content=json.dumps(mutant).encode(),
+                        headers={**bearer(party.runner.token), "content-type": "application/json"},
+                    )
+                    if r.status_code == 200:
+                        accepted.append(f"{stage} {place} = {value!r:.20}")
+                    _check(r, f"{stage} {place} = {value!r:.30}", failures)
+        return await real_post(world, party, stage, body)
+
+    monkeypatch.setitem(globals(), "post", swept)
+    await advertise(world, parties)
+    await share(world, parties)
+    await mask(world, parties)
+    await unmask(world, parties)
+    assert not failures, "\n".join(failures[:20])
+    assert accepted == []
+    await world.tick()
+    assert (await world.round(s["id"], 1))["status"] == "completed"

@@ -31,6 +31,7 @@ from parity.core.fl.secagg import (
     KeyAdvert,
     MaskedInput,
     RoundSetup,
+    ShareMessage,
     UnmaskReply,
     UnmaskRequest,
     communication_graph,
@@ -649,3 +650,20 @@ def test_central_dp_on_a_secure_sum_matches_the_servers_own_clipped_mean() -> No
     noised, std = add_central_noise(big, noisy_config, 8, np.random.default_rng(12))
     assert std == pytest.approx(2.0 * 1.0 / 8)
     assert np.std(noised["w"]) == pytest.approx(std, rel=0.05)
+
+
+def test_a_share_message_that_leaves_out_an_advertised_neighbour_is_refused() -> None:
+    game = Round(6)
+    adverts = check_adverts(game.setups, [c.advertise() for c in game.clients.values()])
+    relayed = neighbour_adverts(game.setups, adverts)
+    messages = [game.clients[u].share_keys(relayed[u]) for u in game.ids]
+    sender = messages[0]
+    left_out = sorted(sender.sealed)[0]
+    short = ShareMessage(
+        sender.sender, sender.commitment, {k: v for k, v in sender.sealed.items() if k != left_out}
+    )
+    with pytest.raises(SecAggError, match=f"sent no shares to its neighbour\\(s\\) '{left_out}'"):
+        route_shares(game.setups, adverts, [short, *messages[1:]])
+    # A neighbour that never advertised keys is owed nothing.
+    absent = {k: v for k, v in adverts.items() if k != left_out}
+    route_shares(game.setups, absent, [short])

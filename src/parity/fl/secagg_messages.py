@@ -196,7 +196,9 @@ def _unmask(caller: Caller, body: Mapping[str, Any], now: datetime, seen: Seen) 
         ("self_mask_shares", survivors, "a survivor"),
         ("key_shares", dropped, "a dropped participant"),
     ):
-        given = read_mapping(body.get(field) or {}, field)
+        # Either may be left out (or null): a participant holds shares only of its neighbours.
+        raw = body.get(field)
+        given = {} if raw is None else read_mapping(raw, field)
         payload[field] = {}
         for key, value in given.items():
             index = _participant_key(key, field, allowed, what, number)

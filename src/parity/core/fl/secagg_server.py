@@ -84,8 +84,9 @@ def route_shares(
     messages: Iterable[ShareMessage],
 ) -> tuple[dict[str, dict[str, bytes]], dict[str, bytes]]:
     """Stage 2: ``(recipient -> {sender -> sealed bundle}, sender -> commitment)``. Senders are
-    the participants that shared keys; bundles go only to senders' neighbours that shared too
-    (the others are out of the round)."""
+    the participants that shared keys, each with one bundle for every neighbour that advertised
+    keys; bundles go only to senders' neighbours that shared too (the others are out of the
+    round)."""
     commitments: dict[str, bytes] = {}
     bundles: dict[str, dict[str, bytes]] = {}
     checked: list[ShareMessage] = []
@@ -100,6 +101,12 @@ def route_shares(
         for recipient in message.sealed:
             if recipient not in setups[who].neighbours or recipient not in adverts:
                 raise SecAggError(who, f"{who!r} sent shares to {recipient!r}, not a neighbour")
+        # Every neighbour that advertised keys holds a share of the sender's secrets: without
+        # them its mask could not be removed (were it to drop) with the threshold it promised.
+        missing = [v for v in setups[who].neighbours if v in adverts and v not in message.sealed]
+        if missing:
+            names = ", ".join(repr(v) for v in missing)
+            raise SecAggError(who, f"{who!r} sent no shares to its neighbour(s) {names}")
         commitments[who] = message.commitment
         checked.append(message)
     for message in checked:
