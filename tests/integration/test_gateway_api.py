@@ -359,3 +359,45 @@ async def test_with_pricing_on_the_streamed_usage_is_what_the_ledger_billed(net:
     p = (await net.http.get(f"{V1}/llm/prompts/{task_id}", headers=bearer(key))).json()
     assert p["cost"] == "18"
     assert (p["usage"]["input_tokens"], p["usage"]["output_tokens"]) == (12, 3)
+
+
+async def test_every_malformed_stream_line_is_422_and_the_client_stream_stays_whole(
+    client: httpx.AsyncClient,
+):
+    key, runner = await setup(client)
+    answer = asyncio.create_task(
+        client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(key))
+    )
+    got = await claim_when_routed(client, runner)
+    task_id, token = got["task"]["id"], got["claim_token"]
+    headers = {**bearer(runner), "X-Claim-Token": token}
+    for line in (
+        b'{"delta": "\\ud800"}',  # half a surrogate pair: not text
+        b'{"delta": "a\\udfffb"}',
+        b'{"delta": NaN}',
+        b'{"delta": 1e999}',
+        b'{"delta": ["a"]}',
+        b'{"delta": {"text": "a"}}',
+        b'{"delta": null}',
+        b'"just text"',
+        b"[1, 2]",
+        b"\xff\xfe",
+        b"{",
+    ):
+        r = await client.post(
+            f"{V1}/runners/tasks/{task_id}/stream", content=line + b"\n", headers=headers
+        )
+        assert r.status_code == 422, (line, r.text)
+        assert r.json()["error"]["details"]["field"] == "delta", (line, r.text)
+    r = await stream_deltas(client, runner, task_id, token, ["Hello", " \U0001f600"])
+    assert r.status_code == 200, r.text
+    await act(client, runner, task_id, "complete", token, output="Hello \U0001f600",
+              usage={"input_tokens": 3, "output_tokens": 2})  # fmt: skip
+    events = sse_events((await asyncio.wait_for(answer, 20)).text)
+    assert events[-1] == "[DONE]"
+    text = "".join(
+        e["choices"][0]["delta"].get("content") or ""
+        for e in events[:-1]
+        if isinstance(e, dict) and e.get("choices")
+    )
+    assert text == "Hello \U0001f600"

@@ -17,15 +17,14 @@ reached the client and the queue's failover applies as for any lost runner."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
+from parity.api import jsonbody
 from parity.api.deps import ContainerDep, CurrentRunner
 from parity.api.jsonbody import JsonRoute
 from parity.container import Container
@@ -52,14 +51,9 @@ class StreamAccepted(BaseModel):
 
 def _delta(line: bytes) -> str:
     try:
-        item = orjson.loads(line)
+        item = jsonbody.loads(line)  # a lone surrogate is not text: refused like bad JSON
     except ValueError:
-        # The standard parser accepts a little more (NaN, big integers): a line it reads is
-        # not refused for the faster parser's sake.
-        try:
-            item = json.loads(line)
-        except ValueError:
-            raise InvalidInput("delta", _LINE) from None
+        raise InvalidInput("delta", _LINE) from None
     text = item.get("delta") if isinstance(item, dict) else None
     if not isinstance(text, str):
         raise InvalidInput("delta", _LINE)
