@@ -141,3 +141,15 @@ def test_json_form_missing_a_tensor_is_named() -> None:
     with pytest.raises(TensorError) as caught:
         from_lists(data, SPEC.shapes())
     assert caught.value.field == "fc2.weight"
+
+
+def test_a_value_past_float32s_range_is_refused_without_a_warning() -> None:
+    import warnings
+
+    data = to_lists(weights())
+    data["fc1.bias"] = [1e308, *data["fc1.bias"][1:]]  # finite as a double, not as a float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TensorError, match="past float32's range") as caught:
+            from_lists(data, SPEC.shapes())
+    assert caught.value.field == "fc1.bias"

@@ -187,8 +187,11 @@ def evaluate(
     labels = np.asarray(y, dtype=np.int64)
     if labels.shape[0] == 0:
         raise ModelError("labels", "no rows to evaluate on")
-    _, logits = forward(spec, weights, x)
-    log_probs = log_softmax(logits)
-    loss = float(-log_probs[np.arange(labels.shape[0]), labels].mean())
+    # A diverged model (weights near float32's limit) overflows: its loss is then NaN or
+    # infinite, which the caller reports as such (round metrics store it as null).
+    with np.errstate(over="ignore", invalid="ignore"):
+        _, logits = forward(spec, weights, x)
+        log_probs = log_softmax(logits)
+        loss = float(-log_probs[np.arange(labels.shape[0]), labels].mean())
     accuracy = float((logits.argmax(axis=1) == labels).mean())
     return Evaluation(loss, accuracy, int(labels.shape[0]))

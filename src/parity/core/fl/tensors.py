@@ -143,9 +143,13 @@ def from_lists(data: Mapping[str, Any], expected: Shapes) -> Weights:
             raise TensorError(
                 name, f"tensor {name!r} has shape {list(array.shape)}, expected {list(shape)}"
             )
-        if not np.isfinite(array).all():
-            raise TensorError(name, f"tensor {name!r} contains NaN or infinity")
-        result[name] = array.astype(np.float32)
+        with np.errstate(over="ignore"):  # past float32's range becomes infinity: refused
+            single = array.astype(np.float32)
+        if not np.isfinite(single).all():
+            raise TensorError(
+                name, f"tensor {name!r} contains NaN or infinity (or a value past float32's range)"
+            )
+        result[name] = single
     check_layout(result, expected)
     return result
 
