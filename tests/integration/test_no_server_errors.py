@@ -44,6 +44,8 @@ RAW_BODIES = [
     b'{"\\ud800": 1}',
     b"{",
     b"\xff\xfe",
+    b"[" * 5000 + b"]" * 5000,  # nested past any parser's depth limit
+    b"[NaN, " + b"[" * 5000 + b"]" * 5000 + b"]",
 ]
 # Wrong values put in place of a field (json.dumps writes the surrogates as \ud800 escapes).
 WRONG: list[Any] = [

@@ -63,3 +63,17 @@ def test_an_error_message_holding_a_lone_surrogate_still_renders() -> None:
     response = envelope(422, "invalid", "field '\ud800' is unknown")
     assert response.status_code == 422
     assert json.loads(response.body)["error"]["message"] == "field '\ud800' is unknown"
+
+
+def test_a_body_nested_too_deeply_is_not_json() -> None:
+    for depth in (2_000, 100_000):
+        with pytest.raises(json.JSONDecodeError, match="depth limit exceeded"):
+            loads(b"[" * depth + b"]" * depth)
+        # With what only the standard parser reads (NaN), the same answer from it.
+        with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+            loads(b"[NaN, " + b"[" * depth + b"]" * depth + b"]")
+    assert loads(b"[" * 500 + b"]" * 500) is not None  # orjson reads up to 1,024 levels
+
+
+def test_a_byte_order_mark_is_ignored() -> None:
+    assert loads(b'\xef\xbb\xbf{"a": NaN}')["a"] != 0

@@ -12,7 +12,8 @@ character and passes.
 
 orjson parses first (it refuses lone surrogates itself, and is faster); what it refuses —
 NaN and Infinity, integers past 64 bits, lone surrogates — is parsed again by the standard
-parser, so the checks that name a field still see NaN and large numbers.
+parser, so the checks that name a field still see NaN and large numbers. A body nested too
+deeply for the standard parser is refused as not JSON.
 """
 
 from __future__ import annotations
@@ -63,15 +64,39 @@ def lone_surrogate(doc: str) -> int | None:
     return pending
 
 
+MAX_DEPTH = 1024  # orjson's limit: the same on both parsers
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_OPENERS = frozenset("[{")
+
+
+def _depth(doc: str) -> int:
+    """How deeply ``doc``'s arrays and objects nest (brackets inside strings not counted)."""
+    deepest = depth = 0
+    for ch in _STRING.sub("", doc):
+        if ch in _OPENERS:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == "]" or ch == "}":
+            depth -= 1
+    return deepest
+
+
 def loads(body: bytes | str) -> Any:
     """``body`` as JSON; :class:`json.JSONDecodeError` (or :class:`UnicodeDecodeError` for
     bytes that are not UTF-8) when it is not JSON or holds a lone surrogate."""
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    value = json.loads(body)
-    doc = body if isinstance(body, str) else body.decode("utf-8")
+    except orjson.JSONDecodeError as exc:  # a json.JSONDecodeError
+        if str(exc).startswith("depth limit exceeded"):
+            # Nested past MAX_DEPTH: no request of this API is, and the standard parser (or
+            # a later check walking the value) could run out of stack on it.
+            raise
+    doc = body if isinstance(body, str) else body.decode("utf-8-sig")  # a BOM is ignored
+    # Measured before the standard parser runs: it recurses per level in C, and a body nested
+    # deeply enough could exhaust the stack where the recursion limit has been raised.
+    if _depth(doc) > MAX_DEPTH:
+        raise json.JSONDecodeError(f"nested too deeply (more than {MAX_DEPTH} levels)", doc, 0)
+    value = json.loads(doc)
     if "\\u" in doc and (pos := lone_surrogate(doc)) is not None:
         escape = doc[pos : pos + 6]
         raise json.JSONDecodeError(

@@ -148,8 +148,8 @@ def _read_npz(data: bytes, field: str, x_key: str) -> tuple[NDArray[Any], NDArra
 def _read_json(data: bytes) -> tuple[NDArray[Any], NDArray[Any]]:
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad(f"the JSON file is unreadable: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise _bad(f"the JSON file is unreadable: {exc or 'nested too deeply'}") from None
     if not isinstance(doc, Mapping) or "features" not in doc or "labels" not in doc:
         raise _bad('the JSON file must be an object {"features": [[...]], "labels": [...]}')
     features, labels = doc["features"], doc["labels"]
