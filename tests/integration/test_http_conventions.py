@@ -184,19 +184,27 @@ async def test_commit_failure_is_503_and_changes_nothing(
     assert "stack" not in r.text.lower() and "Traceback" not in r.text
 
 
-async def test_a_deadlock_or_serialization_failure_is_a_retryable_503(
-    client: httpx.AsyncClient, container: Container, monkeypatch: pytest.MonkeyPatch
-):
+async def _key_created_while_commit_fails(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, state: str, message: str
+) -> httpx.Response:
+    """``POST /auth/keys`` whose commit raises the database error of SQLSTATE ``state``, as
+    asyncpg (and SQLAlchemy's wrapper) carry it."""
     token = await sign_in(client, ALICE)
 
-    class Deadlock(Exception):
-        sqlstate = "40P01"  # what asyncpg (and SQLAlchemy's wrapper) carry
+    class DatabaseError(Exception):
+        sqlstate = state
 
-    async def deadlocked_commit(self: AsyncSession) -> None:
-        raise DBAPIError("COMMIT", {}, Deadlock("deadlock detected"))
+    async def failing_commit(self: AsyncSession) -> None:
+        raise DBAPIError("COMMIT", {}, DatabaseError(message))
 
-    monkeypatch.setattr(AsyncSession, "commit", deadlocked_commit)
-    r = await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=bearer(token))
+    monkeypatch.setattr(AsyncSession, "commit", failing_commit)
+    return await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=bearer(token))
+
+
+async def test_a_deadlock_or_serialization_failure_is_a_retryable_503(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+):
+    r = await _key_created_while_commit_fails(client, monkeypatch, "40P01", "deadlock detected")
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "database_conflict"
     assert r.headers["retry-after"] == "1"
@@ -205,16 +213,10 @@ async def test_a_deadlock_or_serialization_failure_is_a_retryable_503(
 async def test_a_value_the_database_refuses_for_its_column_is_a_422(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ):
-    token = await sign_in(client, ALICE)
-
-    class TooLong(Exception):
-        sqlstate = "22001"  # string data, right truncation
-
-    async def refused_commit(self: AsyncSession) -> None:
-        raise DBAPIError("INSERT", {}, TooLong("value too long for type character varying(255)"))
-
-    monkeypatch.setattr(AsyncSession, "commit", refused_commit)
-    r = await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=bearer(token))
+    # 22001: string data, right truncation.
+    r = await _key_created_while_commit_fails(
+        client, monkeypatch, "22001", "value too long for type character varying(255)"
+    )
     assert r.status_code == 422, r.text
     assert r.json()["error"]["code"] == "invalid_input"
     assert r.json()["error"]["details"] == {"sqlstate": "22001"}

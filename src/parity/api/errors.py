@@ -229,14 +229,20 @@ def _looks_like_connection_loss(exc: Exception) -> bool:
     return any(k in name for k in ("Connection", "CannotConnect", "InterfaceError", "Shutdown"))
 
 
+def read_json(data: bytes | str, field: str) -> Any:
+    """``data`` read by the API's one JSON parser (:func:`parity.api.jsonbody.loads`); 422
+    ``invalid_json`` naming ``field`` and where the parser stopped when it does not parse."""
+    try:
+        return jsonbody.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+        raise invalid_json(field, exc) from None
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, for routes that validate it themselves: 422
     ``invalid_json`` (where the parser stopped) when it does not parse, 422 naming ``body``
     when it is not an object."""
-    try:
-        raw = jsonbody.loads(await request.body())
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise invalid_json("body", exc) from None
+    raw = read_json(await request.body(), "body")
     if not isinstance(raw, dict):
         raise InvalidInput("body", "must be a JSON object")
     return raw

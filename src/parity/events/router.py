@@ -190,10 +190,10 @@ def _cursor(after: int | None, last_event_id: str | None) -> int:
         return after
     if last_event_id:
         try:
-            seq = max(int(last_event_id), 0)
+            seq: int | None = max(int(last_event_id), 0)
         except ValueError:
-            seq = -1
-        if not 0 <= seq <= BIGINT_MAX:
+            seq = None
+        if seq is None or seq > BIGINT_MAX:
             raise InvalidInput("Last-Event-ID", "must be the id of an event read before")
         return seq
     return 0

@@ -149,7 +149,7 @@ def _read_json(data: bytes) -> tuple[NDArray[Any], NDArray[Any]]:
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise _bad(f"the JSON file is unreadable: {exc or 'nested too deeply'}") from None
+        raise _bad(f"the JSON file is unreadable: {exc}") from None
     if not isinstance(doc, Mapping) or "features" not in doc or "labels" not in doc:
         raise _bad('the JSON file must be an object {"features": [[...]], "labels": [...]}')
     features, labels = doc["features"], doc["labels"]

@@ -26,7 +26,6 @@ from parity.fl.errors import RoundClosed
 from parity.fl.models import FLRound, FLRoundSlot, FLSession
 from parity.fl.secagg_models import FLSecAggMessage, FLSecAggRound
 from parity.fl.spec_fields import read_mapping, read_str, required
-from parity.fl.spec_update import Figures, parse_figures
 
 KEY_BYTES = 32
 SHARE_BYTES = 68  # a Shamir share over GF(2^521 - 1): 2-byte index, 66-byte value
@@ -213,11 +212,6 @@ BUILDERS: dict[str, Builder] = {
     stages.MASKED: _masked,
     stages.UNMASK: _unmask,
 }
-
-
-def figures(body: Mapping[str, Any]) -> Figures:
-    """The figures of a masked-input body (in clear: not the update), as a plain update's."""
-    return parse_figures(body)
 
 
 def same(stored: list[FLSecAggMessage], built: Built) -> bool:

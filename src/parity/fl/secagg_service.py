@@ -56,6 +56,7 @@ from parity.fl.spec_fields import (
     refuse_unknown,
     required,
 )
+from parity.fl.spec_update import parse_figures
 from parity.tasks import lifecycle
 
 __all__ = [
@@ -146,7 +147,8 @@ async def post_message(
     refuse_unknown(body, messages.KEYS[stage], "")
     check_finite_tree(body)
     token = _claim_token(body.get("claim_token"))
-    figures = messages.figures(body) if stage == stages.MASKED else None
+    # The masked input's figures (in clear: not the update), as a plain update reports them.
+    figures = parse_figures(body) if stage == stages.MASKED else None
     pending = accept.Pending(runner_id, body, token, figures)
     run = functools.partial(_run_batch, db, deps, session_id, number, stage)
     await INBOX.submit((session_id, number, stage), pending, run)

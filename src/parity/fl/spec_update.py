@@ -128,15 +128,20 @@ def parse_model_update(body: Mapping[str, Any]) -> ModelUpdate:
     weights, cid = body.get("weights"), body.get("update_cid")
     if (weights is None) == (cid is None):
         raise InvalidInput("weights", "give exactly one of weights or update_cid")
+    # Checked in the order of the body's fields: the first at fault is the one named.
+    task_id = None if body.get("task_id") is None else _uuid(body["task_id"], "task_id")
+    tensors = None if weights is None else _weights(weights)
+    update_cid = None if cid is None else read_str(cid, "update_cid", max_length=MAX_CID_TEXT)
+    update_sha256 = _sha256(body.get("update_sha256"), cid is not None)
     figures = parse_figures(body)
     return ModelUpdate(
         session_id=session_id,
         round_id=round_id,
         claim_token=claim_token,
-        task_id=None if body.get("task_id") is None else _uuid(body["task_id"], "task_id"),
-        weights=None if weights is None else _weights(weights),
-        update_cid=None if cid is None else read_str(cid, "update_cid", max_length=MAX_CID_TEXT),
-        update_sha256=_sha256(body.get("update_sha256"), cid is not None),
+        task_id=task_id,
+        weights=tensors,
+        update_cid=update_cid,
+        update_sha256=update_sha256,
         data_size=figures.data_size,
         loss=figures.loss,
         accuracy=figures.accuracy,

@@ -10,8 +10,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from parity.api import jsonbody
-from parity.api.errors import STATUS, invalid_json
+from parity.api.errors import STATUS, read_json
 from parity.errors import Category, InvalidInput, ParityError
 
 M = TypeVar("M", bound=BaseModel)
@@ -68,10 +67,7 @@ def invalid(exc: ValidationError) -> InvalidInput:
 async def parse(request: Request, model: type[M]) -> M:
     """The JSON body as ``model``; a body that is not JSON, or does not fit, is InvalidInput
     naming the parameter."""
-    try:
-        raw = jsonbody.loads(await request.body() or b"null")
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise invalid_json("body", exc) from None
+    raw = read_json(await request.body() or b"null", "body")
     if not isinstance(raw, dict):
         raise InvalidInput("body", "must be a JSON object")
     try:

@@ -15,9 +15,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from parity.api import jsonbody
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
-from parity.api.errors import invalid_json
+from parity.api.errors import read_json
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import BIGINT_MAX
 from parity.core.tasks.states import TERMINAL
@@ -62,19 +61,12 @@ async def _body(request: Request) -> tuple[TaskCreate, UploadFile | None]:
         task_field = form.get("task")
         if not isinstance(task_field, str):
             raise InvalidInput("task", "the form needs a 'task' field holding the task JSON")
-        try:
-            raw = jsonbody.loads(task_field)
-        except ValueError as exc:
-            raise invalid_json("task", exc) from None
+        raw = read_json(task_field, "task")
         image = form.get("image")
         if image is not None and not isinstance(image, UploadFile):
             raise InvalidInput("image", "must be a file part")
         return _validated(raw), image
-    try:
-        raw = jsonbody.loads(await request.body())
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-        raise invalid_json("body", exc) from None
-    return _validated(raw), None
+    return _validated(read_json(await request.body(), "body")), None
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
