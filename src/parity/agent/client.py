@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from eth_account.messages import encode_defunct
 
 
 class ServerError(Exception):
@@ -72,6 +71,8 @@ class ServerClient:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def sign_in(self, account: Any) -> str:
+        from eth_account.messages import encode_defunct  # slow to import: only where signing
+
         r = await self.http.post("/api/v1/auth/nonce", json={"address": account.address})
         _raise(r)
         body = r.json()

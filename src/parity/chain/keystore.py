@@ -12,11 +12,13 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from eth_utils.address import to_checksum_address
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
+
+# eth_account and eth_utils are imported where a key is made, decrypted or an address
+# checksummed: they take most of a second to import, which every command line start would pay.
 
 DEFAULT_KEYSTORE = Path("~/.parity/keystore.json")
 
@@ -83,6 +85,8 @@ def _publish_no_clobber(tmp: Path, path: Path) -> None:
 
 def account_from_private_key(private_key: str) -> LocalAccount:
     """Validate a hex private key (64 hex chars, optional 0x) and wrap it in an account."""
+    from eth_account import Account
+
     account: LocalAccount = Account.from_key(_normalize_private_key(private_key))
     return account
 
@@ -116,6 +120,8 @@ def create_keystore(
         raise KeystoreError("refusing to create a keystore with an empty password")
     if path.exists() and not overwrite:
         raise KeystoreError(f"keystore already exists at {path}; refusing to overwrite it")
+    from eth_account import Account
+
     account: LocalAccount = (
         Account.create() if private_key is None else account_from_private_key(private_key)
     )
@@ -156,6 +162,8 @@ def read_address(path: Path) -> str:
     address = doc.get("address")
     if not isinstance(address, str):
         raise KeystoreError(f"keystore {path} has no address field")
+    from eth_utils.address import to_checksum_address
+
     try:
         return to_checksum_address(address if address.startswith("0x") else "0x" + address)
     except ValueError:
@@ -164,6 +172,8 @@ def read_address(path: Path) -> str:
 
 def load_account(path: Path, password: str) -> LocalAccount:
     """Decrypt the keystore and return an ``eth_account`` ``LocalAccount``."""
+    from eth_account import Account
+
     path = Path(path).expanduser()
     doc = _read_keystore_json(path)
     try:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from eth_utils.address import is_checksum_address
-
 StakeIdMode = Literal["address", "device"]
 
 
@@ -46,4 +44,6 @@ def _is_address(value: str) -> bool:
     # All-lower or all-upper hex carries no checksum; mixed case must be a valid EIP-55 one.
     if digits.lower() == digits or digits.upper() == digits:
         return True
+    from eth_utils.address import is_checksum_address  # slow to import: only when needed
+
     return bool(is_checksum_address(value))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
-from eth_account.messages import encode_defunct
-from eth_account.signers.local import LocalAccount
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 from parity.chain.keystore import (
     DEFAULT_KEYSTORE,
@@ -75,6 +76,8 @@ def sign_in(
     Transport errors (``httpx.HTTPError``) propagate unchanged so callers can
     tell "server said no" from "server unreachable".
     """
+    from eth_account.messages import encode_defunct  # slow to import: only where signing
+
     prefix = api_prefix.rstrip("/")
     nonce_resp = client.post(
         f"{prefix}/auth/nonce",

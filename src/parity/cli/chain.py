@@ -12,10 +12,12 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from eth_account.signers.local import LocalAccount
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 from parity.chain.errors import ChainError, ChainRetryableError
 from parity.chain.factory import open_chain_client

@@ -11,7 +11,6 @@ import typer
 from parity import __version__
 from parity.cli.help_width import widen_help_without_terminal
 from parity.config import Settings, load_settings
-from parity.db import migrate
 from parity.db.lockfile import AlreadyRunning
 from parity.errors import ConfigError
 from parity.logging import configure_logging
@@ -48,6 +47,7 @@ def _root(ctx: typer.Context, config: ConfigOpt = None) -> None:
 def server(config: ConfigOpt = None) -> None:
     """Run the API server and its background loops (embedded SQLite unless DATABASE_URL)."""
     from parity.cli.server import run_server
+    from parity.db import migrate
 
     settings = _settings(config)
     configure_logging(settings.log_level, settings.log_format)
@@ -78,6 +78,8 @@ def migrate_cmd(
     ] = None,
 ) -> None:
     """Apply database migrations (under the migration lock on PostgreSQL)."""
+    from parity.db import migrate
+
     settings = _settings(config)
     url = settings.resolved_database_url
     if settings.embedded:
