@@ -21,6 +21,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from parity.core.billing.units import AmountError, parse_base_units, parse_token_amount
 from parity.errors import ConfigError
 
+# Names the .env file to read instead of ./.env (a --config flag wins over it).
+CONFIG_PATH_ENV = "PARITY_CONFIG_PATH"
+
 # FILECOIN_* key -> the Go code's BLOCKCHAIN_* alias.
 ALIASES: dict[str, str] = {
     "FILECOIN_RPC": "BLOCKCHAIN_RPC",
@@ -373,8 +376,11 @@ def _merge_sources(environ: Mapping[str, str], env_file: Path | None) -> dict[st
     return merged
 
 
-def _apply_aliases(raw: dict[str, str]) -> dict[str, str]:
+def _apply_aliases(raw: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The settings under their canonical names, and canonical -> alias for each value that
+    came from an alias (so an error can name the key the user wrote)."""
     upper = {k.upper(): v for k, v in raw.items()}
+    used: dict[str, str] = {}
     for canonical, alias in ALIASES.items():
         if alias in upper:
             if canonical in upper and upper[canonical] != upper[alias]:
@@ -382,31 +388,57 @@ def _apply_aliases(raw: dict[str, str]) -> dict[str, str]:
                     f"{canonical} and {alias} are both set and differ; using {canonical}",
                     stacklevel=3,
                 )
-            upper.setdefault(canonical, upper[alias])
+            if canonical not in upper:
+                upper[canonical] = upper[alias]
+                used[canonical] = alias
             del upper[alias]
-    return upper
+    return upper, used
+
+
+def _settings_file(
+    env: Mapping[str, str], env_file: str | Path | None, config_file: str | Path | None
+) -> Path | None:
+    """The .env file to read: ``config_file`` (a ``--config`` flag, which must exist) when
+    given, else the file ``PARITY_CONFIG_PATH`` names, else ``env_file`` (None: none). Without a
+    flag, a file that does not exist is read as empty (``PARITY_CONFIG_PATH`` naming a missing
+    file is how a process says "no .env")."""
+    if config_file is not None:
+        path = Path(config_file).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--config names {str(config_file)!r}: no such file")
+        return path
+    if env_file is None:
+        return None
+    return Path(env.get(CONFIG_PATH_ENV) or env_file).expanduser()
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    environ: Mapping[str, str] | None = None,
+    env_file: str | Path | None = ".env",
+    *,
+    config_file: str | Path | None = None,
 ) -> Settings:
-    """Read settings from the environment and an optional .env file (environment wins)."""
+    """Read settings from the environment and a .env file (environment wins): ``config_file``
+    when given (a ``--config`` flag beats ``PARITY_CONFIG_PATH``), else the file
+    ``PARITY_CONFIG_PATH`` names, else ``env_file`` if it exists (None: no file)."""
     env = os.environ if environ is None else environ
-    path = Path(env.get("PARITY_CONFIG_PATH", env_file)) if env_file is not None else None
-    raw = _apply_aliases(_merge_sources(env, path))
+    path = _settings_file(env, env_file, config_file)
+    raw, aliased = _apply_aliases(_merge_sources(env, path))
     known = {name.upper() for name in Settings.model_fields}
     data: dict[str, Any] = {k.lower(): v for k, v in raw.items() if k in known and v != ""}
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, aliased)) from None
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, aliased: Mapping[str, str]) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "settings"
         key = loc.upper() if loc != "settings" else "configuration"
+        if key in aliased:
+            key = f"{aliased[key]} (read as {key})"
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
         shown = f" (got {value!r})" if isinstance(value, str | int | float) and loc else ""

@@ -25,6 +25,7 @@ from typer.testing import CliRunner, Result
 
 from parity.cli import fl as fl_cli
 from parity.cli.main import app as cli_app
+from parity.cli.server_url import ServerChoice
 from parity.core.fl.tensors import decode, encode
 from tests.conftest import ALICE
 from tests.e2e.procs import ServerProcess
@@ -145,10 +146,10 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Callable[[Handler], FakeServer]:
     def install(handler: Handler) -> FakeServer:
         server = FakeServer(handler)
 
-        def client(url: str, token: str) -> httpx.Client:
+        def client(choice: ServerChoice, token: str) -> httpx.Client:
             assert token == "t"
             return httpx.Client(
-                base_url=url,
+                base_url=choice.url,
                 transport=httpx.MockTransport(server),
                 headers={"Authorization": f"Bearer {token}"},
             )

@@ -13,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 from parity.cli import storage as storage_cli
 from parity.cli.main import app as cli_app
+from parity.cli.server_url import ServerChoice
 from tests.conftest import ALICE
 from tests.contract.vectors import HELLO, MULTI_MIB
 from tests.e2e.procs import ServerProcess, run_with
@@ -98,8 +99,8 @@ def test_get_refuses_bytes_that_do_not_hash_to_the_cid(
     def lying(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"not hello")
 
-    def fake_client(server: str, token: str | None) -> httpx.Client:
-        return httpx.Client(base_url=server, transport=httpx.MockTransport(lying))
+    def fake_client(choice: ServerChoice, token: str | None) -> httpx.Client:
+        return httpx.Client(base_url=choice.url, transport=httpx.MockTransport(lying))
 
     monkeypatch.setattr(storage_cli, "_client", fake_client)
     out = tmp_path / "x"

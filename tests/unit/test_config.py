@@ -167,3 +167,28 @@ def test_min_stake_in_tokens_is_checked_and_exclusive_with_base_units():
         load_settings({"MIN_STAKE_TOKENS": "-1", **CHAIN}, env_file=None)
     with pytest.raises(ConfigError, match="FILECOIN_RPC"):
         load_settings({"MIN_STAKE_TOKENS": "1"}, env_file=None)
+
+
+def test_a_config_flag_wins_over_parity_config_path(tmp_path: Path):
+    flag, variable = tmp_path / "flag.env", tmp_path / "variable.env"
+    flag.write_text("SERVER_PORT=9201\n")
+    variable.write_text("SERVER_PORT=9202\n")
+    env = {"PARITY_CONFIG_PATH": str(variable)}
+    assert load_settings(env, config_file=flag).server_port == 9201
+    assert load_settings(env).server_port == 9202
+
+
+def test_a_config_flag_naming_no_file_is_an_error_and_the_variable_is_not(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"--config names '.*typo\.env': no such file"):
+        load_settings({}, config_file=tmp_path / "typo.env")
+    # PARITY_CONFIG_PATH naming a missing file means "no .env" (scripts rely on it).
+    missing = {"PARITY_CONFIG_PATH": str(tmp_path / "none.env")}
+    assert load_settings(missing).server_port == 8080
+
+
+def test_an_invalid_value_set_through_an_alias_is_named_as_written():
+    with pytest.raises(ConfigError, match=r"BLOCKCHAIN_CHAIN_ID \(read as FILECOIN_CHAIN_ID\)"):
+        load_settings({"BLOCKCHAIN_CHAIN_ID": "abc"}, env_file=None)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"FILECOIN_CHAIN_ID": "abc"}, env_file=None)
+    assert "BLOCKCHAIN" not in str(caught.value)

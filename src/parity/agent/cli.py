@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 
 from parity.agent import RUNNER_VERSION
@@ -34,7 +35,8 @@ from parity.cli.auth import default_keystore_path
 from parity.cli.credentials import credentials_path
 from parity.cli.help_width import widen_help_without_terminal
 from parity.cli.passwords import password_from_env_or_prompt
-from parity.cli.server_url import ServerUrlError, resolve_server_url
+from parity.cli.plain_warnings import plain_warnings
+from parity.cli.server_url import ServerChoice, ServerUrlError, resolve_server_url
 from parity.core.llm.metering import LlmPrice
 from parity.heap import settle_heap
 from parity.logging import configure_logging, get_logger
@@ -126,7 +128,7 @@ def _keystore(keystore: Path | None) -> Path:
     return keystore.expanduser() if keystore is not None else default_keystore_path()
 
 
-def _server(server: str | None, keystore: Path) -> str:
+def _server(server: str | None, keystore: Path) -> ServerChoice:
     try:
         choice = resolve_server_url(
             server, credentials=credentials_path(keystore), flag_source="--server/RUNNER_SERVER_URL"
@@ -134,7 +136,11 @@ def _server(server: str | None, keystore: Path) -> str:
     except ServerUrlError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    return choice.url
+    return choice
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # httpx's timeouts often carry no text
 
 
 def _pull_instead_of_push(runner: Runner, refusal: ServerError) -> None:
@@ -286,7 +292,8 @@ def main_cmd(
     if fl_trainer not in ("numpy", "noop"):
         raise typer.BadParameter("--fl-trainer is numpy or noop", param_hint="--fl-trainer")
     keystore_path = _keystore(keystore)
-    url = _server(server, keystore_path)
+    chosen = _server(server, keystore_path)
+    url = chosen.url
     account = _account(keystore_path)
     mode = detect_sandbox(allow_unsandboxed_commands, sandbox)
     if mode == SandboxMode.NONE and not allow_unsandboxed_commands:
@@ -352,8 +359,8 @@ def main_cmd(
     except ServerError as exc:
         typer.echo(f"error: server refused: {exc}", err=True)
         raise typer.Exit(1) from None
-    except OSError as exc:
-        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+    except (httpx.TransportError, OSError) as exc:
+        typer.echo(f"error: cannot reach {chosen.describe()}: {_reason(exc)}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -377,7 +384,8 @@ def _earnings(address: str, balance: dict[str, Any] | ServerError) -> str:
 def status(server: Server = None, keystore: Keystore = None) -> None:
     """Show this wallet's runners (status, active claims, health) and what they earned."""
     keystore_path = _keystore(keystore)
-    url = _server(server, keystore_path)
+    chosen = _server(server, keystore_path)
+    url = chosen.url
     account = _account(keystore_path)
 
     async def go() -> tuple[list[dict[str, Any]], dict[str, Any] | ServerError]:
@@ -395,8 +403,11 @@ def status(server: Server = None, keystore: Keystore = None) -> None:
 
     try:
         runners, balance = asyncio.run(go())
-    except (ServerError, OSError) as exc:
+    except ServerError as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (httpx.TransportError, OSError) as exc:
+        typer.echo(f"error: cannot reach {chosen.describe()}: {_reason(exc)}", err=True)
         raise typer.Exit(1) from None
     if not runners:
         typer.echo(f"no runners registered for {account.address}")
@@ -411,4 +422,5 @@ def status(server: Server = None, keystore: Keystore = None) -> None:
 
 def main() -> None:
     widen_help_without_terminal()
+    plain_warnings()
     app()

@@ -70,7 +70,7 @@ def _fail(message: str) -> typer.Exit:
 
 def _settings(config: str | None) -> Settings:
     try:
-        settings = load_settings(env_file=config or ".env")
+        settings = load_settings(config_file=config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

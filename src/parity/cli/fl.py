@@ -27,6 +27,7 @@ from rich.progress import (
 )
 
 from parity.cli import fl_view as view
+from parity.cli.server_url import ServerChoice, ServerHttpClient, no_answer
 from parity.cli.session import SessionError, resolve_session
 from parity.cli.storage import KeystoreOpt, QuietOpt, ServerOpt, TokenOpt
 
@@ -56,20 +57,18 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _client(server: str, token: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=server.rstrip("/"),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-    )
-
-
 def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
     try:
-        url, bearer = resolve_session(server, keystore, token)
+        choice, bearer = resolve_session(server, keystore, token)
     except SessionError as exc:
         raise _fail(str(exc)) from None
-    return _client(url, bearer)
+    return _client(choice, bearer)
+
+
+def _client(choice: ServerChoice, token: str) -> httpx.Client:
+    return ServerHttpClient(
+        choice, token, read_timeout=READ_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S
+    )
 
 
 def _refused(response: httpx.Response) -> typer.Exit:
@@ -88,7 +87,7 @@ def _request(client: httpx.Client, method: str, path: str, ok: int = 200, **kw: 
     try:
         r = client.request(method, path, **kw)
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach {client.base_url}: {exc}") from None
+        raise _fail(no_answer(client, exc)) from None
     if r.status_code != ok:
         raise _refused(r)
     try:
@@ -412,7 +411,7 @@ def _download(client: httpx.Client, session_id: str, part: Path) -> str:
                 sink.write(piece)
                 digest.update(piece)
     except httpx.HTTPError as exc:
-        raise _fail(f"download failed: {exc}") from None
+        raise _fail(no_answer(client, exc, "the download")) from None
     return digest.hexdigest()
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from parity.cli.server_url import ServerHttpClient, no_answer
 from parity.cli.session import SessionError, resolve_session
 from parity.cli.storage import KeystoreOpt, ServerOpt, TokenOpt
 
@@ -40,13 +41,11 @@ def _connect(
     server: str | None, keystore: Path | None, token: str | None, read_timeout: float
 ) -> httpx.Client:
     try:
-        url, bearer = resolve_session(server, keystore, token)
+        choice, bearer = resolve_session(server, keystore, token)
     except SessionError as exc:
         raise _fail(str(exc)) from None
-    return httpx.Client(
-        base_url=url,
-        headers={"Authorization": f"Bearer {bearer}"},
-        timeout=httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S),
+    return ServerHttpClient(
+        choice, bearer, read_timeout=read_timeout, connect_timeout=CONNECT_TIMEOUT_S
     )
 
 
@@ -54,7 +53,7 @@ def _call(client: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Resp
     try:
         return client.request(method, path, **kw)
     except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach {client.base_url}: {exc}") from None
+        raise _fail(no_answer(client, exc)) from None
 
 
 def _refused(response: httpx.Response) -> typer.Exit:
@@ -200,7 +199,7 @@ def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
                 if isinstance(event.get("usage"), dict):
                     usage = event["usage"]
     except httpx.HTTPError as exc:
-        raise _fail(f"streaming from {client.base_url} failed: {exc}") from None
+        raise _fail(no_answer(client, exc, "streaming")) from None
     typer.echo("")
     if usage is None:
         raise _fail("the stream ended without its usage (the answer may be incomplete)")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from parity import __version__
 from parity.cli.help_width import widen_help_without_terminal
-from parity.config import Settings, load_settings
+from parity.cli.plain_warnings import plain_warnings
+from parity.config import CONFIG_PATH_ENV, Settings, load_settings
 from parity.db.lockfile import AlreadyRunning
 from parity.errors import ConfigError
 from parity.logging import configure_logging
@@ -25,7 +28,7 @@ app = typer.Typer(
 
 def _settings(config: str | None) -> Settings:
     try:
-        return load_settings(env_file=config or ".env")
+        return load_settings(config_file=config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -41,6 +44,15 @@ def _root(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """With no command, runs the server (as the original CLI did)."""
     if ctx.invoked_subcommand is None:
         server(config)
+        return
+    if config is not None:
+        # `parity-server --config F COMMAND`: F is the settings file of the whole command, as
+        # PARITY_CONFIG_PATH would name it (a --config given to COMMAND itself still wins).
+        path = Path(config).expanduser()
+        if not path.is_file():
+            typer.echo(f"error: --config names {config!r}: no such file", err=True)
+            raise typer.Exit(2)
+        os.environ[CONFIG_PATH_ENV] = str(path.resolve())
 
 
 @app.command()
@@ -82,7 +94,7 @@ def migrate_cmd(
 
     settings = _settings(config)
     url = settings.resolved_database_url
-    if settings.embedded:
+    if settings.embedded and not check:  # --check changes nothing, not even the directory
         settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         if check:
@@ -131,6 +143,7 @@ _register_optional()
 
 def main() -> None:
     widen_help_without_terminal()
+    plain_warnings()
     try:
         app()
     except KeyboardInterrupt:

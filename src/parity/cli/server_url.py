@@ -68,7 +68,7 @@ def configured_server_url(
 ) -> ServerChoice:
     """Step 4 alone: the URL the server's own settings describe."""
     try:
-        settings = load_settings(environ, env_file=config or ".env")
+        settings = load_settings(environ, config_file=config)
     except ConfigError as exc:
         raise ServerUrlError(
             f"cannot read the server settings to find its URL ({exc}); "
@@ -105,3 +105,34 @@ def resolve_server_url(
         if last:
             return _check(last, f"the last sign-in in {credentials}")
     return configured_server_url(config, env)
+
+
+class ServerHttpClient(httpx.Client):
+    """An httpx client for the chosen server that knows where its URL came from, so a request
+    that gets no answer can say which server it tried and why that one."""
+
+    def __init__(
+        self,
+        choice: ServerChoice,
+        token: str | None,
+        *,
+        read_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        super().__init__(
+            base_url=choice.url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+        )
+        self.choice = choice
+
+
+def no_answer(client: httpx.Client, exc: httpx.HTTPError, doing: str = "the request") -> str:
+    """The message for a request that got no (complete) answer: ``cannot reach URL (from
+    SOURCE): reason`` when no connection was made, else ``DOING to URL (from SOURCE) failed:
+    reason``."""
+    where = client.choice.describe() if isinstance(client, ServerHttpClient) else client.base_url
+    reason = str(exc) or type(exc).__name__  # httpx's timeouts often carry no text
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"cannot reach {where}: {reason}"
+    return f"{doing} to {where} failed: {reason}"

@@ -9,7 +9,7 @@ from pathlib import Path
 from parity.chain.keystore import KeystoreError, read_address
 from parity.cli.auth import default_keystore_path
 from parity.cli.credentials import CredentialsError, credentials_path, load_token
-from parity.cli.server_url import ServerUrlError, resolve_server_url
+from parity.cli.server_url import ServerChoice, ServerUrlError, resolve_server_url
 
 
 class SessionError(Exception):
@@ -18,13 +18,13 @@ class SessionError(Exception):
 
 def resolve_session(
     server: str | None, keystore: Path | None, token: str | None
-) -> tuple[str, str]:
-    """``(server URL, bearer token)``, or :class:`SessionError` naming the fix."""
+) -> tuple[ServerChoice, str]:
+    """``(the server chosen, bearer token)``, or :class:`SessionError` naming the fix."""
     path = keystore.expanduser() if keystore is not None else default_keystore_path()
     try:
         choice = resolve_server_url(server, credentials=credentials_path(path))
         if token is not None:
-            return choice.url, token
+            return choice, token
         address = read_address(path) if path.exists() else None
         stored = load_token(credentials_path(path), choice.url, address)
     except (ServerUrlError, CredentialsError, KeystoreError) as exc:
@@ -34,4 +34,4 @@ def resolve_session(
             f"no session on {choice.describe()}: run `parity-server auth --server "
             f"{choice.url} --keystore {path}` or pass --token"
         )
-    return choice.url, stored.token
+    return choice, stored.token

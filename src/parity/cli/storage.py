@@ -26,7 +26,13 @@ from rich.progress import (
 from parity.chain.keystore import KeystoreError, read_address
 from parity.cli.auth import default_keystore_path
 from parity.cli.credentials import CredentialsError, credentials_path, load_token
-from parity.cli.server_url import ServerChoice, ServerUrlError, resolve_server_url
+from parity.cli.server_url import (
+    ServerChoice,
+    ServerHttpClient,
+    ServerUrlError,
+    no_answer,
+    resolve_server_url,
+)
 from parity.config import load_settings
 from parity.core.storage.importer import FileImporter
 from parity.core.storage.multiformats import Cid, CidError
@@ -95,21 +101,19 @@ def _stored_token(choice: ServerChoice, keystore: Path) -> str:
     return stored.token
 
 
-def _client(server: str, token: str | None) -> httpx.Client:
-    return httpx.Client(
-        base_url=server.rstrip("/"),
-        headers={"Authorization": f"Bearer {token}"} if token else {},
-        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-    )
-
-
 def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
     path = keystore.expanduser() if keystore is not None else default_keystore_path()
     try:
         choice = resolve_server_url(server, credentials=credentials_path(path))
     except ServerUrlError as exc:
         raise _fail(str(exc)) from None
-    return _client(choice.url, token or _stored_token(choice, path))
+    return _client(choice, token or _stored_token(choice, path))
+
+
+def _client(choice: ServerChoice, token: str | None) -> httpx.Client:
+    return ServerHttpClient(
+        choice, token, read_timeout=READ_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S
+    )
 
 
 def _refused(response: httpx.Response) -> typer.Exit:
@@ -171,7 +175,7 @@ def put(
                 headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
             )
         except httpx.HTTPError as exc:
-            raise _fail(f"upload failed: {exc}") from None
+            raise _fail(no_answer(client, exc, "the upload")) from None
     if r.status_code != 201:
         raise _refused(r)
     doc = r.json()
@@ -200,7 +204,7 @@ def _refuse_oversized(client: httpx.Client, file: Path, size: int) -> None:
     try:
         r = client.get(f"{API}/usage")
     except httpx.HTTPError as exc:
-        raise _fail(f"upload failed: {exc}") from None
+        raise _fail(no_answer(client, exc, "the upload")) from None
     if r.status_code in (401, 403):
         raise _refused(r)  # the upload would be refused the same way
     try:
@@ -272,7 +276,7 @@ def get(
                     importer.write(piece)
                 progress.advance(task, len(piece))
     except httpx.HTTPError as exc:
-        raise _fail(f"download failed: {exc}") from None
+        raise _fail(no_answer(client, exc, "the download")) from None
     finally:
         if final is not None:
             sink.close()
@@ -302,7 +306,7 @@ def pin_cmd(
         try:
             r = client.post(f"{API}/pin/{cid}", json={"name": name} if name else None)
         except httpx.HTTPError as exc:
-            raise _fail(f"pin failed: {exc}") from None
+            raise _fail(no_answer(client, exc, "the pin")) from None
     if r.status_code not in (200, 201):
         raise _refused(r)
     _print_json(r.json())
@@ -317,7 +321,7 @@ def unpin_cmd(
         try:
             r = client.delete(f"{API}/pin/{cid}")
         except httpx.HTTPError as exc:
-            raise _fail(f"unpin failed: {exc}") from None
+            raise _fail(no_answer(client, exc, "the unpin")) from None
     if r.status_code != 204:
         raise _refused(r)
     typer.echo(f"unpinned {cid}", err=True)
@@ -332,7 +336,7 @@ def info_cmd(
         try:
             r = client.get(f"{API}/info/{cid}")
         except httpx.HTTPError as exc:
-            raise _fail(f"info failed: {exc}") from None
+            raise _fail(no_answer(client, exc, "the info request")) from None
     if r.status_code != 200:
         raise _refused(r)
     _print_json(r.json())
@@ -359,7 +363,7 @@ def gc_cmd(
     from parity.storage.service import collect_garbage
 
     try:
-        settings = load_settings(env_file=config or ".env")
+        settings = load_settings(config_file=config)
     except ConfigError as exc:
         raise _fail(str(exc), 2) from None
     grace = settings.storage_gc_grace_seconds if grace_seconds is None else grace_seconds

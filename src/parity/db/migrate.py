@@ -13,7 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -81,8 +81,20 @@ async def _with_connection(url: str, fn: Any, *, lock: bool) -> Any:
 
 
 async def schema_status(url: str) -> SchemaStatus:
+    """The database's revision and the code's head. Reads only: an SQLite file that does not
+    exist is reported as having no schema, not created."""
+    if _missing_sqlite_file(url):
+        return SchemaStatus(current=None, head=head_revision())
     current = await _with_connection(url, _current, lock=False)
     return SchemaStatus(current=current, head=head_revision())
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return False
+    return not Path(database).expanduser().exists()
 
 
 async def upgrade(url: str, revision: str = "head") -> SchemaStatus:
