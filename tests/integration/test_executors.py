@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from parity.agent.executors import CancelToken
-from parity.agent.executors.command import CommandExecutor, Limits, SandboxMode, detect_sandbox
+from parity.agent.executors.command import (
+    MAX_LOG_LINE,
+    CommandExecutor,
+    LineSplitter,
+    Limits,
+    SandboxMode,
+    detect_sandbox,
+)
 from parity.agent.executors.docker import DockerExecutor, FakeDockerEngine
 from tests.conftest import until
 
@@ -107,6 +114,28 @@ async def test_output_is_capped(mode: SandboxMode):
     assert out.full_output is not None
     assert out.full_output.startswith(b"abcdefgh\nabcdefgh\n")
     assert out.full_output.endswith(b"[output truncated at 4096 bytes]")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_line_longer_than_any_read_buffer_is_output_not_a_crash(mode: SandboxMode):
+    # 200,000 bytes on one line (asyncio's line reader stops at 64 KiB), then a short line
+    # without a newline at the end.
+    command = "head -c 200000 /dev/zero | tr '\\0' x; echo; printf tail"
+    out, lines = await _run(CommandExecutor(mode), {"command": ["sh", "-c", command]})
+    assert out.ok, out.error
+    assert out.full_output == b"x" * 200000 + b"\ntail"
+    assert "".join(lines[:-1]) == "x" * 200000 and lines[-1] == "tail"
+    assert all(len(line) <= MAX_LOG_LINE for line in lines)
+
+
+def test_log_lines_are_cut_at_character_boundaries():
+    split = LineSplitter(max_line=4)
+    # "é" is two bytes: a cut at 4 bytes would fall inside the second one.
+    assert split.feed("aéé".encode()) == ["aé"]
+    assert split.feed(b"\nlast") == ["é"]
+    assert split.end() == ["last"]
+    assert split.feed(b"abcd\nef\n\n") == ["abcd", "ef", ""]
+    assert split.end() == []
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -25,6 +25,8 @@ from typing import Any
 from parity.agent.executors import CancelToken, LogSink, Outcome
 
 UNPRIVILEGED_UID = 65534
+READ_CHUNK = 64 * 1024
+MAX_LOG_LINE = 64 * 1024  # bytes of one log line; a longer output line is cut into several
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -195,15 +197,19 @@ class CommandExecutor:
             assert proc.stdout is not None
             pending: list[str] = []
             last = time.monotonic()
-            async for raw in proc.stdout:
+            split = LineSplitter()
+            # Read in chunks, not lines: a line may be longer than any reader buffer (a
+            # 70 KB JSON document on one line must not fail the task).
+            while chunk := await proc.stdout.read(READ_CHUNK):
                 if len(captured) < limits.max_output_bytes:
-                    captured.extend(raw[: limits.max_output_bytes - len(captured)])
+                    captured.extend(chunk[: limits.max_output_bytes - len(captured)])
                 else:
                     truncated = True
-                pending.append(raw.decode(errors="replace").rstrip("\n"))
+                pending.extend(split.feed(chunk))
                 if len(pending) >= 200 or time.monotonic() - last > 0.5:
                     await logs(pending)
                     pending, last = [], time.monotonic()
+            pending.extend(split.end())
             if pending:
                 await logs(pending)
 
@@ -245,6 +251,44 @@ class CommandExecutor:
                 why = f"killed by signal {-code}"
             return Outcome(False, code, output, why, usage)
         return Outcome(True, 0, output, None, usage, full_output=full)
+
+
+class LineSplitter:
+    """Bytes of a process's output → its log lines, newline-free. A line longer than
+    ``MAX_LOG_LINE`` bytes becomes several log lines, cut at UTF-8 character boundaries."""
+
+    def __init__(self, max_line: int | None = None) -> None:
+        self.max_line = max_line or MAX_LOG_LINE
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self._buffer.extend(chunk)
+        lines: list[str] = []
+        while True:
+            end = self._buffer.find(b"\n", 0, self.max_line + 1)
+            if end >= 0:
+                lines.append(self._take(end, skip=1))
+            elif len(self._buffer) > self.max_line:
+                lines.append(self._take(_char_boundary(self._buffer, self.max_line), skip=0))
+            else:
+                return lines
+
+    def end(self) -> list[str]:
+        """The last line, when the output did not end with a newline."""
+        return [self._take(len(self._buffer), skip=0)] if self._buffer else []
+
+    def _take(self, end: int, skip: int) -> str:
+        piece = bytes(self._buffer[:end])
+        del self._buffer[: end + skip]
+        return piece.decode(errors="replace")
+
+
+def _char_boundary(data: bytearray, at: int) -> int:
+    """``at``, moved back off UTF-8 continuation bytes (never to 0)."""
+    cut = at
+    while cut > at - 3 and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return cut
 
 
 def _kill_group(pid: int) -> None:
