@@ -186,6 +186,13 @@ async def test_submit_refuses_bad_input_naming_the_field(
     assert any(f == field or f.endswith(f".{field}") for f in fields(r)), r.text
 
 
+async def test_a_prompt_without_text_is_told_to_give_prompt_or_messages(client: httpx.AsyncClient):
+    alice = await sign_in(client, ALICE)
+    r = await client.post(f"{V1}/llm/prompts", json={"model_name": "m1"}, headers=bearer(alice))
+    assert fields(r) == {"prompt"}
+    assert r.json()["error"]["message"] == "prompt: is required (or give messages)"
+
+
 async def test_a_prompt_is_one_llm_task_and_is_queued_without_a_runner(
     client: httpx.AsyncClient,
 ):
@@ -214,6 +221,19 @@ async def test_a_prompt_is_one_llm_task_and_is_queued_without_a_runner(
     assert (r.json()["limit"], r.json()["offset"]) == (10, 0)
     bob = await sign_in(client, BOB)
     assert (await client.get(f"{V1}/llm/prompts/{p['id']}", headers=bearer(bob))).status_code == 404
+
+
+async def test_a_prompt_cancelled_while_queued_is_failed_with_a_reason(client: httpx.AsyncClient):
+    alice = await sign_in(client, ALICE)
+    p = await submitted(client, alice, model="m1", max_tokens=16)
+    r = await client.delete(f"{V1}/tasks/{p['task_id']}", headers=bearer(alice))
+    assert r.status_code == 200, r.text
+    r = await client.get(f"{V1}/llm/prompts/{p['id']}", headers=bearer(alice))
+    assert (r.json()["status"], r.json()["error"], r.json()["response"]) == (
+        "failed",
+        "cancelled",
+        "",
+    )
 
 
 async def test_the_same_idempotency_key_returns_the_same_prompt(client: httpx.AsyncClient):

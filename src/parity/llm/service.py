@@ -65,9 +65,10 @@ def _request(body: PromptCreate, deps: LlmDeps, *, stream: bool = False) -> LlmR
         field = exc.field.removeprefix("config.")
         if field == "model" and body.model is None:
             field = "model_name"
+        reason = exc.reason
         if field == "messages" and body.messages is None and body.prompt is None:
-            field = "prompt"
-        raise InvalidInput(field, exc.reason) from None
+            field, reason = "prompt", "is required (or give messages)"
+        raise InvalidInput(field, reason) from None
 
 
 def _max_price(body: PromptCreate) -> dict[str, str] | None:

@@ -39,6 +39,15 @@ def metered(row: PromptRow) -> tuple[dict[str, Any], int, float | None] | None:
     return usage_record(m, row.usage), m.cost, latency_ms(p, row.completed_at)
 
 
+def _error(row: PromptRow, status: str) -> str | None:
+    """Why it failed; a prompt cancelled before any runner took it has no runner error."""
+    if status == "completed":
+        return None
+    if row.last_error is None and row.status == _S.CANCELLED:
+        return "cancelled"
+    return row.last_error
+
+
 def prompt_read(row: PromptRow) -> PromptRead:
     p = row.prompt
     status = prompt_status(row.status)
@@ -54,7 +63,7 @@ def prompt_read(row: PromptRow) -> PromptRead:
         model_name=p.model,
         request=p.request,
         response=(row.output or "") if status == "completed" else "",
-        error=row.last_error if status != "completed" else None,
+        error=_error(row, status),
         runner_id=row.runner_id or row.target_runner_id,
         attempts=row.attempts,
         max_attempts=row.max_attempts,
