@@ -66,6 +66,31 @@ async def test_legacy_top_level_image_makes_a_docker_task(client: httpx.AsyncCli
     assert r.json()["type"] == "docker" and r.json()["config"]["image"] == "python:3.12-slim"
 
 
+async def test_legacy_environment_carries_the_type_when_type_is_not_given(
+    client: httpx.AsyncClient,
+):
+    alice = await sign_in(client, ALICE)
+    legacy = {"type": "docker", "config": {"image_name": "alpine"}}
+    r = await client.post(
+        "/api/tasks", json={"title": "d", "environment": legacy}, headers=bearer(alice)
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["type"] == "docker" and r.json()["config"]["image"] == "alpine"
+    # A type given at the top level is the type.
+    r = await client.post(
+        "/api/tasks",
+        json={
+            "title": "c",
+            "type": "command",
+            "config": {"command": ["true"]},
+            "environment": legacy,
+        },
+        headers=bearer(alice),
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["type"] == "command"
+
+
 async def test_create_refuses_a_bad_config_by_its_field(client: httpx.AsyncClient):
     alice = await sign_in(client, ALICE)
     for config, field in (({}, "config.command"), ({"command": [1]}, "config.command[0]")):

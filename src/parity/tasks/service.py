@@ -56,10 +56,13 @@ def _as_input(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def _legacy_config(body: TaskCreate) -> tuple[str, dict[str, Any] | None]:
-    """The original API: a top-level ``image`` makes a docker task; ``environment.config``
-    may carry the docker config."""
+    """The original API: a top-level ``image`` makes a docker task; ``environment {type,
+    config}`` may carry the type (when ``type`` itself is not given) and the config."""
     task_type = body.type
     config = body.config
+    legacy_type = (body.environment or {}).get("type")
+    if "type" not in body.model_fields_set and legacy_type in ("command", "docker"):
+        task_type = legacy_type
     if body.image:
         task_type = TaskType.DOCKER.value
     if config is None and body.environment and isinstance(body.environment.get("config"), dict):
