@@ -9,6 +9,9 @@ import asyncio
 import math
 from typing import Any
 
+import httpx
+
+from parity.container import Container
 from parity.core.llm.metering import estimate_text_tokens
 from parity.ledger.models import Entry, Posting, Reservation
 from tests.conftest import ALICE, BOB, bearer, sign_in, until
@@ -186,3 +189,38 @@ async def test_a_prompt_that_does_not_stream_fails_over_even_after_partial_outpu
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "pending"  # nothing reached the client: run it elsewhere
     assert await net.rows(Posting, source_id=task_id) == []
+
+
+async def test_with_pricing_off_a_broken_stream_shows_what_it_delivered_free(
+    client: httpx.AsyncClient, container: Container
+):
+    key = await api_key(client, ALICE)
+    bob = await sign_in(client, BOB)
+    runner, _ = await llm_runner(client, bob, model("m1"))
+    answer = asyncio.create_task(
+        client.post("/v1/chat/completions", json=CHAT, headers=bearer(key))
+    )
+    got = await claim_when_routed(client, runner)
+    task_id, token = got["task"]["id"], got["claim_token"]
+    assert (await stream_deltas(client, runner, task_id, token, ["Hel", "lo"])).status_code == 200
+    report = {"error": "backend died", "output": "Hello", "usage": {"input_tokens": 12,
+              "output_tokens": 2}}  # fmt: skip
+    assert (await act(client, runner, task_id, "fail", token, **report)).status_code == 200
+    await asyncio.wait_for(answer, 20)
+
+    async def shown() -> dict[str, Any]:
+        r = await client.get(f"{V1}/llm/prompts/{task_id}", headers=bearer(key))
+        assert r.status_code == 200, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    before = await shown()  # computed from the kept report
+    assert (before["status"], before["cost"]) == ("failed", "0")
+    assert (before["usage"]["output_tokens"], before["usage"]["partial"]) == (2, True)
+    assert await tick(container) == 1  # the prompts job stores it
+    assert await tick(container) == 0  # once
+    after = await shown()
+    assert (after["cost"], after["usage"]) == (before["cost"], before["usage"])
+    r = await client.get(f"{V1}/llm/billing/metrics", headers=bearer(key))
+    assert r.status_code == 200, r.text
+    assert r.json()["total"]["output_tokens"] == 2, r.json()

@@ -165,17 +165,24 @@ def partial_report(prompt: Prompt) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
-def record_partial(prompt: Prompt, partial: Mapping[str, Any], now: datetime) -> None:
-    """Meter what a broken attempt delivered, like a completion: reported counts, estimated
-    from the delivered text when missing, output capped at ``max_tokens``."""
+def meter_partial(prompt: Prompt, partial: Mapping[str, Any]) -> tuple[Metered, dict[str, Any]]:
+    """What a broken attempt delivered, metered like a completion (reported counts, estimated
+    from the delivered text when missing, output capped at ``max_tokens``), and its usage
+    record as stored (``partial: true``)."""
     raw = partial.get("usage")
     usage: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
     output = partial.get("output")
     metered = meter_prompt(prompt, output if isinstance(output, str) else "", usage)
+    return metered, {**usage_record(metered, usage), PARTIAL: True}
+
+
+def record_partial(prompt: Prompt, partial: Mapping[str, Any], now: datetime) -> None:
+    """Store the metering of what a broken attempt delivered (:func:`meter_partial`)."""
+    metered, record = meter_partial(prompt, partial)
     prompt.input_tokens = metered.input_tokens
     prompt.output_tokens = metered.output_tokens
     prompt.cost = metered.cost
-    prompt.usage = {**usage_record(metered, usage), PARTIAL: True}
+    prompt.usage = record
     prompt.metered_at = now
 
 

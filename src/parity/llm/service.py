@@ -28,7 +28,7 @@ from parity.events.hub import EventHub
 from parity.ledger import service as ledger
 from parity.llm import dispatch, submit_sql
 from parity.llm import repository as repo
-from parity.llm.billing import record_completions
+from parity.llm.billing import PARTIAL, partial_report, record_completions, record_partial
 from parity.llm.deps import LlmDeps
 from parity.llm.errors import ModelNotServed, PromptNotFound
 from parity.llm.models import Prompt
@@ -404,7 +404,13 @@ async def route_queued(session: AsyncSession, deps: LlmDeps, now: datetime) -> i
 
 
 async def meter_completed(session: AsyncSession, deps: LlmDeps, now: datetime) -> int:
-    """Completions no closer metered (pricing off): usage, cost 0, latency, EWMA."""
+    """What no closer metered (pricing off): completions (usage, cost 0, latency, EWMA) and
+    what streams that broke off delivered (usage, cost 0)."""
     items = await repo.to_meter(session, JOB_BATCH)
     await record_completions(session, items, now)
-    return len(items)
+    broken = await repo.partials_to_meter(session, JOB_BATCH, PARTIAL)
+    for prompt in broken:
+        partial = partial_report(prompt)
+        if partial is not None:
+            record_partial(prompt, partial, now)
+    return len(items) + len(broken)

@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from parity.core.tasks.states import TaskStatus
-from parity.llm.billing import latency_ms, meter_prompt, usage_record
+from parity.llm.billing import (
+    latency_ms,
+    meter_partial,
+    meter_prompt,
+    partial_report,
+    usage_record,
+)
 from parity.llm.repository import PromptRow
 from parity.llm.schemas import PriceRead, PromptRead, UsageRead
 
@@ -28,11 +34,20 @@ def prompt_status(task_status: str) -> str:
 
 
 def metered(row: PromptRow) -> tuple[dict[str, Any], int, float | None] | None:
-    """(usage, cost, latency) of a completed prompt: as stored when metered, else computed the
-    same way from its result (the prompts job stores it within a tick)."""
+    """(usage, cost, latency) of a completed prompt, or of what a broken stream delivered: as
+    stored when metered, else computed the same way from its result or kept report (the
+    prompts job stores it within a tick)."""
     p = row.prompt
     if p.metered_at is not None and p.usage is not None:
         return p.usage, p.cost or 0, p.latency_ms
+    if row.status in (_S.FAILED, _S.CANCELLED):
+        # A stream that broke off after its first token: what it delivered (billed when
+        # pricing is on, free otherwise), until the closer or the prompts job stores it.
+        partial = partial_report(p)
+        if partial is None:
+            return None
+        delivered, record = meter_partial(p, partial)
+        return record, delivered.cost, None
     if row.status != _S.COMPLETED or row.usage is None:
         return None
     m = meter_prompt(p, row.output, row.usage)
