@@ -26,9 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = "from parity.cli.main import main; main()"
 RUNNER = "from parity.agent.cli import main; main()"
-FLOOR = (
-    "import typer\napp = typer.Typer()\n@app.command()\ndef hello() -> None:\n    pass\napp()"
-)
+FLOOR = "import typer\napp = typer.Typer()\n@app.command()\ndef hello() -> None:\n    pass\napp()"
 
 COMMANDS: list[tuple[str, str, list[str]]] = [
     ("python -c pass", "pass", []),

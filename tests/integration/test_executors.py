@@ -13,8 +13,8 @@ from parity.agent.executors import CancelToken
 from parity.agent.executors.command import (
     MAX_LOG_LINE,
     CommandExecutor,
-    LineSplitter,
     Limits,
+    LineSplitter,
     SandboxMode,
     detect_sandbox,
 )

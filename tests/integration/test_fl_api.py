@@ -227,6 +227,60 @@ async def test_an_unknown_aggregation_method_lists_the_valid_ones(world: World):
         assert valid in message
 
 
+@pytest.mark.parametrize(
+    ("model_type", "path", "extra", "field", "valid"),
+    [
+        (
+            "neural_network",
+            "config.aggregation_params",
+            {"muu": 1},
+            "config.aggregation_params.muu",
+            "for fedprox aggregation; valid: mu",
+        ),
+        (
+            "neural_network",
+            "config.model_config",
+            {"hiden_size": 5},
+            "config.model_config.hiden_size",
+            "for neural_network model; valid: hidden_size, hidden_sizes, input_size, output_size",
+        ),
+        (
+            "neural_network",
+            "training_data.metadata",
+            {"alpah": 5},
+            "training_data.metadata.alpah",
+            "for dirichlet partitioning strategy; valid: alpha, min_samples, overlap_ratio, "
+            "self_balancing",
+        ),
+        # The README body's hidden_size: logistic regression has no hidden layer.
+        (
+            "logistic_regression",
+            "config.model_config",
+            {},
+            "config.model_config.hidden_size",
+            "for logistic_regression model; valid: input_size, output_size",
+        ),
+    ],
+)
+async def test_an_unknown_nested_key_is_422_naming_it_and_nothing_is_stored(
+    world: World, model_type: str, path: str, extra: dict[str, Any], field: str, valid: str
+):
+    body = world.body(model_type=model_type)
+    body["config"]["aggregation_method"] = "fedprox"
+    body["config"]["aggregation_params"] = {"mu": 0.1}
+    node = body
+    for key in path.split("."):
+        node = node[key]
+    node.update(extra)
+    r = await create(world.client, world.alice, body)
+    got, message = refusal(r)
+    assert r.json()["error"]["code"] == "invalid_input"
+    assert got == field
+    assert f"unknown field {field.rsplit('.', 1)[1]!r} {valid}" in message
+    listed = await world.client.get(f"{FL}/sessions", headers=bearer(world.alice))
+    assert listed.status_code == 200 and listed.json()["sessions"] == []
+
+
 async def test_a_dataset_cid_the_store_lacks_is_422_naming_it(world: World):
     body = world.body()
     body["training_data"]["dataset_cid"] = absent_cid()

@@ -12,6 +12,14 @@ from typing import Any
 
 import pytest
 
+from parity.core.fl.aggregators import AGGREGATORS, canonical_method, parse_method
+from parity.core.fl.model import MODEL_CONFIG_KEYS, MODEL_TYPES, parse_model_spec
+from parity.core.fl.partitioning import (
+    STRATEGIES,
+    STRATEGY_OPTIONS,
+    canonical_strategy,
+    parse_options,
+)
 from parity.errors import InvalidInput
 from parity.fl.schemas import SESSION_EXAMPLE, SessionCreate, request_body
 from parity.fl.spec import parse_model_update, parse_session_create
@@ -107,7 +115,8 @@ def test_the_docs_model_carries_the_readme_example_and_the_model_config_alias() 
 def test_aggregation_aliases_are_stored_canonical(given: str, canonical: str) -> None:
     payload = body()
     payload["config"]["aggregation_method"] = given
-    payload["config"]["aggregation_params"] = {"mu": 0.01}
+    # Only fedprox takes mu: FedAvg refuses it as an unknown parameter.
+    payload["config"]["aggregation_params"] = {"mu": 0.01} if canonical == "fedprox" else {}
     spec = parse_session_create(payload)
     assert spec.method.method == canonical
     assert spec.train.mu == (0.01 if canonical == "fedprox" else 0.0)
@@ -298,6 +307,193 @@ def test_unknown_keys_are_refused_so_a_typo_is_never_dropped(path: str) -> None:
     assert error.field == path and "unknown field" in error.message
 
 
+# --- unknown keys in the nested objects whose keys depend on another field -----------------
+
+# method -> (valid parameters, an unknown key): the parameters are those the README lists.
+METHOD_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
+    "fedavg": ({}, "mu"),
+    "federated_averaging": ({}, "learning_rate"),
+    "fedprox": ({"mu": 0.1}, "muu"),
+    "fedadagrad": ({"eta": 0.1, "beta_1": 0.9, "tau": 1e-3, "beta_2": 0.99}, "beta2"),
+    "fedadam": ({"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}, "epsilon"),
+    "fedyogi": ({"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}, "eta_l"),
+    "fedmedian": ({}, "beta"),
+    "median": ({}, "num_malicious"),
+    "trimmed_mean": ({"beta": 0.1}, "trim"),
+    "fedtrimmedavg": ({"beta": 0.1}, "mu"),
+    "krum": ({"num_malicious": 0}, "num_selected"),
+    "multi_krum": ({"num_malicious": 0, "num_selected": 2}, "f"),
+    "multikrum": ({"num_malicious": 0, "num_selected": 2}, "num_malicous"),
+}
+ACCEPTED_PARAMS = {
+    "fedavg": "(none)",
+    "fedprox": "mu",
+    "fedadagrad": "beta_1, beta_2, eta, tau",
+    "fedadam": "beta_1, beta_2, eta, tau",
+    "fedyogi": "beta_1, beta_2, eta, tau",
+    "fedmedian": "(none)",
+    "trimmed_mean": "beta",
+    "krum": "num_malicious",
+    "multi_krum": "num_malicious, num_selected",
+}
+# model_type -> (valid model_config, an unknown key)
+MODEL_CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
+    "neural_network": ({"input_size": 4, "hidden_size": 8, "output_size": 3}, "hiden_size"),
+    "logistic_regression": ({"input_size": 4, "output_size": 3}, "hidden_size"),
+}
+ACCEPTED_MODEL_KEYS = {
+    "neural_network": "hidden_size, hidden_sizes, input_size, output_size",
+    "logistic_regression": "input_size, output_size",
+}
+# split strategy -> (valid metadata with every option it takes, an unknown key)
+COMMON = {"min_samples": 1, "overlap_ratio": 0.1}
+STRATEGY_METADATA: dict[str, tuple[dict[str, Any], str]] = {
+    "iid": (COMMON, "alpha"),
+    "random": (COMMON, "seed"),  # the seed is training_data.seed, not an option
+    "sequential": (COMMON, "shuffle"),
+    "stratified": (COMMON, "label_column"),
+    "dirichlet": ({**COMMON, "alpha": 0.5, "self_balancing": True}, "alpah"),
+    "non_iid": ({**COMMON, "alpha": [1, 2, 3]}, "classes_per_participant"),
+    "label_skew": (
+        {**COMMON, "classes_per_participant": 2, "class_assignment": "random"},
+        "alpha",
+    ),
+    "shard": (
+        {**COMMON, "shards_per_participant": 2, "shard_size": 10, "keep_incomplete_shard": True},
+        "shards",
+    ),
+    "size": ({**COMMON, "partition_sizes": [10, 20, 30]}, "partition_size"),
+}
+ACCEPTED_OPTIONS = {
+    "iid": "min_samples, overlap_ratio",
+    "sequential": "min_samples, overlap_ratio",
+    "stratified": "min_samples, overlap_ratio",
+    "dirichlet": "alpha, min_samples, overlap_ratio, self_balancing",
+    "label_skew": "class_assignment, classes_per_participant, min_samples, overlap_ratio",
+    "shard": "keep_incomplete_shard, min_samples, overlap_ratio, shard_size, "
+    "shards_per_participant",
+    "size": "min_samples, overlap_ratio, partition_sizes, size_weights",
+}
+
+
+def with_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    payload = body()
+    payload["config"]["aggregation_method"] = method
+    payload["config"]["aggregation_params"] = dict(params)
+    return payload
+
+
+def with_model(model_type: str, model_config: dict[str, Any]) -> dict[str, Any]:
+    payload = body(model_type=model_type)
+    payload["config"]["model_config"] = dict(model_config)
+    return payload
+
+
+def with_strategy(strategy: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    payload = body()
+    payload["training_data"]["split_strategy"] = strategy
+    payload["training_data"]["metadata"] = dict(metadata)
+    return payload
+
+
+def test_the_accepted_key_tables_cover_every_method_model_and_strategy() -> None:
+    assert {canonical_method(m) for m in METHOD_PARAMS} == set(AGGREGATORS) == set(ACCEPTED_PARAMS)
+    assert set(MODEL_CONFIGS) == set(MODEL_TYPES) == set(MODEL_CONFIG_KEYS)
+    strategies = {canonical_strategy(s) for s in STRATEGY_METADATA}
+    assert strategies == set(STRATEGIES) == set(STRATEGY_OPTIONS) == set(ACCEPTED_OPTIONS)
+
+
+@pytest.mark.parametrize(("method", "case"), METHOD_PARAMS.items())
+def test_every_parameter_a_method_takes_is_accepted_and_kept(
+    method: str, case: tuple[dict[str, Any], str]
+) -> None:
+    params, _ = case
+    spec = parse_session_create(with_params(method, params))
+    assert dict(spec.method.params) == params
+
+
+@pytest.mark.parametrize(("method", "case"), METHOD_PARAMS.items())
+def test_an_unknown_aggregation_parameter_is_refused_naming_it(
+    method: str, case: tuple[dict[str, Any], str]
+) -> None:
+    params, unknown = case
+    error = refused(with_params(method, {**params, unknown: 1}))
+    canonical = canonical_method(method)
+    assert error.code == "invalid_input"
+    assert error.field == f"config.aggregation_params.{unknown}"
+    assert error.message.endswith(
+        f"unknown field {unknown!r} for {canonical} aggregation; "
+        f"valid: {ACCEPTED_PARAMS[canonical]}"
+    )
+
+
+def test_a_misspelt_required_parameter_is_named_as_unknown_not_as_missing() -> None:
+    error = refused(with_params("fedprox", {"muu": 0.1}))
+    assert error.field == "config.aggregation_params.muu" and "valid: mu" in error.message
+
+
+@pytest.mark.parametrize(("model_type", "case"), MODEL_CONFIGS.items())
+def test_an_unknown_model_config_key_is_refused_naming_it(
+    model_type: str, case: tuple[dict[str, Any], str]
+) -> None:
+    model_config, unknown = case
+    assert parse_session_create(with_model(model_type, model_config)).model_config == model_config
+    error = refused(with_model(model_type, {**model_config, unknown: 5}))
+    assert error.code == "invalid_input"
+    assert error.field == f"config.model_config.{unknown}"
+    assert error.message.endswith(
+        f"unknown field {unknown!r} for {model_type} model; "
+        f"valid: {ACCEPTED_MODEL_KEYS[model_type]}"
+    )
+
+
+@pytest.mark.parametrize("key", ["hidden_sizes", "activation"])
+def test_logistic_regression_takes_no_hidden_layers(key: str) -> None:
+    config = {"input_size": 4, "output_size": 3, key: [8]}
+    assert refused(with_model("logistic_regression", config)).field == f"config.model_config.{key}"
+
+
+@pytest.mark.parametrize(("strategy", "case"), STRATEGY_METADATA.items())
+def test_every_option_a_strategy_takes_is_accepted_and_kept(
+    strategy: str, case: tuple[dict[str, Any], str]
+) -> None:
+    metadata, _ = case
+    assert parse_session_create(with_strategy(strategy, metadata)).partition_metadata == metadata
+
+
+@pytest.mark.parametrize(("strategy", "case"), STRATEGY_METADATA.items())
+def test_an_unknown_partition_option_is_refused_naming_it(
+    strategy: str, case: tuple[dict[str, Any], str]
+) -> None:
+    metadata, unknown = case
+    error = refused(with_strategy(strategy, {**metadata, unknown: 5}))
+    canonical = canonical_strategy(strategy)
+    assert error.code == "invalid_input"
+    assert error.field == f"training_data.metadata.{unknown}"
+    assert error.message.endswith(
+        f"unknown field {unknown!r} for {canonical} partitioning strategy; "
+        f"valid: {ACCEPTED_OPTIONS[canonical]}"
+    )
+
+
+def test_an_unknown_method_or_strategy_is_named_before_its_options() -> None:
+    error = refused(with_params("fedsgd", {"mu": 0.1}))
+    assert error.field == "config.aggregation_method"
+    error = refused(with_strategy("dirichletx", {"alpha": 0.5}))
+    assert error.field == "training_data.split_strategy"
+    error = refused(with_model("cnn", {"input_size": 4, "output_size": 3, "kernel": 3}))
+    assert error.field == "model_type"
+
+
+def test_the_core_parsers_still_ignore_keys_they_do_not_read() -> None:
+    """A session stored before the API refused them still starts, and a runner reads a task
+    config from an older server: only session create is strict."""
+    assert parse_method("fedavg", {"mu": 0.1}).params == {}
+    assert parse_options("iid", {"alpha": 0.5}, 3).strategy == "iid"
+    spec = parse_model_spec("logistic_regression", {"input_size": 4, "output_size": 3, "x": 1})
+    assert spec.layer_sizes == (4, 3)
+
+
 def test_the_body_must_be_an_object() -> None:
     assert refused([1, 2]).field == "body"
     assert refused(body(config=[1])).field == "config"
@@ -327,6 +523,7 @@ def test_core_refusals_are_addressed_to_their_body_paths() -> None:
     assert refused(payload).field == "config.model_config.hidden_sizes[1]"
     payload = body()
     payload["training_data"]["split_strategy"] = "label_skew"
+    payload["training_data"]["metadata"] = {"min_samples": 100}
     assert refused(payload).field == "training_data.metadata.classes_per_participant"
 
 

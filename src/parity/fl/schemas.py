@@ -108,7 +108,8 @@ class TrainingDataIn(BaseModel):
     metadata: dict[str, Any] | None = Field(
         None,
         description="Strategy options: alpha, min_samples, overlap_ratio, "
-        "classes_per_participant, shards_per_participant, partition_sizes, ...",
+        "classes_per_participant, shards_per_participant, partition_sizes, ... (one the "
+        "strategy does not take is refused)",
     )
     seed: int | None = Field(None, description="Partitioning seed (drawn and stored if absent)")
     test_split: float | None = Field(
@@ -127,7 +128,9 @@ class SessionConfigIn(BaseModel):
         "fedmedian, trimmed_mean, krum, multi_krum (required)",
     )
     aggregation_params: dict[str, Any] | None = Field(
-        None, description="Method parameters: mu, eta, beta_1, beta_2, tau, beta, num_malicious"
+        None,
+        description="Method parameters: mu, eta, beta_1, beta_2, tau, beta, num_malicious, "
+        "num_selected (one the method does not take is refused)",
     )
     learning_rate: float | None = Field(None, description="Local SGD learning rate (required)")
     batch_size: int | None = Field(None, description="Local batch size (required)")

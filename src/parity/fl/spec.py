@@ -4,8 +4,12 @@ The README's request body is accepted as written (``creator_address`` is read an
 caller's identity is its token). Nothing is defaulted that changes training: every required field
 missing, of the wrong type or out of range is a 422 naming it by its dotted path, NaN and
 Infinity are refused anywhere in the body, and unknown keys are refused so that a misspelt
-optional setting is never silently dropped. The FL core validates what it owns (model, training,
-aggregation, partition options, privacy) and its refusals are re-addressed to the body path.
+optional setting is never silently dropped: at every level, including the nested objects whose
+keys depend on another field (``config.aggregation_params`` on the method,
+``config.model_config`` on the model type, ``training_data.metadata`` on the split strategy; the
+core's parsers ignore such keys, so a session stored before this check still starts). The FL
+core validates what it owns (model, training, aggregation, partition options, privacy) and its
+refusals are re-addressed to the body path.
 
 ``config.privacy_config``: absent, ``null``, or a form with every privacy flag off is stored
 normalized as ``{"differential_privacy": false, "secure_aggregation": false}``. A config that
@@ -26,9 +30,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from parity.core.billing.units import AmountError, parse_base_units
-from parity.core.fl.aggregators import MethodConfig, parse_method
-from parity.core.fl.model import ModelSpec, parse_model_spec
-from parity.core.fl.partitioning import MAX_PARTICIPANTS, PartitionOptions, parse_options
+from parity.core.fl.aggregators import AGGREGATORS, MethodConfig, canonical_method, parse_method
+from parity.core.fl.model import MODEL_CONFIG_KEYS, ModelSpec, parse_model_spec
+from parity.core.fl.partitioning import (
+    MAX_PARTICIPANTS,
+    STRATEGY_OPTIONS,
+    PartitionOptions,
+    canonical_strategy,
+    parse_options,
+)
 from parity.core.fl.privacy_config import PrivacyConfig, parse_privacy_config
 from parity.core.fl.train import TrainConfig, parse_train_config
 from parity.errors import InvalidInput
@@ -185,12 +195,30 @@ def parse_session_create(body: Mapping[str, Any]) -> SessionSpec:
     config = read_mapping(required(body, "config", "config"), "config")
     refuse_unknown(config, _CONFIG_KEYS, "config")
 
+    raw_model = config.get("model_config")
+    if model_type in MODEL_CONFIG_KEYS and isinstance(raw_model, Mapping):
+        refuse_unknown(
+            raw_model,
+            MODEL_CONFIG_KEYS[model_type],
+            "config.model_config",
+            owner=f"{model_type} model",
+        )
     with translated():
-        model = parse_model_spec(model_type, config.get("model_config"))
+        model = parse_model_spec(model_type, raw_model)
     model_config = dict(read_mapping(config["model_config"], "config.model_config"))
     method_name = required(config, "aggregation_method", "config.aggregation_method")
+    params = config.get("aggregation_params")
     with translated():
-        method = parse_method(method_name, config.get("aggregation_params"), min_participants=min_p)
+        canonical = canonical_method(method_name)
+    if isinstance(params, Mapping):
+        refuse_unknown(
+            params,
+            AGGREGATORS[canonical].params,
+            "config.aggregation_params",
+            owner=f"{canonical} aggregation",
+        )
+    with translated():
+        method = parse_method(method_name, params, min_participants=min_p)
         train = parse_train_config(config, mu=method.params.get("mu"))
     source = _data_source(data)
     strategy, metadata = _partitioning(data, min_p, max_p)
@@ -269,6 +297,14 @@ def _partitioning(data: Mapping[str, Any], min_p: int, max_p: int) -> tuple[str,
     strategy = required(data, "split_strategy", "training_data.split_strategy")
     raw = data.get("metadata")
     metadata = dict(read_mapping(raw, "training_data.metadata")) if raw is not None else {}
+    with translated():
+        canonical = canonical_strategy(strategy)
+    refuse_unknown(
+        metadata,
+        STRATEGY_OPTIONS[canonical],
+        "training_data.metadata",
+        owner=f"{canonical} partitioning strategy",
+    )
     with translated():
         options = parse_options(strategy, metadata, min_p)
     if max_p != min_p:

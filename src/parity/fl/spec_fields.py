@@ -97,13 +97,18 @@ def read_str(value: Any, path: str, *, max_length: int, allow_empty: bool = Fals
     return text
 
 
-def refuse_unknown(body: Mapping[str, Any], known: frozenset[str], prefix: str) -> None:
+def refuse_unknown(
+    body: Mapping[str, Any], known: frozenset[str], prefix: str, *, owner: str = ""
+) -> None:
     """A key the body does not define is refused, so a misspelt optional setting (``min_shares``)
-    is never silently dropped."""
+    is never silently dropped. ``owner`` names what defines the keys when that depends on another
+    field (``fedprox aggregation``): ``unknown field 'muu' for fedprox aggregation; valid: mu``."""
     for key in body:
         if key not in known:
             path = f"{prefix}.{key}" if prefix else str(key)
-            raise InvalidInput(path, f"unknown field {key!r}; valid: {', '.join(sorted(known))}")
+            where = f" for {owner}" if owner else ""
+            valid = ", ".join(sorted(known)) or "(none)"
+            raise InvalidInput(path, f"unknown field {key!r}{where}; valid: {valid}")
 
 
 def check_finite_tree(value: Any, path: str = "", *, skip: frozenset[str] = frozenset()) -> None:

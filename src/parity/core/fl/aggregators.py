@@ -26,7 +26,7 @@ method (aliases)                           required parameters      server side
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parity.core.fl._params import read_float, read_int, read_mapping
@@ -85,12 +85,20 @@ def _at_least_one(value: Any, name: str) -> int:
 @dataclass(frozen=True)
 class AggregatorInfo:
     """What a method needs: required parameters (name -> reader), whether it can be computed
-    from a running weighted sum, and whether it keeps state between rounds."""
+    from a running weighted sum, whether it keeps state between rounds, and the optional
+    parameters it also takes (name -> reader)."""
 
     name: str
     required: Mapping[str, _Reader]
     streaming: bool
     stateful: bool = False
+    optional: Mapping[str, _Reader] = field(default_factory=dict)
+
+    @property
+    def params(self) -> frozenset[str]:
+        """Every parameter the method takes, required or optional: a session-create body
+        naming any other is refused (:mod:`parity.fl.spec`)."""
+        return frozenset((*self.required, *self.optional))
 
     def min_updates(self, params: Mapping[str, Any]) -> int:
         """Fewest updates a round needs for this method with these parameters."""
@@ -104,7 +112,9 @@ _FEDOPT_COMMON: dict[str, _Reader] = {"eta": _positive, "beta_1": _decay, "tau":
 AGGREGATORS: dict[str, AggregatorInfo] = {
     "fedavg": AggregatorInfo("fedavg", {}, streaming=True),
     "fedprox": AggregatorInfo("fedprox", {"mu": _non_negative}, streaming=True),
-    "fedadagrad": AggregatorInfo("fedadagrad", _FEDOPT_COMMON, streaming=True, stateful=True),
+    "fedadagrad": AggregatorInfo(
+        "fedadagrad", _FEDOPT_COMMON, streaming=True, stateful=True, optional={"beta_2": _decay}
+    ),
     "fedadam": AggregatorInfo(
         "fedadam", _FEDOPT_COMMON | {"beta_2": _decay}, streaming=True, stateful=True
     ),
@@ -162,8 +172,9 @@ def canonical_method(name: Any) -> str:
 def parse_method(
     method: Any, params: Mapping[str, Any] | None, *, min_participants: int | None = None
 ) -> MethodConfig:
-    """Validate ``method`` and its ``params`` (other keys are ignored). With
-    ``min_participants``, also refuse a Krum setting that so few participants cannot meet."""
+    """Validate ``method`` and its ``params`` (other keys are ignored here: the session-create
+    API refuses them, by :attr:`AggregatorInfo.params`). With ``min_participants``, also
+    refuse a Krum setting that so few participants cannot meet."""
     name = canonical_method(method)
     info = AGGREGATORS[name]
     given = read_mapping(params or {}, "aggregation_params", AggregationError)
@@ -172,8 +183,9 @@ def parse_method(
         if given.get(key) is None:
             raise AggregationError(key, f"missing parameter {key!r} for {name} aggregation")
         typed[key] = reader(given[key], key)
-    if name == "fedadagrad" and given.get("beta_2") is not None:
-        typed["beta_2"] = _decay(given["beta_2"], "beta_2")
+    for key, reader in info.optional.items():
+        if given.get(key) is not None:
+            typed[key] = reader(given[key], key)
     if min_participants is not None and info.min_updates(typed) > min_participants:
         field = (
             "num_selected"

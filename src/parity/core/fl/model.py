@@ -27,6 +27,7 @@ from parity.core.fl.errors import ModelError
 __all__ = [
     "MAX_LAYER_SIZE",
     "MAX_PARAMETERS",
+    "MODEL_CONFIG_KEYS",
     "MODEL_TYPES",
     "Evaluation",
     "ModelSpec",
@@ -38,6 +39,12 @@ __all__ = [
 ]
 
 MODEL_TYPES = ("neural_network", "logistic_regression")
+# The ``model_config`` keys each model type takes: a session-create body naming any other is
+# refused (:mod:`parity.fl.spec`); :func:`parse_model_spec` itself ignores them.
+MODEL_CONFIG_KEYS: dict[str, frozenset[str]] = {
+    "neural_network": frozenset(("input_size", "hidden_size", "hidden_sizes", "output_size")),
+    "logistic_regression": frozenset(("input_size", "output_size")),
+}
 MAX_LAYER_SIZE = 65_536
 MAX_PARAMETERS = 50_000_000  # 200 MB of float32: past that a model is no longer "reference"
 

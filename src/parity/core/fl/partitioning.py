@@ -52,6 +52,7 @@ __all__ = [
     "CLASS_ASSIGNMENTS",
     "STRATEGIES",
     "STRATEGY_ALIASES",
+    "STRATEGY_OPTIONS",
     "PartitionOptions",
     "canonical_strategy",
     "label_histogram",
@@ -65,6 +66,21 @@ STRATEGIES = ("iid", "sequential", "stratified", "dirichlet", "label_skew", "sha
 STRATEGY_ALIASES = {"random": "iid", "non_iid": "dirichlet"}
 CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
 MAX_PARTICIPANTS = 100_000
+_COMMON_OPTIONS = ("min_samples", "overlap_ratio")
+# The options each (canonical) strategy takes, the common ones included: a session-create body
+# naming any other in ``training_data.metadata`` is refused (:mod:`parity.fl.spec`);
+# :func:`parse_options` itself ignores them.
+STRATEGY_OPTIONS: dict[str, frozenset[str]] = {
+    "iid": frozenset(_COMMON_OPTIONS),
+    "sequential": frozenset(_COMMON_OPTIONS),
+    "stratified": frozenset(_COMMON_OPTIONS),
+    "dirichlet": frozenset((*_COMMON_OPTIONS, "alpha", "self_balancing")),
+    "label_skew": frozenset((*_COMMON_OPTIONS, "classes_per_participant", "class_assignment")),
+    "shard": frozenset(
+        (*_COMMON_OPTIONS, "shards_per_participant", "shard_size", "keep_incomplete_shard")
+    ),
+    "size": frozenset((*_COMMON_OPTIONS, "partition_sizes", "size_weights")),
+}
 _MAX_SEED = 2**63 - 1
 _OVERLAP_STREAM = 0x0F1  # second seed word of the overlap draws, apart from the base stream
 
@@ -102,7 +118,8 @@ def parse_options(
     strategy: Any, options: Mapping[str, Any] | None, num_participants: int
 ) -> PartitionOptions:
     """Validate ``strategy`` and its ``options`` (the session's ``training_data.metadata``) for
-    ``num_participants``. Keys a strategy does not use are ignored."""
+    ``num_participants``. Keys a strategy does not use are ignored here (the session-create API
+    refuses them, by :data:`STRATEGY_OPTIONS`)."""
     name = canonical_strategy(strategy)
     given = str(strategy).strip().lower()
     opts = read_mapping(options or {}, "metadata", PartitionError)
