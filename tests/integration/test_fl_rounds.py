@@ -442,6 +442,15 @@ async def test_update_refusals_name_the_reason(world: World):
     again = await post_update(world, one, body)
     assert again.status_code == 200 and again.json() == first.json()
     assert first.json()["update"]["round"] == 1
+    # Another update under the same claim is not a repeat: refused, the first one stands.
+    changed_figure = {**body, "loss": body["loss"] + 0.5}
+    weights = {k: np.asarray(v, dtype=np.float32) for k, v in body["weights"].items()}
+    weights["fc2.bias"] = weights["fc2.bias"] + np.float32(0.25)
+    changed_weights = {**body, "weights": to_lists(weights)}
+    for other in (changed_figure, changed_weights):
+        r = await post_update(world, one, other)
+        assert error(r)[:2] == (409, "update_conflict"), r.text
+    assert (await post_update(world, one, body)).json() == first.json()
     rnd = await world.round(s["id"], 1)
     assert rnd["updates_received"] == 1
     assert error(await post_update(world, one, forged))[:2] == (409, "claim_invalid")

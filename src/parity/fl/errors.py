@@ -41,6 +41,13 @@ class RoundClosed(Conflict):
     code = "round_closed"
 
 
+class UpdateConflict(Conflict):
+    """Another update under a claim whose update was already accepted: a repeat (a retry after
+    a timeout) must be the same request."""
+
+    code = "update_conflict"
+
+
 class NotAParticipant(Forbidden):
     """The calling runner holds no slot in that round."""
 

@@ -47,6 +47,10 @@ _TARGET = (
         SLOTS.c.update_sha256.label("slot_update_sha256"),
         SLOTS.c.update_norm.label("slot_update_norm"),
         SLOTS.c.drop_reason.label("slot_drop_reason"),
+        SLOTS.c.num_examples.label("slot_examples"),
+        SLOTS.c.loss.label("slot_loss"),
+        SLOTS.c.accuracy.label("slot_accuracy"),
+        SLOTS.c.training_time_ms.label("slot_training_ms"),
         PARTICIPANTS.c.num_examples.label("partition_rows"),
         TASKS.c.claim_token_hash.label("task_token_hash"),
         TASKS.c.status.label("task_status"),
@@ -124,6 +128,8 @@ class SlotView:
     update_sha256: str | None
     update_norm: float | None
     drop_reason: str | None
+    # What an accepted update reported: (examples counted, loss, accuracy, training time).
+    figures: tuple[int | None, float | None, float | None, int | None] = (None, None, None, None)
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ async def update_target(
             r.slot_update_sha256,
             r.slot_update_norm,
             r.slot_drop_reason,
+            (r.slot_examples, r.slot_loss, r.slot_accuracy, r.slot_training_ms),
         )
     return UpdateTarget(
         round_,

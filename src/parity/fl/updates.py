@@ -12,6 +12,7 @@ The last update of a round wakes the rounds job after commit, so the round close
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import uuid
@@ -33,7 +34,7 @@ from parity.errors import InvalidInput
 from parity.fl import rounds_repository as repo
 from parity.fl import secagg_service, store_io, update_sql
 from parity.fl.deps import FLDeps
-from parity.fl.errors import NotAParticipant, RoundClosed, RoundNotFound
+from parity.fl.errors import NotAParticipant, RoundClosed, RoundNotFound, UpdateConflict
 from parity.fl.models import FLRoundSlot, FLSession
 from parity.fl.rounds import settings_of
 from parity.fl.spec import ModelUpdate, parse_model_update
@@ -196,7 +197,9 @@ async def submit_update(
     # reports, never more than the partition the server gave it.
     examples = min(update.data_size, known) if known else update.data_size
     if slot.status == repo.SUBMITTED:
-        # A repeat: the transaction below answers it once the token is checked.
+        # A repeat: the transaction below answers it once the token is checked; it must be the
+        # update that was accepted, not another one.
+        await _refuse_another(fl_session, update, slot, examples)
         checked = Checked(slot.update_cid or "", slot.update_sha256 or "", slot.update_norm or 0.0)
     else:
         checked = await _check_and_store(deps, fl_session, round_, update)
@@ -219,6 +222,36 @@ async def submit_update(
             if await update_sql.waiting_count(SessionExecutor(session), update.round_id) == 0:
                 deps.wake(update.round_id)
     return answer
+
+
+async def _refuse_another(
+    fl_session: FLSession, update: ModelUpdate, slot: update_sql.SlotView, examples: int
+) -> None:
+    """409 ``update_conflict`` unless ``update`` is the one its slot accepted: the same
+    figures and the same tensors (by CID, or by the digest of their encoding)."""
+    figures = (examples, update.loss, update.accuracy, update.training_time_ms)
+    differs = figures != slot.figures
+    if not differs and update.update_cid is not None:
+        differs = update.update_cid != slot.update_cid
+    elif not differs and update.weights is not None:
+        shapes = {
+            name: tuple(int(d) for d in shape)
+            for name, shape in (fl_session.model_shapes or {}).items()
+        }
+        weights = update.weights
+
+        def digest() -> str:
+            with _tensor_field("weights"):
+                return hashlib.sha256(encode(from_lists(weights, shapes))).hexdigest()
+
+        small = model_values(shapes) <= INLINE_CHECK_VALUES
+        differs = (digest() if small else await asyncio.to_thread(digest)) != slot.update_sha256
+    if differs:
+        raise UpdateConflict(
+            f"this claim's update for round {update.round_id} was accepted already with other "
+            "figures or weights; a repeat must be the same request",
+            details={"task_id": str(slot.task_id)},
+        )
 
 
 async def _check_and_store(
