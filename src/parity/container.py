@@ -179,7 +179,7 @@ class Container:
             min_stake=s.min_stake,
             min_stake_tokens=s.min_stake_tokens,
             stake_id_mode=s.stake_id_mode,
-            stakes=StakeReader(lambda: self.chain, s.stake_cache_seconds),
+            stakes=StakeReader(lambda: self.chain, s.stake_cache_seconds, self.clock),
             token_symbol=s.filecoin_token_symbol,
         )
 

@@ -288,6 +288,10 @@ async def test_min_stake_gates_creating_work_and_registering_runners(
         assert r.status_code == 403, r.text
         err = r.json()["error"]
         assert (err["code"], err["details"]["missing"]) == ("insufficient_stake", "600")
+        # Both units in the message, the stake included, with the token's own symbol.
+        symbol = await n.container.ledger.stakes.symbol("?")
+        assert f"has 0.0000000000000004 {symbol} (400 base units)" in err["message"], err
+        assert f"0.0000000000000006 {symbol} (600 base units) missing" in err["message"], err
         r = await n.http.post(
             f"{V1}/runners",
             json={"device_id": device(), "capabilities": {"cpu_cores": 1, "memory_mb": 512}},
@@ -413,7 +417,10 @@ async def test_min_stake_may_be_given_in_token_units(
         err = r.json()["error"]
         assert err["details"]["required"] == str(25 * 10**17)
         assert err["details"]["missing"] == str(5 * 10**17)
-        assert "0.5 TOKEN" in err["message"]
+        # in the token's own symbol, not the configured fallback
+        assert (
+            "0.5 PRTY (500000000000000000 base units) missing" in err["message"]
+        )  # the token's symbol
 
 
 async def test_turning_pricing_off_still_closes_the_escrow_held_at_start(

@@ -2,53 +2,82 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from parity.chain.errors import ChainError
 from parity.chain.ports import ChainClient
 from parity.chain.stake_ids import StakeIdMode
-from parity.clock import Clock
+from parity.clock import Clock, SystemClock
 from parity.core.billing.pricing import ComputePrice
 from parity.ledger.errors import BillingUnavailable, ChainNotConfigured
+
+# How far apart the replicas' clocks may be. A debit settled this long before a stake was read
+# is still counted against that stake (it may not show in it yet): see :meth:`StakeReader.read`.
+CLOCK_SKEW_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class StakeRead:
+    """One stake figure and when it was asked of the node (UTC, taken just before the call, so
+    the figure includes every transaction mined before ``read_at``)."""
+
+    amount: int
+    read_at: datetime
+    cached: bool = False  # served from the cache (asked of the node earlier than this request)
 
 
 class StakeReader:
     """On-chain stake per stake id, cached for ``ttl_seconds`` (0 = always ask the node).
 
-    A stake only drops through a withdrawal by its owner or through our own settlement (which
-    the ledger counts as an unsettled debit until confirmed), so a short cache cannot let
-    settled work be spent twice; the window it leaves is a withdrawal made within the TTL."""
+    A stake drops through our own settlement or through a withdrawal by its owner. A cached
+    figure may predate a settlement confirmed since (whose debit is then no longer unsettled),
+    so each read carries ``read_at``, and :func:`~parity.ledger.service.balance` still counts
+    every debit settled at or after ``read_at - skew_seconds`` against that figure, and asks
+    the node again when it finds one. ``skew_seconds`` covers replicas whose clocks disagree
+    (``settled_at`` is written by the replica that settles). A settlement is confirmed only
+    after it was mined, so a figure read after its confirmation includes it. What the cache
+    can still miss is a withdrawal made within the TTL: work may be reserved against tokens no
+    longer staked, and the settlement that would pay for it is refused or reverts, and waits."""
 
     def __init__(
         self,
         chain: Callable[[], ChainClient | None],
         ttl_seconds: float,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
+        *,
+        skew_seconds: float = CLOCK_SKEW_SECONDS,
     ) -> None:
         self._chain = chain
         self._ttl = ttl_seconds
-        self._monotonic = monotonic
-        self._cache: dict[str, tuple[float, int]] = {}
+        self._clock: Clock = clock or SystemClock()
+        self.skew = timedelta(seconds=skew_seconds)
+        self._cache: dict[str, tuple[float, StakeRead]] = {}
 
     async def stake_of(self, stake_id: str) -> int:
-        now = self._monotonic()
+        return (await self.read(stake_id)).amount
+
+    async def read(self, stake_id: str, *, fresh: bool = False) -> StakeRead:
+        """The stake and when it was read: from the cache within the TTL unless ``fresh``."""
+        now = self._clock.monotonic()
         hit = self._cache.get(stake_id)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
+        if not fresh and hit is not None and now - hit[0] < self._ttl:
+            return replace(hit[1], cached=True)
         client = self._chain()
         if client is None:
             raise ChainNotConfigured(
                 "this server has no chain configured (FILECOIN_RPC), so stakes and balances "
                 "cannot be read"
             )
+        read_at = self._clock.now()  # before the call: the figure is at least this recent
         try:
             amount = await client.stake_of(stake_id)
         except ChainError as exc:
             raise BillingUnavailable(f"could not read the stake of {stake_id}: {exc}") from exc
-        self._cache[stake_id] = (now, amount)
-        return amount
+        read = StakeRead(amount, read_at)
+        self._cache[stake_id] = (now, read)
+        return read
 
     async def decimals(self) -> int:
         """The token's decimals (18 when no chain is configured), for display strings."""

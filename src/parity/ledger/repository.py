@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.db.pagination import Cursor, newest_first
@@ -27,10 +28,17 @@ async def open_reservation_amounts(session: AsyncSession, account: str) -> list[
     return list((await session.scalars(q)).all())
 
 
-async def unsettled_amounts(session: AsyncSession, account: str) -> list[int]:
-    """Signed amounts of the account's entries not yet settled on chain."""
-    q = select(Entry.amount).where(Entry.account == account, Entry.settled_at.is_(None))
-    return list((await session.scalars(q)).all())
+async def unsettled_amounts(
+    session: AsyncSession, account: str, *, settled_since: datetime
+) -> list[tuple[int, datetime | None]]:
+    """Signed amounts of the account's entries not yet settled on chain, and of those settled
+    at or after ``settled_since`` (with their ``settled_at``), in one statement, so that an
+    entry settling meanwhile is seen in one of the two states."""
+    q = select(Entry.amount, Entry.settled_at).where(
+        Entry.account == account,
+        or_(Entry.settled_at.is_(None), Entry.settled_at >= settled_since),
+    )
+    return [(amount, settled_at) for amount, settled_at in (await session.execute(q)).all()]
 
 
 async def settled_credit_amounts(session: AsyncSession, account: str) -> list[int]:

@@ -13,7 +13,8 @@ class BalanceRead(BaseModel):
     account: str = Field(description="The stake id (lowercase 0x address)")
     stake: str = Field(description=f"On-chain StakeWallet balance. {AMOUNT}")
     unsettled_debits: str = Field(
-        description=f"Owed for finished work, not yet paid on chain. {AMOUNT}"
+        description="Owed for finished work and not yet in `stake`: not yet paid on chain, or "
+        f"paid after the stake figure was read. {AMOUNT}"
     )
     reserved: str = Field(description=f"Held in escrow by open work. {AMOUNT}")
     available: str = Field(

@@ -19,8 +19,13 @@ from parity.core.billing.units import format_token_amount, parse_token_amount
 from parity.db.pagination import Cursor
 from parity.errors import InvalidInput
 from parity.ledger import repository as repo
-from parity.ledger.deps import LedgerDeps
-from parity.ledger.errors import InsufficientFunds, InsufficientStake, Shortfall
+from parity.ledger.deps import LedgerDeps, StakeRead
+from parity.ledger.errors import (
+    BillingUnavailable,
+    InsufficientFunds,
+    InsufficientStake,
+    Shortfall,
+)
 from parity.ledger.models import Entry, Posting, Reservation, Settlement
 
 TASK = "task"
@@ -46,7 +51,7 @@ def runner_account(deps: LedgerDeps, owner: str, device_id: str | None) -> str:
 class Balance:
     account: str
     stake: int
-    unsettled_debits: int
+    unsettled_debits: int  # owed and not yet in ``stake``: see :func:`balance`
     reserved: int
     available: int
     pending_earnings: int
@@ -54,27 +59,49 @@ class Balance:
 
 
 async def balance(
-    session: AsyncSession, deps: LedgerDeps, account: str, *, stake: int | None = None
+    session: AsyncSession, deps: LedgerDeps, account: str, *, stake: StakeRead | None = None
 ) -> Balance:
-    """``stake`` when the caller has just read it from the chain, else it is read here."""
-    if stake is None:
-        stake = await deps.stakes.stake_of(account)
-    unsettled = await repo.unsettled_amounts(session, account)
-    debits = -sum(a for a in unsettled if a < 0)
-    pending = sum(a for a in unsettled if a > 0)
+    """``stake`` when the caller has just read it from the chain, else it is read here.
+
+    ``unsettled_debits`` are the debits not settled on chain, and also those settled at or
+    after the stake figure was read (less the clock skew allowed between replicas): a cached
+    figure may predate the payment, so it is never trusted to include it. Finding such a
+    debit, a cached figure is read again from the node once (when the node does not answer,
+    the cached one stays, with the debit counted); a figure read after the payment's
+    confirmation includes it. A payment may so be counted twice for a moment (``available``
+    reads low), never not at all."""
+    read = stake if stake is not None else await deps.stakes.read(account)
+    rows = await _not_in_stake(session, deps, account, read)
+    if read.cached and any(a < 0 and settled is not None for a, settled in rows):
+        try:
+            read = await deps.stakes.read(account, fresh=True)
+        except BillingUnavailable:
+            pass
+        else:
+            rows = await _not_in_stake(session, deps, account, read)
+    debits = -sum(a for a, _ in rows if a < 0)
+    pending = sum(a for a, settled in rows if a > 0 and settled is None)
     reserved = sum(await repo.open_reservation_amounts(session, account))
     return Balance(
         account=account,
-        stake=stake,
+        stake=read.amount,
         unsettled_debits=debits,
         reserved=reserved,
-        available=available(stake, debits, reserved),
+        available=available(read.amount, debits, reserved),
         pending_earnings=pending,
         settled_earnings=sum(await repo.settled_credit_amounts(session, account)),
     )
 
 
-async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> int | None:
+async def _not_in_stake(
+    session: AsyncSession, deps: LedgerDeps, account: str, read: StakeRead
+) -> list[tuple[int, datetime | None]]:
+    """The account's unsettled entries and those settled too late to show in ``read``."""
+    since = read.read_at - deps.stakes.skew
+    return await repo.unsettled_amounts(session, account, settled_since=since)
+
+
+async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> StakeRead | None:
     """MIN_STAKE / MIN_STAKE_TOKENS gating: 403 ``insufficient_stake`` naming the amount
     missing. Returns the stake it read (None when there is no gate), so the caller need not
     ask the chain again."""
@@ -86,14 +113,18 @@ async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> in
         required = parse_token_amount(deps.min_stake_tokens, decimals, allow_zero=True)
     if required <= 0:
         return None
-    stake = await deps.stakes.stake_of(account)
+    read = await deps.stakes.read(account)
+    stake = read.amount
     if stake < required:
         missing = required - stake
+        symbol = await deps.stakes.symbol(deps.token_symbol)  # the token's own, as elsewhere
+
+        def both(amount: int) -> str:
+            return f"{format_token_amount(amount, decimals)} {symbol} ({amount} base units)"
+
         raise InsufficientStake(
-            f"{doing} needs a stake of at least {required} base units "
-            f"({format_token_amount(required, decimals)} {deps.token_symbol}); "
-            f"stake {account} has {stake}, {missing} missing "
-            f"({format_token_amount(missing, decimals)} {deps.token_symbol})",
+            f"{doing} needs a stake of at least {both(required)}; stake {account} has "
+            f"{both(stake)}: {both(missing)} missing",
             details={
                 "stake_id": account,
                 "required": str(required),
@@ -101,7 +132,7 @@ async def require_min_stake(deps: LedgerDeps, account: str, *, doing: str) -> in
                 "missing": str(missing),
             },
         )
-    return stake
+    return read
 
 
 def _task_cost(
@@ -151,7 +182,7 @@ async def reserve_task(
     memory_mb: int,
     gpus: int,
     timeout_seconds: int | None,
-    stake: int | None = None,
+    stake: StakeRead | None = None,
 ) -> Reservation | None:
     """Hold a new task's maximum cost from the client's available balance; 409
     ``insufficient_funds`` naming the amount when it does not fit. None when work is free."""
@@ -267,7 +298,7 @@ async def reserve_amount(
     client: str,
     amount: int,
     price_snapshot: dict[str, Any],
-    stake: int | None = None,
+    stake: StakeRead | None = None,
     what: str,
 ) -> Reservation | None:
     """Hold ``amount`` (work priced by its own domain, e.g. a prompt's tokens) from the
