@@ -160,6 +160,7 @@ router.add_api_route(
 async def clear_webhook(
     runner_id: CurrentRunner, session: WriteSession, c: ContainerDep
 ) -> Response:
+    """Remove this runner's push URL: it gets work by pulling only."""
     await service.set_webhook(session, c.runners, runner_id, None)
     return Response(status_code=204)
 
