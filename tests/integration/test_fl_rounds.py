@@ -703,7 +703,10 @@ async def test_a_small_round_computed_on_the_loop_equals_the_worker_thread_resul
     real = aggregate.asyncio.to_thread
 
     async def counted(fn: Any, *args: Any) -> Any:
-        hops.append(getattr(fn, "__name__", "?"))
+        # The round's own work only: the content store may also write in a worker thread
+        # (it does when its recent writes were slow, as on a loaded machine).
+        if not getattr(fn, "__module__", "").startswith("parity.storage"):
+            hops.append(getattr(fn, "__name__", "?"))
         return await real(fn, *args)
 
     monkeypatch.setattr(aggregate.asyncio, "to_thread", counted)
