@@ -64,6 +64,7 @@ async def logout(principal: CurrentPrincipal, session: WriteSession, c: Containe
 
 @router.get("/auth/me", response_model=MeRead)
 async def whoami(principal: CurrentPrincipal) -> MeRead:
+    """Who the bearer token is: address, kind (session, API key, runner), operator scope."""
     return MeRead(
         address=principal.address,
         kind=principal.kind,
@@ -96,6 +97,7 @@ async def create_api_key(
 async def list_api_keys(
     principal: CurrentPrincipal, session: ReadSession, page: PageParamsDep
 ) -> Page[ApiKeyRead]:
+    """Your API keys, newest first (cursor pagination); their secrets are never shown again."""
     rows = await service.list_api_keys(session, principal, page.limit, page.cursor)
     items = [_key_read(r) for r in rows]
     return make_page(items, rows, page.limit)
@@ -105,6 +107,7 @@ async def list_api_keys(
 async def revoke_api_key(
     key_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
 ) -> ApiKeyRead:
+    """Revoke one of your API keys (an operator: anyone's); it stops working at once."""
     row = await service.revoke_api_key(session, c.auth, principal, key_id)
     return _key_read(row)
 

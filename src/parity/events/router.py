@@ -114,6 +114,7 @@ async def list_webhooks(
 async def get_webhook(
     webhook_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
 ) -> WebhookRead:
+    """One of your webhook endpoints (its secret is not shown again)."""
     return _read(await service.get_endpoint(session, principal, webhook_id))
 
 
@@ -133,6 +134,7 @@ async def update_webhook(
 async def delete_webhook(
     webhook_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession
 ) -> Response:
+    """Delete one of your webhook endpoints, and its deliveries with it."""
     await service.delete_endpoint(session, principal, webhook_id)
     return Response(status_code=204)
 

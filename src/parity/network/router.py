@@ -134,6 +134,7 @@ async def stats(principal: CurrentPrincipal, session: ReadSession) -> Any:
 async def _set_webhook(
     body: WebhookSet, runner_id: CurrentRunner, session: WriteSession, c: ContainerDep
 ) -> WebhookSetRead:
+    """Set this runner's push URL (SSRF-guarded); returns a new signing secret."""
     runner, secret = await service.set_webhook(session, c.runners, runner_id, body.url)
     assert secret is not None
     return WebhookSetRead(id=runner.id, url=body.url, webhook_secret=secret)
@@ -181,6 +182,7 @@ async def list_runners(
 async def get_runner(
     runner_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
 ) -> RunnerRead:
+    """One runner (yours; any for an operator), with its active claims and models."""
     runner = await service.get_runner(session, principal, runner_id)
     return await _read(session, runner)
 
@@ -198,6 +200,7 @@ async def drain(
 async def resume(
     runner_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
 ) -> RunnerRead:
+    """Owner or operator: give a draining runner new work again."""
     runner = await service.set_draining(session, c.runners, principal, runner_id, False)
     return await _read(session, runner)
 

@@ -161,6 +161,7 @@ async def list_tasks(
 async def get_task(
     task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
 ) -> TaskRead:
+    """One of your tasks (someone else's is 404)."""
     return task_read(await service.get_task(session, principal, task_id))
 
 
@@ -189,6 +190,7 @@ async def cancel_task(
 async def task_status(
     task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
 ) -> TaskStatusRead:
+    """A task's status, attempts, runner and last error."""
     return status_read(await service.get_task(session, principal, task_id))
 
 

@@ -164,6 +164,7 @@ async def renew_lease(
     session: WriteSession,
     c: ContainerDep,
 ) -> LeaseRead:
+    """Extend the claim's lease (claim token fenced); says whether a cancel was requested."""
     task = await lifecycle.renew(session, c.tasks, runner_id, task_id, body.claim_token)
     assert task.lease_expires_at is not None
     return LeaseRead(
@@ -180,6 +181,7 @@ async def start_task(
     runner_id: CurrentRunner,
     c: ContainerDep,
 ) -> TaskRead:
+    """Mark a claimed task running (claim token fenced; a repeat answers the same)."""
     return task_read(await hotpath.start_task(c.db, c.tasks, runner_id, task_id, body.claim_token))
 
 
@@ -214,6 +216,8 @@ async def fail_task(
     session: WriteSession,
     c: ContainerDep,
 ) -> TaskRead:
+    """Report a failed run (claim token fenced): retried while attempts remain, else failed;
+    a streamed prompt's partial output and usage are kept for billing."""
     deps = c.tasks
     task = await lifecycle.fail(
         session,
