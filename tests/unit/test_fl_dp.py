@@ -324,9 +324,20 @@ def test_the_privacy_config_refuses_stray_and_misplaced_keys() -> None:
     with pytest.raises(FLConfigError) as caught:
         parse_privacy_config({"differential_privacy": NESTED, "noise_multiplier": 2.0})
     assert caught.value.field == "privacy_config.noise_multiplier"
-    assert "belongs inside" in caught.value.reason
-    with pytest.raises(FLConfigError, match="unknown field 'encryption'"):
+    reason = caught.value.reason
+    assert reason.startswith("unknown field 'noise_multiplier'; valid: ")
+    assert reason.endswith(
+        " (it belongs inside the differential_privacy or secure_aggregation object)"
+    )
+    valid = reason.split("valid: ")[1].split(" (")[0].split(", ")
+    # The DP object is nested, so no flat DP field is valid beside it; flat SecAgg fields are.
+    assert "differential_privacy" in valid and "num_shares" in valid
+    assert "noise_multiplier" not in valid and "l2_norm_clip" not in valid
+    with pytest.raises(FLConfigError) as caught:
         parse_privacy_config({"encryption": True})
+    # The flat form (flags beside their fields, as the original API sent it): those are valid.
+    assert caught.value.reason.startswith("unknown field 'encryption'; valid: ")
+    assert "noise_multiplier" in caught.value.reason and "(it belongs" not in caught.value.reason
     with pytest.raises(FLConfigError, match="must be an object, true or false"):
         parse_privacy_config({"differential_privacy": "yes"})
     assert not parse_privacy_config(None).enabled

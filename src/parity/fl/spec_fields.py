@@ -100,15 +100,9 @@ def read_str(value: Any, path: str, *, max_length: int, allow_empty: bool = Fals
 def refuse_unknown(
     body: Mapping[str, Any], known: frozenset[str], prefix: str, *, owner: str = ""
 ) -> None:
-    """A key the body does not define is refused, so a misspelt optional setting (``min_shares``)
-    is never silently dropped. ``owner`` names what defines the keys when that depends on another
-    field (``fedprox aggregation``): ``unknown field 'muu' for fedprox aggregation; valid: mu``."""
-    for key in body:
-        if key not in known:
-            path = f"{prefix}.{key}" if prefix else str(key)
-            where = f" for {owner}" if owner else ""
-            valid = ", ".join(sorted(known)) or "(none)"
-            raise InvalidInput(path, f"unknown field {key!r}{where}; valid: {valid}")
+    """A key the body does not define is a 422 naming its path and the valid keys
+    (:func:`parity.core.fl._params.refuse_unknown`, the FL core's one check)."""
+    _params.refuse_unknown(body, known, prefix, InvalidInput, owner=owner)
 
 
 def check_finite_tree(value: Any, path: str = "", *, skip: frozenset[str] = frozenset()) -> None:

@@ -15,6 +15,28 @@ from parity.core.fl.errors import FLConfigError
 ErrorType = Callable[[str, str], FLConfigError]
 
 
+def refuse_unknown(
+    given: Mapping[str, Any],
+    known: frozenset[str] | set[str],
+    prefix: str,
+    error: Callable[[str, str], Exception] = FLConfigError,
+    *,
+    owner: str = "",
+    hint: Callable[[str], str] | None = None,
+) -> None:
+    """A key ``known`` does not hold is refused, naming its dotted path and the valid keys, so
+    a misspelt optional setting is never silently dropped. ``owner`` names what defines the
+    keys when that depends on another field (``unknown field 'muu' for fedprox aggregation;
+    valid: mu``); ``hint`` may add a sentence about a key."""
+    for key in given:
+        if key not in known:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            where = f" for {owner}" if owner else ""
+            valid = ", ".join(sorted(known)) or "(none)"
+            extra = hint(key) if hint is not None else ""
+            raise error(path, f"unknown field {key!r}{where}; valid: {valid}{extra}")
+
+
 def read_int(
     value: Any,
     field: str,

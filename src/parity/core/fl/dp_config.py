@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from parity.core.fl._params import read_float, read_mapping
+from parity.core.fl._params import read_float, read_mapping, refuse_unknown
 from parity.core.fl.errors import FLConfigError
 
 __all__ = [
@@ -104,17 +104,10 @@ def _positive(value: Any, field: str) -> float:
     return read_float(value, field, FLConfigError, minimum=0.0, min_exclusive=True)
 
 
-def _refuse_unknown(given: Mapping[str, Any], known: frozenset[str], prefix: str) -> None:
-    for key in given:
-        if key not in known:
-            valid = ", ".join(sorted(known))
-            raise FLConfigError(f"{prefix}.{key}", f"unknown field {key!r}; valid: {valid}")
-
-
 def parse_adaptive_clipping(value: Any, prefix: str) -> AdaptiveClipping:
     """The ``adaptive_clipping`` object; ``prefix`` is its dotted path."""
     given = read_mapping(value, prefix, FLConfigError)
-    _refuse_unknown(given, _ADAPTIVE_FIELDS, prefix)
+    refuse_unknown(given, _ADAPTIVE_FIELDS, prefix)
     for key in ("initial", "target_quantile", "learning_rate"):
         if given.get(key) is None:
             raise FLConfigError(f"{prefix}.{key}", f"{prefix}.{key} is required")
@@ -224,6 +217,6 @@ def parse_differential_privacy(
     if value is True:
         return parse_dp_fields(config, prefix)
     if isinstance(value, Mapping):
-        _refuse_unknown(value, DP_FIELDS, flag_field)
+        refuse_unknown(value, DP_FIELDS, flag_field)
         return parse_dp_fields(value, flag_field)
     raise FLConfigError(flag_field, f"{flag_field} must be an object, true or false")

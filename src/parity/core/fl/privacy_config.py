@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from parity.core.fl._params import read_mapping
+from parity.core.fl._params import read_mapping, refuse_unknown
 from parity.core.fl.aggregators import AGGREGATORS, canonical_method
 from parity.core.fl.dp import adaptive_noise_multipliers
 from parity.core.fl.dp_config import DP_FIELDS, DPConfig, parse_differential_privacy
@@ -55,14 +55,12 @@ def _check_keys(config: Mapping[str, Any], prefix: str) -> None:
         known |= DP_FIELDS
     if not isinstance(config.get("secure_aggregation"), Mapping):
         known |= SECAGG_FIELDS
-    for key in config:
-        if key not in known:
-            where = (
-                " (it belongs inside the differential_privacy or secure_aggregation object)"
-                if key in DP_FIELDS | SECAGG_FIELDS
-                else ""
-            )
-            raise FLConfigError(f"{prefix}.{key}", f"unknown field {key!r}{where}")
+
+    def inside(key: str) -> str:
+        nested = key in DP_FIELDS | SECAGG_FIELDS
+        return " (it belongs inside the differential_privacy or secure_aggregation object)" * nested
+
+    refuse_unknown(config, known, prefix, hint=inside)
 
 
 def parse_privacy_config(

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from parity.core.fl._params import read_float, read_int, read_mapping
+from parity.core.fl._params import read_float, read_int, read_mapping, refuse_unknown
 from parity.core.fl.errors import FLConfigError
 
 __all__ = [
@@ -194,9 +194,6 @@ def parse_secure_aggregation(
     if value is True:
         return parse_secagg_fields(config, prefix, mode_implied=True)
     if isinstance(value, Mapping):
-        for key in value:
-            if key not in SECAGG_FIELDS:
-                valid = ", ".join(sorted(SECAGG_FIELDS))
-                raise FLConfigError(f"{flag_field}.{key}", f"unknown field {key!r}; valid: {valid}")
+        refuse_unknown(value, SECAGG_FIELDS, flag_field)
         return parse_secagg_fields(value, flag_field)
     raise FLConfigError(flag_field, f"{flag_field} must be an object, true or false")
