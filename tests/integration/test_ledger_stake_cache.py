@@ -23,7 +23,7 @@ from parity.container import Container
 from parity.db.session import Database
 from parity.ledger.settlement import SettlementConfig, SettlementWorker
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
-from tests.integration.queue_helpers import claimed, create_task, device, register_runner
+from tests.integration.queue_helpers import act, claimed, create_task, device, register_runner
 from tests.settlement_support import run_until_idle
 
 V1 = "/api/v1"
@@ -95,12 +95,8 @@ async def run_one_task(server: Replica, alice: str, bob: str) -> str:
     task = await create_task(server.http, alice, timeout_seconds=60)
     got = await claimed(server.http, runner_token, start="true")
     server.clock.advance(12.5)
-    r = await server.http.post(
-        f"{V1}/runners/tasks/{got['task']['id']}/complete",
-        json={"claim_token": got["claim_token"], "output": "ok", "exit_code": 0},
-        headers=bearer(runner_token),
-    )
-    assert r.status_code == 200, r.text
+    done = await act(server.http, runner_token, got["task"]["id"], "complete", got["claim_token"])
+    assert done.status_code == 200, done.text
     return str(task["id"])
 
 
@@ -108,17 +104,39 @@ def start_clock() -> FrozenClock:
     return FrozenClock(datetime.now(UTC).replace(microsecond=0))
 
 
-async def test_a_payment_confirmed_after_the_stake_was_cached_is_not_spent_again(
-    container: Container, database_url: str, tmp_path: Path
-):
+@dataclass
+class Paid:
+    """One server after Alice's task ran on Bob's runner: its payment not yet settled."""
+
+    server: Replica
+    chain: FakeChain
+    clock: FrozenClock
+    worker: SettlementWorker
+    alice: str
+    task_id: str
+
+
+@asynccontextmanager
+async def one_task_run(database_url: str, home: Path) -> AsyncIterator[Paid]:
     chain = FakeChain(owner=OWNER.address)
     clock = start_clock()
     worker = settlement_worker(database_url, chain, clock)
-    async with replica(database_url, tmp_path / "one", chain, clock) as server:
-        alice = await sign_in(server.http, ALICE)
-        bob = await sign_in(server.http, BOB)
-        await stake(chain, ALICE, STAKED)
-        task_id = await run_one_task(server, alice, bob)
+    try:
+        async with replica(database_url, home, chain, clock) as server:
+            alice = await sign_in(server.http, ALICE)
+            bob = await sign_in(server.http, BOB)
+            await stake(chain, ALICE, STAKED)
+            task_id = await run_one_task(server, alice, bob)
+            yield Paid(server, chain, clock, worker, alice, task_id)
+    finally:
+        await worker.ctx.db.dispose()
+
+
+async def test_a_payment_confirmed_after_the_stake_was_cached_is_not_spent_again(
+    container: Container, database_url: str, tmp_path: Path
+):
+    async with one_task_run(database_url, tmp_path / "one") as run:
+        server, alice, clock = run.server, run.alice, run.clock
         # The stake is cached (read when the task was created); the debit is unsettled.
         before = await server.balance(alice)
         assert before == {
@@ -128,10 +146,10 @@ async def test_a_payment_confirmed_after_the_stake_was_cached_is_not_spent_again
             "available": STAKED - PRICE,
         }
 
-        await run_until_idle(worker)
-        on_chain = await FakeChainClient(chain).stake_of(ALICE.address.lower())
+        await run_until_idle(run.worker)
+        on_chain = await FakeChainClient(run.chain).stake_of(ALICE.address.lower())
         assert on_chain == STAKED - PRICE
-        r = await server.http.get(f"{V1}/tasks/{task_id}/reward", headers=bearer(alice))
+        r = await server.http.get(f"{V1}/tasks/{run.task_id}/reward", headers=bearer(alice))
         assert r.json()["status"] == "paid"
 
         # Within the cache's TTL: the payment is no longer unsettled, yet must not come back.
@@ -150,7 +168,6 @@ async def test_a_payment_confirmed_after_the_stake_was_cached_is_not_spent_again
             "reserved": 0,
             "available": on_chain,
         }
-    await worker.ctx.db.dispose()
 
 
 async def test_replicas_with_their_own_caches_and_clocks_apart_never_over_report(
@@ -196,22 +213,14 @@ async def test_replicas_with_their_own_caches_and_clocks_apart_never_over_report
 async def test_a_node_that_does_not_answer_keeps_the_cached_stake_and_the_debit(
     container: Container, database_url: str, tmp_path: Path
 ):
-    chain = FakeChain(owner=OWNER.address)
-    clock = start_clock()
-    worker = settlement_worker(database_url, chain, clock)
-    async with replica(database_url, tmp_path / "down", chain, clock) as server:
-        alice = await sign_in(server.http, ALICE)
-        bob = await sign_in(server.http, BOB)
-        await stake(chain, ALICE, STAKED)
-        await run_one_task(server, alice, bob)
-        assert (await server.balance(alice))["stake"] == STAKED
-        await run_until_idle(worker)
-        chain.unreachable = True  # the cached figure cannot be read again
-        clock.advance(2)
-        assert await server.balance(alice) == {
+    async with one_task_run(database_url, tmp_path / "down") as run:
+        assert (await run.server.balance(run.alice))["stake"] == STAKED
+        await run_until_idle(run.worker)
+        run.chain.unreachable = True  # the cached figure cannot be read again
+        run.clock.advance(2)
+        assert await run.server.balance(run.alice) == {
             "stake": STAKED,  # from before the payment, so the payment still counts
             "unsettled_debits": PRICE,
             "reserved": 0,
             "available": STAKED - PRICE,
         }
-    await worker.ctx.db.dispose()

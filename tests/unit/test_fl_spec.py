@@ -403,6 +403,16 @@ def test_the_accepted_key_tables_cover_every_method_model_and_strategy() -> None
     assert strategies == set(STRATEGIES) == set(STRATEGY_OPTIONS) == set(ACCEPTED_OPTIONS)
 
 
+def refused_as_unknown(body: dict[str, Any], path: str, owner_and_valid: str) -> None:
+    """``body`` is a 422 naming ``path`` as an unknown field, with what defines the keys and
+    the keys that are valid there."""
+    error = refused(body)
+    key = path.rsplit(".", 1)[1]
+    assert error.code == "invalid_input"
+    assert error.field == path
+    assert error.message.endswith(f"unknown field {key!r} {owner_and_valid}")
+
+
 @pytest.mark.parametrize(("method", "case"), METHOD_PARAMS.items())
 def test_every_parameter_a_method_takes_is_accepted_and_kept(
     method: str, case: tuple[dict[str, Any], str]
@@ -417,13 +427,11 @@ def test_an_unknown_aggregation_parameter_is_refused_naming_it(
     method: str, case: tuple[dict[str, Any], str]
 ) -> None:
     params, unknown = case
-    error = refused(with_params(method, {**params, unknown: 1}))
     canonical = canonical_method(method)
-    assert error.code == "invalid_input"
-    assert error.field == f"config.aggregation_params.{unknown}"
-    assert error.message.endswith(
-        f"unknown field {unknown!r} for {canonical} aggregation; "
-        f"valid: {ACCEPTED_PARAMS[canonical]}"
+    refused_as_unknown(
+        with_params(method, {**params, unknown: 1}),
+        f"config.aggregation_params.{unknown}",
+        f"for {canonical} aggregation; valid: {ACCEPTED_PARAMS[canonical]}",
     )
 
 
@@ -438,12 +446,10 @@ def test_an_unknown_model_config_key_is_refused_naming_it(
 ) -> None:
     model_config, unknown = case
     assert parse_session_create(with_model(model_type, model_config)).model_config == model_config
-    error = refused(with_model(model_type, {**model_config, unknown: 5}))
-    assert error.code == "invalid_input"
-    assert error.field == f"config.model_config.{unknown}"
-    assert error.message.endswith(
-        f"unknown field {unknown!r} for {model_type} model; "
-        f"valid: {ACCEPTED_MODEL_KEYS[model_type]}"
+    refused_as_unknown(
+        with_model(model_type, {**model_config, unknown: 5}),
+        f"config.model_config.{unknown}",
+        f"for {model_type} model; valid: {ACCEPTED_MODEL_KEYS[model_type]}",
     )
 
 
@@ -466,13 +472,11 @@ def test_an_unknown_partition_option_is_refused_naming_it(
     strategy: str, case: tuple[dict[str, Any], str]
 ) -> None:
     metadata, unknown = case
-    error = refused(with_strategy(strategy, {**metadata, unknown: 5}))
     canonical = canonical_strategy(strategy)
-    assert error.code == "invalid_input"
-    assert error.field == f"training_data.metadata.{unknown}"
-    assert error.message.endswith(
-        f"unknown field {unknown!r} for {canonical} partitioning strategy; "
-        f"valid: {ACCEPTED_OPTIONS[canonical]}"
+    refused_as_unknown(
+        with_strategy(strategy, {**metadata, unknown: 5}),
+        f"training_data.metadata.{unknown}",
+        f"for {canonical} partitioning strategy; valid: {ACCEPTED_OPTIONS[canonical]}",
     )
 
 
