@@ -375,7 +375,13 @@ async def test_a_pending_session_has_no_rounds_participants_metrics_or_model(wor
     r = await world.client.get(f"{base}/rounds/1", headers=h)
     assert r.status_code == 404 and r.json()["error"]["code"] == "round_not_found"
     r = await world.client.get(f"{base}/participants", headers=h)
-    assert r.json() == {"session_id": s["id"], "participants": [], "count": 0}
+    assert r.json() == {
+        "session_id": s["id"],
+        "participants": [],
+        "count": 0,
+        "next_cursor": None,
+        "limit": 1000,
+    }
     assert (await world.client.get(f"{base}/metrics", headers=h)).json() == {
         "session_id": s["id"],
         "rounds": [],

@@ -610,6 +610,26 @@ async def test_an_offline_participant_is_replaced_between_rounds(world: World):
     replaced = [p for p in rows if p["status"] == "replaced"]
     assert [(p["runner_id"], p["participant_index"]) for p in replaced] == [(gone.id, index)]
     assert sum(p["status"] == "active" for p in rows) == 3
+    assert (r.json()["count"], r.json()["next_cursor"]) == (4, None)
+    # Page by page, one row each: the same four rows in the same order (the replaced row and
+    # its successor share an index), then no next page.
+    paged: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(10):
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        r = await world.client.get(
+            f"{FL}/sessions/{sid}/participants", params=params, headers=world.auth
+        )
+        assert r.status_code == 200, r.text
+        paged += r.json()["participants"]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == rows
+    r = await world.client.get(
+        f"{FL}/sessions/{sid}/participants", params={"cursor": "bm9wZQ"}, headers=world.auth
+    )
+    assert error(r) == (422, "invalid_input", "cursor")
 
 
 # -- rewards ---------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.db.pagination import Cursor, newest_first
@@ -61,23 +62,45 @@ async def participant_counts(
     return {sid: int(n) for sid, n in (await session.execute(q)).all()}
 
 
-async def list_participants(session: AsyncSession, session_id: uuid.UUID) -> list[FLParticipant]:
-    """Every participant (replaced ones too), by index, then by when they joined."""
-    q = (
-        select(FLParticipant)
-        .where(FLParticipant.session_id == session_id)
-        .order_by(FLParticipant.participant_index, FLParticipant.joined_at, FLParticipant.id)
-    )
+# A participant's place in the list: (participant index, joined at, id).
+ParticipantKey = tuple[int, datetime, uuid.UUID]
+
+
+async def list_participants(
+    session: AsyncSession,
+    session_id: uuid.UUID,
+    after: ParticipantKey | None = None,
+    limit: int | None = None,
+) -> list[FLParticipant]:
+    """The participants (replaced ones too), by index, then by when they joined: those after
+    ``after``, at most ``limit`` (every one when None)."""
+    p = FLParticipant
+    q = select(p).where(p.session_id == session_id)
+    if after is not None:
+        index, joined, id_ = after
+        q = q.where(
+            or_(
+                p.participant_index > index,
+                and_(p.participant_index == index, p.joined_at > joined),
+                and_(p.participant_index == index, p.joined_at == joined, p.id > id_),
+            )
+        )
+    q = q.order_by(p.participant_index, p.joined_at, p.id)
+    if limit is not None:
+        q = q.limit(limit)
     return list((await session.scalars(q)).all())
 
 
 async def slot_counts_by_participant(
-    session: AsyncSession, session_id: uuid.UUID
+    session: AsyncSession, session_id: uuid.UUID, participant_ids: Sequence[uuid.UUID]
 ) -> dict[tuple[uuid.UUID, str], int]:
-    """How many round slots of each status each participant holds."""
+    """How many round slots of each status each of ``participant_ids`` holds."""
     q = (
         select(FLRoundSlot.participant_id, FLRoundSlot.status, func.count())
-        .where(FLRoundSlot.session_id == session_id)
+        .where(
+            FLRoundSlot.session_id == session_id,
+            FLRoundSlot.participant_id.in_(participant_ids),
+        )
         .group_by(FLRoundSlot.participant_id, FLRoundSlot.status)
     )
     return {(pid, status): int(n) for pid, status, n in (await session.execute(q)).all()}

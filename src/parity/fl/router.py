@@ -163,12 +163,25 @@ async def get_round(
 
 @router.get("/sessions/{session_id}/participants")
 async def list_participants(
-    session_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
+    session_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    session: ReadSession,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 1000,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> JSONResponse:
-    """The runners bound to the session, by participant index (replaced ones too)."""
-    rows, counts = await service.list_participants(session, principal, session_id)
-    items = [participant_read(p, counts) for p in rows]
-    return _json({"session_id": session_id, "participants": items, "count": len(items)})
+    """The runners bound to the session, by participant index (replaced ones too):
+    `{session_id, participants, count, next_cursor, limit}` (`count`: this page's)."""
+    page = await service.list_participants(session, principal, session_id, cursor, limit)
+    items = [participant_read(p, page.slot_counts) for p in page.participants]
+    return _json(
+        {
+            "session_id": session_id,
+            "participants": items,
+            "count": len(items),
+            "next_cursor": page.next_cursor,
+            "limit": limit,
+        }
+    )
 
 
 @router.get("/sessions/{session_id}/metrics", response_model=MetricsRead)

@@ -11,6 +11,7 @@ import binascii
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -237,12 +238,47 @@ async def get_round(
     return found, await repo.slot_counts(session, [found.id])
 
 
+@dataclass(frozen=True)
+class ParticipantPage:
+    participants: list[FLParticipant]
+    slot_counts: dict[tuple[uuid.UUID, str], int]
+    next_cursor: str | None
+
+
+def encode_participant_cursor(p: FLParticipant) -> str:
+    raw = f"participant|{p.participant_index}|{p.joined_at.isoformat()}|{p.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_participant_cursor(value: str | None) -> repo.ParticipantKey | None:
+    if not value:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        kind, index, joined, id_ = text.split("|")
+        if kind != "participant":
+            raise ValueError(kind)
+        return int(index), datetime.fromisoformat(joined), uuid.UUID(id_)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput("cursor", "not a cursor returned by this list") from None
+
+
 async def list_participants(
-    session: AsyncSession, principal: Principal, session_id: uuid.UUID
-) -> tuple[list[FLParticipant], dict[tuple[uuid.UUID, str], int]]:
+    session: AsyncSession,
+    principal: Principal,
+    session_id: uuid.UUID,
+    cursor: str | None,
+    limit: int,
+) -> ParticipantPage:
+    """The session's participants by index (replaced ones beside their successors), a page
+    of ``limit`` after ``cursor``."""
     row = await get_session(session, principal, session_id)
-    participants = await repo.list_participants(session, row.id)
-    return participants, await repo.slot_counts_by_participant(session, row.id)
+    after = decode_participant_cursor(cursor)
+    found = await repo.list_participants(session, row.id, after, limit + 1)
+    page = found[:limit]
+    nxt = encode_participant_cursor(page[-1]) if len(found) > limit else None
+    counts = await repo.slot_counts_by_participant(session, row.id, [p.id for p in page])
+    return ParticipantPage(page, counts, nxt)
 
 
 async def session_rounds(
