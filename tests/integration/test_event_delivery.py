@@ -671,7 +671,9 @@ async def test_sse_resumes_after_last_event_id_and_ends_after_its_time_limit(
     later = await create_task(client, alice)
     clock.advance(2)
     headers = {**bearer(alice), "Accept": "text/event-stream", "Last-Event-ID": str(seen)}
-    stream = asyncio.create_task(client.get(f"{V1}/events", headers=headers))
+    # An EventSource reconnects to the URL it opened (`?after=0` here) and adds the header:
+    # the header says where to resume.
+    stream = asyncio.create_task(client.get(f"{V1}/events", params={"after": 0}, headers=headers))
     await until(lambda: container.event_hub.waiting == 1)  # the backlog is sent
     clock.advance(1801)
     container.event_hub.wake_all()
@@ -680,6 +682,12 @@ async def test_sse_resumes_after_last_event_id_and_ends_after_its_time_limit(
     assert [f["event"] for f in frames] == ["task.created", "end"]
     assert json.loads(frames[0]["data"])["data"]["task_id"] == later["id"]
     assert json.loads(frames[1]["data"])["reason"] == "timeout"
+    # The stream's envelope writes its time as the JSON API does.
+    listed = await client.get(f"{V1}/events", params={"after": seen}, headers=bearer(alice))
+    assert json.loads(frames[0]["data"])["created_at"] == listed.json()["items"][0]["created_at"]
+    bad = {**bearer(alice), "Last-Event-ID": "-3"}
+    r = await client.get(f"{V1}/events", headers=bad)
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "Last-Event-ID"
 
 
 async def test_a_new_long_poll_during_shutdown_is_told_to_retry(

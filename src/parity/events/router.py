@@ -188,17 +188,18 @@ def _types(raw: list[str] | None) -> list[str] | None:
 
 
 def _cursor(after: int | None, last_event_id: str | None) -> int:
-    if after is not None:
-        return after
+    """Where a stream starts: after ``Last-Event-ID`` when a reconnecting client sends it (an
+    EventSource keeps its URL, ``?after=`` included, and adds the header), else after
+    ``after``, else from the start."""
     if last_event_id:
         try:
-            seq: int | None = max(int(last_event_id), 0)
+            seq: int | None = int(last_event_id)
         except ValueError:
             seq = None
-        if seq is None or seq > BIGINT_MAX:
+        if seq is None or not 0 <= seq <= BIGINT_MAX:
             raise InvalidInput("Last-Event-ID", "must be the id of an event read before")
         return seq
-    return 0
+    return 0 if after is None else after
 
 
 def _event_read(ev: Event) -> EventRead:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -159,12 +159,18 @@ def _new_delivery(endpoint_id: uuid.UUID, event_id: uuid.UUID, now: datetime) ->
     )
 
 
+def utc_iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z``, as the JSON API writes its times."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def envelope(event: Event) -> dict[str, Any]:
     """What a delivery carries (and what the stream sends): {id, type, created_at, data}."""
     return {
         "id": str(event.id),
         "type": event.type,
-        "created_at": event.created_at.isoformat(),
+        "created_at": utc_iso(event.created_at),
         "data": event.data,
     }
 
