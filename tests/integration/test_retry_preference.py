@@ -5,6 +5,7 @@ retries a failed task and then ends it ``failed``."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 from sqlalchemy import select
@@ -130,3 +131,27 @@ async def test_a_task_given_back_by_its_offered_runner_can_be_claimed_by_another
         puller, _ = await register_runner(http, alice, device())
         again = await claimed(http, puller)
         assert again["task"]["id"] == task["id"] and again["attempt"] == 2
+
+
+async def test_a_draining_push_runner_is_not_offered_new_work(container: Container):
+    async with custom_client(container, webhook_allow_private=True) as (http, c):
+        alice = await sign_in(http, ALICE)
+        _, reg = await register_runner(http, alice, device(), webhook="http://127.0.0.1:9/parity")
+        pushed_id = reg["runner"]["id"]
+        owner = {"Authorization": f"Bearer {alice}"}
+
+        async def target_of(task: dict[str, Any]) -> str | None:
+            q = select(Task.target_runner_id).where(Task.id == uuid.UUID(task["id"]))
+            async with c.db.read_session() as s:
+                found = (await s.execute(q)).scalar_one()
+            return None if found is None else str(found)
+
+        r = await http.post(f"/api/v1/runners/{pushed_id}/drain", headers=owner)
+        assert r.status_code == 200, r.text
+        held = await create_task(http, alice)
+        assert await target_of(held) is None  # left for any runner: a pull-only one claims it
+        puller, _ = await register_runner(http, alice, device())
+        assert (await claimed(http, puller))["task"]["id"] == held["id"]
+        r = await http.post(f"/api/v1/runners/{pushed_id}/resume", headers=owner)
+        assert r.status_code == 200, r.text
+        assert await target_of(await create_task(http, alice)) == pushed_id

@@ -127,7 +127,10 @@ async def list_runners(
 
 
 async def online_runners(session: AsyncSession) -> list[Runner]:
-    q = select(Runner).where(Runner.status == "online", Runner.banned_at.is_(None))
+    """Runners that may be offered work: online, not draining, not banned."""
+    q = select(Runner).where(
+        Runner.status == "online", Runner.drain_requested.is_(False), Runner.banned_at.is_(None)
+    )
     return list((await session.scalars(q)).all())
 
 

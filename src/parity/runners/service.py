@@ -269,7 +269,7 @@ async def models_for(
 
 
 async def online_runners(session: AsyncSession) -> list[Runner]:
-    """Online, unbanned runners (placement's candidates)."""
+    """Online runners neither draining nor banned (placement's candidates)."""
     return await repo.online_runners(session)
 
 
