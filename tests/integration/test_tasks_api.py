@@ -19,6 +19,7 @@ from tests.conftest import ADMIN, ALICE, BOB, bearer, sign_in
 from tests.integration.queue_helpers import (
     V1,
     act,
+    attempts,
     claim,
     claimed,
     create_task,
@@ -277,6 +278,8 @@ async def test_cancelling_a_running_task_goes_through_the_runner(client: httpx.A
     done = await act(client, runner, t["id"], "fail", c["claim_token"], error="cancelled")
     assert done.status_code == 200 and done.json()["status"] == "cancelled"
     assert (await get_task(client, alice, t["id"]))["completed_at"] is not None
+    [attempt] = await attempts(client, alice, t["id"])
+    assert (attempt["outcome"], attempt["error"]) == ("cancelled", "cancelled")
 
 
 async def test_cancelling_a_completed_task_is_409(client: httpx.AsyncClient):

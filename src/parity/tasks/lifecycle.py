@@ -207,7 +207,8 @@ async def _retry_or_fail(
 ) -> None:
     now = deps.clock.now()
     if task.status == TaskStatus.CANCEL_REQUESTED:
-        # The client asked to stop: a failure is the acknowledgement, never a retry.
+        # The client asked to stop: a failure is the acknowledgement, never a retry, and the
+        # attempt ends cancelled (a lease that ran out meanwhile keeps saying so).
         await tr.transition(
             session,
             deps,
@@ -215,7 +216,7 @@ async def _retry_or_fail(
             tr.CANCEL_ACKNOWLEDGED,
             now=now,
             attempt=attempt,
-            outcome=outcome,
+            outcome="cancelled" if outcome == "failed" else outcome,
             event_data={"last_error": reason},
         )
         task.last_error = reason
