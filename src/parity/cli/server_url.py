@@ -66,9 +66,14 @@ def _host_for_url(host: str) -> str:
 def configured_server_url(
     config: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> ServerChoice:
-    """Step 4 alone: the URL the server's own settings describe."""
+    """Step 4 alone: the URL the server's own settings describe (``config``: the settings
+    file; one that does not exist is read as empty: the command that names it says so)."""
+    named = config is not None and Path(config).expanduser().is_file()
     try:
-        settings = load_settings(environ, config_file=config)
+        if named:
+            settings = load_settings(environ, config_file=config)
+        else:
+            settings = load_settings(environ, env_file=None if config is not None else ".env")
     except ConfigError as exc:
         raise ServerUrlError(
             f"cannot read the server settings to find its URL ({exc}); "
