@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from parity.cli import storage as storage_cli
+from parity.cli.server_url import ServerChoice
 from parity.cli.storage import human_bytes, storage_app
 
 LIMIT = 1024
@@ -44,8 +45,8 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeStorage:
     monkeypatch.setenv("PARITY_HOME", str(tmp_path / "home"))
     server = FakeStorage()
 
-    def client(url: str, token: str | None) -> httpx.Client:
-        return httpx.Client(base_url=url, transport=httpx.MockTransport(server.handler))
+    def client(choice: ServerChoice, token: str | None) -> httpx.Client:
+        return httpx.Client(base_url=choice.url, transport=httpx.MockTransport(server.handler))
 
     monkeypatch.setattr(storage_cli, "_client", client)
     return server
