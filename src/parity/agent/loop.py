@@ -417,6 +417,11 @@ class Runner:
                     body["output_cid"] = await self.client.upload(outcome.full_output)
                 except Exception as exc:
                     log.warning("output_upload_failed", task_id=a.task_id, error=str(exc)[:200])
+                    # The run succeeded; the result says its whole output was not kept.
+                    body["error"] = (
+                        f"the whole output ({len(outcome.full_output)} bytes) could not be "
+                        f"stored, only its start is inline: {str(exc)[:500]}"
+                    )
             action = "complete"
         else:
             body = {

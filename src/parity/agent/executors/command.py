@@ -238,8 +238,11 @@ class CommandExecutor:
             captured.extend(f"\n[output truncated at {limits.max_output_bytes} bytes]".encode())
         if len(captured) > limits.output_bytes:
             full = bytes(captured)
-            output = captured[: limits.output_bytes].decode(errors="ignore")
-            output += f"\n[output truncated at {limits.output_bytes} bytes inline]"
+            # The marker fits within the inline limit too: the server keeps that many bytes
+            # inline, and would cut a longer text (and this marker with it).
+            marker = f"\n[output truncated: {len(full)} bytes, the first ones inline]"
+            keep = _char_boundary(captured, max(limits.output_bytes - len(marker), 0))
+            output = captured[:keep].decode(errors="ignore") + marker
         else:
             output = captured.decode(errors="replace")
         usage = {"wall_seconds": round(time.monotonic() - started, 3)}
