@@ -294,6 +294,37 @@ async def test_lease_expiry_returns_the_task_to_pending_and_counts_the_attempt(
     assert r.status_code == 409
 
 
+async def test_a_run_past_its_time_limit_loses_its_lease_though_the_runner_renews_it(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    # timeout_seconds 30 and a 90 s lease: renewals never reach past start + 30 + 90 s, by the
+    # lease endpoint or the heartbeat; then the expiry says the run timed out.
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice, max_attempts=2, timeout_seconds=30)
+    c = await claimed(client, runner, start="true")
+    started = when(c["lease_expires_at"]) - timedelta(seconds=90)
+    clock.advance(60)
+    r = await act(client, runner, task["id"], "lease", c["claim_token"])
+    assert r.status_code == 200, r.text
+    assert when(r.json()["lease_expires_at"]) == started + timedelta(seconds=120)
+    clock.advance(30)
+    hb = await client.post(
+        f"{V1}/runners/heartbeat",
+        json={"status": "online", "claims": [c["claim_token"]]},
+        headers=bearer(runner),
+    )
+    assert hb.status_code == 200 and hb.json()["renewed"] == [task["id"]]
+    clock.advance(29)
+    assert await expire_leases(container) == 0  # 119 s after the start
+    clock.advance(2)
+    assert await expire_leases(container) == 1
+    t = await get_task(client, alice, task["id"])
+    assert t["status"] == "pending" and t["attempts"] == 1
+    assert t["last_error"].startswith("timed out after 30 s on runner ")
+    [a] = await attempts(client, alice, task["id"])
+    assert a["outcome"] == "lease_expired" and a["error"].startswith("timed out")
+
+
 async def test_lease_expiry_of_the_final_attempt_fails_the_task(
     client: httpx.AsyncClient, container: Container, clock: FrozenClock
 ):

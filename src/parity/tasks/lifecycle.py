@@ -315,6 +315,23 @@ async def _release(
     await tr.transition(session, deps, task, edge, now=now, attempt=attempt, outcome=why)
 
 
+def run_deadline(deps: TaskDeps, task: Task) -> datetime | None:
+    """When a started task with a ``timeout_seconds`` must have reported: its time limit from
+    its start, plus one lease period for the runner to stop it and say so. None without one."""
+    if task.started_at is None or not task.timeout_seconds:
+        return None
+    return task.started_at + timedelta(seconds=task.timeout_seconds + deps.lease_seconds)
+
+
+def lease_until(deps: TaskDeps, task: Task, now: datetime) -> datetime:
+    """A renewed lease's expiry: one lease period from now, never past the task's run deadline
+    (so a runner that keeps renewing a run past its time limit loses the claim, and the lease
+    expiry retries or fails it)."""
+    until = now + timedelta(seconds=deps.lease_seconds)
+    deadline = run_deadline(deps, task)
+    return until if deadline is None else max(min(until, deadline), now)
+
+
 async def renew(
     session: AsyncSession, deps: TaskDeps, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
 ) -> Task:
@@ -322,7 +339,7 @@ async def renew(
     if not f.current:
         raise _not_current(f, "renew the lease")
     now = deps.clock.now()
-    f.task.lease_expires_at = now + timedelta(seconds=deps.lease_seconds)
+    f.task.lease_expires_at = lease_until(deps, f.task, now)
     await session.flush()
     return f.task
 
@@ -403,13 +420,21 @@ async def expire_leases(session: AsyncSession, deps: TaskDeps, now: datetime) ->
     for task in tasks:
         attempt = await repo.current_attempt(session, task)
         runner = task.runner_id
+        deadline = run_deadline(deps, task)
+        timed_out = deadline is not None and now >= deadline
         if attempt is not None and attempt.ended_at is None:
-            attempt.error = "lease expired without renewal (runner silent or offline)"
+            attempt.error = (
+                f"timed out: no result {task.timeout_seconds} s after it started"
+                if timed_out
+                else "lease expired without renewal (runner silent or offline)"
+            )
         await _retry_or_fail(
             session,
             deps,
             task,
-            f"lease expired on runner {runner}",
+            f"timed out after {task.timeout_seconds} s on runner {runner} (no result by then)"
+            if timed_out
+            else f"lease expired on runner {runner}",
             runner,
             attempt=attempt,
             outcome="lease_expired",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,13 +30,13 @@ async def rebind_claims(
     """Claims are stored only as hashes, so a re-registered runner gets a fresh token per
     claim (same attempt, lease renewed); its old tokens stop working."""
     out: list[tuple[Task, str, int]] = []
-    until = deps.clock.now() + timedelta(seconds=deps.lease_seconds)
+    now = deps.clock.now()
     for task in await queue_repo.runner_active_tasks(session, runner_id, lock=True):
         token = new_claim_token(deps)
         h = hash_token(token)
         attempt = await repo.current_attempt(session, task)
         task.claim_token_hash = h
-        task.lease_expires_at = until
+        task.lease_expires_at = lifecycle.lease_until(deps, task, now)
         if attempt is not None:
             attempt.claim_token_hash = h
         out.append((task, token, task.attempts))
@@ -73,14 +73,14 @@ async def heartbeat(
             by_hash.setdefault(t.claim_token_hash, []).append(t)
     revoked: list[str] = []
     renewed: list[uuid.UUID] = []
-    until = deps.clock.now() + timedelta(seconds=deps.lease_seconds)
+    now = deps.clock.now()
     for token in claims:
         held = by_hash.get(hash_token(token))
         if not held:
             revoked.append(token)
             continue
         for t in held:
-            t.lease_expires_at = until
+            t.lease_expires_at = lifecycle.lease_until(deps, t, now)
             renewed.append(t.id)
     cancel = [t.id for t in active if t.status == TaskStatus.CANCEL_REQUESTED]
     await session.flush()
