@@ -36,7 +36,7 @@ from parity.cli.credentials import credentials_path
 from parity.cli.help_width import widen_help_without_terminal
 from parity.cli.passwords import password_from_env_or_prompt
 from parity.cli.plain_warnings import plain_warnings
-from parity.cli.server_url import ServerChoice, ServerUrlError, resolve_server_url
+from parity.cli.server_url import ServerChoice, ServerUrlError, failure_text, resolve_server_url
 from parity.core.llm.metering import LlmPrice
 from parity.heap import settle_heap
 from parity.logging import configure_logging, get_logger
@@ -137,10 +137,6 @@ def _server(server: str | None, keystore: Path) -> ServerChoice:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     return choice
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__  # httpx's timeouts often carry no text
 
 
 def _pull_instead_of_push(runner: Runner, refusal: ServerError) -> None:
@@ -360,7 +356,7 @@ def main_cmd(
         typer.echo(f"error: server refused: {exc}", err=True)
         raise typer.Exit(1) from None
     except (httpx.TransportError, OSError) as exc:
-        typer.echo(f"error: cannot reach {chosen.describe()}: {_reason(exc)}", err=True)
+        typer.echo(f"error: cannot reach {chosen.describe()}: {failure_text(exc)}", err=True)
         raise typer.Exit(1) from None
 
 
@@ -407,7 +403,7 @@ def status(server: Server = None, keystore: Keystore = None) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except (httpx.TransportError, OSError) as exc:
-        typer.echo(f"error: cannot reach {chosen.describe()}: {_reason(exc)}", err=True)
+        typer.echo(f"error: cannot reach {chosen.describe()}: {failure_text(exc)}", err=True)
         raise typer.Exit(1) from None
     if not runners:
         typer.echo(f"no runners registered for {account.address}")

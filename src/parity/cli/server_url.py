@@ -132,12 +132,17 @@ class ServerHttpClient(httpx.Client):
         self.choice = choice
 
 
+def failure_text(exc: BaseException) -> str:
+    """What went wrong, in words: httpx's timeouts often carry no text, so their kind."""
+    return str(exc) or type(exc).__name__
+
+
 def no_answer(client: httpx.Client, exc: httpx.HTTPError, doing: str = "the request") -> str:
     """The message for a request that got no (complete) answer: ``cannot reach URL (from
     SOURCE): reason`` when no connection was made, else ``DOING to URL (from SOURCE) failed:
     reason``."""
     where = client.choice.describe() if isinstance(client, ServerHttpClient) else client.base_url
-    reason = str(exc) or type(exc).__name__  # httpx's timeouts often carry no text
+    reason = failure_text(exc)
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return f"cannot reach {where}: {reason}"
     return f"{doing} to {where} failed: {reason}"
