@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -16,6 +16,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from parity.errors import InvalidInput
 
 Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")
+K = TypeVar("K")
 
 Cursor = tuple[datetime, uuid.UUID]
 
@@ -27,20 +28,49 @@ class Keyed(Protocol):
     id: uuid.UUID
 
 
+def _opaque(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _unopaque(value: str) -> str:
+    """The text of an :func:`_opaque` value; ValueError (or UnicodeDecodeError) if it is not one."""
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+
+
+def _not_a_cursor() -> InvalidInput:
+    return InvalidInput("cursor", "not a cursor returned by this list")
+
+
 def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{id_}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _opaque(f"{created_at.isoformat()}|{id_}")
 
 
 def decode_cursor(value: str | None) -> Cursor | None:
     if not value:
         return None
     try:
-        padded = value + "=" * (-len(value) % 4)
-        ts, id_ = base64.urlsafe_b64decode(padded).decode().split("|", 1)
+        ts, id_ = _unopaque(value).split("|", 1)
         return datetime.fromisoformat(ts), uuid.UUID(id_)
     except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("cursor", "not a cursor returned by this list") from None
+        raise _not_a_cursor() from None
+
+
+def encode_keyed(kind: str, *parts: object) -> str:
+    """An opaque cursor of a list with its own key (not ``created_at, id``): ``kind`` names
+    the list, so a cursor of one list is refused by another."""
+    return _opaque("|".join([kind, *(str(p) for p in parts)]))
+
+
+def decode_keyed(value: str, kind: str, convert: Callable[[list[str]], K]) -> K:
+    """The key of an :func:`encode_keyed` cursor of ``kind``, its parts converted by
+    ``convert`` (which raises ValueError on a bad part); 422 naming ``cursor`` otherwise."""
+    try:
+        found, *parts = _unopaque(value).split("|")
+        if found != kind:
+            raise ValueError(found)
+        return convert(parts)
+    except (ValueError, UnicodeDecodeError):
+        raise _not_a_cursor() from None
 
 
 def next_cursor(rows: Sequence[Keyed], limit: int) -> str | None:

@@ -6,8 +6,6 @@ Starting a session and the rounds themselves live in ``start``, ``rounds`` and `
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.auth.schemas import Principal
-from parity.db.pagination import Cursor
+from parity.db.pagination import Cursor, decode_keyed, encode_keyed
 from parity.errors import InvalidInput
 from parity.fl import repository as repo
 from parity.fl import rounds, store_io
@@ -189,20 +187,13 @@ async def cancel_session(
 
 
 def encode_round_cursor(number: int) -> str:
-    return base64.urlsafe_b64encode(f"round:{number}".encode()).decode().rstrip("=")
+    return encode_keyed("round", number)
 
 
 def decode_round_cursor(value: str | None) -> int | None:
     if not value:
         return None
-    try:
-        text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        kind, _, number = text.partition(":")
-        if kind != "round":
-            raise ValueError(kind)
-        return int(number)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise InvalidInput("cursor", "not a cursor returned by this list") from None
+    return decode_keyed(value, "round", lambda parts: int(*parts))
 
 
 @dataclass(frozen=True)
@@ -246,21 +237,18 @@ class ParticipantPage:
 
 
 def encode_participant_cursor(p: FLParticipant) -> str:
-    raw = f"participant|{p.participant_index}|{p.joined_at.isoformat()}|{p.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return encode_keyed("participant", p.participant_index, p.joined_at.isoformat(), p.id)
+
+
+def _participant_key(parts: list[str]) -> repo.ParticipantKey:
+    index, joined, id_ = parts
+    return int(index), datetime.fromisoformat(joined), uuid.UUID(id_)
 
 
 def decode_participant_cursor(value: str | None) -> repo.ParticipantKey | None:
     if not value:
         return None
-    try:
-        text = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        kind, index, joined, id_ = text.split("|")
-        if kind != "participant":
-            raise ValueError(kind)
-        return int(index), datetime.fromisoformat(joined), uuid.UUID(id_)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise InvalidInput("cursor", "not a cursor returned by this list") from None
+    return decode_keyed(value, "participant", _participant_key)
 
 
 async def list_participants(

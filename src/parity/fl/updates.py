@@ -17,7 +17,7 @@ import json
 import math
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +42,7 @@ from parity.tasks import lifecycle
 from parity.tasks.queue.executors import SessionExecutor, executor_for
 
 Slot = TypeVar("Slot", FLRoundSlot, update_sql.SlotView)
+T = TypeVar("T")
 
 HEADER_SLACK = 1024 * 1024  # a safetensors header and metadata, beyond the tensor bytes
 MODEL_CACHE_ENTRIES = 8
@@ -234,18 +235,14 @@ async def _refuse_another(
     if not differs and update.update_cid is not None:
         differs = update.update_cid != slot.update_cid
     elif not differs and update.weights is not None:
-        shapes = {
-            name: tuple(int(d) for d in shape)
-            for name, shape in (fl_session.model_shapes or {}).items()
-        }
+        shapes = _shapes(fl_session)
         weights = update.weights
 
         def digest() -> str:
             with _tensor_field("weights"):
                 return hashlib.sha256(encode(from_lists(weights, shapes))).hexdigest()
 
-        small = model_values(shapes) <= INLINE_CHECK_VALUES
-        differs = (digest() if small else await asyncio.to_thread(digest)) != slot.update_sha256
+        differs = await _sized_to_loop(shapes, digest) != slot.update_sha256
     if differs:
         raise UpdateConflict(
             f"this claim's update for round {update.round_id} was accepted already with other "
@@ -257,10 +254,7 @@ async def _refuse_another(
 async def _check_and_store(
     deps: FLDeps, fl_session: FLSession, round_: update_sql.RoundView, update: ModelUpdate
 ) -> Checked:
-    shapes = {
-        name: tuple(int(d) for d in shape)
-        for name, shape in (fl_session.model_shapes or {}).items()
-    }
+    shapes = _shapes(fl_session)
     cap = model_bytes_cap(fl_session.model_shapes or {})
     reference = await MODELS.get(deps, round_.model_in_cid, round_.model_in_sha256, cap)
     max_norm = settings_of(fl_session).max_update_norm
@@ -273,10 +267,7 @@ async def _check_and_store(
                 norm = validate_update(parsed, reference, max_norm=max_norm)
             return encode(parsed), norm
 
-        # A small model is checked and encoded on the loop (a thread hop would cost more than
-        # the work); a larger one in a worker thread.
-        small = model_values(shapes) <= INLINE_CHECK_VALUES
-        data, norm = from_json() if small else await asyncio.to_thread(from_json)
+        data, norm = await _sized_to_loop(shapes, from_json)
         cid, sha256 = await store_io.put_bytes(deps.store, data)
         return Checked(cid, sha256, norm)
     assert update.update_cid is not None
@@ -294,6 +285,21 @@ async def _check_and_store(
 
     norm = await asyncio.to_thread(from_file)
     return Checked(update.update_cid, await store_io.sha256_hex(data), norm)
+
+
+def _shapes(fl_session: FLSession) -> dict[str, tuple[int, ...]]:
+    return {
+        name: tuple(int(d) for d in shape)
+        for name, shape in (fl_session.model_shapes or {}).items()
+    }
+
+
+async def _sized_to_loop(shapes: dict[str, tuple[int, ...]], work: Callable[[], T]) -> T:
+    """``work`` over a model of ``shapes``: on the loop when the model is small (a thread hop
+    would cost more than the work), in a worker thread otherwise."""
+    if model_values(shapes) <= INLINE_CHECK_VALUES:
+        return work()
+    return await asyncio.to_thread(work)
 
 
 @contextmanager
