@@ -7,6 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
+def utc_iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z``, as the JSON API writes its times."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 class Clock(Protocol):
     def now(self) -> datetime:
         """Current UTC time, timezone-aware."""

@@ -153,6 +153,7 @@ async def test_every_task_event_of_a_tasks_life_reaches_its_owner_signed(
     retry = by_task[retried["id"]]["task.retrying"]
     assert retry["attempts"] == 1 and retry["max_attempts"] == 2
     assert retry["last_error"] == "boom" and retry["status"] == "pending" and retry["available_at"]
+    assert retry["available_at"].endswith("Z")  # UTC written as the JSON API writes it
     final = by_task[failed["id"]]["task.failed"]
     assert final["status"] == "failed" and final["last_error"] == "bust"
     assert by_task[done["id"]]["task.completed"]["status"] == "completed"

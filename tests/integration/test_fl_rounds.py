@@ -457,7 +457,9 @@ async def test_update_refusals_name_the_reason(world: World):
     # Late updates: the round's deadline passed (then the job closed it, failed: 1 of 3).
     late = [await trained(world, two), await trained(world, three)]
     world.clock.advance(world.container.fl.round_timeout_seconds + 1)
-    assert error(await post_update(world, two, late[0]))[:2] == (409, "round_closed")
+    closed = await post_update(world, two, late[0])
+    assert error(closed)[:2] == (409, "round_closed")
+    assert closed.json()["error"]["details"]["deadline_at"].endswith("Z")
     await world.tick()
     assert (await world.round(s["id"], 1))["status"] == "failed"
     assert error(await post_update(world, three, late[1]))[:2] == (409, "round_closed")

@@ -368,6 +368,7 @@ async def test_not_before_in_the_future_delays_the_claim(
     assert (await claim(client, runner)).status_code == 204
     r = await claim(client, runner, t["id"])
     assert r.status_code == 409 and "available_at" in r.json()["error"]["details"]
+    assert r.json()["error"]["details"]["available_at"].endswith("Z")
     clock.advance(61)
     assert (await claimed(client, runner))["task"]["id"] == t["id"]
 

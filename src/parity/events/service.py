@@ -7,13 +7,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.auth.schemas import Principal
-from parity.clock import Clock
+from parity.clock import Clock, utc_iso
 from parity.db.hooks import after_commit
 from parity.db.pagination import Cursor
 from parity.events import repository as repo
@@ -157,12 +157,6 @@ def _new_delivery(endpoint_id: uuid.UUID, event_id: uuid.UUID, now: datetime) ->
         delivered_at=None,
         created_at=now,
     )
-
-
-def utc_iso(moment: datetime) -> str:
-    """ISO-8601 in UTC with a ``Z``, as the JSON API writes its times."""
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def envelope(event: Event) -> dict[str, Any]:

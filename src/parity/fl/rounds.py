@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parity.clock import utc_iso
 from parity.core.fl.aggregators import MethodConfig, parse_method
 from parity.core.fl.model import ModelSpec, parse_model_spec
 from parity.core.tasks.states import TaskType
@@ -139,7 +140,7 @@ def task_config(
         "data": _data(fl_session, participant, k),
         "train_config": dict(settings.train_config),
         "seed": task_seed(fl_session.seed, round_.number, participant.participant_index),
-        "deadline_at": round_.deadline_at.isoformat(),
+        "deadline_at": utc_iso(round_.deadline_at),
         "update_limits": {
             "max_norm": settings.max_update_norm,
             "max_json_bytes": deps.max_update_json_bytes,

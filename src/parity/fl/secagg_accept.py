@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parity.clock import utc_iso
 from parity.core.tasks.states import ACTIVE
 from parity.db.hooks import after_commit
 from parity.errors import Conflict, ParityError
@@ -113,8 +114,8 @@ def check_post(caller: messages.Caller, stage: str, now: datetime) -> None:
     if now >= state.stage_deadline_at:
         raise StageClosed(
             f"the {stage} stage of round {number} closed at its deadline "
-            f"{state.stage_deadline_at.isoformat()}",
-            details={**details, "deadline_at": state.stage_deadline_at.isoformat()},
+            f"{utc_iso(state.stage_deadline_at)}",
+            details={**details, "deadline_at": utc_iso(state.stage_deadline_at)},
         )
     allowed = {
         stages.ADVERTISE: None,

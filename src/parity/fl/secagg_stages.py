@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parity.clock import utc_iso
 from parity.core.fl.privacy_errors import SecAggError
 from parity.core.fl.secagg_config import SecAggConfig
 from parity.core.fl.secagg_server import unmask_request
@@ -128,7 +129,7 @@ def _mark(state: FLSecAggRound, stage: str, **values: Any) -> None:
 def mark_closed(state: FLSecAggRound, now: datetime) -> None:
     """Record when the current stage ended (unless its close already did)."""
     if "closed_at" not in (state.stages or {}).get(state.stage, {}):
-        _mark(state, state.stage, closed_at=now.isoformat())
+        _mark(state, state.stage, closed_at=utc_iso(now))
     state.updated_at = now
 
 
@@ -160,7 +161,7 @@ async def open_round(
             participants=participants,
             graph_seed=graph_seed,
             vector_size=vector_size(layout_of(fl_session)),
-            stages={ADVERTISE: {"deadline_at": deadline.isoformat()}},
+            stages={ADVERTISE: {"deadline_at": utc_iso(deadline)}},
             survivors=None,
             dropped=None,
             created_at=now,
@@ -305,7 +306,7 @@ async def close_locked(
         took_part &= set(members(state, SHARE if stage == MASKED else ADVERTISE))
     late = f"round {round_.number}: this participant {_MISSED[stage]} before its deadline"
     await _drop_others(session, deps, slots, took_part, late)
-    _mark(state, stage, closed_at=now.isoformat(), members=sorted(took_part))
+    _mark(state, stage, closed_at=utc_iso(now), members=sorted(took_part))
     if len(took_part) < max(config.reconstruction_threshold, round_.required_updates):
         await fail_round(
             session,
@@ -331,7 +332,7 @@ def _next_stage(
     state.stage = stage
     state.stage_deadline_at = deadline
     state.updated_at = now
-    _mark(state, stage, deadline_at=deadline.isoformat())
+    _mark(state, stage, deadline_at=utc_iso(deadline))
     rid = state.round_id
     after_commit(session, lambda: ring(rid))
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parity.clock import utc_iso
 from parity.core.fl.aggregation import Weights
 from parity.core.fl.errors import TensorError
 from parity.core.fl.tensors import decode, encode, from_lists, validate_update
@@ -135,8 +136,8 @@ def _closed(
         )
     if now >= round_.deadline_at:
         return RoundClosed(
-            f"round {round_.number} closed at its deadline {round_.deadline_at.isoformat()}",
-            details={"round": round_.number, "deadline_at": round_.deadline_at.isoformat()},
+            f"round {round_.number} closed at its deadline {utc_iso(round_.deadline_at)}",
+            details={"round": round_.number, "deadline_at": utc_iso(round_.deadline_at)},
         )
     return None
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parity.api.deps import ContainerDep
 from parity.api.jsonbody import JsonRoute
+from parity.clock import utc_iso
 from parity.errors import ParityError
 from parity.gateway import relay
 from parity.gateway.errors import ollama_error, parse
@@ -48,7 +49,7 @@ class GenerateBody(_Common):
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return utc_iso(datetime.now(UTC))
 
 
 @router.get("/tags")

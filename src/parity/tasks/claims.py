@@ -10,6 +10,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parity.clock import utc_iso
 from parity.core.tasks.states import TaskStatus
 from parity.runners import service as runners_service
 from parity.tasks import claim_repository as claim_repo
@@ -65,12 +66,12 @@ async def _explain_unclaimable(
     if task.status != TaskStatus.PENDING:
         raise TaskNotClaimable(f"task is {task.status}", details=details)
     if task.available_at > now:
-        details["available_at"] = task.available_at.isoformat()
+        details["available_at"] = utc_iso(task.available_at)
         raise TaskNotClaimable("task is not available yet", details=details)
     if task.target_runner_id not in (None, runner.id):
         details["target_runner_id"] = str(task.target_runner_id)
         if task.offer_expires_at is not None:
-            details["offer_expires_at"] = task.offer_expires_at.isoformat()
+            details["offer_expires_at"] = utc_iso(task.offer_expires_at)
         raise TaskNotClaimable("task is offered to another runner", details=details)
     if runner.id in await repo.exclusions(session, task.id):
         raise RunnerNotEligible(

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parity.clock import utc_iso
 from parity.core.tasks.states import ACTIVE, TaskStatus
 from parity.core.tokens import hash_token
 from parity.db.hooks import after_commit
@@ -236,7 +237,7 @@ async def _retry_or_fail(
             now=now,
             attempt=attempt,
             outcome=outcome,
-            event_data={**facts, "available_at": at.isoformat()},
+            event_data={**facts, "available_at": utc_iso(at)},
             available_at=at,
             reason=reason,
         )

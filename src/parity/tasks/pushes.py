@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
-from parity.clock import Clock
+from parity.clock import Clock, utc_iso
 from parity.db.session import Database
 from parity.jobs.locks import NoLock
 from parity.jobs.loop import BackgroundLoop
@@ -66,7 +66,7 @@ async def deliver_due(
             {
                 "id": msg_id,
                 "type": "task.offered",
-                "created_at": now.isoformat(),
+                "created_at": utc_iso(now),
                 "data": t.payload,
             },
             separators=(",", ":"),
