@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -261,3 +265,63 @@ async def test_engine_adapter_reads_the_loaded_image_name(monkeypatch: pytest.Mo
 
     assert await engine.load_image(tar()) == "job:v1"
     assert seen == [b"abcdef"]
+
+
+# -- a task's processes end with the task, and with the runner ------------------------------
+
+# The modes whose processes the runner's own namespace sees (bwrap's have their own PIDs and
+# end with the sandbox: --die-with-parent).
+HOST_PID_MODES = [SandboxMode.NONE, *(m for m in MODES if m == SandboxMode.UID)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status waits to be read
+
+
+@pytest.mark.parametrize("mode", HOST_PID_MODES)
+async def test_a_process_a_command_leaves_behind_ends_with_the_task(mode: SandboxMode):
+    # The background sleep holds the output pipe open: without ending it the task would wait
+    # for it (30 s) after its command exited.
+    started = asyncio.get_running_loop().time()
+    out, lines = await _run(
+        CommandExecutor(mode), {"command": ["sh", "-c", "sleep 30 & echo $!"]}, timeout_seconds=60
+    )
+    assert out.ok and asyncio.get_running_loop().time() - started < 10
+    await until(lambda: not _alive(int(lines[0])), timeout=5)
+
+
+RUNNER_STAND_IN = """
+import asyncio, sys
+from parity.agent.executors import CancelToken
+from parity.agent.executors.command import CommandExecutor, SandboxMode
+
+async def sink(lines):
+    pass
+
+asyncio.run(CommandExecutor(SandboxMode(sys.argv[1])).run(
+    {"config": {"command": ["sh", "-c", sys.argv[2]]}}, sink, CancelToken()))
+"""
+
+
+@pytest.mark.parametrize("mode", HOST_PID_MODES)
+async def test_a_runner_killed_outright_takes_its_tasks_processes_with_it(mode: SandboxMode):
+    # A directory the dedicated uid can reach and write (pytest's tmp_path is under a 0700 one).
+    shared = Path(tempfile.mkdtemp(prefix="parity-reaper-"))
+    shared.chmod(0o777)
+    pids = shared / "pids"
+    script = f"sleep 60 & echo $$ $! > {pids}.tmp; mv {pids}.tmp {pids}; sleep 60"
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER_STAND_IN, mode.value, script])
+    try:
+        await until(pids.exists, timeout=20)
+        shell, background = (int(p) for p in pids.read_text().split())
+        assert _alive(shell) and _alive(background)
+        runner.kill()  # SIGKILL: the runner runs no code of its own after this
+        runner.wait(timeout=10)
+        await until(lambda: not _alive(shell) and not _alive(background), timeout=10)
+    finally:
+        runner.kill()
+        shutil.rmtree(shared, ignore_errors=True)

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from parity.agent.executors import CancelToken, LogSink, Outcome
+from parity.agent.executors.reaper import REAPER
 
 UNPRIVILEGED_UID = 65534
 READ_CHUNK = 64 * 1024
@@ -188,6 +189,28 @@ class CommandExecutor:
             )
         except (FileNotFoundError, PermissionError) as exc:
             return Outcome(False, 127, "", f"cannot start {argv[0]!r}: {exc}")
+        # bwrap ends its sandbox with the runner (--die-with-parent); otherwise the watchdog
+        # kills the task's process group if the runner dies first.
+        watched = self.mode != SandboxMode.BWRAP
+        if watched:
+            REAPER.track(proc.pid)
+        try:
+            return await self._supervise(proc, limits, logs, cancel, started)
+        finally:
+            # The task is over: whatever it left running in its group (a background job
+            # holding its output open) ends with it.
+            _kill_group(proc.pid)
+            if watched:
+                REAPER.untrack(proc.pid)
+
+    async def _supervise(
+        self,
+        proc: asyncio.subprocess.Process,
+        limits: Limits,
+        logs: LogSink,
+        cancel: CancelToken,
+        started: float,
+    ) -> Outcome:
         captured = bytearray()
         truncated = False
         assert proc.stdout is not None
@@ -214,23 +237,26 @@ class CommandExecutor:
                 await logs(pending)
 
         pump_task = asyncio.create_task(pump())
-        wait_task = asyncio.create_task(proc.wait())
+        exit_task = asyncio.create_task(_exited(proc))
         cancel_task = asyncio.create_task(cancel.wait())
         done, _ = await asyncio.wait(
-            {wait_task, cancel_task}, timeout=limits.timeout_seconds, return_when="FIRST_COMPLETED"
+            {exit_task, cancel_task}, timeout=limits.timeout_seconds, return_when="FIRST_COMPLETED"
         )
         reason = None
-        if wait_task not in done:
+        if exit_task not in done:
             reason = (
                 "cancelled: " + cancel.reason
                 if cancel.cancelled
                 else (f"timed out after {limits.timeout_seconds:g} s")
             )
-            _kill_group(proc.pid)
-            await proc.wait()
-        cancel_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cancel_task
+        # The command has exited (or is being stopped): a process it left in its group may
+        # still hold the output pipe open, and the task must not wait for it.
+        _kill_group(proc.pid)
+        await proc.wait()
+        for waiter in (exit_task, cancel_task):
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
         await pump_task
         code = proc.returncode
         full: bytes | None = None
@@ -292,6 +318,32 @@ def _char_boundary(data: bytearray, at: int) -> int:
     while cut > at - 3 and data[cut] & 0xC0 == 0x80:
         cut -= 1
     return cut
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> None:
+    """Returns when ``proc`` has exited. ``proc.wait()`` also waits for its output pipe to
+    close, which a process it left behind may hold open; a pidfd says when the process itself
+    is gone (without reaping it). Without pidfds (Linux before 5.3), ``proc.wait()``."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return  # exited and reaped already
+    except (AttributeError, OSError):
+        await proc.wait()
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _kill_group(pid: int) -> None:
