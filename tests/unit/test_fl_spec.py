@@ -314,7 +314,7 @@ METHOD_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
     "fedavg": ({}, "mu"),
     "federated_averaging": ({}, "learning_rate"),
     "fedprox": ({"mu": 0.1}, "muu"),
-    "fedadagrad": ({"eta": 0.1, "beta_1": 0.9, "tau": 1e-3, "beta_2": 0.99}, "beta2"),
+    "fedadagrad": ({"eta": 0.1, "beta_1": 0.9, "tau": 1e-3}, "beta2"),
     "fedadam": ({"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}, "epsilon"),
     "fedyogi": ({"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}, "eta_l"),
     "fedmedian": ({}, "beta"),
@@ -328,7 +328,7 @@ METHOD_PARAMS: dict[str, tuple[dict[str, Any], str]] = {
 ACCEPTED_PARAMS = {
     "fedavg": "(none)",
     "fedprox": "mu",
-    "fedadagrad": "beta_1, beta_2, eta, tau",
+    "fedadagrad": "beta_1, eta, tau",
     "fedadam": "beta_1, beta_2, eta, tau",
     "fedyogi": "beta_1, beta_2, eta, tau",
     "fedmedian": "(none)",
@@ -433,6 +433,15 @@ def test_an_unknown_aggregation_parameter_is_refused_naming_it(
         f"config.aggregation_params.{unknown}",
         f"for {canonical} aggregation; valid: {ACCEPTED_PARAMS[canonical]}",
     )
+
+
+def test_fedadagrad_refuses_beta_2_saying_it_has_no_second_moment_decay() -> None:
+    # Accepted and ignored, a beta_2 would let a caller believe it changed the method.
+    params = {"eta": 0.1, "beta_1": 0.9, "tau": 1e-3, "beta_2": 0.99}
+    error = refused(with_params("fedadagrad", params))
+    assert error.field == "config.aggregation_params.beta_2"
+    assert "valid: beta_1, eta, tau" in error.message
+    assert "no second-moment decay" in error.message and "fedadam" in error.message
 
 
 def test_a_misspelt_required_parameter_is_named_as_unknown_not_as_missing() -> None:

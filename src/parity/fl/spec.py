@@ -97,6 +97,13 @@ _CONFIG_KEYS = frozenset((
 # Partition options holding one value per participant: they fix the participant count.
 _PER_PARTICIPANT = ("alpha", "partition_sizes", "size_weights")
 _PRIVACY_OFF = {"differential_privacy": False, "secure_aggregation": False}
+# A sentence for a parameter a caller may well expect a method to take.
+_PARAM_HINTS = {
+    ("fedadagrad", "beta_2"): (
+        " (FedAdagrad sums the squared pseudo-gradients: it has no second-moment decay; "
+        "use fedadam or fedyogi for one)"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -216,6 +223,7 @@ def parse_session_create(body: Mapping[str, Any]) -> SessionSpec:
             AGGREGATORS[canonical].params,
             "config.aggregation_params",
             owner=f"{canonical} aggregation",
+            hint=lambda key: _PARAM_HINTS.get((canonical, key), ""),
         )
     with translated():
         method = parse_method(method_name, params, min_participants=min_p)

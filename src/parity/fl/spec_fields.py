@@ -10,7 +10,7 @@ an int, a boolean is never a number, a string is never a number); this module tu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -98,11 +98,16 @@ def read_str(value: Any, path: str, *, max_length: int, allow_empty: bool = Fals
 
 
 def refuse_unknown(
-    body: Mapping[str, Any], known: frozenset[str], prefix: str, *, owner: str = ""
+    body: Mapping[str, Any],
+    known: frozenset[str],
+    prefix: str,
+    *,
+    owner: str = "",
+    hint: Callable[[str], str] | None = None,
 ) -> None:
     """A key the body does not define is a 422 naming its path and the valid keys
     (:func:`parity.core.fl._params.refuse_unknown`, the FL core's one check)."""
-    _params.refuse_unknown(body, known, prefix, InvalidInput, owner=owner)
+    _params.refuse_unknown(body, known, prefix, InvalidInput, owner=owner, hint=hint)
 
 
 def check_finite_tree(value: Any, path: str = "", *, skip: frozenset[str] = frozenset()) -> None:

@@ -112,9 +112,7 @@ _FEDOPT_COMMON: dict[str, _Reader] = {"eta": _positive, "beta_1": _decay, "tau":
 AGGREGATORS: dict[str, AggregatorInfo] = {
     "fedavg": AggregatorInfo("fedavg", {}, streaming=True),
     "fedprox": AggregatorInfo("fedprox", {"mu": _non_negative}, streaming=True),
-    "fedadagrad": AggregatorInfo(
-        "fedadagrad", _FEDOPT_COMMON, streaming=True, stateful=True, optional={"beta_2": _decay}
-    ),
+    "fedadagrad": AggregatorInfo("fedadagrad", _FEDOPT_COMMON, streaming=True, stateful=True),
     "fedadam": AggregatorInfo(
         "fedadam", _FEDOPT_COMMON | {"beta_2": _decay}, streaming=True, stateful=True
     ),
