@@ -215,6 +215,18 @@ async def test_token_of_an_older_attempt_is_a_stale_claim(
         r = await act(client, first, task["id"], action, old["claim_token"])
         assert r.status_code == 409 and error_code(r) == "stale_claim"
         assert r.json()["error"]["details"]["attempt"] == 2
+    # Nor may it log: its lines would spend the task's log budget on a run that is over.
+    r = await act(client, first, task["id"], "logs", old["claim_token"], seq=5, lines=["stale"])
+    assert r.status_code == 409 and error_code(r) == "stale_claim"
+    r = await act(client, second, task["id"], "logs", new["claim_token"], seq=0, lines=["cur"])
+    assert r.status_code == 200 and r.json()["accepted"] is True
+    r = await act(client, second, task["id"], "complete", new["claim_token"], output="ok")
+    assert r.json()["status"] == "completed"
+    # The attempt that ended the task may still send its last lines.
+    r = await act(client, second, task["id"], "logs", new["claim_token"], seq=1, lines=["last"])
+    assert r.status_code == 200 and r.json()["accepted"] is True
+    r = await client.get(f"/api/v1/tasks/{task['id']}/logs", headers=bearer(alice))
+    assert [line for chunk in r.json()["items"] for line in chunk["lines"]] == ["cur", "last"]
 
 
 async def test_complete_from_assigned_is_an_implicit_start(client: httpx.AsyncClient):

@@ -13,7 +13,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.auth import service as auth_service
-from parity.auth.errors import TokenInvalid
+from parity.auth.errors import TokenInvalid, WalletTokenRequired
 from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.db.hooks import run_after_commit
@@ -85,6 +85,24 @@ async def get_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def refuse_runner_token(principal: Principal) -> Principal:
+    """``principal`` unless it is a runner token (403 ``wallet_token_required``)."""
+    if principal.kind == "runner":
+        raise WalletTokenRequired(
+            "use a wallet session or API key: a runner token does not create work, spend the "
+            "wallet's funds or manage its keys"
+        )
+    return principal
+
+
+async def get_wallet_principal(principal: CurrentPrincipal) -> Principal:
+    return refuse_runner_token(principal)
+
+
+# The caller of a route that creates or changes paid work, or mints or revokes credentials.
+WalletPrincipal = Annotated[Principal, Depends(get_wallet_principal)]
 
 
 async def get_idempotency(

@@ -19,6 +19,13 @@ class TokenInvalid(Unauthenticated):
     code = "token_invalid"
 
 
+class WalletTokenRequired(Forbidden):
+    """A runner token on a route that spends the wallet's money or mints its credentials: the
+    runner token lives on a machine that runs other people's work, so it does neither."""
+
+    code = "wallet_token_required"
+
+
 class AdminRequired(Forbidden):
     code = "admin_required"
 

@@ -8,7 +8,14 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
+from parity.api.deps import (
+    ContainerDep,
+    CurrentPrincipal,
+    Idempotency,
+    ReadSession,
+    WalletPrincipal,
+    WriteSession,
+)
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth import service
@@ -76,7 +83,7 @@ async def whoami(principal: CurrentPrincipal) -> MeRead:
 @router.post("/auth/keys", status_code=201, response_model=ApiKeyCreated)
 async def create_api_key(
     body: ApiKeyCreate,
-    principal: CurrentPrincipal,
+    principal: WalletPrincipal,
     session: WriteSession,
     idem: Idempotency,
     c: ContainerDep,
@@ -105,7 +112,7 @@ async def list_api_keys(
 
 @router.delete("/auth/keys/{key_id}", response_model=ApiKeyRead)
 async def revoke_api_key(
-    key_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+    key_id: uuid.UUID, principal: WalletPrincipal, session: WriteSession, c: ContainerDep
 ) -> ApiKeyRead:
     """Revoke one of your API keys (an operator: anyone's); it stops working at once."""
     row = await service.revoke_api_key(session, c.auth, principal, key_id)

@@ -16,6 +16,7 @@ from parity.api.deps import (
     CurrentRunner,
     Idempotency,
     ReadSession,
+    WalletPrincipal,
     WriteSession,
 )
 from parity.api.errors import json_object
@@ -62,7 +63,7 @@ def _json(out: Any, status_code: int = 200) -> JSONResponse:
 )
 async def create_session(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: WalletPrincipal,
     session: WriteSession,
     idem: Idempotency,
     c: ContainerDep,
@@ -111,7 +112,7 @@ async def get_session(
 
 @router.post("/sessions/{session_id}/start", response_model=SessionStarted)
 async def start_session(
-    session_id: uuid.UUID, principal: CurrentPrincipal, c: ContainerDep
+    session_id: uuid.UUID, principal: WalletPrincipal, c: ContainerDep
 ) -> JSONResponse:
     """Select `min_participants` (up to `max_participants`) online runners that advertise FL,
     partition the data, store the initial model and open round 1. 409
@@ -125,7 +126,7 @@ async def start_session(
 
 @router.post("/sessions/{session_id}/cancel", response_model=SessionStarted)
 async def cancel_session(
-    session_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+    session_id: uuid.UUID, principal: WalletPrincipal, session: WriteSession, c: ContainerDep
 ) -> JSONResponse:
     """pending/active → cancelled: open rounds end, their waiting training tasks are cancelled
     and the rest of the reward pool goes back. 409 `session_finished` for a completed or

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from parity.api.deps import ContainerDep
+from parity.api.deps import ContainerDep, refuse_runner_token
 from parity.api.jsonbody import JsonRoute
 from parity.clock import utc_iso
 from parity.errors import ParityError
@@ -103,7 +103,7 @@ def _line(obj: object) -> bytes:
 
 async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
     try:
-        principal = await relay.authenticate(request)
+        principal = refuse_runner_token(await relay.authenticate(request))
         body: ChatBody | GenerateBody
         opts = None
         if chat:

@@ -17,7 +17,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from parity.api.deps import ContainerDep
+from parity.api.deps import ContainerDep, refuse_runner_token
 from parity.api.jsonbody import JsonRoute
 from parity.auth.schemas import Principal
 from parity.errors import InvalidInput, ParityError
@@ -60,7 +60,7 @@ async def list_models(request: Request, c: ContainerDep) -> Response:
 
 async def _prompt(request: Request, c: ContainerDep, chat: bool) -> Response:
     try:
-        principal = await relay.authenticate(request)
+        principal = refuse_runner_token(await relay.authenticate(request))
         body: ChatCompletionCreate | CompletionCreate
         if chat:
             body = await parse(request, ChatCompletionCreate)

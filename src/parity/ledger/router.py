@@ -8,7 +8,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from parity.api.deps import ContainerDep, CurrentPrincipal, ReadSession, WriteSession
+from parity.api.deps import (
+    ContainerDep,
+    CurrentPrincipal,
+    ReadSession,
+    WalletPrincipal,
+    WriteSession,
+)
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
@@ -193,7 +199,7 @@ async def ledger_settlements(
 
 @router.post("/ledger/settlements/{settlement_id}/release", response_model=SettlementRead)
 async def release_settlement(
-    settlement_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+    settlement_id: uuid.UUID, principal: WalletPrincipal, session: WriteSession, c: ContainerDep
 ) -> SettlementRead:
     """Operators only: return a ``failed`` settlement's entries to unsettled, so the worker
     pays them again under a new nonce; the settlement ends ``released``. Repeating it is

@@ -14,6 +14,7 @@ from parity.api.deps import (
     CurrentPrincipal,
     CurrentRunner,
     ReadSession,
+    WalletPrincipal,
     get_idempotency,
 )
 from parity.api.jsonbody import JsonRoute
@@ -69,7 +70,7 @@ async def list_models(_: CurrentPrincipal, session: ReadSession) -> ModelsRead:
 async def submit_prompt(
     request: Request,
     body: PromptCreate,
-    principal: CurrentPrincipal,
+    principal: WalletPrincipal,
     c: ContainerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.clock import utc_iso
-from parity.core.tasks.states import ACTIVE, TaskStatus
+from parity.core.tasks.states import ACTIVE, TERMINAL, TaskStatus
 from parity.core.tokens import hash_token
 from parity.db.hooks import after_commit
 from parity.tasks import billing
@@ -345,6 +345,10 @@ async def renew(
     return f.task
 
 
+# Attempt outcomes of a run that ended its task itself (not an expired or given-back claim).
+_RUN_ENDINGS = frozenset({"completed", "failed", "cancelled"})
+
+
 async def append_logs(
     session: AsyncSession,
     deps: TaskDeps,
@@ -358,6 +362,16 @@ async def append_logs(
     cut and a marker is stored once. Returns (accepted, truncated, stored_bytes)."""
     f = await _fence(session, task_id, runner_id, hash_token(token))
     task = f.task
+    # The current claim logs; so does the attempt that ended the task (its last lines may
+    # arrive after its completion). A superseded or expired claim does not: it would spend
+    # the task's log budget on a run that no longer counts.
+    ended_by_it = (
+        task.status in TERMINAL
+        and task.attempts == f.attempt.attempt
+        and f.attempt.outcome in _RUN_ENDINGS
+    )
+    if not (f.current or ended_by_it):
+        raise _not_current(f, "append logs")
     if await repo.find_log(session, task.id, f.attempt.attempt, seq) is not None:
         return True, False, task.log_bytes
     budget = deps.log_max_bytes - task.log_bytes

@@ -15,7 +15,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
+from parity.api.deps import (
+    ContainerDep,
+    CurrentPrincipal,
+    Idempotency,
+    ReadSession,
+    WalletPrincipal,
+    WriteSession,
+)
 from parity.api.errors import read_json
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import BIGINT_MAX
@@ -112,7 +119,7 @@ async def _with_image(
 )
 async def create_task(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: WalletPrincipal,
     session: WriteSession,
     idem: Idempotency,
     c: ContainerDep,
@@ -169,7 +176,7 @@ async def get_task(
 async def update_task(
     task_id: uuid.UUID,
     body: TaskUpdate,
-    principal: CurrentPrincipal,
+    principal: WalletPrincipal,
     session: WriteSession,
     c: ContainerDep,
 ) -> TaskRead:
@@ -179,7 +186,7 @@ async def update_task(
 
 @router.delete("/tasks/{task_id}", response_model=TaskRead)
 async def cancel_task(
-    task_id: uuid.UUID, principal: CurrentPrincipal, session: WriteSession, c: ContainerDep
+    task_id: uuid.UUID, principal: WalletPrincipal, session: WriteSession, c: ContainerDep
 ) -> TaskRead:
     """Cancel: pending/assigned → cancelled; running → cancel_requested until the runner
     acknowledges or its lease expires."""
