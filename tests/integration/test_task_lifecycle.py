@@ -694,3 +694,20 @@ async def test_concurrent_complete_and_fail_of_one_claim_accept_exactly_one(
     assert sorted([done.status_code, failed.status_code]) == [200, 409]
     final = (await get_task(client, alice, task["id"]))["status"]
     assert final == ("completed" if done.status_code == 200 else "failed")
+
+
+@pytest.mark.parametrize("runner_labels", [{}, {"zone": "a", "tier": "x"}])
+async def test_tasks_no_runner_of_these_labels_can_take_never_block_those_it_can(
+    client: httpx.AsyncClient, runner_labels: dict[str, str]
+):
+    # More unmatched tasks, at a higher priority, than a claim reads candidates in one batch:
+    # labels are matched in the candidates statement, so the task behind them is still found.
+    alice = await sign_in(client, ALICE)
+    runner, _ = await register_runner(client, alice, device(), labels=runner_labels)
+    for labels in ({"gpu": "h100"}, {"zone": "b"}, {"zone": "a", "tier": "y"}):
+        for _ in range(5):
+            await create_task(client, alice, labels=labels, priority=10)
+    wanted = await create_task(client, alice, labels={"zone": "a"} if runner_labels else {})
+    listed = await client.get(f"{V1}/runners/tasks/available", headers=bearer(runner))
+    assert [t["id"] for t in listed.json()] == [wanted["id"]]
+    assert (await claimed(client, runner))["task"]["id"] == wanted["id"]

@@ -4,6 +4,7 @@ and what a runner could claim now (read only). The claim's own statements are in
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,18 +60,22 @@ async def claimable(
     free_memory: int,
     free_gpus: int,
     docker: bool,
+    labels: dict[str, Any],
     limit: int,
     task_id: uuid.UUID | None = None,
     lock: bool = True,
 ) -> list[Task]:
-    """Pending tasks this runner may take, best first, locked with SKIP LOCKED so concurrent
-    claimers on PostgreSQL never wait on each other's rows."""
+    """Pending tasks this runner may take (its resources left, docker, its labels), best
+    first, locked with SKIP LOCKED so concurrent claimers on PostgreSQL never wait on each
+    other's rows."""
+    postgres = session.get_bind().dialect.name == "postgresql"
     q = select(Task).where(
         *st.may_take(runner_id, now),
         Task.req_cpu_cores <= free_cpu + 1e-9,
         Task.req_memory_mb <= free_memory,
         Task.req_gpus <= free_gpus,
-    )
+        st.labels_fit(postgres),
+    ).params(b_labels=json.dumps(labels))
     if not docker:
         q = q.where(Task.req_docker.is_(False))
     if task_id is not None:

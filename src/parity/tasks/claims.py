@@ -108,6 +108,7 @@ async def available_for(
         free_memory=runner.memory_mb - usage.memory_mb,
         free_gpus=runner.gpus - usage.gpus,
         docker=runner.docker,
+        labels=dict(runner.labels or {}),
         limit=limit,
         lock=False,
     )

@@ -5,6 +5,7 @@ claim. Refusals to explain, repeats and timers are the general path's (``lifecyc
 from __future__ import annotations
 
 import enum
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class ClaimingRunner:
             "b_gpus": self.gpus,
             "b_max": self.max_concurrent_tasks,
             "b_docker": self.docker,
+            "b_labels": json.dumps(self.labels or {}),
             "b_limit": min(max_tasks, self.max_concurrent_tasks) + 8,
         }
 

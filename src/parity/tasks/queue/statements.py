@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
     and_,
     bindparam,
     cast,
@@ -34,7 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from parity.core.tasks.states import ACTIVE, TaskStatus, TaskType
 from parity.events import fanout
@@ -135,6 +136,23 @@ def may_take(runner_id: Any, now: Any, task: Any = TASKS) -> list[Any]:
     ]
 
 
+def labels_fit(postgres: bool, task: Any = TASKS) -> Any:
+    """The task's required labels are all among the runner's (``b_labels``, its labels as a
+    JSON object): in SQL, so tasks no runner of these labels can take never fill a claim's
+    batch of candidates ahead of those it can."""
+    runner_labels = bindparam("b_labels", type_=Text)
+    if postgres:
+        return cast(task.c.required_labels, JSONB).op("<@")(cast(runner_labels, JSONB))
+    need = func.json_each(task.c.required_labels).table_valued("key", "value").alias("need")
+    have = func.json_each(runner_labels).table_valued("key", "value").alias("have")
+    held: Any = (
+        select(literal_column("1"))
+        .select_from(have)
+        .where(have.c.key == need.c.key, have.c.value == need.c.value)
+    )
+    return ~select(literal_column("1")).select_from(need).where(~held.exists()).exists()
+
+
 LOCK_RUNNER = (
     select(
         RUNNERS.c.id,
@@ -153,7 +171,7 @@ LOCK_RUNNER = (
 )
 
 
-def _candidates(by_id: bool) -> Any:
+def _candidates(by_id: bool, postgres: bool) -> Any:
     """Pending tasks this runner may claim now, best first, locked with SKIP LOCKED, each with
     the runner's active usage (a CTE read after the runner's row lock): ``used_*``."""
     usage = (
@@ -179,6 +197,7 @@ def _candidates(by_id: bool) -> Any:
         TASKS.c.req_memory_mb <= bindparam("b_memory", type_=Integer) - usage.c.used_memory,
         TASKS.c.req_gpus <= bindparam("b_gpus", type_=Integer) - usage.c.used_gpus,
         or_(TASKS.c.req_docker.is_(False), bindparam("b_docker", type_=Boolean)),
+        labels_fit(postgres),
     )
     if by_id:
         q = q.where(TASKS.c.id == _b("b_task_id", TASKS.c.id))
@@ -382,8 +401,8 @@ def _build(postgres: bool) -> Statements:
     return Statements(
         single=postgres,
         lock_runner=LOCK_RUNNER,
-        candidates=_candidates(by_id=False),
-        candidate_by_id=_candidates(by_id=True),
+        candidates=_candidates(by_id=False, postgres=postgres),
+        candidate_by_id=_candidates(by_id=True, postgres=postgres),
         claim=_claim(tr.CLAIM, postgres),
         claim_started=_claim(tr.CLAIM_STARTED, postgres),
         start=_start(postgres),
