@@ -52,10 +52,6 @@ async def open_nonces(
     return list((await session.scalars(q)).all())
 
 
-async def count_open_nonces(session: AsyncSession, address: str, now: datetime) -> int:
-    return len(await open_nonces(session, address, now, 1000, None))
-
-
 async def consume_nonce(session: AsyncSession, nonce_id: uuid.UUID, now: datetime) -> bool:
     """Conditional update: only one transaction can consume a nonce."""
     res = await session.execute(

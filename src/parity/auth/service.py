@@ -32,7 +32,6 @@ from parity.core.identity import siwe
 from parity.core.tokens import hash_token, make_token, token_kind
 from parity.db.hooks import after_commit
 from parity.db.pagination import Cursor
-from parity.errors import RateLimited
 
 
 @dataclass(frozen=True)
@@ -56,10 +55,10 @@ async def issue_nonce(session: AsyncSession, deps: AuthDeps, address: str) -> Au
     """Create a single-use nonce and store the exact SIWE message the client must sign."""
     addr = normalize_address(address)
     now = deps.clock.now()
-    if await repo.count_open_nonces(session, addr, now) >= 4 * deps.config.max_open_nonces:
-        raise RateLimited(
-            "too many open sign-in nonces for this address; sign one or wait for expiry"
-        )
+    # No per-address cap: anyone may ask for an address's nonces without a token, so a cap
+    # would let a third party lock a wallet out of sign-in. A token request naming its nonce
+    # finds it however many others were issued; one without tries the newest
+    # AUTH_MAX_OPEN_NONCES. Expired nonces are pruned by the retention job.
     nonce = siwe.make_nonce(deps.random_bytes(16))
     url = urlsplit(deps.config.public_url)
     expires = now + timedelta(seconds=deps.config.nonce_ttl_seconds)
