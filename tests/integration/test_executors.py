@@ -325,3 +325,12 @@ async def test_a_runner_killed_outright_takes_its_tasks_processes_with_it(mode: 
     finally:
         runner.kill()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", HOST_PID_MODES)
+async def test_nul_bytes_in_output_become_replacement_characters(mode: SandboxMode):
+    # No text column of the server holds U+0000; the runner's report of such output would be
+    # refused and the result lost.
+    out, lines = await _run(CommandExecutor(mode), {"command": ["printf", "a\\000b\\nc"]})
+    assert out.ok and out.output == "a\ufffdb\nc"
+    assert lines == ["a\ufffdb", "c"]

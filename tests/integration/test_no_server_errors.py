@@ -412,6 +412,24 @@ async def test_a_lone_surrogate_is_refused_as_invalid_json_at_its_position(
     assert r.json()["title"] == "\U0001f600"
 
 
+async def test_a_nul_is_refused_as_invalid_json_at_its_position_on_every_database(
+    client: httpx.AsyncClient,
+) -> None:
+    # PostgreSQL's text cannot hold U+0000: it failed there as a 422 naming no field (and a
+    # runner's report of output holding one could never be stored); SQLite stored it.
+    headers = {**bearer(await sign_in(client, ALICE)), "content-type": "application/json"}
+    raw = b'{"title": "a\\u0000b", "type": "command", "config": {"command": ["true"]}}'
+    for url in (f"{V1}/tasks", f"{V1}/auth/keys", f"{V1}/llm/prompts"):
+        r = await client.post(url, content=raw, headers=headers)
+        assert r.status_code == 422, (url, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "invalid_json", (url, error)
+        assert error["details"]["position"] == raw.index(b"\\u0000"), (url, error)
+        assert "NUL" in error["message"], (url, error)
+    r = await client.get(f"{V1}/tasks", headers=headers)
+    assert r.json() == []  # nothing was written
+
+
 async def test_integer_parameters_past_64_bits_are_422_naming_the_parameter(
     client: httpx.AsyncClient,
 ) -> None:

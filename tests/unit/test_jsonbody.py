@@ -77,3 +77,25 @@ def test_a_body_nested_too_deeply_is_not_json() -> None:
 
 def test_a_byte_order_mark_is_ignored() -> None:
     assert loads(b'\xef\xbb\xbf{"a": NaN}')["a"] != 0
+
+
+@pytest.mark.parametrize(
+    ("doc", "position"),
+    [
+        ('"\\u0000"', 1),
+        ('{"title": "a\\u0000b"}', 12),
+        ('{"k\\u0000": 1}', 3),  # in a key too
+        ('["\\\\u0000", "\\u0000"]', 13),  # the first is the text "\\u0000"
+        ('{"a": 1e400, "b": "\\u0000"}', 19),  # the standard parser's path as well
+    ],
+)
+def test_a_nul_is_refused_at_its_escape(doc: str, position: int) -> None:
+    with pytest.raises(json.JSONDecodeError) as caught:
+        loads(doc.encode())
+    assert caught.value.pos == position
+    assert "NUL" in caught.value.msg
+
+
+@pytest.mark.parametrize("doc", ['"\\\\u0000"', '"\\u0001 \\u00a0"', '"u0000"'])
+def test_text_that_only_looks_like_a_nul_passes(doc: str) -> None:
+    assert loads(doc.encode()) == json.loads(doc)

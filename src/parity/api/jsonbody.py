@@ -10,6 +10,10 @@ message that echoes it — as a 500. :func:`loads` refuses it up front as a
 ``invalid_json`` (line, column, position). A correct pair (``"\\ud83d\\ude00"``) is one
 character and passes.
 
+The escape ``\\u0000`` (NUL) is refused the same way: valid JSON, but no text column of this
+API can hold it (PostgreSQL's ``text`` refuses it), so it is refused on both databases alike
+before anything is written, instead of failing at the database with no field named.
+
 orjson parses first (it refuses lone surrogates itself, and is faster); what it refuses —
 NaN and Infinity, integers past 64 bits, lone surrogates — is parsed again by the standard
 parser, so the checks that name a field still see NaN and large numbers. A body nested too
@@ -81,11 +85,32 @@ def _depth(doc: str) -> int:
     return deepest
 
 
+def nul_escape(doc: str) -> int | None:
+    """The position of the first ``\u0000`` escape in ``doc`` (not ``\\u0000``), or None."""
+    for m in _ESCAPE.finditer(doc):
+        if m.group(1) == "0000":
+            return m.start()
+    return None
+
+
+def _refuse_nul(body: bytes | str) -> None:
+    # U+0000 is valid JSON text but no database column of this API can hold it (PostgreSQL's
+    # text refuses it): refused here, on both databases alike, at its position.
+    if (b"\\u0000" if isinstance(body, bytes) else "\\u0000") not in body:
+        return
+    doc = body if isinstance(body, str) else body.decode("utf-8-sig")
+    pos = nul_escape(doc)
+    if pos is not None:
+        raise json.JSONDecodeError("\\u0000 (NUL) is not allowed in text", doc, pos)
+
+
 def loads(body: bytes | str) -> Any:
     """``body`` as JSON; :class:`json.JSONDecodeError` (or :class:`UnicodeDecodeError` for
-    bytes that are not UTF-8) when it is not JSON or holds a lone surrogate."""
+    bytes that are not UTF-8) when it is not JSON, holds a lone surrogate or a NUL."""
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
+        _refuse_nul(body)
+        return value
     except orjson.JSONDecodeError as exc:  # a json.JSONDecodeError
         if str(exc).startswith("depth limit exceeded"):
             # Nested past MAX_DEPTH: no request of this API is, and the standard parser (or
@@ -97,6 +122,7 @@ def loads(body: bytes | str) -> Any:
     if _depth(doc) > MAX_DEPTH:
         raise json.JSONDecodeError(f"nested too deeply (more than {MAX_DEPTH} levels)", doc, 0)
     value = json.loads(doc)
+    _refuse_nul(doc)
     if "\\u" in doc and (pos := lone_surrogate(doc)) is not None:
         escape = doc[pos : pos + 6]
         raise json.JSONDecodeError(

@@ -268,9 +268,9 @@ class CommandExecutor:
             # inline, and would cut a longer text (and this marker with it).
             marker = f"\n[output truncated: {len(full)} bytes, the first ones inline]"
             keep = _char_boundary(captured, max(limits.output_bytes - len(marker), 0))
-            output = captured[:keep].decode(errors="ignore") + marker
+            output = _text(captured[:keep], errors="ignore") + marker
         else:
-            output = captured.decode(errors="replace")
+            output = _text(captured)
         usage = {"wall_seconds": round(time.monotonic() - started, 3)}
         if reason is not None:
             return Outcome(False, code, output, reason, usage, cancelled=cancel.cancelled)
@@ -309,7 +309,14 @@ class LineSplitter:
     def _take(self, end: int, skip: int) -> str:
         piece = bytes(self._buffer[:end])
         del self._buffer[: end + skip]
-        return piece.decode(errors="replace")
+        return _text(piece)
+
+
+def _text(data: bytes | bytearray, errors: str = "replace") -> str:
+    """Output bytes as the text a result or log line carries: invalid UTF-8 and NUL bytes
+    (which no text column of the server holds) become U+FFFD. The whole output, NUL bytes
+    included, is kept byte for byte under ``output_cid`` when it is large."""
+    return data.decode(errors=errors).replace("\x00", "\ufffd")
 
 
 def _char_boundary(data: bytearray, at: int) -> int:
