@@ -96,9 +96,14 @@ def nul_escape(doc: str) -> int | None:
 def _refuse_nul(body: bytes | str) -> None:
     # U+0000 is valid JSON text but no database column of this API can hold it (PostgreSQL's
     # text refuses it): refused here, on both databases alike, at its position.
-    if (b"\\u0000" if isinstance(body, bytes) else "\\u0000") not in body:
+    if isinstance(body, bytes):
+        if b"\\u0000" not in body:
+            return
+        doc = body.decode("utf-8-sig")
+    elif "\\u0000" not in body:
         return
-    doc = body if isinstance(body, str) else body.decode("utf-8-sig")
+    else:
+        doc = body
     pos = nul_escape(doc)
     if pos is not None:
         raise json.JSONDecodeError("\\u0000 (NUL) is not allowed in text", doc, pos)
