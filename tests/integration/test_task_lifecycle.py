@@ -711,3 +711,32 @@ async def test_tasks_no_runner_of_these_labels_can_take_never_block_those_it_can
     listed = await client.get(f"{V1}/runners/tasks/available", headers=bearer(runner))
     assert [t["id"] for t in listed.json()] == [wanted["id"]]
     assert (await claimed(client, runner))["task"]["id"] == wanted["id"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"output_cid": "../../etc/passwd"}, "output_cid"),
+        ({"output_cid": "notacid"}, "output_cid"),
+        ({"usage": {"input_tokens": -5}}, "usage"),
+        ({"usage": {"output_tokens": 1e300}}, "usage"),
+        ({"usage": {"output_tokens": 2.5}}, "usage"),
+        ({"usage": {"nested": {"a": 1}}}, "usage"),
+        ({"usage": {f"k{i}": i for i in range(65)}}, "usage"),
+    ],
+)
+async def test_a_completion_names_what_it_reports_wrongly_and_changes_nothing(
+    client: httpx.AsyncClient, extra: dict[str, Any], field: str
+):
+    # What a runner reports reaches the client (the result, the bill): a path for a CID or a
+    # negative token count was stored as sent.
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    c = await claimed(client, runner)
+    r = await act(client, runner, task["id"], "complete", c["claim_token"], output="ok", **extra)
+    assert r.status_code == 422, r.text
+    assert field in r.text
+    assert (await get_task(client, alice, task["id"]))["status"] == "assigned"
+    cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    r = await act(client, runner, task["id"], "complete", c["claim_token"], output_cid=cid)
+    assert r.status_code == 200 and r.json()["status"] == "completed"

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from parity.core.storage.multiformats import Cid, CidError
 
 
 class ResourcesIn(BaseModel):
@@ -108,13 +111,55 @@ class ClaimBody(BaseModel):
     claim_token: str = Field(min_length=10, max_length=200)
 
 
+USAGE_KEYS = 64
+USAGE_TEXT = 256
+USAGE_NUMBER = 1e15
+
+
+def _check_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A run's usage as a runner reports it: a flat object of at most 64 figures (numbers,
+    short texts, booleans, nulls). Token counts (``*_tokens``) are whole and not negative:
+    prompts are billed by them."""
+    if len(usage) > USAGE_KEYS:
+        raise ValueError(f"at most {USAGE_KEYS} entries")
+    for key, value in usage.items():
+        if len(key) > 64:
+            raise ValueError(f"key {key[:64]!r}... is longer than 64 characters")
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            if len(value) > USAGE_TEXT:
+                raise ValueError(f"{key}: text longer than {USAGE_TEXT} characters")
+            continue
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{key}: must be a finite number, a short text, a boolean or null")
+        if abs(value) > USAGE_NUMBER:
+            raise ValueError(f"{key}: must be at most {USAGE_NUMBER:g} in size")
+        if key.endswith("_tokens") and (value < 0 or value != int(value)):
+            raise ValueError(f"{key}: must be a whole number of tokens, not negative")
+    return usage
+
+
+def _check_output_cid(text: str | None) -> str | None:
+    """A CID of the content store (where the runner put the whole output), or null."""
+    if text is None:
+        return None
+    try:
+        Cid.parse(text)
+    except CidError as exc:
+        raise ValueError(f"not a CID: {exc}") from None
+    return text
+
+
 class CompleteBody(ClaimBody):
     output: str | None = Field(None, max_length=32 * 1024 * 1024)
-    output_cid: str | None = Field(None, max_length=120)
+    output_cid: Annotated[str | None, AfterValidator(_check_output_cid)] = Field(
+        None, max_length=120
+    )
     exit_code: ExitCode | None = None
     error: str | None = Field(None, max_length=65536)
     result_hash: str | None = Field(None, max_length=128)
-    usage: dict[str, Any] = Field(default_factory=dict)
+    usage: Annotated[dict[str, Any], AfterValidator(_check_usage)] = Field(default_factory=dict)
 
 
 class FailBody(ClaimBody):
@@ -122,7 +167,7 @@ class FailBody(ClaimBody):
     exit_code: ExitCode | None = None
     # What the run delivered before it broke off (an llm task's partial text and token counts).
     output: str | None = Field(None, max_length=32 * 1024 * 1024)
-    usage: dict[str, Any] = Field(default_factory=dict)
+    usage: Annotated[dict[str, Any], AfterValidator(_check_usage)] = Field(default_factory=dict)
 
 
 class LogBody(ClaimBody):
