@@ -7,7 +7,9 @@ A bad value stops start-up with a message that names the key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,9 +60,10 @@ class Settings(BaseSettings):
     max_request_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
 
     # -- database
-    database_url: str = ""
+    # Both may hold the password: kept out of repr() and out of error messages.
+    database_url: str = Field("", repr=False)
     database_username: str = ""
-    database_password: str = ""
+    database_password: str = Field("", repr=False)
     database_host: str = ""
     database_port: int = Field(5432, ge=1, le=65535)
     database_name: str = ""
@@ -206,7 +209,42 @@ class Settings(BaseSettings):
     def _database_url_scheme(cls, v: str) -> str:
         if v and not v.startswith(("sqlite", "postgresql", "postgres")):
             raise ValueError("must be a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        found = _URL_PORT.match(v)
+        port = found["port"] if found is not None else None
+        if port and not port.isdigit():  # not shown: a misread password may be in it
+            if ":" in port:
+                raise ValueError(
+                    "its port is not a number: an IPv6 host goes in brackets "
+                    "(postgresql+asyncpg://user@[::1]:5432/parity)"
+                )
+            raise ValueError(
+                "its port is not a number (in the user name or password, write @ : / as "
+                "%40 %3A %2F)"
+            )
         return v
+
+    @field_validator("database_host")
+    @classmethod
+    def _database_host(cls, v: str) -> str:
+        """A host name or an IP address; an IPv6 literal with or without its brackets (``::1``
+        or ``[::1]``). Kept without brackets: resolved_database_url adds them."""
+        host = v.strip()
+        bracketed = host.startswith("[") and host.endswith("]")
+        if bracketed:
+            host = host[1:-1]
+        if not host:
+            return ""
+        if any(c.isspace() or c in "/@?#[]" for c in host):
+            raise ValueError("must be a host name or an IP address")
+        if ":" in host or bracketed:
+            try:
+                ipaddress.IPv6Address(host)  # a zone (fe80::1%eth0) included
+            except ValueError:
+                raise ValueError(
+                    "must be a host name or an IP address, without a port (that goes in "
+                    "DATABASE_PORT)"
+                ) from None
+        return host
 
     @field_validator("stream_bus_url")
     @classmethod
@@ -311,12 +349,30 @@ class Settings(BaseSettings):
                 url = "sqlite+aiosqlite://" + url[len("sqlite://") :]
             return url
         if self.database_host:
+            # Quoted as SQLAlchemy's URL parser unquotes them (a password with @:/ included);
+            # an IPv6 literal is bracketed, its zone (fe80::1%eth0) left as written.
             auth = quote(self.database_username or "postgres", safe="")
             if self.database_password:
                 auth += ":" + quote(self.database_password, safe="")
-            name = self.database_name or "parity"
-            return f"postgresql+asyncpg://{auth}@{self.database_host}:{self.database_port}/{name}"
+            host = self.database_host
+            if ":" in host:
+                host = f"[{host}]"
+            name = quote(self.database_name or "parity", safe="")
+            return f"postgresql+asyncpg://{auth}@{host}:{self.database_port}/{name}"
         return f"sqlite+aiosqlite:///{self.home / 'parity.db'}"
+
+    @property
+    def database_source(self) -> str:
+        """The settings that chose the database, for messages: ``DATABASE_URL``, the
+        ``DATABASE_*`` parts that are set, or ``PARITY_HOME`` (the embedded default)."""
+        if self.database_url:
+            return "DATABASE_URL"
+        if self.database_host:
+            parts = ("host", "port", "username", "password", "name")
+            return ", ".join(
+                f"DATABASE_{p.upper()}" for p in parts if f"database_{p}" in self.model_fields_set
+            )
+        return "PARITY_HOME, embedded mode"
 
     @property
     def blocks_path(self) -> Path:
@@ -354,6 +410,13 @@ class Settings(BaseSettings):
         if self.server_public_url:
             return self.server_public_url.rstrip("/")
         return f"http://{self.server_host}:{self.server_port}"
+
+
+# The host and port of a database URL as SQLAlchemy's parser reads them (a password may hold an
+# unquoted '/' or ':'): a port that is not a number stops start-up naming DATABASE_URL.
+_URL_PORT = re.compile(
+    r"[\w+]+://(?:[^:/]*(?::[^@]*)?@)?(?:\[[^/?]+\]|[^/:?]+)?(?::(?P<port>[^/?]*))?"
+)
 
 
 def _is_hex(v: str) -> bool:
@@ -441,6 +504,12 @@ def _describe(exc: ValidationError, aliased: Mapping[str, str]) -> str:
             key = f"{aliased[key]} (read as {key})"
         msg = err["msg"].removeprefix("Value error, ")
         value = err.get("input")
-        shown = f" (got {value!r})" if isinstance(value, str | int | float) and loc else ""
+        field = Settings.model_fields.get(loc)
+        secret = field is not None and field.repr is False  # a password, key or URL with one
+        shown = (
+            f" (got {value!r})"
+            if isinstance(value, str | int | float) and loc and not secret
+            else ""
+        )
         parts.append(f"{key}: {msg}{shown}")
     return "invalid configuration: " + "; ".join(parts)

@@ -192,3 +192,97 @@ def test_an_invalid_value_set_through_an_alias_is_named_as_written():
     with pytest.raises(ConfigError) as caught:
         load_settings({"FILECOIN_CHAIN_ID": "abc"}, env_file=None)
     assert "BLOCKCHAIN" not in str(caught.value)
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", " ::1 "])
+def test_an_ipv6_database_host_is_bracketed_with_or_without_its_brackets(host: str):
+    from sqlalchemy.engine import make_url
+
+    s = load_settings({"DATABASE_HOST": host, "DATABASE_NAME": "x"}, env_file=None)
+    assert s.resolved_database_url == "postgresql+asyncpg://postgres@[::1]:5432/x"
+    url = make_url(s.resolved_database_url)  # what the engine parses (it raised on ":1:5432")
+    assert (url.host, url.port, url.database) == ("::1", 5432, "x")
+
+
+def test_every_database_part_survives_sqlalchemys_parser():
+    from sqlalchemy.engine import make_url
+
+    parts = {"username": "u@x:y", "password": "p@:/ss?#%", "host": "fe80::1%eth0"}
+    s = load_settings(
+        {
+            "DATABASE_HOST": parts["host"],
+            "DATABASE_PORT": "5433",
+            "DATABASE_USERNAME": parts["username"],
+            "DATABASE_PASSWORD": parts["password"],
+            "DATABASE_NAME": "my db/x?y",
+        },
+        env_file=None,
+    )
+    url = make_url(s.resolved_database_url)
+    assert (url.username, url.password, url.host) == (
+        parts["username"],
+        parts["password"],
+        parts["host"],
+    )
+    assert (url.port, url.database) == (5433, "my db/x?y")
+    for host in ("db.example", "10.0.0.7", "2001:db8::5"):
+        parsed = make_url(
+            load_settings({"DATABASE_HOST": host}, env_file=None).resolved_database_url
+        )
+        assert (parsed.host, parsed.port, parsed.database) == (host, 5432, "parity")
+
+
+@pytest.mark.parametrize("host", ["db:5433", "127.0.0.1:5432", "user@db", "db/parity", "[db]"])
+def test_a_database_host_that_is_not_a_host_is_refused_naming_the_key(host: str):
+    with pytest.raises(ConfigError, match="DATABASE_HOST: must be a host name or an IP address"):
+        load_settings({"DATABASE_HOST": host}, env_file=None)
+
+
+def test_the_database_source_names_the_settings_that_chose_it(tmp_path: Path):
+    url = {"DATABASE_URL": "postgresql://u:pw@h/d", "DATABASE_HOST": "ignored"}
+    assert load_settings(url, env_file=None).database_source == "DATABASE_URL"
+    parts = {"DATABASE_HOST": "h", "DATABASE_NAME": "d", "DATABASE_PASSWORD": ""}
+    assert load_settings(parts, env_file=None).database_source == "DATABASE_HOST, DATABASE_NAME"
+    embedded = load_settings({"PARITY_HOME": str(tmp_path)}, env_file=None)
+    assert embedded.database_source == "PARITY_HOME, embedded mode"
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("postgresql+asyncpg://u:Sekr1t@::1:5432/x", "an IPv6 host goes in brackets"),
+        ("postgresql://u:Sekr1t@h:Sekr1t/x", "write @ : / as %40 %3A %2F"),
+    ],
+)
+def test_a_database_url_whose_port_is_not_a_number_is_refused_without_echoing_it(
+    url: str, hint: str
+):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"DATABASE_URL": url}, env_file=None)
+    assert "DATABASE_URL: its port is not a number" in str(caught.value)
+    assert hint in str(caught.value)
+    assert "Sekr1t" not in str(caught.value)
+
+
+def test_database_urls_that_sqlalchemy_reads_are_kept():
+    from sqlalchemy.engine import make_url
+
+    for url in (
+        "postgresql+asyncpg://u@[::1]:5432/d",
+        "postgresql://u:a/b:c@h:5432/d",  # an unquoted / and : in the password
+        "postgresql://h/d",
+        "sqlite+aiosqlite:////tmp/p.db",
+    ):
+        s = load_settings({"DATABASE_URL": url}, env_file=None)
+        make_url(s.resolved_database_url)  # raises if the engine could not read it
+
+
+def test_database_secrets_stay_out_of_repr_and_error_messages():
+    s = load_settings(
+        {"DATABASE_URL": "postgresql://u:Sekr1t@h/d", "DATABASE_PASSWORD": "Sekr1t"},
+        env_file=None,
+    )
+    assert "Sekr1t" not in repr(s)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"DATABASE_URL": "mysql://u:Sekr1t@h/d"}, env_file=None)
+    assert "DATABASE_URL" in str(caught.value) and "Sekr1t" not in str(caught.value)

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,9 @@ from parity.config import CONFIG_PATH_ENV, Settings, load_settings
 from parity.db.lockfile import AlreadyRunning
 from parity.errors import ConfigError
 from parity.logging import configure_logging
+
+if TYPE_CHECKING:
+    from parity.db.migrate import DatabaseUnavailable
 
 app = typer.Typer(
     name="parity-server",
@@ -32,6 +35,17 @@ def _settings(config: str | None) -> Settings:
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _database_error(settings: Settings, exc: DatabaseUnavailable) -> typer.Exit:
+    """Print why no connection to the database opened, naming it (without its password) and
+    the settings it came from, on one line; the exit to raise."""
+    typer.echo(
+        f"error: cannot connect to the database {exc.url} (from {settings.database_source}): "
+        f"{exc.reason}",
+        err=True,
+    )
+    return typer.Exit(1)
 
 
 ConfigOpt = Annotated[
@@ -71,6 +85,11 @@ def server(config: ConfigOpt = None) -> None:
     except migrate.SchemaTooNew as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except migrate.DatabaseUnavailable as exc:
+        raise _database_error(settings, exc) from None
+    except migrate.DatabaseUrlInvalid as exc:
+        typer.echo(f"error: {settings.database_source}: {exc}", err=True)
+        raise typer.Exit(2) from None
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -110,6 +129,11 @@ def migrate_cmd(
     except migrate.SchemaTooNew as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except migrate.DatabaseUnavailable as exc:
+        raise _database_error(settings, exc) from None
+    except migrate.DatabaseUrlInvalid as exc:
+        typer.echo(f"error: {settings.database_source}: {exc}", err=True)
+        raise typer.Exit(2) from None
     except OSError as exc:
         typer.echo(f"error: database unreachable: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -358,6 +358,7 @@ def gc_cmd(
 ) -> None:
     """Remove blocks that no account pins (on this machine's database and content store)."""
     from parity.clock import SystemClock
+    from parity.db import migrate
     from parity.db.session import Database
     from parity.storage.factory import open_content_store
     from parity.storage.service import collect_garbage
@@ -369,6 +370,9 @@ def gc_cmd(
     grace = settings.storage_gc_grace_seconds if grace_seconds is None else grace_seconds
 
     async def run() -> Any:
+        # A first connection that names the database when it cannot be opened (a refused
+        # login, an unknown database) instead of a driver's traceback.
+        await migrate.schema_status(settings.resolved_database_url)
         db = Database(settings.resolved_database_url, nullpool=True)
         store = open_content_store(settings)
         try:
@@ -379,6 +383,11 @@ def gc_cmd(
 
     try:
         result = asyncio.run(run())
+    except migrate.DatabaseUnavailable as exc:
+        raise _fail(
+            f"cannot connect to the database {exc.url} (from {settings.database_source}): "
+            f"{exc.reason}"
+        ) from None
     except ParityError as exc:
         raise _fail(exc.message) from None
     except OSError as exc:

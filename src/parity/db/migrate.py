@@ -13,7 +13,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -23,6 +24,49 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "migrations"
 
 class SchemaTooNew(Exception):
     """The database was migrated by newer code than this."""
+
+
+class DatabaseUnavailable(Exception):
+    """No connection could be opened: the server is unreachable, refuses the login (unknown
+    role or database, wrong password) or the SQLite file cannot be opened. ``url`` is the
+    database without its password or driver, ``reason`` the driver's own words."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot connect to the database {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class DatabaseUrlInvalid(ValueError):
+    """The database URL cannot be read (a port that is not a number, an unknown driver)."""
+
+
+def display_url(url: str) -> str:
+    """``url`` for a message: its backend, user, host, port and database, never the password
+    (nor the query, which may carry one)."""
+    try:
+        parsed = make_url(url)
+    except (ValueError, TypeError, ArgumentError):
+        return url.partition("://")[0].partition("+")[0] + "://…"
+    shown = URL.create(
+        parsed.get_backend_name(),
+        username=parsed.username,
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database,
+    )
+    return shown.render_as_string(hide_password=False)
+
+
+def _unavailable(url: str, exc: DBAPIError | OSError) -> DatabaseUnavailable:
+    reason = str(exc.orig if isinstance(exc, DBAPIError) else exc) or type(exc).__name__
+    try:
+        password = make_url(url).password
+    except (ValueError, TypeError, ArgumentError):
+        password = None
+    if password:  # no driver is known to quote it; never show it if one did
+        reason = reason.replace(str(password), "***")
+    return DatabaseUnavailable(display_url(url), reason.strip())
 
 
 def alembic_config() -> Config:
@@ -60,10 +104,36 @@ def _current(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-async def _with_connection(url: str, fn: Any, *, lock: bool) -> Any:
-    engine = create_async_engine(url, poolclass=NullPool)
+def _sqlite_folder_missing(url: str) -> Path | None:
+    """The folder an SQLite database file would be in, when it does not exist (SQLite then
+    cannot create the file; said before a connection is tried, whose failure path races
+    aiosqlite's worker thread against the loop's end)."""
     try:
-        async with engine.connect() as conn:
+        parsed = make_url(url)
+    except (ValueError, TypeError, ArgumentError):
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    folder = Path(database).expanduser().parent
+    return None if folder.is_dir() else folder
+
+
+async def _with_connection(url: str, fn: Any, *, lock: bool) -> Any:
+    if (folder := _sqlite_folder_missing(url)) is not None:
+        raise DatabaseUnavailable(
+            display_url(url), f"unable to open database file: no folder {folder}"
+        )
+    try:
+        engine = create_async_engine(url, poolclass=NullPool)
+    except (ArgumentError, ValueError, ImportError) as exc:
+        raise DatabaseUrlInvalid(f"cannot read the database URL {display_url(url)}: {exc}") from exc
+    try:
+        try:
+            conn = await engine.connect()
+        except (DBAPIError, OSError) as exc:
+            raise _unavailable(url, exc) from exc
+        try:
             pg = conn.dialect.name == "postgresql"
             if pg and lock:
                 await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_KEY})
@@ -76,6 +146,8 @@ async def _with_connection(url: str, fn: Any, *, lock: bool) -> Any:
                     await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_KEY})
                     await conn.commit()
             return result
+        finally:
+            await conn.close()
     finally:
         await engine.dispose()
 
