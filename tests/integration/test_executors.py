@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import stat
@@ -319,6 +320,9 @@ async def test_a_runner_killed_outright_takes_its_tasks_processes_with_it(mode: 
         await until(pids.exists, timeout=20)
         shell, background = (int(p) for p in pids.read_text().split())
         assert _alive(shell) and _alive(background)
+        # The runner lists the group with its watchdog right after the spawn returns; the
+        # shell may write its pids before that: a runner killed in that instant is not covered.
+        await asyncio.sleep(0.5)
         runner.kill()  # SIGKILL: the runner runs no code of its own after this
         runner.wait(timeout=10)
         await until(lambda: not _alive(shell) and not _alive(background), timeout=10)
@@ -334,3 +338,72 @@ async def test_nul_bytes_in_output_become_replacement_characters(mode: SandboxMo
     out, lines = await _run(CommandExecutor(mode), {"command": ["printf", "a\\000b\\nc"]})
     assert out.ok and out.output == "a\ufffdb\nc"
     assert lines == ["a\ufffdb", "c"]
+
+
+# -- the dedicated-uid mode: one uid per task, its own network ------------------------------
+
+UID_ONLY = [m for m in MODES if m == SandboxMode.UID]
+
+
+@pytest.mark.parametrize("mode", UID_ONLY)
+async def test_two_tasks_on_one_machine_cannot_read_each_others_secrets(mode: SandboxMode):
+    # They ran under one shared uid (65534) with world-writable work directories: a task could
+    # read another's environment in /proc and its files.
+    shared = Path(tempfile.mkdtemp(prefix="parity-uid-"))
+    shared.chmod(0o777)
+    ready = shared / "first"
+    first = asyncio.create_task(
+        _run(
+            CommandExecutor(mode),
+            {
+                "command": [
+                    "sh",
+                    "-c",
+                    f"echo private > secret.txt; echo $PWD > {ready}.tmp; mv {ready}.tmp {ready};"
+                    " sleep 5",
+                ],
+                "env": {"A_API_TOKEN": "tok-of-a"},
+            },
+        )
+    )
+    try:
+        await until(ready.exists, timeout=20)
+        spy = (
+            "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c tok-of-a;"
+            f" cat $(cat {ready})/secret.txt 2>&1; ls $(cat {ready}) 2>&1; true"
+        )
+        out, _ = await _run(CommandExecutor(mode), {"command": ["sh", "-c", spy]})
+        assert out.ok, out
+        assert out.output.splitlines()[0] == "0"  # no environment of the other task read
+        assert "private" not in out.output and "Permission denied" in out.output
+    finally:
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", UID_ONLY)
+async def test_a_task_has_no_network_unless_it_asks(mode: SandboxMode):
+    executor = CommandExecutor(mode)
+    if not executor.network_isolation:
+        pytest.skip("this kernel or container refuses network namespaces")
+    listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    probe = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {port}), timeout=3).close()\n"
+        "    print('reached')\n"
+        "except OSError as e:\n"
+        "    print('unreachable', e)\n"
+    )
+    python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 for the task to probe with")
+    command = [python, "-S", "-c", probe]
+    async with listener:
+        closed, _ = await _run(executor, {"command": command})
+        opened, _ = await _run(executor, {"command": command, "network": True})
+    assert closed.output.startswith("unreachable"), closed
+    assert opened.output.startswith("reached"), opened

@@ -2,7 +2,10 @@
 
 Order of preference: bubblewrap (`bwrap`) — a fresh mount namespace with read-only system
 directories, an empty home and /tmp, no network unless the task asks for it, uid 65534; else,
-when running as root, a dedicated unprivileged uid (65534) via setuid; else refuse unless the
+when running as root, a uid of the task's own (drawn at random from a range no account uses,
+so two tasks on one machine, of one client or two, cannot read each other's files or
+/proc/PID/environ), its work directory private to that uid, and a network namespace of its own
+(no network) unless the task asks for one and the kernel allows it; else refuse unless the
 runner was started with --allow-unsandboxed-commands. The child never inherits the runner's
 environment (tokens, PARITY_KEYSTORE_PASSWORD): it gets a minimal one plus the task's ``env``.
 Limits: wall-clock timeout, CPU time and address space (setrlimit), captured output capped."""
@@ -11,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import resource
+import secrets
 import shutil
 import signal
 import tempfile
@@ -26,6 +31,12 @@ from parity.agent.executors import CancelToken, LogSink, Outcome
 from parity.agent.executors.reaper import REAPER
 
 UNPRIVILEGED_UID = 65534
+# The range of the per-task uids of the dedicated-uid mode: above the usual account, nobody
+# (65534) and container sub-uid ranges, below 2^31 (some tools read uids as signed).
+TASK_UID_BASE = 1_500_000_000
+TASK_UID_SPAN = 500_000_000
+CLONE_NEWNET = 0x40000000
+_LIBC = ctypes.CDLL(None, use_errno=True)
 READ_CHUNK = 64 * 1024
 MAX_LOG_LINE = 64 * 1024  # bytes of one log line; a longer output line is cut into several
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -100,7 +111,30 @@ class Limits:
     max_output_bytes: int = 16 * 1024 * 1024  # kept at all (stored under a CID when large)
 
 
-def _preexec(limits: Limits, as_uid: int | None) -> Callable[[], None]:
+def task_uid() -> int:
+    """A uid for one task of the dedicated-uid mode, unused by any account."""
+    return TASK_UID_BASE + secrets.randbelow(TASK_UID_SPAN)
+
+
+def _own_network() -> bool:
+    """Moves the calling process into a new, empty network namespace (loopback down): True
+    when the kernel allowed it (root, and namespaces not forbidden by a container)."""
+    return int(_LIBC.unshare(CLONE_NEWNET)) == 0
+
+
+def network_namespaces_work() -> bool:
+    """Whether this runner can give a task a network namespace of its own (probed once, in a
+    short-lived child: the runner's own namespace stays as it is)."""
+    if os.geteuid() != 0:
+        return False
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child exits at once
+        os._exit(0 if _own_network() else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def _preexec(limits: Limits, as_uid: int | None, isolate_network: bool) -> Callable[[], None]:
     cpu = int(limits.timeout_seconds) + 5
     mem = limits.memory_mb * 1024 * 1024
 
@@ -109,6 +143,8 @@ def _preexec(limits: Limits, as_uid: int | None) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if isolate_network and not _own_network():
+            os._exit(126)  # probed at start-up: not reached unless the kernel changed its mind
         if as_uid is not None:
             os.setgroups([])
             os.setgid(as_uid)
@@ -121,6 +157,13 @@ class CommandExecutor:
     def __init__(self, mode: SandboxMode, default_limits: Limits | None = None) -> None:
         self.mode = mode
         self.limits = default_limits or Limits()
+        # bwrap isolates the network itself; the dedicated-uid mode does where the kernel lets
+        # it (a container may forbid namespaces: the network then stays shared, as unsandboxed).
+        self.network_isolation = mode == SandboxMode.BWRAP or (
+            mode == SandboxMode.UID and network_namespaces_work()
+        )
+        if mode in (SandboxMode.UID, SandboxMode.NONE):
+            REAPER.start()  # now, so a task's spawn only adds a line to its pipe
 
     @property
     def available(self) -> bool:
@@ -151,7 +194,11 @@ class CommandExecutor:
         )
         env = {**BASE_ENV, **{str(k): str(v) for k, v in (config.get("env") or {}).items()}}
         with tempfile.TemporaryDirectory(prefix="parity-task-") as workdir:
-            os.chmod(workdir, 0o777)  # noqa: S103 - the unprivileged uid writes here
+            as_uid = task_uid() if self.mode == SandboxMode.UID else None
+            if self.mode == SandboxMode.BWRAP:
+                os.chmod(workdir, 0o777)  # noqa: S103 - bwrap's uid 65534 writes here
+            elif as_uid is not None:
+                os.chown(workdir, as_uid, as_uid)  # private to this task's own uid (0700)
             env["HOME"] = "/work" if self.mode == SandboxMode.BWRAP else workdir
             sandbox_tmp = "/tmp"  # noqa: S108 - the tmpfs inside the sandbox
             env["TMPDIR"] = sandbox_tmp if self.mode == SandboxMode.BWRAP else workdir
@@ -160,11 +207,14 @@ class CommandExecutor:
                 for k, v in env.items():
                     full += ["--setenv", k, v]
                 full += ["--", *argv]
-                as_uid = None
             else:
                 full = argv
-                as_uid = UNPRIVILEGED_UID if self.mode == SandboxMode.UID else None
-            return await self._spawn(full, env, workdir, limits, as_uid, logs, cancel)
+            isolate = (
+                self.mode == SandboxMode.UID
+                and self.network_isolation
+                and not bool(config.get("network"))
+            )
+            return await self._spawn(full, env, workdir, limits, as_uid, isolate, logs, cancel)
 
     async def _spawn(
         self,
@@ -173,6 +223,7 @@ class CommandExecutor:
         cwd: str,
         limits: Limits,
         as_uid: int | None,
+        isolate_network: bool,
         logs: LogSink,
         cancel: CancelToken,
     ) -> Outcome:
@@ -185,7 +236,7 @@ class CommandExecutor:
                 stdin=asyncio.subprocess.DEVNULL,
                 env=env,
                 cwd=cwd,
-                preexec_fn=_preexec(limits, as_uid),
+                preexec_fn=_preexec(limits, as_uid, isolate_network),
             )
         except (FileNotFoundError, PermissionError) as exc:
             return Outcome(False, 127, "", f"cannot start {argv[0]!r}: {exc}")

@@ -42,6 +42,12 @@ class Reaper:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
 
+    def start(self) -> None:
+        """Starts the watchdog if it is not running (else it starts on first use)."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._start()
+
     def track(self, pgid: int) -> None:
         self._send(f"+{pgid}\n")
 
