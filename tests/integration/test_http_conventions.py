@@ -132,7 +132,13 @@ async def test_idempotency_key_replays_the_stored_response(client: httpx.AsyncCl
     first = await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=h)
     again = await client.post("/api/auth/keys", json={"name": "k"}, headers=h)
     assert first.status_code == again.status_code == 201
-    assert first.json() == again.json()
+    # The same key, its secret issued anew: a secret is never stored to be replayed.
+    same = {k: v for k, v in first.json().items() if k not in ("key", "prefix")}
+    assert {k: v for k, v in again.json().items() if k not in ("key", "prefix")} == same
+    assert again.json()["key"] != first.json()["key"]
+    me = "/api/v1/auth/me"
+    assert (await client.get(me, headers=bearer(first.json()["key"]))).status_code == 401
+    assert (await client.get(me, headers=bearer(again.json()["key"]))).status_code == 200
     listed = await client.get("/api/v1/auth/keys", headers=bearer(token))
     assert len(listed.json()["items"]) == 1
     changed = await client.post("/api/v1/auth/keys", json={"name": "other"}, headers=h)
@@ -294,3 +300,37 @@ def test_no_route_or_dependency_runs_in_the_thread_pool(container: Container):
             found.append(f"{where}: the endpoint")
         found += _sync_callables(route.dependant, where)
     assert found == []
+
+
+async def test_no_secret_is_stored_to_be_replayed(client: httpx.AsyncClient, container: Container):
+    # Stored responses are kept 24 h in plain text: an API key, a runner token or a claim token
+    # in them would outlive the hashes that protect them everywhere else.
+    from parity.idempotency.models import IdempotencyRecord
+    from tests.integration.queue_helpers import claimed, create_task
+
+    token = await sign_in(client, ALICE)
+    h = bearer(token) | {"Idempotency-Key": "secret-1"}
+    assert (
+        await client.post("/api/v1/auth/keys", json={"name": "k"}, headers=h)
+    ).status_code == 201
+    await create_task(client, token)
+    body = {
+        "device_id": "idem-device",
+        "capabilities": {"cpu_cores": 4, "memory_mb": 8192, "gpus": 0, "docker": False},
+    }
+    hr = bearer(token) | {"Idempotency-Key": "register-1"}
+    first = await client.post("/api/v1/runners", json=body, headers=hr)
+    runner = first.json()["runner_token"]
+    await claimed(client, runner)  # a claim a re-registration hands back with a fresh token
+    again = await client.post("/api/v1/runners", json=body, headers=hr)
+    assert again.status_code == 201 and again.json()["runner"]["id"] == first.json()["runner"]["id"]
+    assert again.json()["runner_token"] != runner
+    assert len(again.json()["claims"]) == 1 and again.json()["claims"][0]["claim_token"]
+    me = "/api/v1/auth/me"
+    assert (await client.get(me, headers=bearer(runner))).status_code == 401
+    assert (await client.get(me, headers=bearer(again.json()["runner_token"]))).status_code == 200
+    async with container.db.read_session() as session:
+        stored = (await session.scalars(select(IdempotencyRecord.response_body))).all()
+    assert len(stored) == 2
+    for text in stored:  # a key's display prefix (its first 16 characters) may be there
+        assert not re.search(r"ps_(key|run|claim)_[0-9a-f]{20,}", text), text

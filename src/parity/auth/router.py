@@ -88,15 +88,24 @@ async def create_api_key(
     idem: Idempotency,
     c: ContainerDep,
 ) -> Any:
-    """Create a named API key (usable as an OpenAI-style bearer key). The key is shown once."""
+    """Create a named API key (usable as an OpenAI-style bearer key). The key is shown once.
+    With `Idempotency-Key`, a repeat answers the same key with a new secret (the first one
+    stops working): the secret itself is never stored."""
     stored = await idem.replay()
     if stored is not None:
-        return JSONResponse(stored.body, status_code=stored.status_code)
-    raw, row = await service.create_api_key(
-        session, c.auth, principal, body.name, body.expires_in_days
-    )
+        again = await service.reissue_api_key(
+            session, c.auth, principal, uuid.UUID(stored.body["id"])
+        )
+        if again is None:
+            return JSONResponse(stored.body, status_code=stored.status_code)
+        raw, row = again
+    else:
+        raw, row = await service.create_api_key(
+            session, c.auth, principal, body.name, body.expires_in_days
+        )
     out = ApiKeyCreated(**_key_read(row).model_dump(), key=raw)
-    await idem.remember(201, out.model_dump(mode="json"))
+    if stored is None:
+        await idem.remember(201, {**out.model_dump(mode="json"), "key": None})
     return out
 
 

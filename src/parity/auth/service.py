@@ -224,6 +224,29 @@ async def create_api_key(
     )
 
 
+async def reissue_api_key(
+    session: AsyncSession, deps: AuthDeps, principal: Principal, key_id: uuid.UUID
+) -> tuple[str, AuthToken] | None:
+    """A new secret for one of the caller's API keys (the old secret stops working), for the
+    replay of its creation: the secret is never stored where it could be read back. None when
+    the key is gone (revoked, expired or not the caller's)."""
+    row = await repo.get_api_key(session, key_id)
+    now = deps.clock.now()
+    if (
+        row is None
+        or row.address != principal.address
+        or row.revoked_at is not None
+        or (row.expires_at is not None and row.expires_at <= now)
+    ):
+        return None
+    raw = make_token("api_key", deps.random_bytes(32))
+    row.token_hash = hash_token(raw)
+    row.display_prefix = raw[:16]
+    await session.flush()
+    _forget_cached_tokens(session)
+    return raw, row
+
+
 async def list_api_keys(
     session: AsyncSession, principal: Principal, limit: int, after: Cursor | None
 ) -> list[AuthToken]:

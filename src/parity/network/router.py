@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
 
 from parity.api.deps import (
     ContainerDep,
@@ -51,9 +50,10 @@ async def _register(
     idem: Idempotency,
     c: ContainerDep,
 ) -> Any:
-    stored = await idem.replay()
-    if stored is not None:
-        return JSONResponse(stored.body, status_code=stored.status_code)
+    # A repeat (same Idempotency-Key and body) registers again: re-registration is what a
+    # repeat means for a device, and its answer holds secrets (the runner token, claim
+    # tokens) that are never stored to be replayed. A reused key with another body is 422.
+    replayed = await idem.replay() is not None
     reg = await service.register(session, c.auth, c.runners, principal, body)
     claims = await runner_side.rebind_claims(session, c.tasks, reg.runner.id)
     out = RunnerRegistered(
@@ -71,7 +71,8 @@ async def _register(
             for t, tok, attempt in claims
         ],
     )
-    await idem.remember(201, out.model_dump(mode="json"))
+    if not replayed:
+        await idem.remember(201, {"runner": out.runner.model_dump(mode="json")})
     return out
 
 
