@@ -773,3 +773,49 @@ async def test_a_batch_of_events_is_stored_in_order_and_fans_out_like_single_eve
     async with container.db.read_session() as s:
         total = await s.scalar(select(func.count()).select_from(WebhookDelivery))
     assert total == 2
+
+
+async def test_streams_end_when_their_token_is_revoked(
+    client: httpx.AsyncClient, container: Container, monkeypatch: pytest.MonkeyPatch
+):
+    # An event stream may last 30 minutes and a log stream follows a task to its end: both
+    # kept delivering with an API key revoked after they opened.
+    from parity.api import deps
+
+    monkeypatch.setattr(deps, "STREAM_REAUTH_SECONDS", 0.0)
+    alice = await sign_in(client, ALICE)
+    made = await client.post(f"{V1}/auth/keys", json={"name": "s"}, headers=bearer(alice))
+    key, key_id = made.json()["key"], made.json()["id"]
+    task = await create_task(client, alice)
+    events = asyncio.create_task(
+        client.get(f"{V1}/events", headers={**bearer(key), "Accept": "text/event-stream"})
+    )
+    logs = asyncio.create_task(
+        client.get(f"{V1}/tasks/{task['id']}/logs", params={"follow": "true"}, headers=bearer(key))
+    )
+    await until(lambda: container.event_hub.waiting == 1)
+    r = await client.delete(f"{V1}/auth/keys/{key_id}", headers=bearer(alice))
+    assert r.status_code == 200
+    container.event_hub.wake_all()
+    for stream in (events, logs):
+        frames = _frames((await asyncio.wait_for(stream, timeout=10)).text)
+        assert frames[-1]["event"] == "end"
+        assert json.loads(frames[-1]["data"])["reason"] == "unauthenticated"
+
+
+async def test_a_log_stream_says_why_it_ends(client: httpx.AsyncClient, container: Container):
+    # It ended with {"status": "running"} alone when the server shut down: a client took that
+    # for the task's end.
+    alice = await sign_in(client, ALICE)
+    task = await create_task(client, alice)
+    logs = asyncio.create_task(
+        client.get(
+            f"{V1}/tasks/{task['id']}/logs", params={"follow": "true"}, headers=bearer(alice)
+        )
+    )
+    await asyncio.sleep(0.2)
+    container.draining = True
+    frames = _frames((await asyncio.wait_for(logs, timeout=10)).text)
+    end = json.loads(frames[-1]["data"])
+    assert frames[-1]["event"] == "end" and end["reason"] == "shutdown"
+    assert end["status"] == "pending"

@@ -5,6 +5,7 @@ failed commit turns into an error response instead of a success already on the w
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -17,6 +18,7 @@ from parity.auth.errors import TokenInvalid, WalletTokenRequired
 from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.db.hooks import run_after_commit
+from parity.errors import Unauthenticated
 from parity.idempotency.service import IdempotencyGuard, request_fingerprint
 from parity.runners.errors import RunnerTokenRequired
 
@@ -85,6 +87,31 @@ async def get_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+# How often a long-lived response (an event or log stream) checks that its bearer token still
+# holds, so a revoked or expired token stops receiving within this many seconds.
+STREAM_REAUTH_SECONDS = 5.0
+
+
+class StreamAuth:
+    """The bearer token of a streaming response, checked again while it streams."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._checked = time.monotonic()
+
+    async def revoked(self) -> bool:
+        """True once the token no longer authenticates (revoked, expired, its runner banned);
+        checked at most every STREAM_REAUTH_SECONDS (the token cache answers most checks)."""
+        now = time.monotonic()
+        if now - self._checked < STREAM_REAUTH_SECONDS:
+            return False
+        self._checked = now
+        try:
+            await get_principal(self._request, self._request.headers.get("authorization"))
+        except Unauthenticated:
+            return True
+        return False
 
 
 def refuse_runner_token(principal: Principal) -> Principal:

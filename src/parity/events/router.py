@@ -9,10 +9,17 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
+from parity.api.deps import (
+    ContainerDep,
+    CurrentPrincipal,
+    Idempotency,
+    ReadSession,
+    StreamAuth,
+    WriteSession,
+)
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import BIGINT_MAX, Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
@@ -234,6 +241,7 @@ async def _wait(c: Container, principal: Principal, timeout: float) -> None:
     },
 )
 async def read_events(
+    request: Request,
     principal: CurrentPrincipal,
     c: ContainerDep,
     after: Annotated[
@@ -255,7 +263,7 @@ async def read_events(
     cursor = _cursor(after, last_event_id)
     if accept and "text/event-stream" in accept:
         return StreamingResponse(
-            _stream(c, principal, cursor, wanted, limit),
+            _stream(c, principal, StreamAuth(request), cursor, wanted, limit),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -279,7 +287,12 @@ def _frame(event: str, data: dict[str, Any], id_: int | None = None) -> bytes:
 
 
 async def _stream(
-    c: Container, principal: Principal, cursor: int, types: list[str] | None, limit: int
+    c: Container,
+    principal: Principal,
+    auth: StreamAuth,
+    cursor: int,
+    types: list[str] | None,
+    limit: int,
 ) -> AsyncIterator[bytes]:
     started = c.clock.monotonic()
     quiet_since = time.monotonic()
@@ -287,6 +300,9 @@ async def _stream(
     while True:
         if c.draining:
             yield _frame("end", {"reason": "shutdown", "next_after": cursor})
+            return
+        if await auth.revoked():
+            yield _frame("end", {"reason": "unauthenticated", "next_after": cursor})
             return
         if c.clock.monotonic() - started >= STREAM_MAX_SECONDS:
             yield _frame("end", {"reason": "timeout", "next_after": cursor})

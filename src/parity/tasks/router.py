@@ -20,6 +20,7 @@ from parity.api.deps import (
     CurrentPrincipal,
     Idempotency,
     ReadSession,
+    StreamAuth,
     WalletPrincipal,
     WriteSession,
 )
@@ -248,6 +249,7 @@ def _pos(line: Any) -> int:
 
 @router.get("/tasks/{task_id}/logs", response_model=LogsRead)
 async def task_logs(
+    request: Request,
     task_id: uuid.UUID,
     principal: CurrentPrincipal,
     c: ContainerDep,
@@ -276,6 +278,8 @@ async def task_logs(
             truncated=any(r.truncated for r in rows),
         )
 
+    auth = StreamAuth(request)
+
     async def stream() -> AsyncIterator[bytes]:
         cursor = after
         batch = rows
@@ -286,15 +290,31 @@ async def task_logs(
                 cursor = _pos(r)
                 data = {"attempt": r.attempt, "seq": r.seq, "lines": r.lines}
                 yield f"id: {cursor}\nevent: log\ndata: {json.dumps(data)}\n\n".encode()
+            if await auth.revoked():
+                end = {"status": None, "reason": "unauthenticated", "next_after": cursor}
+                yield f"event: end\ndata: {json.dumps(end)}\n\n".encode()
+                return
             async with c.db.read_session() as s:
                 current, batch = await service.get_logs(
                     s, principal, task_id, attempt=attempt, after=cursor, limit=limit
                 )
-            if not batch and (current.status in TERMINAL or c.draining or loop.time() > deadline):
-                end = {"status": current.status}
+            if batch:
+                continue
+            # Why the stream ends: the task ended (every line was sent), the server is
+            # shutting down, or the stream reached its time limit (reconnect with `after`).
+            reason = (
+                "task_ended"
+                if current.status in TERMINAL
+                else "shutdown"
+                if c.draining
+                else "timeout"
+                if loop.time() > deadline
+                else None
+            )
+            if reason is not None:
+                end = {"status": current.status, "reason": reason, "next_after": cursor}
                 yield f"event: end\ndata: {json.dumps(end)}\n\n".encode()
                 return
-            if not batch:
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)
 
     return StreamingResponse(stream(), media_type="text/event-stream")
