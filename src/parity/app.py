@@ -82,13 +82,16 @@ def build_jobs(container: Container) -> list[PeriodicJob]:
             s.retention_interval_seconds, s.events_retention_days, s.task_log_retention_days
         ),
         # After a restart, runners get one lease / offline period to reach the server again.
-        lease_expiry_job(deps, tick, startup_grace_seconds=s.lease_seconds),
+        lease_expiry_job(
+            deps, tick, startup_grace_seconds=s.lease_seconds, paused=lambda: container.draining
+        ),
         liveness_job(
             deps,
             container.runners,
             tick,
             s.offline_timeout_seconds,
             startup_grace_seconds=s.offline_timeout_seconds,
+            paused=lambda: container.draining,
         ),
         offer_expiry_job(deps, tick),
         reoffer_job(deps, tick),

@@ -740,3 +740,30 @@ async def test_a_completion_names_what_it_reports_wrongly_and_changes_nothing(
     cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
     r = await act(client, runner, task["id"], "complete", c["claim_token"], output_cid=cid)
     assert r.status_code == 200 and r.json()["status"] == "completed"
+
+
+async def test_a_draining_server_expires_no_lease_and_marks_no_runner_offline(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    # While a server drains its listener is closed: its runners cannot renew there, and the
+    # leases of work still streaming to it expired mid-drain (a prompt failed after its whole
+    # answer was delivered). The server's own jobs, as the app builds them, wait.
+    from parity.app import build_jobs
+
+    jobs = {job.name: job for job in build_jobs(container)}
+    for name in ("lease_expiry", "liveness"):  # their start-up grace begins here
+        async with container.db.transaction() as s:
+            await jobs[name].tick(s, clock.now())
+    alice, runner = await _setup(client)
+    task = await create_task(client, alice)
+    await claimed(client, runner, start=True)
+    clock.advance(container.settings.offline_timeout_seconds + container.tasks.lease_seconds + 60)
+    container.draining = True
+    for name in ("lease_expiry", "liveness"):
+        async with container.db.transaction() as s:
+            assert await jobs[name].tick(s, clock.now()) == 0
+    assert (await get_task(client, alice, task["id"]))["status"] == "running"
+    container.draining = False
+    async with container.db.transaction() as s:
+        assert await jobs["lease_expiry"].tick(s, clock.now()) == 1
+    assert (await get_task(client, alice, task["id"]))["status"] == "pending"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,12 +32,19 @@ class StartupGrace:
 
 
 def lease_expiry_job(
-    deps: TaskDeps, interval: float, *, startup_grace_seconds: float = 0.0
+    deps: TaskDeps,
+    interval: float,
+    *,
+    startup_grace_seconds: float = 0.0,
+    paused: Callable[[], bool] = lambda: False,
 ) -> PeriodicJob:
+    """Claims whose lease ran out go back to the queue (or fail). ``paused``: while it holds
+    (this server is draining, its listener closed, so runners cannot renew here) nothing
+    expires; another replica, or this one after its restart grace, does it."""
     grace = StartupGrace(startup_grace_seconds)
 
     async def tick(session: AsyncSession, now: datetime) -> int:
-        if grace.active(now):
+        if grace.active(now) or paused():
             return 0
         n = await lifecycle.expire_leases(session, deps, now)
         if n:
@@ -58,12 +66,14 @@ def liveness_job(
     timeout_seconds: float,
     *,
     startup_grace_seconds: float = 0.0,
+    paused: Callable[[], bool] = lambda: False,
 ) -> PeriodicJob:
-    """Runners silent past the timeout go offline; their leases expire at once."""
+    """Runners silent past the timeout go offline; their leases expire at once. Paused as
+    lease expiry is (a draining server's runners cannot reach it)."""
     grace = StartupGrace(startup_grace_seconds)
 
     async def tick(session: AsyncSession, now: datetime) -> int:
-        if grace.active(now):
+        if grace.active(now) or paused():
             return 0
         stale = await runners_service.mark_stale_offline(session, runners, now, timeout_seconds)
         await runner_side.runners_gone(session, deps, stale, now, sweep=True)
