@@ -3,18 +3,51 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
 
 class ServerError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any],
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.details = details
+        # Seconds the server asked to wait before trying again (its Retry-After), if it said.
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After header's wait in seconds (delta-seconds or an HTTP date); None when absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
 
 
 def _error(r: httpx.Response) -> ServerError:
@@ -29,6 +62,7 @@ def _error(r: httpx.Response) -> ServerError:
         str(err.get("code", "http_error")),
         str(err.get("message", r.text[:200])),
         dict(err.get("details") or {}),
+        parse_retry_after(r.headers.get("retry-after")),
     )
 
 

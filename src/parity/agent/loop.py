@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import psutil
 
 from parity.agent import RUNNER_VERSION
@@ -35,7 +39,27 @@ MODEL_REPORT_WAIT_SECONDS = 2.0
 # After a failed claim the next try waits 0.25 s, doubling to 1 s: a restarted server hears
 # from its runners well within the one lease period it waits before expiring leases.
 CLAIM_RETRY_FIRST_SECONDS = 0.25
+# A finished run's report (and an output upload) that got no answer, a 5xx or a 429 is tried
+# again, same claim token and same body, 1 s after the first try, doubling to 10 s (longer
+# when the server's Retry-After says so, up to RETRY_AFTER_MAX_SECONDS), until the server
+# settles it: accepted, or refused for good (a 4xx: the claim is gone). Log batches the server
+# did not take are resent on the same schedule.
+REPORT_RETRY_FIRST_SECONDS = 1.0
+REPORT_RETRY_MAX_SECONDS = 10.0
+RETRY_AFTER_MAX_SECONDS = 60.0
+RETRY_JITTER = 0.2  # each wait is up to this fraction shorter: runners do not retry in step
+# Refusals that say "not now" rather than "no": tried again like a missing answer.
+RETRY_STATUSES = frozenset({408, 425, 429})
+# Log batches a run keeps while the server does not take them; past either bound the oldest
+# are dropped (counted, with a warning).
+LOG_BUFFER_BYTES = 1024 * 1024
+LOG_BUFFER_BATCHES = 1000
+# A pass over a run's unsent log batches takes at most this long: before each try of its
+# report (the lines go first, but do not hold the outcome up), and once more after the outcome
+# was accepted; what is still unsent then is dropped.
+LOG_DRAIN_SECONDS = 10.0
 log = get_logger("parity.runner")
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,6 +76,202 @@ class RunnerOptions:
     grace_seconds: float = 30.0
     labels: dict[str, str] = field(default_factory=dict)
     ollama_url: str | None = None
+    # Waits between tries of a report or a log batch the server did not take (see above).
+    report_retry_first: float = REPORT_RETRY_FIRST_SECONDS
+    report_retry_max: float = REPORT_RETRY_MAX_SECONDS
+    log_buffer_bytes: int = LOG_BUFFER_BYTES
+    log_buffer_batches: int = LOG_BUFFER_BATCHES
+
+
+def settled(exc: BaseException) -> bool:
+    """Whether a failed call's answer is final: a refusal (4xx) other than "try later" (408,
+    425, 429), or an error that is no answer from the server at all (a bug, a body it could not
+    read). No answer (a broken connection, a timeout), a 5xx and a 429 are tried again."""
+    if isinstance(exc, ServerError):
+        return exc.status < 500 and exc.status not in RETRY_STATUSES
+    return not isinstance(exc, httpx.HTTPError | OSError | TimeoutError)
+
+
+class Backoff:
+    """Waits between tries: ``first`` seconds, doubling up to ``cap``, a little jitter, and
+    never shorter than the Retry-After of the answer that failed (up to
+    RETRY_AFTER_MAX_SECONDS)."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self.tries = 0
+
+    def next(self, exc: BaseException | None) -> float:
+        wait = min(self.first * 2.0 ** min(self.tries, 30), self.cap)
+        self.tries += 1
+        wait *= 1.0 - RETRY_JITTER * random.random()
+        after = exc.retry_after if isinstance(exc, ServerError) else None
+        if after:
+            wait = max(wait, min(after, RETRY_AFTER_MAX_SECONDS))
+        return wait
+
+    def reset(self) -> None:
+        self.tries = 0
+
+
+class LogBuffer:
+    """A run's log sink: batches are numbered (``seq``) in the order the executor hands them
+    over and sent in that order by a sender of their own, so a slow or absent server never
+    holds up the run. A batch the server did not take stays and is sent again when it answers
+    (it stores each (task, attempt, seq) once, so a repeat is harmless). Bounded: past
+    ``max_bytes`` or ``max_batches`` unsent, the oldest batches are dropped and counted. A
+    claim the server refuses for good (409, 404, 403, 401) logs no more: the rest is dropped."""
+
+    def __init__(
+        self,
+        client: ServerClient,
+        task_id: str,
+        token: str,
+        *,
+        max_bytes: int = LOG_BUFFER_BYTES,
+        max_batches: int = LOG_BUFFER_BATCHES,
+        retry_first: float = REPORT_RETRY_FIRST_SECONDS,
+        retry_max: float = REPORT_RETRY_MAX_SECONDS,
+    ) -> None:
+        self.client = client
+        self.task_id = task_id
+        self.token = token
+        self.max_bytes = max_bytes
+        self.max_batches = max_batches
+        self.retry_first = retry_first
+        self.retry_max = retry_max
+        self.pending: deque[tuple[int, list[str], int]] = deque()  # (seq, lines, bytes)
+        self.pending_bytes = 0
+        self.next_seq = 0
+        self.dropped_batches = 0
+        self.dropped_lines = 0
+        self.closed = False  # nothing more goes out: what comes is dropped
+        self.last_error: BaseException | None = None
+        self._held = False  # the last try failed: warned once until a send succeeds
+        self._overflowed = False
+        self._lock = asyncio.Lock()  # one sender at a time keeps the seq order
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+
+    async def add(self, lines: list[str]) -> None:
+        """The executors' LogSink: queues the batch and returns at once."""
+        if not lines:
+            return
+        if self.closed:
+            self._drop(1, len(lines))
+            return
+        size = sum(len(line.encode()) + 1 for line in lines)
+        self.pending.append((self.next_seq, list(lines), size))
+        self.next_seq += 1
+        self.pending_bytes += size
+        while len(self.pending) > 1 and (
+            self.pending_bytes > self.max_bytes or len(self.pending) > self.max_batches
+        ):
+            _, old, old_size = self.pending.popleft()
+            self.pending_bytes -= old_size
+            self._drop(1, len(old))
+            if not self._overflowed:
+                self._overflowed = True
+                log.warning(
+                    "task_logs_overflow",
+                    task_id=self.task_id,
+                    detail="unsent log batches over the buffer's bound: the oldest are dropped",
+                    max_bytes=self.max_bytes,
+                    max_batches=self.max_batches,
+                )
+        self._wake.set()
+        if self._sender is None and not self.closed:
+            self._sender = asyncio.create_task(self._send(), name=f"logs:{self.task_id}")
+
+    async def _send(self) -> None:
+        backoff = Backoff(self.retry_first, self.retry_max)
+        while not self.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            if await self.drain():
+                backoff.reset()
+                continue
+            await asyncio.sleep(backoff.next(self.last_error))
+            self._wake.set()
+
+    async def drain(self) -> bool:
+        """Send what is pending, oldest first, until all went (True) or a try got no answer
+        (False: kept for the next try). Never raises."""
+        async with self._lock:
+            while self.pending and not self.closed:
+                seq, lines, size = self.pending[0]
+                try:
+                    await self.client.logs(self.task_id, self.token, seq, lines)
+                except Exception as exc:
+                    self.last_error = exc
+                    if not settled(exc):
+                        if not self._held:
+                            self._held = True
+                            log.warning(
+                                "task_logs_held",
+                                task_id=self.task_id,
+                                error=_why(exc),
+                                detail="kept and sent again when the server answers",
+                            )
+                        return False
+                    if isinstance(exc, ServerError) and exc.status in (401, 403, 404, 409):
+                        log.warning("task_logs_refused", task_id=self.task_id, error=_why(exc))
+                        self.close()
+                        return True
+                    log.warning(
+                        "task_log_batch_refused", task_id=self.task_id, seq=seq, error=_why(exc)
+                    )
+                    self._drop(1, len(lines))  # this batch is refused; the next may go
+                if self.pending and self.pending[0][0] == seq:  # (not dropped meanwhile)
+                    self.pending.popleft()
+                    self.pending_bytes -= size
+                self._held = False
+            return not self.pending
+
+    async def finish(self, seconds: float, why: str) -> None:
+        """The last try: what is unsent gets up to ``seconds``, then is dropped; a warning
+        counts every batch this run dropped, with ``why``."""
+        self.stop_sender()
+        if self.pending and not self.closed and seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drain(), seconds)
+        self.close(why)
+
+    def close(self, why: str | None = None) -> None:
+        """Send nothing more; drop (and count) what is unsent. Safe to call again."""
+        self.stop_sender()
+        self.closed = True
+        for _, lines, _ in self.pending:
+            self._drop(1, len(lines))
+        self.pending.clear()
+        self.pending_bytes = 0
+        if why is not None and self.dropped_batches:
+            log.warning(
+                "task_logs_dropped",
+                task_id=self.task_id,
+                batches=self.dropped_batches,
+                lines=self.dropped_lines,
+                sent_up_to_seq=self.next_seq - 1,
+                why=why,
+                last_error=None if self.last_error is None else _why(self.last_error),
+            )
+            self.dropped_batches = self.dropped_lines = 0  # said once
+
+    def stop_sender(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None and sender is not asyncio.current_task():
+            # Between tries or mid-request: a batch cut off stays first in line, and a later
+            # drain sends it again (harmless if it had arrived).
+            sender.cancel()
+
+    def _drop(self, batches: int, lines: int) -> None:
+        self.dropped_batches += batches
+        self.dropped_lines += lines
+
+
+class ReportAbandoned(Exception):
+    """A report given up without the server's answer (the runner is stopping)."""
 
 
 @dataclass
@@ -62,6 +282,10 @@ class Active:
     job: asyncio.Task[None] | None = None
     revoked: bool = False
     stream: TokenStream | None = None  # an llm task's token deltas, once the first came
+    logs: LogBuffer | None = None  # the run's log batches, until the server has them
+    # The run is over and its outcome not yet settled on the server: the claim is held (listed
+    # in heartbeats and reconciles, its slot counted) and never released.
+    reporting: bool = False
 
 
 class Runner:
@@ -167,13 +391,21 @@ class Runner:
         jobs = [a.job for a in self.active.values() if a.job is not None]
         await _settle([*jobs, *self._offer_claims], self.o.grace_seconds, cancel=False)
         await _settle(list(self._offer_claims), STOP_STEP_SECONDS)
-        unfinished = list(self.active.values())
+        # A run that is over but whose outcome the server has not settled (it was unreachable)
+        # is never released (that would run it again): its report, woken by the stop, makes one
+        # last try and then gives up with a warning (the offline heartbeat, or lease expiry,
+        # hands the claim back).
+        reporting = [a.job for a in self.active.values() if a.reporting and a.job is not None]
+        unfinished = [a for a in self.active.values() if not a.reporting]
         for a in unfinished:
             a.revoked = True
             a.cancel.cancel("runner shutting down")
         # The executors kill their processes at once; their last log lines still go out under
         # a valid claim, so nothing of theirs reaches the server after the release.
-        await _settle([a.job for a in unfinished if a.job is not None], STOP_STEP_SECONDS)
+        await asyncio.gather(
+            _settle([a.job for a in unfinished if a.job is not None], STOP_STEP_SECONDS),
+            _settle(reporting, 2 * STOP_STEP_SECONDS),
+        )
         # Heartbeats end between beats: one still in flight finishes first, so a late
         # "draining" cannot land after "offline" and leave the runner shown draining.
         self._beats_over = True
@@ -338,16 +570,15 @@ class Runner:
         a.job = asyncio.create_task(self._execute(a, task), name=f"task:{a.task_id}")
 
     async def _execute(self, a: Active, task: dict[str, Any]) -> None:
-        seq = 0
-
-        async def sink(lines: list[str]) -> None:
-            nonlocal seq
-            try:
-                await self.client.logs(a.task_id, a.token, seq, lines)
-            except Exception as exc:
-                log.warning("log_append_failed", task_id=a.task_id, error=str(exc)[:200])
-            seq += 1
-
+        a.logs = LogBuffer(
+            self.client,
+            a.task_id,
+            a.token,
+            max_bytes=self.o.log_buffer_bytes,
+            max_batches=self.o.log_buffer_batches,
+            retry_first=self.o.report_retry_first,
+            retry_max=self.o.report_retry_max,
+        )
         try:
             if task.get("status") == "assigned":
                 await self.client.transition(a.task_id, "start", {"claim_token": a.token})
@@ -355,24 +586,29 @@ class Runner:
             if executor is None:
                 outcome = Outcome(False, None, "", f"this runner cannot run {task['type']} tasks")
             else:
-                outcome = await executor.run(task, sink, a.cancel)
+                outcome = await executor.run(task, a.logs.add, a.cancel)
             if a.stream is not None:
                 # The last deltas reach the server before the outcome does.
                 await a.stream.close(STOP_STEP_SECONDS)
             if a.revoked:
-                return  # a revoked claim is released (or gone), never reported
+                # A revoked claim is released (or gone), never reported; its last lines go out
+                # (briefly) while the claim may still take them.
+                await a.logs.finish(STOP_STEP_SECONDS, "claim revoked")
+                return
             if outcome.reported:
                 self.completed += 1  # the executor's own request ended the task on the server
+                await a.logs.finish(LOG_DRAIN_SECONDS, "task ended")
             else:
                 await self._report(a, outcome)
         except ServerError as exc:
-            log.warning("task_report_refused", task_id=a.task_id, error=str(exc))
+            log.warning("task_start_refused", task_id=a.task_id, error=str(exc))
         except Exception as exc:
             log.warning("task_crashed", task_id=a.task_id, error=str(exc)[:300])
             if not a.revoked:  # a revoked claim is released (or gone), never failed
                 with contextlib.suppress(Exception):
                     await self._report(a, Outcome(False, None, "", f"runner error: {exc}"[:1000]))
         finally:
+            a.logs.close("task ended")  # no-op once finished; drops (counted) what is left
             if a.stream is not None and not a.stream.closed:
                 await a.stream.close(0)
             self.active.pop(a.task_id, None)
@@ -401,30 +637,53 @@ class Runner:
             self._offer_jobs.add(job)  # keep a reference until it is done
             job.add_done_callback(self._offer_jobs.discard)  # one claim per freed slot
 
-    async def _report(self, a: Active, outcome: Outcome) -> None:
+    async def _report(self, a: Active, outcome: Outcome) -> bool:
+        """Report a finished run's outcome. Tried again (same claim token, same body: the
+        server takes a repeated transition as the one it already took) until the server settles
+        it: accepted, or refused for good (a 4xx such as 409 ``stale_claim``: the claim is gone,
+        so no timer is needed to know). Meanwhile the claim stays held: heartbeats renew it,
+        reconciles list it, its slot stays taken. A runner that stops tries once more, then
+        gives up. The run's unsent log lines go before each try, and get a last try once the
+        outcome is accepted. True when the server accepted it; a warning says why otherwise."""
+        a.reporting = True
+        if a.logs is not None:
+            a.logs.stop_sender()  # from here on the report's tries send the lines first
+        action = "complete" if outcome.ok else "fail"
+        try:
+            body = await self._report_body(a, outcome)
+
+            async def send() -> dict[str, Any]:
+                if a.logs is not None and not self.stopping.is_set():
+                    with contextlib.suppress(TimeoutError):  # lines first, when they go
+                        await asyncio.wait_for(a.logs.drain(), LOG_DRAIN_SECONDS)
+                return await self.client.transition(a.task_id, action, body)
+
+            await self._until_settled(a, action, send)
+        except asyncio.CancelledError:
+            log.warning("task_report_abandoned", task_id=a.task_id, action=action, why="cancelled")
+            raise
+        except ReportAbandoned as exc:
+            log.warning("task_report_abandoned", task_id=a.task_id, action=action, why=str(exc))
+            if a.logs is not None:
+                a.logs.close("report abandoned")
+            return False
+        except Exception as exc:
+            log.warning("task_report_refused", task_id=a.task_id, action=action, error=_why(exc))
+            if a.logs is not None:
+                a.logs.close("report refused")
+            return False
         if outcome.ok:
-            whole = outcome.full_output or outcome.output.encode()
-            body = {
-                "claim_token": a.token,
-                "output": outcome.output,
-                "exit_code": 0,
-                "result_hash": hashlib.sha256(whole).hexdigest(),
-                "usage": outcome.usage,
-            }
-            if outcome.full_output is not None:
-                # Too large to keep inline: the whole output goes to the content store.
-                try:
-                    body["output_cid"] = await self.client.upload(outcome.full_output)
-                except Exception as exc:
-                    log.warning("output_upload_failed", task_id=a.task_id, error=str(exc)[:200])
-                    # The run succeeded; the result says its whole output was not kept.
-                    body["error"] = (
-                        f"the whole output ({len(outcome.full_output)} bytes) could not be "
-                        f"stored, only its start is inline: {str(exc)[:500]}"
-                    )
-            action = "complete"
+            self.completed += 1
         else:
-            body = {
+            self.failed += 1
+        if a.logs is not None:
+            last = STOP_STEP_SECONDS if self.stopping.is_set() else LOG_DRAIN_SECONDS
+            await a.logs.finish(last, f"not sent by the time the {action} was accepted")
+        return True
+
+    async def _report_body(self, a: Active, outcome: Outcome) -> dict[str, Any]:
+        if not outcome.ok:
+            body: dict[str, Any] = {
                 "claim_token": a.token,
                 "error": outcome.error or "failed",
                 "exit_code": outcome.exit_code,
@@ -435,20 +694,61 @@ class Runner:
                 # not read.
                 body["usage"] = outcome.usage
                 body["output"] = outcome.output
-            action = "fail"
-        # Same token, same transition: safe to retry after a timeout.
-        for attempt in range(5):
+            return body
+        full = outcome.full_output
+        whole = full or outcome.output.encode()
+        body = {
+            "claim_token": a.token,
+            "output": outcome.output,
+            "exit_code": 0,
+            "result_hash": hashlib.sha256(whole).hexdigest(),
+            "usage": outcome.usage,
+        }
+        if full is not None:
+            # Too large to keep inline: the whole output goes to the content store (by CID, so
+            # a repeated upload is harmless).
             try:
-                await self.client.transition(a.task_id, action, body)
-                break
-            except ServerError:
-                raise
-            except Exception:
-                await asyncio.sleep(min(2**attempt, 10))
-        if outcome.ok:
-            self.completed += 1
-        else:
-            self.failed += 1
+                body["output_cid"] = await self._until_settled(
+                    a, "upload", lambda: self.client.upload(full)
+                )
+            except Exception as exc:
+                log.warning("output_upload_failed", task_id=a.task_id, error=_why(exc))
+                # The run succeeded; the result says its whole output was not kept.
+                body["error"] = (
+                    f"the whole output ({len(full)} bytes) could not be "
+                    f"stored, only its start is inline: {str(exc)[:500]}"
+                )
+        return body
+
+    async def _until_settled(self, a: Active, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` until its answer settles it: the answer, or the refusal raised (see
+        ``settled``). No answer, a 5xx or a 429 is tried again after a backoff (the stop cuts
+        it short). Once the runner is stopping the try is the last one, at most
+        STOP_STEP_SECONDS: ReportAbandoned when it too is unsettled."""
+        backoff = Backoff(self.o.report_retry_first, self.o.report_retry_max)
+        while True:
+            last = self.stopping.is_set()
+            try:
+                if last:
+                    return await asyncio.wait_for(call(), STOP_STEP_SECONDS)
+                return await call()
+            except Exception as exc:
+                if settled(exc):
+                    raise
+                error: BaseException = exc
+            if last:
+                raise ReportAbandoned(f"runner stopping, the last {what} try failed: {_why(error)}")
+            if backoff.tries == 0:
+                log.warning(
+                    "task_report_retrying",
+                    task_id=a.task_id,
+                    action=what,
+                    error=_why(error),
+                    detail="the outcome is kept and sent again until the server answers",
+                )
+            wait = backoff.next(error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), wait)
 
 
 async def _settle(jobs: list[asyncio.Task[Any]], timeout: float, cancel: bool = True) -> None:
