@@ -142,3 +142,28 @@ async def test_a_runner_whose_server_hangs_still_exits_0_and_says_offline_was_no
     log = stuck.log()
     assert "runner_offline_not_reported" in log
     assert "runner_offline_reported" not in log
+
+
+async def test_a_runner_replaced_by_another_process_of_its_device_stops_saying_why(
+    server: ServerProcess, keystore_path: Path, tmp_path: Path
+):
+    # Registering a device again rotates its runner token: the first process's token is
+    # refused from then on. It went on trying (a 401 every second, its task run to the end)
+    # until stopped by hand; it stops by itself now, with exit status 1 and the reason.
+    api = Api(server.url)
+    first = runner(server, keystore_path, tmp_path, "twin")
+    tid = api.create("sleep 60")
+    await until(lambda: api.task(tid)["status"] == "running", timeout=30)
+    again = tmp_path / "again"
+    again.mkdir()
+    second = runner(server, keystore_path, again, "twin")
+    try:
+        assert first.proc is not None
+        await until(lambda: first.proc is not None and first.proc.poll() is not None, timeout=30)
+        assert first.proc.returncode == 1
+        log = first.log()
+        assert "runner_token_refused" in log and "another process registered device 'twin'" in log
+        # The new process was handed the task back and gave it up for a fresh run.
+        await until(lambda: len(api.attempts(tid)) == 2, timeout=30)
+    finally:
+        assert second.stop(signal.SIGTERM) == 0

@@ -316,6 +316,7 @@ class Runner:
         self._offer_jobs: set[asyncio.Task[None]] = set()
         self._offer_claims: set[asyncio.Task[Any]] = set()  # offer claims awaiting an answer
         self.stopping = asyncio.Event()
+        self.refused: ServerError | None = None  # set when the server refused our token (401)
         self._beat_now = asyncio.Event()
         self._beats_over = False
         self.slot_freed = asyncio.Event()
@@ -329,6 +330,25 @@ class Runner:
         fl = executors.get("fl_train")
         if isinstance(fl, FlExecutor) and fl.claim_token_of is None:
             fl.claim_token_of = self._claim_token  # an FL update is fenced by the task's claim
+
+    def _token_refused(self, exc: BaseException) -> bool:
+        """A 401 to this runner's own token: another process registered this device (which
+        rotates the token), or an operator revoked or banned it. Nothing this process does
+        can succeed any more: it stops (its work was handed to the new registration or given
+        back), and ``run`` then raises why. True when that is the case."""
+        if not (isinstance(exc, ServerError) and exc.status == 401):
+            return False
+        if self.refused is None:
+            self.refused = ServerError(
+                401,
+                exc.code,
+                f"the server no longer accepts this runner's token ({exc}): another process "
+                f"registered device {self.o.device_id!r}, or an operator revoked or banned it",
+                exc.details,
+            )
+            log.error("runner_token_refused", device_id=self.o.device_id, error=str(exc)[:200])
+            self.stop()
+        return True
 
     def stop(self) -> None:
         self.stopping.set()
@@ -379,6 +399,8 @@ class Runner:
             background.append(asyncio.create_task(self._pull(), name="pull"))
         await self.stopping.wait()
         await self._shutdown(background)
+        if self.refused is not None:
+            raise self.refused
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         """Stop claiming, let running work finish for the grace period, release the rest, and
@@ -454,7 +476,8 @@ class Runner:
             try:
                 await self.heartbeat_once()
             except Exception as exc:  # keep beating; the lease covers short outages
-                log.warning("heartbeat_failed", error=str(exc)[:200])
+                if not self._token_refused(exc):
+                    log.warning("heartbeat_failed", error=str(exc)[:200])
 
     async def heartbeat_once(self) -> dict[str, Any]:
         beat: dict[str, Any] = {
@@ -493,6 +516,8 @@ class Runner:
             try:
                 claims = await self.client.claim_next(self.o.claim_wait, self.free_slots)
             except ServerError as exc:
+                if self._token_refused(exc):
+                    return
                 log.warning("claim_failed", error=str(exc))
                 # A 5xx may come after the claim committed; a 4xx claimed nothing.
                 self.claims_unsure = self.claims_unsure or exc.status >= 500
