@@ -334,3 +334,29 @@ async def test_no_secret_is_stored_to_be_replayed(client: httpx.AsyncClient, con
     assert len(stored) == 2
     for text in stored:  # a key's display prefix (its first 16 characters) may be there
         assert not re.search(r"ps_(key|run|claim)_[0-9a-f]{20,}", text), text
+
+
+async def test_one_idempotency_key_sent_at_once_creates_once_and_says_so(
+    client: httpx.AsyncClient,
+):
+    # Several replicas (or connections) given the same key at the same moment: one creates;
+    # on PostgreSQL the others, which read no stored answer yet, were a bare 409 "conflict".
+    import asyncio
+
+    token = await sign_in(client, ALICE)
+    h = bearer(token) | {"Idempotency-Key": "burst-1"}
+    body = {"title": "t", "type": "command", "config": {"command": ["true"]}}
+    answers = await asyncio.gather(
+        *(client.post("/api/v1/tasks", json=body, headers=h) for _ in range(6))
+    )
+    created = {r.json()["id"] for r in answers if r.status_code == 201}
+    assert len(created) == 1
+    for r in answers:
+        if r.status_code != 201:
+            assert r.status_code == 409, r.text
+            assert r.json()["error"]["code"] == "idempotency_key_in_use"
+            assert r.headers["Retry-After"] == "1"
+    listed = await client.get("/api/v1/tasks", headers=bearer(token))
+    assert len(listed.json()) == 1
+    again = await client.post("/api/v1/tasks", json=body, headers=h)
+    assert again.status_code == 201 and again.json()["id"] in created

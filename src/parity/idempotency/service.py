@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.errors import InvalidInput
+from parity.errors import Conflict, InvalidInput
 from parity.idempotency import repository as repo
 from parity.idempotency.models import IdempotencyRecord
 
@@ -22,6 +23,14 @@ MAX_KEY_LENGTH = 255
 
 class IdempotencyKeyReused(InvalidInput):
     code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInUse(Conflict):
+    """Another request with the same key (on this replica or another) stored its answer
+    first; this one changed nothing. Retried, it gets that answer."""
+
+    code = "idempotency_key_in_use"
+    retry_after = 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,17 @@ class IdempotencyGuard:
     async def remember(self, status_code: int, body: Any) -> None:
         if self.key is None:
             return
+        try:
+            await self._store(status_code, body)
+        except IntegrityError:
+            # Raised out of the unit of work: nothing this request wrote is committed.
+            raise IdempotencyKeyInUse(
+                "another request with this Idempotency-Key was handled at the same time; "
+                "retry to get its answer",
+                details={"field": "Idempotency-Key"},
+            ) from None
+
+    async def _store(self, status_code: int, body: Any) -> None:
         await repo.add(
             self.session,
             IdempotencyRecord(
