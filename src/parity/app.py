@@ -41,6 +41,7 @@ from parity.storage.router import UPLOAD_PATH
 from parity.storage.router import router as storage_router
 from parity.system.router import root_router
 from parity.system.router import router as system_router
+from parity.system.service import UNSHARED_STORE
 from parity.tasks import handoff
 from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job, reoffer_job
 from parity.tasks.pushes import PushLoop
@@ -99,6 +100,11 @@ def build_jobs(container: Container) -> list[PeriodicJob]:
     ]
 
 
+def _warn_unshared_store(container: Container) -> None:
+    if container.content_store.kind == "local":
+        log.warning("content_store_not_shared", detail=UNSHARED_STORE)
+
+
 async def _check_chain(container: Container) -> None:
     """Run the chain start-up check unless run_server already did; a node on the wrong chain
     stops start-up (ConfigError), an unreachable one only warns."""
@@ -152,6 +158,7 @@ def create_app(
                 container.event_hub,
                 tokens=container.token_cache,
             )
+            container.relay.on_new_peer = lambda: _warn_unshared_store(container)
             await container.relay.start()
         # The settlement worker runs only with a chain and a signer (SETTLEMENT_*); a bad key or
         # keystore stops start-up here (ConfigError).

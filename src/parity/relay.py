@@ -82,6 +82,8 @@ class WakeRelay:
         self._peers: dict[str, float] = {}  # origin -> when last heard (monotonic)
         self._announcer: asyncio.Task[None] | None = None
         self.dropped = 0  # wake-ups not sent: no other replica listening
+        # Called when a replica not heard in the last PEER_TTL_SECONDS speaks.
+        self.on_new_peer: Callable[[], None] | None = None
 
     @property
     def peers(self) -> int:
@@ -190,6 +192,8 @@ class WakeRelay:
         self._peers[origin] = now
         if message.get("h") and newcomer:
             self.announce()  # let a replica that just started know we listen
+        if newcomer and self.on_new_peer is not None:
+            self.on_new_peer()
         if message.keys() - {"o", "h"}:
             self.received += 1
             self.apply(message)

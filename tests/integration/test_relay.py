@@ -173,6 +173,13 @@ async def test_a_task_created_on_one_server_ends_a_long_poll_on_another(
     async with _two_servers(database_url, tmp_path, clock) as (_one, http_a, two, http_b):
         status = (await http_b.get("/api/status")).json()
         assert status["backends"]["wakeups"] == "postgres-notify"
+        # Each keeps files in its own local blockstore: content stored through one would not
+        # be found through the other, and the status says so once they hear each other.
+        assert two.relay is not None
+        await until(lambda: two.relay is not None and two.relay.peers == 1)
+        status = (await http_b.get("/api/status")).json()
+        assert status["backends"]["content_store"] == "local"
+        assert ["FILECOIN_IPFS_ENDPOINT" in w for w in status["warnings"]] == [True]
         alice = await sign_in(http_a, ALICE)
         runner_token, _ = await register_runner(http_b, await sign_in(http_b, BOB), device())
         poll = asyncio.create_task(

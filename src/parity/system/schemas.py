@@ -68,3 +68,8 @@ class StatusRead(BaseModel):
     chain: dict[str, Any]
     billing: dict[str, Any]
     draining: bool
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Settings that are wrong for how the server runs (e.g. replicas that do not "
+        "share a content store); empty when none",
+    )

@@ -14,6 +14,12 @@ from parity.ledger import service as ledger_service
 from parity.runners import stats as runner_stats
 from parity.tasks import stats as task_stats
 
+UNSHARED_STORE = (
+    "another replica uses this database, and this one keeps files in its own local blockstore: "
+    "content stored through one replica is not found through the others; set "
+    "FILECOIN_IPFS_ENDPOINT on every replica to one kubo node"
+)
+
 
 async def check_health(container: Container) -> dict[str, Any]:
     """Raises the database's own error when it is down (mapped to 503)."""
@@ -25,6 +31,7 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
     s = container.settings
     uptime = container.clock.monotonic() - container.started_monotonic
     chain = await _chain_status(container)
+    peers = container.relay.peers if container.relay is not None else 0
     return {
         "service": "parity-server",
         "version": __version__,
@@ -45,8 +52,10 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             if container.relay is not None and container.relay.connected
             else "in-process",
             # Other replicas heard on the relay: wake-ups are sent only while there are some.
-            "wakeup_peers": container.relay.peers if container.relay is not None else 0,
+            "wakeup_peers": peers,
         },
+        # Settings that are wrong for how the server runs (empty when none).
+        "warnings": [UNSHARED_STORE] if peers and container.content_store.kind == "local" else [],
         "storage": await container.content_store.describe(),
         "chain": chain.describe(),
         "billing": await ledger_service.describe(

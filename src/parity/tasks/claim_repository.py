@@ -69,13 +69,17 @@ async def claimable(
     first, locked with SKIP LOCKED so concurrent claimers on PostgreSQL never wait on each
     other's rows."""
     postgres = session.get_bind().dialect.name == "postgresql"
-    q = select(Task).where(
-        *st.may_take(runner_id, now),
-        Task.req_cpu_cores <= free_cpu + 1e-9,
-        Task.req_memory_mb <= free_memory,
-        Task.req_gpus <= free_gpus,
-        st.labels_fit(postgres),
-    ).params(b_labels=json.dumps(labels))
+    q = (
+        select(Task)
+        .where(
+            *st.may_take(runner_id, now),
+            Task.req_cpu_cores <= free_cpu + 1e-9,
+            Task.req_memory_mb <= free_memory,
+            Task.req_gpus <= free_gpus,
+            st.labels_fit(postgres),
+        )
+        .params(b_labels=json.dumps(labels))
+    )
     if not docker:
         q = q.where(Task.req_docker.is_(False))
     if task_id is not None:
