@@ -109,6 +109,11 @@ def test_models_and_a_prompt_from_the_command_line(server: ServerProcess, tmp_pa
     assert answer.stdout == "Hello from a runner\n"
     assert "5 input + 3 output tokens" in answer.stderr
 
+    # Waiting for a model no runner serves would wait out --wait (30 s), then exit 0 "queued".
+    unserved = cli("prompt", "--model", "nobody-serves-it", "--wait", "25", "Hi")
+    assert unserved.exit_code == 1
+    assert "no online runner serves model 'nobody-serves-it' (loaded now: tiny)" in unserved.stderr
+    assert "--wait 0" in unserved.stderr
     queued = cli("prompt", "--model", "nobody-serves-it", "--wait", "0", "Hi")
     assert queued.exit_code == 0, queued.output
     assert "is queued" in queued.stderr

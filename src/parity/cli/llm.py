@@ -137,6 +137,8 @@ def prompt_cmd(
             _stream_prompt(client, body)
         return
     with _connect(server, keystore, token, wait + 30.0) as client:
+        if wait > 0:
+            _require_served(client, model)
         r = _call(client, "POST", f"{API}/prompts", json=body, params={"wait": wait})
     if r.status_code not in (200, 202):
         raise _refused(r)
@@ -157,6 +159,22 @@ def prompt_cmd(
             f"{usage.get('input_tokens')} input + {usage.get('output_tokens')} output tokens, "
             f"cost {doc.get('cost')} base units",
             err=True,
+        )
+
+
+def _require_served(client: httpx.Client, model: str) -> None:
+    """Refuse at once, as --stream does, a model that no online runner has loaded: waiting for
+    the answer would only wait out --wait. (With --wait 0 the prompt is queued anyway, until a
+    runner serving it comes online or its deadline passes.)"""
+    r = _call(client, "GET", f"{API}/models")
+    if r.status_code != 200:
+        raise _refused(r)
+    loaded = sorted(m["model_name"] for m in r.json()["models"] if m["is_loaded"])
+    if model not in loaded:
+        served = ", ".join(loaded) or "none"
+        raise _fail(
+            f"no online runner serves model {model!r} (loaded now: {served}); "
+            "pass --wait 0 to queue the prompt until one does"
         )
 
 
