@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from parity.config import load_settings
+from parity.config import Settings, load_settings
 from parity.errors import ConfigError
 
 
@@ -286,3 +286,21 @@ def test_database_secrets_stay_out_of_repr_and_error_messages():
     with pytest.raises(ConfigError) as caught:
         load_settings({"DATABASE_URL": "mysql://u:Sekr1t@h/d"}, env_file=None)
     assert "DATABASE_URL" in str(caught.value) and "Sekr1t" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "label"),
+    [
+        ("postgresql+asyncpg://u:a/b@h:5433/d", "PostgreSQL mode, h:5433/d"),  # "/" unquoted
+        (
+            "postgresql+asyncpg://u:p%40ss@db.example/parity",
+            "PostgreSQL mode, db.example:5432/parity",
+        ),
+    ],
+)
+def test_the_database_label_reads_the_url_as_the_engine_does(url: str, label: str) -> None:
+    # It split the URL by hand and crashed the start-up on a password holding a "/", which the
+    # engine itself accepts.
+    from parity.storage.factory import database_label
+
+    assert database_label(Settings(database_url=url)) == label

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from parity.config import Settings
 from parity.db.lockfile import ProcessLock
@@ -28,8 +29,12 @@ def database_label(settings: Settings) -> str:
     """Which database a server uses, without credentials: for lock files and messages."""
     if settings.embedded:
         return f"embedded mode, {settings.resolved_database_url.partition(':///')[2]}"
-    parts = urlsplit(settings.resolved_database_url)
-    return f"PostgreSQL mode, {parts.hostname}:{parts.port or 5432}{parts.path}"
+    # SQLAlchemy's reading of the URL, as the engine's: a password may hold an unquoted "/".
+    try:
+        url = make_url(settings.resolved_database_url)
+    except (ArgumentError, ValueError):
+        return "PostgreSQL mode"
+    return f"PostgreSQL mode, {url.host}:{url.port or 5432}/{url.database or ''}"
 
 
 def blockstore_lock(settings: Settings) -> ProcessLock | None:
