@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from parity.logging import get_logger
 
 log = get_logger("parity.access")
-_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 class BodyTooLarge(Exception):

@@ -11,8 +11,8 @@ from eth_utils.address import is_checksum_address, to_checksum_address
 
 from parity.auth.errors import InvalidAddress, InvalidSignature
 
-_ADDR = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_SIG = re.compile(r"^(0x)?[0-9a-fA-F]{130}$")
+_ADDR = re.compile(r"^0x[0-9a-fA-F]{40}\Z")
+_SIG = re.compile(r"^(0x)?[0-9a-fA-F]{130}\Z")
 
 
 def normalize_address(value: str, field: str = "address") -> str:

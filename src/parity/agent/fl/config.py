@@ -35,7 +35,7 @@ from parity.core.fl.train import TrainConfig, parse_train_config
 
 __all__ = ["Blob", "FlTask", "FlTaskError", "LocalData", "PartitionRef", "parse_fl_task"]
 
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _MAX_SEED = 2**63 - 1
 T = TypeVar("T")
 

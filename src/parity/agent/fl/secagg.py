@@ -71,7 +71,7 @@ POLL_SECONDS = 25.0  # one long-poll (the server caps a wait at 30 s)
 MIN_POLL_SECONDS = 0.2
 RETRY_WINDOW_SECONDS = 60.0  # an unreachable server (restarting) or a 5xx is tried again
 SLACK_SECONDS = 60.0  # beyond the four stages' deadlines before the runner gives up itself
-_HEX_SEED = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX_SEED = re.compile(r"^[0-9a-fA-F]{64}\Z")
 # The stage whose messages a participant needs after posting its message for a stage.
 NEXT = {"advertise_keys": "advertise_keys", "share_keys": "share_keys", "masked_input": "unmask"}
 
