@@ -8,7 +8,9 @@
   ``stream_options.include_usage`` is set, then ``data: [DONE]``); unknown model → 404 in
   OpenAI's error shape.
 
-The answer is deterministic: :data:`REPLY` pieces, cut at ``max_tokens`` (finish ``length``).
+The answer is deterministic: :data:`REPLY` pieces, cut at ``max_tokens`` (finish ``length``)
+or before the first stop sequence (OpenAI's ``stop``, Ollama's ``options.stop``: the text up to
+it, finish ``stop``), as real servers do.
 Usage: prompt tokens = whitespace-separated words of the prompt text; completion tokens =
 pieces sent. ``FakeLlm.mode`` makes the server misbehave for the failure tests.
 """
@@ -106,13 +108,31 @@ class FakeLlm:
         }
         return JSONResponse({"error": error}, status_code=404)
 
-    async def _pieces(self, max_tokens: int) -> AsyncIterator[str]:
+    @staticmethod
+    def reply(max_tokens: int, stop: object) -> tuple[list[str], str]:
+        """The pieces of the answer and its finish reason: :data:`REPLY` cut before the first
+        stop sequence (``stop``), else at ``max_tokens`` pieces."""
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        text = "".join(REPLY)
+        cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=None)
+        pieces: list[str] = []
+        for piece in REPLY:
+            if cut is not None and sum(map(len, pieces)) + len(piece) > cut:
+                rest = piece[: cut - sum(map(len, pieces))]
+                pieces += [rest] if rest else []
+                break
+            pieces.append(piece)
+        if cut is not None and len(pieces) <= max_tokens:
+            return pieces, "stop"
+        return pieces[:max_tokens], "length" if max_tokens < len(REPLY) else "stop"
+
+    async def _pieces(self, pieces: list[str]) -> AsyncIterator[str]:
         # Starlette cancels a streaming body when the client disconnects (as real servers stop
         # generating): that cancellation is what `disconnected` records.
         try:
             if self.mode == "slow_first":
                 await asyncio.sleep(self.delay)
-            for i, piece in enumerate(REPLY[:max_tokens]):
+            for i, piece in enumerate(pieces):
                 if self.mode == "stall" and i == 1:
                     await asyncio.sleep(self.delay)
                 yield piece
@@ -160,14 +180,15 @@ class FakeLlm:
         body, refused = await self._accept(request)
         if refused is not None:
             return refused
-        max_tokens = int(body.get("options", {}).get("num_predict", 128))
+        options = body.get("options", {})
+        pieces, finish = self.reply(int(options.get("num_predict", 128)), options.get("stop"))
         chat = request.url.path.endswith("/chat")
 
         async def lines() -> AsyncIterator[bytes]:
             async for ping in self._pings(b"\n"):
                 yield ping
             sent = 0
-            async for piece in self._pieces(max_tokens):
+            async for piece in self._pieces(pieces):
                 if self.mode in ("truncate", "stream_error") and sent == 2:
                     if self.mode == "stream_error":
                         yield b'{"error":"llama runner process has terminated"}\n'
@@ -185,7 +206,7 @@ class FakeLlm:
             final: dict[str, Any] = {
                 "model": body["model"],
                 "done": True,
-                "done_reason": "length" if sent < len(REPLY) else "stop",
+                "done_reason": finish,
                 "total_duration": 1_000_000,
             }
             if chat:
@@ -212,7 +233,7 @@ class FakeLlm:
         body, refused = await self._accept(request)
         if refused is not None:
             return refused
-        max_tokens = int(body.get("max_tokens", 16))
+        pieces, finish = self.reply(int(body.get("max_tokens", 16)), body.get("stop"))
         chat = request.url.path.endswith("/chat/completions")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -241,7 +262,7 @@ class FakeLlm:
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                 yield event(first)
             sent = 0
-            async for piece in self._pieces(max_tokens):
+            async for piece in self._pieces(pieces):
                 if self.mode in ("truncate", "stream_error") and sent == 2:
                     if self.mode == "stream_error":
                         yield event({"error": {"message": "engine died", "type": "InternalError"}})
@@ -251,7 +272,7 @@ class FakeLlm:
                     return
                 yield event(chunk(piece, None))
                 sent += 1
-            yield event(chunk(None, "length" if sent < len(REPLY) else "stop"))
+            yield event(chunk(None, finish))
             if include_usage and self.mode != "no_usage":
                 prompt = self._prompt_words(body)
                 usage = {

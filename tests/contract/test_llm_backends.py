@@ -32,6 +32,7 @@ from parity.agent.llm import (
     TokenChunk,
 )
 from parity.core.llm.request import LlmRequest, parse_llm_config
+from parity.core.tasks.config import ConfigInvalid
 from tests.conftest import until
 from tests.contract.llm_fakes import MODEL, REPLY, FakeLlm, serve
 from tests.contract.llm_real import find_gguf, unavailable_reason, xllamacpp_server
@@ -213,6 +214,88 @@ async def test_fake_answer_is_passed_through_exactly() -> None:
         assert events[-1] == Completion(
             input_tokens=5, output_tokens=len(REPLY), finish_reason="stop"
         )
+
+
+# -- stop sequences and sampling settings, end to end through the task config -----------------
+
+
+def stop_config(model: str, stop: list[str], *, chat_shape: bool) -> dict[str, Any]:
+    """An llm task config with stop sequences and sampling settings, as the server writes it
+    (the canonical config of a validated request)."""
+    text = (
+        {"messages": [{"role": "user", "content": "Count: 1, 2, 3,"}]}
+        if chat_shape
+        else {"prompt": "1, 2, 3,"}
+    )
+    raw = {"model": model, "max_tokens": 40, "temperature": 0, "top_p": 0.5, "seed": 7,
+           "stop": stop, **text}  # fmt: skip
+    config = parse_llm_config(raw).to_config()
+    assert (config["stop"], config["top_p"], config["seed"]) == (stop, 0.5, 7)
+    return config
+
+
+@pytest.mark.parametrize("shape", ["chat", "completion"])
+async def test_stop_sequences_reach_the_backend_and_end_the_answer_there(
+    served: Served, shape: str
+) -> None:
+    # The fakes answer REPLY ("The sea is wide and deep."); the real model counts on.
+    stop = [" and"] if served.fake is not None else ["7"]
+    config = stop_config(served.model, stop, chat_shape=shape == "chat")
+    chunks, events = await collect(served.backend, parse_llm_config(config))
+    done = events[-1]
+    assert isinstance(done, Completion)
+    text = "".join(chunks)
+    assert done.finish_reason == "stop", text
+    assert stop[0] not in text
+    if served.fake is None:
+        return
+    assert text == "The sea is wide"
+    path, body = served.fake.requests[-1]
+    paths = {"ollama": ("/api/chat", "/api/generate"),
+             "openai": ("/v1/chat/completions", "/v1/completions")}  # fmt: skip
+    assert path == paths[served.fake.kind][0 if shape == "chat" else 1]
+    # The backend's own names: OpenAI's top-level keys, Ollama's options.
+    sent = body["options"] if served.fake.kind == "ollama" else body
+    assert (sent["stop"], sent["top_p"], sent["seed"], sent["temperature"]) == (stop, 0.5, 7, 0)
+
+
+@pytest.mark.parametrize("kind", ["ollama", "openai"])
+async def test_the_executor_passes_a_tasks_stop_to_its_backend(kind: str) -> None:
+    async with serve(FakeLlm(kind)) as fake:
+        executor = LlmExecutor([client_for(kind, fake.base_url)])
+
+        async def no_logs(lines: list[str]) -> None:
+            return None
+
+        task = {"id": "t", "type": "llm", "config": stop_config(MODEL, [" wide"], chat_shape=True)}
+        outcome = await executor.run(task, no_logs, CancelToken())
+        await executor.aclose()
+    assert outcome.ok, outcome.error
+    assert (outcome.output, outcome.usage["finish_reason"]) == ("The sea is", "stop")
+    [(_, body)] = fake.requests
+    assert (body["options"] if kind == "ollama" else body)["stop"] == [" wide"]
+
+
+def test_the_task_config_validates_stop_sequences() -> None:
+    base = {"model": "m", "max_tokens": 5, "prompt": "x"}
+    assert parse_llm_config({**base, "stop": "\n"}).stop == ("\n",)
+    assert parse_llm_config({**base, "stop": []}).stop == ()
+    assert "stop" not in parse_llm_config({**base, "stop": None}).to_config()
+    for stop, field in (
+        (["a", "b", "c", "d", "e"], "config.stop"),
+        ([""], "config.stop[0]"),
+        ("", "config.stop"),
+        (["a", 1], "config.stop[1]"),
+        (["x" * 257], "config.stop[0]"),
+        ({"a": 1}, "config.stop"),
+    ):
+        with pytest.raises(ConfigInvalid) as caught:
+            parse_llm_config({**base, "stop": stop})
+        assert caught.value.field == field, stop
+    for key, value in (("top_p", 1.5), ("top_p", "0.5"), ("seed", 1.5), ("seed", 2**64)):
+        with pytest.raises(ConfigInvalid) as caught:
+            parse_llm_config({**base, key: value})
+        assert caught.value.field == f"config.{key}"
 
 
 # -- failures, against both fakes ---------------------------------------------------------------

@@ -566,6 +566,14 @@ async def test_only_the_claiming_runner_completes_a_prompt(net: Net):
     p = await submitted(net.http, alice)
     got = await claimed(net.http, runner)
     body = {"claim_token": got["claim_token"], "response": "x"}
+    # Token counts are billed: a negative or fractional one is refused, naming usage.
+    for usage in ({"output_tokens": -3}, {"input_tokens": 1.5}, {"nested": {"a": 1}}):
+        r = await net.http.post(
+            f"{V1}/llm/prompts/{p['id']}/complete",
+            json={**body, "usage": usage},
+            headers=bearer(runner),
+        )
+        assert r.status_code == 422 and "usage" in r.text, r.text
     r = await net.http.post(
         f"{V1}/llm/prompts/{p['id']}/complete", json=body, headers=bearer(stranger)
     )

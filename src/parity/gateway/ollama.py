@@ -1,7 +1,14 @@
-"""The Ollama-compatible API under ``/ollama/api`` (``tags``, ``chat``, ``generate``): Ollama
-clients take ``<server>/ollama`` as their host, with an API key as a bearer token. Answers
-stream as NDJSON by default, as Ollama does; ``"stream": false`` answers one JSON object.
-``prompt_eval_count`` and ``eval_count`` are the billed input and output tokens."""
+"""The Ollama-compatible API under ``/ollama/api`` (``tags``, ``ps``, ``version``, ``chat``,
+``generate``; any other path is a 404 in Ollama's error shape): Ollama clients take
+``<server>/ollama`` as their host, with an API key as a bearer token. Answers stream as NDJSON
+by default, as Ollama does; ``"stream": false`` answers one JSON object. ``prompt_eval_count``
+and ``eval_count`` are the billed input and output tokens.
+
+Honoured: ``system``, ``options.num_predict`` (-1 and -2: the server's default limit),
+``options.temperature``, ``top_p``, ``seed`` and ``stop``. Accepted and ignored:
+``keep_alive`` and the host's loading options (:data:`OPTIONS_IGNORED`). Refused, naming the
+field: ``format``, ``tools``, ``think``, ``images``, ``suffix``, ``template``, ``raw``,
+``context`` (unless empty or false) and any other field or option."""
 
 from __future__ import annotations
 
@@ -12,32 +19,95 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from parity import __version__
 from parity.api.deps import ContainerDep, refuse_runner_token
 from parity.api.jsonbody import JsonRoute
 from parity.clock import utc_iso
-from parity.errors import ParityError
+from parity.core.llm.aggregate import ModelSummary
+from parity.core.llm.request import (
+    MAX_OUTPUT_TOKENS,
+    parse_seed,
+    parse_stop,
+    parse_temperature,
+    parse_top_p,
+)
+from parity.errors import InvalidInput, ParityError
 from parity.gateway import relay
-from parity.gateway.errors import ollama_error, parse
-from parity.gateway.openai_schemas import chat_messages
+from parity.gateway.errors import invalid, ollama_error, parse
+from parity.gateway.openai_schemas import SUFFIX, chat_messages, checked, refuse_unsupported
 from parity.llm import service as llm
 from parity.llm.schemas import PromptCreate
 
 router = APIRouter(route_class=JsonRoute, prefix="/ollama/api", tags=["ollama-compatible"])
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    num_predict: int | None = None
-    temperature: float | None = None
+# Honoured options: num_predict (max_tokens), temperature, top_p, seed and stop.
+# How the host loads and runs a model (context window, batch, GPU layers, threads, memory
+# mapping) is the serving runner's backend's to decide, and Ollama clients send these
+# routinely: accepted and ignored.
+OPTIONS_IGNORED = frozenset(
+    {
+        "num_ctx",
+        "num_batch",
+        "num_gpu",
+        "main_gpu",
+        "num_thread",
+        "use_mmap",
+        "use_mlock",
+        "numa",
+        "low_vram",
+    }
+)
+_OPTIONS_HONOURED = ("num_predict", "temperature", "top_p", "seed", "stop")
+# Top-level fields not honoured: accepted only with Ollama's default (or null).
+_NOT_OFFERED: dict[str, tuple[tuple[object, ...], str]] = {
+    "format": (("",), "structured output (JSON mode or a JSON schema) is not offered"),
+    "tools": (([],), "tool calls are not offered"),
+    "think": ((False,), "thinking output is not offered"),
+    "images": (([],), "images are not offered"),
+    "suffix": (("",), SUFFIX),
+    "template": (("",), "a custom prompt template is not offered"),
+    "raw": ((False,), "raw prompts (no template) are not offered"),
+    "context": (([],), "an earlier answer's context is not offered (use /api/chat with the "
+                "conversation's messages)"),
+}  # fmt: skip
+# keep_alive: how long the host keeps the model loaded, the runner's to decide.
+_IGNORED = frozenset({"keep_alive"})
+NO_LIMIT = (-1, -2)  # num_predict: Ollama's "no limit" and "fill the context"
 
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=255)
     stream: bool = True
-    options: Options | None = None
+    options: dict[str, Any] | None = None
+    system: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The prompt's output limit, sampling settings and stop sequences from ``options``;
+        a field or option this gateway does not honour is refused, naming it."""
+        refuse_unsupported(self.model_extra or {}, _NOT_OFFERED, _IGNORED)
+        opts = self.options or {}
+        refuse_unsupported(
+            {k: v for k, v in opts.items() if k not in _OPTIONS_HONOURED},
+            {},
+            OPTIONS_IGNORED,
+            prefix="options.",
+        )
+        return {
+            "max_tokens": _num_predict(opts.get("num_predict")),
+            "temperature": checked(
+                parse_temperature, opts.get("temperature"), "options.temperature"
+            ),
+            "top_p": checked(parse_top_p, opts.get("top_p"), "options.top_p"),
+            "seed": checked(parse_seed, opts.get("seed"), "options.seed"),
+            "stop": list(checked(parse_stop, opts.get("stop"), "options.stop")) or None,
+        }
+
+    def system_messages(self) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": self.system}] if self.system else []
 
 
 class ChatBody(_Common):
@@ -46,6 +116,23 @@ class ChatBody(_Common):
 
 class GenerateBody(_Common):
     prompt: str
+
+
+def _num_predict(raw: object) -> int | None:
+    """``options.num_predict`` as max_tokens: -1 (no limit) and -2 (fill the context) set no
+    limit of the client's own, so the prompt takes the server's default
+    (LLM_DEFAULT_MAX_TOKENS), as when it is absent."""
+    if raw is None or raw in NO_LIMIT:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise InvalidInput("options.num_predict", "must be an integer")
+    if not 1 <= raw <= MAX_OUTPUT_TOKENS:
+        raise InvalidInput(
+            "options.num_predict",
+            f"must be between 1 and {MAX_OUTPUT_TOKENS}, or -1 (no limit) or -2 (fill the "
+            "context), which take the server's default",
+        )
+    return raw
 
 
 def _now() -> str:
@@ -61,18 +148,17 @@ async def tags(request: Request, c: ContainerDep) -> Response:
             models = await llm.list_models(session)
     except ParityError as exc:
         return ollama_error(exc)
-    out = [
-        {
-            "name": m.model,
-            "model": m.model,
-            "modified_at": _now(),
-            "size": 0,
-            "digest": "",
-            "details": {"quantization_level": ", ".join(m.quantizations)},
-        }
-        for m in models
-    ]
-    return JSONResponse({"models": out})
+    return JSONResponse({"models": [{**_tag(m), "modified_at": _now()} for m in models]})
+
+
+def _tag(m: ModelSummary) -> dict[str, Any]:
+    return {
+        "name": m.model,
+        "model": m.model,
+        "size": 0,
+        "digest": "",
+        "details": {"quantization_level": ", ".join(m.quantizations)},
+    }
 
 
 def _final(model: str, done: relay.Finished, chat: bool) -> dict[str, Any]:
@@ -101,24 +187,36 @@ def _line(obj: object) -> bytes:
     return orjson.dumps(obj) + b"\n"
 
 
+def _create(**fields: Any) -> PromptCreate:
+    try:
+        return PromptCreate(**fields)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
 async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
     try:
         principal = refuse_runner_token(await relay.authenticate(request))
         body: ChatBody | GenerateBody
-        opts = None
         if chat:
             body = await parse(request, ChatBody)
             assert isinstance(body, ChatBody)
-            opts = body.options
-            create = PromptCreate(model=body.model, messages=chat_messages(body.messages))
+            settings = body.settings()
+            messages = [*body.system_messages(), *chat_messages(body.messages)]
+            create = _create(model=body.model, messages=messages, **settings)
         else:
             body = await parse(request, GenerateBody)
             assert isinstance(body, GenerateBody)
-            opts = body.options
-            create = PromptCreate(model=body.model, prompt=body.prompt)
-        if opts is not None:
-            create.max_tokens = opts.num_predict
-            create.temperature = opts.temperature
+            settings = body.settings()
+            if body.system:
+                # Ollama puts the system text before the prompt through the model's template:
+                # a chat of the two.
+                user = {"role": "user", "content": body.prompt}
+                create = _create(
+                    model=body.model, messages=[*body.system_messages(), user], **settings
+                )
+            else:
+                create = _create(model=body.model, prompt=body.prompt, **settings)
         if not body.stream:
             done = await relay.complete(c, principal, create)
             whole = _final(body.model, done, chat)
@@ -155,11 +253,53 @@ async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
 
 @router.post("/chat")
 async def chat(request: Request, c: ContainerDep) -> Response:
-    """Ollama's chat: ``{model, messages, stream?, options?{num_predict, temperature}}``."""
+    """Ollama's chat: ``{model, messages, system?, stream?, options?{num_predict, temperature,
+    top_p, seed, stop}}`` (a top-level ``system`` goes first, as a system message)."""
     return await _answer(request, c, chat=True)
 
 
 @router.post("/generate")
 async def generate(request: Request, c: ContainerDep) -> Response:
-    """Ollama's generate: ``{model, prompt, stream?, options?{num_predict, temperature}}``."""
+    """Ollama's generate: ``{model, prompt, system?, stream?, options?{num_predict,
+    temperature, top_p, seed, stop}}`` (with ``system``: a chat of the system text and the
+    prompt)."""
     return await _answer(request, c, chat=False)
+
+
+@router.get("/version")
+async def version() -> Response:
+    """The server's version, where Ollama answers its own (no key needed, as with Ollama)."""
+    return JSONResponse({"version": __version__})
+
+
+@router.get("/ps")
+async def running(request: Request, c: ContainerDep) -> Response:
+    """The running models: those loaded on an online runner."""
+    try:
+        await relay.authenticate(request)
+        async with c.db.read_session() as session:
+            models = await llm.list_models(session)
+    except ParityError as exc:
+        return ollama_error(exc)
+    out = []
+    for m in models:
+        if not m.loaded:
+            continue
+        entry = {**_tag(m), "expires_at": _now(), "size_vram": 0}
+        if m.max_context_length is not None:
+            entry["context_length"] = m.max_context_length
+        out.append(entry)
+    return JSONResponse({"models": out})
+
+
+# Last of this router: any other path under /ollama/api (show, pull, embed, ...) is a 404 in
+# Ollama's error shape.
+@router.api_route(
+    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
+)
+async def unknown_route(path: str, request: Request) -> Response:
+    message = (
+        f"{request.method} /api/{path} is not offered by this gateway (it offers /api/tags, "
+        "/api/ps, /api/version, /api/chat and /api/generate)"
+    )
+    return JSONResponse({"error": message}, status_code=404)

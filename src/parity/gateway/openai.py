@@ -1,5 +1,6 @@
-"""The OpenAI-compatible gateway at the root (``/v1/models``, ``/v1/chat/completions``,
-``/v1/completions``): the official ``openai`` client and tools built on it work against the
+"""The OpenAI-compatible gateway at the root (``/v1/models``, ``/v1/models/{id}``,
+``/v1/chat/completions``, ``/v1/completions``; any other ``/v1`` path is a 404 in OpenAI's
+error shape): the official ``openai`` client and tools built on it work against the
 network with ``base_url=<server>/v1`` and an API key of the auth domain as their key.
 
 Each request is one prompt of the LLM domain: non-streaming waits for its result (up to
@@ -16,14 +17,20 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 
 from parity.api.deps import ContainerDep, refuse_runner_token
 from parity.api.jsonbody import JsonRoute
 from parity.auth.schemas import Principal
-from parity.errors import InvalidInput, ParityError
+from parity.errors import ParityError
 from parity.gateway import relay
-from parity.gateway.errors import openai_body, openai_error, parse, status_of
-from parity.gateway.openai_schemas import ChatCompletionCreate, CompletionCreate, chat_messages
+from parity.gateway.errors import invalid, openai_body, openai_error, parse, status_of
+from parity.gateway.openai_schemas import (
+    ChatCompletionCreate,
+    CompletionCreate,
+    chat_messages,
+    tokens_limit,
+)
 from parity.llm import service as llm
 from parity.llm.schemas import PromptCreate
 
@@ -54,8 +61,36 @@ async def list_models(request: Request, c: ContainerDep) -> Response:
             models = await llm.list_models(session)
     except ParityError as exc:
         return openai_error(exc)
-    data = [{"id": m.model, "object": "model", "created": 0, "owned_by": "parity"} for m in models]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": [_model(m.model) for m in models]})
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "parity"}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request, c: ContainerDep) -> Response:
+    """One model the online runners serve (``client.models.retrieve``), else OpenAI's 404
+    ``model_not_found``."""
+    try:
+        await relay.authenticate(request)
+        async with c.db.read_session() as session:
+            models = await llm.list_models(session)
+    except ParityError as exc:
+        return openai_error(exc)
+    if any(m.model == model_id for m in models):
+        return JSONResponse(_model(model_id))
+    message = f"The model `{model_id}` does not exist or no runner serves it"
+    return JSONResponse(openai_body(404, message, None, "model_not_found"), status_code=404)
+
+
+def _create(**fields: Any) -> PromptCreate:
+    """The prompt of a request (its fields are checked before: a refusal here is a bug in that
+    check, still answered as the parameter it names)."""
+    try:
+        return PromptCreate(**fields)
+    except ValidationError as exc:
+        raise invalid(exc) from None
 
 
 async def _prompt(request: Request, c: ContainerDep, chat: bool) -> Response:
@@ -65,24 +100,22 @@ async def _prompt(request: Request, c: ContainerDep, chat: bool) -> Response:
         if chat:
             body = await parse(request, ChatCompletionCreate)
             assert isinstance(body, ChatCompletionCreate)
-            create = PromptCreate(
+            create = _create(
                 model=body.model,
                 messages=chat_messages(body.messages),
-                max_tokens=body.max_completion_tokens or body.max_tokens,
-                temperature=body.temperature,
+                max_tokens=body.output_limit(),
+                **body.sampling(),
             )
         else:
             body = await parse(request, CompletionCreate)
             assert isinstance(body, CompletionCreate)
-            prompt = body.prompt
-            if isinstance(prompt, list):
-                if len(prompt) != 1:
-                    raise InvalidInput("prompt", "give one prompt (a string)")
-                prompt = prompt[0]
-            create = PromptCreate(
-                model=body.model, prompt=prompt, max_tokens=body.max_tokens,
-                temperature=body.temperature,
-            )  # fmt: skip
+            tokens_limit("max_tokens", body.max_tokens)
+            create = _create(
+                model=body.model,
+                prompt=body.prompt_text(),
+                max_tokens=body.max_tokens,
+                **body.sampling(),
+            )
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(c.clock.now().timestamp())
         shape = _Shape(ident, created, body.model, chat)
@@ -216,3 +249,16 @@ async def _stream(
             await opened.__aexit__(None, None, None)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+# Last of this router: any other path under /v1 (embeddings, images, audio, files, a wrong
+# method...) is answered in OpenAI's shape, as OpenAI answers an unknown URL.
+@router.api_route(
+    "/v1/{path:path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def unknown_route(path: str, request: Request) -> Response:
+    message = f"Invalid URL ({request.method} /v1/{path}): this gateway offers /v1/models, "
+    message += "/v1/chat/completions and /v1/completions"
+    return JSONResponse(openai_body(404, message, None, None), status_code=404)

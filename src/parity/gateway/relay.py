@@ -1,7 +1,13 @@
 """What both gateways do with a prompt: authenticate the bearer key, submit (subscribed to its
 token deltas before the submit commits, so none is missed; a model no claiming runner reports
 is model_not_found, told by the submit's own routing read), wait for the result within
-LLM_GATEWAY_TIMEOUT_SECONDS, or relay the deltas as they come.
+LLM_GATEWAY_TIMEOUT_SECONDS, or relay the deltas as they come (then the limit is the wait for
+the first token, and after it the longest pause between two deltas: a long answer that keeps
+coming is never cut off).
+
+A prompt the model's backend refused as a bad request (``llm.service.refusal``: longer than
+the context, a parameter out of range) ends at once with the backend's message, answered as
+the client's error (400 ``invalid_request_error``), not re-run on another runner.
 
 Streaming semantics (ARCHITECTURE §4, streaming leg): deltas come from one attempt. A runner
 that stops before its first delta is failed over by the queue and the next attempt streams
@@ -18,23 +24,28 @@ instead of polling, and reads the stored prompt then: one read per streamed prom
 
 A client that goes away cancels the prompt, whenever it leaves: the relay watches the request's
 receive channel for the server's ``http.disconnect`` while it waits for events, so a hang-up
-before the first token is noticed then, not at the next write."""
+before the first token is noticed then, not at the next write. A non-streaming request does the
+same while it waits for the answer (the runner stops; what it reports having delivered is
+billed as for any cancelled prompt), so a client that times out and retries does not pay for
+every abandoned try run to its end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 
 from parity.api.deps import get_principal
 from parity.auth.schemas import Principal
 from parity.container import Container
-from parity.errors import ParityError, Unavailable
+from parity.errors import Category, ParityError, Unavailable
 from parity.llm import service as llm
 from parity.llm.repository import PromptRow
 from parity.llm.schemas import PromptCreate
@@ -58,8 +69,31 @@ class PromptFailed(Unavailable):
     code = "prompt_failed"
 
 
+class PromptRejected(ParityError):
+    """The model's backend refused the request itself (400 ``invalid_request_error``): the
+    client's to fix; retrying it as it is would be refused again."""
+
+    code = "backend_rejected_request"
+    category = Category.INVALID
+
+
+class ClientGone(ParityError):
+    """The client disconnected before its answer (nobody reads this one)."""
+
+    code = "client_disconnected"
+    category = Category.INVALID
+
+
+# The request being served, set by authenticate(): a gateway that does not hand its request to
+# complete() still has its client's hang-up noticed there.
+_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "parity_gateway_request", default=None
+)
+
+
 async def authenticate(request: Request) -> Principal:
     """The caller of a bearer key (an API key, or any other token of the auth domain)."""
+    _request.set(request)
     return await get_principal(request, request.headers.get("authorization"))
 
 
@@ -95,26 +129,42 @@ def finished(row: PromptRow) -> Finished:
     )
 
 
-def _failure(row: PromptRow) -> PromptFailed:
-    return PromptFailed(
-        row.last_error or "the prompt failed", details={"prompt_id": str(row.prompt.id)}
-    )
+def _failure(row: PromptRow) -> ParityError:
+    details = {"prompt_id": str(row.prompt.id)}
+    refused = llm.refusal(row.last_error)
+    if refused is not None:
+        return PromptRejected(refused, details=details)
+    return PromptFailed(row.last_error or "the prompt failed", details=details)
 
 
-async def complete(c: Container, principal: Principal, body: PromptCreate) -> Finished:
+async def complete(
+    c: Container, principal: Principal, body: PromptCreate, request: Request | None = None
+) -> Finished:
     """Submit and wait for the result (no connection held while waiting). A model no
-    claiming runner reports is model_not_found (404), as OpenAI and Ollama answer it."""
+    claiming runner reports is model_not_found (404), as OpenAI and Ollama answer it. The
+    client's ``request`` (by default the one :func:`authenticate` read) is watched meanwhile:
+    a client that disconnects cancels the prompt (:class:`ClientGone`)."""
+    if request is None:
+        request = _request.get()
     async with c.db.transaction() as session:
         prompt = await llm.submit_prompt(session, c.llm, principal, body, require_served=True)
-    row = await llm.wait_for_prompt(
-        c.db,
-        c.event_hub,
-        principal,
-        prompt.id,
-        c.settings.llm_gateway_timeout_seconds,
-        recheck_seconds=c.settings.long_poll_recheck_seconds,
-        stopping=lambda: c.draining,
+    waiting = asyncio.ensure_future(
+        llm.wait_for_prompt(
+            c.db,
+            c.event_hub,
+            principal,
+            prompt.id,
+            c.settings.llm_gateway_timeout_seconds,
+            recheck_seconds=c.settings.long_poll_recheck_seconds,
+            stopping=lambda: c.draining,
+            deps=c.llm,
+        )
     )
+    try:
+        row = await _unless_gone(waiting, request)
+    except _ClientGone:
+        cancel_later(c, principal, prompt.id)
+        raise ClientGone("the client disconnected before the answer") from None
     status = prompt_status(row.status)
     if status == "completed":
         return finished(row)
@@ -124,6 +174,24 @@ async def complete(c: Container, principal: Principal, body: PromptCreate) -> Fi
     raise GatewayTimeout(
         f"the prompt did not finish within {c.settings.llm_gateway_timeout_seconds:g} s"
     )
+
+
+async def _unless_gone(waiting: asyncio.Future[PromptRow], request: Request | None) -> PromptRow:
+    """``waiting``'s result, or _ClientGone as soon as the client disconnects (``waiting`` is
+    then cancelled). A disconnect watcher that fails is dropped: the wait goes on."""
+    if request is None:
+        return await waiting
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((waiting, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done() and not gone.cancelled() and gone.exception() is None:
+            raise _ClientGone
+        return await waiting
+    finally:
+        for job in (gone, waiting):
+            if not job.done():
+                job.cancel()
+        await asyncio.gather(gone, waiting, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -157,6 +225,9 @@ async def streamed(
             sub = await stack.enter_async_context(c.streams.subscribe(str(prompt.id)))
         state = _Relay(c, principal, prompt.id, sub)
         stack.callback(state.close)
+        # Its task's events wake the relay from the start: a runner's failure before the
+        # first token (a refusal ends the prompt, see _after) is read at once, not at a re-check.
+        state.watch = state._watches.enter_context(c.event_hub.watch_resource(str(prompt.id)))
         if request is not None:
             state.gone = asyncio.get_running_loop().create_task(_disconnected(request))
         try:
@@ -186,6 +257,7 @@ class _Relay:
         self.attempt: int | None = None
         self.done = False
         self.settling = False  # the attempt's stream ended: its runner's report follows
+        self.cut_off = False  # the subscription overflowed (or missed deltas): no more events
         self.gone: asyncio.Task[None] | None = None
         self._watches = contextlib.ExitStack()
         self.watch: Watch[str] | None = None
@@ -207,17 +279,30 @@ class _Relay:
         return True
 
     async def _events(self, wait: float) -> list[StreamEvent]:
-        """The events queued now, else those that come within ``wait`` seconds (none: empty);
-        _ClientGone as soon as the client disconnects. Waits on the subscription's future and
-        the disconnect watcher together: no task per wait."""
+        """The events queued now, else those that come within ``wait`` seconds (none: empty,
+        also when an event of its task came before the first token or after the subscription
+        was cut off: the caller reads the prompt then); _ClientGone as soon as the client
+        disconnects. Waits on the subscription's future and the disconnect watcher together:
+        no task per wait while tokens flow."""
         if self._client_gone():
             raise _ClientGone
         events = self.sub.take()
         if events:
             return events
         arrival = self.sub.arrival()
-        waiting = (arrival,) if self.gone is None else (arrival, self.gone)
-        await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [arrival]
+        if self.gone is not None:
+            waiting.append(self.gone)
+        woken = None
+        if (self.attempt is None or self.cut_off) and self.watch is not None:
+            woken = asyncio.ensure_future(self.watch.wait(wait))
+            waiting.append(woken)
+        try:
+            await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if woken is not None and not woken.done():
+                woken.cancel()
+                await asyncio.gather(woken, return_exceptions=True)
         events = self.sub.take()
         if events:
             return events
@@ -249,13 +334,19 @@ class _Relay:
         return await llm.read_prompt_now(self.c.db, self.principal, self.prompt_id)
 
     async def batches(self) -> AsyncIterator[list[Piece]]:
+        # LLM_GATEWAY_TIMEOUT_SECONDS bounds the wait for the first token, then each pause
+        # between deltas (an idle limit), not the whole stream.
         limit = self.c.settings.llm_gateway_timeout_seconds
         deadline = time.monotonic() + limit
         recheck = self.c.settings.long_poll_recheck_seconds
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                yield [self._fail(f"the prompt did not finish within {limit:g} s")]
+                if self.attempt is None:
+                    why = f"no token came within {limit:g} s"
+                else:
+                    why = f"no token came for {limit:g} s (the stream stalled)"
+                yield [self._fail(why)]
                 return
             try:
                 if self.settling:
@@ -271,14 +362,18 @@ class _Relay:
                 if event is not None and event.kind == "delta":
                     if self.attempt is None:
                         self.attempt = event.attempt
-                        # From the first token on, the task's events wake the settling wait.
-                        self.watch = self._watches.enter_context(
-                            self.c.event_hub.watch_resource(str(self.prompt_id))
-                        )
-                    if event.attempt == self.attempt and event.text:
-                        self.sent.append(event.text)
-                        out.append(Delta(event.text))
+                    if event.attempt == self.attempt:
+                        deadline = time.monotonic() + limit  # the stream is alive
+                        if event.text:
+                            self.sent.append(event.text)
+                            out.append(Delta(event.text))
                     continue
+                if event is not None and event.kind == "overflow":
+                    # Cut off: no more deltas show progress; the rest comes with the
+                    # completion (its task's event wakes the wait), which gets one more
+                    # limit, as a non-streamed answer does.
+                    self.cut_off = True
+                    deadline = time.monotonic() + limit
                 if event is None and read:
                     continue
                 if out:
@@ -305,6 +400,11 @@ class _Relay:
             broke = bool(self.sent)
         row = await self._read()
         status = prompt_status(row.status)
+        if status == "queued" and not self.sent:
+            refused = llm.refusal(row.last_error)
+            if refused is not None and await llm.end_refused(self.c.db, self.c.llm, row):
+                self.done = True
+                return [Failed(refused)]
         if status == "completed":
             done = finished(row)
             sent = "".join(self.sent)
@@ -315,7 +415,7 @@ class _Relay:
             return [Delta(rest), done] if rest else [done]
         if status in FINISHED:
             self.done = True
-            return [Failed(row.last_error or "the prompt failed")]
+            return [Failed(llm.refusal(row.last_error) or row.last_error or "the prompt failed")]
         if broke or (self.sent and (status == "queued" or row.attempts != self.attempt)):
             # Text was delivered and the runner that sent it is gone: no silent restart.
             # (A broken stream normally finds the prompt failed already, just above.)

@@ -3,9 +3,10 @@
 One request per attempt. The claim token goes in the ``X-Claim-Token`` header, so the claim is
 fenced once, before the body is read; the body is chunked NDJSON, one ``{"delta": "text"}`` per
 line, relayed to the prompt's ``StreamBus`` subscribers as it arrives (no database work per
-delta). The answer, once the body ends: ``{"deltas": n, "listeners": k}``. The completion still
-goes through ``/complete`` (or ``/fail``) with the whole text and usage; the stream only carries
-it early.
+delta), each numbered within the attempt so a subscriber notices deltas lost on the way. The
+answer, once the body ends: ``{"deltas": n, "listeners": k}``. The completion still goes
+through ``/complete`` (or ``/fail``) with the whole text and usage; the stream only carries it
+early.
 
 The body's own end (the chunked encoding's last, empty chunk) marks a stream the runner closed.
 A connection lost before it (a runner killed outright, a network cut) after at least one delta
@@ -155,10 +156,16 @@ class _Body:
     async def _publish(self, texts: list[str]) -> None:
         if not texts:
             return
+        # Numbered within the attempt (one stream request per attempt): a subscriber that
+        # misses some on the way (a shared bus's outage) sees the gap (``llm.streams``).
+        first = self.deltas
         if len(texts) == 1:
-            await self.bus.publish(self.key, StreamEvent("delta", self.attempt, texts[0]))
+            event = StreamEvent("delta", self.attempt, texts[0], seq=first)
+            await self.bus.publish(self.key, event)
         else:
-            events = [StreamEvent("delta", self.attempt, t) for t in texts]
+            events = [
+                StreamEvent("delta", self.attempt, t, seq=first + i) for i, t in enumerate(texts)
+            ]
             await self.bus.publish_many(self.key, events)
         self.deltas += len(texts)
         for text in texts:

@@ -235,13 +235,17 @@ def _pending_prompts() -> Select[Any]:
     )
 
 
-async def unrouted(session: AsyncSession, now: datetime, limit: int) -> list[Prompt]:
+async def unrouted(
+    session: AsyncSession, now: datetime, limit: int
+) -> list[tuple[Prompt, str | None]]:
     """Queued prompts within their deadline that no claiming runner is routed to: never
     routed, put back by a failure (the retry clears the target), or routed to a runner that
-    has gone offline, started draining or been banned."""
+    has gone offline, started draining or been banned; each with its task's ``last_error``
+    (why its last attempt failed, if one did)."""
     target = cast(Table, Runner.__table__).alias("target")
     q = (
         _pending_prompts()
+        .add_columns(_T.last_error)
         .outerjoin(target, target.c.id == _T.target_runner_id)
         .where(
             Prompt.deadline_at > now,
@@ -254,6 +258,27 @@ async def unrouted(session: AsyncSession, now: datetime, limit: int) -> list[Pro
             ),
         )
         .order_by(Prompt.created_at, Prompt.id)
+        .limit(limit)
+    )
+    return [(r[0], r[1]) for r in (await session.execute(q)).all()]
+
+
+async def slot_holders(session: AsyncSession, models: list[str], limit: int) -> list[uuid.UUID]:
+    """The tasks that hold a slot of a claiming runner serving one of ``models``: its active
+    claims (of any type) and the prompts routed to it and not claimed yet."""
+    serving = (
+        select(RunnerModel.runner_id)
+        .join(Runner, Runner.id == RunnerModel.runner_id)
+        .where(RunnerModel.model_name.in_(models), *_claiming())
+    )
+    q = (
+        select(_T.id)
+        .where(
+            or_(
+                and_(_T.status.in_(_ACTIVE), _T.runner_id.in_(serving)),
+                and_(_T.status == _PENDING, _T.type == _LLM, _T.target_runner_id.in_(serving)),
+            )
+        )
         .limit(limit)
     )
     return list((await session.scalars(q)).all())

@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from parity.core.llm.request import (
+    MAX_STOP_CHARS,
+    MAX_STOP_SEQUENCES,
+    parse_seed,
+    parse_stop,
+    parse_top_p,
+)
+from parity.core.tasks.config import ConfigInvalid
 from parity.runners.schemas import base_units_or_none
+from parity.tasks.schemas import check_usage
 
 _base_units = base_units_or_none
 
@@ -27,6 +36,13 @@ class PromptCreate(BaseModel):
         None, description="Output tokens at most (LLM_DEFAULT_MAX_TOKENS)"
     )
     temperature: float | None = None
+    top_p: float | None = Field(None, description="Nucleus sampling mass, 0 to 1")
+    seed: int | None = Field(None, description="Sampling seed (a signed 64-bit integer)")
+    stop: list[str] | None = Field(
+        None,
+        description=f"Up to {MAX_STOP_SEQUENCES} stop sequences (a string or a list), each "
+        f"non-empty and at most {MAX_STOP_CHARS} characters: the answer ends before the first",
+    )
     stream: bool | None = Field(None, description="Not on this endpoint (use ?wait=)")
     max_price_per_1k_input: str | None = Field(
         None, description="Most you pay per 1,000 input tokens (base units)"
@@ -45,6 +61,31 @@ class PromptCreate(BaseModel):
     _prices = field_validator("max_price_per_1k_input", "max_price_per_1k_output", mode="before")(
         _base_units
     )
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, raw: object) -> list[str] | None:
+        try:
+            stop = parse_stop(raw, "stop")
+        except ConfigInvalid as exc:
+            raise ValueError(exc.reason) from None
+        return list(stop) or None
+
+    @field_validator("top_p", mode="before")
+    @classmethod
+    def _top_p(cls, raw: object) -> float | None:
+        try:
+            return parse_top_p(raw, "top_p")
+        except ConfigInvalid as exc:
+            raise ValueError(exc.reason) from None
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed(cls, raw: object) -> int | None:
+        try:
+            return parse_seed(raw, "seed")
+        except ConfigInvalid as exc:
+            raise ValueError(exc.reason) from None
 
 
 class PriceRead(BaseModel):
@@ -110,7 +151,7 @@ class PromptComplete(BaseModel):
     claim_token: str = Field(min_length=10, max_length=200)
     response: str | None = Field(None, max_length=32 * 1024 * 1024)
     output: str | None = Field(None, max_length=32 * 1024 * 1024)
-    usage: dict[str, Any] = Field(default_factory=dict)
+    usage: Annotated[dict[str, Any], AfterValidator(check_usage)] = Field(default_factory=dict)
     prompt_tokens: int | None = Field(None, ge=0)
     response_tokens: int | None = Field(None, ge=0)
     completion_tokens: int | None = Field(None, ge=0)

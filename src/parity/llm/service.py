@@ -1,10 +1,16 @@
 """Prompts (ARCHITECTURE §4-§6): submit (a prompt and its ``llm`` task in one transaction,
 escrow held, routed at once when a runner fits), read, wait for the result without holding a
 database connection, complete (the original runner's path), discovery and billing metrics.
-``submit_prompt`` and ``wait_for_prompt`` are the entry points a gateway builds on."""
+``submit_prompt`` and ``wait_for_prompt`` are the entry points a gateway builds on.
+
+A runner whose backend refused the request itself (:func:`refusal`: HTTP 400, 413 or 422, e.g.
+a prompt longer than the model's context) failed because of the request, not of the runner:
+the prompt is not routed to another runner but ends with the backend's message, by the prompts
+job or at once by a gateway waiting on it."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -40,7 +46,39 @@ from parity.tasks.lifecycle import Report
 
 JOB_BATCH = 100
 FIRST_READ_AFTER_SECONDS = 0.2
+SLOT_WATCH_LIMIT = 256  # tasks watched for a freed slot (see jobs.SlotWatch)
 _NO_COUNTS = RouteCounts(0, 0, 0, 0)
+# How a runner reports its backend refusing the request (the runner's BackendRejected, as the
+# ``error`` of its fail: "backend_rejected_request: <message> (HTTP <status>) [<backend>]").
+_REFUSED = re.compile(
+    r"backend_rejected_request: (?P<message>.*) \(HTTP (?P<status>\d{3})\) \[[^\]]*\]", re.S
+)
+# The statuses that refuse the request itself; others (401, 403: the runner's credentials)
+# are the runner's problem, and the prompt goes to another runner as after any failure.
+REQUEST_REFUSED = frozenset({400, 413, 422})
+
+
+def refusal(error: str | None) -> str | None:
+    """The backend's message when a runner's failure ``error`` says the model's backend
+    refused the request itself (HTTP 400, 413 or 422: longer than the context, a parameter out
+    of range): the client's error, which another runner would refuse too. None otherwise."""
+    found = _REFUSED.fullmatch(error.strip()) if error else None
+    if found is None or int(found["status"]) not in REQUEST_REFUSED:
+        return None
+    return found["message"].strip() or f"HTTP {found['status']}"
+
+
+async def end_refused(db: Database, deps: LlmDeps, row: PromptRow) -> bool:
+    """End a queued prompt whose last attempt's backend refused the request (:func:`refusal`)
+    with that failure as its error, instead of waiting for the prompts job to do so. True when
+    it ended here (False: no longer queued)."""
+    reason = row.last_error or "the backend refused the request"
+    async with db.transaction() as session:
+        return await internal.end_internal_task(session, deps.tasks, row.prompt.task_id, reason)
+
+
+def _refused_in_queue(row: PromptRow) -> bool:
+    return prompt_status(row.status) == "queued" and refusal(row.last_error) is not None
 
 
 def _request(body: PromptCreate, deps: LlmDeps, *, stream: bool = False) -> LlmRequest:
@@ -54,7 +92,7 @@ def _request(body: PromptCreate, deps: LlmDeps, *, stream: bool = False) -> LlmR
         "model": body.model if body.model is not None else body.model_name,
         "max_tokens": body.max_tokens,
     }
-    for key in ("prompt", "messages", "temperature"):
+    for key in ("prompt", "messages", "temperature", "top_p", "seed", "stop"):
         if getattr(body, key) is not None:
             config[key] = getattr(body, key)
     if stream:
@@ -237,12 +275,14 @@ async def wait_for_prompt(
     recheck_seconds: float,
     stopping: Callable[[], bool] = lambda: False,
     unfinished: bool = False,
+    deps: LlmDeps | None = None,
 ) -> PromptRow:
     """The prompt once it has finished, or as it is after ``seconds``. No connection is held
     while waiting: the events of the prompt's own task wake this waiter (not every event of
     its creator: a client with many prompts in flight would re-read each of them on every
     event), and a re-check every ``recheck_seconds`` covers a wake-up missed on another
-    replica."""
+    replica. With ``deps``, a prompt back in the queue because its backend refused the request
+    is ended here at once (:func:`end_refused`) rather than at the prompts job's next tick."""
     deadline = time.monotonic() + seconds
     with hub.watch_resource(str(prompt_id)) as watch:  # a prompt's id is its task's
         if unfinished:
@@ -255,6 +295,8 @@ async def wait_for_prompt(
             remaining = deadline - time.monotonic()
             if prompt_status(row.status) in FINISHED or remaining <= 0 or stopping():
                 return row
+            if deps is not None and _refused_in_queue(row) and await end_refused(db, deps, row):
+                continue  # read it ended
             await watch.wait(min(remaining, recheck_seconds))
 
 
@@ -393,14 +435,32 @@ async def expire_overdue(session: AsyncSession, deps: LlmDeps, now: datetime) ->
     return n
 
 
-async def route_queued(session: AsyncSession, deps: LlmDeps, now: datetime) -> int:
+async def route_queued(
+    session: AsyncSession, deps: LlmDeps, now: datetime, stalled: set[str] | None = None
+) -> int:
     """Route queued prompts that no claiming runner holds (first routing, failover after a
-    failure or a lost runner)."""
+    failure or a lost runner). One whose last attempt's backend refused the request ends with
+    that failure instead (:func:`refusal`). ``stalled`` collects the models of prompts left
+    queued because every runner serving them is at capacity."""
     n = 0
-    for prompt in await repo.unrouted(session, now, JOB_BATCH):
+    for prompt, last_error in await repo.unrouted(session, now, JOB_BATCH):
+        if refusal(last_error) is not None:
+            assert last_error is not None
+            if await internal.end_internal_task(session, deps.tasks, prompt.task_id, last_error):
+                n += 1
+            continue
         if await dispatch.route_prompt(session, deps, prompt, parse_llm_config(prompt.request)):
             n += 1
+        elif stalled is not None and prompt.no_route_reason == NoRouteReason.AT_CAPACITY.value:
+            stalled.add(prompt.model)
     return n
+
+
+async def slot_holders(session: AsyncSession, models: set[str]) -> list[uuid.UUID]:
+    """The tasks holding the slots of the claiming runners that serve ``models`` (their active
+    claims, and prompts routed to them not claimed yet): when one of them ends, a slot frees
+    for a prompt of those models left queued (at most ``SLOT_WATCH_LIMIT``)."""
+    return await repo.slot_holders(session, sorted(models), SLOT_WATCH_LIMIT)
 
 
 async def meter_completed(session: AsyncSession, deps: LlmDeps, now: datetime) -> int:

@@ -9,6 +9,14 @@ with an ``overflow`` terminal event rather than holding the runner's request up;
 then sends the rest of the text from the prompt's stored result. A publish with no subscriber
 is dropped (nobody is listening; the whole text is stored with the completion anyway).
 
+Deltas are numbered within their attempt (``seq``, from 0, by the replica that takes the
+runner's stream). A subscription that sees a number skipped has missed deltas on the way (a
+shared bus that was down, or dropped a slow replica's connection, while the runner streamed):
+it is cut off with the same ``overflow`` event, so its reader never relays text with a hole in
+it and gets the rest from the stored result. A subscription expects each attempt's deltas from
+the first (the gateway subscribes before the prompt exists); deltas without a number (an older
+replica's) are taken as they come.
+
 ``publish``, ``publish_many`` and ``subscribers`` are coroutines because a shared bus answers
 over the network; the in-process bus never suspends in them."""
 
@@ -27,14 +35,16 @@ DEFAULT_BUFFER = 1024
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """``delta``: text of attempt ``attempt``; ``end``: that attempt's stream closed (the
+    """``delta``: text of attempt ``attempt``, the ``seq``-th of that attempt (from 0; None
+    when the publisher does not number them); ``end``: that attempt's stream closed (the
     runner finished sending, or its connection broke: ``broken``); ``overflow``: this
-    subscriber fell behind and was cut off (terminal)."""
+    subscriber fell behind, or missed deltas, and was cut off (terminal)."""
 
     kind: EventKind
     attempt: int = 0
     text: str = ""
     broken: bool = False
+    seq: int | None = None
 
 
 class Subscription(Protocol):
@@ -90,11 +100,12 @@ class _LocalSubscription:
         self.queue: deque[StreamEvent] = deque()
         self.cut_off = False
         self._waiter: asyncio.Future[None] | None = None
+        self._next: dict[int, int] = {}  # attempt -> the number its next delta must carry
 
     def offer(self, event: StreamEvent) -> bool:
         if self.cut_off:
             return False
-        if len(self.queue) >= self.buffer:
+        if len(self.queue) >= self.buffer or not self._in_sequence(event):
             # Make room for the terminal event: what was queued is superseded by the stored
             # result the reader falls back to.
             self.cut_off = True
@@ -104,6 +115,17 @@ class _LocalSubscription:
             return False
         self.queue.append(event)
         self._wake()
+        return True
+
+    def _in_sequence(self, event: StreamEvent) -> bool:
+        """False for a numbered delta that is not the next of its attempt: those between were
+        lost on the way (or it came twice), so the text would have a hole."""
+        if event.kind != "delta" or event.seq is None:
+            return True
+        expected = self._next.get(event.attempt, 0)
+        if event.seq != expected:
+            return False
+        self._next[event.attempt] = expected + 1
         return True
 
     def _wake(self) -> None:

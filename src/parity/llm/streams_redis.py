@@ -8,8 +8,11 @@ to leave UNSUBSCRIBEs, and one reader task hands each message to the local subsc
 queues, a ``LocalStreamBus``: the same buffer, overflow and drop rules as on one replica. The
 reader never waits on a subscriber, so Redis's output buffer for the connection stays small; a
 replica so far behind that Redis drops its connection (``client-output-buffer-limit pubsub``)
-reconnects and re-subscribes, and the deltas lost meanwhile reach the client from the stored
-result, as after an overflow.
+reconnects and re-subscribes. Pub/sub keeps nothing for a connection that is away: the deltas
+published meanwhile are lost to it. Each delta carries its number within its attempt, so the
+first one after the gap shows the hole: the subscription is cut off as after an overflow and
+its reader gets the rest of the text from the stored result (``streams``), never text with a
+hole in it.
 
 A publish is delivered to this replica's subscribers at once and sent on with one PUBLISH,
 awaited, so a runner's stream is paced by Redis rather than queued in memory. Messages carry
@@ -18,7 +21,8 @@ their sender's origin id and a replica ignores its own (already delivered).
 Redis unreachable: a publish still reaches this replica's subscribers and skips Redis for
 ``PUBLISH_PAUSE_SECONDS`` at a time; a subscribe proceeds without waiting for the relay; the
 reader reconnects with backoff and subscribes again to every key still wanted. Clients then get
-the text from the completion instead of token by token; nothing fails."""
+the text from the completion instead of token by token (a stream that had started goes on from
+the stored result once it completes); nothing fails."""
 
 from __future__ import annotations
 
@@ -48,19 +52,28 @@ _Errors = (RedisError, OSError)
 
 
 def encode(origin: str, event: StreamEvent) -> bytes:
-    body = {"o": origin, "k": event.kind, "a": event.attempt, "t": event.text, "b": event.broken}
+    body: dict[str, Any] = {
+        "o": origin, "k": event.kind, "a": event.attempt, "t": event.text, "b": event.broken,
+    }  # fmt: skip
+    if event.seq is not None:
+        body["s"] = event.seq
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode(data: object) -> tuple[str, StreamEvent] | None:
     """(origin, event) of a message, or None for anything this bus did not write. Only
-    ``delta`` and ``end`` travel: ``overflow`` is a subscriber's own state."""
+    ``delta`` and ``end`` travel: ``overflow`` is a subscriber's own state. A message without
+    a number (``s``: an older replica's) decodes without one."""
     try:
         body = json.loads(cast(bytes, data))
         kind = body["k"]
         if kind not in ("delta", "end"):
             return None
-        event = StreamEvent(kind, int(body["a"]), str(body["t"]), bool(body["b"]))
+        seq = body.get("s")
+        event = StreamEvent(
+            kind, int(body["a"]), str(body["t"]), bool(body["b"]),
+            None if seq is None else int(seq),
+        )  # fmt: skip
         return str(body["o"]), event
     except (ValueError, KeyError, TypeError):
         return None

@@ -116,7 +116,7 @@ USAGE_TEXT = 256
 USAGE_NUMBER = 1e15
 
 
-def _check_usage(usage: dict[str, Any]) -> dict[str, Any]:
+def check_usage(usage: dict[str, Any]) -> dict[str, Any]:
     """A run's usage as a runner reports it: a flat object of at most 64 figures (numbers,
     short texts, booleans, nulls). Token counts (``*_tokens``) are whole and not negative:
     prompts are billed by them."""
@@ -159,7 +159,7 @@ class CompleteBody(ClaimBody):
     exit_code: ExitCode | None = None
     error: str | None = Field(None, max_length=65536)
     result_hash: str | None = Field(None, max_length=128)
-    usage: Annotated[dict[str, Any], AfterValidator(_check_usage)] = Field(default_factory=dict)
+    usage: Annotated[dict[str, Any], AfterValidator(check_usage)] = Field(default_factory=dict)
 
 
 class FailBody(ClaimBody):
@@ -167,7 +167,7 @@ class FailBody(ClaimBody):
     exit_code: ExitCode | None = None
     # What the run delivered before it broke off (an llm task's partial text and token counts).
     output: str | None = Field(None, max_length=32 * 1024 * 1024)
-    usage: Annotated[dict[str, Any], AfterValidator(_check_usage)] = Field(default_factory=dict)
+    usage: Annotated[dict[str, Any], AfterValidator(check_usage)] = Field(default_factory=dict)
 
 
 class LogBody(ClaimBody):

@@ -1,8 +1,9 @@
 """The ``llm`` executor: runs a prompt task on the backend that serves its model.
 
-Task config: ``{model, messages | prompt, max_tokens, temperature?, stream?}`` (validated by
-:func:`parity.core.llm.request.parse_llm_config`). The model→backend map comes from the
-backends' model lists, refreshed when a task names a model not in it (the first backend listed
+Task config: ``{model, messages | prompt, max_tokens, temperature?, top_p?, seed?, stop?,
+stream?}`` (validated by :func:`parity.core.llm.request.parse_llm_config`; the sampling
+settings and stop sequences go to the backend as they are). The model→backend map comes from
+the backends' model lists, refreshed when a task names a model not in it (the first backend listed
 wins a model two serve). Token chunks go to an optional :data:`TokenSink` as they arrive when
 the task asks to ``stream`` (the streaming leg to the server plugs in there). The outcome's
 ``output`` is the whole text; ``usage`` carries the backend's counts (None where it reported

@@ -4,7 +4,8 @@
 request); ``POST /api/chat`` (messages) and ``POST /api/generate`` (prompt) stream
 newline-delimited JSON objects, the last one with ``done: true``, ``done_reason`` and the
 usage: ``prompt_eval_count`` (input tokens; Ollama omits it when the whole prompt came from its
-cache) and ``eval_count`` (output tokens). ``max_tokens`` is sent as ``options.num_predict``.
+cache) and ``eval_count`` (output tokens). ``max_tokens`` is sent as ``options.num_predict``;
+``temperature``, ``top_p``, ``seed`` and ``stop`` as the ``options`` of the same names.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def _request_body(request: LlmRequest) -> tuple[str, dict[str, Any]]:
     options: dict[str, Any] = {"num_predict": request.max_tokens}
     if request.temperature is not None:
         options["temperature"] = request.temperature
+    if request.top_p is not None:
+        options["top_p"] = request.top_p
+    if request.seed is not None:
+        options["seed"] = request.seed
+    if request.stop:
+        options["stop"] = list(request.stop)
     body: dict[str, Any] = {"model": request.model, "stream": True, "options": options}
     if request.messages is None:
         body["prompt"] = request.prompt or ""

@@ -2,8 +2,10 @@
 
 ``GET /v1/models``; ``POST /v1/chat/completions`` (messages) and ``POST /v1/completions``
 (prompt), always with ``stream: true`` and ``stream_options: {include_usage: true}`` so the
-final chunk carries ``usage``. The stream is server-sent events: ``data: <json>`` lines, events
-separated by blank lines, ended by ``data: [DONE]``.
+final chunk carries ``usage``; ``temperature``, ``top_p``, ``seed`` and ``stop`` are sent as
+the request gives them (a stop sequence ends the generation with ``finish_reason: stop``).
+The stream is server-sent events: ``data: <json>`` lines, events separated by blank lines,
+ended by ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,12 @@ def _request_body(request: LlmRequest) -> tuple[str, dict[str, Any]]:
     }
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.stop:
+        body["stop"] = list(request.stop)
     if request.messages is None:
         body["prompt"] = request.prompt or ""
         return "/v1/completions", body

@@ -1,5 +1,5 @@
 """The config of an ``llm`` task: ``{model, messages | prompt, max_tokens, temperature?,
-stream?}``.
+top_p?, seed?, stop?, stream?}``.
 
 One parser serves the server (refusals become 422 naming the field) and the runner (which runs
 what the server accepted). Refusals are :class:`~parity.core.tasks.config.ConfigInvalid` with a
@@ -23,10 +23,16 @@ __all__ = [
     "MAX_MODEL_NAME",
     "MAX_OUTPUT_TOKENS",
     "MAX_PROMPT_BYTES",
+    "MAX_STOP_CHARS",
+    "MAX_STOP_SEQUENCES",
     "ROLES",
     "ChatMessage",
     "LlmRequest",
     "parse_llm_config",
+    "parse_seed",
+    "parse_stop",
+    "parse_temperature",
+    "parse_top_p",
 ]
 
 MAX_MODEL_NAME = 256
@@ -35,7 +41,13 @@ MAX_OUTPUT_TOKENS = 1_048_576
 # Prompt text (all messages together) in UTF-8 bytes; keeps a task row and its escrow bounded.
 MAX_PROMPT_BYTES = 4 * 1024 * 1024
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
-_KEYS = frozenset({"model", "messages", "prompt", "max_tokens", "temperature", "stream"})
+# Stop sequences: as many as OpenAI takes, each of a bounded length.
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+_SEED_RANGE = (-(2**63), 2**63 - 1)
+_KEYS = frozenset(
+    {"model", "messages", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,10 @@ class LlmRequest:
     prompt: str | None = None
     temperature: float | None = None
     stream: bool = False
+    top_p: float | None = None
+    seed: int | None = None
+    # Generation ends before the first of these sequences (not included in the text).
+    stop: tuple[str, ...] = ()
 
     @property
     def is_chat(self) -> bool:
@@ -74,6 +90,12 @@ class LlmRequest:
             out["prompt"] = self.prompt
         if self.temperature is not None:
             out["temperature"] = self.temperature
+        if self.top_p is not None:
+            out["top_p"] = self.top_p
+        if self.seed is not None:
+            out["seed"] = self.seed
+        if self.stop:
+            out["stop"] = list(self.stop)
         out["stream"] = self.stream
         return out
 
@@ -103,8 +125,11 @@ def parse_llm_config(
         max_tokens=_max_tokens(config.get("max_tokens"), default_max_tokens),
         messages=messages,
         prompt=prompt,
-        temperature=_temperature(config.get("temperature")),
+        temperature=parse_temperature(config.get("temperature")),
         stream=_stream(config.get("stream")),
+        top_p=parse_top_p(config.get("top_p")),
+        seed=parse_seed(config.get("seed")),
+        stop=parse_stop(config.get("stop")),
     )
 
 
@@ -180,14 +205,59 @@ def _max_tokens(raw: object, default: int | None) -> int:
     return raw
 
 
-def _temperature(raw: object) -> float | None:
+def _number(field: str, raw: object, low: float, high: float) -> float | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ConfigInvalid("config.temperature", "must be a number")
-    if not (math.isfinite(raw) and 0 <= raw <= 2):
-        raise ConfigInvalid("config.temperature", "must be between 0 and 2")
+        raise ConfigInvalid(field, "must be a number")
+    if not (math.isfinite(raw) and low <= raw <= high):
+        raise ConfigInvalid(field, f"must be between {low:g} and {high:g}")
     return float(raw)
+
+
+def parse_temperature(raw: object, field: str = "config.temperature") -> float | None:
+    """A sampling temperature, 0 to 2 (None: the backend's default)."""
+    return _number(field, raw, 0, 2)
+
+
+def parse_top_p(raw: object, field: str = "config.top_p") -> float | None:
+    """Nucleus sampling's probability mass, 0 to 1 (None: the backend's default)."""
+    return _number(field, raw, 0, 1)
+
+
+def parse_seed(raw: object, field: str = "config.seed") -> int | None:
+    """A sampling seed: an integer (a signed 64-bit one; None: the backend picks)."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ConfigInvalid(field, "must be an integer")
+    if not _SEED_RANGE[0] <= raw <= _SEED_RANGE[1]:
+        raise ConfigInvalid(field, "must be a signed 64-bit integer")
+    return raw
+
+
+def parse_stop(raw: object, field: str = "config.stop") -> tuple[str, ...]:
+    """Stop sequences: one string or a list of up to :data:`MAX_STOP_SEQUENCES` non-empty
+    strings of at most :data:`MAX_STOP_CHARS` characters (None or an empty list: none)."""
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ConfigInvalid(field, "must be a string or a list of strings")
+    if len(items) > MAX_STOP_SEQUENCES:
+        raise ConfigInvalid(field, f"has more than {MAX_STOP_SEQUENCES} sequences")
+    out: list[str] = []
+    for i, item in enumerate(items):
+        where = field if isinstance(raw, str) else f"{field}[{i}]"
+        if not isinstance(item, str):
+            raise ConfigInvalid(where, "must be a string")
+        if not item:
+            raise ConfigInvalid(where, "must not be empty")
+        if len(item) > MAX_STOP_CHARS:
+            raise ConfigInvalid(where, f"is longer than {MAX_STOP_CHARS} characters")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
 
 
 def _stream(raw: object) -> bool:
