@@ -347,7 +347,9 @@ async def test_a_non_streaming_client_that_disconnects_cancels_its_prompt(
                   usage={"input_tokens": 12, "output_tokens": 3})  # fmt: skip
     assert r.status_code == 409, r.text
     p = (await net.http.get(f"{V1}/llm/prompts/{task_id}", headers=bearer(key))).json()
-    assert p["status"] == "failed" and p["response"] in (None, "")
+    # The work up to the cancel is billed (its client went away), its text kept as partial.
+    assert (p["status"], p["response"], p["usage"]["partial"]) == ("failed", "Hel", True)
+    assert (p["usage"]["input_tokens"], p["usage"]["output_tokens"]) == (12, 2)
     [res] = await net.rows(Reservation, source_id=task_id)
-    assert res.status != "open"  # the escrow is closed, not kept for a completion
-    assert len(await net.rows(Posting, source_id=task_id)) <= 1
+    assert res.status == "consumed"  # the escrow is closed, not kept for a completion
+    assert len(await net.rows(Posting, source_id=task_id)) == 1

@@ -22,7 +22,7 @@ from parity.agent.executors.docker import DockerEngine
 from parity.agent.fl import FlExecutor
 from parity.agent.llm.executor import LlmExecutor
 from parity.agent.push import PushReceiver
-from parity.agent.token_stream import TokenStream
+from parity.agent.token_stream import BROKEN, CANCELLED, TokenStream
 from parity.logging import get_logger
 
 if TYPE_CHECKING:
@@ -615,6 +615,8 @@ class Runner:
             if a.stream is not None:
                 # The last deltas reach the server before the outcome does.
                 await a.stream.close(STOP_STEP_SECONDS)
+                if a.stream.ended == BROKEN:
+                    outcome = _broken_stream_outcome(a.stream, outcome)
             if a.revoked:
                 # A revoked claim is released (or gone), never reported; its last lines go out
                 # (briefly) while the claim may still take them.
@@ -649,7 +651,9 @@ class Runner:
         if a is None or a.revoked:
             return
         if a.stream is None:
-            a.stream = TokenStream(self.client, a.task_id, a.token)
+            a.stream = TokenStream(
+                self.client, a.task_id, a.token, on_end=lambda how: _stream_ended(a, how)
+            )
         a.stream.send(text)
 
     def _claim_deferred(self) -> None:
@@ -774,6 +778,30 @@ class Runner:
             wait = backoff.next(error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), wait)
+
+
+def _stream_ended(a: Active, how: str) -> None:
+    """An llm task's streaming leg ended before the runner closed it: stop the generation at
+    once. The server answered it cancelled (the prompt was cancelled: its client went away),
+    or it broke after text went out (that text reached the client: the run cannot be finished
+    silently; it is reported failed with what was streamed)."""
+    if a.cancel.cancelled:
+        return
+    if how == CANCELLED:
+        a.cancel.cancel("cancelled by the client")
+    else:
+        a.cancel.cancel("the token stream to the server broke off")
+
+
+def _broken_stream_outcome(stream: TokenStream, outcome: Outcome) -> Outcome:
+    """The outcome of a run whose streaming leg broke after its first delta (the server
+    unreachable, the request failed): a failure with the text streamed before it broke and the
+    usage of that text (its input count as the backend reported it, its output estimated by
+    the server from the text), never a completion nobody received whole."""
+    usage = {**outcome.usage, "output_tokens": None, "streamed_chunks": len(stream.sent_parts)}
+    usage.pop("finish_reason", None)
+    why = f"the token stream to the server broke off: {stream.error or 'connection lost'}"
+    return Outcome(False, None, stream.sent_text, why[:1000], usage=usage)
 
 
 async def _settle(jobs: list[asyncio.Task[Any]], timeout: float, cancel: bool = True) -> None:

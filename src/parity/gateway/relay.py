@@ -24,10 +24,12 @@ instead of polling, and reads the stored prompt then: one read per streamed prom
 
 A client that goes away cancels the prompt, whenever it leaves: the relay watches the request's
 receive channel for the server's ``http.disconnect`` while it waits for events, so a hang-up
-before the first token is noticed then, not at the next write. A non-streaming request does the
-same while it waits for the answer (the runner stops; what it reports having delivered is
-billed as for any cancelled prompt), so a client that times out and retries does not pay for
-every abandoned try run to its end."""
+before the first token is noticed then, not at the next write. The cancel ends the runner's
+stream request (``gateway.runner_stream``), so the runner stops at once; the partial usage it
+reports is billed, for a stream at most the text relayed to the client before it left (recorded
+with the cancel). A non-streaming request does the same while it waits for the answer (the
+runner stops and its partial usage is billed), so a client that times out and retries does not
+pay for every abandoned try run to its end."""
 
 from __future__ import annotations
 
@@ -163,7 +165,7 @@ async def complete(
     try:
         row = await _unless_gone(waiting, request)
     except _ClientGone:
-        cancel_later(c, principal, prompt.id)
+        cancel_later(c, principal, prompt.id, client_gone=True)
         raise ClientGone("the client disconnected before the answer") from None
     status = prompt_status(row.status)
     if status == "completed":
@@ -234,7 +236,9 @@ async def streamed(
             yield state.batches()
         finally:
             if not state.done:
-                cancel_later(c, principal, prompt.id)
+                # The client left: billed for at most what was relayed to it by now.
+                delivered = "".join(state.sent)
+                cancel_later(c, principal, prompt.id, client_gone=True, delivered=delivered)
 
 
 async def _disconnected(request: Request) -> None:
@@ -428,14 +432,28 @@ class _Relay:
         return Failed(message)
 
 
-def cancel_later(c: Container, principal: Principal, prompt_id: uuid.UUID) -> None:
+def cancel_later(
+    c: Container,
+    principal: Principal,
+    prompt_id: uuid.UUID,
+    *,
+    client_gone: bool = False,
+    delivered: str | None = None,
+) -> None:
     """Cancel the prompt's task in the background: called where the caller may itself be
-    cancelled (a client that went away), so the cancel must not depend on it."""
+    cancelled (a client that went away), so the cancel must not depend on it. ``client_gone``:
+    cancelled because the client went away (its runner's partial report is billed, a stream's
+    at most ``delivered``, the text relayed to the client; see ``llm.billing``)."""
 
     async def cancel() -> None:
         try:
             async with c.db.transaction() as session:
-                await tasks_service.cancel_task(session, c.tasks, principal, prompt_id)
+                if client_gone:
+                    await llm.cancel_for_gone_client(
+                        session, c.llm, principal, prompt_id, delivered
+                    )
+                else:
+                    await tasks_service.cancel_task(session, c.tasks, principal, prompt_id)
         except ParityError:
             pass  # already finished: nothing to cancel
         except Exception as exc:  # the lease and deadline still end it

@@ -8,6 +8,9 @@ runner's latency EWMA is updated. A streamed prompt whose attempt broke off afte
 token (the runner failed, or the client went away and the work was cancelled) is billed the same
 way for what it delivered: :func:`keep_partial` stores that attempt's report with the prompt
 (``tasks.billing.PARTIALS``) and the closer meters it when the task ends failed or cancelled.
+A prompt cancelled because its gateway client went away (:func:`mark_client_gone`) bills its
+runner's partial report too, streamed or not; a stream's output at most the tokens of the text
+relayed to the client before it left.
 Any other end releases the escrow. When nothing can hold
 escrow (pricing off) the queue skips closers, so the prompts job meters those completions
 with the same :func:`record_completion`."""
@@ -21,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parity.core.llm.metering import LlmPrice, Metered, meter
+from parity.core.llm.metering import LlmPrice, Metered, estimate_text_tokens, meter
 from parity.core.llm.request import parse_llm_config
 from parity.core.llm.routing import update_latency_ewma
 from parity.core.tasks.states import TaskStatus, TaskType
@@ -34,6 +37,12 @@ from parity.tasks import billing as task_billing
 
 INPUT_KEYS = ("input_tokens", "prompt_tokens")
 PARTIAL = "partial"  # key of a broken attempt's report in Prompt.usage until it is metered
+# Key in Prompt.usage, until it is metered: the prompt was cancelled because its gateway client
+# went away; ``{"streamed": bool, "delivered": text}`` (a stream's text relayed to it by then).
+CLIENT_GONE = "client_gone"
+# Key in a metered partial's usage record: the partial text shown as the prompt's response.
+PARTIAL_OUTPUT = "partial_output"
+CAPPED_AT_DELIVERED = "output_tokens_capped_at_delivered"
 # Kept of a partial text: far more than max_tokens can produce (metering caps the count anyway).
 PARTIAL_TEXT_MAX_CHARS = 256 * 1024
 OUTPUT_KEYS = ("output_tokens", "completion_tokens", "response_tokens")
@@ -142,19 +151,44 @@ async def keep_partial(
     prompt = await repo.get(session, task.id, lock=True)
     if prompt is None or prompt.metered_at is not None:
         return False
-    if not parse_llm_config(prompt.request).stream:
+    gone = client_gone(prompt)
+    if gone is not None and gone.get("streamed") and not gone.get("delivered"):
+        return False  # its client left before its first token: nothing reached it
+    if gone is None and not parse_llm_config(prompt.request).stream:
         return False  # nothing reached the client before the completion
     if partial_report(prompt) is None:
         prompt.usage = {
+            **(prompt.usage or {}),
             PARTIAL: {
                 "attempt": attempt.attempt,
                 "runner_id": str(attempt.runner_id),
                 "output": (output or "")[:PARTIAL_TEXT_MAX_CHARS],
                 "usage": usage,
-            }
+            },
         }
         await session.flush()
     return True
+
+
+def mark_client_gone(prompt: Prompt, delivered: str | None) -> None:
+    """The prompt is being cancelled because its gateway client went away (in the cancel's
+    transaction): a partial report its runner sends then is billed, also for a prompt that does
+    not stream (the runner's work up to the cancel), and for a stream at most ``delivered``,
+    the text relayed to the client before it left (None: the prompt does not stream)."""
+    if prompt.metered_at is not None:
+        return
+    mark: dict[str, Any] = {"streamed": delivered is not None}
+    if delivered is not None:
+        mark["delivered"] = delivered[:PARTIAL_TEXT_MAX_CHARS]
+    prompt.usage = {**(prompt.usage or {}), CLIENT_GONE: mark}
+
+
+def client_gone(prompt: Prompt) -> dict[str, Any] | None:
+    """The mark of :func:`mark_client_gone`, until the prompt is metered."""
+    if prompt.metered_at is not None or not prompt.usage:
+        return None
+    found = prompt.usage.get(CLIENT_GONE)
+    return found if isinstance(found, dict) else None
 
 
 def partial_report(prompt: Prompt) -> dict[str, Any] | None:
@@ -172,8 +206,48 @@ def meter_partial(prompt: Prompt, partial: Mapping[str, Any]) -> tuple[Metered, 
     raw = partial.get("usage")
     usage: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
     output = partial.get("output")
-    metered = meter_prompt(prompt, output if isinstance(output, str) else "", usage)
-    return metered, {**usage_record(metered, usage), PARTIAL: True}
+    text = output if isinstance(output, str) else ""
+    gone = client_gone(prompt)
+    if gone is None or not gone.get("streamed"):
+        metered = meter_prompt(prompt, text, usage)
+        return metered, {**usage_record(metered, usage), PARTIAL: True, PARTIAL_OUTPUT: text}
+    # Its client went away mid-stream: billed for at most what was relayed to it, whatever the
+    # runner produced before it learnt of the cancel.
+    delivered = str(gone.get("delivered") or "")
+    bound = estimate_text_tokens(delivered)
+    reported = _reported(usage, OUTPUT_KEYS)
+    capped = isinstance(reported, int) and not isinstance(reported, bool) and reported > bound
+    price = LlmPrice.from_snapshot(prompt.price) if prompt.price else LlmPrice()
+    metered = meter(
+        parse_llm_config(prompt.request),
+        reported_input=_reported(usage, INPUT_KEYS),
+        reported_output=bound if capped else reported,
+        output_text=delivered,
+        price=price,
+    )
+    record = usage_record(metered, usage)
+    if capped:
+        record["flags"] = [*record["flags"], CAPPED_AT_DELIVERED]
+    return metered, {**record, PARTIAL: True, PARTIAL_OUTPUT: delivered}
+
+
+def partial_text(prompt: Prompt) -> str | None:
+    """The text a prompt that broke off delivered (its response, marked partial by its usage):
+    what its client received when it went away mid-stream, else the runner's partial output.
+    None when it kept no partial report."""
+    if prompt.metered_at is not None:
+        if not prompt.usage or not prompt.usage.get(PARTIAL):
+            return None
+        shown = prompt.usage.get(PARTIAL_OUTPUT)
+        return shown if isinstance(shown, str) else None
+    partial = partial_report(prompt)
+    if partial is None:
+        return None
+    gone = client_gone(prompt)
+    if gone is not None and gone.get("streamed"):
+        return str(gone.get("delivered") or "")
+    output = partial.get("output")
+    return output if isinstance(output, str) else ""
 
 
 def record_partial(prompt: Prompt, partial: Mapping[str, Any], now: datetime) -> None:

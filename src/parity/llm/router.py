@@ -100,6 +100,7 @@ async def submit_prompt(
             recheck_seconds=c.settings.long_poll_recheck_seconds,
             stopping=lambda: c.draining,
             unfinished=stored is None,  # just submitted here, as `out` shows it
+            deps=c.llm,  # a request its backend refused ends at once, as at the gateways
         )
         out, dumped = prompt_read(row), None
     code = 200 if wait > 0 and out.status in FINISHED else 202

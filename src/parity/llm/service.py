@@ -34,7 +34,13 @@ from parity.events.hub import EventHub
 from parity.ledger import service as ledger
 from parity.llm import dispatch, submit_sql
 from parity.llm import repository as repo
-from parity.llm.billing import PARTIAL, partial_report, record_completions, record_partial
+from parity.llm.billing import (
+    PARTIAL,
+    mark_client_gone,
+    partial_report,
+    record_completions,
+    record_partial,
+)
 from parity.llm.deps import LlmDeps
 from parity.llm.errors import ModelNotServed, PromptNotFound
 from parity.llm.models import Prompt
@@ -42,6 +48,7 @@ from parity.llm.repository import PromptRow
 from parity.llm.schemas import PromptComplete, PromptCreate
 from parity.llm.views import FINISHED, metered, prompt_status
 from parity.tasks import handoff, hotpath, internal, lifecycle
+from parity.tasks import service as tasks_service
 from parity.tasks.lifecycle import Report
 
 JOB_BATCH = 100
@@ -357,6 +364,25 @@ async def fail_broken_stream(
             session, deps.tasks, runner_id, task_id, claim_token,
             error=reason, exit_code=None, output=delivered, usage={},
         )  # fmt: skip
+
+
+async def cancel_for_gone_client(
+    session: AsyncSession,
+    deps: LlmDeps,
+    principal: Principal,
+    prompt_id: uuid.UUID,
+    delivered: str | None,
+) -> None:
+    """Cancel a prompt because its gateway client went away, and say so with the prompt
+    (:func:`billing.mark_client_gone`, in the same transaction): the partial work its runner
+    reports then is billed, for a stream at most ``delivered``, the text relayed to the client
+    before it left (None: the prompt does not stream). The task row is locked first, as a
+    runner's report locks it, then the prompt's."""
+    await tasks_service.cancel_task(session, deps.tasks, principal, prompt_id)
+    prompt = await repo.get(session, prompt_id, lock=True)
+    if prompt is not None:
+        mark_client_gone(prompt, delivered)
+        await session.flush()
 
 
 async def list_models(session: AsyncSession) -> list[ModelSummary]:

@@ -7,10 +7,12 @@ from typing import Any
 
 from parity.core.tasks.states import TaskStatus
 from parity.llm.billing import (
+    PARTIAL_OUTPUT,
     latency_ms,
     meter_partial,
     meter_prompt,
     partial_report,
+    partial_text,
     usage_record,
 )
 from parity.llm.repository import PromptRow
@@ -69,15 +71,20 @@ def prompt_read(row: PromptRow) -> PromptRead:
     billed = metered(row)
     usage = None
     if billed is not None:
-        u = billed[0]
+        u = {k: v for k, v in billed[0].items() if k != PARTIAL_OUTPUT}
         usage = UsageRead(**u, total_tokens=u["input_tokens"] + u["output_tokens"])
+    if status == "completed":
+        response = row.output or ""
+    else:
+        # What a stream that broke off delivered (usage.partial says so), else nothing.
+        response = (partial_text(p) or "") if usage is not None and usage.partial else ""
     return PromptRead(
         id=p.id,
         task_id=p.task_id,
         status=status,
         model_name=p.model,
         request=p.request,
-        response=(row.output or "") if status == "completed" else "",
+        response=response,
         error=_error(row, status),
         runner_id=row.runner_id or row.target_runner_id,
         attempts=row.attempts,
