@@ -37,7 +37,6 @@ from parity.errors import InvalidInput, ParityError
 from parity.gateway import relay
 from parity.gateway.errors import invalid, ollama_error, parse
 from parity.gateway.openai_schemas import SUFFIX, chat_messages, checked, refuse_unsupported
-from parity.llm import service as llm
 from parity.llm.schemas import PromptCreate
 
 router = APIRouter(route_class=JsonRoute, prefix="/ollama/api", tags=["ollama-compatible"])
@@ -143,9 +142,7 @@ def _now() -> str:
 async def tags(request: Request, c: ContainerDep) -> Response:
     """The network's models, as Ollama lists its local ones."""
     try:
-        await relay.authenticate(request)
-        async with c.db.read_session() as session:
-            models = await llm.list_models(session)
+        models = await relay.network_models(request, c)
     except ParityError as exc:
         return ollama_error(exc)
     return JSONResponse({"models": [{**_tag(m), "modified_at": _now()} for m in models]})
@@ -276,9 +273,7 @@ async def version() -> Response:
 async def running(request: Request, c: ContainerDep) -> Response:
     """The running models: those loaded on an online runner."""
     try:
-        await relay.authenticate(request)
-        async with c.db.read_session() as session:
-            models = await llm.list_models(session)
+        models = await relay.network_models(request, c)
     except ParityError as exc:
         return ollama_error(exc)
     out = []

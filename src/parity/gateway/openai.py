@@ -31,7 +31,6 @@ from parity.gateway.openai_schemas import (
     chat_messages,
     tokens_limit,
 )
-from parity.llm import service as llm
 from parity.llm.schemas import PromptCreate
 
 router = APIRouter(route_class=JsonRoute, tags=["openai-compatible"])
@@ -56,9 +55,7 @@ def _sse(obj: object) -> bytes:
 async def list_models(request: Request, c: ContainerDep) -> Response:
     """The models the network's online runners serve."""
     try:
-        await relay.authenticate(request)
-        async with c.db.read_session() as session:
-            models = await llm.list_models(session)
+        models = await relay.network_models(request, c)
     except ParityError as exc:
         return openai_error(exc)
     return JSONResponse({"object": "list", "data": [_model(m.model) for m in models]})
@@ -73,9 +70,7 @@ async def retrieve_model(model_id: str, request: Request, c: ContainerDep) -> Re
     """One model the online runners serve (``client.models.retrieve``), else OpenAI's 404
     ``model_not_found``."""
     try:
-        await relay.authenticate(request)
-        async with c.db.read_session() as session:
-            models = await llm.list_models(session)
+        models = await relay.network_models(request, c)
     except ParityError as exc:
         return openai_error(exc)
     if any(m.model == model_id for m in models):

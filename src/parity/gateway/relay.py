@@ -47,6 +47,7 @@ from fastapi import Request
 from parity.api.deps import get_principal
 from parity.auth.schemas import Principal
 from parity.container import Container
+from parity.core.llm.aggregate import ModelSummary
 from parity.errors import Category, ParityError, Unavailable
 from parity.llm import service as llm
 from parity.llm.repository import PromptRow
@@ -97,6 +98,14 @@ async def authenticate(request: Request) -> Principal:
     """The caller of a bearer key (an API key, or any other token of the auth domain)."""
     _request.set(request)
     return await get_principal(request, request.headers.get("authorization"))
+
+
+async def network_models(request: Request, c: Container) -> list[ModelSummary]:
+    """The models online runners serve, for an authenticated caller (ParityError when the key
+    is refused): what every gateway's model list reads."""
+    await authenticate(request)
+    async with c.db.read_session() as session:
+        return await llm.list_models(session)
 
 
 @dataclass(frozen=True)
