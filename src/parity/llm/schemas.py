@@ -5,8 +5,9 @@ limit, offset}``); amounts are decimal strings of base units."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -22,6 +23,18 @@ from parity.runners.schemas import base_units_or_none
 from parity.tasks.schemas import check_usage
 
 _base_units = base_units_or_none
+
+
+T = TypeVar("T")
+
+
+def _core(parse: Callable[[object, str], T], raw: object, field: str) -> T:
+    """``raw`` read by the core parser the runner also uses; its refusal as pydantic's
+    ValueError, so the 422 names the field."""
+    try:
+        return parse(raw, field)
+    except ConfigInvalid as exc:
+        raise ValueError(exc.reason) from None
 
 
 class PromptCreate(BaseModel):
@@ -65,27 +78,17 @@ class PromptCreate(BaseModel):
     @field_validator("stop", mode="before")
     @classmethod
     def _stop(cls, raw: object) -> list[str] | None:
-        try:
-            stop = parse_stop(raw, "stop")
-        except ConfigInvalid as exc:
-            raise ValueError(exc.reason) from None
-        return list(stop) or None
+        return list(_core(parse_stop, raw, "stop")) or None
 
     @field_validator("top_p", mode="before")
     @classmethod
     def _top_p(cls, raw: object) -> float | None:
-        try:
-            return parse_top_p(raw, "top_p")
-        except ConfigInvalid as exc:
-            raise ValueError(exc.reason) from None
+        return _core(parse_top_p, raw, "top_p")
 
     @field_validator("seed", mode="before")
     @classmethod
     def _seed(cls, raw: object) -> int | None:
-        try:
-            return parse_seed(raw, "seed")
-        except ConfigInvalid as exc:
-            raise ValueError(exc.reason) from None
+        return _core(parse_seed, raw, "seed")
 
 
 class PriceRead(BaseModel):
