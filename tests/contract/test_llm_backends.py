@@ -204,6 +204,25 @@ async def test_ollama_client_sends_max_tokens_as_num_predict() -> None:
     assert fake.requests[1][1]["prompt"] == "The capital of France is"
 
 
+async def test_a_participant_name_reaches_openai_backends_only() -> None:
+    """OpenAI's message ``name`` is sent on to OpenAI-compatible backends; Ollama's chat
+    message has no such field, so its backend gets role and content."""
+    messages = [{"role": "user", "content": "hi", "name": "alice"}, {"role": "developer",
+                "content": "be brief"}]  # fmt: skip
+    request = parse_llm_config({"model": MODEL, "max_tokens": 5, "messages": messages})
+    sent = {}
+    for kind in ("openai", "ollama"):
+        async with serve(FakeLlm(kind)) as fake:
+            backend = client_for(kind, fake.base_url)
+            await collect(backend, request)
+            await backend.aclose()
+        sent[kind] = fake.requests[0][1]["messages"]
+    assert sent["openai"] == [{"role": "user", "content": "hi", "name": "alice"},
+                              {"role": "system", "content": "be brief"}]  # fmt: skip
+    assert sent["ollama"] == [{"role": "user", "content": "hi"},
+                              {"role": "system", "content": "be brief"}]  # fmt: skip
+
+
 async def test_fake_answer_is_passed_through_exactly() -> None:
     for kind in ("ollama", "openai"):
         async with serve(FakeLlm(kind)) as fake:

@@ -112,6 +112,21 @@ async def test_openai_stop_top_p_and_seed_reach_the_backend_and_the_answer_finis
     assert r.json()["choices"][0]["finish_reason"] == "length"
 
 
+async def test_a_messages_participant_name_reaches_an_openai_backend(client: httpx.AsyncClient):
+    key, runner = await setup(client)
+    messages = [{"role": "user", "content": "Tell me about the sea", "name": "alice_1"}]
+    body = {"model": MODEL, "messages": messages, "stream": False}
+    r, config, sent = await answered(client, runner, "openai", "/v1/chat/completions", key, body)
+    assert r.status_code == 200, r.text
+    assert config["messages"] == messages and sent["messages"] == messages
+    r = await client.post(
+        "/v1/chat/completions",
+        json={**body, "messages": [{**messages[0], "name": "n" * 65}]},
+        headers=bearer(key),
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].name", r.text
+
+
 async def test_the_prompts_api_carries_stop_into_the_task_config(client: httpx.AsyncClient):
     key, runner = await setup(client)
     body = {"model_name": MODEL, "prompt": "Once", "stop": "\n\n", "seed": 1}
@@ -368,7 +383,6 @@ async def test_ollama_version_ps_and_unknown_routes(client: httpx.AsyncClient):
     r = await client.get("/ollama/api/ps", headers=bearer(key))
     assert [m["name"] for m in r.json()["models"]] == [MODEL]
     for method, path in (
-        ("POST", "/ollama/api/show"),
         ("POST", "/ollama/api/pull"),
         ("POST", "/ollama/api/embed"),
         ("GET", "/ollama/api/chat"),
@@ -376,3 +390,28 @@ async def test_ollama_version_ps_and_unknown_routes(client: httpx.AsyncClient):
         r = await client.request(method, path, headers=bearer(key), json={"model": MODEL})
         assert r.status_code == 404, (path, r.text)
         assert set(r.json()) == {"error"} and isinstance(r.json()["error"], str), r.text
+
+
+async def test_ollama_show_describes_a_served_model(client: httpx.AsyncClient):
+    key, _ = await setup(client)
+    bob = await sign_in(client, BOB)
+    await llm_runner(client, bob, model("cold", loaded=False, quantization="Q4_1"))
+    r = await client.post("/ollama/api/show", json={"model": MODEL}, headers=bearer(key))
+    assert r.status_code == 200, r.text
+    shown = r.json()
+    info = shown["model_info"]
+    # Clients read the context length at "<general.architecture>.context_length".
+    assert info[f"{info['general.architecture']}.context_length"] == 2048
+    assert info["general.name"] == MODEL and shown["capabilities"] == ["completion"]
+    # Older clients send "name"; an offline-loaded model is still served by an online runner.
+    r = await client.post("/ollama/api/show", json={"name": "cold"}, headers=bearer(key))
+    assert r.status_code == 200 and r.json()["details"]["quantization_level"] == "Q4_1", r.text
+    assert "cold.context_length" not in r.json()["model_info"]
+    r = await client.post("/ollama/api/show", json={"model": "nope"}, headers=bearer(key))
+    assert (r.status_code, r.json()) == (404, {"error": "model 'nope' not found"})
+    for body, field in (({}, "model"), ({"model": MODEL, "extra": 1}, "extra"),
+                        ({"model": ""}, "model")):  # fmt: skip
+        r = await client.post("/ollama/api/show", json=body, headers=bearer(key))
+        assert r.status_code == 400 and r.json()["error"].startswith(field), (body, r.text)
+    r = await client.post("/ollama/api/show", json={"model": MODEL})
+    assert r.status_code == 401 and set(r.json()) == {"error"}

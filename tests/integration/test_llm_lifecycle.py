@@ -222,6 +222,10 @@ async def test_a_streamed_prompt_the_backend_refuses_ends_with_its_message_at_on
     assert r.status_code == 200, r.text
     events = sse_events((await asyncio.wait_for(answer, 10)).text)
     assert events[-1] == "[DONE]" and events[-2]["error"]["message"] == BACKEND_MESSAGE
+    # The same type and code as the refusal of a request that does not stream: the client's
+    # to fix, not a server error.
+    assert events[-2]["error"]["type"] == "invalid_request_error"
+    assert events[-2]["error"]["code"] == "backend_rejected_request"
     p = (await client.get(f"{V1}/llm/prompts/{task_id}", headers=bearer(key))).json()
     assert (p["status"], p["attempts"]) == ("failed", 1)
     assert await offered(client, other) == []
@@ -300,6 +304,34 @@ async def test_prompts_beyond_the_free_slots_are_routed_when_a_slot_frees_not_at
         for job in serving:
             job.cancel()
         await asyncio.gather(*serving, return_exceptions=True)
+        await jobs.stop()
+
+
+async def test_a_released_prompt_frees_its_slot_for_the_queued_ones_at_once(
+    client: httpx.AsyncClient, container: Container
+):
+    """A runner giving a prompt back untouched (its shutdown) records no event, yet its slot is
+    routed again at once, not at the prompts job's next interval."""
+    key = await api_key(client, ALICE)
+    bob = await sign_in(client, BOB)
+    runner, _ = await llm_runner(client, bob, model("m1"), slots=1)
+    jobs = JobRunner(container.db, container.clock, [prompts_job(container.llm, 120.0)])
+    jobs.start()
+    try:
+        await until(lambda: jobs.ticks["llm_prompts"] >= 1)  # its first tick, at start
+        first = await submitted(client, key, max_tokens=5)
+        got = await claim_when_routed(client, runner)
+        assert got["task"]["id"] == first["id"]
+        # The only slot is held: the second prompt waits, and the job's tick finds it stalled.
+        second = await submitted(client, key, max_tokens=5)
+        ticks = jobs.ticks["llm_prompts"]
+        await until(lambda: jobs.ticks["llm_prompts"] > ticks)
+        r = await act(client, runner, first["id"], "release", got["claim_token"])
+        assert r.status_code == 200, r.text
+        # Routed again within seconds (the interval is 120 s): one of the two, to the freed slot.
+        again = await asyncio.wait_for(claim_when_routed(client, runner), 10)
+        assert again["task"]["id"] in (first["id"], second["id"])
+    finally:
         await jobs.stop()
 
 

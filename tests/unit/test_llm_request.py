@@ -86,6 +86,9 @@ REFUSED: list[Any] = [
                  "config.messages[1].content[0]", id="image-part"),
     pytest.param(chat({**USER, "tool_calls": []}), "config.messages[0].tool_calls",
                  id="unsupported-message-key"),
+    pytest.param(chat({**USER, "name": 5}), "config.messages[0].name", id="name-not-text"),
+    pytest.param(chat({**USER, "name": ""}), "config.messages[0].name", id="name-empty"),
+    pytest.param(chat({**USER, "name": "n" * 65}), "config.messages[0].name", id="name-long"),
     pytest.param(prompt(max_tokens=None), "config.max_tokens", id="max-tokens-missing"),
     pytest.param(prompt(max_tokens=0), "config.max_tokens", id="max-tokens-zero"),
     pytest.param(prompt(max_tokens=2.5), "config.max_tokens", id="max-tokens-float"),
@@ -114,4 +117,7 @@ def test_developer_role_and_name_are_accepted() -> None:
             "messages": [{"role": "developer", "content": "x", "name": "n"}],
         }
     )
-    assert request.messages == (ChatMessage("developer", "x"),)
+    assert request.messages == (ChatMessage("developer", "x", name="n"),)
+    # The name travels in the task config, so the runner's backend receives it.
+    assert request.to_config()["messages"] == [{"role": "developer", "content": "x", "name": "n"}]
+    assert parse_llm_config(chat(USER)).to_config()["messages"] == [USER]

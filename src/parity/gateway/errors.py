@@ -45,12 +45,16 @@ def openai_body(status: int, message: str, param: str | None, code: str | None) 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def openai_error(exc: ParityError) -> JSONResponse:
+def openai_error_body(exc: ParityError) -> dict[str, Any]:
+    """``exc`` in OpenAI's error shape: the body of an error answer, or of a stream's last
+    event when the error comes after the stream began."""
     status = status_of(exc)
-    code = _CODES.get(status, exc.code)
+    return openai_body(status, exc.message, param_of(exc), _CODES.get(status, exc.code))
+
+
+def openai_error(exc: ParityError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    body = openai_body(status, exc.message, param_of(exc), code)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(openai_error_body(exc), status_code=status_of(exc), headers=headers)
 
 
 def ollama_error(exc: ParityError) -> JSONResponse:

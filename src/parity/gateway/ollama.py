@@ -1,5 +1,5 @@
-"""The Ollama-compatible API under ``/ollama/api`` (``tags``, ``ps``, ``version``, ``chat``,
-``generate``; any other path is a 404 in Ollama's error shape): Ollama clients take
+"""The Ollama-compatible API under ``/ollama/api`` (``tags``, ``ps``, ``show``, ``version``,
+``chat``, ``generate``; any other path is a 404 in Ollama's error shape): Ollama clients take
 ``<server>/ollama`` as their host, with an API key as a bearer token. Answers stream as NDJSON
 by default, as Ollama does; ``"stream": false`` answers one JSON object. ``prompt_eval_count``
 and ``eval_count`` are the billed input and output tokens.
@@ -287,7 +287,47 @@ async def running(request: Request, c: ContainerDep) -> Response:
     return JSONResponse({"models": out})
 
 
-# Last of this router: any other path under /ollama/api (show, pull, embed, ...) is a 404 in
+class ShowBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(default=None, min_length=1, max_length=255)
+    name: str | None = Field(default=None, min_length=1, max_length=255)  # older clients
+    verbose: bool = False  # Ollama's tokenizer arrays: there are none to show
+
+
+@router.post("/show")
+async def show(request: Request, c: ContainerDep) -> Response:
+    """One model the online runners serve (``ollama.show``): its quantization and, when runners
+    report it, its context length, under ``model_info`` as ``<architecture>.context_length``
+    (architecture ``parity``, the key clients read); Ollama's 404 when no online runner serves
+    it. The modelfile, template and parameters are the runners' backends' own: empty here."""
+    try:
+        body = await parse(request, ShowBody)
+        wanted = body.model or body.name
+        if wanted is None:
+            raise InvalidInput("model", "is required")
+        models = await relay.network_models(request, c)
+    except ParityError as exc:
+        return ollama_error(exc)
+    found = next((m for m in models if m.model == wanted), None)
+    if found is None:
+        return JSONResponse({"error": f"model '{wanted}' not found"}, status_code=404)
+    info: dict[str, Any] = {"general.architecture": "parity", "general.name": found.model}
+    if found.max_context_length is not None:
+        info["parity.context_length"] = found.max_context_length
+    return JSONResponse(
+        {
+            "modelfile": "",
+            "parameters": "",
+            "template": "",
+            "details": _tag(found)["details"],
+            "model_info": info,
+            "capabilities": ["completion"],
+            "modified_at": _now(),
+        }
+    )
+
+
+# Last of this router: any other path under /ollama/api (pull, embed, ...) is a 404 in
 # Ollama's error shape.
 @router.api_route(
     "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False
@@ -295,6 +335,6 @@ async def running(request: Request, c: ContainerDep) -> Response:
 async def unknown_route(path: str, request: Request) -> Response:
     message = (
         f"{request.method} /api/{path} is not offered by this gateway (it offers /api/tags, "
-        "/api/ps, /api/version, /api/chat and /api/generate)"
+        "/api/ps, /api/show, /api/version, /api/chat and /api/generate)"
     )
     return JSONResponse({"error": message}, status_code=404)

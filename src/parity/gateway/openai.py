@@ -24,7 +24,7 @@ from parity.api.jsonbody import JsonRoute
 from parity.auth.schemas import Principal
 from parity.errors import ParityError
 from parity.gateway import relay
-from parity.gateway.errors import invalid, openai_body, openai_error, parse, status_of
+from parity.gateway.errors import invalid, openai_body, openai_error, openai_error_body, parse
 from parity.gateway.openai_schemas import (
     ChatCompletionCreate,
     CompletionCreate,
@@ -233,8 +233,7 @@ async def _stream(
                     if include_usage:
                         out.append(_sse(shape.usage_chunk(last)))
                 elif isinstance(last, relay.Failed):
-                    err = relay.PromptFailed(last.message)
-                    out.append(_sse(openai_body(status_of(err), last.message, None, err.code)))
+                    out.append(_sse(openai_error_body(last.error)))
                 if not isinstance(last, relay.Delta):
                     yield b"".join([*out, b"data: [DONE]\n\n"])
                     return

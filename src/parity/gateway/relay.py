@@ -212,7 +212,15 @@ class Delta:
 
 @dataclass(frozen=True)
 class Failed:
-    message: str
+    """The prompt ended without an answer: ``error`` is what a non-streamed request would
+    have raised (PromptRejected for a backend's refusal, the client's to fix; else
+    PromptFailed), so a stream's last event carries the same status and code."""
+
+    error: ParityError
+
+    @property
+    def message(self) -> str:
+        return self.error.message
 
 
 Piece = Delta | Finished | Failed
@@ -417,7 +425,7 @@ class _Relay:
             refused = llm.refusal(row.last_error)
             if refused is not None and await llm.end_refused(self.c.db, self.c.llm, row):
                 self.done = True
-                return [Failed(refused)]
+                return [Failed(PromptRejected(refused, details={"prompt_id": str(row.prompt.id)}))]
         if status == "completed":
             done = finished(row)
             sent = "".join(self.sent)
@@ -428,7 +436,7 @@ class _Relay:
             return [Delta(rest), done] if rest else [done]
         if status in FINISHED:
             self.done = True
-            return [Failed(llm.refusal(row.last_error) or row.last_error or "the prompt failed")]
+            return [Failed(_failure(row))]
         if broke or (self.sent and (status == "queued" or row.attempts != self.attempt)):
             # Text was delivered and the runner that sent it is gone: no silent restart.
             # (A broken stream normally finds the prompt failed already, just above.)
@@ -438,7 +446,7 @@ class _Relay:
     def _fail(self, message: str) -> Failed:
         cancel_later(self.c, self.principal, self.prompt_id)
         self.done = True
-        return Failed(message)
+        return Failed(PromptFailed(message, details={"prompt_id": str(self.prompt_id)}))
 
 
 def cancel_later(

@@ -26,9 +26,9 @@ class SlotWatch:
     capacity: watch the tasks that hold those runners' slots (``service.slot_holders``). The
     first event of one of them (completed, failed, retried after a lost lease, cancelled; on
     this replica or, through the wake-up relay, another) sets ``wake``, so the job routes the
-    waiting prompts to the slot that freed instead of at its next interval. Each tick replaces
-    the watch; it lapses after ``seconds``. A claim given back untouched (a runner releasing
-    it) records no event: its slot is found at the next tick."""
+    waiting prompts to the slot that freed instead of at its next interval; a claim given back
+    untouched (a runner releasing it) records no event but wakes the watch the same way. Each
+    tick replaces the watch; it lapses after ``seconds``."""
 
     def __init__(self, hub: EventHub, wake: asyncio.Event, seconds: float) -> None:
         self._hub, self._wake, self._seconds = hub, wake, seconds

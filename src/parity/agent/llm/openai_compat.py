@@ -26,7 +26,7 @@ from parity.agent.llm.backend import (
     optional_count,
 )
 from parity.agent.llm.errors import BackendUnavailable, BadResponse
-from parity.core.llm.request import LlmRequest
+from parity.core.llm.request import ChatMessage, LlmRequest
 
 __all__ = ["OpenAIBackend", "sse_data"]
 
@@ -113,12 +113,16 @@ def _request_body(request: LlmRequest) -> tuple[str, dict[str, Any]]:
     if request.messages is None:
         body["prompt"] = request.prompt or ""
         return "/v1/completions", body
-    # "developer" is OpenAI's newer name for "system"; local servers' templates know "system".
-    body["messages"] = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.content}
-        for m in request.messages
-    ]
+    body["messages"] = [_message(m) for m in request.messages]
     return "/v1/chat/completions", body
+
+
+def _message(m: ChatMessage) -> dict[str, str]:
+    # "developer" is OpenAI's newer name for "system"; local servers' templates know "system".
+    out = {"role": "system" if m.role == "developer" else m.role, "content": m.content}
+    if m.name is not None:
+        out["name"] = m.name
+    return out
 
 
 def _choices(chunk: dict[str, Any], label: str) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ __all__ = [
 MAX_MODEL_NAME = 256
 MAX_MESSAGES = 1024
 MAX_OUTPUT_TOKENS = 1_048_576
+MAX_NAME = 64  # a message's participant name, in characters (OpenAI's limit)
 # Prompt text (all messages together) in UTF-8 bytes; keeps a task row and its escrow bounded.
 MAX_PROMPT_BYTES = 4 * 1024 * 1024
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
@@ -54,6 +55,14 @@ _KEYS = frozenset(
 class ChatMessage:
     role: str
     content: str
+    # OpenAI's participant name: sent on to OpenAI-compatible backends (Ollama's chat has none).
+    name: str | None = None
+
+    def to_config(self) -> dict[str, str]:
+        out = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +94,7 @@ class LlmRequest:
         """The canonical config (what a task row stores and a runner receives)."""
         out: dict[str, Any] = {"model": self.model, "max_tokens": self.max_tokens}
         if self.messages is not None:
-            out["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
+            out["messages"] = [m.to_config() for m in self.messages]
         else:
             out["prompt"] = self.prompt
         if self.temperature is not None:
@@ -162,14 +171,26 @@ def _message(index: int, raw: object) -> ChatMessage:
     field = f"config.messages[{index}]"
     if not isinstance(raw, Mapping):
         raise ConfigInvalid(field, "must be an object {role, content}")
-    # OpenAI clients may send a participant ``name``: accepted, not forwarded to backends.
     extra = sorted(str(k) for k in raw if k not in ("role", "content", "name"))
     if extra:
         raise ConfigInvalid(f"{field}.{extra[0]}", "is not supported")
     role = raw.get("role")
     if not isinstance(role, str) or role not in ROLES:
         raise ConfigInvalid(f"{field}.role", f"must be one of {', '.join(sorted(ROLES))}")
-    return ChatMessage(role=str(role), content=_content(f"{field}.content", raw.get("content")))
+    return ChatMessage(
+        role=str(role),
+        content=_content(f"{field}.content", raw.get("content")),
+        name=_name(f"{field}.name", raw.get("name")),
+    )
+
+
+def _name(field: str, raw: object) -> str | None:
+    """A message's optional participant name (OpenAI's ``name``): 1 to 64 characters."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not 1 <= len(raw) <= MAX_NAME:
+        raise ConfigInvalid(field, f"must be a string of 1 to {MAX_NAME} characters")
+    return raw
 
 
 def _content(field: str, raw: object) -> str:
