@@ -5,7 +5,8 @@ and reports, tests/contract/llm_fakes.py) where the runner's side matters:
 
 - a streaming client that hangs up: the server ends the runner's ``/stream`` request at once
   (``cancelled: true``), the runner stops the backend without waiting for a heartbeat, and the
-  client is billed at most what was relayed to it, whatever the runner reports;
+  client is billed at most what was relayed to it, whatever the runner reports; so too before
+  the first token (the runner opens its ``/stream`` request when the task starts);
 - the runner's stream request fails after its first delta (the server gone): the runner stops
   and reports a failure with what it streamed, never a completion;
 - a non-streaming client that disconnects: the runner's partial usage is billed;
@@ -20,11 +21,13 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from parity.agent.client import ServerClient
 from parity.agent.llm import LlmExecutor, OpenAIBackend
 from parity.agent.loop import Runner, RunnerOptions
 from parity.core.llm.metering import estimate_text_tokens
+from parity.gateway import runner_stream
 from parity.ledger.models import Posting, Reservation
 from tests.conftest import bearer, until
 from tests.contract.llm_fakes import FakeLlm, serve
@@ -64,8 +67,15 @@ async def run_claimed(runner: Runner, fake: FakeLlm, got: dict[str, Any]) -> flo
     return time.monotonic() - started
 
 
+@pytest.fixture
+def no_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream request's periodic re-check of its task (for a wake-up lost on another
+    replica) set beyond any wait here: only the cancel's own wake-up can end the stream."""
+    monkeypatch.setattr(runner_stream, "CANCEL_RECHECK_SECONDS", 3600.0)
+
+
 async def test_a_streaming_client_that_hangs_up_stops_the_runner_at_once_billed_as_delivered(
-    net: Net,
+    net: Net, no_recheck: None
 ):
     key, token_of_runner = await setup(net)
     gone = asyncio.Event()
@@ -97,7 +107,41 @@ async def test_a_streaming_client_that_hangs_up_stops_the_runner_at_once_billed_
     assert await paid(net, task_id) == cost(p["usage"]["input_tokens"], delivered)
 
 
-async def test_a_hung_up_stream_is_billed_at_most_what_was_relayed_to_its_client(net: Net):
+async def test_a_client_that_hangs_up_before_the_first_token_stops_a_stalled_backend_at_once(
+    net: Net, no_recheck: None
+):
+    """The runner opens its streaming leg when the task starts, so the server can end it on a
+    cancel before any token: a backend that has produced nothing yet is stopped at once, not
+    at the runner's next heartbeat (an hour here)."""
+    key, token_of_runner = await setup(net)
+    gone = asyncio.Event()
+    sent: list[Message] = []
+    body = json.dumps({"model": "m1", "messages": MESSAGES, "stream": True, "max_tokens": 50})
+    headers = {**bearer(key), "Content-Type": "application/json"}
+    client = asyncio.create_task(
+        call_asgi(net.http, "POST", "/v1/chat/completions", headers, [body.encode()], gone.wait,
+                  sent, whole=True)
+    )  # fmt: skip
+    got = await claim_when_routed(net.http, token_of_runner)
+    task_id = got["task"]["id"]
+    runner = runner_for(net, token_of_runner)
+    async with serve(FakeLlm("openai", models=["m1"], mode="slow_first", delay=STALL)) as fake:
+        running = asyncio.create_task(run_claimed(runner, fake, got))
+        await until(lambda: bool(fake.requests))  # the backend is reading the prompt
+        gone.set()  # the client hangs up before any token came
+        took = await asyncio.wait_for(running, 20)
+        assert fake.disconnected.is_set()  # the backend was told to stop
+    await asyncio.wait_for(client, 20)
+    assert took < STALL / 2  # not at the backend's pace, nor at a heartbeat's
+    assert "The" not in body_of(sent)
+    p = await read(net, key, task_id)
+    assert (p["status"], p["error"]) == ("failed", "cancelled")
+    assert await net.rows(Posting, source_id=task_id) == []  # nothing reached the client
+
+
+async def test_a_hung_up_stream_is_billed_at_most_what_was_relayed_to_its_client(
+    net: Net, no_recheck: None
+):
     key, runner = await setup(net)
     gone = asyncio.Event()
     sent: list[Message] = []

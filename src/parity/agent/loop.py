@@ -611,6 +611,11 @@ class Runner:
             if executor is None:
                 outcome = Outcome(False, None, "", f"this runner cannot run {task['type']} tasks")
             else:
+                if self._streams_tokens(executor, task):
+                    # Opened before the first token: a cancel ends it (and so the generation)
+                    # at once even while the backend has produced nothing (a long prompt being
+                    # read, a stalled backend), not at the next heartbeat.
+                    self._stream_of(a).open()
                 outcome = await executor.run(task, a.logs.add, a.cancel)
             if a.stream is not None:
                 # The last deltas reach the server before the outcome does.
@@ -646,15 +651,28 @@ class Runner:
         a = self.active.get(task_id)
         return None if a is None else a.token
 
-    async def _on_token(self, task: dict[str, Any], text: str) -> None:
-        a = self.active.get(str(task.get("id")))
-        if a is None or a.revoked:
-            return
+    def _streams_tokens(self, executor: object, task: dict[str, Any]) -> bool:
+        """An llm task with ``stream: true`` run by the executor whose tokens go to the server."""
+        config = task.get("config")
+        return (
+            isinstance(executor, LlmExecutor)
+            and executor.token_sink == self._on_token
+            and isinstance(config, dict)
+            and config.get("stream") is True
+        )
+
+    def _stream_of(self, a: Active) -> TokenStream:
         if a.stream is None:
             a.stream = TokenStream(
                 self.client, a.task_id, a.token, on_end=lambda how: _stream_ended(a, how)
             )
-        a.stream.send(text)
+        return a.stream
+
+    async def _on_token(self, task: dict[str, Any], text: str) -> None:
+        a = self.active.get(str(task.get("id")))
+        if a is None or a.revoked:
+            return
+        self._stream_of(a).send(text)
 
     def _claim_deferred(self) -> None:
         """A slot freed: claim the oldest deferred offers that now fit (one that expired or

@@ -1,6 +1,7 @@
 """The runner's half of the streaming leg: one ``POST /runners/tasks/{id}/stream`` request per
-task attempt, opened at the first token and fed as tokens arrive (chunked NDJSON). The backend
-is never held up by it: tokens queue in memory.
+task attempt, opened when the task starts (before its first token, so the server can end it
+on a cancel while the backend has produced nothing yet) and fed as tokens arrive (chunked
+NDJSON). The backend is never held up by it: tokens queue in memory.
 
 How the request ends decides what the runner does next (``on_end``):
 
@@ -51,11 +52,15 @@ class TokenStream:
     def sent_text(self) -> str:
         return "".join(self.sent_parts)
 
+    def open(self) -> None:
+        """Send the request now; its body's lines follow as tokens arrive."""
+        if self._job is None and not self.closed:
+            self._job = asyncio.create_task(self._post(), name=f"stream:{self.task_id}")
+
     def send(self, text: str) -> None:
         if self.closed:
             return
-        if self._job is None:
-            self._job = asyncio.create_task(self._post(), name=f"stream:{self.task_id}")
+        self.open()
         self._queue.put_nowait(text)
 
     async def _deltas(self) -> AsyncIterator[str]:

@@ -314,16 +314,6 @@ async def _release(
     cancelled = task.status == TaskStatus.CANCEL_REQUESTED
     edge = tr.CANCEL_ACKNOWLEDGED if cancelled else tr.RELEASE
     await tr.transition(session, deps, task, edge, now=now, attempt=attempt, outcome=why)
-    if not cancelled:
-        # A release records no event, yet frees a runner's slot: whatever watches the task
-        # (the prompts job waiting for a slot of its model, a prompt's relay) is woken after
-        # the commit, here and on the other replicas, instead of finding it at its next look.
-        hub, about = deps.events.hub, (str(task.id),)
-
-        def wake() -> None:
-            hub.publish((), deliveries=False, resources=about)
-
-        after_commit(session, wake)
 
 
 def run_deadline(deps: TaskDeps, task: Task) -> datetime | None:

@@ -9,7 +9,8 @@ symbols. The same edge is applied two ways:
   (``queue.statements``), which the PostgreSQL fast path compiles for the driver.
 
 After a row has changed, :func:`settle` does what follows from the status it reached: the
-task event, and closing the escrow when the status is terminal (never keyed by an event name).
+task event (or, for an edge without one that ``wakes``, a wake-up of the task's watchers), and
+closing the escrow when the status is terminal (never keyed by an event name).
 No other module assigns a task's ``status`` (``tests/unit/test_task_transitions.py`` checks).
 """
 
@@ -79,6 +80,10 @@ class Edge:
     via: tuple[TaskStatus, ...] = ()  # statuses passed through (claim and start in one call)
     event: str | None = None  # the event of this edge; None: none
     outcome: str | None = None  # how the current attempt ends, when it ends here
+    # An edge with no event whose watchers must still learn of it at once (the task's
+    # resource watchers, here and on the other replicas): a cancel requested of a runner's
+    # open token stream, a slot given back that a queued prompt waits for.
+    wakes: bool = False
 
     def path(self, current: TaskStatus) -> list[tuple[TaskStatus, TaskStatus]]:
         steps = [current, *self.via, self.target]
@@ -159,6 +164,7 @@ RELEASE = _edge(
         **_LEASE_CLEARED,
     },
     outcome="released",
+    wakes=True,
 )
 CANCEL = _edge(
     "cancel",
@@ -173,6 +179,7 @@ REQUEST_CANCEL = _edge(
     frozenset({_S.RUNNING}),
     _S.CANCEL_REQUESTED,
     sets={"cancel_requested_at": Now, "updated_at": Now},
+    wakes=True,
 )
 # The runner acknowledged a requested cancel (by failing or releasing), or its lease expired.
 CANCEL_ACKNOWLEDGED = _edge(
@@ -251,6 +258,13 @@ async def settle(
             hub.publish([owner], deliveries=deliveries, resources=about)
 
         after_commit(session, wake)
+    elif edge.wakes:
+        hub, about = deps.events.hub, (str(task.id),)
+
+        def wake_watchers() -> None:
+            hub.publish((), deliveries=False, resources=about)
+
+        after_commit(session, wake_watchers)
     if edge.target in TERMINAL:
         await billing.close(session, deps, task)
 
