@@ -100,17 +100,57 @@ async def _balance(net: Net, token: str) -> dict[str, Any]:
     return out
 
 
-async def _run(net: Net, runner_token: str, seconds: float) -> dict[str, Any]:
+async def _run(
+    net: Net, runner_token: str, seconds: float, usage: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Claim+start the next task, let `seconds` pass on the server's clock, complete it."""
     got = await claimed(net.http, runner_token, start="true")
     net.clock.advance(seconds)
+    body = {"claim_token": got["claim_token"], "output": "ok", "exit_code": 0}
     r = await net.http.post(
         f"{V1}/runners/tasks/{got['task']['id']}/complete",
-        json={"claim_token": got["claim_token"], "output": "ok", "exit_code": 0},
+        json=body if usage is None else {**body, "usage": usage},
         headers=bearer(runner_token),
     )
     assert r.status_code == 200, r.text
     return got
+
+
+async def test_the_time_a_completion_waited_on_its_runner_is_not_billed(net: Net):
+    """A completion that got through late (the server was unreachable: the runner retried)
+    carries ``usage.report_delay_ms``; the meter stops at the run's end. A runner can only
+    lower its own pay with it: never below the base, never a negative or fractional delay."""
+    alice = await sign_in(net.http, ALICE)
+    bob = await sign_in(net.http, BOB)
+    await net.stake(ALICE, 10_000)
+    runner_token, _ = await register_runner(net.http, bob, device())
+    billed = {}
+    for delay in (10_000, 60_000):
+        task = await create_task(net.http, alice, timeout_seconds=60)
+        await _run(net, runner_token, 12.5, usage={"wall_seconds": 2.4, "report_delay_ms": delay})
+        [posting] = await net.rows(Posting, source_id=task["id"])
+        payer = [e for e in await net.rows(Entry, posting_id=posting.id) if e.role == "payer"]
+        billed[delay] = (-payer[0].amount, posting.facts)
+    # 100 + 10 * 2.5 s: the 10 s the report waited are not billed.
+    assert billed[10_000][0] == 125
+    assert (billed[10_000][1]["milliseconds"], billed[10_000][1]["report_delay_ms"]) == (
+        2500,
+        10_000,
+    )
+    # A delay longer than the whole run leaves the base price.
+    assert billed[60_000][0] == 100 and billed[60_000][1]["milliseconds"] == 0
+    task = await create_task(net.http, alice, timeout_seconds=60)
+    got = await claimed(net.http, runner_token, start="true")
+    for bad in (-1, 2.5, True):
+        r = await net.http.post(
+            f"{V1}/runners/tasks/{got['task']['id']}/complete",
+            json={"claim_token": got["claim_token"], "output": "ok", "exit_code": 0,
+                  "usage": {"report_delay_ms": bad}},
+            headers=bearer(runner_token),
+        )  # fmt: skip
+        assert r.status_code == 422, (bad, r.text)
+        assert "report_delay_ms" in r.text and "usage" in r.text
+    assert await net.rows(Posting, source_id=task["id"]) == []
 
 
 async def test_creating_a_task_reserves_its_maximum_cost(net: Net) -> None:

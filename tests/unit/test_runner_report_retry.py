@@ -1,5 +1,6 @@
 """A finished run's report is kept and tried again, same claim token and same body, until the
-server settles it: accepted, or refused for good (a 4xx). No answer, a 5xx (503 with
+server settles it: accepted, or refused for good (a 4xx); a completion that got through late
+says how long it waited (``usage.report_delay_ms``, not billed). No answer, a 5xx (503 with
 Retry-After) and a 429 are tried again with a capped backoff that honours Retry-After. Log
 batches the server did not take are kept (bounded: the oldest go first, counted) and resent in
 seq order."""
@@ -92,6 +93,33 @@ async def test_a_report_that_gets_no_answer_is_tried_until_the_server_takes_it()
     }
     assert client.calls[0][2]["claim_token"] == "claim-token-0123456789"
     assert runner.completed == 1
+    await client.close()
+
+
+async def test_a_completion_held_up_says_how_long_so_that_time_is_not_billed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(loop, "REPORT_DELAY_MIN_MS", 50)
+    outage = [_unavailable(503, "database_unavailable", after=0.1) for _ in range(2)]
+    client = Client(outage)
+    runner = _runner(client)
+    a = Active("t-d", "claim-token-0123456789", CancelToken())
+    usage = {"wall_seconds": 0.5}
+
+    assert await runner._report(a, Outcome(True, 0, "done\n", usage=usage)) is True
+
+    bodies = [b for _, _, b, _ in client.calls]
+    assert "report_delay_ms" not in bodies[0]["usage"]  # the first try went out at once
+    [(_, accepted)] = client.accepted
+    assert accepted["usage"]["report_delay_ms"] >= 200  # two Retry-After waits of 0.1 s
+    assert accepted["usage"]["wall_seconds"] == 0.5  # the run's own figures are kept
+    assert usage == {"wall_seconds": 0.5}  # the outcome itself is not changed
+    # A failure is not billed by time: it never carries a delay.
+    client = Client([_unavailable(503, "database_unavailable", after=0.1)] * 2)
+    runner = _runner(client)
+    b = Active("t-e", "claim-token-0123456789", CancelToken())
+    assert await runner._report(b, Outcome(False, 1, "", "exit 1", usage=usage)) is True
+    assert all("report_delay_ms" not in body.get("usage", {}) for _, _, body, _ in client.calls)
     await client.close()
 
 

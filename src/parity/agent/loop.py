@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ LOG_BUFFER_BATCHES = 1000
 # report (the lines go first, but do not hold the outcome up), and once more after the outcome
 # was accepted; what is still unsent then is dropped.
 LOG_DRAIN_SECONDS = 10.0
+# A completion that got through this much after the run ended says so (usage.report_delay_ms),
+# so the time it waited (an outage, retries) is not billed; below it, delivery is the norm.
+REPORT_DELAY_MIN_MS = 1000
 log = get_logger("parity.runner")
 T = TypeVar("T")
 
@@ -698,11 +702,17 @@ class Runner:
         action = "complete" if outcome.ok else "fail"
         try:
             body = await self._report_body(a, outcome)
+            ended = time.monotonic()  # the run is over: what follows is delivery
 
             async def send() -> dict[str, Any]:
                 if a.logs is not None and not self.stopping.is_set():
                     with contextlib.suppress(TimeoutError):  # lines first, when they go
                         await asyncio.wait_for(a.logs.drain(), LOG_DRAIN_SECONDS)
+                waited = int((time.monotonic() - ended) * 1000)
+                if outcome.ok and waited >= REPORT_DELAY_MIN_MS:
+                    # A completion held up (the server unreachable, retried): the meter stops
+                    # at the run's end, not when its report got through.
+                    body["usage"] = {**(outcome.usage or {}), "report_delay_ms": waited}
                 return await self.client.transition(a.task_id, action, body)
 
             await self._until_settled(a, action, send)

@@ -256,11 +256,13 @@ async def close_task(
     started_at: datetime | None,
     completed_at: datetime | None,
     payee: str | None,
+    report_delay_ms: int = 0,
 ) -> Posting | None:
     """A task ended; ``reservation`` is its open escrow (:func:`open_task_reservation`).
-    Completed: bill the server-observed run time at the reserved price (capped by the
-    reservation) as one posting, and consume the reservation. Otherwise release it. A posting
-    already there is never written twice (unique per task)."""
+    Completed: bill the server-observed run time (start to the accepted completion, less
+    ``report_delay_ms``, the time the completion waited on its runner to get through) at the
+    reserved price (capped by the reservation) as one posting, and consume the reservation.
+    Otherwise release it. A posting already there is never written twice (unique per task)."""
     task_id = reservation.source_id
     now = deps.clock.now()
     reservation.closed_at = now
@@ -272,7 +274,8 @@ async def close_task(
     if await repo.posting_for(session, TASK, task_id, TASK_PAYMENT) is not None:
         await session.flush()
         return None
-    ms = int((completed_at - started_at).total_seconds() * 1000)
+    observed = max(int((completed_at - started_at).total_seconds() * 1000), 0)
+    ms = observed - min(max(report_delay_ms, 0), observed)
     amount = metered_amount(reservation.price, ms, reservation.amount)
     return await pay(
         session,
@@ -282,7 +285,8 @@ async def close_task(
         amount=amount,
         source=(TASK, task_id, TASK_PAYMENT),
         facts={
-            "milliseconds": max(ms, 0),
+            "milliseconds": ms,
+            **({"report_delay_ms": observed - ms} if ms < observed else {}),
             "price": reservation.price,
             "reserved": str(reservation.amount),
         },

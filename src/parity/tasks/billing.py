@@ -12,8 +12,10 @@ from parity.core.tasks.states import TaskStatus
 from parity.ledger import service as ledger
 from parity.ledger.deps import LedgerDeps
 from parity.runners import service as runners_service
+from parity.tasks import repository as task_repo
 from parity.tasks.deps import TaskDeps
 from parity.tasks.models import Task
+from parity.tasks.schemas import REPORT_DELAY
 
 TERMINAL_EVENTS = frozenset({"task.completed", "task.failed", "task.cancelled"})
 
@@ -85,10 +87,13 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
         return  # unpriced work, or its escrow is already closed
     completed = task.status == TaskStatus.COMPLETED
     payee = None
+    delay_ms = 0
     if completed and task.runner_id is not None:
         runner = await runners_service.get(session, task.runner_id)
         if runner is not None:
             payee = ledger.runner_account(ledger_deps, runner.owner_address, runner.device_id)
+        result = await task_repo.get_result(session, task.id)
+        delay_ms = report_delay_ms(result.usage if result is not None else None)
     await ledger.close_task(
         session,
         ledger_deps,
@@ -97,4 +102,16 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
         started_at=task.started_at,
         completed_at=task.completed_at,
         payee=payee,
+        report_delay_ms=delay_ms,
     )
+
+
+def report_delay_ms(usage: Any) -> int:
+    """How long the accepted completion waited on its runner before the try that reached the
+    server (``usage.report_delay_ms``: the server unreachable, retries), as the runner says.
+    Not billed: the meter stops when the run ended, not when its report got through. A runner
+    can only lower its own pay with it (the bill never exceeds the server-observed time)."""
+    value = usage.get(REPORT_DELAY) if isinstance(usage, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return 0
+    return value

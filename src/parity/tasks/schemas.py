@@ -112,6 +112,8 @@ class ClaimBody(BaseModel):
 
 
 USAGE_KEYS = 64
+# How long an accepted completion waited on its runner to get through (not billed).
+REPORT_DELAY = "report_delay_ms"
 USAGE_TEXT = 256
 USAGE_NUMBER = 1e15
 
@@ -119,12 +121,17 @@ USAGE_NUMBER = 1e15
 def check_usage(usage: dict[str, Any]) -> dict[str, Any]:
     """A run's usage as a runner reports it: a flat object of at most 64 figures (numbers,
     short texts, booleans, nulls). Token counts (``*_tokens``) are whole and not negative:
-    prompts are billed by them."""
+    prompts are billed by them; so is ``report_delay_ms`` (how long an accepted completion
+    waited on its runner to get through: not billed)."""
     if len(usage) > USAGE_KEYS:
         raise ValueError(f"at most {USAGE_KEYS} entries")
     for key, value in usage.items():
         if len(key) > 64:
             raise ValueError(f"key {key[:64]!r}... is longer than 64 characters")
+        if key == REPORT_DELAY and not (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ):
+            raise ValueError(f"{key}: must be a whole number of milliseconds, not negative")
         if value is None or isinstance(value, bool):
             continue
         if isinstance(value, str):
