@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -74,9 +76,18 @@ def no_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner_stream, "CANCEL_RECHECK_SECONDS", 3600.0)
 
 
-async def test_a_streaming_client_that_hangs_up_stops_the_runner_at_once_billed_as_delivered(
-    net: Net, no_recheck: None
-):
+@dataclass
+class HungUp:
+    key: str
+    task_id: str
+    runner: Runner
+    took: float  # seconds the runner's run took, its report included
+    sent: list[Message]  # what reached the client
+
+
+async def hang_up(net: Net, mode: str, when: Callable[[FakeLlm, list[Message]], bool]) -> HungUp:
+    """A streaming client whose prompt the runner's loop runs on a fake backend in ``mode``;
+    it hangs up once ``when(fake, sent)``. The backend must have been told to stop."""
     key, token_of_runner = await setup(net)
     gone = asyncio.Event()
     sent: list[Message] = []
@@ -87,24 +98,31 @@ async def test_a_streaming_client_that_hangs_up_stops_the_runner_at_once_billed_
                   sent, whole=True)
     )  # fmt: skip
     got = await claim_when_routed(net.http, token_of_runner)
-    task_id = got["task"]["id"]
     runner = runner_for(net, token_of_runner)
-    async with serve(FakeLlm("openai", models=["m1"], mode="stall", delay=STALL)) as fake:
+    async with serve(FakeLlm("openai", models=["m1"], mode=mode, delay=STALL)) as fake:
         running = asyncio.create_task(run_claimed(runner, fake, got))
-        await until(lambda: "The" in body_of(sent))  # the first token reached the client
-        gone.set()  # then it hangs up while the backend still generates
+        await until(lambda: when(fake, sent))
+        gone.set()
         took = await asyncio.wait_for(running, 20)
         assert fake.disconnected.is_set()  # the backend was told to stop
     await asyncio.wait_for(client, 20)
-    assert took < STALL / 2  # not at the backend's pace, nor at a heartbeat's
-    assert runner.failed == 1 and runner.completed == 0
+    return HungUp(key, got["task"]["id"], runner, took, sent)
 
-    p = await read(net, key, task_id)
+
+async def test_a_streaming_client_that_hangs_up_stops_the_runner_at_once_billed_as_delivered(
+    net: Net, no_recheck: None
+):
+    # The first token reached the client; then it hangs up while the backend still generates.
+    out = await hang_up(net, "stall", lambda _, sent: "The" in body_of(sent))
+    assert out.took < STALL / 2  # not at the backend's pace, nor at a heartbeat's
+    assert out.runner.failed == 1 and out.runner.completed == 0
+
+    p = await read(net, out.key, out.task_id)
     assert (p["status"], p["error"]) == ("failed", "cancelled")
     delivered = estimate_text_tokens("The")
     assert (p["usage"]["output_tokens"], p["usage"]["partial"]) == (delivered, True)
     assert p["response"] == "The"
-    assert await paid(net, task_id) == cost(p["usage"]["input_tokens"], delivered)
+    assert await paid(net, out.task_id) == cost(p["usage"]["input_tokens"], delivered)
 
 
 async def test_a_client_that_hangs_up_before_the_first_token_stops_a_stalled_backend_at_once(
@@ -113,30 +131,13 @@ async def test_a_client_that_hangs_up_before_the_first_token_stops_a_stalled_bac
     """The runner opens its streaming leg when the task starts, so the server can end it on a
     cancel before any token: a backend that has produced nothing yet is stopped at once, not
     at the runner's next heartbeat (an hour here)."""
-    key, token_of_runner = await setup(net)
-    gone = asyncio.Event()
-    sent: list[Message] = []
-    body = json.dumps({"model": "m1", "messages": MESSAGES, "stream": True, "max_tokens": 50})
-    headers = {**bearer(key), "Content-Type": "application/json"}
-    client = asyncio.create_task(
-        call_asgi(net.http, "POST", "/v1/chat/completions", headers, [body.encode()], gone.wait,
-                  sent, whole=True)
-    )  # fmt: skip
-    got = await claim_when_routed(net.http, token_of_runner)
-    task_id = got["task"]["id"]
-    runner = runner_for(net, token_of_runner)
-    async with serve(FakeLlm("openai", models=["m1"], mode="slow_first", delay=STALL)) as fake:
-        running = asyncio.create_task(run_claimed(runner, fake, got))
-        await until(lambda: bool(fake.requests))  # the backend is reading the prompt
-        gone.set()  # the client hangs up before any token came
-        took = await asyncio.wait_for(running, 20)
-        assert fake.disconnected.is_set()  # the backend was told to stop
-    await asyncio.wait_for(client, 20)
-    assert took < STALL / 2  # not at the backend's pace, nor at a heartbeat's
-    assert "The" not in body_of(sent)
-    p = await read(net, key, task_id)
+    # The backend is reading the prompt, no token yet, when the client hangs up.
+    out = await hang_up(net, "slow_first", lambda fake, _: bool(fake.requests))
+    assert out.took < STALL / 2  # not at the backend's pace, nor at a heartbeat's
+    assert "The" not in body_of(out.sent)
+    p = await read(net, out.key, out.task_id)
     assert (p["status"], p["error"]) == ("failed", "cancelled")
-    assert await net.rows(Posting, source_id=task_id) == []  # nothing reached the client
+    assert await net.rows(Posting, source_id=out.task_id) == []  # nothing reached the client
 
 
 async def test_a_hung_up_stream_is_billed_at_most_what_was_relayed_to_its_client(
