@@ -93,6 +93,22 @@ async def test_a_bad_url_is_422_naming_url(client: httpx.AsyncClient, url: str):
     assert r.json()["error"]["details"]["field"] == "url"
 
 
+async def test_metadata_and_link_local_urls_are_refused_even_when_private_ones_are_allowed(
+    container: Container,
+):
+    async with custom_client(container, webhook_allow_private="true") as (http, _):
+        alice = await sign_in(http, ALICE)
+        for url in ("http://169.254.169.254/latest", "http://[fe80::1]/hook"):
+            r = await http.post(
+                f"{V1}/webhooks",
+                json={"url": url, "events": ["task.created"]},
+                headers=bearer(alice),
+            )
+            assert r.status_code == 422, (url, r.text)
+            assert r.json()["error"]["details"]["field"] == "url"
+        await _create(http, alice, url="http://10.0.0.5/hook")  # private: allowed here
+
+
 async def test_a_private_url_is_refused_when_private_targets_are_not_allowed(
     container: Container,
 ):

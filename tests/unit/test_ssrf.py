@@ -166,6 +166,19 @@ async def test_resolve_refuses_metadata_answer() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "answer", ["169.254.169.254", "169.254.170.2", "fe80::1", "fd00:ec2::254",
+               "::ffff:169.254.169.254"],
+)  # fmt: skip
+async def test_metadata_and_link_local_are_refused_even_when_private_targets_are_allowed(
+    answer: str,
+) -> None:
+    with pytest.raises(UrlRefused, match=r"metadata|link-local"):
+        await resolve_and_check(
+            "http://imds.example.com/", allow_private=True, resolver=FakeResolver(answer)
+        )
+
+
 async def test_allow_private_passes_loopback() -> None:
     target = await resolve_and_check(
         "http://localhost:9000/hook", allow_private=True, resolver=FakeResolver("127.0.0.1")

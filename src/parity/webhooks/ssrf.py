@@ -1,7 +1,8 @@
 """Outbound URL guard for webhooks and runner pushes (ARCHITECTURE §4, "Webhooks").
 
 Resolve the host, refuse loopback, private, link-local, metadata and other non-public
-addresses unless private targets are allowed (``WEBHOOK_ALLOW_PRIVATE``), then connect to the
+addresses unless private targets are allowed (``WEBHOOK_ALLOW_PRIVATE``; metadata and
+link-local addresses are refused even then), then connect to the
 address that was checked (no second lookup an attacker could answer differently), follow no
 redirects, cap the response body read and bound the whole call by one timeout.
 """
@@ -43,6 +44,8 @@ _METADATA = frozenset(
         ipaddress.ip_address("168.63.129.16"),  # Azure WireServer: a public-looking address
     }
 )
+# Refused whatever WEBHOOK_ALLOW_PRIVATE says (the reasons of :func:`classify`, embedded or not).
+ALWAYS_REFUSED = ("metadata", "link-local")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -149,16 +152,18 @@ async def resolve_and_check(
     """Check ``url``, resolve its host and return the address to connect to.
 
     Every resolved address must be public (one private answer among public ones refuses the
-    URL, so a split DNS answer cannot smuggle one in) unless ``allow_private``. The first
-    address is chosen. An IP-literal host is checked without a lookup.
+    URL, so a split DNS answer cannot smuggle one in) unless ``allow_private``; even then
+    metadata and link-local addresses (:data:`ALWAYS_REFUSED`) are refused: a development
+    server reaching its own machine's services is the point of the setting, a cloud host's
+    credentials endpoint never is. The first address is chosen. An IP-literal host is checked
+    without a lookup.
     """
     scheme, host, port = check_url_syntax(url)
     addresses = await _resolve(host, port, resolver or _getaddrinfo)
-    if not allow_private:
-        for ip in addresses:
-            reason = classify(ip)
-            if reason is not None:
-                raise UrlRefused(f"{host} resolves to {ip}, a {reason} address")
+    for ip in addresses:
+        reason = classify(ip)
+        if reason is not None and (not allow_private or reason.endswith(ALWAYS_REFUSED)):
+            raise UrlRefused(f"{host} resolves to {ip}, a {reason} address")
     return ResolvedTarget(url=url, scheme=scheme, host=host, port=port, ip=addresses[0])
 
 
