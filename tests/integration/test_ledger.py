@@ -21,7 +21,7 @@ from parity.container import Container
 from parity.db.session import Database
 from parity.ledger.models import Entry, Posting, Reservation
 from parity.tasks.models import Task
-from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
+from tests.conftest import ADMIN, ALICE, BOB, bearer, make_settings, sign_in
 from tests.integration.queue_helpers import claimed, create_task, device, register_runner
 
 V1 = "/api/v1"
@@ -350,6 +350,22 @@ async def test_reading_another_accounts_ledger_needs_the_operator(net: Net):
         f"{V1}/ledger/balance", params={"account": BOB.address.lower()}, headers=bearer(alice)
     )
     assert r.status_code == 403
+
+
+async def test_an_operator_reading_a_malformed_account_is_told_so_not_shown_zeros(net: Net):
+    admin = await sign_in(net.http, ADMIN)
+    await net.stake(BOB, 1_000)
+    r = await net.http.get(
+        f"{V1}/ledger/balance", params={"account": BOB.address}, headers=bearer(admin)
+    )
+    assert (r.status_code, r.json()["stake"]) == (200, "1000"), r.text
+    for path in ("balance", "entries", "reservations", "payouts"):
+        for bad in (BOB.address.lower()[2:], "nothex", BOB.address.lower()[:-1] + "g"):
+            r = await net.http.get(
+                f"{V1}/ledger/{path}", params={"account": bad}, headers=bearer(admin)
+            )
+            assert r.status_code == 422, (path, bad, r.text)
+            assert r.json()["error"]["details"]["field"] == "account"
 
 
 async def test_an_unreachable_chain_is_a_503_not_a_500(net: Net):

@@ -18,6 +18,7 @@ from parity.api.deps import (
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
+from parity.chain.stake_ids import StakeIdError, StakeIdMode, stake_id
 from parity.core.billing.units import format_token_amount
 from parity.errors import Forbidden, InvalidInput
 from parity.ledger import service
@@ -40,7 +41,10 @@ AccountQuery = Annotated[
 ]
 
 
-def _account(principal: Principal, account: str | None) -> str:
+def _account(principal: Principal, account: str | None, mode: StakeIdMode) -> str:
+    """The account to read: the caller's own, or (operators) ``account``, a 0x address or,
+    under STAKE_ID_MODE=device, a runner's device id. A malformed address is refused, not read
+    as an account that holds nothing."""
     own = service.client_account(principal.address)
     if account is None or account.lower() == own:
         return own
@@ -48,7 +52,16 @@ def _account(principal: Principal, account: str | None) -> str:
         raise Forbidden("only operators may read another account's ledger")
     if not account.strip():
         raise InvalidInput("account", "must not be empty")
-    return account.lower() if account.startswith("0x") else account
+    if mode == "device" and not account.startswith(("0x", "0X")):
+        return account  # a runner's device id
+    try:
+        return stake_id(account)
+    except StakeIdError:
+        also = " or a runner's device id" if mode == "device" else ""
+        raise InvalidInput(
+            "account",
+            "must be a 0x address (40 hex digits; mixed case must be its EIP-55 checksum)" + also,
+        ) from None
 
 
 @router.get("/ledger/balance", response_model=BalanceRead)
@@ -60,7 +73,7 @@ async def ledger_balance(
 ) -> BalanceRead:
     """Stake (from the chain), unsettled debits, escrow, available balance and earnings."""
     deps = c.ledger
-    b = await service.balance(session, deps, _account(principal, account))
+    b = await service.balance(session, deps, _account(principal, account, c.ledger.stake_id_mode))
     decimals = await deps.stakes.decimals()
     amounts = {
         "stake": b.stake,
@@ -84,11 +97,12 @@ async def ledger_entries(
     principal: CurrentPrincipal,
     session: ReadSession,
     page: PageParamsDep,
+    c: ContainerDep,
     account: AccountQuery = None,
 ) -> Page[EntryRead]:
     """Your ledger entries (debits negative), newest first."""
     rows = await service.list_entries(
-        session, _account(principal, account), page.limit, page.cursor
+        session, _account(principal, account, c.ledger.stake_id_mode), page.limit, page.cursor
     )
     items = [
         EntryRead(
@@ -115,12 +129,17 @@ async def ledger_reservations(
     principal: CurrentPrincipal,
     session: ReadSession,
     page: PageParamsDep,
+    c: ContainerDep,
     account: AccountQuery = None,
     status: Annotated[Literal["open", "consumed", "released"] | None, Query()] = None,
 ) -> Page[ReservationRead]:
     """Escrow held for your work, newest first."""
     rows = await service.list_reservations(
-        session, _account(principal, account), status, page.limit, page.cursor
+        session,
+        _account(principal, account, c.ledger.stake_id_mode),
+        status,
+        page.limit,
+        page.cursor,
     )
     items = [
         ReservationRead(
@@ -144,11 +163,12 @@ async def ledger_payouts(
     principal: CurrentPrincipal,
     session: ReadSession,
     page: PageParamsDep,
+    c: ContainerDep,
     account: AccountQuery = None,
 ) -> Page[PayoutRead]:
     """On-chain payments to you (runner earnings, protocol fees), newest first."""
     rows = await service.list_payouts(
-        session, _account(principal, account), page.limit, page.cursor
+        session, _account(principal, account, c.ledger.stake_id_mode), page.limit, page.cursor
     )
     items = [PayoutRead(**_payout_fields(s)) for s in rows]
     return make_page(items, rows, page.limit)
