@@ -309,23 +309,27 @@ asyncio.run(CommandExecutor(SandboxMode(sys.argv[1])).run(
 
 
 @pytest.mark.parametrize("mode", HOST_PID_MODES)
-async def test_a_runner_killed_outright_takes_its_tasks_processes_with_it(mode: SandboxMode):
+async def test_a_runner_killed_outright_takes_its_tasks_processes_and_files_with_it(mode: SandboxMode):
     # A directory the dedicated uid can reach and write (pytest's tmp_path is under a 0700 one).
     shared = Path(tempfile.mkdtemp(prefix="parity-reaper-"))
     shared.chmod(0o777)
     pids = shared / "pids"
-    script = f"sleep 60 & echo $$ $! > {pids}.tmp; mv {pids}.tmp {pids}; sleep 60"
+    script = f"sleep 60 & echo $$ $! $PWD > {pids}.tmp; mv {pids}.tmp {pids}; sleep 60"
     runner = subprocess.Popen([sys.executable, "-c", RUNNER_STAND_IN, mode.value, script])
     try:
         await until(pids.exists, timeout=20)
-        shell, background = (int(p) for p in pids.read_text().split())
+        first, second, where = pids.read_text().split()
+        shell, background, workdir = int(first), int(second), Path(where)
         assert _alive(shell) and _alive(background)
+        assert workdir.name.startswith("parity-task-") and workdir.is_dir()
         # The runner lists the group with its watchdog right after the spawn returns; the
         # shell may write its pids before that: a runner killed in that instant is not covered.
         await asyncio.sleep(0.5)
         runner.kill()  # SIGKILL: the runner runs no code of its own after this
         runner.wait(timeout=10)
         await until(lambda: not _alive(shell) and not _alive(background), timeout=10)
+        # And what the task wrote goes with them: its work directory is removed.
+        await until(lambda: not workdir.exists(), timeout=10)
     finally:
         runner.kill()
         shutil.rmtree(shared, ignore_errors=True)

@@ -22,7 +22,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -193,7 +193,7 @@ class CommandExecutor:
             max_output_bytes=self.limits.max_output_bytes,
         )
         env = {**BASE_ENV, **{str(k): str(v) for k, v in (config.get("env") or {}).items()}}
-        with tempfile.TemporaryDirectory(prefix="parity-task-") as workdir:
+        with tempfile.TemporaryDirectory(prefix="parity-task-") as workdir, _watched_dir(workdir):
             as_uid = task_uid() if self.mode == SandboxMode.UID else None
             if self.mode == SandboxMode.BWRAP:
                 os.chmod(workdir, 0o777)  # noqa: S103 - bwrap's uid 65534 writes here
@@ -402,6 +402,17 @@ async def _exited(proc: asyncio.subprocess.Process) -> None:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _watched_dir(path: str) -> Iterator[None]:
+    """While a task's work directory exists, the watchdog removes it should the runner die
+    (its own clean-up, the TemporaryDirectory's exit, would never run)."""
+    REAPER.track_dir(path)
+    try:
+        yield
+    finally:
+        REAPER.untrack_dir(path)
 
 
 def _kill_group(pid: int) -> None:

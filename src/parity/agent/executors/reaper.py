@@ -5,10 +5,12 @@ bubblewrap's ``--die-with-parent`` ends a sandboxed task when its runner dies. T
 OOM kill) would leave its tasks' processes running while the server hands the task to another
 runner. A small watchdog process, started once per runner, holds the read end of a pipe; the
 runner writes ``+PGID`` when a task's process group starts and ``-PGID`` when it has been
-reaped. When the runner dies, however it dies, the kernel closes the pipe and the watchdog kills
-every group still listed, then exits. Nothing else reaches the watchdog: it ignores SIGINT and
-SIGTERM (a Ctrl-C on the runner's terminal stops the runner, whose pipe then closes) and runs in
-its own session."""
+reaped, and ``+PATH`` / ``-PATH`` for a task's work directory. When the runner dies, however it
+dies, the kernel closes the pipe and the watchdog kills every group still listed, removes every
+work directory still listed (what the task downloaded or wrote; in every sandbox mode, as the
+runner's own clean-up never runs), then exits. Nothing else reaches the watchdog: it ignores
+SIGINT and SIGTERM (a Ctrl-C on the runner's terminal stops the runner, whose pipe then closes)
+and runs in its own session."""
 
 from __future__ import annotations
 
@@ -19,19 +21,23 @@ import threading
 
 # The watchdog's whole program (``python -S -E -c``: no site packages, ~15 ms to start).
 WATCHDOG = """\
-import os, signal, sys
+import os, shutil, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-groups = set()
+groups, dirs = set(), set()
 for line in sys.stdin.buffer:
-    sign, pgid = line[:1], line[1:].strip()
-    if pgid.isdigit():
-        (groups.add if sign == b"+" else groups.discard)(int(pgid))
+    sign, item = line[:1], line[1:].rstrip(b"\\n")
+    if item.isdigit():
+        (groups.add if sign == b"+" else groups.discard)(int(item))
+    elif item.startswith(b"/") and os.path.basename(item).startswith(b"parity-task-"):
+        (dirs.add if sign == b"+" else dirs.discard)(item)
 for pgid in groups:
     try:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+for path in dirs:
+    shutil.rmtree(path, ignore_errors=True)
 """
 
 
@@ -53,6 +59,16 @@ class Reaper:
 
     def untrack(self, pgid: int) -> None:
         self._send(f"-{pgid}\n")
+
+    def track_dir(self, path: str) -> None:
+        """A task's work directory (``parity-task-*``, an absolute path): removed by the
+        watchdog, after the groups are killed, if the runner dies before :meth:`untrack_dir`."""
+        if path.startswith("/") and "\n" not in path:
+            self._send(f"+{path}\n")
+
+    def untrack_dir(self, path: str) -> None:
+        if path.startswith("/") and "\n" not in path:
+            self._send(f"-{path}\n")
 
     @property
     def pid(self) -> int | None:
