@@ -67,8 +67,10 @@ check-format: ## Fail if formatting would change anything
 
 install-lint-tools: deps ## Install ruff, mypy and import-linter (part of the dev extra)
 
-watch: deps ## Run the server and restart it when the code changes
-	$(BIN)/uvicorn --factory parity.asgi:create --reload --reload-dir src --host 127.0.0.1 --port 8080
+watch: deps ## Run the server and restart it when the code changes (on SERVER_HOST:SERVER_PORT)
+	@bind="$$($(BIN)/python -c 'from parity.config import print_bind_address; print_bind_address()')" || exit $$?; \
+	set -- $$bind; \
+	exec $(BIN)/uvicorn --factory parity.asgi:create --reload --reload-dir src --host "$$1" --port "$$2"
 
 # A virtual environment of its own (pip --user is refused by PEP 668 on Debian 12 / Ubuntu
 # 23.04+), with the two commands linked into $(PREFIX)/bin, ~/.local/bin by default.

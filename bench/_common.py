@@ -178,8 +178,8 @@ class ServerProcess:
         env = server_environment(
             {
                 "PARITY_HOME": str(self.home),
-                # A path that does not exist: no .env file is read.
-                "PARITY_CONFIG_PATH": str(self.home / "no-such.env"),
+                # No settings file is read (the environment and the defaults only).
+                "PARITY_CONFIG_PATH": os.devnull,
                 "DATABASE_URL": self.database_url,
                 "SERVER_HOST": LOOPBACK,
                 "SERVER_PORT": str(self.port),

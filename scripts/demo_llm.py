@@ -208,7 +208,7 @@ def main() -> int:
             print(f"> {args.prompt}", flush=True)
             cli_env = {**base_env, "HOME": str(work), "PARITY_HOME": str(work / "client"),
                        "PARITY_SERVER_URL": url, "PARITY_TOKEN": token,
-                       "PARITY_CONFIG_PATH": str(work / "none.env")}  # fmt: skip
+                       "PARITY_CONFIG_PATH": os.devnull}  # fmt: skip
             prompt = subprocess.run(
                 [str(BIN / "parity-server"), "llm", "prompt", "--model", MODEL, "--stream",
                  "--max-tokens", args.max_tokens, args.prompt],

@@ -10,11 +10,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -164,6 +165,8 @@ class Settings(BaseSettings):
     webhook_allow_private: bool | None = None
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_delivery_interval_seconds: float = Field(1.0, gt=0)
+    webhook_disable_after_hours: float = Field(72.0, gt=0)
+    webhook_disable_min_failures: int = Field(10, ge=1)
     events_visibility_lag_seconds: float = Field(1.0, ge=0)
     events_retention_days: float = Field(30.0, gt=0)
     task_log_retention_days: float = Field(30.0, gt=0)
@@ -245,6 +248,20 @@ class Settings(BaseSettings):
                     "DATABASE_PORT)"
                 ) from None
         return host
+
+    @field_validator("filecoin_rpc")
+    @classmethod
+    def _rpc_is_an_http_url(cls, v: str) -> str:
+        """The chain node's JSON-RPC endpoint: the adapter speaks JSON-RPC over HTTP(S)."""
+        v = v.strip()
+        if v:
+            parts = urlsplit(v)
+            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+                raise ValueError(
+                    "must be the http:// or https:// URL of the chain node's JSON-RPC endpoint "
+                    "(e.g. http://127.0.0.1:8545), or empty for no chain"
+                )
+        return v
 
     @field_validator("stream_bus_url")
     @classmethod
@@ -463,8 +480,9 @@ def _settings_file(
 ) -> Path | None:
     """The .env file to read: ``config_file`` (a ``--config`` flag, which must exist) when
     given, else the file ``PARITY_CONFIG_PATH`` names, else ``env_file`` (None: none). Without a
-    flag, a file that does not exist is read as empty (``PARITY_CONFIG_PATH`` naming a missing
-    file is how a process says "no .env")."""
+    flag, a file that does not exist is read as empty. ``PARITY_CONFIG_PATH`` naming a missing
+    file is warned about, as a typo there would otherwise run on defaults unnoticed; naming
+    ``/dev/null`` says "no settings file" without a warning."""
     if config_file is not None:
         path = Path(config_file).expanduser()
         if not path.is_file():
@@ -472,7 +490,18 @@ def _settings_file(
         return path
     if env_file is None:
         return None
-    return Path(env.get(CONFIG_PATH_ENV) or env_file).expanduser()
+    named = env.get(CONFIG_PATH_ENV)
+    if not named:
+        return Path(env_file).expanduser()
+    path = Path(named).expanduser()
+    if not path.is_file() and str(path) != os.devnull:
+        warnings.warn(
+            f"{CONFIG_PATH_ENV} names {named!r}: no such file, so no settings file is read "
+            f"(the environment and the defaults only; {CONFIG_PATH_ENV}={os.devnull} says so "
+            "without this warning)",
+            stacklevel=1,  # one place: said once per process, however many reads
+        )
+    return path
 
 
 def load_settings(
@@ -493,6 +522,17 @@ def load_settings(
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, aliased)) from None
+
+
+def print_bind_address() -> None:
+    """For `make watch`: print ``SERVER_HOST SERVER_PORT`` as the server reads them (the
+    environment, then ``.env`` or ``PARITY_CONFIG_PATH``); a bad setting exits 2 naming it."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(settings.server_host, settings.server_port)
 
 
 def _describe(exc: ValidationError, aliased: Mapping[str, str]) -> str:

@@ -36,7 +36,7 @@ def _parity_server(args: list[str], env: dict[str, str], tmp: Path) -> tuple[int
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("PARITY_", "DATABASE_"))}
     settings = {
         "PARITY_HOME": str(tmp / "home"),
-        "PARITY_CONFIG_PATH": str(tmp / "none.env"),  # no .env
+        "PARITY_CONFIG_PATH": os.devnull,  # no .env
         "SERVER_PORT": str(_free_port()),  # a busy 8080 must not be what stops the server
         "LOG_FORMAT": "console",
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -146,7 +147,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Callable[[Handler], FakeServer]:
     def install(handler: Handler) -> FakeServer:
         server = FakeServer(handler)
 
-        def client(choice: ServerChoice, token: str) -> httpx.Client:
+        def client(
+            choice: ServerChoice, token: str, sign_in_hint: str | None = None
+        ) -> httpx.Client:
             assert token == "t"
             return httpx.Client(
                 base_url=choice.url,
@@ -553,7 +556,7 @@ def _env(server: ServerProcess, tmp_path: Path) -> dict[str, str]:
         "PARITY_SERVER_URL": server.url,
         "PARITY_TOKEN": _sign_in(server.url),
         "PARITY_HOME": server.env["PARITY_HOME"],
-        "PARITY_CONFIG_PATH": str(tmp_path / "no.env"),
+        "PARITY_CONFIG_PATH": os.devnull,  # no .env
     }
 
 
@@ -734,3 +737,16 @@ def test_watch_and_model_follow_a_session_to_its_end(server: ServerProcess, tmp_
     table = cli("status", session_id).stdout.splitlines()
     rows = table[table.index("") + 2 :]
     assert [row.split()[:3] for row in rows] == [["1", "2", "60"], ["2", "2", "60"]]
+
+
+def test_the_json_of_list_status_and_watch_says_what_it_prints() -> None:
+    """These three print documents of the CLI's making, not one server answer: --help says which."""
+
+    def help_of(command: str) -> str:
+        shown = CliRunner().invoke(cli_app, ["fl", command, "--help"], env={"COLUMNS": "300"})
+        assert shown.exit_code == 0, shown.output
+        return " ".join(shown.output.replace("│", " ").split())
+
+    assert "as one JSON array, every page merged" in help_of("list")
+    assert '"latest_round": the newest of GET rounds or null' in help_of("status")
+    assert '{"session": GET session, "metrics": GET metrics} of the last poll' in help_of("watch")

@@ -17,6 +17,7 @@ so what the backend received is checked, then completed with what the executor p
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
@@ -125,6 +126,31 @@ async def test_a_messages_participant_name_reaches_an_openai_backend(client: htt
         headers=bearer(key),
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].name", r.text
+
+
+async def test_every_gateway_answer_names_its_prompt(client: httpx.AsyncClient):
+    """The completion id is the prompt's (``chatcmpl-<hex>``) and the answer's
+    ``X-Parity-Prompt-Id`` header names it: its record (cost, attempts) is one GET away."""
+    key, runner = await setup(client)
+    cases = [
+        ("/v1/chat/completions", {**CHAT, "stream": False}, "chatcmpl-"),
+        ("/v1/chat/completions", {**CHAT, "stream": True}, "chatcmpl-"),
+        ("/v1/completions", {"model": MODEL, "prompt": "Once", "stream": True}, "cmpl-"),
+        ("/ollama/api/chat", {**CHAT, "stream": False}, None),
+        ("/ollama/api/generate", {"model": MODEL, "prompt": "Once"}, None),
+    ]
+    for path, body, prefix in cases:
+        r, _, _ = await answered(client, runner, "openai", path, key, body)
+        prompt_id = uuid.UUID(r.headers["X-Parity-Prompt-Id"])
+        if prefix is not None:
+            ids = (
+                {e["id"] for e in sse_events(r.text)[:-1]}
+                if body.get("stream")
+                else {r.json()["id"]}
+            )
+            assert ids == {prefix + prompt_id.hex}, (path, ids)
+        p = await client.get(f"{V1}/llm/prompts/{prompt_id}", headers=bearer(key))
+        assert p.status_code == 200 and p.json()["status"] == "completed", (path, p.text)
 
 
 async def test_the_prompts_api_carries_stop_into_the_task_config(client: httpx.AsyncClient):

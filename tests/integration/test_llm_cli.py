@@ -4,6 +4,7 @@ gateway) against a real server process, with the test playing the runner over HT
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,7 +83,7 @@ def test_models_and_a_prompt_from_the_command_line(server: ServerProcess, tmp_pa
         "PARITY_SERVER_URL": server.url,
         "PARITY_TOKEN": token,
         "PARITY_HOME": server.env["PARITY_HOME"],
-        "PARITY_CONFIG_PATH": str(tmp_path / "no.env"),
+        "PARITY_CONFIG_PATH": os.devnull,  # no .env
     }
     runner = CliRunner()
 
@@ -178,7 +179,7 @@ def test_a_prompt_streamed_from_the_command_line(server: ServerProcess, tmp_path
         "PARITY_SERVER_URL": server.url,
         "PARITY_TOKEN": token,
         "PARITY_HOME": server.env["PARITY_HOME"],
-        "PARITY_CONFIG_PATH": str(tmp_path / "no.env"),
+        "PARITY_CONFIG_PATH": os.devnull,  # no .env
     }
     runner = CliRunner()
 
@@ -203,7 +204,8 @@ def test_a_prompt_streamed_from_the_command_line(server: ServerProcess, tmp_path
     assert done == {"claim": 200, "stream": True, "deltas": 3, "complete": 200}
     assert answer.exit_code == 0, answer.output
     assert answer.stdout == "Hello there\n"
-    assert "5 input + 3 output tokens" in answer.stderr
+    # The cost, as without --stream: the gateway's stream carries the usage, the record the cost.
+    assert "5 input + 3 output tokens, cost 0 base units" in answer.stderr, answer.stderr
 
     broken, done = streamed(["Par"], fail=True)
     assert done["fail"] == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_put_get_pin_unpin_and_gc_from_the_command_line(server: ServerProcess, t
         "PARITY_TOKEN": token,
         "PARITY_HOME": server.env["PARITY_HOME"],
         "DATABASE_URL": server.env.get("DATABASE_URL", ""),
-        "PARITY_CONFIG_PATH": str(tmp_path / "no.env"),
+        "PARITY_CONFIG_PATH": os.devnull,  # no .env
     }
     runner = CliRunner()
 
@@ -99,7 +100,9 @@ def test_get_refuses_bytes_that_do_not_hash_to_the_cid(
     def lying(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"not hello")
 
-    def fake_client(choice: ServerChoice, token: str | None) -> httpx.Client:
+    def fake_client(
+        choice: ServerChoice, token: str | None, sign_in_hint: str | None = None
+    ) -> httpx.Client:
         return httpx.Client(base_url=choice.url, transport=httpx.MockTransport(lying))
 
     monkeypatch.setattr(storage_cli, "_client", fake_client)

@@ -201,10 +201,10 @@ def _invoke(
     return result.exit_code, result.output
 
 
-def test_auth_creates_keystore_non_interactively(tmp_path: Path) -> None:
+def test_auth_new_creates_keystore_non_interactively(tmp_path: Path) -> None:
     path = tmp_path / "ks" / "keystore.json"
 
-    code, output = _invoke(["--keystore", str(path)])
+    code, output = _invoke(["--keystore", str(path), "--new"])
 
     assert code == 0, output
     address = read_address(path)
@@ -222,6 +222,27 @@ def test_auth_imports_private_key_and_prints_its_address(tmp_path: Path) -> None
     assert TEST_ADDRESS in output
     assert read_address(path) == TEST_ADDRESS
     assert TEST_KEY[2:].encode() not in path.read_bytes()
+
+
+@pytest.mark.parametrize("extra", [[], ["--server", SERVER], ["--sign-in"]])
+def test_auth_without_new_refuses_a_keystore_path_with_no_file(
+    tmp_path: Path, extra: list[str]
+) -> None:
+    """A mistyped --keystore is an error naming the path and the flags that create one, not a
+    fresh empty wallet signed in under the typo."""
+    path = tmp_path / "walet.json"
+    server = FakeAuthServer()
+
+    code, output = _invoke(
+        ["--keystore", str(path), *extra], password=None, transport=server.transport()
+    )
+
+    assert code == 1
+    assert f"error: keystore not found at {path}; use --new to create one" in output
+    assert "--private-key" in output
+    assert "Keystore password" not in output  # said before any prompt
+    assert not path.exists() and not (tmp_path / "credentials.json").exists()
+    assert server.issued == {}
 
 
 def test_auth_loads_existing_keystore(tmp_path: Path) -> None:
@@ -335,7 +356,7 @@ def test_auth_uses_monkeypatched_client_factory(
         return httpx.Client(base_url=base_url, transport=server.transport())
 
     monkeypatch.setattr(auth, "_client_factory", factory)
-    code, output = _invoke(["--keystore", str(tmp_path / "k.json"), "--server", SERVER])
+    code, output = _invoke(["--keystore", str(tmp_path / "k.json"), "--new", "--server", SERVER])
 
     assert code == 0, output
     assert seen == [SERVER]
@@ -347,7 +368,7 @@ def test_auth_server_refusal_exits_1_with_server_message(tmp_path: Path) -> None
     server.corrupt_messages = True
 
     code, output = _invoke(
-        ["--keystore", str(tmp_path / "k.json"), "--server", SERVER],
+        ["--keystore", str(tmp_path / "k.json"), "--new", "--server", SERVER],
         transport=server.transport(),
     )
 
@@ -361,7 +382,7 @@ def test_auth_unreachable_server_exits_1_with_one_line_error(tmp_path: Path) -> 
         raise httpx.ConnectError("connection refused", request=request)
 
     code, output = _invoke(
-        ["--keystore", str(tmp_path / "k.json"), "--server", SERVER],
+        ["--keystore", str(tmp_path / "k.json"), "--new", "--server", SERVER],
         transport=httpx.MockTransport(refuse),
     )
 
@@ -376,7 +397,7 @@ def test_auth_server_timeout_exits_1(tmp_path: Path) -> None:
         raise httpx.ReadTimeout("timed out", request=request)
 
     code, output = _invoke(
-        ["--keystore", str(tmp_path / "k.json"), "--server", SERVER],
+        ["--keystore", str(tmp_path / "k.json"), "--new", "--server", SERVER],
         transport=httpx.MockTransport(slow),
     )
 

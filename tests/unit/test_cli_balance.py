@@ -124,3 +124,17 @@ def test_an_address_without_a_session_is_not_shown_anothers_ledger(
     assert "available after reservations: n/a (ledger not available)" in out
     assert f"{stranger.address} is not signed in to {SERVER}" in out
     assert ledger.tokens_seen == []
+
+
+def test_an_unsigned_keystore_is_told_the_command_with_its_own_path(
+    setup: tuple[Path, Ledger], tmp_path: Path
+) -> None:
+    stranger = Account.from_key("0x" + "55" * 32)
+    path = tmp_path / "elsewhere" / "wallet.json"
+    keystore.create_keystore(path, "pw", "0x" + bytes(stranger.key).hex())
+
+    code, out = _balance("--keystore", str(path), "--server", SERVER)
+
+    assert code == 0, out
+    assert f"run `parity-server auth --keystore {path} --server {SERVER}`" in out
+    assert "KEYSTORE" not in out

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import pytest
 
-from parity.config import Settings, load_settings
+from parity.config import Settings, load_settings, print_bind_address
 from parity.errors import ConfigError
 
 
@@ -181,9 +183,50 @@ def test_a_config_flag_wins_over_parity_config_path(tmp_path: Path):
 def test_a_config_flag_naming_no_file_is_an_error_and_the_variable_is_not(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"--config names '.*typo\.env': no such file"):
         load_settings({}, config_file=tmp_path / "typo.env")
-    # PARITY_CONFIG_PATH naming a missing file means "no .env" (scripts rely on it).
+    # PARITY_CONFIG_PATH naming a missing file reads no file, with a warning naming it (a typo
+    # there would otherwise run a server on defaults unnoticed); /dev/null says so silently.
     missing = {"PARITY_CONFIG_PATH": str(tmp_path / "none.env")}
-    assert load_settings(missing).server_port == 8080
+    with pytest.warns(UserWarning, match=r"PARITY_CONFIG_PATH names '.*none\.env': no such file"):
+        assert load_settings(missing).server_port == 8080
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_settings({"PARITY_CONFIG_PATH": os.devnull}).server_port == 8080
+
+
+@pytest.mark.parametrize("value", ["notaurl", "127.0.0.1:8545", "ws://node:8546", "http://"])
+def test_filecoin_rpc_must_be_an_http_url(value: str):
+    with pytest.raises(ConfigError, match=r"FILECOIN_RPC: must be the http:// or https:// URL"):
+        load_settings({"FILECOIN_RPC": value}, env_file=None)
+    with pytest.raises(ConfigError, match=r"BLOCKCHAIN_RPC \(read as FILECOIN_RPC\)"):
+        load_settings({"BLOCKCHAIN_RPC": value}, env_file=None)
+
+
+def test_filecoin_rpc_http_and_https_urls_are_accepted():
+    for value in ("http://127.0.0.1:8545", "https://api.calibration.node.glif.io/rpc/v1"):
+        assert load_settings({"FILECOIN_RPC": value}, env_file=None).filecoin_rpc == value
+
+
+def test_bind_address_for_make_watch_is_read_as_the_server_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    (tmp_path / "w.env").write_text("SERVER_PORT=9311\nSERVER_HOST=0.0.0.0\n")
+    monkeypatch.setenv("PARITY_CONFIG_PATH", str(tmp_path / "w.env"))
+    monkeypatch.setenv("SERVER_PORT", "9312")  # the environment wins over the file
+    monkeypatch.delenv("SERVER_HOST", raising=False)
+    print_bind_address()
+    assert capsys.readouterr().out == "0.0.0.0 9312\n"
+    monkeypatch.setenv("SERVER_PORT", "x")
+    with pytest.raises(SystemExit) as stopped:
+        print_bind_address()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith("error: invalid configuration: SERVER_PORT")
+
+
+def test_make_watch_binds_where_the_settings_say():
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    recipe = makefile.split("\nwatch:", 1)[1].split("\n\n", 1)[0]
+    assert "print_bind_address" in recipe
+    assert "8080" not in recipe
 
 
 def test_an_invalid_value_set_through_an_alias_is_named_as_written():

@@ -1,5 +1,6 @@
 """The runner's client side: registering without push when the server refuses the webhook,
-and `parity-runner status` showing what the wallet's runners earned."""
+`parity-runner status` showing what the wallet's runners earned (with the stored session, the
+password only without one), and its flags' usage errors."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from parity.agent import RUNNER_VERSION
 from parity.agent import cli as runner_cli
 from parity.agent.client import ServerClient, ServerError
 from parity.chain import keystore
+from parity.cli.credentials import load_token, save_token
 
 KEY = "0x" + "44" * 32
 REFUSED = {
@@ -159,3 +162,137 @@ def test_status_says_not_priced_only_when_the_server_has_no_chain(
     code, out = _status(FakeServer(httpx.Response(409, json=no_chain)), tmp_path, monkeypatch)
     assert code == 0, out
     assert "earnings: not priced (the server has no chain configured" in out
+
+
+# --- `parity-runner status`: the stored session first, the password only without one ---------
+
+
+class CountingServer(FakeServer):
+    """FakeServer that records the sign-ins and the bearer tokens it was shown, refusing the
+    ones listed in ``revoked``."""
+
+    def __init__(self, revoked: frozenset[str] = frozenset()) -> None:
+        super().__init__(httpx.Response(200, json={"display": {}, "symbol": "PRTY"}))
+        self.revoked = revoked
+        self.sign_ins = 0
+        self.bearers: list[str] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/auth/token":
+            self.sign_ins += 1
+            return httpx.Response(
+                200,
+                json={"token": f"ps_sess_{self.sign_ins}", "expires_at": "2099-01-01T00:00:00Z"},
+            )
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if bearer:
+            self.bearers.append(bearer)
+        if bearer in self.revoked:
+            body = {"error": {"code": "token_invalid", "message": "token revoked", "details": {}}}
+            return httpx.Response(401, json=body)
+        return super().handler(request)
+
+
+def _status_with(
+    server: CountingServer,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    monkeypatch.setattr(
+        runner_cli,
+        "ServerClient",
+        lambda url: ServerClient(url, transport=httpx.MockTransport(server.handler)),
+    )
+    monkeypatch.delenv("PARITY_KEYSTORE_PASSWORD", raising=False)
+    args = ["status", "--server", "http://parity.test", "--keystore", str(path)]
+    result = CliRunner().invoke(runner_cli.app, args, env=env or {}, input="")
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("content", [None, b'{"not": "a keystore"}'])
+def test_status_says_a_missing_or_malformed_keystore_before_asking_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes | None
+) -> None:
+    path = tmp_path / "runner.json"
+    if content is not None:
+        path.write_bytes(content)
+    server = CountingServer()
+
+    code, out = _status_with(server, path, monkeypatch)
+
+    assert code == 1
+    assert "Keystore password" not in out
+    why = f"keystore not found at {path}" if content is None else f"{path} is not a V3 keystore"
+    assert out.startswith(f"error: {why}"), out
+    assert server.sign_ins == 0
+
+
+def test_status_reuses_the_stored_session_without_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keystore, "SCRYPT_N", 2**10)
+    path = tmp_path / "runner.json"
+    address = keystore.create_keystore(path, "pw", KEY)
+    save_token(
+        tmp_path / "credentials.json",
+        "http://parity.test",
+        address,
+        "ps_sess_stored",
+        "2099-01-01T00:00:00Z",
+    )
+    server = CountingServer()
+
+    code, out = _status_with(server, path, monkeypatch)  # no password anywhere
+
+    assert code == 0, out
+    assert "status=online" in out
+    assert server.sign_ins == 0
+    assert set(server.bearers) == {"ps_sess_stored"}
+
+
+def test_status_signs_in_once_and_keeps_the_session_for_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keystore, "SCRYPT_N", 2**10)
+    path = tmp_path / "runner.json"
+    address = keystore.create_keystore(path, "pw", KEY)
+    save_token(  # a session the server has revoked since
+        tmp_path / "credentials.json",
+        "http://parity.test",
+        address,
+        "ps_sess_revoked",
+        "2099-01-01T00:00:00Z",
+    )
+    server = CountingServer(revoked=frozenset({"ps_sess_revoked"}))
+
+    code, out = _status_with(server, path, monkeypatch, {"PARITY_KEYSTORE_PASSWORD": "pw"})
+    assert code == 0, out
+    assert server.sign_ins == 1
+    stored = load_token(tmp_path / "credentials.json", "http://parity.test", address)
+    assert stored is not None and stored.token == "ps_sess_1"
+
+    code, out = _status_with(server, path, monkeypatch)  # no password needed any more
+    assert code == 0, out
+    assert server.sign_ins == 1
+    assert server.bearers[-1] == "ps_sess_1"
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+
+def test_an_unknown_sandbox_is_a_usage_error_listing_the_choices(tmp_path: Path) -> None:
+    args = ["--keystore", str(tmp_path / "none.json"), "--sandbox", "weird"]
+    result = CliRunner().invoke(runner_cli.app, args, input="")
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is not None
+    for choice in ("bwrap", "uid", "none"):
+        assert f"'{choice}'" in result.output
+    assert "Keystore password" not in result.output
+
+
+def test_version_flag_and_the_device_id_help() -> None:
+    result = CliRunner().invoke(runner_cli.app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"parity-runner {RUNNER_VERSION}"
+    shown = CliRunner().invoke(runner_cli.app, ["--help"], env={"COLUMNS": "300"})
+    assert "keeps one runner per device id" in " ".join(shown.output.replace("│", " ").split())

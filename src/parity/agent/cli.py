@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,9 +31,16 @@ from parity.agent.llm import (
     parse_price_specs,
 )
 from parity.agent.loop import Runner, RunnerOptions
-from parity.chain.keystore import KeystoreError, load_account
+from parity.chain.keystore import KeystoreError, load_account, read_address
 from parity.cli.auth import default_keystore_path
-from parity.cli.credentials import credentials_path
+from parity.cli.credentials import (
+    CredentialsError,
+    StoredToken,
+    credentials_path,
+    expired,
+    load_token,
+    save_token,
+)
 from parity.cli.help_width import widen_help_without_terminal
 from parity.cli.passwords import password_from_env_or_prompt
 from parity.cli.plain_warnings import plain_warnings
@@ -116,7 +124,18 @@ def fl_config(
         raise typer.BadParameter(str(exc)) from None
 
 
+def _address(keystore: Path) -> str:
+    """The keystore's address, read without its password: a missing file or one that is not a
+    keystore is said at once, before any password prompt."""
+    try:
+        return read_address(keystore)
+    except KeystoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _account(keystore: Path) -> Any:
+    _address(keystore)
     try:
         return load_account(keystore, password_from_env_or_prompt(confirm=False))
     except KeystoreError as exc:
@@ -179,14 +198,38 @@ Keystore = Annotated[
 ]
 
 
+class ForcedSandbox(StrEnum):
+    """The sandboxes --sandbox may force (a usage error lists them)."""
+
+    BWRAP = SandboxMode.BWRAP.value
+    UID = SandboxMode.UID.value
+    NONE = SandboxMode.NONE.value
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"parity-runner {RUNNER_VERSION}")
+        raise typer.Exit()
+
+
 @app.callback(invoke_without_command=True)
 def main_cmd(
     ctx: typer.Context,
     server: Server = None,
     keystore: Keystore = None,
-    device_id: Annotated[str | None, typer.Option(envvar="RUNNER_DEVICE_ID")] = None,
+    device_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RUNNER_DEVICE_ID",
+            metavar="ID",
+            help="This runner's id at the server, which keeps one runner per device id (a "
+            "second registration of it takes the runner over): runners sharing a machine need "
+            "one each (default: sha256 of /etc/machine-id, kept in $PARITY_HOME/.device_id)",
+        ),
+    ] = None,
     max_concurrent_tasks: Annotated[
-        int, typer.Option(min=1, envvar="RUNNER_MAX_CONCURRENT_TASKS")
+        int,
+        typer.Option(min=1, envvar="RUNNER_MAX_CONCURRENT_TASKS", help="Tasks run at once"),
     ] = 1,
     pull: Annotated[bool, typer.Option("--pull/--no-pull", help="Long-poll for work")] = True,
     push: Annotated[
@@ -196,8 +239,14 @@ def main_cmd(
             help="Accept push offers (when the server refuses the webhook, the runner pulls)",
         ),
     ] = True,
-    push_host: Annotated[str, typer.Option(envvar="RUNNER_WEBHOOK_HOST")] = "127.0.0.1",
-    push_port: Annotated[int, typer.Option(envvar="RUNNER_WEBHOOK_PORT")] = 0,
+    push_host: Annotated[
+        str,
+        typer.Option(envvar="RUNNER_WEBHOOK_HOST", help="Address the push webhook listens on"),
+    ] = "127.0.0.1",
+    push_port: Annotated[
+        int,
+        typer.Option(envvar="RUNNER_WEBHOOK_PORT", help="Its port (0: any free port)"),
+    ] = 0,
     push_public_url: Annotated[
         str | None,
         typer.Option(
@@ -208,21 +257,48 @@ def main_cmd(
         ),
     ] = None,
     heartbeat_interval: Annotated[
-        float, typer.Option(min=0.1, envvar="RUNNER_HEARTBEAT_INTERVAL_SECONDS")
+        float,
+        typer.Option(
+            min=0.1,
+            envvar="RUNNER_HEARTBEAT_INTERVAL_SECONDS",
+            help="Seconds between heartbeats (each renews this runner's leases). The server "
+            "reads the same key as the interval its runners keep and makes leases at least 3 "
+            "times it (its default 30): set once for both, they agree",
+        ),
     ] = 10.0,
-    claim_wait: Annotated[float, typer.Option(min=0, max=30)] = 25.0,
+    claim_wait: Annotated[
+        float, typer.Option(min=0, max=30, help="Seconds one long-poll for work waits")
+    ] = 25.0,
     grace_seconds: Annotated[
-        float, typer.Option(min=0, envvar="RUNNER_SHUTDOWN_GRACE_SECONDS")
+        float,
+        typer.Option(
+            min=0,
+            envvar="RUNNER_SHUTDOWN_GRACE_SECONDS",
+            help="On SIGTERM, seconds running work may take to finish before it is handed back",
+        ),
     ] = 30.0,
     label: Annotated[
         list[str] | None, typer.Option("--label", help="key=value (repeatable)")
     ] = None,
     allow_unsandboxed_commands: Annotated[
-        bool, typer.Option(envvar="RUNNER_ALLOW_UNSANDBOXED_COMMANDS")
+        bool,
+        typer.Option(
+            envvar="RUNNER_ALLOW_UNSANDBOXED_COMMANDS",
+            help="Run command tasks without a sandbox when neither bubblewrap nor root is there "
+            "(otherwise they are refused)",
+        ),
     ] = False,
-    sandbox: Annotated[str | None, typer.Option(help="Force bwrap|uid|none (tests)")] = None,
+    sandbox: Annotated[
+        ForcedSandbox | None,
+        typer.Option(help="Force this sandbox for command tasks instead of detecting one (tests)"),
+    ] = None,
     docker_socket: Annotated[
-        str, typer.Option(envvar="RUNNER_DOCKER_SOCKET")
+        str,
+        typer.Option(
+            envvar="RUNNER_DOCKER_SOCKET",
+            metavar="PATH",
+            help="The Docker Engine's socket, for docker tasks",
+        ),
     ] = "/var/run/docker.sock",
     ollama_url: Annotated[
         str | None,
@@ -277,7 +353,15 @@ def main_cmd(
             "row count (for measuring pure coordination cost, never for real sessions)",
         ),
     ] = "numpy",
-    log_level: Annotated[str, typer.Option(envvar="LOG_LEVEL")] = "info",
+    log_level: Annotated[
+        str, typer.Option(envvar="LOG_LEVEL", help="debug, info, warning or error (JSON on stderr)")
+    ] = "info",
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Run the runner until SIGTERM/SIGINT (it then finishes or releases its work)."""
     if ctx.invoked_subcommand is not None:
@@ -291,7 +375,7 @@ def main_cmd(
     chosen = _server(server, keystore_path)
     url = chosen.url
     account = _account(keystore_path)
-    mode = detect_sandbox(allow_unsandboxed_commands, sandbox)
+    mode = detect_sandbox(allow_unsandboxed_commands, sandbox.value if sandbox else None)
     if mode == SandboxMode.NONE and not allow_unsandboxed_commands:
         typer.echo("error: --sandbox none needs --allow-unsandboxed-commands", err=True)
         raise typer.Exit(2)
@@ -376,19 +460,46 @@ def _earnings(address: str, balance: dict[str, Any] | ServerError) -> str:
     )
 
 
+def _stored_session(keystore: Path, url: str, address: str) -> StoredToken | None:
+    """The session `parity-server auth --server` (or an earlier `status`) stored for this
+    address on this server, unless it has expired."""
+    try:
+        stored = load_token(credentials_path(keystore), url, address)
+    except CredentialsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if stored is None or expired(stored.expires_at):
+        return None
+    return stored
+
+
 @app.command()
 def status(server: Server = None, keystore: Keystore = None) -> None:
-    """Show this wallet's runners (status, active claims, health) and what they earned."""
+    """Show this wallet's runners (status, active claims, health) and what they earned. Uses
+    the session stored beside the keystore for this server; without one (or when the server
+    refuses it) it signs in with the key and stores the new session for the next call."""
     keystore_path = _keystore(keystore)
+    address = _address(keystore_path)
     chosen = _server(server, keystore_path)
     url = chosen.url
-    account = _account(keystore_path)
+    stored = _stored_session(keystore_path, url, address)
 
     async def go() -> tuple[list[dict[str, Any]], dict[str, Any] | ServerError]:
         client = ServerClient(url)
         try:
-            await client.sign_in(account)
-            runners = await client.my_runners()
+            runners: list[dict[str, Any]] | None = None
+            if stored is not None:
+                client.session_token = stored.token
+                try:
+                    runners = await client.my_runners()
+                except ServerError as exc:
+                    if exc.status != 401:  # expired early, revoked: sign in again below
+                        raise
+            if runners is None:
+                await client.sign_in(_account(keystore_path))
+                if client.session_token and client.session_expires_at:
+                    _keep_session(keystore_path, url, address, client)
+                runners = await client.my_runners()
             try:
                 balance: dict[str, Any] | ServerError = await client.ledger_balance()
             except ServerError as exc:
@@ -406,14 +517,30 @@ def status(server: Server = None, keystore: Keystore = None) -> None:
         typer.echo(f"error: cannot reach {chosen.describe()}: {failure_text(exc)}", err=True)
         raise typer.Exit(1) from None
     if not runners:
-        typer.echo(f"no runners registered for {account.address}")
+        typer.echo(f"no runners registered for {address}")
     for r in runners:
         typer.echo(
             f"{r['id']}  device={r['device_id'][:16]}  status={r['status']}  "
             f"claims={r['active_claims']}/{r['max_concurrent_tasks']}  "
             f"last_heartbeat={r['last_heartbeat']}  version={r['runner_version']}"
         )
-    typer.echo(_earnings(account.address, balance))
+    typer.echo(_earnings(address, balance))
+
+
+def _keep_session(keystore: Path, url: str, address: str, client: ServerClient) -> None:
+    """Store the session `status` signed in for, as `parity-server auth --server` does; one
+    that cannot be stored costs a sign-in next time, nothing more."""
+    assert client.session_token is not None and client.session_expires_at is not None
+    try:
+        save_token(
+            credentials_path(keystore),
+            url,
+            address,
+            client.session_token,
+            client.session_expires_at,
+        )
+    except (CredentialsError, OSError) as exc:
+        typer.echo(f"warning: the session was not stored: {exc}", err=True)
 
 
 def main() -> None:

@@ -92,6 +92,7 @@ class ServerClient:
             headers={"User-Agent": "parity-runner"},
         )
         self.session_token: str | None = None
+        self.session_expires_at: str | None = None  # as the sign-in answered it
         self.runner_token: str | None = None
         # Called when the server refuses the push webhook at registration; the runner then
         # registers again without it (pull only) instead of stopping.
@@ -116,7 +117,9 @@ class ServerClient:
             json={"address": account.address, "signature": sig, "nonce": body["nonce"]},
         )
         _raise(r)
-        self.session_token = str(r.json()["token"])
+        grant = r.json()
+        self.session_token = str(grant["token"])
+        self.session_expires_at = str(grant["expires_at"]) if grant.get("expires_at") else None
         return self.session_token
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:

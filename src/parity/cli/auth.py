@@ -130,7 +130,14 @@ def _obtain_account(
     keystore: Path, private_key: str | None, new: bool, force: bool
 ) -> LocalAccount:
     exists = keystore.exists()
-    if private_key is None and not new and exists:
+    if private_key is None and not new:
+        if not exists:
+            # Without --new or --private-key, auth unlocks: a mistyped path is an error, not a
+            # fresh empty wallet signed in under the typo.
+            raise KeystoreError(
+                f"keystore not found at {keystore}; use --new to create one (or --private-key "
+                "HEX to import a key)"
+            )
         account = load_account(keystore, password_from_env_or_prompt(confirm=False))
         typer.echo(f"unlocked keystore {keystore}", err=True)
         return account
@@ -212,7 +219,12 @@ def register_auth_command(
             ),
         ] = False,
         new: Annotated[
-            bool, typer.Option("--new", help="Create a fresh key (only if no keystore exists).")
+            bool,
+            typer.Option(
+                "--new",
+                help="Create a fresh key in a new keystore (without --new or --private-key, "
+                "the keystore must exist: it is unlocked).",
+            ),
         ] = False,
         force: Annotated[
             bool,
@@ -226,7 +238,8 @@ def register_auth_command(
             str, typer.Option("--api-prefix", hidden=True, help="API path prefix.")
         ] = "/api/v1",
     ) -> None:
-        """Create, import or unlock the wallet keystore, and optionally sign in."""
+        """Unlock the wallet keystore, create one (--new) or import a key (--private-key),
+        and optionally sign in."""
         if new and private_key is not None:
             raise _fail("--new and --private-key are mutually exclusive")
         if server is not None and not _is_http_url(server):

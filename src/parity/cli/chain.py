@@ -206,6 +206,14 @@ def withdraw(
     _run(settings, work)
 
 
+def _keystore_address(path: Path) -> str | None:
+    """The keystore's address (lowercase), None when there is no readable keystore."""
+    try:
+        return read_address(path).lower()
+    except KeystoreError:
+        return None
+
+
 def balance(
     keystore: KeystoreOpt = None,
     address: Annotated[
@@ -248,9 +256,11 @@ def balance(
         minimum = parse_tokens(settings.min_stake_tokens, show.decimals, allow_zero=True)
     if minimum and staked < minimum:
         typer.echo(f"note: below the minimum stake ({show.amount(minimum)})")
+    # The keystore signs `who` in only when it is that address's (not another --address).
+    own = path if (address is None or _keystore_address(path) == who.lower()) else None
     try:
         choice = resolve_server_url(server, credentials=credentials_path(path), config=config)
-        ledger = ledger_balance(choice, credentials_path(path), who)
+        ledger = ledger_balance(choice, credentials_path(path), who, own)
     except ServerUrlError as exc:
         ledger = LedgerView(why_not=str(exc))
     for label, key in (

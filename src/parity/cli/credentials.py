@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,14 @@ def remove_token(path: Path, server_url: str, address: str | None = None) -> boo
 def last_server(path: Path) -> str | None:
     """The server signed in to last (None when the file is missing or does not say)."""
     return _read(Path(path).expanduser()).last_server
+
+
+def expired(expires_at: str, now: datetime | None = None) -> bool:
+    """Whether a session's ``expires_at`` (ISO 8601, as the server gave it) has passed; an
+    unreadable time is the server's to judge (not expired)."""
+    try:
+        when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    now = datetime.now(UTC) if now is None else now
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= now

@@ -28,7 +28,7 @@ from rich.progress import (
 
 from parity.cli import fl_view as view
 from parity.cli.server_url import ServerChoice, ServerHttpClient, no_answer
-from parity.cli.session import SessionError, resolve_session
+from parity.cli.session import SessionError, open_session, refusal_text
 from parity.cli.storage import KeystoreOpt, QuietOpt, ServerOpt, TokenOpt
 
 fl_app = typer.Typer(
@@ -49,6 +49,30 @@ MAX_POLL_ERRORS = 5
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
+ListJsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the sessions as one JSON array, every page merged (each session as GET "
+        "sessions lists it), instead of the table.",
+    ),
+]
+StatusJsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help='Print {"session": GET session, "latest_round": the newest of GET rounds or '
+        'null, "metrics": GET metrics} as one JSON document.',
+    ),
+]
+WatchJsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help='At the end, print {"session": GET session, "metrics": GET metrics} of the last '
+        "poll as one JSON document.",
+    ),
+]
 SessionArg = Annotated[str, typer.Argument(metavar="ID", help="The session's id.")]
 
 
@@ -59,27 +83,26 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
     try:
-        choice, bearer = resolve_session(server, keystore, token)
+        session = open_session(server, keystore, token)
     except SessionError as exc:
         raise _fail(str(exc)) from None
-    return _client(choice, bearer)
+    return _client(session.choice, session.token, session.sign_in_hint)
 
 
-def _client(choice: ServerChoice, token: str) -> httpx.Client:
+def _client(choice: ServerChoice, token: str, sign_in_hint: str | None = None) -> httpx.Client:
     return ServerHttpClient(
-        choice, token, read_timeout=READ_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S
+        choice,
+        token,
+        read_timeout=READ_TIMEOUT_S,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        sign_in_hint=sign_in_hint,
     )
 
 
-def _refused(response: httpx.Response) -> typer.Exit:
-    """The error envelope's message and code; the HTTP status when there is no envelope."""
-    message = f"HTTP {response.status_code}"
-    try:
-        err = response.json().get("error", {})
-        message = f"{err.get('message', message)} ({err.get('code', response.status_code)})"
-    except (ValueError, AttributeError):
-        pass
-    return _fail(message)
+def _refused(response: httpx.Response, client: httpx.Client) -> typer.Exit:
+    """The error envelope's message and code (the HTTP status when there is no envelope); what
+    to run when the server refused the token."""
+    return _fail(refusal_text(response, client))
 
 
 def _request(client: httpx.Client, method: str, path: str, ok: int = 200, **kw: Any) -> Any:
@@ -89,7 +112,7 @@ def _request(client: httpx.Client, method: str, path: str, ok: int = 200, **kw: 
     except httpx.HTTPError as exc:
         raise _fail(no_answer(client, exc)) from None
     if r.status_code != ok:
-        raise _refused(r)
+        raise _refused(r, client)
     try:
         return r.json()
     except ValueError:
@@ -270,7 +293,7 @@ def status_cmd(
     server: ServerOpt = None,
     token: TokenOpt = None,
     keystore: KeystoreOpt = None,
-    as_json: JsonOpt = False,
+    as_json: StatusJsonOpt = False,
 ) -> None:
     """Session ID: its state, its latest round and the metrics of every completed round."""
     with _connect(server, keystore, token) as client:
@@ -297,7 +320,7 @@ def list_cmd(
     server: ServerOpt = None,
     token: TokenOpt = None,
     keystore: KeystoreOpt = None,
-    as_json: JsonOpt = False,
+    as_json: ListJsonOpt = False,
 ) -> None:
     """Your sessions, newest first (every session for an operator), page by page."""
     sessions: list[dict[str, Any]] = []
@@ -332,7 +355,7 @@ def _poll(client: httpx.Client, path: str) -> Any:
     if r.status_code in RETRYABLE_STATUS:
         return None
     if r.status_code != 200:
-        raise _refused(r)
+        raise _refused(r, client)
     return r.json()
 
 
@@ -345,7 +368,7 @@ def watch_cmd(
     server: ServerOpt = None,
     token: TokenOpt = None,
     keystore: KeystoreOpt = None,
-    as_json: JsonOpt = False,
+    as_json: WatchJsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Follow session ID until it ends: a progress bar over its rounds and a line per completed
@@ -406,7 +429,7 @@ def _download(client: httpx.Client, session_id: str, part: Path) -> str:
         ):
             if r.status_code != 200:
                 r.read()
-                raise _refused(r)
+                raise _refused(r, client)
             for piece in r.iter_bytes(PIECE):
                 sink.write(piece)
                 digest.update(piece)

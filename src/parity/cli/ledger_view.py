@@ -34,18 +34,25 @@ def _error_text(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}"
 
 
-def ledger_balance(server: ServerChoice, credentials: Path, address: str) -> LedgerView:
+def ledger_balance(
+    server: ServerChoice, credentials: Path, address: str, keystore: Path | None = None
+) -> LedgerView:
     """``address``'s ledger balance on ``server``, with the session ``credentials`` holds for
-    exactly that (server, address); an empty view with the reason otherwise."""
+    exactly that (server, address); an empty view with the reason otherwise. ``keystore`` is
+    the address's own keystore when known, for the command that signs it in."""
     try:
         stored = load_token(credentials, server.url, address)
     except CredentialsError as exc:
         return LedgerView(why_not=str(exc))
     if stored is None:
-        return LedgerView(
-            why_not=f"{address} is not signed in to {server.describe()}: run "
-            f"`parity-server auth --keystore KEYSTORE --server {server.url}` with its keystore"
-        )
+        if keystore is not None:
+            run = f"`parity-server auth --keystore {keystore} --server {server.url}`"
+        else:  # an --address whose keystore this command was not given
+            run = (
+                f"`parity-server auth --keystore KEYSTORE --server {server.url}` with its "
+                f"keystore, in {credentials.parent} (where this command reads sessions)"
+            )
+        return LedgerView(why_not=f"{address} is not signed in to {server.describe()}: run {run}")
     try:
         response = httpx.get(
             server.url + LEDGER_BALANCE_PATH,

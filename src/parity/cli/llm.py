@@ -15,7 +15,7 @@ import httpx
 import typer
 
 from parity.cli.server_url import ServerHttpClient, no_answer
-from parity.cli.session import SessionError, resolve_session
+from parity.cli.session import SessionError, open_session, refusal_text
 from parity.cli.storage import KeystoreOpt, ServerOpt, TokenOpt
 
 llm_app = typer.Typer(
@@ -28,6 +28,9 @@ API = "/api/v1/llm"
 STREAM_PATH = "/v1/completions"  # the gateway: server-sent events, usage in the last chunk
 CONNECT_TIMEOUT_S = 10.0
 MAX_WAIT_S = 30.0
+# The gateway names the prompt of each answer here (parity.gateway.errors.PROMPT_ID_HEADER; not
+# imported, so the command does not load the server's web framework).
+PROMPT_ID_HEADER = "X-Parity-Prompt-Id"
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
 
@@ -41,11 +44,15 @@ def _connect(
     server: str | None, keystore: Path | None, token: str | None, read_timeout: float
 ) -> httpx.Client:
     try:
-        choice, bearer = resolve_session(server, keystore, token)
+        session = open_session(server, keystore, token)
     except SessionError as exc:
         raise _fail(str(exc)) from None
     return ServerHttpClient(
-        choice, bearer, read_timeout=read_timeout, connect_timeout=CONNECT_TIMEOUT_S
+        session.choice,
+        session.token,
+        read_timeout=read_timeout,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        sign_in_hint=session.sign_in_hint,
     )
 
 
@@ -56,12 +63,8 @@ def _call(client: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Resp
         raise _fail(no_answer(client, exc)) from None
 
 
-def _refused(response: httpx.Response) -> typer.Exit:
-    try:
-        err = response.json().get("error", {})
-        return _fail(f"{err.get('message')} ({err.get('code')})")
-    except (ValueError, AttributeError):
-        return _fail(f"HTTP {response.status_code}")
+def _refused(response: httpx.Response, client: httpx.Client) -> typer.Exit:
+    return _fail(refusal_text(response, client))
 
 
 @llm_app.command("models")
@@ -76,7 +79,7 @@ def models_cmd(
     with _connect(server, keystore, token, 30.0) as client:
         r = _call(client, "GET", f"{API}/models")
     if r.status_code != 200:
-        raise _refused(r)
+        raise _refused(r, client)
     doc = r.json()
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
@@ -126,7 +129,8 @@ def prompt_cmd(
     """Send TEXT to MODEL and print the answer. If it is not finished within --wait seconds,
     prints the prompt's id (read it later at /api/v1/llm/prompts/ID) and exits 0; a failed
     prompt exits 1 with its reason. With --stream the answer is printed as the runner produces
-    it (the server's own time limit applies, not --wait) and the token usage at the end."""
+    it (the server's own time limit applies, not --wait) and the token usage and cost at the
+    end."""
     body: dict[str, Any] = {"model": model, "prompt": text}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
@@ -141,7 +145,7 @@ def prompt_cmd(
             _require_served(client, model)
         r = _call(client, "POST", f"{API}/prompts", json=body, params={"wait": wait})
     if r.status_code not in (200, 202):
-        raise _refused(r)
+        raise _refused(r, client)
     doc = r.json()
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
@@ -168,7 +172,7 @@ def _require_served(client: httpx.Client, model: str) -> None:
     runner serving it comes online or its deadline passes.)"""
     r = _call(client, "GET", f"{API}/models")
     if r.status_code != 200:
-        raise _refused(r)
+        raise _refused(r, client)
     loaded = sorted(m["model_name"] for m in r.json()["models"] if m["is_loaded"])
     if model not in loaded:
         served = ", ".join(loaded) or "none"
@@ -193,7 +197,7 @@ def _events(response: httpx.Response) -> Any:
 
 
 def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
-    """Stream the answer to stdout as its chunks arrive; the usage goes to stderr."""
+    """Stream the answer to stdout as its chunks arrive; the usage and cost go to stderr."""
     request = {**body, "stream": True, "stream_options": {"include_usage": True}}
     usage: dict[str, Any] | None = None
     printed = False
@@ -201,7 +205,8 @@ def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
         with client.stream("POST", STREAM_PATH, json=request) as r:
             if r.status_code != 200:
                 r.read()
-                raise _refused(r)
+                raise _refused(r, client)
+            prompt_id = r.headers.get(PROMPT_ID_HEADER)
             for event in _events(r):
                 if isinstance(event.get("error"), dict):
                     if printed:
@@ -221,7 +226,20 @@ def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
     typer.echo("")
     if usage is None:
         raise _fail("the stream ended without its usage (the answer may be incomplete)")
-    typer.echo(
-        f"{usage.get('prompt_tokens')} input + {usage.get('completion_tokens')} output tokens",
-        err=True,
-    )
+    spent = f"{usage.get('prompt_tokens')} input + {usage.get('completion_tokens')} output tokens"
+    cost = _streamed_cost(client, prompt_id)
+    typer.echo(spent + (f", cost {cost} base units" if cost is not None else ""), err=True)
+
+
+def _streamed_cost(client: httpx.Client, prompt_id: str | None) -> str | None:
+    """The cost of the prompt just streamed: the stream carries the usage but not the cost,
+    which the prompt's record holds (the gateway names the prompt in its answer's
+    ``X-Parity-Prompt-Id`` header). None when it cannot be read (nothing else depends on it)."""
+    if not prompt_id:
+        return None
+    try:
+        r = client.get(f"{API}/prompts/{prompt_id}")
+        cost = r.json().get("cost") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return None if cost is None else str(cost)

@@ -53,8 +53,23 @@ ConfigOpt = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"parity-server {__version__}")
+        raise typer.Exit()
+
+
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context, config: ConfigOpt = None) -> None:
+def _root(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """With no command, runs the server (as the original CLI did)."""
     if ctx.invoked_subcommand is None:
         server(config)
@@ -122,10 +137,13 @@ def migrate_cmd(
             if st.too_new:
                 typer.echo("database is newer than this code", err=True)
             raise typer.Exit(0 if st.up_to_date else 1)
-        if downgrade:
+        if downgrade is not None:
             st = asyncio.run(migrate.downgrade(url, downgrade))
         else:
             st = asyncio.run(migrate.upgrade(url))
+    except migrate.RevisionRefused as exc:
+        typer.echo(f"error: --downgrade: {exc}", err=True)
+        raise typer.Exit(2) from None
     except migrate.SchemaTooNew as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -152,6 +170,7 @@ def _register_optional() -> None:
     from parity.cli.fl import fl_app
     from parity.cli.llm import llm_app
     from parity.cli.storage import storage_app
+    from parity.cli.tasks import task_app
     from parity.cli.token import register_token_command
 
     register_auth_command(app)
@@ -160,6 +179,7 @@ def _register_optional() -> None:
     app.add_typer(storage_app, name="storage")
     app.add_typer(llm_app, name="llm")
     app.add_typer(fl_app, name="fl")
+    app.add_typer(task_app, name="task")
 
 
 _register_optional()

@@ -114,7 +114,8 @@ def resolve_server_url(
 
 class ServerHttpClient(httpx.Client):
     """An httpx client for the chosen server that knows where its URL came from, so a request
-    that gets no answer can say which server it tried and why that one."""
+    that gets no answer can say which server it tried and why that one, and what to run when
+    the server refuses its token."""
 
     def __init__(
         self,
@@ -123,6 +124,7 @@ class ServerHttpClient(httpx.Client):
         *,
         read_timeout: float,
         connect_timeout: float,
+        sign_in_hint: str | None = None,
     ) -> None:
         super().__init__(
             base_url=choice.url,
@@ -130,6 +132,8 @@ class ServerHttpClient(httpx.Client):
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
         )
         self.choice = choice
+        # What to run when the server refuses the token (401); see parity.cli.session.
+        self.sign_in_hint = sign_in_hint
 
 
 def failure_text(exc: BaseException) -> str:

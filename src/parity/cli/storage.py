@@ -23,16 +23,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from parity.chain.keystore import KeystoreError, read_address
-from parity.cli.auth import default_keystore_path
-from parity.cli.credentials import CredentialsError, credentials_path, load_token
-from parity.cli.server_url import (
-    ServerChoice,
-    ServerHttpClient,
-    ServerUrlError,
-    no_answer,
-    resolve_server_url,
-)
+from parity.cli.server_url import ServerChoice, ServerHttpClient, no_answer
+from parity.cli.session import SessionError, open_session, refusal_text
 from parity.config import load_settings
 from parity.core.storage.importer import FileImporter
 from parity.core.storage.multiformats import Cid, CidError
@@ -84,46 +76,32 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _stored_token(choice: ServerChoice, keystore: Path) -> str:
-    """The session stored for the keystore's address on the chosen server; with no keystore
-    file, the session saved last for that server."""
-    try:
-        address = read_address(keystore) if keystore.exists() else None
-        stored = load_token(credentials_path(keystore), choice.url, address)
-    except (CredentialsError, KeystoreError) as exc:
-        raise _fail(str(exc)) from None
-    if stored is None:
-        who = f" as {address}" if address else ""
-        raise _fail(
-            f"no session{who} on {choice.describe()}: run `parity-server auth --server "
-            f"{choice.url} --keystore {keystore}` or pass --token"
-        )
-    return stored.token
-
-
 def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
-    path = keystore.expanduser() if keystore is not None else default_keystore_path()
+    """A client for the chosen server with ``--token``, else the session stored for the
+    keystore's address (with no keystore file, the session saved last for that server)."""
     try:
-        choice = resolve_server_url(server, credentials=credentials_path(path))
-    except ServerUrlError as exc:
+        session = open_session(server, keystore, token or None)
+    except SessionError as exc:
         raise _fail(str(exc)) from None
-    return _client(choice, token or _stored_token(choice, path))
+    return _client(session.choice, session.token, session.sign_in_hint)
 
 
-def _client(choice: ServerChoice, token: str | None) -> httpx.Client:
+def _client(
+    choice: ServerChoice, token: str | None, sign_in_hint: str | None = None
+) -> httpx.Client:
     return ServerHttpClient(
-        choice, token, read_timeout=READ_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S
+        choice,
+        token,
+        read_timeout=READ_TIMEOUT_S,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        sign_in_hint=sign_in_hint,
     )
 
 
-def _refused(response: httpx.Response) -> typer.Exit:
-    message = f"HTTP {response.status_code}"
-    try:
-        err = response.json().get("error", {})
-        message = f"{err.get('message', message)} ({err.get('code', response.status_code)})"
-    except (ValueError, AttributeError):
-        pass
-    return _fail(message)
+def _refused(response: httpx.Response, client: httpx.Client) -> typer.Exit:
+    """The error envelope's message and code (the HTTP status when there is none); what to run
+    when the server refused the token."""
+    return _fail(refusal_text(response, client))
 
 
 def _progress(quiet: bool) -> Progress:
@@ -177,7 +155,7 @@ def put(
         except httpx.HTTPError as exc:
             raise _fail(no_answer(client, exc, "the upload")) from None
     if r.status_code != 201:
-        raise _refused(r)
+        raise _refused(r, client)
     doc = r.json()
     typer.echo(
         f"{doc['size']} bytes, pinned: {doc['pinned']}, CIDv0: {doc.get('cid_v0')}", err=True
@@ -206,7 +184,7 @@ def _refuse_oversized(client: httpx.Client, file: Path, size: int) -> None:
     except httpx.HTTPError as exc:
         raise _fail(no_answer(client, exc, "the upload")) from None
     if r.status_code in (401, 403):
-        raise _refused(r)  # the upload would be refused the same way
+        raise _refused(r, client)  # the upload would be refused the same way
     try:
         limit = r.json().get("max_upload_bytes") if r.status_code == 200 else None
     except (ValueError, AttributeError):
@@ -267,7 +245,7 @@ def get(
         ):
             if r.status_code != 200:
                 r.read()
-                raise _refused(r)
+                raise _refused(r, client)
             total = int(r.headers.get("content-length", "0")) or None
             task = progress.add_task(f"get {cid[:16]}…", total=total)
             for piece in r.iter_bytes(PIECE):
@@ -308,7 +286,7 @@ def pin_cmd(
         except httpx.HTTPError as exc:
             raise _fail(no_answer(client, exc, "the pin")) from None
     if r.status_code not in (200, 201):
-        raise _refused(r)
+        raise _refused(r, client)
     _print_json(r.json())
 
 
@@ -323,7 +301,7 @@ def unpin_cmd(
         except httpx.HTTPError as exc:
             raise _fail(no_answer(client, exc, "the unpin")) from None
     if r.status_code != 204:
-        raise _refused(r)
+        raise _refused(r, client)
     typer.echo(f"unpinned {cid}", err=True)
 
 
@@ -338,7 +316,7 @@ def info_cmd(
         except httpx.HTTPError as exc:
             raise _fail(no_answer(client, exc, "the info request")) from None
     if r.status_code != 200:
-        raise _refused(r)
+        raise _refused(r, client)
     _print_json(r.json())
 
 

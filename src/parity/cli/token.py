@@ -13,21 +13,13 @@ import typer
 
 from parity.chain.keystore import KeystoreError, read_address
 from parity.cli.auth import default_keystore_path
-from parity.cli.credentials import CredentialsError, credentials_path, load_token
+from parity.cli.credentials import CredentialsError, credentials_path, expired, load_token
 from parity.cli.server_url import ServerUrlError, resolve_server_url
 
 
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(1)
-
-
-def _expired(expires_at: str, now: datetime) -> bool:
-    try:
-        when = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
-    except ValueError:
-        return False  # an unreadable time is the server's to judge
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= now
 
 
 def register_token_command(app: typer.Typer) -> None:
@@ -65,6 +57,6 @@ def register_token_command(app: typer.Typer) -> None:
         if stored is None:
             who = f" for {address}" if address else ""
             raise _fail(f"no session{who} on {choice.describe()}: {sign_in}")
-        if _expired(stored.expires_at, datetime.now(UTC)):
+        if expired(stored.expires_at, datetime.now(UTC)):
             raise _fail(f"the session on {choice.url} expired at {stored.expires_at}: {sign_in}")
         typer.echo(stored.token)

@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -39,6 +40,11 @@ class DatabaseUnavailable(Exception):
 
 class DatabaseUrlInvalid(ValueError):
     """The database URL cannot be read (a port that is not a number, an unknown driver)."""
+
+
+class RevisionRefused(ValueError):
+    """A downgrade target this code does not know, or one that is not below the database's
+    revision; the message names the target and the revisions there are."""
 
 
 def display_url(url: str) -> str:
@@ -82,8 +88,13 @@ def head_revision() -> str:
 
 
 def known_revisions() -> set[str]:
+    return set(revision_order())
+
+
+def revision_order() -> list[str]:
+    """The revisions this code knows, oldest first."""
     script = ScriptDirectory.from_config(alembic_config())
-    return {rev.revision for rev in script.walk_revisions()}
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
 
 
 @dataclass(frozen=True)
@@ -188,11 +199,45 @@ async def upgrade(url: str, revision: str = "head") -> SchemaStatus:
     return SchemaStatus(current=current, head=head_revision())
 
 
+def _downgrade_refused(revision: str, current: str | None, exc: CommandError) -> RevisionRefused:
+    """Alembic's refusal of a downgrade target, said in terms of the revisions there are."""
+    order = revision_order()
+    known = ", ".join(["base", *order])
+    target = order[-1] if revision in ("head", "heads") else revision
+    if target not in order and "Can't locate revision" in str(exc):
+        return RevisionRefused(f"unknown revision {revision!r} (known: {known})")
+    if target in order and (current is None or order.index(target) > order.index(current)):
+        return RevisionRefused(
+            f"revision {revision} is not below the database's {current or 'base'}: a downgrade "
+            "goes to an older revision (`parity-server migrate` upgrades)"
+        )
+    return RevisionRefused(
+        f"cannot downgrade to {revision!r} from {current or 'base'}: {exc} (known: {known})"
+    )
+
+
 async def downgrade(url: str, revision: str) -> SchemaStatus:
+    """Bring the schema down to ``revision`` (a revision id, ``base``, or a relative step such
+    as ``-1``) under the migration lock; refuse a newer database and a target that is unknown
+    or not below the database's revision (:class:`RevisionRefused`)."""
+
+    if not revision.strip():
+        known = ", ".join(["base", *revision_order()])
+        raise RevisionRefused(f"no revision given (known: {known})")
+
     def run(conn: Connection) -> str | None:
+        cur = _current(conn)
+        if cur is not None and cur not in known_revisions():
+            raise SchemaTooNew(
+                f"database schema revision {cur} is newer than this server "
+                f"(head {head_revision()}); downgrade it with the parity-server that migrated it"
+            )
         cfg = alembic_config()
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+        try:
+            command.downgrade(cfg, revision)
+        except CommandError as exc:
+            raise _downgrade_refused(revision, cur, exc) from None
         return _current(conn)
 
     current = await _with_connection(url, run, lock=True)

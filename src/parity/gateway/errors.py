@@ -45,6 +45,11 @@ def openai_body(status: int, message: str, param: str | None, code: str | None) 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+# Every prompt answer of the gateways names its prompt (GET /api/v1/llm/prompts/{id}: its cost,
+# attempts and timings).
+PROMPT_ID_HEADER = "X-Parity-Prompt-Id"
+
+
 def openai_error_body(exc: ParityError) -> dict[str, Any]:
     """``exc`` in OpenAI's error shape: the body of an error answer, or of a stream's last
     event when the error comes after the stream began."""

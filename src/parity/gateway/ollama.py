@@ -35,7 +35,7 @@ from parity.core.llm.request import (
 )
 from parity.errors import InvalidInput, ParityError
 from parity.gateway import relay
-from parity.gateway.errors import invalid, ollama_error, parse
+from parity.gateway.errors import PROMPT_ID_HEADER, invalid, ollama_error, parse
 from parity.gateway.openai_schemas import SUFFIX, chat_messages, checked, refuse_unsupported
 from parity.llm.schemas import PromptCreate
 
@@ -220,7 +220,7 @@ async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
             whole["message" if chat else "response"] = (
                 {"role": "assistant", "content": done.text} if chat else done.text
             )
-            return JSONResponse(whole)
+            return JSONResponse(whole, headers={PROMPT_ID_HEADER: str(done.prompt_id)})
         opened = relay.streamed(c, principal, create, request)
         batches = await opened.__aenter__()
     except ParityError as exc:
@@ -245,7 +245,11 @@ async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
         finally:
             await opened.__aexit__(None, None, None)
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return StreamingResponse(
+        lines(),
+        media_type="application/x-ndjson",
+        headers={PROMPT_ID_HEADER: str(batches.prompt_id)},
+    )
 
 
 @router.post("/chat")

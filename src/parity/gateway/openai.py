@@ -24,7 +24,14 @@ from parity.api.jsonbody import JsonRoute
 from parity.auth.schemas import Principal
 from parity.errors import ParityError
 from parity.gateway import relay
-from parity.gateway.errors import invalid, openai_body, openai_error, openai_error_body, parse
+from parity.gateway.errors import (
+    PROMPT_ID_HEADER,
+    invalid,
+    openai_body,
+    openai_error,
+    openai_error_body,
+    parse,
+)
 from parity.gateway.openai_schemas import (
     ChatCompletionCreate,
     CompletionCreate,
@@ -111,16 +118,20 @@ async def _prompt(request: Request, c: ContainerDep, chat: bool) -> Response:
                 max_tokens=body.max_tokens,
                 **body.sampling(),
             )
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(c.clock.now().timestamp())
-        shape = _Shape(ident, created, body.model, chat)
+        shape = _Shape(created, body.model, chat)
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             return await _stream(request, c, principal, create, shape, usage)
         done = await relay.complete(c, principal, create)
     except ParityError as exc:
         return openai_error(exc)
-    return JSONResponse(shape.whole(done))
+    shape.prompt_id = done.prompt_id
+    return JSONResponse(shape.whole(done), headers=_prompt_header(done.prompt_id))
+
+
+def _prompt_header(prompt_id: uuid.UUID) -> dict[str, str]:
+    return {PROMPT_ID_HEADER: str(prompt_id)}
 
 
 @router.post("/v1/chat/completions")
@@ -142,8 +153,15 @@ def _texts(batch: list[relay.Piece]) -> list[str]:
 class _Shape:
     """The response objects of one request."""
 
-    def __init__(self, ident: str, created: int, model: str, chat: bool) -> None:
-        self.ident, self.created, self.model, self.chat = ident, created, model, chat
+    def __init__(self, created: int, model: str, chat: bool) -> None:
+        self.created, self.model, self.chat = created, model, chat
+        self.prompt_id = uuid.UUID(int=0)  # set once the prompt is submitted
+
+    @property
+    def ident(self) -> str:
+        """The completion's id: the prompt's own (``GET /api/v1/llm/prompts/{id}`` reads its
+        record: cost, attempts, timings), in OpenAI's ``chatcmpl-``/``cmpl-`` form."""
+        return f"{'chatcmpl' if self.chat else 'cmpl'}-{self.prompt_id.hex}"
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.ident, "object": kind, "created": self.created, "model": self.model}
@@ -212,6 +230,7 @@ async def _stream(
     # Entered here, so a refused submit answers with its status before any event is sent.
     opened = relay.streamed(c, principal, create, request)
     batches = await opened.__aenter__()
+    shape.prompt_id = batches.prompt_id
     extra: Callable[[dict[str, Any]], dict[str, Any]] = (
         (lambda o: {**o, "usage": None}) if include_usage else (lambda o: o)
     )
@@ -242,7 +261,8 @@ async def _stream(
         finally:
             await opened.__aexit__(None, None, None)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    headers = {**SSE_HEADERS, **_prompt_header(batches.prompt_id)}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 # Last of this router: any other path under /v1 (embeddings, images, audio, files, a wrong

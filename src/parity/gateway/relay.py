@@ -226,13 +226,24 @@ class Failed:
 Piece = Delta | Finished | Failed
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A submitted streaming prompt: its id, and its pieces in batches (iterate it)."""
+
+    prompt_id: uuid.UUID
+    pieces: AsyncIterator[list[Piece]]
+
+    def __aiter__(self) -> AsyncIterator[list[Piece]]:
+        return self.pieces
+
+
 @contextlib.asynccontextmanager
 async def streamed(
     c: Container, principal: Principal, body: PromptCreate, request: Request | None = None
-) -> AsyncIterator[AsyncIterator[list[Piece]]]:
-    """Submit a streaming prompt; yields the iterator of its pieces (deltas, then one
-    ``Finished`` or ``Failed``), in batches of what arrived together, so a caller writes them
-    to its client at once. Leaving early (the client went away) cancels the prompt. With
+) -> AsyncIterator[Opened]:
+    """Submit a streaming prompt; yields its id and the iterator of its pieces (deltas, then
+    one ``Finished`` or ``Failed``), in batches of what arrived together, so a caller writes
+    them to its client at once. Leaving early (the client went away) cancels the prompt. With
     ``request``, the iterator also ends, without a last piece, as soon as its client
     disconnects: the caller writes nothing more and leaves."""
     async with contextlib.AsyncExitStack() as stack:
@@ -250,7 +261,7 @@ async def streamed(
         if request is not None:
             state.gone = asyncio.get_running_loop().create_task(_disconnected(request))
         try:
-            yield state.batches()
+            yield Opened(prompt.id, state.batches())
         finally:
             if not state.done:
                 # The client left: billed for at most what was relayed to it by now.
