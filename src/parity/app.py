@@ -43,6 +43,7 @@ from parity.system.router import root_router
 from parity.system.router import router as system_router
 from parity.system.service import UNSHARED_STORE
 from parity.tasks import handoff
+from parity.system.unpaid import warn_unpaid_at_start
 from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job, reoffer_job
 from parity.tasks.pushes import PushLoop
 from parity.tasks.router import router as tasks_router
@@ -171,6 +172,7 @@ def create_app(
         )
         container.settlement = settlement
         # Built here, not with the app: it holds the content store, which tests may replace.
+        await warn_unpaid_at_start(container)  # a priced ledger that nothing here settles
         fl_rounds: RoundsLoop | None = None
         if start_jobs:
             fl_rounds = rounds_job(container.db, container.fl, settings.scheduler_interval_seconds)

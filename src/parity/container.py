@@ -124,6 +124,8 @@ class Container:
             random=lambda: int.from_bytes(random_bytes(4), "big") / 2**32,
             allow_private=self.settings.allow_private_webhooks,
             timeout_seconds=self.settings.webhook_timeout_seconds,
+            disable_after_seconds=self.settings.webhook_disable_after_hours * 3600,
+            disable_min_failures=self.settings.webhook_disable_min_failures,
         )
 
     @functools.cached_property

@@ -1,5 +1,5 @@
 """Event webhooks end to end, against a real receiver on 127.0.0.1: what reaches whom,
-signatures, retries with backoff, the attempt log, redelivery, the circuit breaker, secret
+signatures, retries with backoff, the attempt log, redelivery, per-endpoint back-off, secret
 rotation, the SSRF guard, the delivery loop, retention, and GET /events (long-poll and SSE)."""
 
 from __future__ import annotations
@@ -320,8 +320,8 @@ async def test_redeliver_sends_the_event_again_with_the_same_webhook_id(
     assert [x["status"] for x in listed] == ["delivered"] * 3
 
 
-async def test_the_breaker_disables_a_failing_endpoint_while_a_healthy_one_receives(
-    client: httpx.AsyncClient, container: Container, receivers: MakeReceiver
+async def test_a_failing_endpoint_backs_off_as_a_whole_while_a_healthy_one_receives(
+    client: httpx.AsyncClient, container: Container, receivers: MakeReceiver, clock: FrozenClock
 ):
     alice = await sign_in(client, ALICE)
     dead, healthy = await receivers(fail_first=10_000), await receivers()
@@ -333,24 +333,29 @@ async def test_the_breaker_disables_a_failing_endpoint_while_a_healthy_one_recei
     # At most two deliveries per endpoint per round (per-endpoint concurrency).
     assert await deliver(container) == 4
     assert len(dead.requests) == 2 and len(healthy.events) == 2
-    for _ in range(4):
-        await deliver(container)
-    assert len(dead.requests) == 10
-    got = (await client.get(f"{V1}/webhooks/{dead_hook['id']}", headers=bearer(alice))).json()
-    assert got["enabled"] is False and got["consecutive_failures"] == 10
-    assert "circuit breaker" in got["disabled_reason"]
-
+    # The failing endpoint waits out its own back-off: its other ten events do not each try it.
     await deliver_all(container)
-    assert len(dead.requests) == 10  # a disabled endpoint is not called
+    assert len(dead.requests) == 2
     assert len(healthy.events) == 12
+    got = (await client.get(f"{V1}/webhooks/{dead_hook['id']}", headers=bearer(alice))).json()
+    assert got["enabled"] is True and got["consecutive_failures"] == 2
+    assert got["failing_since"] and got["next_attempt_at"] and got["disabled_reason"] is None
 
-    # Re-enabling resets the breaker and sends the backlog.
+    # Past the back-off (2^2 s x jitter <= 4.8 s) one delivery tries it, not two.
+    clock.advance(5)
+    assert await deliver(container) == 1
+    assert len(dead.requests) == 3
+    assert await deliver(container) == 0
+
+    # Re-enabling an enabled endpoint resets its back-off: it is tried at once.
     dead.fail_first = 0
     on = await client.put(
         f"{V1}/webhooks/{dead_hook['id']}", json={"enabled": True}, headers=bearer(alice)
     )
-    assert on.json()["consecutive_failures"] == 0 and on.json()["disabled_reason"] is None
-    container.clock.advance(3600 * 1.2 + 1)  # type: ignore[attr-defined]
+    assert on.json()["consecutive_failures"] == 0 and on.json()["next_attempt_at"] is None
+    assert await deliver(container) >= 1
+    await deliver_all(container)
+    clock.advance(10)  # the three that failed wait out their own (per-delivery) back-off
     await deliver_all(container)
     assert len(dead.events) == 12
 

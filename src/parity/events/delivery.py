@@ -1,9 +1,13 @@
 """Webhook delivery from the outbox. Network I/O happens outside any transaction: due rows are
 read, claimed with one conditional UPDATE, POSTed concurrently through the SSRF guard with a
 short timeout (at most ``per_endpoint`` in flight per endpoint), and every outcome is recorded
-in one short write transaction. A failure backs off exponentially with jitter; an endpoint that
-keeps failing is disabled (circuit breaker). Receivers de-duplicate on ``webhook-id`` (the
-event id), which a retry or a redelivery reuses."""
+in one short write transaction. A failure backs off exponentially with jitter, per delivery
+and per endpoint: while an endpoint is failing it is tried one delivery at a time on its own
+back-off, so a burst of events does not hammer a receiver that is down, and its first success
+lets the backlog through. Only an endpoint that has failed continuously for a long time
+(``disable_after_seconds`` and at least ``disable_min_failures`` attempts) is disabled (circuit
+breaker). Receivers de-duplicate on ``webhook-id`` (the event id), which a retry or a
+redelivery reuses."""
 
 from __future__ import annotations
 
@@ -16,9 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity import __version__
-from parity.clock import Clock
+from parity.clock import Clock, utc_iso
 from parity.db.session import Database
 from parity.events import repository as repo
 from parity.events.models import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
@@ -32,6 +37,12 @@ from parity.webhooks.ssrf import UrlRefused, post_json
 log = get_logger("parity.events.delivery")
 
 MAX_BACKOFF_SECONDS = 3600
+# A failing endpoint's back-off stops growing here (before jitter), so one that comes back
+# gets its backlog within minutes.
+ENDPOINT_MAX_BACKOFF_SECONDS = 600.0
+# The breaker's defaults (WEBHOOK_DISABLE_AFTER_HOURS, WEBHOOK_DISABLE_MIN_FAILURES).
+DISABLE_AFTER_SECONDS = 72 * 3600.0
+DISABLE_MIN_FAILURES = 10
 
 
 @dataclass(frozen=True)
@@ -41,14 +52,18 @@ class DeliveryDeps:
     allow_private: bool
     timeout_seconds: float = 5.0
     max_attempts: int = 8
-    breaker_threshold: int = 10
+    # The breaker: disabled once no delivery has succeeded for this long AND at least this
+    # many attempts failed meanwhile.
+    disable_after_seconds: float = DISABLE_AFTER_SECONDS
+    disable_min_failures: int = DISABLE_MIN_FAILURES
+    endpoint_max_backoff_seconds: float = ENDPOINT_MAX_BACKOFF_SECONDS
     per_endpoint: int = 2
     batch: int = 100
 
 
-def backoff_seconds(attempts: int, rand: float) -> float:
-    """min(2^attempts, 3600) seconds, scaled by a jitter factor in [0.8, 1.2]."""
-    return min(2.0**attempts, MAX_BACKOFF_SECONDS) * (0.8 + 0.4 * rand)
+def backoff_seconds(attempts: int, rand: float, cap: float = MAX_BACKOFF_SECONDS) -> float:
+    """min(2^attempts, cap) seconds, scaled by a jitter factor in [0.8, 1.2]."""
+    return min(2.0 ** min(attempts, 62), cap) * (0.8 + 0.4 * rand)
 
 
 def body_of(event: Event) -> bytes:
@@ -98,22 +113,30 @@ async def take_due(
     busy: dict[uuid.UUID, int] | None = None,
 ) -> list[Outgoing]:
     """Read due deliveries (no transaction held), keep at most ``per_endpoint`` per endpoint
-    minus what is already in flight, then claim them in one short write."""
+    minus what is already in flight (one, and only when none is in flight, for a failing
+    endpoint), then claim them, and the next try of the failing endpoints, in one short
+    write."""
     now = deps.clock.now()
     busy = busy or {}
     async with db.read_session() as s:
         rows = await repo.due(s, now, deps.batch, deps.per_endpoint, exclude or set())
     picked: list[Outgoing] = []
+    failing: set[uuid.UUID] = set()
     taken: dict[uuid.UUID, int] = defaultdict(int)
     for d, ep, ev in rows:
-        if busy.get(ep.id, 0) + taken[ep.id] >= deps.per_endpoint:
+        limit = 1 if ep.consecutive_failures > 0 else deps.per_endpoint
+        if busy.get(ep.id, 0) + taken[ep.id] >= limit:
             continue
+        if ep.consecutive_failures > 0:
+            failing.add(ep.id)
         taken[ep.id] += 1
         picked.append(_outgoing(d, ep, ev, now))
     if not picked:
         return []
     hold = timedelta(seconds=max(60.0, 4 * deps.timeout_seconds))
     async with db.transaction() as s:
+        held = await repo.hold_endpoints(s, sorted(failing), now, now + hold)
+        picked = [p for p in picked if p.endpoint_id not in failing or p.endpoint_id in held]
         claimed = await repo.claim(s, [p.delivery_id for p in picked], now, now + hold)
     return [p for p in picked if p.delivery_id in claimed]
 
@@ -154,7 +177,8 @@ async def send(item: Outgoing, deps: DeliveryDeps) -> Outcome:
 
 
 async def record(db: Database, deps: DeliveryDeps, outcomes: list[Outcome]) -> None:
-    """Attempt rows, delivery states and endpoint breakers, in one short write."""
+    """Attempt rows, delivery states and endpoint states (back-off, breaker), in one short
+    write."""
     if not outcomes:
         return
     async with db.transaction() as s:
@@ -193,14 +217,28 @@ async def record(db: Database, deps: DeliveryDeps, outcomes: list[Outcome]) -> N
                 delay = backoff_seconds(attempt, deps.random())
                 values["next_attempt_at"] = now + timedelta(seconds=delay)
             await repo.update_delivery(s, o.item.delivery_id, values)
-            reason = (
-                f"circuit breaker: {deps.breaker_threshold} consecutive failed deliveries "
-                f"(last: {o.error})"
-            )
-            if await repo.endpoint_failed(
-                s, o.item.endpoint_id, now, deps.breaker_threshold, reason
-            ):
-                log.warning("webhook_disabled", endpoint_id=str(o.item.endpoint_id), reason=reason)
+            await _endpoint_failed(s, deps, o, now)
+
+
+async def _endpoint_failed(s: AsyncSession, deps: DeliveryDeps, o: Outcome, now: datetime) -> None:
+    """Count the failure against the endpoint, back it off, and trip the breaker once it has
+    failed continuously for ``disable_after_seconds`` with ``disable_min_failures`` attempts."""
+    state = await repo.endpoint_failed(s, o.item.endpoint_id, now)
+    if state is None:
+        return
+    failures, since = state
+    delay = backoff_seconds(failures, deps.random(), deps.endpoint_max_backoff_seconds)
+    await repo.endpoint_back_off(s, o.item.endpoint_id, now + timedelta(seconds=delay))
+    if failures < deps.disable_min_failures:
+        return
+    if now - since < timedelta(seconds=deps.disable_after_seconds):
+        return
+    reason = (
+        f"circuit breaker: no delivery succeeded since {utc_iso(since)} "
+        f"({failures} failed attempts in a row; last: {o.error})"
+    )
+    if await repo.disable_endpoint(s, o.item.endpoint_id, now, reason):
+        log.warning("webhook_disabled", endpoint_id=str(o.item.endpoint_id), reason=reason)
 
 
 async def deliver_due(db: Database, deps: DeliveryDeps) -> int:

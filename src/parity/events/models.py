@@ -63,7 +63,14 @@ class WebhookEndpoint(Base):
     event_types: Mapped[list[str]] = mapped_column(JSON)
     enabled: Mapped[bool] = mapped_column(Boolean)
     disabled_reason: Mapped[str | None] = mapped_column(Text)
+    disabled_at: Mapped[datetime | None]
+    # Failed attempts since the last successful delivery. While it is above zero the endpoint
+    # is "failing": ``failing_since`` is its first failure since that success, and one delivery
+    # at a time is tried, not before ``next_attempt_at`` (the endpoint's own back-off). A
+    # success clears all three.
     consecutive_failures: Mapped[int] = mapped_column(Integer)
+    failing_since: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime]
 

@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import String, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import String, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.db.pagination import Cursor, newest_first
@@ -194,8 +194,9 @@ async def due(
     per_endpoint: int,
     exclude: Collection[uuid.UUID] = (),
 ) -> list[tuple[WebhookDelivery, WebhookEndpoint, Event]]:
-    """Pending deliveries whose time has come on enabled endpoints, at most ``per_endpoint``
-    per endpoint (so one endpoint's backlog cannot fill the batch), oldest due first."""
+    """Pending deliveries whose time has come on enabled endpoints that are not backing off,
+    at most ``per_endpoint`` per endpoint (so one endpoint's backlog cannot fill the batch),
+    oldest due first."""
     rank = (
         func.row_number()
         .over(
@@ -211,6 +212,10 @@ async def due(
             WebhookDelivery.status == PENDING,
             WebhookDelivery.next_attempt_at <= now,
             WebhookEndpoint.enabled.is_(True),
+            or_(
+                WebhookEndpoint.next_attempt_at.is_(None),
+                WebhookEndpoint.next_attempt_at <= now,
+            ),
         )
     )
     if exclude:
@@ -249,6 +254,32 @@ async def claim(
     return {row[0] for row in res.all()}
 
 
+async def hold_endpoints(
+    session: AsyncSession, ids: Sequence[uuid.UUID], now: datetime, until: datetime
+) -> set[uuid.UUID]:
+    """Claim the next try of failing endpoints: push their ``next_attempt_at`` past the send,
+    in one conditional UPDATE, so that only one delivery (of one loop, on one replica) tries a
+    failing endpoint at a time. Returns the endpoints held."""
+    if not ids:
+        return set()
+    res = await session.execute(
+        update(WebhookEndpoint)
+        .where(
+            WebhookEndpoint.id.in_(list(ids)),
+            WebhookEndpoint.enabled.is_(True),
+            WebhookEndpoint.consecutive_failures > 0,
+            or_(
+                WebhookEndpoint.next_attempt_at.is_(None),
+                WebhookEndpoint.next_attempt_at <= now,
+            ),
+        )
+        .values(next_attempt_at=until)
+        .returning(WebhookEndpoint.id)
+        .execution_options(synchronize_session=False)
+    )
+    return {row[0] for row in res.all()}
+
+
 async def existing_deliveries(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     q = select(WebhookDelivery.id).where(WebhookDelivery.id.in_(list(ids)))
     return set((await session.scalars(q)).all())
@@ -270,40 +301,94 @@ async def update_delivery(
 
 
 async def endpoint_succeeded(session: AsyncSession, endpoint_id: uuid.UUID) -> None:
+    """A delivery got through: the endpoint is healthy again (no count, no back-off)."""
     await session.execute(
         update(WebhookEndpoint)
-        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.consecutive_failures != 0)
-        .values(consecutive_failures=0)
+        .where(
+            WebhookEndpoint.id == endpoint_id,
+            or_(
+                WebhookEndpoint.consecutive_failures != 0,
+                WebhookEndpoint.failing_since.is_not(None),
+                WebhookEndpoint.next_attempt_at.is_not(None),
+            ),
+        )
+        .values(consecutive_failures=0, failing_since=None, next_attempt_at=None)
         .execution_options(synchronize_session=False)
     )
 
 
 async def endpoint_failed(
-    session: AsyncSession,
-    endpoint_id: uuid.UUID,
-    now: datetime,
-    threshold: int,
-    reason: str,
-) -> bool:
-    """Count a failure (in SQL, so concurrent recorders add up); trip the breaker at
-    ``threshold``. True when this call disabled the endpoint."""
+    session: AsyncSession, endpoint_id: uuid.UUID, now: datetime
+) -> tuple[int, datetime] | None:
+    """Count a failed attempt (in SQL, so concurrent recorders add up) and note when the
+    failing began. Returns the failures since the last success and that start; None when the
+    endpoint is gone."""
     await session.execute(
         update(WebhookEndpoint)
-        .where(WebhookEndpoint.id == endpoint_id)
-        .values(consecutive_failures=WebhookEndpoint.consecutive_failures + 1)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.failing_since.is_(None))
+        .values(failing_since=now)
         .execution_options(synchronize_session=False)
     )
     res = await session.execute(
         update(WebhookEndpoint)
-        .where(
-            WebhookEndpoint.id == endpoint_id,
-            WebhookEndpoint.enabled.is_(True),
-            WebhookEndpoint.consecutive_failures >= threshold,
-        )
-        .values(enabled=False, disabled_reason=reason, updated_at=now)
+        .where(WebhookEndpoint.id == endpoint_id)
+        .values(consecutive_failures=WebhookEndpoint.consecutive_failures + 1)
+        .returning(WebhookEndpoint.consecutive_failures, WebhookEndpoint.failing_since)
+        .execution_options(synchronize_session=False)
+    )
+    row = res.first()
+    if row is None:
+        return None
+    failures, since = row
+    return int(failures), since or now
+
+
+async def endpoint_back_off(session: AsyncSession, endpoint_id: uuid.UUID, until: datetime) -> None:
+    """Try the failing endpoint again no sooner than ``until``."""
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.consecutive_failures > 0)
+        .values(next_attempt_at=until)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def endpoint_try_now(session: AsyncSession, endpoint_id: uuid.UUID) -> None:
+    """End a failing endpoint's back-off (its failure count stays)."""
+    await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.next_attempt_at.is_not(None))
+        .values(next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def disable_endpoint(
+    session: AsyncSession, endpoint_id: uuid.UUID, now: datetime, reason: str
+) -> bool:
+    """Trip the breaker. True when this call disabled the endpoint (it was enabled)."""
+    res = await session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.enabled.is_(True))
+        .values(enabled=False, disabled_reason=reason, disabled_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     return _rowcount(res) > 0
+
+
+async def deliveries_due_now(session: AsyncSession, endpoint_id: uuid.UUID, now: datetime) -> int:
+    """Make every pending delivery of the endpoint due now (it was just re-enabled)."""
+    res = await session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.status == PENDING,
+            WebhookDelivery.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(res)
 
 
 # -- retention

@@ -40,7 +40,11 @@ class WebhookUpdate(BaseModel):
     url: str | None = Field(None, min_length=1, max_length=2048)
     events: list[str] | None = Field(None, min_length=1, max_length=len(EVENT_TYPES))
     description: str | None = Field(None, max_length=255)
-    enabled: bool | None = Field(None, description="true re-enables and resets the breaker")
+    enabled: bool | None = Field(
+        None,
+        description="true re-enables, resets the breaker and the back-off, and sends what is "
+        "pending at once",
+    )
 
 
 class WebhookRead(BaseModel):
@@ -50,8 +54,20 @@ class WebhookRead(BaseModel):
     description: str | None
     events: list[str]
     enabled: bool
-    disabled_reason: str | None
-    consecutive_failures: int
+    disabled_reason: str | None = Field(
+        description="why it is disabled (by its owner, or the circuit breaker and since when "
+        "it failed); null while enabled"
+    )
+    disabled_at: datetime | None = Field(None, description="when it was disabled")
+    consecutive_failures: int = Field(description="failed attempts since the last success")
+    failing_since: datetime | None = Field(
+        None, description="the first failed attempt since the last success; null when healthy"
+    )
+    next_attempt_at: datetime | None = Field(
+        None,
+        description="while failing: when the endpoint is tried next (one delivery at a time, "
+        "backing off); null when healthy",
+    )
     previous_secret_expires_at: datetime | None
     created_at: datetime
     updated_at: datetime

@@ -210,7 +210,10 @@ async def create_endpoint(
         event_types=types,
         enabled=True,
         disabled_reason=None,
+        disabled_at=None,
         consecutive_failures=0,
+        failing_since=None,
+        next_attempt_at=None,
         created_at=now,
         updated_at=now,
     )
@@ -250,17 +253,25 @@ async def update_endpoint(
         endpoint.event_types = check_types(body.events)
     if "description" in fields:
         endpoint.description = body.description
-    if body.enabled is True and not endpoint.enabled:
+    now = deps.clock.now()
+    reenabled = body.enabled is True and not endpoint.enabled
+    if body.enabled is True:
+        # (Re-)enabling resets the breaker and the endpoint's back-off: it is tried at once.
         endpoint.enabled = True
         endpoint.disabled_reason = None
+        endpoint.disabled_at = None
         endpoint.consecutive_failures = 0
-    elif body.enabled is True:
-        endpoint.consecutive_failures = 0
+        endpoint.failing_since = None
+        endpoint.next_attempt_at = None
     elif body.enabled is False and endpoint.enabled:
         endpoint.enabled = False
         endpoint.disabled_reason = "disabled by its owner"
-    endpoint.updated_at = deps.clock.now()
+        endpoint.disabled_at = now
+    endpoint.updated_at = now
     await session.flush()
+    if reenabled:
+        # What waited while it was disabled is sent now, not at each delivery's next retry.
+        await repo.deliveries_due_now(session, endpoint.id, now)
     if endpoint.enabled:
         hub = deps.hub
         after_commit(session, hub.poke_delivery)  # a re-enabled endpoint has a backlog
@@ -317,7 +328,8 @@ async def list_deliveries(
 async def redeliver(
     session: AsyncSession, deps: EventDeps, principal: Principal, delivery_id: uuid.UUID
 ) -> tuple[WebhookDelivery, str]:
-    """Queue the same event to the same endpoint again (same ``webhook-id``)."""
+    """Queue the same event to the same endpoint again (same ``webhook-id``), due now even
+    when the endpoint is backing off."""
     old = await repo.get_delivery(session, delivery_id)
     endpoint = await repo.get_endpoint(session, old.endpoint_id) if old is not None else None
     if old is None or not _visible(principal, endpoint):
@@ -334,6 +346,8 @@ async def redeliver(
     now = deps.clock.now()
     row = _new_delivery(endpoint.id, event.id, now)
     await repo.add_deliveries(session, [row])
+    # Asked for by hand: a failing endpoint is tried now, not after its back-off.
+    await repo.endpoint_try_now(session, endpoint.id)
     after_commit(session, deps.hub.poke_delivery)
     return row, event.type
 

@@ -465,8 +465,12 @@ class TaskReward:
     message: str
 
 
-async def task_reward(session: AsyncSession, deps: LedgerDeps, task_id: uuid.UUID) -> TaskReward:
-    """What a task costs its client and pays its runner, and whether it is paid on chain."""
+async def task_reward(
+    session: AsyncSession, deps: LedgerDeps, task_id: uuid.UUID, *, settling: bool = True
+) -> TaskReward:
+    """What a task costs its client and pays its runner, and whether it is paid on chain.
+    ``settling`` is whether this server runs the settlement worker: without it an unpaid
+    posting does not move, and the message says so."""
     reservation = await repo.reservation_for(session, TASK, str(task_id))
     if reservation is None:
         return TaskReward("not_priced", None, None, None, None, [], _NOT_PRICED)
@@ -498,14 +502,28 @@ async def task_reward(session: AsyncSession, deps: LedgerDeps, task_id: uuid.UUI
         # detached, and this task reads "unsettled" until the worker pays it again).
         status, message = "settling", _HELD
     elif linked:
-        status, message = "settling", "a settlement transaction is under way"
+        status = "settling"
+        message = "a settlement transaction is under way" if settling else _STALLED
     else:
-        status, message = "unsettled", "posted; waiting for the settlement worker"
+        status = "unsettled"
+        message = "posted; waiting for the settlement worker" if settling else _NOT_SETTLING
     return TaskReward(status, price, reward, fee, reservation.amount, settlements, message)
 
 
 _NOT_PRICED = "this task was created while pricing was off; it costs nothing"
 _HELD = "a settlement failed (another transaction used its nonce) and waits for an operator"
+_NO_WORKER = (
+    "this server does not settle (its settlement worker is off: no FILECOIN_RPC or no "
+    "settlement signer)"
+)
+_NOT_SETTLING = (
+    f"posted but not paid: {_NO_WORKER}; nothing is paid on chain until a server with the "
+    "chain settings runs on this ledger"
+)
+_STALLED = (
+    f"a settlement was started but does not go on: {_NO_WORKER}; it goes on once a server with "
+    "the chain settings runs on this ledger"
+)
 
 
 async def list_entries(

@@ -71,5 +71,6 @@ class StatusRead(BaseModel):
     warnings: list[str] = Field(
         default_factory=list,
         description="Settings that are wrong for how the server runs (e.g. replicas that do not "
-        "share a content store); empty when none",
+        "share a content store, or a ledger holding unpaid priced work on a server whose "
+        "settlement worker is off); empty when none",
     )

@@ -12,6 +12,7 @@ from parity.chain.startup import OFF, ChainStatus, recheck_if_stale
 from parity.container import Container
 from parity.ledger import service as ledger_service
 from parity.runners import stats as runner_stats
+from parity.system.unpaid import unpaid_warning
 from parity.tasks import stats as task_stats
 
 UNSHARED_STORE = (
@@ -55,7 +56,7 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             "wakeup_peers": peers,
         },
         # Settings that are wrong for how the server runs (empty when none).
-        "warnings": [UNSHARED_STORE] if peers and container.content_store.kind == "local" else [],
+        "warnings": await _warnings(container, session, peers),
         "storage": await container.content_store.describe(),
         "chain": chain.describe(),
         "billing": await ledger_service.describe(
@@ -63,6 +64,14 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
         ),
         "draining": container.draining,
     }
+
+
+async def _warnings(container: Container, session: AsyncSession, peers: int) -> list[str]:
+    out = [UNSHARED_STORE] if peers and container.content_store.kind == "local" else []
+    unpaid = await unpaid_warning(container, session)
+    if unpaid is not None:
+        out.append(unpaid)
+    return out
 
 
 async def _chain_status(container: Container) -> ChainStatus:

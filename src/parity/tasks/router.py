@@ -225,7 +225,9 @@ async def task_reward(
     """What the task costs and pays, from the ledger, and whether it is paid on chain. A task
     created while pricing was off is ``not_priced`` (it costs nothing)."""
     task = await service.get_task(session, principal, task_id)
-    r = await ledger_service.task_reward(session, c.ledger, task.id)
+    r = await ledger_service.task_reward(
+        session, c.ledger, task.id, settling=c.settlement is not None
+    )
 
     def text(v: int | None) -> str | None:
         return None if v is None else str(v)
