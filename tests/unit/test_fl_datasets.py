@@ -119,6 +119,33 @@ def test_bad_files_are_refused_naming_the_problem(data: bytes, fmt: str, words: 
     assert words in refused(data, fmt).message
 
 
+def npz(x: Any, y: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, X=np.asarray(x), y=np.asarray(y))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "where"),
+    [
+        # A CSV file's rows are named by their line in the file: 1-based, the header is line 1
+        # (blank lines count, as an editor counts them).
+        (b"a,b,label\n1,2,0\n1,0\n3,4,1\n", "csv", "line 3 has 2 values"),
+        (b"a,b,label\n1,2,0\nnan,0,1\n3,4,1\n", "csv", "line 3 contains NaN"),
+        (b"a,b,label\n\n1,2,0\n\n3,inf,1\n", "csv", "line 5 contains NaN"),
+        (b"a,b,label\n1,2,0\n3,4,nan\n", "csv", "the label of line 3 is NaN"),
+        (b"a,b,label\n1,2,0\n3,4,1.5\n", "csv", "the label of line 3 is 1.5"),
+        # NPZ and JSON rows by their index in the array.
+        (npz([[1.0, 2.0], [np.nan, 0.0]], [0, 1]), "npz", "X[1] contains NaN"),
+        (b'{"features": [[1, 2], [NaN, 1]], "labels": [0, 1]}', "json", "features[1] contains"),
+    ],
+)
+def test_a_bad_row_is_named_where_the_file_shows_it(data: bytes, fmt: str, where: str) -> None:
+    message = refused(data, fmt).message
+    assert where in message
+    assert "row " not in message  # one way of counting: never a 0-based "row N" beside "line N"
+
+
 def test_npz_needs_x_and_y_and_never_loads_pickles() -> None:
     buffer = io.BytesIO()
     np.savez(buffer, features=X, y=IDS)

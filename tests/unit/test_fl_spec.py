@@ -162,6 +162,36 @@ def test_a_runner_dataset_replaces_the_cid_and_its_format() -> None:
     assert (spec.runner_dataset, spec.dataset_cid, spec.data_format) == ("digits", None, None)
 
 
+def runner_data(**extra: Any) -> dict[str, Any]:
+    """The README body on a runner-local data set, with ``extra`` training_data keys."""
+    payload = body()
+    payload["training_data"] = {"runner_dataset": "digits", "split_strategy": "iid", **extra}
+    return payload
+
+
+def test_max_samples_per_participant_is_kept_with_a_runner_dataset() -> None:
+    spec = parse_session_create(runner_data(max_samples_per_participant=500))
+    assert spec.max_samples_per_participant == 500
+    assert spec.training_data_json()["max_samples_per_participant"] == 500
+    unset = parse_session_create(runner_data())
+    assert unset.training_data_json()["max_samples_per_participant"] is None
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "500", True, 2**31, math.nan, [500], {"n": 1}])
+def test_max_samples_per_participant_must_be_a_positive_integer(value: Any) -> None:
+    error = refused(runner_data(max_samples_per_participant=value))
+    assert error.field == "training_data.max_samples_per_participant"
+    assert error.category.value == "invalid"
+
+
+def test_max_samples_per_participant_goes_with_a_runner_dataset_only() -> None:
+    payload = body()
+    payload["training_data"]["max_samples_per_participant"] = 500
+    error = refused(payload)
+    assert error.field == "training_data.max_samples_per_participant"
+    assert "runner_dataset" in error.message
+
+
 def test_logistic_regression_is_accepted() -> None:
     payload = body(model_type="logistic_regression")
     payload["config"]["model_config"] = {"input_size": 64, "output_size": 10}
@@ -279,13 +309,39 @@ def test_wrong_types_and_ranges_are_refused_naming_the_field(path: str, value: A
         "training_data.metadata.alpha",
         "training_data.metadata.unused_option",  # refused even where nothing reads it
         "config.model_config.extra",
-        "description",
     ],
 )
 def test_nan_and_infinity_are_refused_anywhere(path: str, bad: float) -> None:
     error = refused(with_value(path, bad))
     assert error.field == path
     assert "finite" in error.message
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "name",
+        "description",
+        "model_type",
+        "training_data.dataset_cid",
+        "training_data.data_format",
+        "training_data.split_strategy",
+        "config.aggregation_method",
+        "config.client_selection",
+    ],
+)
+def test_nan_in_a_text_field_is_refused_as_not_a_string(path: str) -> None:
+    error = refused(with_value(path, math.nan))
+    assert error.field == path
+    assert error.message == f"{path}: {path} must be a string, not NaN"
+    assert "finite" not in refused(with_value(path, -math.inf)).message
+
+
+@pytest.mark.parametrize("field", ["session_id", "round_id", "task_id", "claim_token"])
+def test_nan_in_a_text_field_of_a_model_update_is_refused_as_its_type(field: str) -> None:
+    error = update_refused(update(**{field: math.nan}))
+    assert error.field == field and "must be a" in error.message and "string" in error.message
+    assert "finite" not in error.message
 
 
 def test_nan_inside_a_list_is_named_by_index() -> None:

@@ -164,9 +164,14 @@ def session_lines(session: Mapping[str, Any]) -> list[str]:
     model = session.get("global_model")
     if isinstance(model, Mapping):
         lines.append(f"global model  round {model.get('round')}  {model.get('cid')}")
-    for key in ("created_at", "started_at", "completed_at"):
+    for key in ("created_at", "started_at"):
         if session.get(key):
             lines.append(f"{key.removesuffix('_at'):<13} {session[key]}")
+    if session.get("completed_at"):
+        # The API's completed_at is when the session ended, whichever way: named by its status.
+        status = session.get("status")
+        ended = status if status in TERMINAL else "ended"
+        lines.append(f"{ended:<13} {session['completed_at']}")
     return lines
 
 

@@ -10,7 +10,9 @@ Formats (``training_data.data_format``):
 
 Labels: whole numbers are kept as the class ids they are; otherwise (names such as ``"cat"``)
 the distinct labels, sorted, become class ids ``0..C-1``. ``classes`` lists the class of each id
-as text. Every refusal is a 422 on ``training_data.dataset_cid`` naming the problem.
+as text. Every refusal is a 422 on ``training_data.dataset_cid`` naming the problem and where
+it is: in a CSV file by its line (``line 3``: 1-based, the header is line 1), in an NPZ or JSON
+file by its index in the array (``X[2]``, ``features[2]``, 0-based).
 
 Test split (:func:`holdout_split`): ``ceil(test_split * rows)`` rows, stratified when every
 class has at least two rows, else a plain random draw: for a seed, exactly the rows (and their
@@ -26,7 +28,7 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,8 @@ __all__ = [
 Features = NDArray[np.float32]
 Labels = NDArray[np.int64]
 Indices = NDArray[np.int64]
+# Names a data row (by its 0-based index) as the file shows it: ``line 3``, ``X[1]``.
+RowName = Callable[[int], str]
 DATA_FIELD = "training_data.dataset_cid"
 _NPZ_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so the same arrays always give the same bytes (CID)
 
@@ -72,19 +76,32 @@ def _bad(problem: str, field: str = DATA_FIELD) -> InvalidInput:
 
 def load_dataset(data: bytes, data_format: str) -> tuple[Features, Labels, list[str]]:
     """``(features float32 [rows, columns], labels int64 class ids, class names)``."""
+    row_name: RowName
     if data_format == "csv":
-        x, raw_labels = _read_csv(data)
+        x, raw_labels, lines = _read_csv(data)
+        row_name = _line_of(lines)
     elif data_format == "npz":
         x, raw_labels = _read_npz(data, DATA_FIELD, "X")
+        row_name = "X[{}]".format
     elif data_format == "json":
         x, raw_labels = _read_json(data)
+        row_name = "features[{}]".format
     else:
         raise _bad(f"unknown data_format {data_format!r}", "training_data.data_format")
-    y, classes = _class_ids(raw_labels)
-    return _checked(x, y, DATA_FIELD), y, classes
+    y, classes = _class_ids(raw_labels, row_name)
+    return _checked(x, y, DATA_FIELD, row_name), y, classes
 
 
-def _read_csv(data: bytes) -> tuple[NDArray[Any], NDArray[Any]]:
+def _line_of(lines: Sequence[int]) -> RowName:
+    def name(row: int) -> str:
+        return f"line {lines[row]}"
+
+    return name
+
+
+def _read_csv(data: bytes) -> tuple[NDArray[Any], NDArray[Any], list[int]]:
+    """The features, the labels (text) and each data row's line in the file (1-based, the
+    header is line 1; blank lines are skipped, so the lines are kept)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -110,7 +127,8 @@ def _read_csv(data: bytes) -> tuple[NDArray[Any], NDArray[Any]]:
         x = np.char.strip(cells).astype(np.float64)
     except ValueError:
         raise _bad(_first_bad_cell(rows, header)) from None
-    return x, np.array([row[-1].strip() for _, row in rows], dtype=str)
+    labels = np.array([row[-1].strip() for _, row in rows], dtype=str)
+    return x, labels, [line for line, _ in rows]
 
 
 def _first_bad_cell(rows: Sequence[tuple[int, list[str]]], header: list[str]) -> str:
@@ -169,7 +187,7 @@ def _read_json(data: bytes) -> tuple[NDArray[Any], NDArray[Any]]:
     return np.array(features, dtype=np.float64).reshape(len(features), width), np.array(labels)
 
 
-def _class_ids(raw: NDArray[Any]) -> tuple[Labels, list[str]]:
+def _class_ids(raw: NDArray[Any], row_name: RowName) -> tuple[Labels, list[str]]:
     """Whole-number labels stay as they are; names become ids in sorted order."""
     if raw.ndim != 1:
         raise _bad("labels must be one label per row")
@@ -185,14 +203,21 @@ def _class_ids(raw: NDArray[Any]) -> tuple[Labels, list[str]]:
         raise _bad(f"labels must be class ids or names, not {raw.dtype}")
     if raw.dtype.kind == "f":
         if raw.size and not np.isfinite(raw).all():
-            raise _bad("labels contain NaN or infinity")
+            row = int(np.flatnonzero(~np.isfinite(raw))[0])
+            raise _bad(f"the label of {row_name(row)} is NaN or infinity")
         if raw.size and not (np.mod(raw, 1) == 0).all():
-            raise _bad("numeric labels must be whole class ids (0, 1, 2, ...)")
+            row = int(np.flatnonzero(np.mod(raw, 1) != 0)[0])
+            raise _bad(
+                f"the label of {row_name(row)} is {raw[row]:g}: numeric labels must be whole "
+                "class ids (0, 1, 2, ...)"
+            )
     ids = raw.astype(np.int64)
     return ids, [str(c) for c in np.unique(ids).tolist()]
 
 
-def _checked(x: NDArray[Any], y: Labels, field: str) -> Features:
+def _checked(
+    x: NDArray[Any], y: Labels, field: str, row_name: RowName = "row {}".format
+) -> Features:
     if x.shape[0] == 0:
         raise _bad("the data set has no rows", field)
     if x.shape[1] == 0:
@@ -202,7 +227,7 @@ def _checked(x: NDArray[Any], y: Labels, field: str) -> Features:
     finite = np.isfinite(x)
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise _bad(f"row {row} contains NaN or infinity", field)
+        raise _bad(f"{row_name(row)} contains NaN or infinity", field)
     if (np.abs(x) > np.finfo(np.float32).max).any():
         raise _bad("a feature value is too large for float32", field)
     return x.astype(np.float32)

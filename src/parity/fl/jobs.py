@@ -22,6 +22,7 @@ tick is not one transaction: it runs under a session advisory lock (PostgreSQL) 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -71,13 +72,48 @@ async def drop_ended_slots(db: Database, deps: FLDeps) -> int:
     return n
 
 
-def failure_reason(round_: FLRound, accepted: int, min_share: float | None, deadline: bool) -> str:
+def failure_reason(
+    round_: FLRound,
+    accepted: int,
+    min_share: float | None,
+    deadline: bool,
+    dropped: Sequence[tuple[int, str | None]] = (),
+) -> str:
     """Why a round failed, in words: ``round 3: 4 of 10 updates by the deadline, 8 required
-    (min_share 0.8)``."""
+    (min_share 0.8)``, then why the participants in ``dropped`` (index, drop reason) were
+    dropped before the round closed (a refused update: the error its runner reported), so
+    the session's ``failure_reason`` says what went wrong and not only how many were left."""
     number, k, required = round_.number, round_.participants, round_.required_updates
     when = "by the deadline" if deadline else "before the other participants dropped out"
     rule = f"min_share {min_share:g}" if min_share is not None else "every participant must report"
-    return f"round {number}: {accepted} of {k} updates {when}, {required} required ({rule})"
+    text = f"round {number}: {accepted} of {k} updates {when}, {required} required ({rule})"
+    return text + _drop_reasons(dropped)
+
+
+# At most this many distinct drop reasons are spelled out, each at most this long.
+SHOWN_DROP_REASONS = 3
+MAX_DROP_REASON = 300
+
+
+def _drop_reasons(dropped: Sequence[tuple[int, str | None]]) -> str:
+    """``; dropped: participant 0: its task was failed: …; participants 1, 2: …`` (the same
+    reason once, with every index that gave it)."""
+    by_reason: dict[str, list[int]] = {}
+    for index, reason in sorted(dropped):
+        text = (reason or "no reason recorded").strip()
+        if len(text) > MAX_DROP_REASON:
+            text = text[: MAX_DROP_REASON - 1] + "…"
+        by_reason.setdefault(text, []).append(index)
+    if not by_reason:
+        return ""
+    parts = []
+    for reason, indices in list(by_reason.items())[:SHOWN_DROP_REASONS]:
+        who = "participant" + ("s " if len(indices) > 1 else " ")
+        parts.append(who + ", ".join(str(i) for i in indices) + f": {reason}")
+    rest = sum(len(indices) for indices in list(by_reason.values())[SHOWN_DROP_REASONS:])
+    if rest:
+        parts.append(f"{rest} more for other reasons")
+    return "; dropped: " + "; ".join(parts)
 
 
 async def close_round(session: AsyncSession, deps: FLDeps, round_id: uuid.UUID) -> bool:
@@ -98,6 +134,7 @@ async def close_round(session: AsyncSession, deps: FLDeps, round_id: uuid.UUID) 
     if any(s.status == repo.ASSIGNED for s in slots) and not deadline:
         return False
     accepted = sum(1 for s in slots if s.status == repo.SUBMITTED)
+    dropped = [(s.participant_index, s.drop_reason) for s in slots if s.status == repo.DROPPED]
     late = f"round {round_.number} closed at its deadline without this participant's update"
     await rounds.end_waiting_slots(session, deps, round_id, late)
     if fl_session.status != "active":
@@ -113,7 +150,8 @@ async def close_round(session: AsyncSession, deps: FLDeps, round_id: uuid.UUID) 
         return await repo.set_round_status(
             session, round_id, repo.COLLECTING, status=repo.AGGREGATING, closed_at=now
         )
-    reason = failure_reason(round_, accepted, rounds.settings_of(fl_session).min_share, deadline)
+    min_share = rounds.settings_of(fl_session).min_share
+    reason = failure_reason(round_, accepted, min_share, deadline, dropped)
     await repo.set_round_status(
         session, round_id, repo.COLLECTING, status=repo.FAILED, closed_at=now, failure_reason=reason
     )

@@ -4,7 +4,9 @@ A round gives every active participant one ``fl_train`` task, routed to its runn
 (``tasks.internal``: an FL task never moves), and one slot that records whether its update
 arrived. Between rounds a participant whose runner is gone is replaced by an eligible runner
 not yet in the session (it takes over the index and the partition); without one it has no slot
-that round and counts as dropped. Everything here runs in the caller's transaction."""
+that round and counts as dropped. With runner-local data a stand-in's example count is fixed
+afresh by its own first update (it trains on its own copy of the data set). Everything here
+runs in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -215,7 +217,8 @@ async def _replace_gone(
             status=repo.ACTIVE_PARTICIPANT,
             partition_cid=old.partition_cid,
             partition_sha256=old.partition_sha256,
-            num_examples=old.num_examples,
+            # Runner-local data: the count was the old runner's word, not the stand-in's.
+            num_examples=None if dataset else old.num_examples,
             label_counts=old.label_counts,
             joined_at=now,
             left_at=None,

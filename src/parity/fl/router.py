@@ -87,7 +87,8 @@ async def list_sessions(
     principal: CurrentPrincipal, session: ReadSession, page: PageParamsDep
 ) -> JSONResponse:
     """Your sessions, newest first (an operator's: everyone's): `{sessions, count,
-    next_cursor, limit}`; pass `next_cursor` back as `cursor` for the next page."""
+    next_cursor, limit}`, `count` being the sessions on this page; pass `next_cursor` back as
+    `cursor` for the next page."""
     found = await service.list_sessions(session, principal, page.cursor, page.limit)
     shown = found.rows[: page.limit]
     items = [session_read(r, found.participant_counts.get(r.id, 0)) for r in shown]
@@ -114,9 +115,10 @@ async def get_session(
 async def start_session(
     session_id: uuid.UUID, principal: WalletPrincipal, c: ContainerDep
 ) -> JSONResponse:
-    """Select `min_participants` (up to `max_participants`) online runners that advertise FL,
-    partition the data, store the initial model and open round 1. 409
-    `insufficient_runners` ("insufficient online runners: need N, have M"); 409 when the
+    """Select `min_participants` (up to `max_participants`) online runners that advertise FL
+    (and serve the `runner_dataset`, when one is named), partition the data, store the initial
+    model and open round 1. 409 `insufficient_runners` ("insufficient online runners: need N,
+    have M", for a runner dataset "… have M serving runner_dataset 'NAME' …"); 409 when the
     session is not pending."""
     row = await start.start_session(c.db, c.fl, principal, session_id)
     async with c.db.read_session() as session:

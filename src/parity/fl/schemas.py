@@ -115,6 +115,11 @@ class TrainingDataIn(BaseModel):
     test_split: float | None = Field(
         None, description="Share of rows held out to evaluate the global model (0 to 0.5)"
     )
+    max_samples_per_participant: int | None = Field(
+        None,
+        description="With runner_dataset only: the most examples one participant's update "
+        "counts for (its FedAvg weight and reward share; the counts are the runners' own word)",
+    )
     dataset_size: int | None = Field(None, description="Informational")
     features: list[Any] | None = Field(None, description="Informational")
     labels: list[Any] | None = Field(None, description="Informational")
@@ -224,13 +229,17 @@ class SessionRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
-    completed_at: datetime | None = None
+    completed_at: datetime | None = Field(
+        None,
+        description="When the session ended, whichever way: completed, failed or cancelled "
+        "(status says which); null while pending or active",
+    )
     global_model: GlobalModelRef | None = None
 
 
 class SessionList(BaseModel):
     sessions: list[SessionRead]
-    count: int
+    count: int = Field(description="Sessions on this page (not the total)")
     next_cursor: str | None = None
     limit: int
 
@@ -302,7 +311,9 @@ class ModelRead(BaseModel):
     tensors: dict[str, list[int]] = Field(description="Tensor name -> shape")
     metrics: list[RoundMetrics]
     total_rounds: int
-    completed_at: datetime | None = None
+    completed_at: datetime | None = Field(
+        None, description="When the session ended (completed, failed or cancelled)"
+    )
 
 
 class UpdateSummary(BaseModel):

@@ -34,10 +34,13 @@ from parity.fl import secagg_messages as messages
 from parity.fl import secagg_relay as relay
 from parity.fl import secagg_repository as repo
 from parity.fl import secagg_stages as stages
+from parity.fl import update_sql
 from parity.fl.deps import FLDeps
 from parity.fl.errors import NotAParticipant, RoundClosed, RoundNotFound
+from parity.fl.examples import cap_of, counted_examples, fixes_first_count
 from parity.fl.spec_update import Figures
 from parity.tasks import lifecycle
+from parity.tasks.queue.executors import SessionExecutor
 
 _ACTIVE = frozenset(s.value for s in ACTIVE)
 
@@ -224,18 +227,29 @@ async def _accept_one(
         await _complete_task(session, deps, p.runner_id, caller, p.token)
     session.add_all(rows)
     if p.figures is not None:
-        _record_figures(caller, claim.partition_rows, p.figures, now)
+        await _record_figures(session, caller, claim.partition_rows, p.figures, now)
     return rows
 
 
-def _record_figures(
-    caller: messages.Caller, known: int | None, figures: Figures, now: datetime
+async def _record_figures(
+    session: AsyncSession,
+    caller: messages.Caller,
+    known: int | None,
+    figures: Figures,
+    now: datetime,
 ) -> None:
     """The masked input stands in for the update: the slot counts as submitted, with what the
-    participant reports (its examples never more than the partition the server gave it)."""
+    participant reports (its examples never more than the partition the server gave it or,
+    with runner-local data, than its first accepted report and the session's cap:
+    :mod:`parity.fl.examples`)."""
     slot = caller.slot
+    training_data = caller.fl_session.training_data
     slot.status = rounds_repo.SUBMITTED
-    slot.num_examples = min(figures.data_size, known) if known else figures.data_size
+    slot.num_examples = counted_examples(figures.data_size, known, cap_of(training_data))
+    if fixes_first_count(training_data, known):
+        await update_sql.fix_first_count(
+            SessionExecutor(session), slot.participant_id, slot.num_examples
+        )
     slot.loss = figures.loss
     slot.accuracy = figures.accuracy
     slot.training_time_ms = figures.training_time_ms

@@ -176,6 +176,8 @@ async def cancel_session(
         await session.flush()
         await rounds.end_waiting_slots(session, deps, r.id, CANCEL_REASON)
     row.status = CANCELLED
+    # ``completed_at`` is when a session ended, whichever way (``status`` says which): a
+    # client waiting for the end reads it for a cancelled session as for the others.
     row.completed_at = now
     row.updated_at = now
     await session.flush()

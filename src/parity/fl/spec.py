@@ -53,7 +53,7 @@ from parity.fl.spec_fields import (
     required,
     translated,
 )
-from parity.fl.spec_update import ModelUpdate, parse_model_update
+from parity.fl.spec_update import MAX_EXAMPLES, ModelUpdate, parse_model_update
 
 __all__ = [
     "CLIENT_SELECTIONS",
@@ -86,7 +86,7 @@ _SESSION_KEYS = frozenset((
 ))
 _DATA_KEYS = frozenset((
     "dataset_cid", "runner_dataset", "data_format", "split_strategy", "seed", "test_split",
-    "metadata", "dataset_size", "features", "labels",
+    "metadata", "dataset_size", "features", "labels", "max_samples_per_participant",
 ))
 _CONFIG_KEYS = frozenset((
     "aggregation_method", "aggregation_params", "learning_rate", "batch_size", "local_epochs",
@@ -94,6 +94,25 @@ _CONFIG_KEYS = frozenset((
     "privacy_config",
 ))
 # fmt: on
+# The fields read as text: a NaN there is refused as not a string (it is not a number either).
+_STRING_FIELDS = {
+    path: "a string"
+    for path in (
+        "name",
+        "description",
+        "model_type",
+        "training_data.dataset_cid",
+        "training_data.runner_dataset",
+        "training_data.data_format",
+        "training_data.split_strategy",
+        "training_data.metadata.class_assignment",
+        "config.aggregation_method",
+        "config.client_selection",
+        "config.privacy_config.differential_privacy.mode",
+        "config.privacy_config.secure_aggregation.mode",
+        "config.privacy_config.mode",
+    )
+}
 # Partition options holding one value per participant: they fix the participant count.
 _PER_PARTICIPANT = ("alpha", "partition_sizes", "size_weights")
 _PRIVACY_OFF = {"differential_privacy": False, "secure_aggregation": False}
@@ -134,6 +153,8 @@ class SessionSpec:
     privacy: dict[str, Any] | None
     client_selection: str | None = None
     data_info: dict[str, Any] | None = None  # dataset_size / features / labels, as given
+    # The most examples one participant's update counts for (runner-local data only).
+    max_samples_per_participant: int | None = None
 
     def config_json(self) -> dict[str, Any]:
         """What the session stores and returns as ``config`` (every key present; ``null`` when
@@ -162,6 +183,7 @@ class SessionSpec:
             "metadata": dict(self.partition_metadata),
             "seed": self.seed,
             "test_split": self.test_split,
+            "max_samples_per_participant": self.max_samples_per_participant,
             **(self.data_info or {}),
         }
 
@@ -174,7 +196,7 @@ class SessionSpec:
 def parse_session_create(body: Mapping[str, Any]) -> SessionSpec:
     """Validate a session-create body; a :class:`InvalidInput` names the first field at fault."""
     body = read_mapping(body, "body")
-    check_finite_tree(body)
+    check_finite_tree(body, expected=_STRING_FIELDS)
     refuse_unknown(body, _SESSION_KEYS, "")
     name = read_str(required(body, "name", "name"), "name", max_length=MAX_NAME)
     description = _description(body.get("description"))
@@ -252,6 +274,7 @@ def parse_session_create(body: Mapping[str, Any]) -> SessionSpec:
         privacy=_privacy(config.get("privacy_config"), method.method, min_p, max_p),
         client_selection=_client_selection(config.get("client_selection")),
         data_info=_data_info(data),
+        max_samples_per_participant=_max_samples(data, source[2]),
         **_round_settings(config),
     )
 
@@ -324,6 +347,26 @@ def _partitioning(data: Mapping[str, Any], min_p: int, max_p: int) -> tuple[str,
                     f"min_participants ({min_p})",
                 )
     return options.strategy, metadata
+
+
+def _max_samples(data: Mapping[str, Any], runner_dataset: str | None) -> int | None:
+    """``training_data.max_samples_per_participant``: the most examples one participant's
+    update counts for (its FedAvg weight and its reward share), a positive integer. Only with
+    a runner dataset: there the counts are the runners' own word, while the server counts a
+    partition it cut itself."""
+    value = data.get("max_samples_per_participant")
+    if value is None:
+        return None
+    path = "training_data.max_samples_per_participant"
+    cap = read_int(value, path, minimum=1, maximum=MAX_EXAMPLES)
+    if runner_dataset is None:
+        raise InvalidInput(
+            path,
+            f"{path} caps the example counts runners report for their own data: it goes with "
+            "training_data.runner_dataset (with dataset_cid the server counts each "
+            "partition's rows itself)",
+        )
+    return cap
 
 
 def _test_split(value: Any) -> float | None:

@@ -110,16 +110,28 @@ def refuse_unknown(
     _params.refuse_unknown(body, known, prefix, InvalidInput, owner=owner, hint=hint)
 
 
-def check_finite_tree(value: Any, path: str = "", *, skip: frozenset[str] = frozenset()) -> None:
+def check_finite_tree(
+    value: Any,
+    path: str = "",
+    *,
+    skip: frozenset[str] = frozenset(),
+    expected: Mapping[str, str] | None = None,
+) -> None:
     """Refuse NaN and ±Infinity anywhere in a parsed JSON body (Python's ``json`` module reads
     the ``NaN``/``Infinity`` literals). Top-level keys in ``skip`` are not walked (a caller that
-    checks them itself, e.g. the tensors of a model update)."""
+    checks them itself, e.g. the tensors of a model update). ``expected`` maps the paths of
+    fields that are not numbers to what they must be (``"description": "a string"``): a NaN
+    there is refused as the wrong type, not as a number out of range."""
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         item, where, depth = stack.pop()
         if depth > MAX_NESTING:
             raise InvalidInput(where or "body", f"nested deeper than {MAX_NESTING} levels")
         if isinstance(item, float) and not math.isfinite(item):
+            kind = (expected or {}).get(where)
+            if kind is not None:
+                literal = "NaN" if math.isnan(item) else ("Infinity" if item > 0 else "-Infinity")
+                raise InvalidInput(where, f"{where} must be {kind}, not {literal}")
             raise InvalidInput(
                 where or "body", f"{where or 'value'} must be a finite number (not NaN or Infinity)"
             )

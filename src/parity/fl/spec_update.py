@@ -29,10 +29,11 @@ from parity.fl.spec_fields import (
     required,
 )
 
-__all__ = ["Figures", "ModelUpdate", "parse_figures", "parse_model_update"]
+__all__ = ["MAX_EXAMPLES", "Figures", "ModelUpdate", "parse_figures", "parse_model_update"]
 
-# Examples and milliseconds are stored as 32-bit integers; a participant's examples are at
-# most its partition's rows anyway (capped there when the server partitioned the data).
+# Examples and milliseconds are stored as 32-bit integers. What a report counts for is bounded
+# again where it is accepted (parity.fl.examples): by the partition's rows when the server
+# partitioned the data, else by the participant's first report and the session's cap.
 MAX_EXAMPLES = 2**31 - 1
 MAX_TRAINING_TIME_MS = 2**31 - 1  # 24.8 days
 MAX_TOKEN = 512
@@ -62,6 +63,15 @@ _UPDATE_KEYS = frozenset(
 )
 # Checked tensor by tensor later (weights) or not used at all (gradients): not walked here.
 _NOT_WALKED = frozenset({"weights", "gradients"})
+# The fields read as text, and what a NaN there is refused as.
+_TEXT_FIELDS = {
+    "session_id": "a UUID string",
+    "round_id": "a UUID string",
+    "task_id": "a UUID string",
+    "claim_token": "a string",
+    "update_cid": "a string",
+    "update_sha256": "a string",
+}
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ def parse_model_update(body: Mapping[str, Any]) -> ModelUpdate:
     """Validate a model-update body; a :class:`InvalidInput` names the first field at fault."""
     body = read_mapping(body, "body")
     refuse_unknown(body, _UPDATE_KEYS, "")
-    check_finite_tree(body, skip=_NOT_WALKED)
+    check_finite_tree(body, skip=_NOT_WALKED, expected=_TEXT_FIELDS)
     session_id = _uuid(required(body, "session_id", "session_id"), "session_id")
     round_id = _uuid(required(body, "round_id", "round_id"), "round_id")
     claim_token = read_str(

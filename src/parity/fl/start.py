@@ -68,13 +68,13 @@ async def start_session(
     async with db.read_session() as session:
         row = await service.get_session(session, principal, session_id)
         _check_pending(row)
-        runners = await rounds.eligible_runners(session, row.training_data.get("runner_dataset"))
-    need, have = row.min_participants, len(runners)
-    if have < need:
-        raise InsufficientRunners(
-            f"insufficient online runners: need {need}, have {have}",
-            details={"need": need, "have": have},
-        )
+        dataset = row.training_data.get("runner_dataset")
+        runners = await rounds.eligible_runners(session, dataset)
+        if dataset and len(runners) < row.min_participants:
+            online = len(await rounds.eligible_runners(session, None))
+            raise _too_few(row.min_participants, len(runners), dataset, online - len(runners))
+    if len(runners) < row.min_participants:
+        raise _too_few(row.min_participants, len(runners))
     chosen = runners[: row.max_participants]
     prepared = await _prepare(deps, row, len(chosen))
     async with db.transaction() as session:
@@ -82,6 +82,28 @@ async def start_session(
         _check_pending(fl_session)
         await _activate(session, deps, fl_session, chosen, prepared)
     return fl_session
+
+
+def _too_few(
+    need: int, have: int, dataset: str | None = None, without: int = 0
+) -> InsufficientRunners:
+    """409 ``insufficient_runners``; for a runner dataset it says that only the FL runners
+    serving it count, and how many others are online."""
+    if dataset is None:
+        return InsufficientRunners(
+            f"insufficient online runners: need {need}, have {have}",
+            details={"need": need, "have": have},
+        )
+    others = (
+        f"{without} FL runner{' is' if without == 1 else 's are'} online without it"
+        if without
+        else "no other FL runner is online"
+    )
+    return InsufficientRunners(
+        f"insufficient online runners: need {need}, have {have} serving runner_dataset "
+        f"{dataset!r} (only online FL runners that advertise that data set count; {others})",
+        details={"need": need, "have": have, "runner_dataset": dataset, "without_dataset": without},
+    )
 
 
 async def _activate(

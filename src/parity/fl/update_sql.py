@@ -1,9 +1,10 @@
 """The statements of a model update, defined once in SQLAlchemy Core (compiled once, bound per
 call): what the update is checked against (the round, its session's settings, the caller's
 slot, its partition size and its task's claim, in one read), the round's state read under a
-share lock (PostgreSQL), the slot's conditional move to ``submitted`` and the count of slots
-still waiting. Every update of every round runs them, so they skip the ORM's per-call
-statement building and entity loading."""
+share lock (PostgreSQL), the slot's conditional move to ``submitted``, the count of slots
+still waiting, and the example count a runner-local participant's first update fixes. Every
+update of every round runs them, so they skip the ORM's per-call statement building and entity
+loading."""
 
 from __future__ import annotations
 
@@ -39,9 +40,11 @@ _TARGET = (
         SESSIONS.c.config.label("session_config"),
         SESSIONS.c.model_type.label("session_model_type"),
         SESSIONS.c.model_shapes.label("session_model_shapes"),
+        SESSIONS.c.training_data.label("session_training_data"),
         SLOTS.c.id.label("slot_id"),
         SLOTS.c.status.label("slot_status"),
         SLOTS.c.task_id.label("slot_task_id"),
+        SLOTS.c.participant_id.label("slot_participant_id"),
         SLOTS.c.participant_index.label("slot_participant_index"),
         SLOTS.c.update_cid.label("slot_update_cid"),
         SLOTS.c.update_sha256.label("slot_update_sha256"),
@@ -96,6 +99,17 @@ _SUBMIT = (
     .returning(SLOTS.c.participant_index)
 )
 
+# A runner-local participant's count, fixed once by its first accepted update.
+_FIX_COUNT = (
+    update(PARTICIPANTS)
+    .where(
+        PARTICIPANTS.c.id == bindparam("b_participant_id"),
+        PARTICIPANTS.c.num_examples.is_(None),
+    )
+    .values(num_examples=bindparam("b_examples", type_=PARTICIPANTS.c.num_examples.type))
+    .returning(PARTICIPANTS.c.id)  # run as rows(): every executor's path has it
+)
+
 _WAITING = (
     select(func.count())
     .select_from(SLOTS)
@@ -130,6 +144,7 @@ class SlotView:
     drop_reason: str | None
     # What an accepted update reported: (examples counted, loss, accuracy, training time).
     figures: tuple[int | None, float | None, float | None, int | None] = (None, None, None, None)
+    participant_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -137,8 +152,10 @@ class UpdateTarget:
     """What an update needs to be checked (see :func:`update_target`)."""
 
     round: RoundView
-    session: FLSession  # transient: id, config, model_type and model_shapes only
+    session: FLSession  # transient: id, config, training_data, model_type, model_shapes only
     slot: SlotView | None  # None: the runner is not a participant of the round
+    # The participant's count bound: its partition's rows, or (runner-local data) the count
+    # its first accepted update fixed; None before that.
     partition_rows: int | None
     task_token_hash: str | None  # the slot's task: its current claim
     task_status: str | None
@@ -160,6 +177,7 @@ async def update_target(
     settings = FLSession(
         id=r.session_id,
         config=r.session_config,
+        training_data=r.session_training_data,
         model_type=r.session_model_type,
         model_shapes=r.session_model_shapes,
     )
@@ -175,6 +193,7 @@ async def update_target(
             r.slot_update_norm,
             r.slot_drop_reason,
             (r.slot_examples, r.slot_loss, r.slot_accuracy, r.slot_training_ms),
+            r.slot_participant_id,
         )
     return UpdateTarget(
         round_,
@@ -239,3 +258,9 @@ async def submit_slot(
 async def waiting_count(x: Executor, round_id: uuid.UUID) -> int:
     """Slots of the round still waiting for their update."""
     return int((await x.rows(_WAITING, {"round_id": round_id}))[0][0])
+
+
+async def fix_first_count(x: Executor, participant_id: uuid.UUID, examples: int) -> None:
+    """Record ``examples`` as the participant's count unless one is recorded already (a
+    runner-local participant's first accepted update; :mod:`parity.fl.examples`)."""
+    await x.rows(_FIX_COUNT, {"b_participant_id": participant_id, "b_examples": examples})

@@ -36,6 +36,7 @@ from parity.fl import rounds_repository as repo
 from parity.fl import secagg_service, store_io, update_sql
 from parity.fl.deps import FLDeps
 from parity.fl.errors import NotAParticipant, RoundClosed, RoundNotFound, UpdateConflict
+from parity.fl.examples import cap_of, counted_examples, fixes_first_count
 from parity.fl.models import FLRoundSlot, FLSession
 from parity.fl.rounds import settings_of
 from parity.fl.spec import ModelUpdate, parse_model_update
@@ -196,8 +197,11 @@ async def submit_update(
                     session, runner_id, slot.task_id, update.claim_token
                 )
     # What the update counts for (its FedAvg weight, its reward share): what the runner
-    # reports, never more than the partition the server gave it.
-    examples = min(update.data_size, known) if known else update.data_size
+    # reports, never more than the partition the server gave it or, with runner-local data,
+    # than its first accepted report and the session's cap (parity.fl.examples).
+    training_data = fl_session.training_data
+    examples = counted_examples(update.data_size, known, cap_of(training_data))
+    fixes = fixes_first_count(training_data, known) and slot.participant_id is not None
     if slot.status == repo.SUBMITTED:
         # A repeat: the transaction below answers it once the token is checked; it must be the
         # update that was accepted, not another one.
@@ -215,6 +219,7 @@ async def submit_update(
             examples,
             slot.task_id,
             repeat=slot.status == repo.SUBMITTED,
+            fixes_count_of=slot.participant_id if fixes else None,
         )
     if waiting > 0 and not db.is_sqlite:
         # Updates of one round are accepted side by side on PostgreSQL: each may have counted
@@ -323,10 +328,12 @@ async def _accept(
     task_id: uuid.UUID,
     *,
     repeat: bool,
+    fixes_count_of: uuid.UUID | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Record the update in the caller's transaction; returns the answer and how many slots
     of the round were still waiting (as this transaction saw them). ``repeat``: the slot was
-    read as submitted already (a retried update)."""
+    read as submitted already (a retried update). ``fixes_count_of``: the runner-local
+    participant whose count this update fixes (its first accepted one)."""
     shared = session.get_bind().dialect.name != "sqlite"
     x = await executor_for(session)
     round_ = await update_sql.round_state(x, update.round_id, shared=shared)
@@ -363,6 +370,8 @@ async def _accept(
             deps.clock.now(),
         )
         index = await update_sql.submit_slot(x, update.round_id, runner_id, done)
+        if index is not None and fixes_count_of is not None:
+            await update_sql.fix_first_count(x, fixes_count_of, examples)
     if index is None:
         # Not waiting any more: dropped (refused, and the completion above rolls back with
         # it), or submitted by this update's twin (answered as a repeat).

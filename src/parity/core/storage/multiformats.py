@@ -115,6 +115,22 @@ def _check_multihash(mh: bytes) -> None:
         raise CidError("only sha2-256 content is supported")
 
 
+_V0_LENGTH = 46  # base58btc of a 34-byte sha2-256 multihash
+
+
+def _parse_v0(text: str) -> bytes:
+    """The multihash a ``Qm…`` CIDv0 spells, or a :class:`CidError` saying why it is not one."""
+    what = "not a valid CIDv0 (a base58btc sha2-256 multihash: 'Qm' and 44 more characters)"
+    if len(text) != _V0_LENGTH:
+        raise CidError(f"{what}: it has {len(text)} characters, not {_V0_LENGTH}")
+    try:
+        mh = b58decode(text)
+        _check_multihash(mh)
+    except CidError as exc:
+        raise CidError(f"{what}: {exc}") from None
+    return mh
+
+
 @dataclass(frozen=True, slots=True)
 class Cid:
     """A content identifier. Equality is exact (a CIDv0 and its CIDv1 differ); compare
@@ -136,10 +152,8 @@ class Cid:
         text = text.strip()
         if not text or len(text) > MAX_CID_TEXT:
             raise CidError("not a CID")
-        if len(text) == 46 and text.startswith("Qm"):
-            mh = b58decode(text)
-            _check_multihash(mh)
-            return cls(0, DAG_PB, mh)
+        if text.startswith("Qm"):  # 'Q' is no multibase prefix: this is meant as a CIDv0
+            return cls(0, DAG_PB, _parse_v0(text))
         prefix, body = text[0], text[1:]
         if prefix in "bB":
             raw = _b32decode(body)
