@@ -287,3 +287,37 @@ async def test_a_report_whose_claim_expired_during_the_outage_is_given_up_on_the
         assert await _status(http, owner, task) == "failed"
         assert proxy.count("/complete", "409") == 1  # settled by that answer: not tried again
         assert executor.runs == [task]
+
+
+async def test_a_runner_started_while_its_server_is_down_comes_up_with_it(
+    container: Container, said: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runner started while its server restarts (or with it) keeps trying its sign-in and
+    registration for ``startup_wait`` seconds, a warning per try, instead of exiting."""
+    monkeypatch.setattr(loop, "STARTUP_RETRY_FIRST_SECONDS", 0.05)
+    monkeypatch.setattr(loop, "STARTUP_RETRY_MAX_SECONDS", 0.1)
+    async with asgi_app(container) as (asgi, _):
+        proxy = Proxy(asgi)
+        proxy.down = True
+        client = ServerClient(BASE, transport=proxy)
+        runner = Runner(_options(startup_wait=30.0), ALICE, client, {})
+        running = asyncio.create_task(runner.run())
+        try:
+            await until(lambda: proxy.count("/auth/nonce", "refused") >= 3)
+            assert not running.done() and runner.runner_id is None
+            proxy.down = False  # the server is up
+            await until(lambda: runner.runner_id is not None, timeout=15)
+        finally:
+            runner.stop()
+            await asyncio.wait_for(running, 15)
+            await client.close()
+        tries = [f for level, e, f in said.seen if e == "server_unreachable_retrying"]
+        assert len(tries) >= 3 and tries[0]["step"] == "sign_in"
+
+        # Without a wait (or once it runs out) the start fails with the server's silence.
+        proxy.down = True
+        client = ServerClient(BASE, transport=proxy)
+        runner = Runner(_options(), ALICE, client, {})
+        with pytest.raises(httpx.ConnectError):
+            await asyncio.wait_for(runner.run(), 15)
+        await client.close()

@@ -81,7 +81,10 @@ def test_runner_commands_name_the_unreachable_server_and_its_source(tmp_path: Pa
     made = _run(SERVER, "auth", "--new", env=env, cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     url = f"http://127.0.0.1:{_closed_port()}"
-    for args in (["status", "--server", url], ["--server", url, "--no-push"]):
+    for args in (
+        ["status", "--server", url],
+        ["--server", url, "--no-push", "--wait-for-server", "0"],
+    ):
         done = _run(RUNNER, *args, env=env, cwd=tmp_path)
         assert done.returncode == 1, done.stderr
         assert f"error: cannot reach {url} (from --server/RUNNER_SERVER_URL): " in done.stderr

@@ -277,6 +277,15 @@ def main_cmd(
             help="On SIGTERM, seconds running work may take to finish before it is handed back",
         ),
     ] = 30.0,
+    wait_for_server: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            envvar="RUNNER_WAIT_FOR_SERVER_SECONDS",
+            help="At start, seconds to keep trying a server that does not answer (restarting, "
+            "or started with the runner), a warning per try; 0 gives up at once",
+        ),
+    ] = 300.0,
     label: Annotated[
         list[str] | None, typer.Option("--label", help="key=value (repeatable)")
     ] = None,
@@ -403,6 +412,7 @@ def main_cmd(
         heartbeat_interval=heartbeat_interval,
         claim_wait=claim_wait,
         grace_seconds=grace_seconds,
+        startup_wait=wait_for_server,
         labels=_labels(label or []),
         # --ollama-url is one of the LLM backends: its models are discovered (and priced) there.
         ollama_url=None,

@@ -62,6 +62,9 @@ LOG_DRAIN_SECONDS = 10.0
 # A completion that got through this much after the run ended says so (usage.report_delay_ms),
 # so the time it waited (an outage, retries) is not billed; below it, delivery is the norm.
 REPORT_DELAY_MIN_MS = 1000
+# Tries of the start's sign-in and registration while the server does not answer.
+STARTUP_RETRY_FIRST_SECONDS = 1.0
+STARTUP_RETRY_MAX_SECONDS = 10.0
 log = get_logger("parity.runner")
 T = TypeVar("T")
 
@@ -85,6 +88,9 @@ class RunnerOptions:
     report_retry_max: float = REPORT_RETRY_MAX_SECONDS
     log_buffer_bytes: int = LOG_BUFFER_BYTES
     log_buffer_batches: int = LOG_BUFFER_BATCHES
+    # At start: how long to keep trying a server that does not answer (restarting, or started
+    # with the runner) before giving up; 0: give up at once.
+    startup_wait: float = 0.0
 
 
 def settled(exc: BaseException) -> bool:
@@ -364,7 +370,7 @@ class Runner:
         return self.o.max_concurrent_tasks - len(self.active) - self.claiming
 
     async def run(self) -> None:
-        await self.client.sign_in(self.account)
+        await self._until_reachable("sign_in", lambda: self.client.sign_in(self.account))
         found = await detect(self.docker, self.o.ollama_url)
         body: dict[str, Any] = {
             "device_id": self.o.device_id,
@@ -387,7 +393,7 @@ class Runner:
             self.push = PushReceiver(self.o.push_host, self.o.push_port, self._on_offer)
             background.append(asyncio.create_task(self.push.serve(), name="push-receiver"))
             body["webhook"] = self.push.url(self.o.push_public_url)
-        reg = await self.client.register(body)
+        reg = await self._until_reachable("register", lambda: self.client.register(body))
         self.runner_id = str(reg["runner"]["id"])
         if self.push is not None:
             self.push.secret = reg.get("webhook_secret")
@@ -405,6 +411,32 @@ class Runner:
         await self._shutdown(background)
         if self.refused is not None:
             raise self.refused
+
+    async def _until_reachable(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` at start, tried again while the server gives no answer (or a 5xx, a 429)
+        for up to ``startup_wait`` seconds, with a warning per try: a runner started while its
+        server restarts, or with it, comes up when it does. A refusal, the time running out or
+        a stop ends it with the last error."""
+        deadline = time.monotonic() + self.o.startup_wait
+        backoff = Backoff(STARTUP_RETRY_FIRST_SECONDS, STARTUP_RETRY_MAX_SECONDS)
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                wait = backoff.next(exc)
+                if settled(exc) or self.stopping.is_set() or time.monotonic() + wait > deadline:
+                    raise
+                log.warning(
+                    "server_unreachable_retrying",
+                    step=what,
+                    error=_why(exc),
+                    retry_in_s=round(wait, 1),
+                    gives_up_in_s=round(deadline - time.monotonic(), 1),
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), wait)
+                if self.stopping.is_set():
+                    raise
 
     async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
         """Stop claiming, let running work finish for the grace period, release the rest, and
