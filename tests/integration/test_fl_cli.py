@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -21,15 +20,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from eth_account.messages import encode_defunct
 from typer.testing import CliRunner, Result
 
 from parity.cli import fl as fl_cli
 from parity.cli.main import app as cli_app
-from parity.cli.server_url import ServerChoice
 from parity.core.fl.tensors import decode, encode
 from tests.conftest import ALICE
 from tests.e2e.procs import ServerProcess
+from tests.integration.cli_support import answer_from, cli_env, cli_for, register_runner
+from tests.integration.cli_support import server_fixture as server_fixture  # the `server` fixture
 
 API = "/api/v1/federated-learning"
 SID = "5f0c1c2e-0000-4000-8000-000000000001"
@@ -134,6 +133,7 @@ class FakeServer:
         self.bodies: list[bytes] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == "Bearer t"
         self.bodies.append(request.read())
         self.requests.append(request)
         return self.handler(request)
@@ -146,18 +146,7 @@ class FakeServer:
 def fake(monkeypatch: pytest.MonkeyPatch) -> Callable[[Handler], FakeServer]:
     def install(handler: Handler) -> FakeServer:
         server = FakeServer(handler)
-
-        def client(
-            choice: ServerChoice, token: str, sign_in_hint: str | None = None
-        ) -> httpx.Client:
-            assert token == "t"
-            return httpx.Client(
-                base_url=choice.url,
-                transport=httpx.MockTransport(server),
-                headers={"Authorization": f"Bearer {token}"},
-            )
-
-        monkeypatch.setattr(fl_cli, "_client", client)
+        answer_from(monkeypatch, server)
         return server
 
     return install
@@ -540,43 +529,11 @@ def test_status_prints_the_session_its_latest_round_and_the_metrics_table(
 # Against the real server.
 
 
-def _sign_in(url: str) -> str:
-    with httpx.Client(base_url=url, timeout=10) as client:
-        challenge = client.post("/api/v1/auth/nonce", json={"address": ALICE.address}).json()
-        sig = ALICE.sign_message(encode_defunct(text=challenge["message"])).signature.hex()
-        r = client.post(
-            "/api/v1/auth/token",
-            json={"address": ALICE.address, "signature": sig, "nonce": challenge["nonce"]},
-        )
-        return str(r.json()["token"])
-
-
-def _env(server: ServerProcess, tmp_path: Path) -> dict[str, str]:
-    return {
-        "PARITY_SERVER_URL": server.url,
-        "PARITY_TOKEN": _sign_in(server.url),
-        "PARITY_HOME": server.env["PARITY_HOME"],
-        "PARITY_CONFIG_PATH": os.devnull,  # no .env
-    }
-
-
-@pytest.fixture
-def server(tmp_path: Path, fresh_database_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "home", fresh_database_url).start()
-    try:
-        proc.wait_healthy()
-        yield proc
-    finally:
-        proc.stop()
-
-
 def test_create_list_status_and_cancel_against_the_server(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    env = _env(server, tmp_path)
-
-    def cli(*args: str) -> Result:
-        return CliRunner().invoke(cli_app, ["fl", *args], env=env)
+    env = cli_env(server)
+    cli = cli_for("fl", env)
 
     data = _csv(tmp_path / "iris.csv")
     created = cli("create", str(_config_file(tmp_path, CONFIG)), "--dataset", str(data), "-q")
@@ -623,28 +580,13 @@ def test_create_list_status_and_cancel_against_the_server(
 def test_a_configuration_the_server_refuses_names_the_field(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    env = _env(server, tmp_path)
     config = json.loads(json.dumps(CONFIG))
     del config["config"]["learning_rate"]
     data = _csv(tmp_path / "iris.csv")
-    result = CliRunner().invoke(
-        cli_app,
-        ["fl", "create", str(_config_file(tmp_path, config)), "--dataset", str(data), "-q"],
-        env=env,
-    )
+    cli = cli_for("fl", cli_env(server))
+    result = cli("create", str(_config_file(tmp_path, config)), "--dataset", str(data), "-q")
     assert result.exit_code == 1
     assert "config.learning_rate" in result.stderr and "invalid_input" in result.stderr
-
-
-def _register_fl_runner(url: str, token: str, device_id: str) -> str:
-    with httpx.Client(base_url=url, timeout=10) as http:
-        r = http.post(
-            "/api/v1/runners",
-            json={"device_id": device_id, "capabilities": {"fl": True, "cpu_cores": 1}},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["runner_token"])
 
 
 def _play_participant(url: str, runner_token: str, rounds: int, done: list[int]) -> None:
@@ -676,10 +618,8 @@ def _play_participant(url: str, runner_token: str, rounds: int, done: list[int])
 
 
 def test_watch_and_model_follow_a_session_to_its_end(server: ServerProcess, tmp_path: Path) -> None:
-    env = _env(server, tmp_path)
-
-    def cli(*args: str) -> Result:
-        return CliRunner().invoke(cli_app, ["fl", *args], env=env)
+    env = cli_env(server)
+    cli = cli_for("fl", env)
 
     config = {**CONFIG, "total_rounds": 2, "training_data": {"split_strategy": "iid", "seed": 3}}
     created = cli(
@@ -691,8 +631,12 @@ def test_watch_and_model_follow_a_session_to_its_end(server: ServerProcess, tmp_
     )
     assert created.exit_code == 0, created.output
     session_id = created.stdout.strip()
+    fl_runner = {"fl": True, "cpu_cores": 1}
     runner_tokens = [
-        _register_fl_runner(server.url, env["PARITY_TOKEN"], f"fl-cli-{i}") for i in range(2)
+        register_runner(
+            server.url, env["PARITY_TOKEN"], device_id=f"fl-cli-{i}", capabilities=fl_runner
+        )
+        for i in range(2)
     ]
     started = cli("start", session_id)
     assert started.exit_code == 0, started.output

@@ -4,41 +4,16 @@ gateway) against a real server process, with the test playing the runner over HT
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from eth_account.messages import encode_defunct
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from parity.cli.main import app as cli_app
-from tests.conftest import ALICE
 from tests.e2e.procs import ServerProcess
-
-
-def _sign_in(url: str) -> str:
-    with httpx.Client(base_url=url, timeout=10) as client:
-        challenge = client.post("/api/v1/auth/nonce", json={"address": ALICE.address}).json()
-        sig = ALICE.sign_message(encode_defunct(text=challenge["message"])).signature.hex()
-        r = client.post(
-            "/api/v1/auth/token",
-            json={"address": ALICE.address, "signature": sig, "nonce": challenge["nonce"]},
-        )
-        return str(r.json()["token"])
-
-
-@pytest.fixture
-def server(tmp_path: Path, fresh_database_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "home", fresh_database_url).start()
-    try:
-        proc.wait_healthy()
-        yield proc
-    finally:
-        proc.stop()
+from tests.integration.cli_support import cli_env, cli_for, register_runner
+from tests.integration.cli_support import server_fixture as server_fixture  # the `server` fixture
 
 
 def _serve_one(url: str, runner_token: str, answer: str, done: dict[str, Any]) -> None:
@@ -61,8 +36,9 @@ def _serve_one(url: str, runner_token: str, answer: str, done: dict[str, Any]) -
         done["complete"] = r.status_code
 
 
-def test_models_and_a_prompt_from_the_command_line(server: ServerProcess, tmp_path: Path):
-    token = _sign_in(server.url)
+def test_models_and_a_prompt_from_the_command_line(server: ServerProcess) -> None:
+    env = cli_env(server)
+    token = env["PARITY_TOKEN"]
     model = {
         "model_name": "tiny",
         "is_loaded": True,
@@ -71,24 +47,8 @@ def test_models_and_a_prompt_from_the_command_line(server: ServerProcess, tmp_pa
         "price_per_1k_input": "3",
         "price_per_1k_output": "7",
     }
-    with httpx.Client(base_url=server.url, timeout=10) as http:
-        r = http.post(
-            "/api/v1/runners",
-            json={"device_id": "cli-llm-runner", "models": [model]},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert r.status_code == 201, r.text
-        runner_token = r.json()["runner_token"]
-    env = {
-        "PARITY_SERVER_URL": server.url,
-        "PARITY_TOKEN": token,
-        "PARITY_HOME": server.env["PARITY_HOME"],
-        "PARITY_CONFIG_PATH": os.devnull,  # no .env
-    }
-    runner = CliRunner()
-
-    def cli(*args: str) -> Result:
-        return runner.invoke(cli_app, ["llm", *args], env=env)
+    runner_token = register_runner(server.url, token, device_id="cli-llm-runner", models=[model])
+    cli = cli_for("llm", env)
 
     models = cli("models")
     assert models.exit_code == 0, models.output
@@ -164,27 +124,13 @@ def _serve_streaming(
         done[action] = http.post(f"/api/v1/runners/tasks/{task_id}/{action}", json=body).status_code
 
 
-def test_a_prompt_streamed_from_the_command_line(server: ServerProcess, tmp_path: Path):
-    token = _sign_in(server.url)
+def test_a_prompt_streamed_from_the_command_line(server: ServerProcess) -> None:
+    env = cli_env(server)
     model = {"model_name": "tiny", "is_loaded": True, "max_tokens": 512}
-    with httpx.Client(base_url=server.url, timeout=10) as http:
-        r = http.post(
-            "/api/v1/runners",
-            json={"device_id": "cli-llm-stream-runner", "models": [model]},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert r.status_code == 201, r.text
-        runner_token = r.json()["runner_token"]
-    env = {
-        "PARITY_SERVER_URL": server.url,
-        "PARITY_TOKEN": token,
-        "PARITY_HOME": server.env["PARITY_HOME"],
-        "PARITY_CONFIG_PATH": os.devnull,  # no .env
-    }
-    runner = CliRunner()
-
-    def cli(*args: str) -> Result:
-        return runner.invoke(cli_app, ["llm", *args], env=env)
+    runner_token = register_runner(
+        server.url, env["PARITY_TOKEN"], device_id="cli-llm-stream-runner", models=[model]
+    )
+    cli = cli_for("llm", env)
 
     def streamed(deltas: list[str], *, fail: bool = False) -> tuple[Result, dict[str, Any]]:
         done: dict[str, Any] = {}

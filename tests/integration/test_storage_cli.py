@@ -3,57 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from eth_account.messages import encode_defunct
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
-from parity.cli import storage as storage_cli
 from parity.cli.main import app as cli_app
-from parity.cli.server_url import ServerChoice
-from tests.conftest import ALICE
 from tests.contract.vectors import HELLO, MULTI_MIB
 from tests.e2e.procs import ServerProcess, run_with
-
-
-def _sign_in(url: str) -> str:
-    with httpx.Client(base_url=url, timeout=10) as client:
-        challenge = client.post("/api/v1/auth/nonce", json={"address": ALICE.address}).json()
-        sig = ALICE.sign_message(encode_defunct(text=challenge["message"])).signature.hex()
-        r = client.post(
-            "/api/v1/auth/token",
-            json={"address": ALICE.address, "signature": sig, "nonce": challenge["nonce"]},
-        )
-        return str(r.json()["token"])
-
-
-@pytest.fixture
-def server(tmp_path: Path, fresh_database_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "home", fresh_database_url).start()
-    try:
-        proc.wait_healthy()
-        yield proc
-    finally:
-        proc.stop()
+from tests.integration.cli_support import answer_from, cli_env, cli_for
+from tests.integration.cli_support import server_fixture as server_fixture  # the `server` fixture
 
 
 def test_put_get_pin_unpin_and_gc_from_the_command_line(server: ServerProcess, tmp_path: Path):
-    token = _sign_in(server.url)
-    env = {
-        "PARITY_SERVER_URL": server.url,
-        "PARITY_TOKEN": token,
-        "PARITY_HOME": server.env["PARITY_HOME"],
-        "DATABASE_URL": server.env.get("DATABASE_URL", ""),
-        "PARITY_CONFIG_PATH": os.devnull,  # no .env
-    }
-    runner = CliRunner()
-
-    def cli(*args: str) -> Result:
-        return runner.invoke(cli_app, ["storage", *args], env=env)
+    env = {**cli_env(server), "DATABASE_URL": server.env.get("DATABASE_URL", "")}
+    cli = cli_for("storage", env)
 
     src = tmp_path / "data.bin"
     src.write_bytes(MULTI_MIB.data())
@@ -100,12 +65,7 @@ def test_get_refuses_bytes_that_do_not_hash_to_the_cid(
     def lying(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=b"not hello")
 
-    def fake_client(
-        choice: ServerChoice, token: str | None, sign_in_hint: str | None = None
-    ) -> httpx.Client:
-        return httpx.Client(base_url=choice.url, transport=httpx.MockTransport(lying))
-
-    monkeypatch.setattr(storage_cli, "_client", fake_client)
+    answer_from(monkeypatch, lying)
     out = tmp_path / "x"
     result = CliRunner().invoke(
         cli_app, ["storage", "get", HELLO.v1, "-o", str(out), "--token", "t", "-q"]

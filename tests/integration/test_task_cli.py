@@ -16,59 +16,21 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from eth_account.messages import encode_defunct
 from typer.testing import CliRunner, Result
 
 from parity.cli import tasks as task_cli
 from parity.cli.main import app as cli_app
-from parity.cli.server_url import ServerChoice
-from tests.conftest import ALICE
 from tests.e2e.procs import ServerProcess, free_port
+from tests.integration.cli_support import answer_from, cli_env, cli_for, register_runner
+from tests.integration.cli_support import server_fixture as server_fixture  # the `server` fixture
 
 V1 = "/api/v1"
-
-
-def _sign_in(url: str) -> str:
-    with httpx.Client(base_url=url, timeout=10) as client:
-        challenge = client.post("/api/v1/auth/nonce", json={"address": ALICE.address}).json()
-        sig = ALICE.sign_message(encode_defunct(text=challenge["message"])).signature.hex()
-        r = client.post(
-            "/api/v1/auth/token",
-            json={"address": ALICE.address, "signature": sig, "nonce": challenge["nonce"]},
-        )
-        return str(r.json()["token"])
-
-
-@pytest.fixture
-def server(tmp_path: Path, fresh_database_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "home", fresh_database_url).start()
-    try:
-        proc.wait_healthy()
-        yield proc
-    finally:
-        proc.stop()
-
-
-def _env(server: ServerProcess, tmp_path: Path) -> dict[str, str]:
-    return {
-        "PARITY_SERVER_URL": server.url,
-        "PARITY_TOKEN": _sign_in(server.url),
-        "PARITY_HOME": server.env["PARITY_HOME"],
-        "PARITY_CONFIG_PATH": str(tmp_path / "no.env"),
-    }
-
-
-def _cli_for(env: dict[str, str]) -> Callable[..., Result]:
-    def cli(*args: str) -> Result:
-        return CliRunner().invoke(cli_app, ["task", *args], env=env)
-
-    return cli
 
 
 def _one_error_line(result: Result) -> str:
@@ -79,18 +41,10 @@ def _one_error_line(result: Result) -> str:
 
 
 def _register_runner(url: str, token: str, device_id: str, **labels: str) -> str:
-    with httpx.Client(base_url=url, timeout=10) as http:
-        r = http.post(
-            f"{V1}/runners",
-            json={
-                "device_id": device_id,
-                "capabilities": {"cpu_cores": 4, "memory_mb": 8192},
-                "labels": labels,
-            },
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["runner_token"])
+    capabilities = {"cpu_cores": 4, "memory_mb": 8192}
+    return register_runner(
+        url, token, device_id=device_id, capabilities=capabilities, labels=labels
+    )
 
 
 def _run(
@@ -170,8 +124,8 @@ class Background:
 def test_create_run_and_read_a_task_from_the_command_line(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    env = _env(server, tmp_path)
-    cli = _cli_for(env)
+    env = cli_env(server)
+    cli = cli_for("task", env)
     auth = {"Authorization": f"Bearer {env['PARITY_TOKEN']}"}
     runner_token = _register_runner(server.url, env["PARITY_TOKEN"], "task-cli-1", zone="eu")
 
@@ -275,11 +229,9 @@ def test_create_run_and_read_a_task_from_the_command_line(
     assert finished.exit_code == 1 and "task_not_cancellable" in _one_error_line(finished)
 
 
-def test_create_wait_streams_the_logs_and_exits_with_the_outcome(
-    server: ServerProcess, tmp_path: Path
-) -> None:
-    env = _env(server, tmp_path)
-    cli = _cli_for(env)
+def test_create_wait_streams_the_logs_and_exits_with_the_outcome(server: ServerProcess) -> None:
+    env = cli_env(server)
+    cli = cli_for("task", env)
     user = env["PARITY_TOKEN"]
     runner_token = _register_runner(server.url, user, "task-cli-2")
 
@@ -349,9 +301,9 @@ def test_create_wait_streams_the_logs_and_exits_with_the_outcome(
     assert f"task {followed_id} completed" in followed.stderr
 
 
-def test_list_pages_cancel_and_idempotency(server: ServerProcess, tmp_path: Path) -> None:
-    env = _env(server, tmp_path)
-    cli = _cli_for(env)
+def test_list_pages_cancel_and_idempotency(server: ServerProcess) -> None:
+    env = cli_env(server)
+    cli = cli_for("task", env)
     ids = []
     for i in range(5):
         created = cli("create", "--title", f"t{i}", "--", "true")
@@ -518,10 +470,7 @@ def test_follow_reopens_the_stream_after_its_limit_a_shutdown_and_a_break(
         afters.append(request.url.params.get("after"))
         return next(answers)
 
-    def client(choice: ServerChoice, token: str) -> httpx.Client:
-        return httpx.Client(base_url=choice.url, transport=httpx.MockTransport(handle))
-
-    monkeypatch.setattr(task_cli, "_client", client)
+    answer_from(monkeypatch, handle)
     result = _offline_cli("logs", TASK, "--follow", url="http://tasks.test")
     assert result.exit_code == 0, result.output
     assert result.stdout == "one\ntwo\nretried\n"
@@ -540,10 +489,7 @@ def test_follow_gives_up_after_repeated_failures(monkeypatch: pytest.MonkeyPatch
             return httpx.Response(200, content=_sse(_chunk(0, "one")))
         raise httpx.ConnectError("connection refused")
 
-    def client(choice: ServerChoice, token: str) -> httpx.Client:
-        return httpx.Client(base_url=choice.url, transport=httpx.MockTransport(handle))
-
-    monkeypatch.setattr(task_cli, "_client", client)
+    answer_from(monkeypatch, handle)
     result = _offline_cli("logs", TASK, "--follow", url="http://tasks.test")
     assert result.exit_code == 1
     assert result.stdout == "one\n"

@@ -1,6 +1,7 @@
-"""A session the server refuses (401: expired, revoked, unknown) is said by `storage`, `llm` and
-`fl` with what to run next: sign in again with the keystore's own path, or, for a token given
-with --token / PARITY_TOKEN, pass another or leave it out. Other refusals stay one plain line."""
+"""A session the server refuses (401: expired, revoked, unknown) is said by `storage`, `llm`, `fl`
+and `task` with what to run next: sign in again with the keystore's own path, or, for a token
+given with --token / PARITY_TOKEN, pass another or leave it out; a streamed answer (a download,
+a prompt's tokens, a task's logs) as well as a plain one. Other refusals stay one plain line."""
 
 from __future__ import annotations
 
@@ -22,11 +23,15 @@ from parity.cli.session import refusal_text
 
 KEY = "0x" + "66" * 32
 CID = "bafkreie5sn5r5bsykbpcz645iivozoz6kymqiv4lxfkfwgvnc744prrire"
+TASK = "5f0c1c2e-0000-4000-8000-0000000000aa"
 COMMANDS = [
     ["storage", "info", CID],
+    ["storage", "get", CID, "-o", "-"],
     ["llm", "models"],
     ["llm", "prompt", "--model", "m", "--stream", "hi"],
     ["fl", "list"],
+    ["task", "list"],
+    ["task", "logs", TASK, "--follow"],
 ]
 
 

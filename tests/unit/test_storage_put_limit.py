@@ -8,7 +8,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from parity.cli import storage as storage_cli
+from parity.cli import client as cli_client
 from parity.cli.server_url import ServerChoice
 from parity.cli.storage import human_bytes, storage_app
 
@@ -45,10 +45,10 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeStorage:
     monkeypatch.setenv("PARITY_HOME", str(tmp_path / "home"))
     server = FakeStorage()
 
-    def client(choice: ServerChoice, token: str | None) -> httpx.Client:
+    def client(choice: ServerChoice, token: str | None, *_: object, **__: object) -> httpx.Client:
         return httpx.Client(base_url=choice.url, transport=httpx.MockTransport(server.handler))
 
-    monkeypatch.setattr(storage_cli, "_client", client)
+    monkeypatch.setattr(cli_client, "open_client", client)
     return server
 
 

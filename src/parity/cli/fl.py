@@ -7,29 +7,19 @@ chosen by :mod:`parity.cli.server_url`. What is printed is shaped in :mod:`parit
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import httpx
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import DownloadColumn, MofNCompleteColumn, TimeElapsedColumn
 
+from parity.cli import client as cli
 from parity.cli import fl_view as view
-from parity.cli.server_url import ServerChoice, ServerHttpClient, no_answer
-from parity.cli.session import SessionError, open_session, refusal_text
-from parity.cli.storage import KeystoreOpt, QuietOpt, ServerOpt, TokenOpt
+from parity.cli.client import JsonOpt, KeystoreOpt, QuietOpt, ServerOpt, TokenOpt
+from parity.cli.server_url import no_answer
 
 fl_app = typer.Typer(
     name="fl",
@@ -40,15 +30,11 @@ fl_app = typer.Typer(
 
 API = "/api/v1/federated-learning"
 STORAGE_UPLOAD = "/api/v1/storage/upload"
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 300.0
-PIECE = 1 << 20
 PAGE_SIZE = 100
 # `fl watch` rides out a server restart: this many failed polls in a row end it.
 MAX_POLL_ERRORS = 5
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
 ListJsonOpt = Annotated[
     bool,
     typer.Option(
@@ -76,49 +62,6 @@ WatchJsonOpt = Annotated[
 SessionArg = Annotated[str, typer.Argument(metavar="ID", help="The session's id.")]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
-    try:
-        session = open_session(server, keystore, token)
-    except SessionError as exc:
-        raise _fail(str(exc)) from None
-    return _client(session.choice, session.token, session.sign_in_hint)
-
-
-def _client(choice: ServerChoice, token: str, sign_in_hint: str | None = None) -> httpx.Client:
-    return ServerHttpClient(
-        choice,
-        token,
-        read_timeout=READ_TIMEOUT_S,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        sign_in_hint=sign_in_hint,
-    )
-
-
-def _refused(response: httpx.Response, client: httpx.Client) -> typer.Exit:
-    """The error envelope's message and code (the HTTP status when there is no envelope); what
-    to run when the server refused the token."""
-    return _fail(refusal_text(response, client))
-
-
-def _request(client: httpx.Client, method: str, path: str, ok: int = 200, **kw: Any) -> Any:
-    """The JSON answer of one request; a refusal or an unreachable server ends the command."""
-    try:
-        r = client.request(method, path, **kw)
-    except httpx.HTTPError as exc:
-        raise _fail(no_answer(client, exc)) from None
-    if r.status_code != ok:
-        raise _refused(r, client)
-    try:
-        return r.json()
-    except ValueError:
-        raise _fail(f"{client.base_url} answered {method} {path} with something not JSON") from None
-
-
 def _session_path(session_id: str, *rest: str) -> str:
     return "/".join((f"{API}/sessions/{quote(session_id, safe='')}", *rest)).rstrip("/")
 
@@ -129,50 +72,28 @@ def _session_of(doc: Any) -> dict[str, Any]:
     return inner if isinstance(inner, dict) else dict(doc)
 
 
-def _print_json(doc: Any) -> None:
-    typer.echo(json.dumps(doc, indent=2))
-
-
 def _read_config(path: Path) -> dict[str, Any]:
     try:
         return view.parse_config(path.read_text(encoding="utf-8"), path.name)
     except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(f"cannot read {path}: {exc}", 2) from None
+        raise cli.fail(f"cannot read {path}: {exc}", 2) from None
     except view.ConfigProblem as exc:
-        raise _fail(str(exc), 2) from None
-
-
-def _progress(quiet: bool, *columns: ProgressColumn) -> Progress:
-    """A progress bar on stderr (stdout carries the answer)."""
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        *columns,
-        console=Console(stderr=True, soft_wrap=True),
-        disable=quiet,
-    )
+        raise cli.fail(str(exc), 2) from None
 
 
 def _upload(client: httpx.Client, dataset: Path, quiet: bool) -> str:
     """Upload ``dataset`` (streamed, pinned under its file name) and return its CID."""
     size = dataset.stat().st_size
-    with _progress(quiet, DownloadColumn()) as progress:
+    with cli.progress(quiet, DownloadColumn(), soft_wrap=True) as progress:
         task = progress.add_task(f"upload {dataset.name}", total=size)
-
-        def body() -> Iterator[bytes]:
-            with open(dataset, "rb") as f:
-                while piece := f.read(PIECE):
-                    progress.advance(task, len(piece))
-                    yield piece
-
-        doc = _request(
+        doc = cli.request_json(
             client,
             "PUT",
             STORAGE_UPLOAD,
             ok=201,
             params={"pin": "true", "name": dataset.name},
-            content=body(),
-            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            content=cli.file_pieces(dataset, lambda n: progress.advance(task, n)),
+            headers=cli.upload_headers(size),
         )
     return str(doc["cid"])
 
@@ -215,15 +136,17 @@ def create_cmd(
         try:
             view.check_dataset_option(body, dataset)
         except view.ConfigProblem as exc:
-            raise _fail(str(exc), 2) from None
-    with _connect(server, keystore, token) as client:
+            raise cli.fail(str(exc), 2) from None
+    with cli.connect(server, keystore, token) as client:
         if dataset is not None:
             cid = _upload(client, dataset, quiet)
             typer.echo(f"uploaded {dataset.name}: {cid}", err=True)
             body = view.with_dataset(body, cid, view.data_format_for(dataset))
-        session = _session_of(_request(client, "POST", f"{API}/sessions", ok=201, json=body))
+        session = _session_of(
+            cli.request_json(client, "POST", f"{API}/sessions", ok=201, json=body)
+        )
     if as_json:
-        _print_json(session)
+        cli.print_json(session)
         return
     typer.echo(
         f"created session {session['name']!r} ({session['status']}); "
@@ -243,10 +166,10 @@ def start_cmd(
 ) -> None:
     """Start session ID: selects its participants among the online runners and opens round 1.
     Refused while too few runners advertise federated learning."""
-    with _connect(server, keystore, token) as client:
-        doc = _request(client, "POST", _session_path(session_id, "start"))
+    with cli.connect(server, keystore, token) as client:
+        doc = cli.request_json(client, "POST", _session_path(session_id, "start"))
     if as_json:
-        _print_json(doc)
+        cli.print_json(doc)
         return
     session = _session_of(doc)
     typer.echo(
@@ -266,19 +189,21 @@ def cancel_cmd(
 ) -> None:
     """Cancel session ID: its open round's tasks are cancelled and what is left of its reward
     pool is released."""
-    with _connect(server, keystore, token) as client:
-        doc = _request(client, "POST", _session_path(session_id, "cancel"))
+    with cli.connect(server, keystore, token) as client:
+        doc = cli.request_json(client, "POST", _session_path(session_id, "cancel"))
     if as_json:
-        _print_json(doc)
+        cli.print_json(doc)
         return
     session = _session_of(doc)
     typer.echo(f"session {session['id']} {session['status']}")
 
 
 def _status_doc(client: httpx.Client, session_id: str) -> dict[str, Any]:
-    session = _request(client, "GET", _session_path(session_id))
-    rounds = _request(client, "GET", _session_path(session_id, "rounds"), params={"limit": 1})
-    metrics = _request(client, "GET", _session_path(session_id, "metrics"))
+    session = cli.request_json(client, "GET", _session_path(session_id))
+    rounds = cli.request_json(
+        client, "GET", _session_path(session_id, "rounds"), params={"limit": 1}
+    )
+    metrics = cli.request_json(client, "GET", _session_path(session_id, "metrics"))
     items = rounds.get("items") or []
     return {
         "session": session,
@@ -296,10 +221,10 @@ def status_cmd(
     as_json: StatusJsonOpt = False,
 ) -> None:
     """Session ID: its state, its latest round and the metrics of every completed round."""
-    with _connect(server, keystore, token) as client:
+    with cli.connect(server, keystore, token) as client:
         doc = _status_doc(client, session_id)
     if as_json:
-        _print_json(doc)
+        cli.print_json(doc)
         return
     for line in view.session_lines(doc["session"]):
         typer.echo(line)
@@ -325,19 +250,19 @@ def list_cmd(
     """Your sessions, newest first (every session for an operator), page by page."""
     sessions: list[dict[str, Any]] = []
     cursor: str | None = None
-    with _connect(server, keystore, token) as client:
+    with cli.connect(server, keystore, token) as client:
         while limit is None or len(sessions) < limit:
             size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(sessions))
             params: dict[str, Any] = {"limit": size}
             if cursor is not None:
                 params["cursor"] = cursor
-            page = _request(client, "GET", f"{API}/sessions", params=params)
+            page = cli.request_json(client, "GET", f"{API}/sessions", params=params)
             sessions.extend(page.get("sessions") or [])
             cursor = page.get("next_cursor")
             if not cursor:
                 break
     if as_json:
-        _print_json(sessions)
+        cli.print_json(sessions)
         return
     if not sessions:
         typer.echo("no sessions", err=True)
@@ -355,7 +280,7 @@ def _poll(client: httpx.Client, path: str) -> Any:
     if r.status_code in RETRYABLE_STATUS:
         return None
     if r.status_code != 200:
-        raise _refused(r, client)
+        raise cli.refused(r, client)
     return r.json()
 
 
@@ -378,8 +303,8 @@ def watch_cmd(
     shown = 0
     rounds: list[dict[str, Any]] = []
     with (
-        _connect(server, keystore, token) as client,
-        _progress(quiet, MofNCompleteColumn(), TimeElapsedColumn()) as progress,
+        cli.connect(server, keystore, token) as client,
+        cli.progress(quiet, MofNCompleteColumn(), TimeElapsedColumn(), soft_wrap=True) as progress,
     ):
         bar = progress.add_task("waiting", total=None)
         while True:
@@ -388,7 +313,7 @@ def watch_cmd(
             if session is None or metrics is None:
                 errors += 1
                 if errors >= MAX_POLL_ERRORS:
-                    raise _fail(f"{client.base_url} did not answer {errors} polls in a row")
+                    raise cli.fail(f"{client.base_url} did not answer {errors} polls in a row")
             else:
                 errors = 0
                 rounds = metrics.get("rounds") or []
@@ -409,11 +334,11 @@ def watch_cmd(
                     break
             time.sleep(interval)
     if as_json:
-        _print_json({"session": session, "metrics": metrics})
+        cli.print_json({"session": session, "metrics": metrics})
     status = session.get("status")
     if status != "completed":
         reason = session.get("failure_reason")
-        raise _fail(f"session {session.get('id')} {status}" + (f": {reason}" if reason else ""))
+        raise cli.fail(f"session {session.get('id')} {status}" + (f": {reason}" if reason else ""))
     if not as_json:
         final = f"session {session.get('id')} completed after {shown} rounds"
         typer.echo(f"{final}: {view.accuracy_text(rounds[-1])}" if rounds else final)
@@ -428,13 +353,12 @@ def _download(client: httpx.Client, session_id: str, part: Path) -> str:
             open(part, "wb") as sink,
         ):
             if r.status_code != 200:
-                r.read()
-                raise _refused(r, client)
-            for piece in r.iter_bytes(PIECE):
+                raise cli.refused(r, client)
+            for piece in r.iter_bytes(cli.PIECE):
                 sink.write(piece)
                 digest.update(piece)
     except httpx.HTTPError as exc:
-        raise _fail(no_answer(client, exc, "the download")) from None
+        raise cli.fail(no_answer(client, exc, "the download")) from None
     return digest.hexdigest()
 
 
@@ -456,24 +380,24 @@ def model_cmd(
     one the server records. During the session it is the latest round's (intermediate) model."""
     final = output or Path(f"{session_id}.safetensors")
     part = final.with_name(final.name + ".part")
-    with _connect(server, keystore, token) as client:
-        meta = _request(client, "GET", _session_path(session_id, "model"))
+    with cli.connect(server, keystore, token) as client:
+        meta = cli.request_json(client, "GET", _session_path(session_id, "model"))
         try:
             got = _download(client, session_id, part)
             if got != meta.get("sha256"):
                 # A round may have completed between the two requests: read the record again,
                 # and fetch the file once more when it still disagrees with the record.
-                meta = _request(client, "GET", _session_path(session_id, "model"))
+                meta = cli.request_json(client, "GET", _session_path(session_id, "model"))
                 if got != meta.get("sha256"):
                     got = _download(client, session_id, part)
             if got != meta.get("sha256"):
-                raise _fail(f"the model downloaded hashes to {got}, not {meta.get('sha256')}")
+                raise cli.fail(f"the model downloaded hashes to {got}, not {meta.get('sha256')}")
         except BaseException:
             part.unlink(missing_ok=True)
             raise
     part.replace(final)
     if as_json:
-        _print_json(meta)
+        cli.print_json(meta)
         return
     stage = " (intermediate)" if meta.get("intermediate") else ""
     typer.echo(

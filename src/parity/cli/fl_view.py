@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from parity.cli.tables import table
+
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 # The file formats a session's dataset may have, by file name extension.
@@ -84,17 +86,6 @@ def millis(value: Any) -> str:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return "-"
     return f"{value / 1000:.2f}s" if value >= 1000 else f"{value:.0f}ms"
-
-
-def table(rows: Sequence[Sequence[str]]) -> list[str]:
-    """Rows as left-aligned columns two spaces apart (the first row is the header)."""
-    if not rows:
-        return []
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
 
 
 def sessions_table(sessions: Sequence[Mapping[str, Any]]) -> list[str]:

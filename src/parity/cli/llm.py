@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
 
-from parity.cli.server_url import ServerHttpClient, no_answer
-from parity.cli.session import SessionError, open_session, refusal_text
-from parity.cli.storage import KeystoreOpt, ServerOpt, TokenOpt
+from parity.cli import client as cli
+from parity.cli.client import JsonOpt, KeystoreOpt, ServerOpt, TokenOpt
+from parity.cli.server_url import no_answer
+from parity.cli.tables import table
 
 llm_app = typer.Typer(
     name="llm",
@@ -26,45 +26,10 @@ llm_app = typer.Typer(
 
 API = "/api/v1/llm"
 STREAM_PATH = "/v1/completions"  # the gateway: server-sent events, usage in the last chunk
-CONNECT_TIMEOUT_S = 10.0
 MAX_WAIT_S = 30.0
 # The gateway names the prompt of each answer here (parity.gateway.errors.PROMPT_ID_HEADER; not
 # imported, so the command does not load the server's web framework).
 PROMPT_ID_HEADER = "X-Parity-Prompt-Id"
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _connect(
-    server: str | None, keystore: Path | None, token: str | None, read_timeout: float
-) -> httpx.Client:
-    try:
-        session = open_session(server, keystore, token)
-    except SessionError as exc:
-        raise _fail(str(exc)) from None
-    return ServerHttpClient(
-        session.choice,
-        session.token,
-        read_timeout=read_timeout,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        sign_in_hint=session.sign_in_hint,
-    )
-
-
-def _call(client: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Response:
-    try:
-        return client.request(method, path, **kw)
-    except httpx.HTTPError as exc:
-        raise _fail(no_answer(client, exc)) from None
-
-
-def _refused(response: httpx.Response, client: httpx.Client) -> typer.Exit:
-    return _fail(refusal_text(response, client))
 
 
 @llm_app.command("models")
@@ -76,13 +41,10 @@ def models_cmd(
 ) -> None:
     """The models of the online runners: runners reporting each, loaded anywhere, lowest price
     per 1,000 tokens (base units), largest context."""
-    with _connect(server, keystore, token, 30.0) as client:
-        r = _call(client, "GET", f"{API}/models")
-    if r.status_code != 200:
-        raise _refused(r, client)
-    doc = r.json()
+    with cli.connect(server, keystore, token, read_timeout=30.0) as client:
+        doc = cli.send(client, "GET", f"{API}/models").json()
     if as_json:
-        typer.echo(json.dumps(doc, indent=2))
+        cli.print_json(doc)
         return
     if not doc["models"]:
         typer.echo("no online runner reports a model", err=True)
@@ -99,9 +61,8 @@ def models_cmd(
                 str(m["max_context_length"] or "-"),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for line in table(rows):
+        typer.echo(line)
 
 
 @llm_app.command("prompt")
@@ -136,21 +97,21 @@ def prompt_cmd(
         body["max_tokens"] = max_tokens
     if stream:
         if as_json:
-            raise _fail("--json and --stream cannot be combined", 2)
-        with _connect(server, keystore, token, MAX_WAIT_S + 30.0) as client:
+            raise cli.fail("--json and --stream cannot be combined", 2)
+        with cli.connect(server, keystore, token, read_timeout=MAX_WAIT_S + 30.0) as client:
             _stream_prompt(client, body)
         return
-    with _connect(server, keystore, token, wait + 30.0) as client:
+    with cli.connect(server, keystore, token, read_timeout=wait + 30.0) as client:
         if wait > 0:
             _require_served(client, model)
-        r = _call(client, "POST", f"{API}/prompts", json=body, params={"wait": wait})
+        r = cli.call(client, "POST", f"{API}/prompts", json=body, params={"wait": wait})
     if r.status_code not in (200, 202):
-        raise _refused(r, client)
+        raise cli.refused(r, client)
     doc = r.json()
     if as_json:
-        typer.echo(json.dumps(doc, indent=2))
+        cli.print_json(doc)
     if doc["status"] == "failed":
-        raise _fail(f"prompt {doc['id']} failed: {doc.get('error')}")
+        raise cli.fail(f"prompt {doc['id']} failed: {doc.get('error')}")
     if doc["status"] != "completed":
         typer.echo(f"prompt {doc['id']} is {doc['status']}", err=True)
         if not as_json:
@@ -170,13 +131,11 @@ def _require_served(client: httpx.Client, model: str) -> None:
     """Refuse at once, as --stream does, a model that no online runner has loaded: waiting for
     the answer would only wait out --wait. (With --wait 0 the prompt is queued anyway, until a
     runner serving it comes online or its deadline passes.)"""
-    r = _call(client, "GET", f"{API}/models")
-    if r.status_code != 200:
-        raise _refused(r, client)
+    r = cli.send(client, "GET", f"{API}/models")
     loaded = sorted(m["model_name"] for m in r.json()["models"] if m["is_loaded"])
     if model not in loaded:
         served = ", ".join(loaded) or "none"
-        raise _fail(
+        raise cli.fail(
             f"no online runner serves model {model!r} (loaded now: {served}); "
             "pass --wait 0 to queue the prompt until one does"
         )
@@ -193,7 +152,7 @@ def _events(response: httpx.Response) -> Any:
         try:
             yield json.loads(data)
         except ValueError:
-            raise _fail(f"the server sent an event that is not JSON: {data[:200]}") from None
+            raise cli.fail(f"the server sent an event that is not JSON: {data[:200]}") from None
 
 
 def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
@@ -204,15 +163,14 @@ def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
     try:
         with client.stream("POST", STREAM_PATH, json=request) as r:
             if r.status_code != 200:
-                r.read()
-                raise _refused(r, client)
+                raise cli.refused(r, client)
             prompt_id = r.headers.get(PROMPT_ID_HEADER)
             for event in _events(r):
                 if isinstance(event.get("error"), dict):
                     if printed:
                         typer.echo("")
                     err = event["error"]
-                    raise _fail(f"{err.get('message')} ({err.get('code')})")
+                    raise cli.fail(f"{err.get('message')} ({err.get('code')})")
                 for choice in event.get("choices") or ():
                     text = choice.get("text")
                     if text:
@@ -222,10 +180,10 @@ def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
                 if isinstance(event.get("usage"), dict):
                     usage = event["usage"]
     except httpx.HTTPError as exc:
-        raise _fail(no_answer(client, exc, "streaming")) from None
+        raise cli.fail(no_answer(client, exc, "streaming")) from None
     typer.echo("")
     if usage is None:
-        raise _fail("the stream ended without its usage (the answer may be incomplete)")
+        raise cli.fail("the stream ended without its usage (the answer may be incomplete)")
     spent = f"{usage.get('prompt_tokens')} input + {usage.get('completion_tokens')} output tokens"
     cost = _streamed_cost(client, prompt_id)
     typer.echo(spent + (f", cost {cost} base units" if cost is not None else ""), err=True)

@@ -66,14 +66,6 @@ def open_session(server: str | None, keystore: Path | None, token: str | None) -
     return Session(choice, stored.token, sign_in_hint(choice, path, token_given=False))
 
 
-def resolve_session(
-    server: str | None, keystore: Path | None, token: str | None
-) -> tuple[ServerChoice, str]:
-    """``(the server chosen, bearer token)``, or :class:`SessionError` naming the fix."""
-    session = open_session(server, keystore, token)
-    return session.choice, session.token
-
-
 def refusal_text(response: httpx.Response, client: httpx.Client | None = None) -> str:
     """A refusal in one line: the error envelope's ``message (code)``, the HTTP status when
     there is none. A 401 (the bearer token expired, was revoked or is unknown) adds what to run,

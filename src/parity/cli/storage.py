@@ -6,25 +6,17 @@ chosen by the one rule of :mod:`parity.cli.server_url`."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import httpx
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from parity.cli.server_url import ServerChoice, ServerHttpClient, no_answer
-from parity.cli.session import SessionError, open_session, refusal_text
+from parity.cli import client as cli
+from parity.cli.client import KeystoreOpt, QuietOpt, ServerOpt, TokenOpt
+from parity.cli.server_url import no_answer
 from parity.config import load_settings
 from parity.core.storage.importer import FileImporter
 from parity.core.storage.multiformats import Cid, CidError
@@ -37,87 +29,15 @@ storage_app = typer.Typer(
 )
 
 API = "/api/v1/storage"
-PIECE = 1 << 20
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 300.0
-
-ServerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--server",
-        metavar="URL",
-        help="Base URL of the server (default: PARITY_SERVER_URL, else the last sign-in, else "
-        "SERVER_PUBLIC_URL or SERVER_HOST:SERVER_PORT of the settings).",
-    ),
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="PARITY_TOKEN",
-        help="Bearer token (default: the session `parity-server auth --server URL` stored for "
-        "the keystore's address).",
-    ),
-]
-KeystoreOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--keystore",
-        metavar="PATH",
-        help="Whose session to use: this keystore's address (default: $PARITY_HOME/"
-        "keystore.json, else ~/.parity/keystore.json). No password is needed.",
-    ),
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
-    """A client for the chosen server with ``--token``, else the session stored for the
-    keystore's address (with no keystore file, the session saved last for that server)."""
-    try:
-        session = open_session(server, keystore, token or None)
-    except SessionError as exc:
-        raise _fail(str(exc)) from None
-    return _client(session.choice, session.token, session.sign_in_hint)
-
-
-def _client(
-    choice: ServerChoice, token: str | None, sign_in_hint: str | None = None
-) -> httpx.Client:
-    return ServerHttpClient(
-        choice,
-        token,
-        read_timeout=READ_TIMEOUT_S,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        sign_in_hint=sign_in_hint,
-    )
-
-
-def _refused(response: httpx.Response, client: httpx.Client) -> typer.Exit:
-    """The error envelope's message and code (the HTTP status when there is none); what to run
-    when the server refused the token."""
-    return _fail(refusal_text(response, client))
+    """The client of :func:`parity.cli.client.connect`; an empty ``--token`` counts as none."""
+    return cli.connect(server, keystore, token or None)
 
 
 def _progress(quiet: bool) -> Progress:
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-    )
-
-
-def _print_json(doc: Any) -> None:
-    typer.echo(json.dumps(doc, indent=2))
+    return cli.progress(quiet, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
 
 
 @storage_app.command("put")
@@ -138,24 +58,17 @@ def put(
     with _connect(server, keystore, token) as client, _progress(quiet) as progress:
         _refuse_oversized(client, file, size)
         task = progress.add_task(f"put {file.name}", total=size)
-
-        def body() -> Iterator[bytes]:
-            with open(file, "rb") as f:
-                while piece := f.read(PIECE):
-                    progress.advance(task, len(piece))
-                    yield piece
-
-        try:
-            r = client.put(
-                f"{API}/upload",
-                params={"pin": "true" if pin else "false", "name": name or file.name},
-                content=body(),
-                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
-            )
-        except httpx.HTTPError as exc:
-            raise _fail(no_answer(client, exc, "the upload")) from None
+        r = cli.call(
+            client,
+            "PUT",
+            f"{API}/upload",
+            doing="the upload",
+            params={"pin": "true" if pin else "false", "name": name or file.name},
+            content=cli.file_pieces(file, lambda n: progress.advance(task, n)),
+            headers=cli.upload_headers(size),
+        )
     if r.status_code != 201:
-        raise _refused(r, client)
+        raise cli.refused(r, client)
     doc = r.json()
     typer.echo(
         f"{doc['size']} bytes, pinned: {doc['pinned']}, CIDv0: {doc.get('cid_v0')}", err=True
@@ -179,18 +92,15 @@ def _refuse_oversized(client: httpx.Client, file: Path, size: int) -> None:
     """Compare the file with the server's STORAGE_MAX_UPLOAD_BYTES (GET /storage/usage) and
     stop before the upload when it cannot fit. A server that does not say leaves the decision
     to the upload itself (it refuses with 413 as before)."""
-    try:
-        r = client.get(f"{API}/usage")
-    except httpx.HTTPError as exc:
-        raise _fail(no_answer(client, exc, "the upload")) from None
+    r = cli.call(client, "GET", f"{API}/usage", doing="the upload")
     if r.status_code in (401, 403):
-        raise _refused(r, client)  # the upload would be refused the same way
+        raise cli.refused(r, client)  # the upload would be refused the same way
     try:
         limit = r.json().get("max_upload_bytes") if r.status_code == 200 else None
     except (ValueError, AttributeError):
         limit = None
     if isinstance(limit, int) and not isinstance(limit, bool) and size > limit:
-        raise _fail(
+        raise cli.fail(
             f"{file} is {human_bytes(size)} ({size} bytes), over the server's upload limit of "
             f"{human_bytes(limit)} ({limit} bytes, STORAGE_MAX_UPLOAD_BYTES); nothing was sent"
         )
@@ -234,7 +144,7 @@ def get(
     try:
         wanted = Cid.parse(cid)
     except CidError as exc:
-        raise _fail(f"{cid!r} is not a CID: {exc}", 2) from None
+        raise cli.fail(f"{cid!r} is not a CID: {exc}", 2) from None
     importer = FileImporter(keep_blocks=False)
     sink, final = _open_output(output, cid)
     try:
@@ -244,17 +154,16 @@ def get(
             client.stream("GET", f"{API}/download/{cid}") as r,
         ):
             if r.status_code != 200:
-                r.read()
-                raise _refused(r, client)
+                raise cli.refused(r, client)
             total = int(r.headers.get("content-length", "0")) or None
             task = progress.add_task(f"get {cid[:16]}…", total=total)
-            for piece in r.iter_bytes(PIECE):
+            for piece in r.iter_bytes(cli.PIECE):
                 sink.write(piece)
                 if verify:
                     importer.write(piece)
                 progress.advance(task, len(piece))
     except httpx.HTTPError as exc:
-        raise _fail(no_answer(client, exc, "the download")) from None
+        raise cli.fail(no_answer(client, exc, "the download")) from None
     finally:
         if final is not None:
             sink.close()
@@ -266,7 +175,7 @@ def get(
         else:
             part.replace(final)
     if problem is not None:
-        raise _fail(problem + " (use --no-verify for content imported with other settings)")
+        raise cli.fail(problem + " (use --no-verify for content imported with other settings)")
     if final is not None:
         typer.echo(str(final), err=True)
 
@@ -281,13 +190,16 @@ def pin_cmd(
 ) -> None:
     """Pin CID (content the server holds) for you; prints the pin."""
     with _connect(server, keystore, token) as client:
-        try:
-            r = client.post(f"{API}/pin/{cid}", json={"name": name} if name else None)
-        except httpx.HTTPError as exc:
-            raise _fail(no_answer(client, exc, "the pin")) from None
+        r = cli.call(
+            client,
+            "POST",
+            f"{API}/pin/{cid}",
+            doing="the pin",
+            json={"name": name} if name else None,
+        )
     if r.status_code not in (200, 201):
-        raise _refused(r, client)
-    _print_json(r.json())
+        raise cli.refused(r, client)
+    cli.print_json(r.json())
 
 
 @storage_app.command("unpin")
@@ -296,12 +208,7 @@ def unpin_cmd(
 ) -> None:
     """Remove your pin of CID."""
     with _connect(server, keystore, token) as client:
-        try:
-            r = client.delete(f"{API}/pin/{cid}")
-        except httpx.HTTPError as exc:
-            raise _fail(no_answer(client, exc, "the unpin")) from None
-    if r.status_code != 204:
-        raise _refused(r, client)
+        cli.send(client, "DELETE", f"{API}/pin/{cid}", ok=204, doing="the unpin")
     typer.echo(f"unpinned {cid}", err=True)
 
 
@@ -311,13 +218,8 @@ def info_cmd(
 ) -> None:
     """CID, size, pinned, created, gateway URL."""
     with _connect(server, keystore, token) as client:
-        try:
-            r = client.get(f"{API}/info/{cid}")
-        except httpx.HTTPError as exc:
-            raise _fail(no_answer(client, exc, "the info request")) from None
-    if r.status_code != 200:
-        raise _refused(r, client)
-    _print_json(r.json())
+        r = cli.send(client, "GET", f"{API}/info/{cid}", doing="the info request")
+    cli.print_json(r.json())
 
 
 @storage_app.command("gc")
@@ -344,7 +246,7 @@ def gc_cmd(
     try:
         settings = load_settings(config_file=config)
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise cli.fail(str(exc), 2) from None
     grace = settings.storage_gc_grace_seconds if grace_seconds is None else grace_seconds
 
     async def run() -> Any:
@@ -362,15 +264,15 @@ def gc_cmd(
     try:
         result = asyncio.run(run())
     except migrate.DatabaseUnavailable as exc:
-        raise _fail(
+        raise cli.fail(
             f"cannot connect to the database {exc.url} (from {settings.database_source}): "
             f"{exc.reason}"
         ) from None
     except ParityError as exc:
-        raise _fail(exc.message) from None
+        raise cli.fail(exc.message) from None
     except OSError as exc:
-        raise _fail(f"cannot reach the database or the content store: {exc}") from None
-    _print_json(
+        raise cli.fail(f"cannot reach the database or the content store: {exc}") from None
+    cli.print_json(
         {
             "store": settings.filecoin_ipfs_endpoint or str(settings.blocks_path),
             "removed_blocks": result.report.removed_blocks,

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from parity.cli.fl_view import table
+from parity.cli.tables import table
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 STATUSES = (

@@ -17,10 +17,10 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from parity.cli import client as cli
 from parity.cli import task_view as view
-from parity.cli.server_url import ServerChoice, ServerHttpClient, no_answer
-from parity.cli.session import SessionError, resolve_session
-from parity.cli.storage import KeystoreOpt, ServerOpt, TokenOpt
+from parity.cli.client import JsonOpt, KeystoreOpt, ServerOpt, TokenOpt
+from parity.cli.server_url import no_answer
 
 task_app = typer.Typer(
     name="task",
@@ -30,8 +30,6 @@ task_app = typer.Typer(
 )
 
 API = "/api/v1/tasks"
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 300.0
 LOG_PAGE = 1000  # the API's largest page of log chunks
 # Following logs rides out a server restart or a broken connection: this many failed
 # reconnections in a row end it, the pause between them doubling up to RETRY_PAUSE_MAX_S.
@@ -42,73 +40,18 @@ RETRYABLE_STATUS = frozenset({502, 503, 504})
 # `task create --wait`: the exit status when the wait ends before the task (as timeout(1)).
 EXIT_WAIT_TIMEOUT = 124
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the server's JSON answer.")]
 TaskArg = Annotated[str, typer.Argument(metavar="ID", help="The task's id.")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
-    try:
-        choice, bearer = resolve_session(server, keystore, token)
-    except SessionError as exc:
-        raise _fail(str(exc)) from None
-    return _client(choice, bearer)
-
-
-def _client(choice: ServerChoice, token: str) -> httpx.Client:
-    return ServerHttpClient(
-        choice, token, read_timeout=READ_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S
-    )
-
-
-def _refused(response: httpx.Response) -> typer.Exit:
-    """The error envelope's message and code; the HTTP status when there is no envelope."""
-    message = f"HTTP {response.status_code}"
-    try:
-        err = response.json().get("error", {})
-        message = f"{err.get('message', message)} ({err.get('code', response.status_code)})"
-    except (ValueError, AttributeError):
-        pass
-    return _fail(message)
-
-
-def _send(client: httpx.Client, method: str, path: str, ok: int = 200, **kw: Any) -> httpx.Response:
-    """One request answered ``ok``; a refusal or an unreachable server ends the command."""
-    try:
-        r = client.request(method, path, **kw)
-    except httpx.HTTPError as exc:
-        raise _fail(no_answer(client, exc)) from None
-    if r.status_code != ok:
-        raise _refused(r)
-    return r
-
-
-def _request(client: httpx.Client, method: str, path: str, ok: int = 200, **kw: Any) -> Any:
-    """The JSON answer of one request (see :func:`_send`)."""
-    r = _send(client, method, path, ok, **kw)
-    try:
-        return r.json()
-    except ValueError:
-        raise _fail(f"{client.base_url} answered {method} {path} with something not JSON") from None
 
 
 def _id(text: str) -> str:
     try:
         return view.task_id(text)
     except view.TaskProblem as exc:
-        raise _fail(str(exc), 2) from None
+        raise cli.fail(str(exc), 2) from None
 
 
 def _task_path(task_id: str, *rest: str) -> str:
     return "/".join((f"{API}/{task_id}", *rest))
-
-
-def _print_json(doc: Any) -> None:
-    typer.echo(json.dumps(doc, indent=2))
 
 
 class WaitTimedOut(Exception):
@@ -142,7 +85,7 @@ def _event_json(event: view.Event) -> dict[str, Any]:
     except ValueError:
         doc = None
     if not isinstance(doc, dict):
-        raise _fail(f"the server sent a {event.name} event that is not a JSON object")
+        raise cli.fail(f"the server sent a {event.name} event that is not a JSON object")
     return doc
 
 
@@ -173,7 +116,7 @@ def follow_logs(
     while True:
         if past_deadline():
             raise WaitTimedOut
-        read = READ_TIMEOUT_S
+        read = cli.READ_TIMEOUT_S
         if deadline is not None:
             read = min(read, max(deadline - time.monotonic(), 0.001))
         params: dict[str, Any] = {"follow": "true"}
@@ -188,13 +131,12 @@ def follow_logs(
                 "GET",
                 _task_path(task_id, "logs"),
                 params=params,
-                timeout=httpx.Timeout(read, connect=CONNECT_TIMEOUT_S),
+                timeout=httpx.Timeout(read, connect=cli.CONNECT_TIMEOUT_S),
             ) as r:
                 if r.status_code in RETRYABLE_STATUS and answered:
                     failure = httpx.HTTPError(f"HTTP {r.status_code}")
                 elif r.status_code != 200:
-                    r.read()
-                    raise _refused(r)
+                    raise cli.refused(r, client)
                 else:
                     answered = streaming = True
                     for event in view.server_events(r.iter_lines()):
@@ -211,7 +153,7 @@ def follow_logs(
                             if reason == "task_ended":
                                 return end
                             if reason == "unauthenticated":
-                                raise _fail(
+                                raise cli.fail(
                                     "the session ended while following the logs: sign in "
                                     "again with `parity-server auth --server URL`"
                                 )
@@ -228,16 +170,16 @@ def follow_logs(
             if streaming:
                 continue  # no log line for a while: open the stream again from the last one
             if not answered:
-                raise _fail(no_answer(client, exc, "following the logs")) from None
+                raise cli.fail(no_answer(client, exc, "following the logs")) from None
             failure = exc
         except httpx.HTTPError as exc:
             if not answered:
-                raise _fail(no_answer(client, exc, "following the logs")) from None
+                raise cli.fail(no_answer(client, exc, "following the logs")) from None
             failure = exc
         if failure is not None:
             errors += 1
             if errors >= MAX_STREAM_ERRORS:
-                raise _fail(no_answer(client, failure, "following the logs")) from None
+                raise cli.fail(no_answer(client, failure, "following the logs")) from None
             _pause(errors)
 
 
@@ -399,14 +341,14 @@ def create_cmd(
             )
         )
     except view.TaskProblem as exc:
-        raise _fail(str(exc), 2) from None
+        raise cli.fail(str(exc), 2) from None
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     wait = wait or wait_timeout is not None
-    with _connect(server, keystore, token) as client:
-        task = _request(client, "POST", API, ok=201, json=body, headers=headers)
+    with cli.connect(server, keystore, token) as client:
+        task = cli.request_json(client, "POST", API, ok=201, json=body, headers=headers)
         if not wait:
             if as_json:
-                _print_json(task)
+                cli.print_json(task)
                 return
             typer.echo(
                 f"created task {task['id']} ({task['status']}); follow it with "
@@ -424,7 +366,7 @@ def create_cmd(
         try:
             follow_logs(client, task["id"], LogPrinter(err=True), deadline=deadline)
         except WaitTimedOut:
-            raise _fail(
+            raise cli.fail(
                 f"task {task['id']} did not end within {wait_timeout:g} s (--wait-timeout); it "
                 f"goes on: `parity-server task logs {task['id']} --follow` to follow it",
                 EXIT_WAIT_TIMEOUT,
@@ -435,16 +377,18 @@ def create_cmd(
 def _finish(client: httpx.Client, task_id: str, as_json: bool) -> None:
     """The end of a wait: the output of a completed task on stdout (exit 0), else the reason
     on stderr and the exit status of its outcome."""
-    task = _request(client, "GET", _task_path(task_id))
+    task = cli.request_json(client, "GET", _task_path(task_id))
     status = task.get("status")
     result = (
-        _request(client, "GET", _task_path(task_id, "result")) if status == "completed" else None
+        cli.request_json(client, "GET", _task_path(task_id, "result"))
+        if status == "completed"
+        else None
     )
     attempts: list[dict[str, Any]] = []
     if status != "completed":
-        attempts = _request(client, "GET", _task_path(task_id, "attempts"))
+        attempts = cli.request_json(client, "GET", _task_path(task_id, "attempts"))
     if as_json:
-        _print_json({"task": task, "result": result})
+        cli.print_json({"task": task, "result": result})
     if result is not None:
         if not as_json:
             _write_output(result)
@@ -453,7 +397,7 @@ def _finish(client: httpx.Client, task_id: str, as_json: bool) -> None:
     reason = task.get("last_error")
     message = f"task {task_id} {status}" + (f": {reason}" if reason else "")
     code = view.process_exit_code(attempts) if status == "failed" else None
-    raise _fail(message, code or 1)
+    raise cli.fail(message, code or 1)
 
 
 def _write_output(result: dict[str, Any]) -> None:
@@ -514,7 +458,7 @@ def list_cmd(
     stderr says how many there are and the next page's --offset."""
     unknown = sorted(set(status or ()) - set(view.STATUSES))
     if unknown:
-        raise _fail(
+        raise cli.fail(
             f"--status {unknown[0]!r} is not a task status; use one of {', '.join(view.STATUSES)}",
             2,
         )
@@ -523,16 +467,13 @@ def list_cmd(
         params["status"] = status
     if task_type:
         params["type"] = task_type
-    with _connect(server, keystore, token) as client:
-        r = _send(client, "GET", API, params=params)
-    try:
-        tasks = r.json()
-    except ValueError:
-        raise _fail(f"{client.base_url} answered GET {API} with something not JSON") from None
+    with cli.connect(server, keystore, token) as client:
+        r = cli.send(client, "GET", API, params=params)
+        tasks = cli.json_answer(client, r, "GET", API)
     total_header = r.headers.get("X-Total-Count", "")
     total = int(total_header) if total_header.isdigit() else None
     if as_json:
-        _print_json(tasks)
+        cli.print_json(tasks)
     elif tasks:
         for line in view.tasks_table(tasks):
             typer.echo(line)
@@ -550,12 +491,12 @@ def show_cmd(
     """Task ID: its status, command, runner, attempts, times and price, then a line per
     attempt (runner, outcome, exit code, error)."""
     task_id = _id(task_id)
-    with _connect(server, keystore, token) as client:
-        task = _request(client, "GET", _task_path(task_id))
-        attempts = _request(client, "GET", _task_path(task_id, "attempts"))
-        reward = _request(client, "GET", _task_path(task_id, "reward"))
+    with cli.connect(server, keystore, token) as client:
+        task = cli.request_json(client, "GET", _task_path(task_id))
+        attempts = cli.request_json(client, "GET", _task_path(task_id, "attempts"))
+        reward = cli.request_json(client, "GET", _task_path(task_id, "reward"))
     if as_json:
-        _print_json({"task": task, "attempts": attempts, "reward": reward})
+        cli.print_json({"task": task, "attempts": attempts, "reward": reward})
         return
     for line in view.task_lines(task, reward):
         typer.echo(line)
@@ -605,8 +546,8 @@ def logs_cmd(
     end event)."""
     task_id = _id(task_id)
     if follow and limit is not None:
-        raise _fail("--limit cannot be combined with --follow", 2)
-    with _connect(server, keystore, token) as client:
+        raise cli.fail("--limit cannot be combined with --follow", 2)
+    with cli.connect(server, keystore, token) as client:
         if follow:
             end = follow_logs(
                 client,
@@ -622,7 +563,7 @@ def logs_cmd(
             return
         doc = _stored_logs(client, task_id, attempt, after, limit)
     if as_json:
-        _print_json(doc)
+        cli.print_json(doc)
     else:
         printer = LogPrinter(err=False)
         for chunk in doc["items"]:
@@ -649,7 +590,7 @@ def _stored_logs(
             params["after"] = next_after
         if attempt is not None:
             params["attempt"] = attempt
-        page = _request(client, "GET", _task_path(task_id, "logs"), params=params)
+        page = cli.request_json(client, "GET", _task_path(task_id, "logs"), params=params)
         got = page.get("items") or []
         items.extend(got)
         truncated = truncated or bool(page.get("truncated"))
@@ -676,10 +617,10 @@ def result_cmd(
     """Print the output of task ID's accepted result (a completed task); its exit code and run
     time on stderr, and the CID of the whole output where only its start is inline."""
     task_id = _id(task_id)
-    with _connect(server, keystore, token) as client:
-        result = _request(client, "GET", _task_path(task_id, "result"))
+    with cli.connect(server, keystore, token) as client:
+        result = cli.request_json(client, "GET", _task_path(task_id, "result"))
     if as_json:
-        _print_json(result)
+        cli.print_json(result)
         return
     if output is None:
         _write_output(result)
@@ -688,7 +629,7 @@ def result_cmd(
         try:
             output.write_bytes(data)
         except OSError as exc:
-            raise _fail(f"cannot write {output}: {exc}") from None
+            raise cli.fail(f"cannot write {output}: {exc}") from None
         typer.echo(f"wrote {len(data)} bytes to {output}", err=True)
     _result_notes(result)
 
@@ -704,10 +645,10 @@ def cancel_cmd(
     """Cancel task ID: a pending or assigned task ends cancelled at once; a running one is
     cancel_requested until its runner stops it."""
     task_id = _id(task_id)
-    with _connect(server, keystore, token) as client:
-        task = _request(client, "DELETE", _task_path(task_id))
+    with cli.connect(server, keystore, token) as client:
+        task = cli.request_json(client, "DELETE", _task_path(task_id))
     if as_json:
-        _print_json(task)
+        cli.print_json(task)
         return
     if task.get("status") == "cancel_requested":
         typer.echo(f"task {task_id} cancel_requested: its runner is told to stop it")
