@@ -309,7 +309,9 @@ asyncio.run(CommandExecutor(SandboxMode(sys.argv[1])).run(
 
 
 @pytest.mark.parametrize("mode", HOST_PID_MODES)
-async def test_a_runner_killed_outright_takes_its_tasks_processes_and_files_with_it(mode: SandboxMode):
+async def test_a_runner_killed_outright_takes_its_tasks_processes_and_files_with_it(
+    mode: SandboxMode,
+):
     # A directory the dedicated uid can reach and write (pytest's tmp_path is under a 0700 one).
     shared = Path(tempfile.mkdtemp(prefix="parity-reaper-"))
     shared.chmod(0o777)
