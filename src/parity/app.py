@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 from parity import __version__
 from parity.api.errors import install_error_handlers
 from parity.api.middleware import RequestContextMiddleware
+from parity.api.openapi import install_error_responses
 from parity.api.routeindex import install_prefix_filters
 from parity.auth.router import router as auth_router
 from parity.chain.startup import check_at_start
@@ -42,8 +43,8 @@ from parity.storage.router import router as storage_router
 from parity.system.router import root_router
 from parity.system.router import router as system_router
 from parity.system.service import UNSHARED_STORE
-from parity.tasks import handoff
 from parity.system.unpaid import warn_unpaid_at_start
+from parity.tasks import handoff
 from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job, reoffer_job
 from parity.tasks.pushes import PushLoop
 from parity.tasks.router import router as tasks_router
@@ -171,8 +172,8 @@ def create_app(
             else None
         )
         container.settlement = settlement
-        # Built here, not with the app: it holds the content store, which tests may replace.
         await warn_unpaid_at_start(container)  # a priced ledger that nothing here settles
+        # Built here, not with the app: it holds the content store, which tests may replace.
         fl_rounds: RoundsLoop | None = None
         if start_jobs:
             fl_rounds = rounds_job(container.db, container.fl, settings.scheduler_interval_seconds)
@@ -215,6 +216,7 @@ def create_app(
     app.state.container = container
     app.state.jobs = jobs
     install_error_handlers(app)
+    install_error_responses(app)  # the errors each operation answers, in /openapi.json
     prefix = settings.server_endpoint
     routers = api_routers()
     for router in routers:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from parity.api import jsonbody
 from parity.errors import Category, InvalidInput, ParityError
@@ -83,7 +85,9 @@ async def _parity_error(_: Request, exc: Exception) -> JSONResponse:
 
 def invalid_json(field: str, exc: ValueError) -> InvalidInput:
     """422 ``invalid_json`` for a body (or form field) that does not parse: says that it is not
-    JSON and where the parser stopped, instead of a type complaint about a value it never saw."""
+    JSON and where the parser stopped, instead of a type complaint about a value it never saw.
+    (Bytes that are not UTF-8 come as :class:`parity.api.jsonbody.NotUtf8`, a JSONDecodeError
+    counting bytes.)"""
     if isinstance(exc, json.JSONDecodeError):
         # lineno/colno are 1-based, as editors count; pos is the 0-based character offset.
         where = {"line": exc.lineno, "column": exc.colno, "position": exc.pos}
@@ -114,28 +118,83 @@ def _json_decode_error(err: dict[str, Any], body: Any) -> JSONResponse:
     return envelope(422, error.code, error.message, error.details)
 
 
+def _is_nan(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return isinstance(value, float) and math.isnan(value)
+
+
+# Bounds pydantic checks by comparing: NaN fails every comparison, so "should be less than or
+# equal to 30" would be said of it, which is not its problem.
+_COMPARISONS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
+)
+
+
+def _message(err: dict[str, Any]) -> str:
+    """pydantic's message for ``err``, said of the value the client sent."""
+    kind = err.get("type")
+    if kind in _COMPARISONS and _is_nan(err.get("input")):
+        return "Input should be a number, not NaN"
+    if kind == "int_parsing_size":
+        # pydantic speaks of "parsing an input string" even for a number in a JSON body.
+        return "Input is too large a number for this field"
+    msg = str(err["msg"])
+    # A validator's ValueError: its own words say what is wrong.
+    return msg.removeprefix("Value error, ")
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     for err in exc.errors():
         if err.get("type") == "json_invalid":
+            cause = exc.__cause__
+            if isinstance(cause, json.JSONDecodeError):  # raised by jsonbody.loads
+                error = invalid_json("body", cause)
+                return envelope(422, error.code, error.message, error.details)
             return _json_decode_error(err, exc.body)
     errors = []
     for err in exc.errors():
         loc = tuple(err.get("loc", ()))
         errors.append(
-            {"field": _field(loc), "in": str(loc[0]) if loc else "body", "message": err["msg"]}
+            {"field": _field(loc), "in": str(loc[0]) if loc else "body", "message": _message(err)}
         )
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
     return envelope(422, "validation_error", summary or "invalid request", {"errors": errors})
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path. Each method of a
+    path is a route of its own, and the router's 405 names only the first route whose path
+    matched; this asks every route, as ``Allow`` must list them all."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     if exc.status_code == 404 and message == "Not Found":
         message = "no such route"
-    return envelope(exc.status_code, code, message, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+    return envelope(exc.status_code, code, message, headers=headers)
 
 
 async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:

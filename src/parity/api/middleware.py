@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from parity.gateway.errors import openai_body
 from parity.logging import get_logger
 
 log = get_logger("parity.access")
@@ -22,8 +23,22 @@ class BodyTooLarge(Exception):
     pass
 
 
-def _error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "details": {}}}).encode()
+# The compatible gateways answer in their clients' shapes (README: OpenAI's under /v1, Ollama's
+# under /ollama/api), the 413 of a body past the limit included.
+OPENAI_PREFIX = "/v1/"
+OLLAMA_PREFIX = "/ollama/"
+
+
+def _error_body(path: str, code: str, message: str) -> bytes:
+    """The error body in the shape the client of ``path`` reads."""
+    body: dict[str, Any]
+    if path.startswith(OPENAI_PREFIX):
+        body = openai_body(413, message, None, code)
+    elif path.startswith(OLLAMA_PREFIX):
+        body = {"error": message}
+    else:
+        body = {"error": {"code": code, "message": message, "details": {}}}
+    return json.dumps(body).encode()
 
 
 class RequestContextMiddleware:
@@ -54,7 +69,7 @@ class RequestContextMiddleware:
 
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await self._too_large(send, rid)
+            await self._too_large(send, rid, scope.get("path", ""))
             structlog.contextvars.unbind_contextvars("request_id")
             return
 
@@ -79,7 +94,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, limited_receive, send_with_id)
         except BodyTooLarge:
-            await self._too_large(send, rid)
+            await self._too_large(send, rid, scope.get("path", ""))
             status = 413
         finally:
             path = scope.get("path", "")
@@ -93,8 +108,8 @@ class RequestContextMiddleware:
                 )
             structlog.contextvars.unbind_contextvars("request_id")
 
-    async def _too_large(self, send: Send, rid: str) -> None:
-        body = _error_body("payload_too_large", f"request body exceeds {self.max_body} bytes")
+    async def _too_large(self, send: Send, rid: str, path: str) -> None:
+        body = _error_body(path, "payload_too_large", f"request body exceeds {self.max_body} bytes")
         hdrs: list[Any] = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -6,6 +6,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parity.db.types import NameText
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -55,7 +57,9 @@ class MeRead(BaseModel):
 
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
+    name: NameText = Field(
+        min_length=1, max_length=100, description="One line, no control characters"
+    )
     expires_in_days: int | None = Field(None, ge=1, le=3650)
 
 

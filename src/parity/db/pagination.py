@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
 
+from parity.db.types import to_utc
 from parity.errors import InvalidInput
 
 Q = TypeVar("Q", bound="Select[*tuple[Any, ...]]")
@@ -46,11 +47,14 @@ def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
 
 
 def decode_cursor(value: str | None) -> Cursor | None:
+    """The position an :func:`encode_cursor` text names; 422 naming ``cursor`` for any other
+    text, a tampered one included (a timestamp without its offset, or one whose UTC time is
+    outside years 1 to 9999, would otherwise fail only where the query binds it)."""
     if not value:
         return None
     try:
         ts, id_ = _unopaque(value).split("|", 1)
-        return datetime.fromisoformat(ts), uuid.UUID(id_)
+        return to_utc(datetime.fromisoformat(ts)), uuid.UUID(id_)
     except (ValueError, UnicodeDecodeError):
         raise _not_a_cursor() from None
 
@@ -61,15 +65,35 @@ def encode_keyed(kind: str, *parts: object) -> str:
     return _opaque("|".join([kind, *(str(p) for p in parts)]))
 
 
+# The integers of a keyed cursor are numbers and positions kept in INTEGER columns: bounded
+# here to what PostgreSQL's integer holds, so both databases refuse a larger one alike.
+KEY_INT_MAX = 2**31 - 1
+
+
+def _check_part(part: object) -> None:
+    """ValueError unless ``part`` of a decoded key can be bound as it is: a timestamp with its
+    offset and within years 1 to 9999 in UTC, an integer from 0 to KEY_INT_MAX."""
+    if isinstance(part, datetime):
+        to_utc(part)
+    elif isinstance(part, int) and not 0 <= part <= KEY_INT_MAX:
+        raise ValueError(f"{part} is outside 0..{KEY_INT_MAX}")
+
+
 def decode_keyed(value: str, kind: str, convert: Callable[[list[str]], K]) -> K:
     """The key of an :func:`encode_keyed` cursor of ``kind``, its parts converted by
-    ``convert`` (which raises ValueError on a bad part); 422 naming ``cursor`` otherwise."""
+    ``convert`` (which raises ValueError on a bad part); 422 naming ``cursor`` otherwise. The
+    converted key (one value or a tuple) is checked here too, whatever ``convert`` does:
+    timestamps must carry an offset and lie within years 1 to 9999 in UTC, integers within
+    0..KEY_INT_MAX, so a tampered cursor is refused here and not where the query binds it."""
     try:
         found, *parts = _unopaque(value).split("|")
         if found != kind:
             raise ValueError(found)
-        return convert(parts)
-    except (ValueError, UnicodeDecodeError):
+        key = convert(parts)
+        for part in key if isinstance(key, tuple) else (key,):
+            _check_part(part)
+        return key
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise _not_a_cursor() from None
 
 

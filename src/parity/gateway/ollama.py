@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from parity import __version__
 from parity.api.deps import ContainerDep, refuse_runner_token
@@ -80,7 +80,7 @@ NO_LIMIT = (-1, -2)  # num_predict: Ollama's "no limit" and "fill the context"
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=255)
-    stream: bool = True
+    stream: StrictBool = True  # true or false, not "yes" or 1
     options: dict[str, Any] | None = None
     system: str | None = None
 
@@ -295,7 +295,7 @@ class ShowBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str | None = Field(default=None, min_length=1, max_length=255)
     name: str | None = Field(default=None, min_length=1, max_length=255)  # older clients
-    verbose: bool = False  # Ollama's tokenizer arrays: there are none to show
+    verbose: StrictBool = False  # Ollama's tokenizer arrays: there are none to show
 
 
 @router.post("/show")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from parity.core.llm.request import (
     MAX_OUTPUT_TOKENS,
@@ -72,7 +72,7 @@ _MESSAGE_KEYS = ("role", "content", "name")
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _Common(BaseModel):
@@ -83,7 +83,7 @@ class _Common(BaseModel):
     top_p: Any = None
     seed: Any = None
     stop: Any = None
-    stream: bool = False
+    stream: StrictBool = False  # true or false: OpenAI refuses "yes" and 1
     stream_options: StreamOptions | None = None
 
     def sampling(self) -> dict[str, Any]:

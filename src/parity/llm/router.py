@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -20,6 +19,7 @@ from parity.api.deps import (
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import BIGINT_MAX
 from parity.core.llm.metrics import Period, UsageTotals
+from parity.db.types import UtcDatetime
 from parity.errors import InvalidInput
 from parity.llm import service
 from parity.llm.schemas import (
@@ -164,8 +164,8 @@ async def billing_metrics(
     principal: CurrentPrincipal,
     session: ReadSession,
     period: Annotated[str, Query(description="hour | day | week | month")] = "day",
-    since: Annotated[datetime | None, Query(description="Prompts created at or after")] = None,
-    until: Annotated[datetime | None, Query(description="Prompts created before")] = None,
+    since: Annotated[UtcDatetime | None, Query(description="Prompts created at or after")] = None,
+    until: Annotated[UtcDatetime | None, Query(description="Prompts created before")] = None,
 ) -> BillingMetricsRead:
     """Your prompts: requests, input/output tokens, cost (base units), average and p95
     latency (submitted → completed), in total, by model and by UTC period."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from parity.core.llm.request import (
     MAX_STOP_CHARS,
@@ -56,7 +56,7 @@ class PromptCreate(BaseModel):
         description=f"Up to {MAX_STOP_SEQUENCES} stop sequences (a string or a list), each "
         f"non-empty and at most {MAX_STOP_CHARS} characters: the answer ends before the first",
     )
-    stream: bool | None = Field(None, description="Not on this endpoint (use ?wait=)")
+    stream: StrictBool | None = Field(None, description="Not on this endpoint (use ?wait=)")
     max_price_per_1k_input: str | None = Field(
         None, description="Most you pay per 1,000 input tokens (base units)"
     )

@@ -8,7 +8,7 @@ skipped without being kept.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -72,15 +72,23 @@ class _Parts:
 
 class MultipartFile:
     """``async for piece in MultipartFile(body, content_type)`` yields the file's bytes;
-    ``filename`` is set once its headers have been read."""
+    ``filename`` is set once its headers have been read. ``check_filename``, when given, is
+    called with the filename (if the part has one) before the part's first byte is yielded:
+    what it raises ends the upload before anything is stored."""
 
-    def __init__(self, body: AsyncIterable[bytes], content_type: str | None) -> None:
+    def __init__(
+        self,
+        body: AsyncIterable[bytes],
+        content_type: str | None,
+        check_filename: Callable[[str], None] | None = None,
+    ) -> None:
         kind, params = parse_options_header(content_type or "")
         boundary = params.get(b"boundary")
         if kind != b"multipart/form-data" or not boundary:
             raise MultipartInvalid("expected multipart/form-data with a boundary")
         self._body = body
         self._parts = _Parts()
+        self._check = check_filename
         try:
             self._parser = MultipartParser(
                 boundary,
@@ -110,6 +118,10 @@ class MultipartFile:
                 self._parser.write(piece)
             except MultipartParseError as exc:
                 raise MultipartInvalid(f"malformed multipart body: {exc}") from None
+            if parts.found and self._check is not None:
+                check, self._check = self._check, None
+                if parts.filename is not None:
+                    check(parts.filename)
             if parts.out:
                 batch, parts.out = parts.out, []
                 for data in batch:

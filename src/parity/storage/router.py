@@ -21,6 +21,7 @@ from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.core.storage.ranges import RangeNotSatisfiable, parse_range
+from parity.db.types import NameText, check_name
 from parity.errors import InvalidInput
 from parity.storage import service
 from parity.storage.multipart import MultipartFile
@@ -35,7 +36,12 @@ MULTIPART_SLACK = 64 * 1024  # form framing around the file, allowed above the f
 
 PinQuery = Annotated[bool, Query(description="Pin it for you (counts against your quota)")]
 MAX_NAME = 255
-NameQuery = Annotated[str | None, Query(max_length=MAX_NAME, description="A label for your pin")]
+NameQuery = Annotated[
+    NameText | None,
+    Query(
+        max_length=MAX_NAME, description="A label for your pin (one line, no control characters)"
+    ),
+]
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
@@ -131,10 +137,20 @@ async def upload_form(
     declared = _declared(request)
     payload = None if declared is None else max(declared - MULTIPART_SLACK, 0)
     await _precheck(c, principal, payload, pin)
-    form = MultipartFile(request.stream(), request.headers.get("content-type"))
+    # The part's filename names the pin when `name` does not: checked as a name as soon as the
+    # part's headers are read, before any of its bytes reach the store.
+    check = None if name else _check_filename
+    form = MultipartFile(request.stream(), request.headers.get("content-type"), check)
     stored = await _store(c, form)
     filename = form.filename[:MAX_NAME] if form.filename else None
     return await _record(c, principal, stored, pin, name or filename)
+
+
+def _check_filename(filename: str) -> None:
+    try:
+        check_name(filename[:MAX_NAME])
+    except ValueError as exc:
+        raise InvalidInput("file", f"its filename {exc} (or give the pin a `name`)") from None
 
 
 @router.get(
@@ -202,7 +218,12 @@ async def info(
     return await service.describe(session, c.content_store, c.storage, principal, cid)
 
 
-@router.post("/storage/pin/{cid}", status_code=201, response_model=PinRead)
+@router.post(
+    "/storage/pin/{cid}",
+    status_code=201,
+    response_model=PinRead,
+    responses={200: {"model": PinRead, "description": "You already pin it"}},
+)
 async def pin(
     cid: str,
     response: Response,

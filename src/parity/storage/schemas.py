@@ -5,6 +5,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parity.db.types import NameText
+
 
 class ContentRead(BaseModel):
     """What the server knows about a CID (upload and info answers)."""
@@ -28,7 +30,9 @@ class ContentRead(BaseModel):
 
 class PinCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, max_length=255)
+    name: NameText | None = Field(
+        None, max_length=255, description="A label for your pin (one line, no control characters)"
+    )
 
 
 class PinRead(BaseModel):

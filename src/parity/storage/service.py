@@ -21,6 +21,8 @@ from parity.core.storage.multiformats import Cid, CidError
 from parity.db.hooks import after_commit
 from parity.db.pagination import Cursor
 from parity.db.session import Database
+from parity.db.types import check_name
+from parity.errors import InvalidInput
 from parity.logging import get_logger
 from parity.storage import repository as repo
 from parity.storage.errors import (
@@ -215,6 +217,13 @@ async def _pin(
     name: str | None,
     now: datetime,
 ) -> tuple[StoragePin, bool]:
+    if name is not None:
+        # The routes check names where they arrive (naming their field); this keeps any other
+        # caller from storing what PostgreSQL refuses (NUL) or SQLite would keep.
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise InvalidInput("name", str(exc)) from None
     address = principal.address
     key = cid.encode()
     usage = await repo.lock_usage(session, address, now)

@@ -28,6 +28,7 @@ from parity.api.errors import read_json
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import BIGINT_MAX
 from parity.core.tasks.states import TERMINAL
+from parity.db.types import INT32_MAX, check_name
 from parity.errors import InvalidInput
 from parity.ledger import service as ledger_service
 from parity.storage import service as storage_service
@@ -86,7 +87,12 @@ async def _with_image(
     c: ContainerDep, session: Any, principal: Any, body: TaskCreate, image: UploadFile
 ) -> TaskCreate:
     """Store the image tar in the content store (pinned for the caller) and make the task a
-    docker task that loads it from its CID."""
+    docker task that loads it from its CID. Its filename names the pin: checked first."""
+    if image.filename:
+        try:
+            check_name(image.filename)
+        except ValueError as exc:
+            raise InvalidInput("image", f"its filename {exc}") from None
     stored = await storage_service.store_stream(c.content_store, c.storage, _chunks(image))
     await storage_service.record_upload(
         session,
@@ -95,7 +101,7 @@ async def _with_image(
         principal,
         stored,
         pin=True,
-        name=image.filename,
+        name=image.filename[:255] if image.filename else None,  # a pin name holds 255
         now=c.clock.now(),
     )
     config = {
@@ -181,7 +187,9 @@ async def update_task(
     session: WriteSession,
     c: ContainerDep,
 ) -> TaskRead:
-    """Merge fields into a pending task (409 task_not_pending otherwise)."""
+    """Merge fields into a pending task (409 task_not_pending otherwise). A field left out
+    keeps its value; null is refused, naming the field, except `not_before: null` (available
+    now)."""
     return task_read(await service.update_task(session, c.tasks, principal, task_id, body))
 
 
@@ -249,15 +257,25 @@ def _pos(line: Any) -> int:
     return int(line.attempt) * 10**8 + int(line.seq)
 
 
-@router.get("/tasks/{task_id}/logs", response_model=LogsRead)
+# Attempts are INTEGER columns; a log position is `attempt * 10^8 + seq` (seq < 10^8): bounded
+# so that both parts fit their columns, and both databases answer a larger one alike (422).
+LOG_POSITION_MAX = INT32_MAX * 10**8 + 10**8 - 1
+
+
+@router.get(
+    "/tasks/{task_id}/logs",
+    response_model=LogsRead,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
 async def task_logs(
     request: Request,
     task_id: uuid.UUID,
     principal: CurrentPrincipal,
     c: ContainerDep,
-    attempt: Annotated[int | None, Query(ge=1, le=BIGINT_MAX)] = None,
+    attempt: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     after: Annotated[
-        int | None, Query(ge=0, le=BIGINT_MAX, description="next_after of a previous read")
+        int | None,
+        Query(ge=0, le=LOG_POSITION_MAX, description="next_after of a previous read"),
     ] = None,
     follow: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,

@@ -5,9 +5,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from parity.core.storage.multiformats import Cid, CidError
+from parity.db.types import UtcDatetime
 
 
 class ResourcesIn(BaseModel):
@@ -33,11 +34,29 @@ class TaskCreate(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, description="Required runner labels")
     max_attempts: int = Field(3, ge=1, le=20)
     priority: int = Field(0, ge=-1000, le=1000)
-    not_before: datetime | None = None
+    not_before: UtcDatetime | None = None
     timeout_seconds: int | None = Field(None, ge=1, le=86400)
 
 
+# The fields of a PUT whose null would mean nothing: a field left out keeps its value, and
+# null is refused by name rather than read as "unchanged" (only `not_before: null` has a
+# meaning: available now).
+_NOT_NULL = (
+    "title",
+    "description",
+    "config",
+    "resources",
+    "labels",
+    "max_attempts",
+    "priority",
+    "timeout_seconds",
+)
+
+
 class TaskUpdate(BaseModel):
+    """Fields to change on a pending task: a field left out keeps its value; null is refused
+    except for ``not_before`` (null: available now)."""
+
     model_config = ConfigDict(extra="forbid")
     title: str | None = Field(None, min_length=1, max_length=255)
     description: str | None = Field(None, max_length=10000)
@@ -46,8 +65,15 @@ class TaskUpdate(BaseModel):
     labels: dict[str, str] | None = None
     max_attempts: int | None = Field(None, ge=1, le=20)
     priority: int | None = Field(None, ge=-1000, le=1000)
-    not_before: datetime | None = None
+    not_before: UtcDatetime | None = Field(None, description="null: available now")
     timeout_seconds: int | None = Field(None, ge=1, le=86400)
+
+    @field_validator(*_NOT_NULL, mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("must not be null (leave the field out to keep its value)")
+        return value
 
 
 class TaskRead(BaseModel):
