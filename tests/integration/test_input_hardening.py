@@ -13,12 +13,15 @@ import httpx
 import pytest
 
 from parity.container import Container
+from parity.core.fl.errors import PartitionError
+from parity.core.fl.partitioning import parse_options
 from parity.core.storage.importer import FileImporter
 from parity.core.storage.multiformats import Cid
 from parity.db.pagination import KEY_INT_MAX, decode_cursor, decode_keyed
 from parity.errors import InvalidInput
 from parity.fl.service import decode_participant_cursor, decode_round_cursor
 from tests.conftest import ALICE, bearer, sign_in
+from tests.integration.queue_helpers import device, register_runner
 from tests.integration.test_fl_api import FL, World, created, world
 
 __all__ = ["world"]  # a fixture, used by name
@@ -289,3 +292,27 @@ async def test_log_attempt_and_position_are_bounded_to_their_columns(client: htt
         r = await client.get(logs, params=params, headers=h)
         assert r.status_code == 200, r.text
         assert r.json()["items"] == []
+
+
+async def test_fl_round_numbers_are_bounded_to_their_column(client: httpx.AsyncClient):
+    """A round number past 32 bits is a 422 naming it on both databases (PostgreSQL refused it
+    naming nothing; SQLite answered 404)."""
+    h = bearer(await sign_in(client, ALICE))
+    fl = f"{V1}/federated-learning/sessions/{ID}/rounds"
+    for value in (2**31, 9223372036854775807):
+        r = await client.get(f"{fl}/{value}", headers=h)
+        assert field_of(r) == "number", (value, r.text)
+    r = await client.get(f"{fl}/{2**31 - 1}", headers=h)
+    assert r.status_code == 404, r.text  # in range: no such session
+    runner_h = bearer((await register_runner(client, h["Authorization"][7:], device()))[0])
+    for method in ("GET", "POST"):
+        r = await client.request(method, f"{fl}/{2**31}/secagg/setup", headers=runner_h, json={})
+        assert field_of(r) == "number", (method, r.text)
+
+
+def test_min_samples_is_a_row_count():
+    for value in (1e300, 2**63, 2**31):
+        with pytest.raises(PartitionError) as caught:
+            parse_options("iid", {"min_samples": value}, 3)
+        assert caught.value.field.endswith("min_samples"), value
+    assert parse_options("iid", {"min_samples": 2**31 - 1}, 3).min_samples == 2**31 - 1

@@ -21,8 +21,9 @@ from parity.api.deps import (
 )
 from parity.api.errors import json_object
 from parity.api.jsonbody import JsonRoute
-from parity.api.pagination import BIGINT_MAX, PageParamsDep
+from parity.api.pagination import PageParamsDep
 from parity.db.pagination import next_cursor
+from parity.db.types import INT32_MAX
 from parity.fl import secagg_router, service, start, store_io, updates
 from parity.fl.schemas import (
     MetricsRead,
@@ -155,7 +156,7 @@ async def list_rounds(
 @router.get("/sessions/{session_id}/rounds/{number}", response_model=RoundRead)
 async def get_round(
     session_id: uuid.UUID,
-    number: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
+    number: Annotated[int, Path(ge=1, le=INT32_MAX)],
     principal: CurrentPrincipal,
     session: ReadSession,
 ) -> JSONResponse:

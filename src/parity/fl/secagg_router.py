@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from parity.api.deps import ContainerDep, CurrentRunner
 from parity.api.errors import json_object
 from parity.api.jsonbody import JsonRoute
-from parity.api.pagination import BIGINT_MAX
+from parity.db.types import INT32_MAX
 from parity.fl import secagg_service
 
 router = APIRouter(route_class=JsonRoute, tags=["federated-learning"])
@@ -24,7 +24,7 @@ STAGE_PATH = "/sessions/{session_id}/rounds/{number}/secagg/{stage}"
 @router.post(STAGE_PATH)
 async def post_stage_message(
     session_id: uuid.UUID,
-    number: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
+    number: Annotated[int, Path(ge=1, le=INT32_MAX)],
     stage: str,
     request: Request,
     runner_id: CurrentRunner,
@@ -61,7 +61,7 @@ async def post_stage_message(
 @router.get(STAGE_PATH)
 async def get_stage_messages(
     session_id: uuid.UUID,
-    number: Annotated[int, Path(ge=1, le=BIGINT_MAX)],
+    number: Annotated[int, Path(ge=1, le=INT32_MAX)],
     stage: str,
     runner_id: CurrentRunner,
     c: ContainerDep,

@@ -67,6 +67,7 @@ STRATEGY_ALIASES = {"random": "iid", "non_iid": "dirichlet"}
 CLASS_ASSIGNMENTS = ("random", "deterministic", "first-deterministic")
 MAX_PARTICIPANTS = 100_000
 _COMMON_OPTIONS = ("min_samples", "overlap_ratio")
+MAX_ROWS = 2**31 - 1  # a row count (min_samples): what a 32-bit integer column holds
 # The options each (canonical) strategy takes, the common ones included: a session-create body
 # naming any other in ``training_data.metadata`` is refused (:mod:`parity.fl.spec`);
 # :func:`parse_options` itself ignores them.
@@ -137,7 +138,7 @@ def parse_options(
     common: dict[str, Any] = {"strategy": name}
     if opts.get("min_samples") is not None:
         common["min_samples"] = read_int(
-            opts.get("min_samples"), "min_samples", PartitionError, minimum=1
+            opts.get("min_samples"), "min_samples", PartitionError, minimum=1, maximum=MAX_ROWS
         )
     if opts.get("overlap_ratio") is not None:
         common["overlap_ratio"] = read_float(
