@@ -22,21 +22,10 @@ from parity.db.session import Database
 from parity.ledger.settlement import SettlementConfig, SettlementWorker
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
 from tests.integration.queue_helpers import V1, claimed, create_task, device, register_runner
+from tests.integration.test_ledger import CHAIN, PRICING
 from tests.settlement_support import Crash, CrashAt, settlements
 
 OWNER = Account.from_key("0x" + "a1" * 32)
-CHAIN = {
-    "FILECOIN_RPC": "http://chain.invalid",
-    "FILECOIN_STAKE_WALLET_ADDRESS": "0x" + "5a" * 20,
-    "STAKE_CACHE_SECONDS": "0",
-}
-PRICING = {
-    "PRICE_TASK_BASE": "100",
-    "PRICE_CPU_CORE_SECOND": "10",
-    "PROTOCOL_FEE_BPS": "1000",
-    "PROTOCOL_FEE_ADDRESS": "0x" + "fe" * 20,
-    **CHAIN,
-}
 UNDER_WAY = "a settlement transaction is under way"
 WAITING = "posted; waiting for the settlement worker"
 

@@ -6,63 +6,35 @@ one delivery round at a time on a frozen clock."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
 from parity.clock import FrozenClock, utc_iso
 from parity.container import Container
-from parity.db.session import Database
 from parity.events.delivery import deliver_due
 from parity.events.models import Event
-from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
+from tests.conftest import ALICE, BOB, bearer, sign_in
 from tests.integration.queue_helpers import V1, act, claimed, create_task, device, register_runner
-from tests.integration.webhook_receiver import Receiver, serve
+from tests.integration.test_event_delivery import (
+    MakeReceiver,
+    container,
+    receivers,
+    subscribe,
+)
+from tests.integration.webhook_receiver import Receiver
 
 TASK_EVENTS = ["task.created", "task.offered", "task.completed"]
 
-MakeReceiver = Callable[..., Awaitable[Receiver]]
-
-
-@pytest.fixture
-async def container(
-    database_url: str, tmp_path: Path, clock: FrozenClock
-) -> AsyncIterator[Container]:
-    # The receiver lives on 127.0.0.1, so private targets are allowed.
-    settings = make_settings(database_url, tmp_path / "home", webhook_allow_private="true")
-    c = Container(settings=settings, db=Database(settings.resolved_database_url), clock=clock)
-    yield c
-    await c.db.dispose()
-
-
-@pytest.fixture
-async def receivers(clock: FrozenClock) -> AsyncIterator[MakeReceiver]:
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def make(fail_first: int = 0) -> Receiver:
-            r = Receiver(
-                secrets=[], now=lambda: int(clock.now().timestamp()), fail_first=fail_first
-            )
-            return await stack.enter_async_context(serve(r))
-
-        yield make
+__all__ = ["container", "receivers"]  # fixtures, used by name
 
 
 async def _subscribe(
     client: httpx.AsyncClient, token: str, receiver: Receiver, events: list[str]
 ) -> str:
-    r = await client.post(
-        f"{V1}/webhooks", json={"url": receiver.url, "events": events}, headers=bearer(token)
-    )
-    assert r.status_code == 201, r.text
-    receiver.secrets = [r.json()["secret"]]
-    return str(r.json()["id"])
+    return str((await subscribe(client, token, receiver, events))["id"])
 
 
 async def _endpoint(client: httpx.AsyncClient, token: str, hook_id: str) -> dict[str, Any]:
