@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from parity.api.jsonbody import loads, lone_surrogate
+from parity.api.jsonbody import NotUtf8, loads, lone_surrogate
 
 
 @pytest.mark.parametrize(
@@ -53,8 +53,11 @@ def test_what_orjson_refuses_is_still_read() -> None:
 def test_not_json_and_not_utf8_raise_value_errors() -> None:
     with pytest.raises(json.JSONDecodeError):
         loads(b'{"a": }')
-    with pytest.raises(UnicodeDecodeError):
+    # Bytes that are not UTF-8: a JSONDecodeError at the offending byte, the decoder's error
+    # kept as its cause.
+    with pytest.raises(NotUtf8) as caught:
         loads(b'{"a": "\xff"}')
+    assert caught.value.pos == 7 and isinstance(caught.value.cause, UnicodeDecodeError)
 
 
 def test_an_error_message_holding_a_lone_surrogate_still_renders() -> None:
