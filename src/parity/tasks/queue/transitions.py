@@ -251,20 +251,17 @@ async def settle(
     closed when the status is terminal (billed for a completion, released otherwise)."""
     if edge.event is not None and not event_recorded:
         await emit_task_event(session, deps, edge.event, task, **event_data)
-    elif event_recorded:
-        hub, owner, about = deps.events.hub, task.creator_address.lower(), (str(task.id),)
+    elif event_recorded or edge.wakes:
+        # Its readers (the owner's, when the statement recorded the event) and the task's
+        # watchers are woken once it commits.
+        hub, about = deps.events.hub, (str(task.id),)
+        owners = [task.creator_address.lower()] if event_recorded else []
+        notify = deliveries and event_recorded
 
         def wake() -> None:
-            hub.publish([owner], deliveries=deliveries, resources=about)
+            hub.publish(owners, deliveries=notify, resources=about)
 
         after_commit(session, wake)
-    elif edge.wakes:
-        hub, about = deps.events.hub, (str(task.id),)
-
-        def wake_watchers() -> None:
-            hub.publish((), deliveries=False, resources=about)
-
-        after_commit(session, wake_watchers)
     if edge.target in TERMINAL:
         await billing.close(session, deps, task)
 
