@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -197,6 +198,35 @@ async def sign_in(client: httpx.AsyncClient, account: Any) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class LoopStalls:
+    """Watches the running event loop: ``longest`` is the longest time (seconds) a 50 ms ticker
+    was late, i.e. how long the whole process stood still (a blocking call, or the machine).
+    For tests whose premise is a timing (a token within a limit) that such a stall voids."""
+
+    TICK = 0.05
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.TICK)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last - self.TICK)
+            last = now
+
+    async def __aenter__(self) -> LoopStalls:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 async def until(predicate: Callable[[], object], timeout: float = 10.0) -> None:

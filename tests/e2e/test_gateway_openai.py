@@ -240,6 +240,10 @@ async def test_a_runner_killed_mid_stream_ends_the_stream_with_an_error_at_once(
         prompt = latest_prompt(server, key)
         assert prompt["status"] == "failed" and "stream broke off" in prompt["error"]
         assert prompt["attempts"] == 1  # not re-run: the client saw part of an answer
+        # Metered for what reached the client: the one delivered token, marked partial.
+        assert prompt["response"] == REPLY[0]
+        usage = prompt["usage"]
+        assert usage["partial"] is True and usage["output_tokens"] == 1, usage
     finally:
         runner.stop()
         backend.stop()

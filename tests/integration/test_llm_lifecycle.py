@@ -30,7 +30,7 @@ from parity.core.llm.request import parse_llm_config
 from parity.jobs.runner import JobRunner
 from parity.ledger.models import Posting, Reservation
 from parity.llm.jobs import prompts_job
-from tests.conftest import ALICE, BOB, bearer, sign_in, until
+from tests.conftest import ALICE, BOB, LoopStalls, bearer, sign_in, until
 from tests.contract.llm_fakes import FakeLlm, serve
 from tests.integration.queue_helpers import act, claim, custom_client
 from tests.integration.test_gateway_api import (
@@ -89,18 +89,20 @@ def contents(events: list[Any]) -> list[str]:
 # -- the gateway's limit on a stream -------------------------------------------------------------
 
 
-async def test_a_stream_that_keeps_delivering_outlasts_the_gateway_timeout(container: Container):
-    async with custom_client(container, LLM_GATEWAY_TIMEOUT_SECONDS=2) as (http, _):
-        key, runner = await setup(http)
-        body = {**CHAT, "stream": True}
-        answer = asyncio.create_task(
-            http.post("/v1/chat/completions", json=body, headers=bearer(key))
-        )
+async def keeps_delivering(http: httpx.AsyncClient, name: str) -> None:
+    """A runner of its own serving model ``name`` streams 15 deltas 0.3 s apart (4.5 s: more
+    than two limits of 2 s) to a streaming client; the stream ends normally."""
+    key = await api_key(http, ALICE)
+    bob = await sign_in(http, BOB)
+    runner, _ = await llm_runner(http, bob, model(name, context_length=4096))
+    body = {**CHAT, "model": name, "stream": True}
+    answer = asyncio.create_task(http.post("/v1/chat/completions", json=body, headers=bearer(key)))
+    try:
         got = await claim_when_routed(http, runner)
         task_id, token = got["task"]["id"], got["claim_token"]
         pieces = [f"w{i} " for i in range(15)]
         started = time.monotonic()
-        r = await paced(http, runner, task_id, token, pieces, 0.3)  # 4.5 s: two limits and more
+        r = await paced(http, runner, task_id, token, pieces, 0.3)
         assert r.status_code == 200, r.text
         assert time.monotonic() - started > 4.0
         usage = {"input_tokens": 3, "output_tokens": 15, "finish_reason": "stop"}
@@ -113,6 +115,25 @@ async def test_a_stream_that_keeps_delivering_outlasts_the_gateway_timeout(conta
         assert contents(events) == pieces
         p = (await http.get(f"{V1}/llm/prompts/{task_id}", headers=bearer(key))).json()
         assert p["status"] == "completed"
+    finally:
+        answer.cancel()
+        await asyncio.gather(answer, return_exceptions=True)
+
+
+async def test_a_stream_that_keeps_delivering_outlasts_the_gateway_timeout(container: Container):
+    # The premise is that the runner's tokens come within the 2 s limit. A stall of this whole
+    # process that long (the machine froze it for ~10 s once, in a CI run) voids it, and the
+    # scenario then runs once more, on a model and runner of its own; the second run must pass.
+    async with custom_client(container, LLM_GATEWAY_TIMEOUT_SECONDS=2) as (http, _):
+        for name in ("m1", "m2"):
+            async with LoopStalls() as stalls:
+                try:
+                    await keeps_delivering(http, name)
+                    return
+                except (AssertionError, TimeoutError):
+                    if name == "m2" or stalls.longest < 1.5:
+                        raise
+            print(f"the event loop stood still for {stalls.longest:.1f} s: once more")
 
 
 async def test_a_stream_that_pauses_longer_than_the_limit_gets_an_error_event(
