@@ -414,6 +414,25 @@ def test_without_a_session_the_error_says_how_to_sign_in(
     assert "parity-server auth --server http://x.test" in _one_error_line(result)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["task", "list"], ["llm", "models"], ["fl", "list"], ["storage", "info", "bafkqaaa"]],
+)
+def test_an_empty_token_means_the_stored_session_in_every_client_group(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--token ""`` (or an empty PARITY_TOKEN) is no token given: the stored session is used,
+    and with none the command says how to sign in (not a 401 from an empty bearer token)."""
+    monkeypatch.setenv("PARITY_HOME", str(tmp_path))
+    for env in ({"PARITY_TOKEN": ""}, {}):
+        argv = [*args, "--server", "http://x.test"] + ([] if env else ["--token", ""])
+        result = CliRunner().invoke(cli_app, argv, env=env)
+        assert result.exit_code == 1, result.output
+        assert "no session" in result.output and "parity-server auth --server http://x.test" in (
+            result.output
+        )
+
+
 def test_options_are_read_before_the_command_only() -> None:
     """After the first word of the command, everything is the command's (no -- needed)."""
     result = _offline_cli("create", "--env", "A", "ls", "-la")

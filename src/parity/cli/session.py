@@ -47,11 +47,12 @@ def sign_in_hint(choice: ServerChoice, keystore: Path, token_given: bool) -> str
 
 def open_session(server: str | None, keystore: Path | None, token: str | None) -> Session:
     """The server chosen, the bearer token and the hint for its refusal; :class:`SessionError`
-    naming the fix when there is no usable server or session."""
+    naming the fix when there is no usable server or session. An empty ``token`` (``--token ""``,
+    an empty PARITY_TOKEN) is none given."""
     path = keystore.expanduser() if keystore is not None else default_keystore_path()
     try:
         choice = resolve_server_url(server, credentials=credentials_path(path))
-        if token is not None:
+        if token:
             return Session(choice, token, sign_in_hint(choice, path, token_given=True))
         address = read_address(path) if path.exists() else None
         stored = load_token(credentials_path(path), choice.url, address)

@@ -31,11 +31,6 @@ storage_app = typer.Typer(
 API = "/api/v1/storage"
 
 
-def _connect(server: str | None, keystore: Path | None, token: str | None) -> httpx.Client:
-    """The client of :func:`parity.cli.client.connect`; an empty ``--token`` counts as none."""
-    return cli.connect(server, keystore, token or None)
-
-
 def _progress(quiet: bool) -> Progress:
     return cli.progress(quiet, DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
 
@@ -55,7 +50,7 @@ def put(
     """Upload FILE (streamed, with a progress bar); prints its CID. A file over the server's
     upload limit is refused before anything is sent."""
     size = file.stat().st_size
-    with _connect(server, keystore, token) as client, _progress(quiet) as progress:
+    with cli.connect(server, keystore, token) as client, _progress(quiet) as progress:
         _refuse_oversized(client, file, size)
         task = progress.add_task(f"put {file.name}", total=size)
         r = cli.call(
@@ -150,7 +145,7 @@ def get(
     try:
         with (
             _progress(quiet or final is None) as progress,
-            _connect(server, keystore, token) as client,
+            cli.connect(server, keystore, token) as client,
             client.stream("GET", f"{API}/download/{cid}") as r,
         ):
             if r.status_code != 200:
@@ -189,7 +184,7 @@ def pin_cmd(
     keystore: KeystoreOpt = None,
 ) -> None:
     """Pin CID (content the server holds) for you; prints the pin."""
-    with _connect(server, keystore, token) as client:
+    with cli.connect(server, keystore, token) as client:
         r = cli.call(
             client,
             "POST",
@@ -207,7 +202,7 @@ def unpin_cmd(
     cid: str, server: ServerOpt = None, token: TokenOpt = None, keystore: KeystoreOpt = None
 ) -> None:
     """Remove your pin of CID."""
-    with _connect(server, keystore, token) as client:
+    with cli.connect(server, keystore, token) as client:
         cli.send(client, "DELETE", f"{API}/pin/{cid}", ok=204, doing="the unpin")
     typer.echo(f"unpinned {cid}", err=True)
 
@@ -217,7 +212,7 @@ def info_cmd(
     cid: str, server: ServerOpt = None, token: TokenOpt = None, keystore: KeystoreOpt = None
 ) -> None:
     """CID, size, pinned, created, gateway URL."""
-    with _connect(server, keystore, token) as client:
+    with cli.connect(server, keystore, token) as client:
         r = cli.send(client, "GET", f"{API}/info/{cid}", doing="the info request")
     cli.print_json(r.json())
 
