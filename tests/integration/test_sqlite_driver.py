@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,58 @@ async def test_a_lock_held_past_the_busy_timeout_fails_the_write_cleanly(tmp_pat
         async with database.transaction() as s:  # the write connection is usable again
             await s.execute(text("INSERT INTO t (name, n) VALUES ('after', 2)"))
         assert await _names(database) == ["after"]
+
+
+# -- WAL checkpoints (parity.db.checkpoint) ------------------------------------------------------
+
+
+async def _write_megabytes(db: Database, megabytes: int) -> None:
+    async with db.transaction() as s:
+        await s.execute(text("CREATE TABLE IF NOT EXISTS blobs (b BLOB)"))
+    for _ in range(megabytes * 4):
+        async with db.transaction() as s:
+            await s.execute(text("INSERT INTO blobs (b) VALUES (randomblob(262144))"))
+
+
+async def test_the_write_connection_never_checkpoints_on_the_loops_thread(tmp_path: Path):
+    """Past SQLite's own threshold (1,000 pages: 4 MB) the write connection's commits would
+    have copied the log into the database file on the loop's thread; with no checkpoint due
+    from the worker, the log keeps everything and the database file stays as it was."""
+    path = tmp_path / "no-checkpoint.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    assert db.checkpointer is not None
+    db.checkpointer.every = 10**9
+    try:
+        await _write_megabytes(db, 8)
+        assert (tmp_path / "no-checkpoint.db-wal").stat().st_size > 8 * 2**20
+        assert path.stat().st_size < 2**16
+        assert db.checkpointer.checkpoints == 0
+    finally:
+        await db.dispose()
+
+
+async def test_the_log_is_checkpointed_on_a_worker_thread_while_writes_go_on(tmp_path: Path):
+    path = tmp_path / "checkpointed.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    assert db.checkpointer is not None
+    db.checkpointer.every = 8
+    loop_threads: set[int] = set()
+
+    real = db.checkpointer._checkpoint
+
+    def checkpoint() -> None:
+        loop_threads.add(threading.get_ident())
+        real()
+
+    db.checkpointer._checkpoint = checkpoint  # type: ignore[method-assign]
+    try:
+        await _write_megabytes(db, 8)
+        await db.checkpointer.drain()
+        assert db.checkpointer.checkpoints >= 1
+        assert threading.get_ident() not in loop_threads
+        assert path.stat().st_size > 2**20  # the log's pages were copied into the database file
+        async with db.read_session() as s:
+            count = (await s.execute(text("SELECT count(*) FROM blobs"))).scalar()
+        assert count == 32
+    finally:
+        await db.dispose()

@@ -2,7 +2,8 @@
 
 SQLite (ARCHITECTURE §2.1): WAL, synchronous=NORMAL, foreign_keys, busy_timeout; writes open
 with BEGIN IMMEDIATE on a one-connection engine and are serialized by an asyncio lock, reads use
-their own pool. PostgreSQL: one pooled engine for both.
+their own pool; the WAL is checkpointed on a worker thread, never in a commit on the loop's
+thread (parity.db.checkpoint). PostgreSQL: one pooled engine for both.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -26,15 +27,24 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from parity.db import sqlite_driver
+from parity.db.checkpoint import WalCheckpointer
 from parity.db.hooks import discard_after_commit, run_after_commit
 
 
 def _sqlite_engine(
-    url: str, *, begin: str | None, inline: bool, pool_size: int, busy_ms: int
+    url: str,
+    *,
+    begin: str | None,
+    inline: bool,
+    pool_size: int,
+    busy_ms: int,
+    checkpointer: WalCheckpointer | None = None,
 ) -> AsyncEngine:
     """``begin``: the statement that opens a transaction (None: none is opened, each statement
     is its own). ``inline``: statements run on the loop's thread (sqlite_driver); SQLite itself
-    must then never wait for a lock there, the driver waits in asyncio sleeps instead."""
+    must then never wait for a lock there, the driver waits in asyncio sleeps instead.
+    ``checkpointer``: the engine writes; its connections never checkpoint the WAL themselves,
+    this checkpoints it on a worker thread as transactions begin (parity.db.checkpoint)."""
     engine = create_async_engine(
         url,
         module=sqlite_driver.dbapi(inline_busy_s=busy_ms / 1000 if inline else None),
@@ -52,6 +62,8 @@ def _sqlite_engine(
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA busy_timeout={0 if inline else int(busy_ms)}")
+        if checkpointer is not None:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     if begin is not None:
@@ -59,6 +71,8 @@ def _sqlite_engine(
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql(begin)
+            if checkpointer is not None:
+                checkpointer.wrote()
 
     return engine
 
@@ -83,9 +97,18 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.dialect = "sqlite" if self.is_sqlite else "postgresql"
+        self.checkpointer: WalCheckpointer | None = None
         if self.is_sqlite:
+            path = make_url(url).database
+            if path and path != ":memory:" and not path.startswith("file:"):
+                self.checkpointer = WalCheckpointer(path, busy_ms=busy_timeout_ms)
             self.write_engine = _sqlite_engine(
-                url, begin="BEGIN IMMEDIATE", inline=True, pool_size=1, busy_ms=busy_timeout_ms
+                url,
+                begin="BEGIN IMMEDIATE",
+                inline=True,
+                pool_size=1,
+                busy_ms=busy_timeout_ms,
+                checkpointer=self.checkpointer,
             )
             self.read_engine = _sqlite_engine(
                 url, begin="BEGIN", inline=False, pool_size=4, busy_ms=busy_timeout_ms
@@ -214,6 +237,8 @@ class Database:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self.checkpointer is not None:
+            await self.checkpointer.drain()
         if self._sqlite_lookup is not None:
             await self._sqlite_lookup.dispose()
         await self.write_engine.dispose()
