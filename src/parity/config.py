@@ -167,6 +167,7 @@ class Settings(BaseSettings):
     webhook_delivery_interval_seconds: float = Field(1.0, gt=0)
     webhook_disable_after_hours: float = Field(72.0, gt=0)
     webhook_disable_min_failures: int = Field(10, ge=1)
+    webhook_retry_hours: float = Field(72.0, gt=0)
     events_visibility_lag_seconds: float = Field(1.0, ge=0)
     events_retention_days: float = Field(30.0, gt=0)
     task_log_retention_days: float = Field(30.0, gt=0)

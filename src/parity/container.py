@@ -126,6 +126,7 @@ class Container:
             timeout_seconds=self.settings.webhook_timeout_seconds,
             disable_after_seconds=self.settings.webhook_disable_after_hours * 3600,
             disable_min_failures=self.settings.webhook_disable_min_failures,
+            retry_for_seconds=self.settings.webhook_retry_hours * 3600,
         )
 
     @functools.cached_property

@@ -275,23 +275,31 @@ async def test_a_receiver_that_fails_twice_gets_the_event_on_the_third_attempt(
     assert got.json()["consecutive_failures"] == 0  # the success reset the counter
 
 
-async def test_a_delivery_fails_for_good_after_eight_attempts(
+async def test_a_delivery_is_retried_until_its_retry_window_has_passed(
     client: httpx.AsyncClient,
     container: Container,
     receivers: MakeReceiver,
     clock: FrozenClock,
 ):
+    """Retried on its back-off (at most an hour apart) for WEBHOOK_RETRY_HOURS (72) after it
+    was queued, however many attempts that takes; an attempt that fails after that is its
+    last."""
     alice = await sign_in(client, ALICE)
     rec = await receivers(fail_first=1000)
     hook = await subscribe(client, alice, rec, ["task.created"])
     await create_task(client, alice)
-    for _ in range(8):
+    for _ in range(12):
         assert await deliver(container) == 1
         clock.advance(3600 * 1.2 + 1)
-    assert await deliver(container) == 0
     [d] = await deliveries(client, alice, hook["id"])
-    assert d["status"] == "failed" and d["attempts"] == 8 and len(d["attempt_log"]) == 8
-    assert len(rec.requests) == 8
+    assert d["status"] == "pending" and d["attempts"] == 12
+    clock.advance(72 * 3600)
+    assert await deliver(container) == 1
+    assert await deliver(container) == 0
+    alice = await sign_in(client, ALICE)  # the session expired meanwhile
+    [d] = await deliveries(client, alice, hook["id"])
+    assert d["status"] == "failed" and d["attempts"] == 13 and len(d["attempt_log"]) == 13
+    assert len(rec.requests) == 13
 
 
 async def test_redeliver_sends_the_event_again_with_the_same_webhook_id(

@@ -2,7 +2,9 @@
 read, claimed with one conditional UPDATE, POSTed concurrently through the SSRF guard with a
 short timeout (at most ``per_endpoint`` in flight per endpoint), and every outcome is recorded
 in one short write transaction. A failure backs off exponentially with jitter, per delivery
-and per endpoint: while an endpoint is failing it is tried one delivery at a time on its own
+and per endpoint, and a delivery is retried until ``retry_for_seconds`` have passed since it was
+queued (the breaker's window by default, so an endpoint that comes back before it is disabled
+gets every event): while an endpoint is failing it is tried one delivery at a time on its own
 back-off, so a burst of events does not hammer a receiver that is down, and its first success
 lets the backlog through. Only an endpoint that has failed continuously for a long time
 (``disable_after_seconds`` and at least ``disable_min_failures`` attempts) is disabled (circuit
@@ -42,6 +44,8 @@ MAX_BACKOFF_SECONDS = 3600
 ENDPOINT_MAX_BACKOFF_SECONDS = 600.0
 # The breaker's defaults (WEBHOOK_DISABLE_AFTER_HOURS, WEBHOOK_DISABLE_MIN_FAILURES).
 DISABLE_AFTER_SECONDS = 72 * 3600.0
+# How long a delivery is retried after it was queued (WEBHOOK_RETRY_HOURS).
+RETRY_FOR_SECONDS = 72 * 3600.0
 DISABLE_MIN_FAILURES = 10
 
 
@@ -51,7 +55,8 @@ class DeliveryDeps:
     random: Callable[[], float]  # uniform in [0, 1): the jitter source
     allow_private: bool
     timeout_seconds: float = 5.0
-    max_attempts: int = 8
+    # A delivery whose attempt fails this long after it was queued is failed for good.
+    retry_for_seconds: float = RETRY_FOR_SECONDS
     # The breaker: disabled once no delivery has succeeded for this long AND at least this
     # many attempts failed meanwhile.
     disable_after_seconds: float = DISABLE_AFTER_SECONDS
@@ -79,6 +84,7 @@ class Outgoing:
     message_id: str
     body: bytes
     attempts: int
+    queued_at: datetime
 
 
 @dataclass
@@ -102,6 +108,7 @@ def _outgoing(d: WebhookDelivery, ep: WebhookEndpoint, ev: Event, now: datetime)
         message_id=str(ev.id),
         body=body_of(ev),
         attempts=d.attempts,
+        queued_at=d.created_at,
     )
 
 
@@ -211,7 +218,7 @@ async def record(db: Database, deps: DeliveryDeps, outcomes: list[Outcome]) -> N
                 await repo.update_delivery(s, o.item.delivery_id, values)
                 await repo.endpoint_succeeded(s, o.item.endpoint_id)
                 continue
-            if attempt >= deps.max_attempts:
+            if now - o.item.queued_at >= timedelta(seconds=deps.retry_for_seconds):
                 values.update(status=repo.FAILED, next_attempt_at=now)
             else:
                 delay = backoff_seconds(attempt, deps.random())
