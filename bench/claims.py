@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -426,6 +427,8 @@ async def _run_cells(
 ) -> tuple[list[Cell], dict[str, float]]:
     import asyncpg
 
+    from parity.db.session import Database
+
     dsn = asyncpg_dsn(db_url)
     cpu = CpuProbe({"server": server.pid, "loadgen": os.getpid()})
     cells: list[Cell] = []
@@ -452,7 +455,15 @@ async def _run_cells(
 
         # (a) raw SQL, one connection per worker
         depth = await queue.top_up(args.tasks, "raw")
-        conns = [await asyncpg.connect(dsn, timeout=10) for _ in range(args.raw_concurrency)]
+        # The server's own driver connections (parity.db.session.Database.driver_connection):
+        # asyncpg with the codecs SQLAlchemy installs, which the statements' bind and result
+        # processors expect (a bare asyncpg connection hands JSON columns back as text).
+        database = Database(db_url, pool_size=args.raw_concurrency)
+        held = contextlib.AsyncExitStack()
+        conns = [
+            await held.enter_async_context(database.driver_connection())
+            for _ in range(args.raw_concurrency)
+        ]
         try:
             # The bench runners registered through the API (their rows are locked per claim).
             runner_ids = [
@@ -474,7 +485,8 @@ async def _run_cells(
                 max_requests=args.tasks,
             )
         finally:
-            await asyncio.gather(*(c.close(timeout=10) for c in conns), return_exceptions=True)
+            await held.aclose()
+            await database.dispose()
         rate = counts.rate(args.warmup, result)
         cells.append(Cell(RAW, result, rate, 1, counts.count, 0, depth))
         _progress(cells[-1])

@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.tasks.states import TaskStatus
 from parity.ledger import service as ledger
 from parity.ledger.deps import LedgerDeps
 from parity.runners import service as runners_service
-from parity.tasks import repository as task_repo
 from parity.tasks.deps import TaskDeps
-from parity.tasks.models import Task
+from parity.tasks.models import Task, TaskResult
 from parity.tasks.schemas import REPORT_DELAY
 
 TERMINAL_EVENTS = frozenset({"task.completed", "task.failed", "task.cancelled"})
@@ -92,8 +92,9 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
         runner = await runners_service.get(session, task.runner_id)
         if runner is not None:
             payee = ledger.runner_account(ledger_deps, runner.owner_address, runner.device_id)
-        result = await task_repo.get_result(session, task.id)
-        delay_ms = report_delay_ms(result.usage if result is not None else None)
+        # Only the usage column: the result row also holds up to 64 KiB of output.
+        usage = await session.scalar(select(TaskResult.usage).where(TaskResult.task_id == task.id))
+        delay_ms = report_delay_ms(usage)
     await ledger.close_task(
         session,
         ledger_deps,
