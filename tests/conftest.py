@@ -32,6 +32,9 @@ from parity.db import migrate
 from parity.db.registry import Base
 from parity.db.session import Database
 
+# Reports where the event loop stood still, for a failing test and in the run's summary.
+pytest_plugins = ["tests.stall_watch"]
+
 TEST_DB = os.environ.get("PARITY_TEST_DB", "sqlite")
 PG_ADMIN_URL = os.environ.get(
     "PARITY_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
