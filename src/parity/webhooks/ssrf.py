@@ -46,6 +46,8 @@ _METADATA = frozenset(
 )
 # Refused whatever WEBHOOK_ALLOW_PRIVATE says (the reasons of :func:`classify`, embedded or not).
 ALWAYS_REFUSED = ("metadata", "link-local")
+# How :func:`classify` names the reason of an IPv6 address that embeds an IPv4 one.
+EMBEDDED = "IPv4-embedded "
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -107,7 +109,7 @@ def classify(ip: IPAddress) -> str | None:
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
             reason = classify(embedded)
-            return None if reason is None else f"IPv4-embedded {reason}"
+            return None if reason is None else EMBEDDED + reason
     if ip in _METADATA:
         return "metadata"
     if ip.is_unspecified:
@@ -162,7 +164,9 @@ async def resolve_and_check(
     addresses = await _resolve(host, port, resolver or _getaddrinfo)
     for ip in addresses:
         reason = classify(ip)
-        if reason is not None and (not allow_private or reason.endswith(ALWAYS_REFUSED)):
+        if reason is not None and (
+            not allow_private or reason.removeprefix(EMBEDDED) in ALWAYS_REFUSED
+        ):
             raise UrlRefused(f"{host} resolves to {ip}, a {reason} address")
     return ResolvedTarget(url=url, scheme=scheme, host=host, port=port, ip=addresses[0])
 
