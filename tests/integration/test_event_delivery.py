@@ -98,8 +98,13 @@ async def deliver_all(container: Container) -> None:
     raise AssertionError("deliveries never ran out")
 
 
-async def deliveries(client: httpx.AsyncClient, token: str, hook_id: str) -> list[dict[str, Any]]:
-    r = await client.get(f"{V1}/webhooks/{hook_id}/deliveries", headers=bearer(token))
+async def deliveries(
+    client: httpx.AsyncClient, token: str, hook_id: str, limit: int | None = None
+) -> list[dict[str, Any]]:
+    params = {} if limit is None else {"limit": limit}
+    r = await client.get(
+        f"{V1}/webhooks/{hook_id}/deliveries", params=params, headers=bearer(token)
+    )
     assert r.status_code == 200, r.text
     items: list[dict[str, Any]] = r.json()["items"]
     return items

@@ -14,13 +14,14 @@ from sqlalchemy import select
 
 from parity.clock import FrozenClock, utc_iso
 from parity.container import Container
-from parity.events.delivery import deliver_due
 from parity.events.models import Event
 from tests.conftest import ALICE, BOB, bearer, sign_in
 from tests.integration.queue_helpers import V1, act, claimed, create_task, device, register_runner
 from tests.integration.test_event_delivery import (
     MakeReceiver,
     container,
+    deliver,
+    deliveries,
     receivers,
     subscribe,
 )
@@ -42,19 +43,6 @@ async def _endpoint(client: httpx.AsyncClient, token: str, hook_id: str) -> dict
     assert r.status_code == 200, r.text
     out: dict[str, Any] = r.json()
     return out
-
-
-async def _deliveries(client: httpx.AsyncClient, token: str, hook_id: str) -> list[dict[str, Any]]:
-    r = await client.get(
-        f"{V1}/webhooks/{hook_id}/deliveries", params={"limit": 100}, headers=bearer(token)
-    )
-    assert r.status_code == 200, r.text
-    items: list[dict[str, Any]] = r.json()["items"]
-    return items
-
-
-async def _round(container: Container) -> int:
-    return await deliver_due(container.db, container.deliveries)
 
 
 async def _run_task(client: httpx.AsyncClient, owner: str, runner_token: str) -> None:
@@ -88,7 +76,7 @@ async def test_a_receiver_down_for_a_burst_of_events_gets_them_all_and_stays_ena
     # Down for a few seconds while the delivery loop runs every second: the endpoint is tried
     # as a whole on its own back-off, not once (or more) per event.
     for _ in range(4):
-        await _round(container)
+        await deliver(container)
         clock.advance(1)
     assert 1 <= len(rec.requests) <= 3
     ep = await _endpoint(client, alice, hook)
@@ -98,12 +86,12 @@ async def test_a_receiver_down_for_a_burst_of_events_gets_them_all_and_stays_ena
 
     # Events raised while it is failing are still queued for it.
     await _run_task(client, alice, rt)
-    queued = await _deliveries(client, alice, hook)
+    queued = await deliveries(client, alice, hook, limit=100)
     assert len(queued) == 15 and {d["status"] for d in queued} == {"pending"}
 
     rec.fail_first = len(rec.requests)  # back up
     for _ in range(300):  # at most five minutes of rounds, one second apart
-        await _round(container)
+        await deliver(container)
         if {r.id for r in rec.events} == await _event_ids(container, ALICE.address.lower()):
             break
         clock.advance(1)
@@ -112,7 +100,7 @@ async def test_a_receiver_down_for_a_burst_of_events_gets_them_all_and_stays_ena
     ep = await _endpoint(client, alice, hook)
     assert ep["enabled"] is True and ep["consecutive_failures"] == 0
     assert ep["failing_since"] is None and ep["next_attempt_at"] is None
-    assert {d["status"] for d in await _deliveries(client, alice, hook)} == {"delivered"}
+    assert {d["status"] for d in await deliveries(client, alice, hook, limit=100)} == {"delivered"}
 
 
 async def test_an_endpoint_failing_for_days_is_disabled_and_re_enabling_sends_what_is_pending(
@@ -131,7 +119,7 @@ async def test_an_endpoint_failing_for_days_is_disabled_and_re_enabling_sends_wh
     while True:
         alice = await sign_in(client, ALICE)  # a session lasts a day
         await create_task(client, alice)
-        assert await _round(container) == 1
+        assert await deliver(container) == 1
         ep = await _endpoint(client, alice, hook)
         if clock.now() - began < timedelta(hours=72):
             assert ep["enabled"] is True, ep
@@ -148,8 +136,8 @@ async def test_an_endpoint_failing_for_days_is_disabled_and_re_enabling_sends_wh
     # Disabled: not called, and new events are not queued for it.
     rec.fail_first = 0  # the receiver is back
     await create_task(client, alice)
-    assert await _round(container) == 0 and len(rec.requests) == 13
-    listed = await _deliveries(client, alice, hook)
+    assert await deliver(container) == 0 and len(rec.requests) == 13
+    listed = await deliveries(client, alice, hook, limit=100)
     assert len(listed) == 13
     # The tries went to whichever delivery was due first: none used up its eight attempts.
     assert {d["status"] for d in listed} == {"pending"}
@@ -163,6 +151,6 @@ async def test_an_endpoint_failing_for_days_is_disabled_and_re_enabling_sends_wh
     assert on["consecutive_failures"] == 0 and on["failing_since"] is None
     # What was pending is due at once, whatever its own retry time.
     for _ in range(20):
-        if await _round(container) == 0:
+        if await deliver(container) == 0:
             break
     assert {r.id for r in rec.events} == pending
