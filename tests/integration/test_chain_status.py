@@ -100,3 +100,25 @@ async def test_a_node_on_another_chain_stops_start_up(
         async with app.router.lifespan_context(app):
             pass
     await c.db.dispose()
+
+
+async def test_a_node_that_goes_away_after_start_up_shows_unreachable(
+    database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    chain = FakeChain()
+    c = _container(database_url, tmp_path / "home", clock, chain)
+    app = create_app(c, run_migrations=False, start_jobs=False)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://parity.test") as client,
+    ):
+        assert (await client.get("/api/status")).json()["backends"]["chain"] == "ok"
+        chain.unreachable = True
+        clock.advance(31)
+        body = (await client.get("/api/status")).json()
+        assert body["backends"]["chain"] == "unreachable"
+        assert "unreachable" in body["chain"]["message"]
+        chain.unreachable = False
+        clock.advance(31)
+        assert (await client.get("/api/status")).json()["backends"]["chain"] == "ok"

@@ -535,3 +535,28 @@ async def test_the_payee_and_the_payer_hear_of_a_settled_payment(world: World):
     assert sorted(e.owner_address for e in rows) == sorted([PAYER, RUNNER])
     assert {e.data["amount"] for e in rows} == {"100"}
     assert {e.data["tx_hash"] for e in rows} == {s.tx_hash}
+
+
+async def test_a_transaction_behind_nonces_the_chain_lost_is_alerted_once_and_not_bumped(
+    world: World,
+):
+    # The database says nonces 0..4 were used (on a chain since reset, e.g. a restarted
+    # dev-chain): the node holds nonce 5 behind a gap nothing fills.
+    async with world.db.transaction() as s:
+        s.add(
+            SignerNonce(address=OWNER.address.lower(), next_nonce=5, updated_at=world.clock.now())
+        )
+    await post(world.db, world.clock, PAYER, RUNNER, 10)
+    worker = world.worker(fee_bump_seconds=60)
+    await worker.run_once()
+    world.clock.advance(61)
+    assert (await worker.run_once()).bumped == 0
+    await worker.run_once()
+    [s] = await settlements(world.db)
+    assert s.status == "broadcast" and s.nonce == 5
+    assert (
+        s.last_error is not None and "the chain's next nonce for that address is 0" in s.last_error
+    )
+    assert [kind for kind, _ in world.alerts] == ["settlement_nonce_gap"]
+    assert len(await transactions(world.db, s.id)) == 1
+    assert await world.stake_of(RUNNER) == 0

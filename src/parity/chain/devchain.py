@@ -43,6 +43,10 @@ class DevChainError(RuntimeError):
     """anvil is missing, did not start, or the deployment failed; the message says which."""
 
 
+class PortInUseError(DevChainError):
+    """Something already listens on anvil's port: whatever answers there is not our anvil."""
+
+
 def find_anvil(extra_roots: tuple[Path, ...] = ()) -> Path | None:
     """$ANVIL_BIN, else ``anvil`` on PATH, else the binary npm put under
     contracts/node_modules/@foundry-rs/anvil-<platform>/bin/ (``make contracts`` installs it)."""
@@ -67,6 +71,18 @@ def dev_accounts(count: int) -> list[LocalAccount]:
         Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}")
         for i in range(count)
     ]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails (SO_REUSEADDR, as servers bind: a port held only by
+    closed connections in TIME_WAIT counts as free)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -101,6 +117,13 @@ class Anvil:
         return f"http://{self.host}:{self.port}"
 
     def start(self, ready_timeout: float = 15.0) -> Anvil:
+        # Checked first: anvil fails to bind a taken port only after a moment, and until then
+        # the node already there would answer _wait_ready as if it were ours.
+        if port_in_use(self.host, self.port):
+            raise PortInUseError(
+                f"port {self.port} on {self.host} is already in use (another node?): stop "
+                "what listens there or pick another --port"
+            )
         args = [
             str(self.binary),
             "--chain-id",

@@ -10,6 +10,9 @@
   and reading another chain's balances would be worse.
 * ``no_contract`` — no StakeWallet or token code at the configured address (or not set).
 * ``unreachable`` — the node did not answer. The server starts anyway and re-checks later.
+
+Every verdict but ``off`` is re-checked once it is RECHECK_SECONDS old (by the status page), so
+a node that goes away after start-up shows ``unreachable`` and one that comes back ``ok``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ log = get_logger("parity.chain")
 
 ChainState = Literal["off", "ok", "wrong_chain", "no_contract", "unreachable"]
 
-# How long an "unreachable" verdict stands before a status request checks again.
+# How long a verdict stands before a status request checks again.
 RECHECK_SECONDS = 30.0
 
 
@@ -120,14 +123,17 @@ async def check_at_start(client: ChainClient | None, settings: Settings) -> Chai
 async def recheck_if_stale(
     client: ChainClient | None, settings: Settings, status: ChainStatus, age_seconds: float
 ) -> ChainStatus | None:
-    """A fresh verdict when the last one was "unreachable" and is older than RECHECK_SECONDS,
-    else None. A node found on the wrong chain only now is logged as an error (the server is
+    """A fresh verdict when the last one is older than RECHECK_SECONDS (a node that was fine
+    at start-up may have gone away since, one that was not may be back), else None; "off" never
+    changes. A node found on the wrong chain only now is logged as an error (the server is
     already serving; restart it with the right settings)."""
-    if status.state != "unreachable" or age_seconds < RECHECK_SECONDS:
+    if status.state == "off" or age_seconds < RECHECK_SECONDS:
         return None
     fresh = await check_chain(client, settings)
     if fresh.state == "wrong_chain":
         log.error("chain_wrong_chain", **fresh.describe())
+    elif fresh.state != status.state and fresh.state != "ok":
+        log.warning("chain_not_ready", **fresh.describe())
     elif fresh.state != status.state:
         log.info("chain_rechecked", **fresh.describe())
     return fresh

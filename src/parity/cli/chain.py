@@ -292,12 +292,13 @@ def dev_chain(
     from parity.chain.devchain import (
         Anvil,
         DevChainError,
+        PortInUseError,
         deploy_dev_contracts,
         dev_accounts,
         find_anvil,
-        write_env_file,
     )
 
+    _check_env_file(env_file)
     binary = find_anvil()
     if binary is None:
         raise _fail(
@@ -316,6 +317,8 @@ def dev_chain(
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         node.start()
+    except PortInUseError as exc:
+        raise _fail(str(exc)) from None
     except (DevChainError, OSError) as exc:
         raise _fail(f"{exc} (is port {port} already in use?)") from None
     try:
@@ -330,7 +333,7 @@ def dev_chain(
             "SETTLEMENT_PRIVATE_KEY": "0x" + bytes(keys[0].key).hex(),
             "FILECOIN_CONFIRMATIONS": "1",
         }
-        write_env_file(env_file, env)
+        _write_env_file(env_file, env)
         _print_dev_chain(env, keys, mint, env_file)
         node.wait()
     except KeyboardInterrupt:
@@ -339,6 +342,23 @@ def dev_chain(
         raise _fail(f"deploying to anvil failed: {exc}") from None
     finally:
         node.stop()
+
+
+def _check_env_file(env_file: Path) -> None:
+    """Refuse an --env-file that cannot be written before anvil starts and deploys."""
+    if env_file.is_dir():
+        raise _fail(f"--env-file: {env_file} is a directory")
+    if not env_file.parent.is_dir():
+        raise _fail(f"--env-file: no such directory: {env_file.parent}")
+
+
+def _write_env_file(env_file: Path, env: dict[str, str]) -> None:
+    from parity.chain.devchain import write_env_file
+
+    try:
+        write_env_file(env_file, env)
+    except OSError as exc:
+        raise _fail(f"--env-file: cannot write {env_file}: {exc.strerror or exc}") from None
 
 
 def _interrupt(signum: int, frame: object) -> None:

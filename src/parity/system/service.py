@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity import __version__
 from parity.auth import service as auth_service
-from parity.chain.startup import OFF, ChainStatus, recheck_if_stale
+from parity.chain.startup import OFF, RECHECK_SECONDS, ChainStatus, recheck_if_stale
 from parity.container import Container
 from parity.ledger import service as ledger_service
 from parity.runners import stats as runner_stats
@@ -75,16 +75,19 @@ async def _warnings(container: Container, session: AsyncSession, peers: int) -> 
 
 
 async def _chain_status(container: Container) -> ChainStatus:
-    """The start-up verdict; an "unreachable" one is re-checked once it is RECHECK_SECONDS
-    old, so a node that comes back shows up without a restart."""
+    """The last verdict; any but "off" is re-checked once it is RECHECK_SECONDS old, so a node
+    that goes away after start-up, or comes back, shows up without a restart. One request
+    re-checks at a time: the others answer the last verdict meanwhile."""
     status = container.chain_status
     if status is None:
         return OFF if container.chain is None else ChainStatus("unreachable", "not checked yet")
     now = container.clock.monotonic()
-    fresh = await recheck_if_stale(
-        container.chain, container.settings, status, now - container.chain_checked_monotonic
-    )
+    age = now - container.chain_checked_monotonic
+    if age < RECHECK_SECONDS:
+        return status
+    container.chain_checked_monotonic = now  # taken by this request (a slow node: one waits)
+    fresh = await recheck_if_stale(container.chain, container.settings, status, age)
     if fresh is not None:
-        container.chain_status, container.chain_checked_monotonic = fresh, now
+        container.chain_status = fresh
         status = fresh
     return status

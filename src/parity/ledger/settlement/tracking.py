@@ -49,11 +49,38 @@ async def check_receipts(ctx: SettlementContext, report: PassReport, *, rebroadc
             report.rebroadcast += sent
             if dropped or not sent:
                 continue
+        if await _nonce_gap(ctx, st, latest):
+            continue  # a fee bump cannot help: the nonces below it are missing
         waited = ctx.clock.now() - (latest.broadcast_at or latest.created_at)
         if waited >= timedelta(seconds=ctx.config.fee_bump_seconds) and await _bump(
             ctx, st, latest
         ):
             report.bumped += 1
+
+
+async def _nonce_gap(ctx: SettlementContext, st: Settlement, latest: SettlementTx) -> bool:
+    """True when the node holds the transaction behind nonces nothing fills: the chain's next
+    nonce for the signer is below it and no pending transaction of the signer covers the gap
+    (the chain forgot transactions this server sent, e.g. a development chain was restarted;
+    they were the payments before it). Recorded in ``last_error`` and alerted once."""
+    chain_next = await ctx.chain.transaction_count(latest.sender, pending=True)
+    if latest.nonce <= chain_next:
+        return False
+    error = (
+        f"transaction {latest.tx_hash} (nonce {latest.nonce} of {latest.sender}) cannot be "
+        f"mined: the chain's next nonce for that address is {chain_next} and nothing fills "
+        f"nonces {chain_next} to {latest.nonce - 1}, which this server used before; the "
+        "chain has lost those transactions (was it reset, e.g. a restarted dev-chain? Then "
+        "run the server on a new database too)"
+    )
+    if st.last_error == error:
+        return True
+    async with ctx.db.transaction() as s:
+        await repo.transition(
+            s, st.id, BROADCAST, last_error=error[:2000], updated_at=ctx.clock.now()
+        )
+    ctx.raise_alert("settlement_nonce_gap", st, error=error, tx_hash=latest.tx_hash)
+    return True
 
 
 async def _bump(ctx: SettlementContext, st: Settlement, latest: SettlementTx) -> bool:
