@@ -333,6 +333,31 @@ async def test_redeliver_sends_the_event_again_with_the_same_webhook_id(
     assert [x["status"] for x in listed] == ["delivered"] * 3
 
 
+async def test_a_redelivery_to_a_failing_endpoint_goes_before_its_backlog(
+    client: httpx.AsyncClient, container: Container, receivers: MakeReceiver, clock: FrozenClock
+):
+    """A failing endpoint is tried one delivery at a time; the one asked for by hand is that
+    one ("sent at once even while the endpoint backs off"), not the oldest of its backlog."""
+    alice = await sign_in(client, ALICE)
+    rec = await receivers(fail_first=10_000)
+    hook = await subscribe(client, alice, rec, ["task.created"])
+    for i in range(3):
+        await create_task(client, alice, title=f"t{i}")
+    await deliver_all(container)
+    clock.advance(3600)  # every delivery and the endpoint's back-off are due again
+    newest = (await deliveries(client, alice, hook["id"]))[0]
+    path = f"{V1}/webhooks/deliveries/{newest['id']}/redeliver"
+    r = await client.post(path, headers=bearer(alice))
+    assert r.status_code == 202, r.text
+    sent = len(rec.requests)
+
+    assert await deliver(container) == 1
+    assert len(rec.requests) == sent + 1
+    assert rec.requests[-1].id == newest["event_id"]
+    listed = {d["id"]: d for d in await deliveries(client, alice, hook["id"])}
+    assert listed[r.json()["id"]]["attempts"] == 1
+
+
 async def test_a_failing_endpoint_backs_off_as_a_whole_while_a_healthy_one_receives(
     client: httpx.AsyncClient, container: Container, receivers: MakeReceiver, clock: FrozenClock
 ):

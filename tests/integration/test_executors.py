@@ -109,6 +109,30 @@ async def test_cancel_stops_the_process(mode: SandboxMode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_a_line_followed_by_silence_reaches_the_logs_while_the_command_runs(
+    mode: SandboxMode,
+):
+    """`task logs --follow` shows a line as the runner sends it: one line and then a long
+    quiet stretch (a long computation) is not held back until more output or the end."""
+    cancel = CancelToken()
+    lines: list[str] = []
+
+    async def sink(chunk: list[str]) -> None:
+        lines.extend(chunk)
+
+    command = ["sh", "-c", "echo starting; exec sleep 30"]
+    job = asyncio.create_task(
+        CommandExecutor(mode).run({"config": {"command": command}}, sink, cancel)
+    )
+    try:
+        await until(lambda: lines)
+        assert lines == ["starting"]
+    finally:
+        cancel.cancel("test over")
+        await asyncio.wait_for(job, 10)
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_output_is_capped(mode: SandboxMode):
     ex = CommandExecutor(mode, Limits(output_bytes=1024, max_output_bytes=4096))
     out, _ = await _run(ex, {"command": ["sh", "-c", "yes abcdefgh | head -c 100000"]})

@@ -84,6 +84,8 @@ async def test_legacy_registration_body_is_accepted_and_identity_comes_from_the_
         ({"device_id": "bad id!"}, "device_id"),
         ({"capabilities": {"cpu_cores": -1}}, "capabilities.cpu_cores"),
         ({"max_concurrent_tasks": 0}, "max_concurrent_tasks"),
+        ({"capabilities": {"docker": "yes"}}, "capabilities.docker"),
+        ({"capabilities": {"fl": 1}}, "capabilities.fl"),
     ],
 )
 async def test_registration_refuses_bad_fields_by_name(

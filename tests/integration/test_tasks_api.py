@@ -116,6 +116,15 @@ class _QuietLog:
         ({"title": "t", "type": "gpu", "config": {"command": ["true"]}}, "type"),
         ({"title": "t", "config": {"command": ["true"]}, "max_attempts": 2.5}, "max_attempts"),
         ({"title": "t", "config": {"command": ["true"]}, "max_attempts": 99}, "max_attempts"),
+        # Booleans are true or false, not "yes" or 1 (README, API conventions).
+        (
+            {"title": "t", "config": {"command": ["true"]}, "resources": {"docker": "yes"}},
+            "resources.docker",
+        ),
+        (
+            {"title": "t", "config": {"command": ["true"]}, "resources": {"docker": 1}},
+            "resources.docker",
+        ),
     ],
 )
 async def test_create_refuses_bad_fields_by_name(
@@ -291,6 +300,19 @@ async def test_cancelling_a_completed_task_is_409(client: httpx.AsyncClient):
     r = await client.delete(f"{V1}/tasks/{t['id']}", headers=bearer(alice))
     assert r.status_code == 409 and error_code(r) == "task_not_cancellable"
     assert r.json()["error"]["details"]["status"] == "completed"
+
+
+async def test_a_failed_tasks_missing_result_is_not_said_to_come_later(client: httpx.AsyncClient):
+    alice = await sign_in(client, ALICE)
+    t = await create_task(client, alice, max_attempts=1)
+    runner = await _runner(client, alice)
+    c = await claimed(client, runner, start=True)
+    await act(client, runner, t["id"], "fail", c["claim_token"], error="exit code 3")
+    r = await client.get(f"{V1}/tasks/{t['id']}/result", headers=bearer(alice))
+    assert r.status_code == 404 and error_code(r) == "result_not_found"
+    assert r.json()["error"]["details"]["status"] == "failed"
+    message = r.json()["error"]["message"]
+    assert "yet" not in message and "failed" in message and "exit code 3" in message
 
 
 async def test_status_result_attempts_and_reward(client: httpx.AsyncClient):

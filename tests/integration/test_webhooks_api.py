@@ -292,6 +292,44 @@ async def test_idempotency_key_replays_the_created_webhook(client: httpx.AsyncCl
     assert other.status_code == 422
 
 
+async def test_an_idempotent_replay_answers_the_current_secret_and_stores_none(
+    client: httpx.AsyncClient, container: Container
+):
+    """The secret is not kept in the stored answer: a replay after a rotation answers the
+    secret that signs now, not the one the rotation replaced."""
+    from sqlalchemy import select
+
+    from parity.idempotency.models import IdempotencyRecord
+
+    alice = await sign_in(client, ALICE)
+    body = {"url": HOOK, "events": ["task.created"]}
+    headers = {**bearer(alice), "Idempotency-Key": "hook-rotated"}
+    first = await client.post(f"{V1}/webhooks", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    hook = first.json()
+    rotated = await client.post(f"{V1}/webhooks/{hook['id']}/rotate-secret", headers=bearer(alice))
+    assert rotated.status_code == 200, rotated.text
+
+    again = await client.post(f"{V1}/webhooks", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == hook["id"]
+    assert again.json()["secret"] == rotated.json()["secret"] != hook["secret"]
+    async with container.db.read_session() as session:
+        stored = (await session.scalars(select(IdempotencyRecord.response_body))).all()
+    assert stored and all("whsec_" not in text for text in stored)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "true"])
+async def test_enabled_must_be_a_json_boolean(client: httpx.AsyncClient, value: Any):
+    alice = await sign_in(client, ALICE)
+    hook = await _create(client, alice)
+    r = await client.put(
+        f"{V1}/webhooks/{hook['id']}", json={"enabled": value}, headers=bearer(alice)
+    )
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["error"]["details"]["errors"]] == ["enabled"]
+
+
 async def test_every_route_needs_a_token(client: httpx.AsyncClient):
     wid = "00000000-0000-0000-0000-000000000001"
     for method, path in [

@@ -2,8 +2,8 @@
 server settles it: accepted, or refused for good (a 4xx); a completion that got through late
 says how long it waited (``usage.report_delay_ms``, not billed). No answer, a 5xx (503 with
 Retry-After) and a 429 are tried again with a capped backoff that honours Retry-After. Log
-batches the server did not take are kept (bounded: the oldest go first, counted) and resent in
-seq order."""
+batches the server did not take are kept (bounded: past the bound new ones are dropped, counted
+and marked where they were) and resent in seq order."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ async def test_log_batches_the_server_did_not_take_are_resent_in_seq_order() -> 
     await client.close()
 
 
-async def test_unsent_log_batches_are_bounded_dropping_the_oldest_with_a_count(
+async def test_unsent_log_batches_are_bounded_dropping_the_newest_with_a_count(
     said: Recorder,
 ) -> None:
     client = LogClient()
@@ -228,7 +228,7 @@ async def test_unsent_log_batches_are_bounded_dropping_the_oldest_with_a_count(
     logs = _buffer(client, max_batches=3)
     for i in range(5):
         await logs.add([f"l{i}", "x"])
-    assert [seq for seq, *_ in logs.pending] == [2, 3, 4]  # the oldest went
+    assert [seq for seq, *_ in logs.pending] == [0, 1, 2]  # the head of the log is kept
     assert len(said.warned("task_logs_overflow")) == 1  # said once, not per batch
     # The last try after the outcome: still down, so the rest goes too, counted.
     await logs.finish(0.2, "not sent by the time the complete was accepted")
@@ -237,6 +237,29 @@ async def test_unsent_log_batches_are_bounded_dropping_the_oldest_with_a_count(
     assert logs.closed and not logs.pending and client.stored == {}
     await logs.add(["late"])  # after the end: dropped, nothing sent
     assert client.stored == {}
+    await client.close()
+
+
+async def test_a_burst_over_the_bound_leaves_no_silent_hole_in_the_stored_log() -> None:
+    """Output faster than the server takes it (a healthy server, 1.5 MiB printed at once):
+    the lines kept are the head of the log, contiguous, and where the runner dropped some a
+    marker line says how many; no batch in the middle goes missing unmarked."""
+    client = LogClient()
+    client.down = True
+    logs = _buffer(client, max_batches=3)
+    for i in range(5):
+        await logs.add([f"l{i}"])
+    client.down = False
+    await asyncio.wait_for(_until(lambda: not logs.pending), 5)
+    await logs.add(["l5"])
+    await asyncio.wait_for(_until(lambda: not logs.pending), 5)
+    assert client.stored == {
+        0: ["l0"],
+        1: ["l1"],
+        2: ["l2"],
+        3: ["[2 log lines dropped here by the runner: its unsent log buffer was full]", "l5"],
+    }
+    await logs.finish(1, "done")
     await client.close()
 
 

@@ -51,8 +51,8 @@ RETRY_AFTER_MAX_SECONDS = 60.0
 RETRY_JITTER = 0.2  # each wait is up to this fraction shorter: runners do not retry in step
 # Refusals that say "not now" rather than "no": tried again like a missing answer.
 RETRY_STATUSES = frozenset({408, 425, 429})
-# Log batches a run keeps while the server does not take them; past either bound the oldest
-# are dropped (counted, with a warning).
+# Log batches a run keeps while the server does not take them; past either bound new ones are
+# dropped (counted, with a warning and a marker line where they were).
 LOG_BUFFER_BYTES = 1024 * 1024
 LOG_BUFFER_BATCHES = 1000
 # A pass over a run's unsent log batches takes at most this long: before each try of its
@@ -125,12 +125,22 @@ class Backoff:
         self.tries = 0
 
 
+def _size(lines: list[str]) -> int:
+    return sum(len(line.encode()) + 1 for line in lines)
+
+
+def _gap_marker(lines: int) -> str:
+    return f"[{lines} log lines dropped here by the runner: its unsent log buffer was full]"
+
+
 class LogBuffer:
     """A run's log sink: batches are numbered (``seq``) in the order the executor hands them
     over and sent in that order by a sender of their own, so a slow or absent server never
     holds up the run. A batch the server did not take stays and is sent again when it answers
     (it stores each (task, attempt, seq) once, so a repeat is harmless). Bounded: past
-    ``max_bytes`` or ``max_batches`` unsent, the oldest batches are dropped and counted. A
+    ``max_bytes`` or ``max_batches`` unsent, new batches are dropped and counted, and the next
+    batch kept starts with a line that says how many (the log keeps its head, with no silent
+    hole: the server's per-task limit keeps the first lines too). A
     claim the server refuses for good (409, 404, 403, 401) logs no more: the rest is dropped."""
 
     def __init__(
@@ -160,6 +170,7 @@ class LogBuffer:
         self.last_error: BaseException | None = None
         self._held = False  # the last try failed: warned once until a send succeeds
         self._overflowed = False
+        self._gap_lines = 0  # lines dropped since the last batch kept: marked in the next
         self._lock = asyncio.Lock()  # one sender at a time keeps the seq order
         self._wake = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
@@ -171,28 +182,43 @@ class LogBuffer:
         if self.closed:
             self._drop(1, len(lines))
             return
-        size = sum(len(line.encode()) + 1 for line in lines)
+        size = _size(lines)
+        if self._full(size):
+            self._overflow(len(lines))
+            return
+        if self._gap_lines:
+            # Where lines were dropped the log says so, in their place.
+            lines = [_gap_marker(self._gap_lines), *lines]
+            size, self._gap_lines = _size(lines), 0
         self.pending.append((self.next_seq, list(lines), size))
         self.next_seq += 1
         self.pending_bytes += size
-        while len(self.pending) > 1 and (
-            self.pending_bytes > self.max_bytes or len(self.pending) > self.max_batches
-        ):
-            _, old, old_size = self.pending.popleft()
-            self.pending_bytes -= old_size
-            self._drop(1, len(old))
-            if not self._overflowed:
-                self._overflowed = True
-                log.warning(
-                    "task_logs_overflow",
-                    task_id=self.task_id,
-                    detail="unsent log batches over the buffer's bound: the oldest are dropped",
-                    max_bytes=self.max_bytes,
-                    max_batches=self.max_batches,
-                )
         self._wake.set()
         if self._sender is None and not self.closed:
             self._sender = asyncio.create_task(self._send(), name=f"logs:{self.task_id}")
+
+    def _full(self, size: int) -> bool:
+        """A new batch of ``size`` bytes would pass a bound (one batch always fits)."""
+        if not self.pending:
+            return False
+        over_bytes = self.pending_bytes + size > self.max_bytes
+        return over_bytes or len(self.pending) >= self.max_batches
+
+    def _overflow(self, lines: int) -> None:
+        """Drop the new batch: the head of the log is what the server keeps (its per-task
+        limit keeps the first lines), so the unsent batches before it stay, in order."""
+        self._drop(1, lines)
+        self._gap_lines += lines
+        if not self._overflowed:
+            self._overflowed = True
+            log.warning(
+                "task_logs_overflow",
+                task_id=self.task_id,
+                detail="unsent log batches over the buffer's bound: new lines are dropped "
+                "(a marker line in the log says how many) until the server catches up",
+                max_bytes=self.max_bytes,
+                max_batches=self.max_batches,
+            )
 
     async def _send(self) -> None:
         backoff = Backoff(self.retry_first, self.retry_max)

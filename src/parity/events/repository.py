@@ -376,6 +376,15 @@ async def disable_endpoint(
     return _rowcount(res) > 0
 
 
+async def earliest_pending_due(session: AsyncSession, endpoint_id: uuid.UUID) -> datetime | None:
+    """The earliest due time among the endpoint's pending deliveries (None when none)."""
+    q = select(func.min(WebhookDelivery.next_attempt_at)).where(
+        WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == PENDING
+    )
+    value: datetime | None = (await session.execute(q)).scalar_one_or_none()
+    return value
+
+
 async def deliveries_due_now(session: AsyncSession, endpoint_id: uuid.UUID, now: datetime) -> int:
     """Make every pending delivery of the endpoint due now (it was just re-enabled)."""
     res = await session.execute(

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.api.deps import (
     ContainerDep,
@@ -101,14 +102,23 @@ async def create_webhook(
     idem: Idempotency,
     c: ContainerDep,
 ) -> Any:
-    """Subscribe a URL to event types. The signing `secret` is in this answer only."""
+    """Subscribe a URL to event types. The signing `secret` is in this answer only. With
+    `Idempotency-Key`, a repeat answers the endpoint created first with the secret that signs
+    now (the stored answer keeps no secret)."""
     stored = await idem.replay()
     if stored is not None:
-        return JSONResponse(stored.body, status_code=stored.status_code)
+        return await _replayed(session, principal, stored.body)
     endpoint, secret = await service.create_endpoint(session, c.events, principal, body)
     out = WebhookCreated(**_read(endpoint).model_dump(), secret=secret)
-    await idem.remember(201, out.model_dump(mode="json"))
+    await idem.remember(201, {**out.model_dump(mode="json"), "secret": None})
     return out
+
+
+async def _replayed(session: AsyncSession, principal: Principal, body: Any) -> WebhookCreated:
+    """The endpoint a repeated creation made, as it is now, with its current secret (404 when
+    it was deleted meanwhile)."""
+    endpoint = await service.get_endpoint(session, principal, uuid.UUID(body["id"]))
+    return WebhookCreated(**_read(endpoint).model_dump(), secret=endpoint.secret)
 
 
 @router.get("/webhooks", response_model=Page[WebhookRead])

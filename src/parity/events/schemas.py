@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 # Every event a subscription may name. prompt.* and fl.* are accepted now and emitted once
 # those features exist.
@@ -40,7 +40,7 @@ class WebhookUpdate(BaseModel):
     url: str | None = Field(None, min_length=1, max_length=2048)
     events: list[str] | None = Field(None, min_length=1, max_length=len(EVENT_TYPES))
     description: str | None = Field(None, max_length=255)
-    enabled: bool | None = Field(
+    enabled: StrictBool | None = Field(
         None,
         description="true re-enables, resets the breaker and the back-off, and sends what is "
         "pending at once",

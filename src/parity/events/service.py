@@ -325,6 +325,18 @@ async def list_deliveries(
     return rows, attempts
 
 
+async def _ahead_of_backlog(
+    session: AsyncSession, endpoint_id: uuid.UUID, now: datetime
+) -> datetime:
+    """The due time of a redelivery: now, or just before the endpoint's earliest pending
+    delivery, so that it is the next one sent (a failing endpoint is tried one delivery at a
+    time, oldest due first)."""
+    earliest = await repo.earliest_pending_due(session, endpoint_id)
+    if earliest is None:
+        return now
+    return min(now, earliest - timedelta(microseconds=1))
+
+
 async def redeliver(
     session: AsyncSession, deps: EventDeps, principal: Principal, delivery_id: uuid.UUID
 ) -> tuple[WebhookDelivery, str]:
@@ -345,6 +357,7 @@ async def redeliver(
         raise DeliveryNotFound(f"the event of delivery {delivery_id} was pruned")
     now = deps.clock.now()
     row = _new_delivery(endpoint.id, event.id, now)
+    row.next_attempt_at = await _ahead_of_backlog(session, endpoint.id, now)
     await repo.add_deliveries(session, [row])
     # Asked for by hand: a failing endpoint is tried now, not after its back-off.
     await repo.endpoint_try_now(session, endpoint.id)

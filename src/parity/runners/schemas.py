@@ -4,7 +4,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+)
 
 from parity.core.billing.units import AmountError, parse_base_units
 
@@ -27,8 +35,8 @@ class Capabilities(BaseModel):
     cpu_cores: float = Field(0, ge=0, le=4096)
     memory_mb: int = Field(0, ge=0, le=64 * 1024 * 1024)
     gpus: int = Field(0, ge=0, le=256)
-    docker: bool = False
-    fl: bool = False
+    docker: StrictBool = False  # true or false, not "yes" or 1
+    fl: StrictBool = False
     # Runner-local FL datasets by name (the data never leaves the runner).
     fl_datasets: list[Annotated[str, StringConstraints(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=64

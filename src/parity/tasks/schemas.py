@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from parity.core.storage.multiformats import Cid, CidError
 from parity.db.types import UtcDatetime
@@ -18,7 +18,7 @@ class ResourcesIn(BaseModel):
     cpu_cores: float = Field(0, ge=0, le=1024)
     memory_mb: int = Field(0, ge=0, le=16 * 1024 * 1024)
     gpus: int = Field(0, ge=0, le=64)
-    docker: bool = False
+    docker: StrictBool = False  # true or false, not "yes" or 1
 
 
 class TaskCreate(BaseModel):

@@ -418,11 +418,20 @@ async def get_result(session: AsyncSession, principal: Principal, task_id: uuid.
     result = await repo.get_result(session, task.id)
     if result is None:
         raise TaskNotFound(
-            f"task {task_id} has no result yet",
-            code="result_not_found",
-            details={"status": task.status},
+            _no_result(task), code="result_not_found", details={"status": task.status}
         )
     return result
+
+
+def _no_result(task: Task) -> str:
+    """Why there is no result: not yet, or never (only a completed task has one)."""
+    if task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        why = f" (last error: {task.last_error})" if task.last_error else ""
+        return (
+            f"task {task.id} is {task.status}{why}: only a completed task has a result; "
+            "its logs and attempts say what happened"
+        )
+    return f"task {task.id} has no result yet (it is {task.status})"
 
 
 async def get_attempts(

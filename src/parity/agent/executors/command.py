@@ -39,6 +39,9 @@ CLONE_NEWNET = 0x40000000
 _LIBC = ctypes.CDLL(None, use_errno=True)
 READ_CHUNK = 64 * 1024
 MAX_LOG_LINE = 64 * 1024  # bytes of one log line; a longer output line is cut into several
+# A log batch goes to the server at this many lines, or this long after its first line.
+LOG_BATCH_LINES = 200
+LOG_FLUSH_SECONDS = 0.5
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -151,6 +154,42 @@ def _preexec(limits: Limits, as_uid: int | None, isolate_network: bool) -> Calla
             os.setuid(as_uid)
 
     return apply
+
+
+async def pump_lines(
+    stream: asyncio.StreamReader, keep: Callable[[bytes], None], logs: LogSink
+) -> None:
+    """Hand every chunk of ``stream`` to ``keep`` and its lines to ``logs`` in batches: at
+    LOG_BATCH_LINES lines, or LOG_FLUSH_SECONDS after a batch's first line even when the
+    command then falls silent (a long computation after "starting" is followed live). Read in
+    chunks, not lines: a line may be longer than any reader buffer (a 70 KB JSON document on
+    one line must not fail the task)."""
+    pending: list[str] = []
+    first = 0.0  # when the oldest pending line came
+    split = LineSplitter()
+    read = asyncio.ensure_future(stream.read(READ_CHUNK))
+    try:
+        while True:
+            wait = max(LOG_FLUSH_SECONDS - (time.monotonic() - first), 0.0) if pending else None
+            done, _ = await asyncio.wait({read}, timeout=wait)
+            if done:
+                chunk = read.result()
+                if not chunk:
+                    break
+                read = asyncio.ensure_future(stream.read(READ_CHUNK))
+                keep(chunk)
+                if not pending:
+                    first = time.monotonic()
+                pending.extend(split.feed(chunk))
+            due = bool(pending) and time.monotonic() - first >= LOG_FLUSH_SECONDS
+            if len(pending) >= LOG_BATCH_LINES or due:
+                await logs(pending)
+                pending = []
+    finally:
+        read.cancel()
+    pending.extend(split.end())
+    if pending:
+        await logs(pending)
 
 
 class CommandExecutor:
@@ -266,28 +305,14 @@ class CommandExecutor:
         truncated = False
         assert proc.stdout is not None
 
-        async def pump() -> None:
+        def capture(chunk: bytes) -> None:
             nonlocal truncated
-            assert proc.stdout is not None
-            pending: list[str] = []
-            last = time.monotonic()
-            split = LineSplitter()
-            # Read in chunks, not lines: a line may be longer than any reader buffer (a
-            # 70 KB JSON document on one line must not fail the task).
-            while chunk := await proc.stdout.read(READ_CHUNK):
-                if len(captured) < limits.max_output_bytes:
-                    captured.extend(chunk[: limits.max_output_bytes - len(captured)])
-                else:
-                    truncated = True
-                pending.extend(split.feed(chunk))
-                if len(pending) >= 200 or time.monotonic() - last > 0.5:
-                    await logs(pending)
-                    pending, last = [], time.monotonic()
-            pending.extend(split.end())
-            if pending:
-                await logs(pending)
+            if len(captured) < limits.max_output_bytes:
+                captured.extend(chunk[: limits.max_output_bytes - len(captured)])
+            else:
+                truncated = True
 
-        pump_task = asyncio.create_task(pump())
+        pump_task = asyncio.create_task(pump_lines(proc.stdout, capture, logs))
         exit_task = asyncio.create_task(_exited(proc))
         cancel_task = asyncio.create_task(cancel.wait())
         done, _ = await asyncio.wait(
