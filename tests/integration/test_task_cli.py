@@ -288,6 +288,15 @@ def test_create_wait_streams_the_logs_and_exits_with_the_outcome(server: ServerP
     assert message.startswith("error: task ") and "did not end within 0.5 s" in message
     slow_id = message.split()[2]
     assert json.loads(cli("show", slow_id, "--json").stdout)["task"]["status"] == "pending"
+    assert "note:" not in slow.stderr  # the runner is big enough: it is only not claiming
+
+    # No online runner is big enough: the wait says so at once, and so does `show`.
+    big = cli("create", "-t", "big", "--gpus", "1", "--wait-timeout", "0.5", "--", "true")
+    assert big.exit_code == task_cli.EXIT_WAIT_TIMEOUT
+    note = "no online runner is big enough for it: it needs gpus >= 1"
+    assert f"note: {note}; it stays pending until one is" in big.stderr.splitlines()
+    big_id = big.stderr.splitlines()[-1].split()[2]
+    assert f"waiting    {note}" in cli("show", big_id).stdout.splitlines()
 
     # A task followed while it runs: every line, then the end.
     created = cli("create", "-t", "followed", "--", "true")

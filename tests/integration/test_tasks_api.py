@@ -315,6 +315,25 @@ async def test_a_failed_tasks_missing_result_is_not_said_to_come_later(client: h
     assert "yet" not in message and "failed" in message and "exit code 3" in message
 
 
+async def test_a_pending_task_no_online_runner_fits_says_what_it_waits_for(
+    client: httpx.AsyncClient,
+):
+    alice = await sign_in(client, ALICE)
+    await _runner(client, alice, cpu_cores=4, memory_mb=4096)
+    small = await create_task(client, alice, resources={"cpu_cores": 2})
+    assert (await get_task(client, alice, small["id"]))["waiting_for"] is None
+    big = await create_task(client, alice, resources={"gpus": 1, "docker": True, "cpu_cores": 2})
+    waiting = (await get_task(client, alice, big["id"]))["waiting_for"]
+    assert waiting == (
+        "no online runner is big enough for it: it needs cpu_cores >= 2, gpus >= 1, a docker engine"
+    )
+    # Lists do not compute it; a runner that fits ends the wait's reason.
+    listed = (await client.get(f"{V1}/tasks", headers=bearer(alice))).json()
+    assert all(t["waiting_for"] is None for t in listed)
+    await _runner(client, alice, cpu_cores=8, gpus=2, docker=True)
+    assert (await get_task(client, alice, big["id"]))["waiting_for"] is None
+
+
 async def test_status_result_attempts_and_reward(client: httpx.AsyncClient):
     alice = await sign_in(client, ALICE)
     t = await create_task(client, alice)

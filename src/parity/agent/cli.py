@@ -398,7 +398,8 @@ def main_cmd(
     fl_names = "no" if fl_datasets is None else "yes" + "".join(f" {n}" for n in fl_datasets)
     typer.echo(
         f"parity-runner {RUNNER_VERSION}: sandbox={mode.value} "
-        f"docker={'yes' if has_docker else 'no'} llm={llm_names} fl={fl_names}",
+        f"docker={'yes' if has_docker else f'no (no engine at {engine.socket_path})'} "
+        f"llm={llm_names} fl={fl_names}",
         err=True,
     )
     options = RunnerOptions(

@@ -259,6 +259,8 @@ def task_lines(task: Mapping[str, Any], reward: Mapping[str, Any] | None = None)
     ]
     if task.get("last_error"):
         lines.append(f"last error {task['last_error']}")
+    if task.get("waiting_for"):
+        lines.append(f"waiting    {task['waiting_for']}")
     lines.append(f"resources  {resources_text(task.get('resources') or {})}")
     labels = task.get("labels") or {}
     if labels:

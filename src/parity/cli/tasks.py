@@ -362,6 +362,7 @@ def create_cmd(
             "(Ctrl-C stops the wait, not the task)",
             err=True,
         )
+        _say_why_it_waits(client, task["id"])
         deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
         try:
             follow_logs(client, task["id"], LogPrinter(err=True), deadline=deadline)
@@ -372,6 +373,14 @@ def create_cmd(
                 EXIT_WAIT_TIMEOUT,
             ) from None
         _finish(client, task["id"], as_json)
+
+
+def _say_why_it_waits(client: httpx.Client, task_id: str) -> None:
+    """A note on stderr when no online runner is big enough for the new task (it would wait
+    with nothing to show for it)."""
+    task = cli.request_json(client, "GET", _task_path(task_id))
+    if task.get("waiting_for"):
+        typer.echo(f"note: {task['waiting_for']}; it stays pending until one is", err=True)
 
 
 def _finish(client: httpx.Client, task_id: str, as_json: bool) -> None:

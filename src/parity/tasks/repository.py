@@ -78,6 +78,14 @@ async def exclusions(session: AsyncSession, task_id: uuid.UUID) -> list[uuid.UUI
     return list(rows.all())
 
 
+async def some_runner_fits(session: AsyncSession, task_id: uuid.UUID) -> bool:
+    """Some online runner is big enough for the task (free capacity and exclusions aside)."""
+    other = st.RUNNERS.alias("other")
+    fits = exists().where(*st.runner_fits(other, st.TASKS)).correlate_except(other)
+    q = select(st.TASKS.c.id).where(st.TASKS.c.id == task_id, fits)
+    return (await session.execute(q)).first() is not None
+
+
 async def unexcluded_runner_could(session: AsyncSession, task_id: uuid.UUID) -> bool:
     """Some online runner that has not failed this task fits it (then a runner that failed it
     waits; otherwise the task may go back to one that did)."""

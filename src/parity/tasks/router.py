@@ -175,8 +175,12 @@ async def list_tasks(
 async def get_task(
     task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession
 ) -> TaskRead:
-    """One of your tasks (someone else's is 404)."""
-    return task_read(await service.get_task(session, principal, task_id))
+    """One of your tasks (someone else's is 404). A pending one no online runner is big enough
+    for says why in `waiting_for`."""
+    task = await service.get_task(session, principal, task_id)
+    out = task_read(task)
+    out.waiting_for = await service.waiting_for(session, task)
+    return out
 
 
 @router.put("/tasks/{task_id}", response_model=TaskRead)

@@ -107,6 +107,11 @@ class TaskRead(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    waiting_for: str | None = Field(
+        None,
+        description="On a pending task's own read (GET /tasks/{id}): why no runner can take it "
+        "now, when no online runner is big enough for it (it stays pending until one is)",
+    )
 
 
 class TaskStatusRead(BaseModel):

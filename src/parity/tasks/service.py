@@ -312,6 +312,32 @@ async def get_task(session: AsyncSession, principal: Principal, task_id: uuid.UU
     return task
 
 
+async def waiting_for(session: AsyncSession, task: Task) -> str | None:
+    """Why no runner can take a pending compute task now, when no online runner is big enough
+    for it (its requirements named); None otherwise. Prompts and FL rounds are routed to
+    their runners and say so in their own records."""
+    if task.status != TaskStatus.PENDING or task.type not in (TaskType.COMMAND, TaskType.DOCKER):
+        return None
+    if await repo.some_runner_fits(session, task.id):
+        return None
+    return f"no online runner is big enough for it: it needs {_needs(task)}"
+
+
+def _needs(task: Task) -> str:
+    wants = [
+        f"{name} >= {value:g}"
+        for name, value in (
+            ("cpu_cores", task.req_cpu_cores),
+            ("memory_mb", task.req_memory_mb),
+            ("gpus", task.req_gpus),
+        )
+        if value
+    ]
+    if task.req_docker:
+        wants.append("a docker engine")
+    return ", ".join(wants) or "an online runner (none is online)"
+
+
 async def list_tasks(
     session: AsyncSession,
     principal: Principal,
