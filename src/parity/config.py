@@ -18,7 +18,13 @@ from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from parity.core.billing.units import AmountError, parse_base_units, parse_token_amount
@@ -95,6 +101,9 @@ class Settings(BaseSettings):
     # -- LLM prompts
     llm_queue_timeout_seconds: float = Field(120.0, gt=0)
     llm_default_max_tokens: int = Field(512, ge=1)
+    # A prompt routed to a runner that has not claimed it after this long is routed again
+    # (another runner first): a runner that died without going offline yet holds no prompt.
+    llm_offer_seconds: float = Field(10.0, gt=0)
     # The OpenAI/Ollama-compatible gateway: how long a request waits for its prompt.
     llm_gateway_timeout_seconds: float = Field(300.0, gt=0)
 
@@ -171,6 +180,12 @@ class Settings(BaseSettings):
     events_visibility_lag_seconds: float = Field(1.0, ge=0)
     events_retention_days: float = Field(30.0, gt=0)
     task_log_retention_days: float = Field(30.0, gt=0)
+
+    @field_validator("log_level", "log_format", "wakeup_relay", "stake_id_mode", mode="before")
+    @classmethod
+    def _choice_in_any_case(cls, v: object) -> object:
+        """LOG_LEVEL=INFO means info: the choices are words, not case-sensitive names."""
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("server_endpoint")
     @classmethod
@@ -261,6 +276,22 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "must be the http:// or https:// URL of the chain node's JSON-RPC endpoint "
                     "(e.g. http://127.0.0.1:8545), or empty for no chain"
+                )
+        return v
+
+    @field_validator("server_public_url", "filecoin_ipfs_endpoint", "filecoin_gateway_url")
+    @classmethod
+    def _base_url_is_http(cls, v: str, info: ValidationInfo) -> str:
+        """Base URLs the server builds links and requests on: a typo (no scheme, another
+        scheme) would otherwise surface only as broken links or 500s at the first use."""
+        v = v.strip()
+        if v:
+            parts = urlsplit(v)
+            scheme_ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+            if not (scheme_ok and _has_valid_port(v)):
+                raise ValueError(
+                    f"must be an http:// or https:// URL with a host (e.g. "
+                    f"{_URL_EXAMPLES[info.field_name or '']}), or empty"
                 )
         return v
 
@@ -435,6 +466,22 @@ class Settings(BaseSettings):
 _URL_PORT = re.compile(
     r"[\w+]+://(?:[^:/]*(?::[^@]*)?@)?(?:\[[^/?]+\]|[^/:?]+)?(?::(?P<port>[^/?]*))?"
 )
+
+
+# What each base URL looks like, for the message that refuses a malformed one.
+_URL_EXAMPLES = {
+    "server_public_url": "https://parity.example.com",
+    "filecoin_ipfs_endpoint": "http://127.0.0.1:5001",
+    "filecoin_gateway_url": "https://ipfs.io",
+}
+
+
+def _has_valid_port(url: str) -> bool:
+    """False for a URL whose port is not a number from 0 to 65535 (urlsplit raises on it)."""
+    try:
+        return urlsplit(url).port != -1  # always true: reading .port is the check
+    except ValueError:
+        return False
 
 
 def _is_hex(v: str) -> bool:

@@ -111,6 +111,29 @@ async def test_multipart_upload_without_a_file_part_is_422(
     assert r.status_code == 422
 
 
+async def test_a_pin_name_too_long_or_with_a_control_character_is_422_in_words(
+    client: httpx.AsyncClient, alice: dict[str, str]
+):
+    r = await _put(client, alice, HELLO.data(), name="x" * 256)
+    assert r.status_code == 422
+    assert r.json()["error"]["message"] == "name: String should have at most 255 characters"
+    r = await _put(client, alice, HELLO.data(), name="a\tb")
+    assert r.status_code == 422 and "control characters" in r.json()["error"]["message"]
+    r = await _put(client, alice, HELLO.data(), name="x" * 255)
+    assert r.status_code == 201
+
+
+async def test_pin_is_true_or_false_not_yes_or_1(client: httpx.AsyncClient, alice: dict[str, str]):
+    for word in ("yes", "1", "on", ""):
+        r = await _put(client, alice, HELLO.data(), pin=word)
+        assert r.status_code == 422, word
+        assert r.json()["error"]["message"] == "pin: must be true or false"
+    r = await _put(client, alice, HELLO.data(), pin="False")
+    assert r.status_code == 201 and r.json()["pinned"] is False
+    r = await _put(client, alice, HELLO.data(), pin="true")
+    assert r.status_code == 201 and r.json()["pinned"] is True
+
+
 async def test_a_plain_ipfs_add_cidv0_resolves_to_the_same_data(
     client: httpx.AsyncClient, alice: dict[str, str]
 ):
@@ -253,6 +276,10 @@ async def test_quota_refuses_pins_that_do_not_fit(make_client: ClientFactory):
         assert err["code"] == "storage_quota_exceeded"
         assert err["details"]["quota_bytes"] == 300_000
         assert err["details"]["pinned_bytes"] == 262144
+        assert (
+            "262145 more bytes would exceed the storage quota (STORAGE_QUOTA_BYTES)"
+            in (err["message"])
+        )
         r = await _put(client, auth, ONE_CHUNK_PLUS_ONE.data(), pin="false")  # unpinned: fine
         assert r.status_code == 201
         r = await client.post(f"{API}/pin/{ONE_CHUNK_PLUS_ONE.v1}", headers=auth)
@@ -260,6 +287,11 @@ async def test_quota_refuses_pins_that_do_not_fit(make_client: ClientFactory):
         assert (await _put(client, auth, HELLO.data())).status_code == 201
         r = await _put(client, auth, b"third pin")
         assert r.status_code == 409 and "2 of 2 pins" in r.json()["error"]["message"]
+        # The pin count is what stops it, and the message says so (not "bytes would exceed").
+        assert (
+            "one more pin would exceed the pin limit (STORAGE_MAX_PINS)"
+            in (r.json()["error"]["message"])
+        )
         usage = (await client.get(f"{API}/usage", headers=auth)).json()
         assert usage["pinned_bytes"] == 262144 + 12 and usage["pin_count"] == 2
         assert usage["quota_bytes"] == 300_000 and usage["max_pins"] == 2

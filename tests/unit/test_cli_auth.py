@@ -387,9 +387,25 @@ def test_auth_unreachable_server_exits_1_with_one_line_error(tmp_path: Path) -> 
     )
 
     assert code == 1
-    assert f"error: cannot reach {SERVER}: connection refused" in output
+    assert f"error: cannot reach {SERVER} (from --server): connection refused" in output
     # The keystore was still created; only the sign-in failed.
     assert (tmp_path / "k.json").exists()
+
+
+def test_sign_in_that_cannot_reach_its_server_says_where_the_url_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    monkeypatch.setenv("PARITY_SERVER_URL", SERVER)
+    code, output = _invoke(
+        ["--keystore", str(tmp_path / "k.json"), "--new", "--sign-in"],
+        transport=httpx.MockTransport(refuse),
+    )
+
+    assert code == 1
+    assert f"error: cannot reach {SERVER} (from PARITY_SERVER_URL): connection refused" in output
 
 
 def test_auth_server_timeout_exits_1(tmp_path: Path) -> None:

@@ -71,3 +71,31 @@ def test_version_flag_prints_the_version() -> None:
     result = CliRunner().invoke(cli_app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout == f"parity-server {__version__}\n"
+
+
+@pytest.mark.parametrize("key", ["PARITY_HOME", "STORAGE_PATH"])
+@pytest.mark.parametrize("command", ["server", "migrate"])
+def test_a_data_directory_that_cannot_be_made_is_named_by_its_key(
+    command: str, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("PARITY_CONFIG_PATH", "/dev/null")
+    monkeypatch.setenv("PARITY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SERVER_PORT", "1")  # never reached: the directory stops it first
+    for other in ("DATABASE_URL", "DATABASE_HOST", "STORAGE_PATH", "FILECOIN_IPFS_ENDPOINT"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(key, str(blocker / "sub"))
+    result = CliRunner().invoke(cli_app, [command])
+    if command == "migrate" and key == "STORAGE_PATH":  # migrate does not touch the blockstore
+        assert result.exit_code == 0, result.output
+        return
+    assert _one_error(result).startswith(f"error: {key}: cannot ")
+    assert str(blocker) in result.stderr
+
+
+def test_check_with_downgrade_is_refused_not_half_done(migrate: Callable[..., Result]):
+    assert migrate().exit_code == 0
+    line = _one_error(migrate("--check", "--downgrade", "base"))
+    assert line == "error: --check and --downgrade exclude each other: give one"
+    assert migrate("--check").exit_code == 0  # still at head

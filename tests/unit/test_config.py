@@ -206,6 +206,23 @@ def test_filecoin_rpc_http_and_https_urls_are_accepted():
         assert load_settings({"FILECOIN_RPC": value}, env_file=None).filecoin_rpc == value
 
 
+@pytest.mark.parametrize(
+    "key", ["SERVER_PUBLIC_URL", "FILECOIN_IPFS_ENDPOINT", "FILECOIN_GATEWAY_URL"]
+)
+@pytest.mark.parametrize(
+    "value", ["notaurl", "127.0.0.1:5001", "ftp://h", "http://", "http://h:99999"]
+)
+def test_base_urls_must_be_http_urls_naming_the_key(key: str, value: str):
+    with pytest.raises(ConfigError, match=rf"{key}: must be an http:// or https:// URL"):
+        load_settings({key: value}, env_file=None)
+
+
+def test_base_urls_that_are_http_urls_are_accepted():
+    for value in ("http://127.0.0.1:5001", "https://parity.example/prefix/", "http://[::1]:8080"):
+        for key in ("SERVER_PUBLIC_URL", "FILECOIN_IPFS_ENDPOINT", "FILECOIN_GATEWAY_URL"):
+            assert getattr(load_settings({key: value}, env_file=None), key.lower()) == value
+
+
 def test_bind_address_for_make_watch_is_read_as_the_server_reads_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
@@ -347,3 +364,13 @@ def test_the_database_label_reads_the_url_as_the_engine_does(url: str, label: st
     from parity.storage.factory import database_label
 
     assert database_label(Settings(database_url=url)) == label
+
+
+def test_word_choices_are_read_in_any_case():
+    got = load_settings(
+        {"LOG_LEVEL": "INFO", "LOG_FORMAT": "Console", "WAKEUP_RELAY": "OFF"}, env_file=None
+    )
+    assert (got.log_level, got.log_format, got.wakeup_relay) == ("info", "console", "off")
+    assert load_settings({"STAKE_ID_MODE": "Device"}, env_file=None).stake_id_mode == "device"
+    with pytest.raises(ConfigError, match=r"LOG_LEVEL: Input should be 'debug'"):
+        load_settings({"LOG_LEVEL": "LOUD"}, env_file=None)

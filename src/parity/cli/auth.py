@@ -246,11 +246,13 @@ def register_auth_command(
             # Checked before unlocking, so a typo doesn't cost a password prompt.
             raise _fail(f"invalid --server URL {server!r}: expected http(s)://host[:port]")
         path = keystore.expanduser() if keystore is not None else default_keystore_path()
+        where = f"{server} (from --server)"  # the server, and why that one, for messages
         if server is None and sign_in_again:
             try:
-                server = resolve_server_url(None, credentials=credentials_path(path)).url
+                choice = resolve_server_url(None, credentials=credentials_path(path))
             except ServerUrlError as exc:
                 raise _fail(str(exc)) from None
+            server, where = choice.url, choice.describe()
         try:
             account = _obtain_account(path, private_key, new, force)
             typer.echo(account.address)
@@ -262,9 +264,9 @@ def register_auth_command(
         except (KeystoreError, SignInError, CredentialsError) as exc:
             raise _fail(str(exc)) from None
         except httpx.TimeoutException:
-            raise _fail(f"timed out talking to {server}") from None
+            raise _fail(f"timed out talking to {where}") from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise _fail(f"cannot reach {server}: {exc}") from None
+            raise _fail(f"cannot reach {where}: {exc}") from None
         except OSError as exc:
             raise _fail(f"{exc.strerror or exc}: {exc.filename or path}") from None
         typer.echo(f"signed in to {server} as {account.address}, token expires at {expires_at}")

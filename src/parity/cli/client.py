@@ -152,13 +152,38 @@ def progress(quiet: bool, *columns: ProgressColumn, soft_wrap: bool = False) -> 
     )
 
 
-def file_pieces(path: Path, advance: Callable[[int], None]) -> Iterator[bytes]:
+class FileChanged(Exception):
+    """The file being uploaded changed size after it was measured (a log still written to)."""
+
+
+def file_pieces(
+    path: Path, advance: Callable[[int], None], size: int | None = None
+) -> Iterator[bytes]:
     """The bytes of ``path`` as an upload streams them, :data:`PIECE` at a time, each piece's
-    size told to ``advance`` (a progress bar's) as it is read."""
+    size told to ``advance`` (a progress bar's) as it is read. With ``size`` (the declared
+    Content-Length), FileChanged when the file turns out longer or shorter: each piece is held
+    back until the next read, so the last one is never sent and the server stores nothing."""
     with open(path, "rb") as f:
-        while piece := f.read(PIECE):
-            advance(len(piece))
-            yield piece
+        sent, held = 0, b""
+        while True:
+            piece = f.read(PIECE)
+            sent += len(piece)
+            if size is not None and (sent > size or (not piece and sent < size)):
+                raise FileChanged(_changed(path, size, sent))
+            if held:
+                advance(len(held))
+                yield held
+            if not piece:
+                return
+            held = piece
+
+
+def _changed(path: Path, size: int, read: int) -> str:
+    how = "grew past" if read > size else f"shrank to {read} of"
+    return (
+        f"{path} changed while it was uploaded (it {how} the {size} bytes it had at the start); "
+        "nothing was stored: upload it again once nothing writes to it"
+    )
 
 
 def upload_headers(size: int) -> dict[str, str]:

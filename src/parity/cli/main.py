@@ -126,10 +126,19 @@ def migrate_cmd(
     """Apply database migrations (under the migration lock on PostgreSQL)."""
     from parity.db import migrate
 
+    if check and downgrade is not None:
+        typer.echo("error: --check and --downgrade exclude each other: give one", err=True)
+        raise typer.Exit(2)
     settings = _settings(config)
     url = settings.resolved_database_url
     if settings.embedded and not check:  # --check changes nothing, not even the directory
-        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from parity.cli.home import make_home
+
+        try:
+            make_home(settings)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     try:
         if check:
             st = asyncio.run(migrate.schema_status(url))

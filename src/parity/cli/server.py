@@ -12,6 +12,7 @@ from parity.api.coalesce import CoalescingHttpToolsProtocol
 from parity.app import create_app
 from parity.chain.factory import open_chain_client
 from parity.chain.startup import ChainStatus, check_at_start
+from parity.cli.home import acquire_lock, blocks_key, make_home
 from parity.config import Settings
 from parity.container import Container
 from parity.db import migrate
@@ -109,11 +110,11 @@ def run_server(settings: Settings) -> None:
     sock: socket.socket | None = None
     try:
         if settings.embedded:
-            settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            locks.append(ProcessLock(settings.home / "server.lock").acquire())
+            make_home(settings)
+            locks.append(acquire_lock(ProcessLock(settings.home / "server.lock"), "PARITY_HOME"))
         store_lock = blockstore_lock(settings)
         if store_lock is not None:
-            locks.append(store_lock.acquire())
+            locks.append(acquire_lock(store_lock, blocks_key(settings)))
         # Bound (not yet listening: a connection is refused, never half-served) before the
         # slow steps, so a busy port fails at once and nothing claims the server started.
         sock = bind_listener(settings.server_host, settings.server_port)

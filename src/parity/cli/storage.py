@@ -6,9 +6,11 @@ chosen by the one rule of :mod:`parity.cli.server_url`."""
 from __future__ import annotations
 
 import asyncio
+import re
+import stat
 import sys
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import httpx
 import typer
@@ -17,10 +19,13 @@ from rich.progress import DownloadColumn, Progress, TimeRemainingColumn, Transfe
 from parity.cli import client as cli
 from parity.cli.client import KeystoreOpt, QuietOpt, ServerOpt, TokenOpt
 from parity.cli.server_url import no_answer
-from parity.config import load_settings
+from parity.config import Settings, load_settings
 from parity.core.storage.importer import FileImporter
 from parity.core.storage.multiformats import Cid, CidError
 from parity.errors import ConfigError, ParityError
+
+if TYPE_CHECKING:
+    from parity.db.migrate import SchemaStatus
 
 storage_app = typer.Typer(
     name="storage",
@@ -49,19 +54,27 @@ def put(
 ) -> None:
     """Upload FILE (streamed, with a progress bar); prints its CID. A file over the server's
     upload limit is refused before anything is sent."""
-    size = file.stat().st_size
+    st = file.stat()
+    if not stat.S_ISREG(st.st_mode):  # a pipe or a device: no size to declare up front
+        raise cli.fail(
+            f"{file} is not a regular file (a pipe or a device); save it to a file first"
+        )
+    size = st.st_size
     with cli.connect(server, keystore, token) as client, _progress(quiet) as progress:
         _refuse_oversized(client, file, size)
         task = progress.add_task(f"put {file.name}", total=size)
-        r = cli.call(
-            client,
-            "PUT",
-            f"{API}/upload",
-            doing="the upload",
-            params={"pin": "true" if pin else "false", "name": name or file.name},
-            content=cli.file_pieces(file, lambda n: progress.advance(task, n)),
-            headers=cli.upload_headers(size),
-        )
+        try:
+            r = cli.call(
+                client,
+                "PUT",
+                f"{API}/upload",
+                doing="the upload",
+                params={"pin": "true" if pin else "false", "name": name or _pin_label(file)},
+                content=cli.file_pieces(file, lambda n: progress.advance(task, n), size),
+                headers=cli.upload_headers(size),
+            )
+        except cli.FileChanged as exc:
+            raise cli.fail(str(exc)) from None
     if r.status_code != 201:
         raise cli.refused(r, client)
     doc = r.json()
@@ -69,6 +82,16 @@ def put(
         f"{doc['size']} bytes, pinned: {doc['pinned']}, CIDv0: {doc.get('cid_v0')}", err=True
     )
     typer.echo(doc["cid"])
+
+
+# What a pin name may not hold (the server's rule, parity.db.types.check_name): Unicode "Cc".
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _pin_label(file: Path) -> str:
+    """The default pin name: the file's name, with any control character (a newline is legal
+    in a Linux file name, not in a pin name) shown as '?'."""
+    return _CONTROL.sub("?", file.name)
 
 
 def human_bytes(n: int) -> str:
@@ -109,12 +132,33 @@ def _verify(wanted: Cid, importer: FileImporter) -> str | None:
     return f"the bytes received hash to {result.cid}, not {wanted}"
 
 
-def _open_output(output: Path | None, cid: str) -> tuple[BinaryIO, Path | None]:
+def _output_path(output: Path | None, cid: str) -> Path | None:
+    """Where `get` writes: None for stdout ('-'), else the file (an existing directory gets the
+    file CID inside it, as with the default ./CID)."""
     if output is not None and str(output) == "-":
-        return sys.stdout.buffer, None
-    path = output or Path(cid)
-    part = path.with_name(path.name + ".part")
-    return open(part, "wb"), path
+        return None
+    path = output.expanduser() if output is not None else Path(cid)
+    return path / cid if path.is_dir() else path
+
+
+def _open_part(final: Path) -> BinaryIO:
+    """The ``.part`` file beside ``final`` that the download goes to until it is checked."""
+    try:
+        return open(_part_of(final), "wb")
+    except OSError as exc:
+        raise cli.fail(f"cannot write {final}: {exc.strerror or exc}") from None
+
+
+def _part_of(final: Path) -> Path:
+    return final.with_name(final.name + ".part")
+
+
+def _keep(final: Path) -> None:
+    """Move the checked download from its ``.part`` file to ``final``."""
+    try:
+        _part_of(final).replace(final)
+    except OSError as exc:
+        raise cli.fail(f"cannot write {final}: {exc.strerror or exc}") from None
 
 
 @storage_app.command("get")
@@ -122,7 +166,11 @@ def get(
     cid: str,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="File to write ('-' for stdout; default ./CID)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to write ('-' for stdout; a directory gets DIR/CID; default ./CID).",
+        ),
     ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
@@ -141,38 +189,56 @@ def get(
     except CidError as exc:
         raise cli.fail(f"{cid!r} is not a CID: {exc}", 2) from None
     importer = FileImporter(keep_blocks=False)
-    sink, final = _open_output(output, cid)
+    final = _output_path(output, cid)
+    sink = sys.stdout.buffer if final is None else _open_part(final)
+    kept = False
     try:
-        with (
-            _progress(quiet or final is None) as progress,
-            cli.connect(server, keystore, token) as client,
-            client.stream("GET", f"{API}/download/{cid}") as r,
-        ):
-            if r.status_code != 200:
-                raise cli.refused(r, client)
-            total = int(r.headers.get("content-length", "0")) or None
-            task = progress.add_task(f"get {cid[:16]}…", total=total)
-            for piece in r.iter_bytes(cli.PIECE):
-                sink.write(piece)
-                if verify:
-                    importer.write(piece)
-                progress.advance(task, len(piece))
-    except httpx.HTTPError as exc:
-        raise cli.fail(no_answer(client, exc, "the download")) from None
-    finally:
+        try:
+            _download(cid, sink, importer if verify else None, server, token, keystore, quiet)
+        except OSError as exc:  # the disk filled up, the file system went away
+            raise cli.fail(f"cannot write {final or 'stdout'}: {exc.strerror or exc}") from None
+        problem = _verify(wanted, importer) if verify else None
+        if problem is not None:
+            raise cli.fail(problem + " (use --no-verify for content imported with other settings)")
         if final is not None:
             sink.close()
-    problem = _verify(wanted, importer) if verify else None
-    if final is not None:
-        part = final.with_name(final.name + ".part")
-        if problem is not None:
-            part.unlink(missing_ok=True)
-        else:
-            part.replace(final)
-    if problem is not None:
-        raise cli.fail(problem + " (use --no-verify for content imported with other settings)")
+            _keep(final)
+            kept = True
+    finally:
+        if final is not None and not kept:  # refused, cut off, wrong bytes or Ctrl-C: no debris
+            sink.close()
+            _part_of(final).unlink(missing_ok=True)
     if final is not None:
         typer.echo(str(final), err=True)
+
+
+def _download(
+    cid: str,
+    sink: BinaryIO,
+    importer: FileImporter | None,
+    server: str | None,
+    token: str | None,
+    keystore: Path | None,
+    quiet: bool,
+) -> None:
+    """Stream CID from the server into ``sink`` (and ``importer``, to check it)."""
+    with (
+        _progress(quiet or sink is sys.stdout.buffer) as progress,
+        cli.connect(server, keystore, token) as client,
+    ):
+        try:
+            with client.stream("GET", f"{API}/download/{cid}") as r:
+                if r.status_code != 200:
+                    raise cli.refused(r, client)
+                total = int(r.headers.get("content-length", "0")) or None
+                task = progress.add_task(f"get {cid[:16]}…", total=total)
+                for piece in r.iter_bytes(cli.PIECE):
+                    sink.write(piece)
+                    if importer is not None:
+                        importer.write(piece)
+                    progress.advance(task, len(piece))
+        except httpx.HTTPError as exc:
+            raise cli.fail(no_answer(client, exc, "the download")) from None
 
 
 @storage_app.command("pin")
@@ -217,6 +283,28 @@ def info_cmd(
     cli.print_json(r.json())
 
 
+def _schema_not_ready(settings: Settings, status: SchemaStatus) -> str:
+    """gc reads the pins of a database at this code's schema: say what to run when it is not."""
+    from parity.storage.factory import database_label
+
+    source = "" if settings.embedded else f", from {settings.database_source}"
+    where = f"the database ({database_label(settings)}{source})"
+    if status.current is None:
+        return (
+            f"{where} has no schema (no server has run on it): nothing to collect; start the "
+            "server or run `parity-server migrate` first"
+        )
+    if status.too_new:
+        return (
+            f"{where} is at schema {status.current}, newer than this code's {status.head}: "
+            "upgrade parity-server"
+        )
+    return (
+        f"{where} is at schema {status.current}, older than this code's {status.head}: run "
+        "`parity-server migrate` (or start the server) first"
+    )
+
+
 @storage_app.command("gc")
 def gc_cmd(
     config: Annotated[
@@ -247,7 +335,9 @@ def gc_cmd(
     async def run() -> Any:
         # A first connection that names the database when it cannot be opened (a refused
         # login, an unknown database) instead of a driver's traceback.
-        await migrate.schema_status(settings.resolved_database_url)
+        status = await migrate.schema_status(settings.resolved_database_url)
+        if not status.up_to_date:
+            raise cli.fail(_schema_not_ready(settings, status))
         db = Database(settings.resolved_database_url, nullpool=True)
         store = open_content_store(settings)
         try:

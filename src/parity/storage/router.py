@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
 from starlette.requests import ClientDisconnect
 
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
@@ -21,7 +22,7 @@ from parity.api.pagination import Page, PageParamsDep, make_page
 from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.core.storage.ranges import RangeNotSatisfiable, parse_range
-from parity.db.types import NameText, check_name
+from parity.db.types import check_name
 from parity.errors import InvalidInput
 from parity.storage import service
 from parity.storage.multipart import MultipartFile
@@ -34,13 +35,26 @@ UPLOAD_PATH = "/storage/upload"
 DOWNLOAD_PATH = "/storage/download/{cid}"
 MULTIPART_SLACK = 64 * 1024  # form framing around the file, allowed above the file size limit
 
-PinQuery = Annotated[bool, Query(description="Pin it for you (counts against your quota)")]
+
+def _true_or_false(value: object) -> object:
+    """``true`` or ``false`` (any case), as every boolean of the API: not "yes", "on" or 1."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise ValueError("must be true or false")
+
+
+PinQuery = Annotated[
+    bool,
+    BeforeValidator(_true_or_false),
+    Query(description="Pin it for you (counts against your quota): true or false"),
+]
 MAX_NAME = 255
+# The length is checked on the text (a plain "at most 255 characters"), then the characters.
 NameQuery = Annotated[
-    NameText | None,
-    Query(
-        max_length=MAX_NAME, description="A label for your pin (one line, no control characters)"
-    ),
+    Annotated[str, StringConstraints(max_length=MAX_NAME), AfterValidator(check_name)] | None,
+    Query(description="A label for your pin (one line, no control characters)"),
 ]
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}

@@ -147,8 +147,8 @@ async def check_quota_room(
 def _check_quota(cfg: StorageConfig, address: str, used: int, count: int, adding: int) -> None:
     if used + adding > cfg.quota_bytes or count + 1 > cfg.max_pins:
         raise StorageQuotaExceeded(
-            f"pinning {adding} more bytes would exceed the storage quota of {address} "
-            f"({used} of {cfg.quota_bytes} bytes and {count} of {cfg.max_pins} pins used); "
+            f"{address}: {_over_what(cfg, used, count, adding)} ({used} of "
+            f"{cfg.quota_bytes} bytes and {count} of {cfg.max_pins} pins used); "
             "unpin something first",
             details={
                 "quota_bytes": cfg.quota_bytes,
@@ -158,6 +158,16 @@ def _check_quota(cfg: StorageConfig, address: str, used: int, count: int, adding
                 "pin_count": count,
             },
         )
+
+
+def _over_what(cfg: StorageConfig, used: int, count: int, adding: int) -> str:
+    """Which limit a new pin would pass: the pin count, the bytes it adds or, when its size is
+    not known yet (a body of undeclared length), the bytes already pinned."""
+    if count + 1 > cfg.max_pins:
+        return "one more pin would exceed the pin limit (STORAGE_MAX_PINS)"
+    if adding == 0:
+        return "the storage quota (STORAGE_QUOTA_BYTES) is used up"
+    return f"pinning {adding} more bytes would exceed the storage quota (STORAGE_QUOTA_BYTES)"
 
 
 async def _limited(
