@@ -87,6 +87,7 @@ class Container:
             tasks=self.tasks,
             queue_timeout_seconds=s.llm_queue_timeout_seconds,
             default_max_tokens=s.llm_default_max_tokens,
+            offer_seconds=s.llm_offer_seconds,
         )
 
     @functools.cached_property

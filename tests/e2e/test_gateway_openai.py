@@ -22,9 +22,11 @@ import pytest
 
 from tests.conftest import ALICE, until
 from tests.contract.llm_fakes import MODEL, REPLY
+from tests.contract.llm_real import find_gguf, unavailable_reason, xllamacpp_server
 from tests.e2e.procs import ServerProcess
 from tests.e2e.runner_procs import RunnerProcess, client_token
 from tests.e2e.test_llm_runner import (
+    REAL_MODEL,
     Backend,
     FakeBackend,
     keystore_path,
@@ -205,9 +207,54 @@ async def test_a_client_that_goes_away_mid_stream_cancels_the_work_on_the_runner
             timeout=10,
         ).json()
         assert task["status"] in ("cancel_requested", "cancelled")
+        # Reported as the cancel it is, not as a stream that broke off: the server ends the
+        # runner's stream by dropping its connection, and the runner checks the claim's lease.
+        assert prompt["error"] == "cancelled", prompt
+        assert "token_stream_cancelled" in runner.log()
     finally:
         runner.stop()
         backend.stop()
+
+
+async def test_a_client_leaving_a_real_backends_stream_is_reported_as_a_cancel(
+    server: ServerProcess, keystore_path: Path, tmp_path: Path
+) -> None:
+    """llama.cpp keeps producing tokens, so the runner is writing its stream when the server
+    drops that connection on the cancel: the answer ``{"cancelled": true}`` is lost to the
+    reset, and the runner still reports a cancel (from the claim's lease), not a broken stream."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    gguf = find_gguf()
+    assert gguf is not None
+    with xllamacpp_server(gguf, REAL_MODEL) as url:
+        runner = llm_runner(
+            server, keystore_path, tmp_path, "gw-real-gone", url.rstrip("/"), REAL_MODEL
+        ).start()
+        try:
+            runner.wait_registered()
+            key = api_key(server)
+            body = {"model": REAL_MODEL, "prompt": "Once upon a time,", "max_tokens": 400,
+                    "stream": True}  # fmt: skip
+            with (
+                httpx.Client(base_url=server.url, timeout=60) as http,
+                http.stream(
+                    "POST", "/v1/completions", json=body,
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as r,
+            ):  # fmt: skip
+                assert r.status_code == 200
+                deltas = 0
+                for line in r.iter_lines():
+                    deltas += line.startswith("data: {")
+                    if deltas == 5:
+                        break  # tokens keep coming: hang up
+            await until(lambda: latest_prompt(server, key)["status"] == "failed", timeout=30)
+            prompt = latest_prompt(server, key)
+            assert prompt["error"] == "cancelled", prompt
+            assert prompt["usage"]["partial"] is True
+        finally:
+            runner.stop()
 
 
 async def test_a_runner_killed_mid_stream_ends_the_stream_with_an_error_at_once(

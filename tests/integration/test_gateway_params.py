@@ -441,3 +441,29 @@ async def test_ollama_show_describes_a_served_model(client: httpx.AsyncClient):
         assert r.status_code == 400 and r.json()["error"].startswith(field), (body, r.text)
     r = await client.post("/ollama/api/show", json={"model": MODEL})
     assert r.status_code == 401 and set(r.json()) == {"error"}
+
+
+async def test_ollama_load_requests_answer_load_without_a_prompt(client: httpx.AsyncClient):
+    """Ollama's clients load a model with a chat without messages or a generate without a
+    prompt: answered ``done_reason: "load"`` (or Ollama's 404), and no prompt is made."""
+    key, _ = await setup(client)
+    for route, body in (
+        ("chat", {"model": MODEL}),
+        ("chat", {"model": MODEL, "messages": []}),
+        ("generate", {"model": MODEL}),
+        ("generate", {"model": MODEL, "prompt": "", "keep_alive": "5m"}),
+    ):
+        r = await client.post(f"/ollama/api/{route}", json=body, headers=bearer(key))
+        assert r.status_code == 200, (body, r.text)
+        answer = r.json()
+        assert (answer["model"], answer["done"], answer["done_reason"]) == (MODEL, True, "load")
+        assert answer["message" if route == "chat" else "response"] in (
+            {"role": "assistant", "content": ""},
+            "",
+        )
+    r = await client.get(f"{V1}/llm/prompts", headers=bearer(key))
+    assert r.json()["total"] == 0
+    r = await client.post("/ollama/api/chat", json={"model": "nope"}, headers=bearer(key))
+    assert (r.status_code, r.json()) == (404, {"error": "model 'nope' not found"})
+    r = await client.post("/ollama/api/generate", json={"model": MODEL})
+    assert r.status_code == 401 and set(r.json()) == {"error"}

@@ -413,6 +413,43 @@ async def test_a_prompt_no_runner_takes_fails_at_its_deadline_with_the_reason(
     assert (r.json()["status"], r.json()["last_error"]) == ("cancelled", done["error"])
 
 
+async def test_a_prompt_its_runner_never_claims_fails_at_its_deadline_naming_that_runner(
+    client: httpx.AsyncClient, container: Container
+):
+    """A runner that crashed still counts as online until its heartbeats are overdue: the
+    prompt routed to it waits, and its deadline's reason says where it waited."""
+    alice = await sign_in(client, ALICE)
+    _, silent_id = await llm_runner(client, alice, model())
+    p = await submitted(client, alice, deadline_seconds=30)
+    assert await target_of(client, alice, p["id"]) == silent_id
+    container.clock.advance(31)  # type: ignore[attr-defined]
+    assert await tick(container) == 1
+    done = await prompt(client, alice, p["id"])
+    assert done["status"] == "failed"
+    assert done["error"] == (
+        "no runner with model m1 became available within 30 s (routed to runner "
+        f"{silent_id}, which did not take it: busy, or not answering although not yet offline)"
+    )
+
+
+async def test_billing_metrics_refuse_a_range_that_ends_before_it_starts(
+    client: httpx.AsyncClient,
+):
+    alice = await sign_in(client, ALICE)
+    r = await client.get(
+        f"{V1}/llm/billing/metrics",
+        params={"since": "2026-12-07T00:00:00Z", "until": "2026-12-01T00:00:00Z"},
+        headers=bearer(alice),
+    )
+    assert fields(r) == {"until"}
+    r = await client.get(
+        f"{V1}/llm/billing/metrics",
+        params={"since": "2026-12-01T00:00:00Z", "until": "2026-12-07T00:00:00Z"},
+        headers=bearer(alice),
+    )
+    assert r.status_code == 200 and r.json()["total"]["requests"] == 0, r.text
+
+
 async def test_a_prompt_routed_to_a_runner_that_went_offline_is_routed_again(
     client: httpx.AsyncClient, container: Container
 ):
@@ -424,6 +461,32 @@ async def test_a_prompt_routed_to_a_runner_that_went_offline_is_routed_again(
     assert (await heartbeat(client, gone, status="offline")).status_code == 200
     assert await tick(container) == 1
     assert await target_of(client, alice, p["id"]) == stays_id
+
+
+async def test_a_prompt_its_runner_does_not_claim_in_time_is_routed_to_another(
+    client: httpx.AsyncClient, container: Container
+):
+    """A runner that died counts as online until its heartbeats are overdue: once the offer
+    window (LLM_OFFER_SECONDS) passes unclaimed, the prompt goes to another runner, and back to
+    the same one only when no other serves the model (it may be alive, only slow to claim)."""
+    alice = await sign_in(client, ALICE)
+    _, dead_id = await llm_runner(client, alice, model(price=(1, 1)))
+    alive, alive_id = await llm_runner(client, alice, model(price=(5, 5)))
+    p = await submitted(client, alice)
+    assert await target_of(client, alice, p["id"]) == dead_id
+    assert await tick(container) == 0  # within the window: it stays
+    container.clock.advance(container.llm.offer_seconds + 1)  # type: ignore[attr-defined]
+    assert await tick(container) == 1
+    assert await target_of(client, alice, p["id"]) == alive_id
+    assert (await claimed(client, alive))["task"]["id"] == p["id"]
+
+    lone = await submitted(client, alice, model_name="m2")  # no runner serves m2 yet
+    _, only_id = await llm_runner(client, alice, model("m2"))
+    assert await tick(container) == 1
+    assert await target_of(client, alice, lone["id"]) == only_id
+    container.clock.advance(container.llm.offer_seconds + 1)  # type: ignore[attr-defined]
+    assert await tick(container) == 1  # offered again to the one runner there is
+    assert await target_of(client, alice, lone["id"]) == only_id
 
 
 async def test_a_queued_prompt_is_routed_once_a_runner_with_the_model_comes(

@@ -227,3 +227,32 @@ async def test_with_pricing_off_a_broken_stream_shows_what_it_delivered_free(
     r = await client.get(f"{V1}/llm/billing/metrics", headers=bearer(key))
     assert r.status_code == 200, r.text
     assert r.json()["total"]["output_tokens"] == 2, r.json()
+
+
+async def test_a_streamed_prompt_its_client_cancels_after_the_first_token_pays_the_partial(
+    net: Net,
+):
+    """DELETE /tasks/{id} on a prompt whose stream had begun: the text went out, so the
+    runner's partial report is billed once (as for a stream that broke off), not released."""
+    key, runner = await setup(net)
+    answer = asyncio.create_task(
+        net.http.post("/v1/chat/completions", json=CHAT, headers=bearer(key))
+    )
+    got = await claim_when_routed(net.http, runner)
+    task_id, token = got["task"]["id"], got["claim_token"]
+    assert (await stream_deltas(net.http, runner, task_id, token, ["Hi"])).status_code == 200
+    r = await net.http.delete(f"{V1}/tasks/{task_id}", headers=bearer(key))
+    assert r.status_code == 200 and r.json()["status"] == "cancel_requested", r.text
+    r = await act(net.http, runner, task_id, "fail", token, error="cancelled",
+                  output="Hi there", usage={"input_tokens": 12, "output_tokens": None})  # fmt: skip
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    events = sse_events((await asyncio.wait_for(answer, 20)).text)
+    assert events[-1] == "[DONE]" and events[-2]["error"]["message"] == "cancelled"
+
+    billed = cost(12, estimate_text_tokens("Hi there"))
+    assert await paid(net, task_id) == billed
+    p = await read(net, key, task_id)
+    assert (p["status"], p["error"], p["cost"]) == ("failed", "cancelled", str(billed))
+    assert (p["response"], p["usage"]["partial"]) == ("Hi there", True)
+    [res] = await net.rows(Reservation, source_id=task_id)
+    assert res.status == "consumed"

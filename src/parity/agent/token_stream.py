@@ -12,7 +12,13 @@ How the request ends decides what the runner does next (``on_end``):
   delta went into its body: text already reached the client and cannot be re-sent elsewhere,
   so generation stops and the run is reported failed with what was streamed (``"broken"``);
 - a refusal (4xx) or a failure before any delta was sent only costs the early delivery: the
-  completion carries the whole text (before the first token the queue's failover applies)."""
+  completion carries the whole text (before the first token the queue's failover applies).
+
+The server ends a cancelled stream by dropping the connection with the body unread, so its
+``{"cancelled": true}`` answer is often lost to the connection's reset: the request then fails
+like a lost connection. A request that fails that way after a delta went out is therefore
+checked against the claim's lease (``POST .../lease`` says ``cancel_requested``) before it
+counts as broken: a cancel is reported as a cancel, not as a stream that broke off."""
 
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ log = get_logger("parity.runner")
 
 CANCELLED = "cancelled"
 BROKEN = "broken"
+# How long a failed stream's lease check may take (the backend generates meanwhile).
+LEASE_CHECK_SECONDS = 5.0
 
 
 class TokenStream:
@@ -73,16 +81,38 @@ class TokenStream:
             answer = await self.client.stream(self.task_id, self.claim_token, self._deltas())
         except Exception as exc:
             self.closed = True
-            log.warning("token_stream_failed", task_id=self.task_id, error=str(exc)[:200])
             refused = isinstance(exc, ServerError) and exc.status < 500
             if self.sent_parts and not refused:
+                if not isinstance(exc, ServerError) and await self._cancel_requested():
+                    log.info("token_stream_cancelled", task_id=self.task_id)
+                    self._end(CANCELLED)
+                    return
                 self.error = str(exc)[:500] or type(exc).__name__
                 self._end(BROKEN)
+            log.warning(
+                "token_stream_failed",
+                task_id=self.task_id,
+                error=_why(exc),
+                deltas_sent=bool(self.sent_parts),
+            )
             return
         if answer.get("cancelled") is True:
             self.closed = True
             log.info("token_stream_cancelled", task_id=self.task_id)
             self._end(CANCELLED)
+
+    async def _cancel_requested(self) -> bool:
+        """Whether the claim's task was cancelled (the server's answer to that effect may have
+        been lost with the connection); False when that cannot be told."""
+        try:
+            lease = await asyncio.wait_for(
+                self.client.transition(self.task_id, "lease", {"claim_token": self.claim_token}),
+                LEASE_CHECK_SECONDS,
+            )
+        except Exception as exc:
+            log.info("token_stream_lease_check_failed", task_id=self.task_id, error=_why(exc))
+            return False
+        return lease.get("cancel_requested") is True
 
     def _end(self, how: str) -> None:
         self.ended = how
@@ -99,3 +129,8 @@ class TokenStream:
         if not done:
             self._job.cancel()
             await asyncio.gather(self._job, return_exceptions=True)
+
+
+def _why(exc: BaseException) -> str:
+    """An exception's message, or its type's name where it has none (httpx's ReadError)."""
+    return (str(exc) or type(exc).__name__)[:200]

@@ -110,11 +110,15 @@ class _Common(BaseModel):
 
 
 class ChatBody(_Common):
-    messages: list[dict[str, Any]]
+    # None or empty: Ollama's "load the model" request (answered without a prompt).
+    messages: list[dict[str, Any]] | None = None
 
 
 class GenerateBody(_Common):
-    prompt: str
+    prompt: str = ""  # empty (without a system text): Ollama's "load the model" request
+
+    def loads_only(self) -> bool:
+        return not self.prompt and not self.system
 
 
 def _num_predict(raw: object) -> int | None:
@@ -199,12 +203,16 @@ async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
             body = await parse(request, ChatBody)
             assert isinstance(body, ChatBody)
             settings = body.settings()
+            if not body.messages:
+                return await _load(request, c, body.model, chat)
             messages = [*body.system_messages(), *chat_messages(body.messages)]
             create = _create(model=body.model, messages=messages, **settings)
         else:
             body = await parse(request, GenerateBody)
             assert isinstance(body, GenerateBody)
             settings = body.settings()
+            if body.loads_only():
+                return await _load(request, c, body.model, chat)
             if body.system:
                 # Ollama puts the system text before the prompt through the model's template:
                 # a chat of the two.
@@ -250,6 +258,21 @@ async def _answer(request: Request, c: ContainerDep, chat: bool) -> Response:
         media_type="application/x-ndjson",
         headers={PROMPT_ID_HEADER: str(batches.prompt_id)},
     )
+
+
+async def _load(request: Request, c: ContainerDep, model: str, chat: bool) -> Response:
+    """Ollama's answer to a chat without messages or a generate without a prompt, which its
+    clients send to load a model: ``done_reason: "load"`` when an online runner serves the
+    model (no prompt is made: the runners load their models themselves), else Ollama's 404."""
+    models = await relay.network_models(request, c)
+    if not any(m.model == model for m in models):
+        return JSONResponse({"error": f"model '{model}' not found"}, status_code=404)
+    out: dict[str, Any] = {"model": model, "created_at": _now()}
+    if chat:
+        out["message"] = {"role": "assistant", "content": ""}
+    else:
+        out["response"] = ""
+    return JSONResponse({**out, "done": True, "done_reason": "load"})
 
 
 @router.post("/chat")

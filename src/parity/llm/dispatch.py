@@ -139,14 +139,28 @@ def note_route(deps: LlmDeps, prompt: Prompt, choice: Choice) -> None:
 
 
 async def route_prompt(
-    session: AsyncSession, deps: LlmDeps, prompt: Prompt, request: LlmRequest
+    session: AsyncSession,
+    deps: LlmDeps,
+    prompt: Prompt,
+    request: LlmRequest,
+    *,
+    avoid: uuid.UUID | None = None,
 ) -> bool:
-    """Route a queued prompt (the prompts job: after a failure, or once a runner with the model
-    comes): write the chosen runner as its task's target (and offer it), or remember why no
-    runner fits (``no_route_reason``). True when routed."""
+    """Route a queued prompt (the prompts job: after a failure, once a runner with the model
+    comes, or when the runner it was routed to has not claimed it in time): write the chosen
+    runner as its task's target (and offer it), or remember why no runner fits
+    (``no_route_reason``). ``avoid`` (the runner that let its offer lapse) is offered it again
+    only when no other runner fits: it may be alive and only slow to claim. True when
+    routed."""
     loaded = await repo.serving_with_load(session, prompt.model)
     excluded = await repo.exclusions(session, prompt.task_id)
-    choice = choose_runner(request, routing_cap(deps, prompt), loaded, excluded)
+    cap = routing_cap(deps, prompt)
+    choice = choose_runner(request, cap, loaded, excluded | {avoid} if avoid else excluded)
+    if avoid is not None and choice.serving is None:
+        # Offered to it again (the slot it would take is this prompt's own), if it still
+        # serves the model; else routed as usual.
+        again = next((x.serving for x in loaded if x.serving.runner_id == avoid), None)
+        choice = Choice(again, None) if again else choose_runner(request, cap, loaded, excluded)
     if choice.serving is not None and not await internal.target_internal_task(
         session, deps.tasks, prompt.task_id, choice.serving.runner_id, push=choice.serving.push
     ):

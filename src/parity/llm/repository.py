@@ -236,16 +236,17 @@ def _pending_prompts() -> Select[Any]:
 
 
 async def unrouted(
-    session: AsyncSession, now: datetime, limit: int
-) -> list[tuple[Prompt, str | None]]:
+    session: AsyncSession, now: datetime, offered_before: datetime, limit: int
+) -> list[tuple[Prompt, str | None, uuid.UUID | None]]:
     """Queued prompts within their deadline that no claiming runner is routed to: never
-    routed, put back by a failure (the retry clears the target), or routed to a runner that
-    has gone offline, started draining or been banned; each with its task's ``last_error``
-    (why its last attempt failed, if one did)."""
+    routed, put back by a failure (the retry clears the target), routed to a runner that has
+    gone offline, started draining or been banned, or routed before ``offered_before`` and
+    not claimed since; each with its task's ``last_error`` (why its last attempt failed, if
+    one did) and the runner it is still routed to (None when none)."""
     target = cast(Table, Runner.__table__).alias("target")
     q = (
         _pending_prompts()
-        .add_columns(_T.last_error)
+        .add_columns(_T.last_error, _T.target_runner_id)
         .outerjoin(target, target.c.id == _T.target_runner_id)
         .where(
             Prompt.deadline_at > now,
@@ -255,12 +256,13 @@ async def unrouted(
                 target.c.status != "online",
                 target.c.banned_at.is_not(None),
                 target.c.drain_requested.is_(True),
+                Prompt.routed_at < offered_before,
             ),
         )
         .order_by(Prompt.created_at, Prompt.id)
         .limit(limit)
     )
-    return [(r[0], r[1]) for r in (await session.execute(q)).all()]
+    return [(r[0], r[1], r[2]) for r in (await session.execute(q)).all()]
 
 
 async def slot_holders(session: AsyncSession, models: list[str], limit: int) -> list[uuid.UUID]:

@@ -176,6 +176,8 @@ async def billing_metrics(
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise InvalidInput(name, "must carry a timezone (UTC ISO-8601)")
+    if since is not None and until is not None and until < since:
+        raise InvalidInput("until", "must not be before since (the range is [since, until))")
     m = await service.metrics_for(session, principal, bucket, since, until)
     total = _totals(m.total)
     return BillingMetricsRead(

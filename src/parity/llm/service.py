@@ -447,6 +447,13 @@ def deadline_reason(prompt: Prompt) -> str:
         except ValueError:
             why = prompt.no_route_reason
         reason += f" ({why})"
+    elif prompt.routed_runner_id is not None:
+        # Routed, never claimed: the runner was busy, or stopped without going offline (a
+        # crashed runner counts as online until its heartbeats are overdue).
+        reason += (
+            f" (routed to runner {prompt.routed_runner_id}, which did not take it: busy, or"
+            " not answering although not yet offline)"
+        )
     return reason
 
 
@@ -469,13 +476,15 @@ async def route_queued(
     that failure instead (:func:`refusal`). ``stalled`` collects the models of prompts left
     queued because every runner serving them is at capacity."""
     n = 0
-    for prompt, last_error in await repo.unrouted(session, now, JOB_BATCH):
+    offered_before = now - timedelta(seconds=deps.offer_seconds)
+    for prompt, last_error, target in await repo.unrouted(session, now, offered_before, JOB_BATCH):
         if refusal(last_error) is not None:
             assert last_error is not None
             if await internal.end_internal_task(session, deps.tasks, prompt.task_id, last_error):
                 n += 1
             continue
-        if await dispatch.route_prompt(session, deps, prompt, parse_llm_config(prompt.request)):
+        request = parse_llm_config(prompt.request)
+        if await dispatch.route_prompt(session, deps, prompt, request, avoid=target):
             n += 1
         elif stalled is not None and prompt.no_route_reason == NoRouteReason.AT_CAPACITY.value:
             stalled.add(prompt.model)

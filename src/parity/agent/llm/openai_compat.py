@@ -151,11 +151,16 @@ def _completion(usage: dict[str, Any] | None, finish: str | None) -> Completion:
 
 
 def _context_length(item: dict[str, Any]) -> int | None:
-    """vLLM reports ``max_model_len``; others ``context_length``; llama.cpp ``meta.n_ctx_train``."""
+    """vLLM reports ``max_model_len``; others ``context_length``; llama.cpp ``meta.n_ctx`` (the
+    context it was started with, what it accepts) and, older versions only, ``meta.n_ctx_train``
+    (the model's trained context, often larger than the server's)."""
+    found = item.get("meta")
+    meta: dict[str, Any] = found if isinstance(found, dict) else {}
     for value in (
         item.get("max_model_len"),
         item.get("context_length"),
-        (item.get("meta") or {}).get("n_ctx_train") if isinstance(item.get("meta"), dict) else None,
+        meta.get("n_ctx"),
+        meta.get("n_ctx_train"),
     ):
         count = optional_count(value)
         if count:
