@@ -54,11 +54,12 @@ def _run(
     chunks: list[list[str]],
     *,
     output: str | None = None,
+    output_cid: str | None = None,
     error: str | None = None,
     exit_code: int | None = None,
 ) -> None:
     """Claim ``task_id`` (started), send ``chunks`` as its log batches, then complete it with
-    ``output`` or, given ``error``, fail it."""
+    ``output`` (and ``output_cid``) or, given ``error``, fail it."""
     headers = {"Authorization": f"Bearer {runner_token}"}
     with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
         r = http.post(f"{V1}/runners/tasks/{task_id}/claim", params={"start": "true"})
@@ -72,6 +73,8 @@ def _run(
             assert r.status_code == 200, r.text
         if error is None:
             body: dict[str, Any] = {"claim_token": claim_token, "output": output, "exit_code": 0}
+            if output_cid is not None:
+                body["output_cid"] = output_cid
             r = http.post(f"{V1}/runners/tasks/{task_id}/complete", json=body)
         else:
             body = {"claim_token": claim_token, "error": error, "exit_code": exit_code}
@@ -218,10 +221,30 @@ def test_create_run_and_read_a_task_from_the_command_line(
     assert f"wrote 11 bytes to {target}" in written.stderr
     assert json.loads(cli("result", task_id, "--json").stdout)["output"] == "hello world"
 
+    # An output above the inline 64 KiB: stdout shows its start, -o writes all of it.
+    big_output = "".join(f"row {i:06d}\n" for i in range(10_000))  # 110,000 bytes
+    big_id = cli("create", "-t", "big", "--", "true").stdout.strip()
+    with httpx.Client(base_url=server.url, timeout=30, headers=auth) as http:
+        # As the runner does: the whole output into the content store, its start inline.
+        r = http.put(f"{V1}/storage/upload", content=big_output.encode())
+        assert r.status_code in (200, 201), r.text
+        _run(server.url, runner_token, big_id, [], output=big_output, output_cid=r.json()["cid"])
+    start = cli("result", big_id)
+    assert start.exit_code == 0 and start.stdout.startswith(big_output[:60_000])
+    assert "[output truncated: 110000 bytes" in start.stdout
+    assert "the whole output is" in start.stderr
+    whole = tmp_path / "big.txt"
+    got = cli("result", big_id, "-o", str(whole))
+    assert got.exit_code == 0, got.output
+    assert whole.read_text() == big_output
+    assert "exit code 0" in got.stderr and "the whole output is" not in got.stderr
+
     listed = cli("list", "--status", "completed")
     assert listed.exit_code == 0, listed.output
-    header, row = listed.stdout.splitlines()
+    header, *rows = listed.stdout.splitlines()
     assert header.split() == ["ID", "STATUS", "TYPE", "ATTEMPTS", "CREATED", "TITLE"]
+    assert [r.split()[-1] for r in rows] == ["big", "hello"]  # newest first
+    row = rows[1]
     assert row.split()[:4] == [task_id, "completed", "command", "1/3"]
     assert row.split()[-1] == "hello"
 

@@ -624,7 +624,8 @@ def result_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the output of task ID's accepted result (a completed task); its exit code and run
-    time on stderr, and the CID of the whole output where only its start is inline."""
+    time on stderr, and the CID of the whole output where only its start is inline (with -o,
+    FILE gets the whole output, downloaded from that CID)."""
     task_id = _id(task_id)
     with cli.connect(server, keystore, token) as client:
         result = cli.request_json(client, "GET", _task_path(task_id, "result"))
@@ -633,6 +634,15 @@ def result_cmd(
         return
     if output is None:
         _write_output(result)
+    elif result.get("output_cid"):
+        # Only the output's start is inline: the file gets all of it, checked against its CID.
+        from parity.cli import storage as storage_cli
+
+        storage_cli.get(
+            result["output_cid"], output=output, server=server, token=token, keystore=keystore
+        )
+        _result_notes({**result, "output_cid": None})
+        return
     else:
         data = (result.get("output") or "").encode()
         try:
