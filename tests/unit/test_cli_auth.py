@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import stat
 from collections.abc import Callable
@@ -511,3 +512,19 @@ def test_auth_sign_in_without_a_url_uses_the_server_rule(
     assert code == 0, output
     assert f"signed in to {SERVER} as {TEST_ADDRESS}" in output
     assert load_token(tmp_path / "credentials.json", SERVER, TEST_ADDRESS) is not None
+
+
+def test_a_keystore_that_cannot_be_written_is_named_not_its_temporary_file(
+    tmp_path: Path,
+) -> None:
+    blocked = tmp_path / "ro"
+    blocked.mkdir()
+    blocked.chmod(0o500)  # no new files in it (root ignores modes: a file is in the way below)
+    path = blocked / "k.json"
+    if os.access(blocked, os.W_OK):
+        (tmp_path / "file").write_text("")
+        path = tmp_path / "file" / "k.json"  # its parent is a file: nothing can be made there
+    code, output = _invoke(["--keystore", str(path), "--new"])
+    assert code == 1
+    assert output.strip().endswith(f": {path}"), output
+    assert ".tmp" not in output

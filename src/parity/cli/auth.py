@@ -268,5 +268,14 @@ def register_auth_command(
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _fail(f"cannot reach {where}: {exc}") from None
         except OSError as exc:
-            raise _fail(f"{exc.strerror or exc}: {exc.filename or path}") from None
+            raise _fail(f"{exc.strerror or exc}: {_file_of(exc, path)}") from None
         typer.echo(f"signed in to {server} as {account.address}, token expires at {expires_at}")
+
+
+def _file_of(exc: OSError, keystore: Path) -> str:
+    """The file an OSError is about, as the user knows it: the keystore, not the temporary
+    file it is written through (``.NAME.XXXX.tmp`` beside it)."""
+    name = str(exc.filename or keystore)
+    if Path(name).name.startswith(f".{keystore.name}.") and name.endswith(".tmp"):
+        return str(keystore)
+    return name
