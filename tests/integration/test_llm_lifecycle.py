@@ -154,6 +154,38 @@ async def test_a_stream_that_pauses_longer_than_the_limit_gets_an_error_event(
         await asyncio.wait_for(stream, 20)
 
 
+async def test_a_stream_open_when_the_server_stops_ends_with_an_error_event_in_the_grace(
+    container: Container,
+):
+    """SIGTERM marks the server draining: an open stream may go on for half the shutdown
+    grace, then ends with an error event (not cut off mid-chunk when the grace runs out), and
+    its prompt is cancelled, billed for what was relayed."""
+    async with custom_client(container, SHUTDOWN_GRACE_SECONDS=2) as (http, c):
+        key, runner = await setup(http)
+        body = {**CHAT, "stream": True}
+        answer = asyncio.create_task(
+            http.post("/v1/chat/completions", json=body, headers=bearer(key))
+        )
+        got = await claim_when_routed(http, runner)
+        task_id, token = got["task"]["id"], got["claim_token"]
+        pieces = [f"w{i} " for i in range(20)]  # 0.25 s apart: 5 s, past the 1 s left
+        stream = asyncio.create_task(paced(http, runner, task_id, token, pieces, 0.25))
+        await asyncio.sleep(0.6)
+        c.draining = True
+        events = sse_events((await asyncio.wait_for(answer, 20)).text)
+        got_text = contents(events)
+        assert 1 <= len(got_text) < len(pieces) and got_text == pieces[: len(got_text)]
+        assert events[-1] == "[DONE]"
+        assert "the server is shutting down" in events[-2]["error"]["message"]
+        r = await asyncio.wait_for(stream, 20)
+        assert r.json()["cancelled"] is True  # the runner is told to stop: it reports so
+        r = await act(http, runner, task_id, "fail", token, error="cancelled",
+                      output="".join(got_text), usage={"input_tokens": 3})  # fmt: skip
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        p = (await http.get(f"{V1}/llm/prompts/{task_id}", headers=bearer(key))).json()
+        assert (p["status"], p["error"], p["usage"]["partial"]) == ("failed", "cancelled", True)
+
+
 # -- a backend's refusal of the request -----------------------------------------------------------
 
 

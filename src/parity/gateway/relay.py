@@ -61,6 +61,11 @@ from parity.waiters import Watch
 log = get_logger("parity.gateway")
 # After a runner closed its stream, its completion follows within a request: look often.
 SETTLE_POLL_SECONDS = 0.25
+# A stream still open when the server starts stopping (SIGTERM) may go on for this share of
+# SHUTDOWN_GRACE_SECONDS; then it ends with an error event, within the grace, and its prompt
+# is cancelled (billed for what was relayed), instead of being cut off without one.
+DRAIN_SHARE = 0.5
+SHUTTING_DOWN = "the server is shutting down: the stream ended before its answer; send it again"
 _background: set[asyncio.Task[None]] = set()
 
 
@@ -371,8 +376,10 @@ class _Relay:
         limit = self.c.settings.llm_gateway_timeout_seconds
         deadline = time.monotonic() + limit
         recheck = self.c.settings.long_poll_recheck_seconds
+        drain_by: float | None = None  # the server is stopping: the stream ends by then
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 if self.attempt is None:
                     why = f"no token came within {limit:g} s"
@@ -380,6 +387,13 @@ class _Relay:
                     why = f"no token came for {limit:g} s (the stream stalled)"
                 yield [self._fail(why)]
                 return
+            if drain_by is None and self.c.draining:
+                drain_by = now + self.c.settings.shutdown_grace_seconds * DRAIN_SHARE
+            if drain_by is not None:
+                if now >= drain_by:
+                    yield [self._fail(SHUTTING_DOWN)]
+                    return
+                remaining = min(remaining, drain_by - now)
             try:
                 if self.settling:
                     await self._settle(min(remaining, SETTLE_POLL_SECONDS))
