@@ -265,6 +265,13 @@ async def test_openai_parameters_not_honoured_are_refused_naming_them(client: ht
         "/v1/completions", json={"model": MODEL, "prompt": [1, 2, 3]}, headers=bearer(key)
     )
     assert "one string" in r.json()["error"]["message"]
+    # stream_options only with a stream, as OpenAI answers.
+    for path, base in (("/v1/chat/completions", CHAT), ("/v1/completions", {"model": MODEL})):
+        body = {**base, "prompt": "Once", "stream_options": {"include_usage": True}}
+        if path.endswith("chat/completions"):
+            body.pop("prompt")
+        r = await client.post(path, json=body, headers=bearer(key))
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options", r.text
     # Nothing refused was submitted.
     r = await client.get(f"{V1}/llm/prompts", headers=bearer(key))
     assert r.json()["total"] == 0, r.text

@@ -279,6 +279,7 @@ async def test_valid_bodies_with_one_wrong_value_answer_below_500(
                 "model": "unserved",
                 "messages": [chat],
                 "max_tokens": 8,
+                "stream": True,
                 "stream_options": {"include_usage": True},
             },
         ),

@@ -90,6 +90,9 @@ class _Common(BaseModel):
         """The honoured sampling settings and stop sequences, validated, for the prompt; the
         parameters it does not honour are refused here (InvalidInput naming them)."""
         refuse_unsupported(self.model_extra or {})
+        if self.stream_options is not None and not self.stream:
+            # As OpenAI answers: the options only say how a stream ends.
+            raise InvalidInput("stream_options", "only allowed when stream is true")
         return {
             "temperature": checked(parse_temperature, self.temperature, "temperature"),
             "top_p": checked(parse_top_p, self.top_p, "top_p"),
