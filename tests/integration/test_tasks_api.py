@@ -466,3 +466,24 @@ async def test_pending_limits_answer_429_per_client_and_503_overall(container: C
         full = await http.post(f"{V1}/tasks", json=body, headers=bob)
         assert full.status_code == 503 and error_code(full) == "queue_full"
         assert full.headers["retry-after"] == "10"
+
+
+async def test_query_flags_are_true_or_false_in_any_case_and_nothing_else(
+    client: httpx.AsyncClient,
+):
+    alice = await sign_in(client, ALICE)
+    t = await create_task(client, alice)
+    runner = await _runner(client, alice)
+    for path, flag in (
+        (f"{V1}/tasks", "include_internal"),
+        (f"{V1}/tasks/{t['id']}/logs", "follow"),
+    ):
+        for bad in ("yes", "1", "on", "ture"):
+            r = await client.get(path, params={flag: bad}, headers=bearer(alice))
+            assert r.status_code == 422 and _field(r) == flag, r.text
+        r = await client.get(path, params={flag: "FALSE"}, headers=bearer(alice))
+        assert r.status_code == 200, r.text
+    r = await claim(client, runner, wait=0, start="1")
+    assert r.status_code == 422 and _field(r) == "start", r.text
+    r = await claim(client, runner, t["id"], start="True")
+    assert r.status_code == 200 and r.json()["task"]["status"] == "running", r.text

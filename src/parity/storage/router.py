@@ -12,13 +12,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AfterValidator, BeforeValidator, StringConstraints
+from pydantic import AfterValidator, StringConstraints
 from starlette.requests import ClientDisconnect
 
 from parity.api.deps import ContainerDep, CurrentPrincipal, Idempotency, ReadSession, WriteSession
 from parity.api.errors import envelope
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import Page, PageParamsDep, make_page
+from parity.api.queryflags import Flag
 from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.core.storage.ranges import RangeNotSatisfiable, parse_range
@@ -36,19 +37,8 @@ DOWNLOAD_PATH = "/storage/download/{cid}"
 MULTIPART_SLACK = 64 * 1024  # form framing around the file, allowed above the file size limit
 
 
-def _true_or_false(value: object) -> object:
-    """``true`` or ``false`` (any case), as every boolean of the API: not "yes", "on" or 1."""
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if isinstance(value, bool):
-        return value
-    raise ValueError("must be true or false")
-
-
 PinQuery = Annotated[
-    bool,
-    BeforeValidator(_true_or_false),
-    Query(description="Pin it for you (counts against your quota): true or false"),
+    Flag, Query(description="Pin it for you (counts against your quota): true or false")
 ]
 MAX_NAME = 255
 # The length is checked on the text (a plain "at most 255 characters"), then the characters.

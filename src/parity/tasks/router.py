@@ -27,6 +27,7 @@ from parity.api.deps import (
 from parity.api.errors import read_json
 from parity.api.jsonbody import JsonRoute
 from parity.api.pagination import BIGINT_MAX
+from parity.api.queryflags import Flag
 from parity.core.tasks.states import TERMINAL
 from parity.db.types import INT32_MAX, check_name
 from parity.errors import InvalidInput
@@ -152,7 +153,7 @@ async def list_tasks(
     session: ReadSession,
     status: Annotated[list[str] | None, Query(description="Filter by status (repeatable)")] = None,
     type: Annotated[list[str] | None, Query(description="Filter by type (repeatable)")] = None,
-    include_internal: bool = False,
+    include_internal: Annotated[Flag, Query(description="Also llm and fl_train rows")] = False,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> list[TaskRead]:
@@ -281,7 +282,7 @@ async def task_logs(
         int | None,
         Query(ge=0, le=LOG_POSITION_MAX, description="next_after of a previous read"),
     ] = None,
-    follow: bool = False,
+    follow: Annotated[Flag, Query(description="Stream as Server-Sent Events")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> Any:
     """Log chunks in order. ``follow=true`` streams them as Server-Sent Events until the task

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from parity.api.deps import ContainerDep, CurrentRunner, WriteSession
 from parity.api.jsonbody import JsonRoute
+from parity.api.queryflags import Flag
 from parity.container import Container
 from parity.errors import InvalidInput
 from parity.tasks import hotpath, lifecycle, runner_side, service
@@ -96,7 +97,7 @@ async def claim_next(
     c: ContainerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
     max_tasks: Annotated[int, Query(ge=1, le=100)] = 1,
-    start: bool = False,
+    start: Annotated[Flag, Query(description="Claim and start in one call")] = False,
 ) -> Any:
     """Claim the next task(s). Long-polls up to ``wait`` seconds (30 max) without holding a
     database connection. ``max_tasks`` > 1 answers ``{"claims": [...]}``; ``start=true``
@@ -148,7 +149,7 @@ async def claim_one(
     task_id: uuid.UUID,
     runner_id: CurrentRunner,
     c: ContainerDep,
-    start: bool = False,
+    start: Annotated[Flag, Query(description="Claim and start in one call")] = False,
 ) -> ClaimRead:
     """Claim a specific task: 404 unknown, 409 task_not_claimable (details say why),
     403 runner_not_eligible when it does not fit this runner."""
