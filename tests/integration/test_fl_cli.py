@@ -243,6 +243,24 @@ def test_create_refuses_a_configuration_that_is_not_a_json_object(
     assert server.requests == []
 
 
+def test_create_refuses_nan_or_infinity_in_the_configuration_naming_the_field(
+    fake: Callable[[Handler], FakeServer], tmp_path: Path
+) -> None:
+    """A NaN in CONFIG.json used to end in a traceback (the body could not be written)."""
+    server = fake(_create_handler)
+    bad = tmp_path / "nan.json"
+    bad.write_text(json.dumps(CONFIG).replace('"learning_rate": 0.1', '"learning_rate": NaN'))
+    assert "NaN" in bad.read_text()
+    result = _cli("create", str(bad), "--dataset", str(_csv(tmp_path / "data.csv")))
+    assert result.exit_code == 2 and not isinstance(result.exception, ValueError)
+    assert "nan.json: config.learning_rate is NaN, which is not a JSON number" in result.stderr
+    bad.write_text('{"name": "x", "config": {"model_config": {"sizes": [1, -Infinity]}}}')
+    result = _cli("create", str(bad))
+    assert result.exit_code == 2
+    assert "config.model_config.sizes[1] is -Infinity" in result.stderr
+    assert server.requests == []
+
+
 def test_server_refusals_print_the_envelope_message_and_exit_1(
     fake: Callable[[Handler], FakeServer], tmp_path: Path
 ) -> None:
@@ -327,7 +345,10 @@ def test_watch_exits_1_with_the_reason_when_the_session_does_not_complete(
     assert final["session"]["status"] == ending and len(final["metrics"]["rounds"]) == 1
 
 
-def test_watch_gives_up_after_repeated_failed_polls(fake: Callable[[Handler], FakeServer]) -> None:
+def test_watch_gives_up_after_repeated_failed_polls(
+    fake: Callable[[Handler], FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fl_cli, "RIDE_OUT_SECONDS", 0.0)
     script = ScriptedSession()
     script.outages = set(range(1, 100))
     fake(script)
@@ -335,6 +356,42 @@ def test_watch_gives_up_after_repeated_failed_polls(fake: Callable[[Handler], Fa
     assert result.exit_code == 1
     assert f"did not answer {fl_cli.MAX_POLL_ERRORS} polls in a row" in result.stderr
     assert script.reads == fl_cli.MAX_POLL_ERRORS
+
+
+def test_watch_rides_out_more_failed_polls_than_the_count_while_the_outage_is_short(
+    fake: Callable[[Handler], FakeServer],
+) -> None:
+    """A server restart outlasts five polls at the default 2 s interval: failed polls alone
+    ended the watch of a session that went on (and completed) once the server was back."""
+    script = ScriptedSession()
+    script.outages = set(range(2, 2 + 2 * fl_cli.MAX_POLL_ERRORS))
+    fake(script)
+    result = _cli("watch", SID, "--interval", "0", "-q")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().startswith(f"session {SID} completed after 3 rounds")
+
+
+def test_watch_of_a_pending_session_says_so_once_and_waits_for_its_start(
+    fake: Callable[[Handler], FakeServer],
+) -> None:
+    """After a `fl start` refused for want of runners, `fl watch` waited without a word."""
+    script = ScriptedSession()
+    pending_reads = 3
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == f"{API}/sessions/{SID}" and script.reads < pending_reads:
+            script.reads += 1
+            return httpx.Response(200, json=_session(status="pending", current_round=0))
+        if request.url.path == f"{API}/sessions/{SID}/metrics" and script.reads <= pending_reads:
+            return httpx.Response(200, json={"session_id": SID, "rounds": []})
+        return script(request)
+
+    fake(handle)
+    result = _cli("watch", SID, "--interval", "0", "-q")
+    assert result.exit_code == 0, result.output
+    note = f"session {SID} is pending: it has no rounds until it is started"
+    assert result.stderr.count(note) == 1
+    assert f"(parity-server fl start {SID})" in result.stderr
 
 
 def test_watch_stops_on_a_refusal(fake: Callable[[Handler], FakeServer]) -> None:
@@ -417,6 +474,32 @@ def test_model_whose_bytes_do_not_match_is_not_kept(
     result = _cli("model", SID, "-o", str(out))
     assert result.exit_code == 1
     assert f"not {meta['sha256']}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_into_a_directory_writes_id_safetensors_there(
+    fake: Callable[[Handler], FakeServer], tmp_path: Path
+) -> None:
+    """``-o DIR`` used to end in a traceback (IsADirectoryError) and leave ``DIR.part``."""
+    data = _model_bytes(0.5)
+    fake(_model_handler(iter([_model_meta(data, 2)]), iter([data])))
+    result = _cli("model", SID, "-o", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    out = tmp_path / f"{SID}.safetensors"
+    assert result.stdout.strip() == str(out) and out.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.endswith(".part")) == []
+
+
+def test_model_to_a_path_that_cannot_be_written_is_said_without_a_traceback(
+    fake: Callable[[Handler], FakeServer], tmp_path: Path
+) -> None:
+    data = _model_bytes(0.5)
+    fake(_model_handler(iter([_model_meta(data, 2)]), iter([data])))
+    out = tmp_path / "no-such-dir" / "m.safetensors"
+    result = _cli("model", SID, "-o", str(out))
+    assert result.exit_code == 2
+    assert f"error: cannot write {out}: No such file or directory" in result.stderr
+    assert not isinstance(result.exception, OSError)
     assert list(tmp_path.iterdir()) == []
 
 

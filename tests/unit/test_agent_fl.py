@@ -34,7 +34,7 @@ from parity.agent.loop import Runner, RunnerOptions
 from parity.core.fl import tensors
 from parity.core.fl.model import init_weights, parse_model_spec
 from parity.core.fl.partitioning import parse_options, partition
-from parity.core.fl.train import parse_train_config, train_local
+from parity.core.fl.train import TrainingStopped, parse_train_config, train_local
 from parity.fl.datasets import plan_partitions
 from tests.conftest import until
 
@@ -583,3 +583,40 @@ def test_no_fl_with_a_dataset_is_a_usage_error_before_anything_is_asked(tmp_path
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "--fl-dataset needs FL" in result.output
+
+
+async def test_a_cancelled_task_stops_its_training_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker thread cannot be interrupted: without the stop signal a cancelled task's
+    training ran on for its remaining epochs, burning the CPU for nobody and holding up the
+    runner's exit (asyncio waits for its worker threads) until it was done."""
+    stopped = threading.Event()
+    running = threading.Event()
+
+    def endless(*args: Any) -> Any:
+        should_stop = args[-1]
+        running.set()
+        while not should_stop():
+            if stopped.wait(0.01):  # the test gave up: end the thread
+                raise AssertionError("never asked to stop")
+        stopped.set()
+        raise TrainingStopped("stopped")
+
+    monkeypatch.setattr(executor_module, "train_local", endless)
+    client = client_for(Server())
+    executor = FlExecutor(client)
+    executor.claim_token_of = lambda task_id: TOKEN
+    cancel = CancelToken()
+
+    async def logs(new: list[str]) -> None:
+        pass
+
+    run = asyncio.ensure_future(executor.run(fl_task(fl_config()), logs, cancel))
+    try:
+        await until(running.is_set)
+        cancel.cancel("cancelled by the client")
+        outcome = await asyncio.wait_for(run, 10)
+        assert outcome.cancelled and not outcome.ok
+        await until(stopped.is_set)
+    finally:
+        stopped.set()
+        await client.close()

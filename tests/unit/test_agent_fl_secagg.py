@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 
 from parity.agent.executors import CancelToken, Outcome
 from parity.agent.fl import FlExecutor
+from parity.agent.fl import executor as executor_module
 from parity.core.fl.aggregation import fedavg
 from parity.core.fl.dp import clip_update, joint_l2_norm, model_delta
 from parity.core.fl.quantize import (
@@ -44,6 +46,8 @@ from parity.core.fl.secagg import (
 from parity.core.fl.secagg_client import SecAggClient
 from parity.core.fl.secagg_config import SecAggConfig
 from parity.core.fl.secagg_server import route_shares, sum_masked, unmask_request, unmask_sum
+from parity.core.fl.train import TrainingStopped
+from tests.conftest import until
 from tests.unit.test_agent_fl import GLOBAL, TOKEN, Server, X, Y, client_for, expected, fl_task
 from tests.unit.test_agent_fl import fl_config as plain_config
 
@@ -397,3 +401,32 @@ async def test_a_cancel_during_the_key_stages_ends_the_task_as_cancelled() -> No
     assert outcome.cancelled and not outcome.ok
     assert outcome.error == "cancelled by the client"
     assert ("POST", "share_keys") not in server.stage_calls
+
+
+async def test_a_cancel_during_the_key_stages_stops_the_training_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The training of a cancelled SecAgg+ round ran on to its last epoch for nobody."""
+    asked_to_stop, running = threading.Event(), threading.Event()
+
+    def endless(*args: Any) -> Any:
+        should_stop = args[-1]
+        running.set()
+        while not should_stop():
+            if asked_to_stop.wait(0.01):  # the test gave up: end the thread
+                raise AssertionError("never asked to stop")
+        asked_to_stop.set()
+        raise TrainingStopped("stopped")
+
+    monkeypatch.setattr(executor_module, "train_local", endless)
+    server = SecAggServer()
+    cancel = CancelToken()
+    server.hold.add("advertise_keys")
+    # The cancel comes once the training thread runs (the fake server's handler may block).
+    server.on_poll = lambda stage: running.wait(10) and cancel.cancel("cancelled by the client")
+    try:
+        outcome = await execute(server, secure_config(), cancel)
+        assert outcome.cancelled and running.is_set()
+        await until(asked_to_stop.is_set)
+    finally:
+        asked_to_stop.set()

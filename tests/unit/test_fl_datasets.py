@@ -158,6 +158,15 @@ def test_npz_needs_x_and_y_and_never_loads_pickles() -> None:
     assert "single .npy" in refused(buffer.getvalue(), "npz").message
 
 
+@pytest.mark.parametrize("data", [b"p0,p1,label\n1,2,0\n", b"not a zip", b""])
+def test_bytes_that_are_no_npz_archive_are_said_to_be_so_not_a_pickle(data: bytes) -> None:
+    """numpy reads any non-zip bytes as a pickle: the message said the file "contains pickled
+    (object) data" and told how to load it unsafely."""
+    message = refused(data, "npz").message
+    assert "not a zip of .npy arrays" in message and "data_format" in message
+    assert "pickle" not in message.lower()
+
+
 def test_the_data_must_fit_the_model() -> None:
     x, y, _ = load_dataset(as_csv(X, IDS), "csv")
     check_model_fit(

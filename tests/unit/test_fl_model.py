@@ -16,7 +16,13 @@ from parity.core.fl.errors import ModelError
 from parity.core.fl.model import evaluate, forward, init_weights, parse_model_spec, predict
 from parity.core.fl.partitioning import parse_options, partition
 from parity.core.fl.tensors import decode, encode
-from parity.core.fl.train import TrainConfig, _gradients, parse_train_config, train_local
+from parity.core.fl.train import (
+    TrainConfig,
+    TrainingStopped,
+    _gradients,
+    parse_train_config,
+    train_local,
+)
 
 MLP = {"input_size": 64, "hidden_size": 32, "output_size": 10}
 
@@ -277,3 +283,18 @@ def test_fedavg_over_ten_iid_participants_learns_digits(digits: Any) -> None:
         accuracies.append(evaluate(spec, global_model, x_test, y_test).accuracy)
     assert accuracies[-1] >= 0.9
     assert accuracies[-1] > accuracies[0]
+
+
+def test_training_asks_stop_before_every_batch_and_ends_when_it_answers_true() -> None:
+    spec, start, x, y = small_problem()
+    asked: list[int] = []
+
+    def stop_after_five() -> bool:
+        asked.append(1)
+        return len(asked) > 5
+
+    with pytest.raises(TrainingStopped):
+        train_local(spec, start, x, y, TrainConfig(0.1, 8, 1000), 0, stop_after_five)
+    assert len(asked) == 6  # five batches ran; the sixth was never started
+    never = train_local(spec, start, x, y, TrainConfig(0.1, 8, 3), 1, lambda: False)
+    assert never.steps == 3 * 7

@@ -31,8 +31,11 @@ fl_app = typer.Typer(
 API = "/api/v1/federated-learning"
 STORAGE_UPLOAD = "/api/v1/storage/upload"
 PAGE_SIZE = 100
-# `fl watch` rides out a server restart: this many failed polls in a row end it.
+# `fl watch` rides out a server restart: it ends only after this many failed polls in a row
+# that also span RIDE_OUT_SECONDS (a restart of the embedded server takes ~10 s on a busy
+# machine; five polls at the default 2 s interval alone gave up before it was back).
 MAX_POLL_ERRORS = 5
+RIDE_OUT_SECONDS = 60.0
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
 ListJsonOpt = Annotated[
@@ -298,8 +301,11 @@ def watch_cmd(
 ) -> None:
     """Follow session ID until it ends: a progress bar over its rounds and a line per completed
     round with its accuracy (test accuracy where the session holds out a test split) and train
-    loss, on stderr. Exits 0 when the session completes, 1 when it fails or is cancelled."""
+    loss, on stderr. A pending session is waited for (said once). Exits 0 when the session
+    completes, 1 when it fails or is cancelled."""
     errors = 0
+    failing_since = 0.0
+    said_pending = False
     shown = 0
     rounds: list[dict[str, Any]] = []
     with (
@@ -311,11 +317,21 @@ def watch_cmd(
             session = _poll(client, _session_path(session_id))
             metrics = _poll(client, _session_path(session_id, "metrics")) if session else None
             if session is None or metrics is None:
+                failing_since = failing_since if errors else time.monotonic()
                 errors += 1
-                if errors >= MAX_POLL_ERRORS:
-                    raise cli.fail(f"{client.base_url} did not answer {errors} polls in a row")
+                failing = time.monotonic() - failing_since
+                if errors >= MAX_POLL_ERRORS and failing >= RIDE_OUT_SECONDS:
+                    raise cli.fail(
+                        f"{client.base_url} did not answer {errors} polls in a row "
+                        f"({failing:.0f} s)"
+                    )
             else:
                 errors = 0
+                if session.get("status") == "pending" and not said_pending:
+                    said_pending = True
+                    progress.console.print(
+                        view.pending_note(session), markup=False, highlight=False
+                    )
                 rounds = metrics.get("rounds") or []
                 for m in rounds[shown:]:
                     progress.console.print(
@@ -362,13 +378,25 @@ def _download(client: httpx.Client, session_id: str, part: Path) -> str:
     return digest.hexdigest()
 
 
+def _model_path(session_id: str, output: Path | None) -> Path:
+    """``-o FILE`` as given; a directory (as ``cp`` takes one) or nothing: ``ID.safetensors``
+    in it, or here."""
+    name = f"{session_id}.safetensors"
+    if output is None:
+        return Path(name)
+    return output / name if output.is_dir() else output
+
+
 @fl_app.command("model")
 def model_cmd(
     session_id: SessionArg,
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", metavar="FILE", help="Where to write it (default ./ID.safetensors)."
+            "--output",
+            "-o",
+            metavar="FILE",
+            help="Where to write it (default ./ID.safetensors; a directory: DIR/ID.safetensors).",
         ),
     ] = None,
     server: ServerOpt = None,
@@ -378,7 +406,7 @@ def model_cmd(
 ) -> None:
     """Download session ID's latest global model (safetensors) and check its sha256 against the
     one the server records. During the session it is the latest round's (intermediate) model."""
-    final = output or Path(f"{session_id}.safetensors")
+    final = _model_path(session_id, output)
     part = final.with_name(final.name + ".part")
     with cli.connect(server, keystore, token) as client:
         meta = cli.request_json(client, "GET", _session_path(session_id, "model"))
@@ -392,10 +420,13 @@ def model_cmd(
                     got = _download(client, session_id, part)
             if got != meta.get("sha256"):
                 raise cli.fail(f"the model downloaded hashes to {got}, not {meta.get('sha256')}")
+            part.replace(final)
+        except OSError as exc:  # the file cannot be written there: said, not a traceback
+            part.unlink(missing_ok=True)
+            raise cli.fail(f"cannot write {final}: {exc.strerror or exc}", 2) from None
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-    part.replace(final)
     if as_json:
         cli.print_json(meta)
         return

@@ -21,15 +21,44 @@ class ConfigProblem(Exception):
     """A session configuration the command cannot send as asked; the message says why."""
 
 
+class _Constant(str):
+    """``NaN``, ``Infinity`` or ``-Infinity`` as Python's JSON reader lets a file have them."""
+
+
 def parse_config(text: str, name: str) -> dict[str, Any]:
-    """The session configuration a file holds: a JSON object."""
+    """The session configuration a file holds: a JSON object, without NaN or Infinity (which
+    JSON has not and the server refuses: said here naming the field, not a traceback when the
+    body cannot be written)."""
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_Constant)
     except ValueError as exc:
         raise ConfigProblem(f"{name} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigProblem(f"{name} must hold a JSON object (the session's configuration)")
+    found = _first_constant(doc, "")
+    if found is not None:
+        field, constant = found
+        raise ConfigProblem(
+            f"{name}: {field} is {constant}, which is not a JSON number "
+            "(NaN and Infinity are refused anywhere in the configuration)"
+        )
     return doc
+
+
+def _first_constant(doc: Any, path: str) -> tuple[str, str] | None:
+    """The dotted path and text of the first NaN or Infinity in ``doc``, else None."""
+    if isinstance(doc, _Constant):
+        return path, str(doc)
+    items: Any = ()
+    if isinstance(doc, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in doc.items())
+    elif isinstance(doc, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(doc))
+    for where, value in items:
+        found = _first_constant(value, where)
+        if found is not None:
+            return found
+    return None
 
 
 def data_format_for(path: Path) -> str | None:
@@ -213,3 +242,13 @@ def watch_description(session: Mapping[str, Any], rounds: Sequence[Mapping[str, 
     """The progress bar's label: state and the latest round's accuracy."""
     head = f"{session.get('status')} {len(rounds)}/{session.get('total_rounds')}"
     return f"{head}  {accuracy_text(rounds[-1])}" if rounds else head
+
+
+def pending_note(session: Mapping[str, Any]) -> str:
+    """`fl watch` of a session nobody started yet (a `fl start` refused for want of runners):
+    said once, so that the wait is not a silent one."""
+    sid = session.get("id")
+    return (
+        f"session {sid} is pending: it has no rounds until it is started "
+        f"(parity-server fl start {sid}); waiting"
+    )

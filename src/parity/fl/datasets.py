@@ -64,6 +64,7 @@ Indices = NDArray[np.int64]
 # Names a data row (by its 0-based index) as the file shows it: ``line 3``, ``X[1]``.
 RowName = Callable[[int], str]
 DATA_FIELD = "training_data.dataset_cid"
+NPY_MAGIC = b"\x93NUMPY"  # a single .npy array (refused below with its own reason)
 _NPZ_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so the same arrays always give the same bytes (CID)
 
 
@@ -142,6 +143,14 @@ def _first_bad_cell(rows: Sequence[tuple[int, list[str]]], header: list[str]) ->
 
 
 def _read_npz(data: bytes, field: str, x_key: str) -> tuple[NDArray[Any], NDArray[Any]]:
+    if not data.startswith(NPY_MAGIC) and not zipfile.is_zipfile(io.BytesIO(data)):
+        # numpy takes any other bytes for a pickle and says the file "contains pickled data"
+        # and how to load it unsafely: wrong about a CSV or text file, and bad advice.
+        hint = "; is training_data.data_format right?" if field == DATA_FIELD else ""
+        raise _bad(
+            f"not a readable NPZ file: not a zip of .npy arrays (as numpy.savez writes){hint}",
+            field,
+        )
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):

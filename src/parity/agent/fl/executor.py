@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -102,17 +103,45 @@ class FlExecutor:
         log.info("fl_training", task_id=task_id, detail=_intro(job, x.shape[0]))
         started = time.monotonic()
         trainer = _untrained if self.noop else train_local
+        # Set when the outcome no longer needs the training (cancelled, shutting down, the
+        # round went on without it): the worker thread then ends at its next batch instead
+        # of running on for nobody and holding up the runner's exit until it is done.
+        stop = threading.Event()
         training = asyncio.ensure_future(
-            asyncio.to_thread(trainer, job.model, global_weights, x, y, job.train, job.seed)
-        )
-        if secure is not None:  # SecAgg+: the key stages run while the model trains
-            private = None if local is None else _privatizer(local, job)
-            # Central DP's noise goes on a mean of equally weighted clipped deltas.
-            equal = local is not None and local.mode == "central"
-            round_ = SecureRound(
-                self.client, job, secure, token, privatize=private, equal_weights=equal
+            asyncio.to_thread(
+                trainer, job.model, global_weights, x, y, job.train, job.seed, stop.is_set
             )
-            return await round_.run(training, started, global_weights, cancel)
+        )
+        try:
+            if secure is not None:  # SecAgg+: the key stages run while the model trains
+                private = None if local is None else _privatizer(local, job)
+                # Central DP's noise goes on a mean of equally weighted clipped deltas.
+                equal = local is not None and local.mode == "central"
+                round_ = SecureRound(
+                    self.client, job, secure, token, privatize=private, equal_weights=equal
+                )
+                return await round_.run(training, started, global_weights, cancel)
+            return await self._plain_round(
+                task_id, token, job, training, started, global_weights, local, cancel, fetch_ms
+            )
+        finally:
+            stop.set()
+            if not training.done():  # unwanted now: nobody is left to read how it ended
+                training.cancel()
+
+    async def _plain_round(
+        self,
+        task_id: str,
+        token: str,
+        job: FlTask,
+        training: asyncio.Future[TrainResult],
+        started: float,
+        global_weights: Weights,
+        local: local_dp.LocalDP | None,
+        cancel: CancelToken,
+        fetch_ms: int,
+    ) -> Outcome:
+        """Wait for the training, check and privatize its result, and post the update."""
         finished = await _unless_cancelled(training, cancel)
         elapsed_ms = _ms_since(started)
         if not finished:
@@ -261,7 +290,13 @@ def _privatizer(
 
 
 def _untrained(
-    spec: ModelSpec, weights: Weights, x: Any, y: Any, config: TrainConfig, seed: int
+    spec: ModelSpec,
+    weights: Weights,
+    x: Any,
+    y: Any,
+    config: TrainConfig,
+    seed: int,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """The no-op trainer (``--fl-trainer noop``): the global model back, unchanged."""
     return TrainResult(weights=dict(weights), num_examples=len(y), loss=0.0, accuracy=0.0, steps=0)
@@ -286,16 +321,19 @@ def _intro(job: FlTask, rows: int) -> str:
 
 
 async def _unless_cancelled(job: asyncio.Future[Any], cancel: CancelToken) -> bool:
-    """Wait for ``job`` unless ``cancel`` comes first; True when the job finished. A training
-    thread cannot be interrupted: when cancelled it runs on and its result is dropped."""
+    """Wait for ``job`` unless ``cancel`` comes first; True when the job finished. A cancelled
+    job's thread is told to stop by the caller; its result, if any, is dropped. (Asked right
+    after ``job.cancel()``, ``job.cancelled()`` is still False: a task is cancelled only once
+    it runs again, so the answer is whether the job was among the finished.)"""
     waiter = asyncio.ensure_future(cancel.wait())
+    done: set[asyncio.Future[Any]] = set()
     try:
-        await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({job, waiter}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
         if not job.done():
             job.cancel()
-    return not job.cancelled()
+    return job in done
 
 
 def _ms_since(started: float) -> int:

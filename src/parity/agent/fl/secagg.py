@@ -355,8 +355,8 @@ async def _both_unless_cancelled(
     training: asyncio.Future[Any], keys: asyncio.Future[Any], cancel: CancelToken
 ) -> bool:
     """Wait for the training and the key stages, until one of them fails or ``cancel`` comes
-    first; False when cancelled (a training thread cannot be interrupted: it runs on and its
-    result is dropped)."""
+    first; False when cancelled (the executor then tells the training thread to stop at its
+    next batch; its result, if any, is dropped)."""
     waiter = asyncio.ensure_future(cancel.wait())
     pending: set[asyncio.Future[Any]] = {training, keys}
     try:

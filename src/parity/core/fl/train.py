@@ -8,11 +8,16 @@ objective is ``L(w) + mu/2 * ||w - w_global||^2``); ``mu = 0`` is plain FedAvg t
 
 The same (model, data, config, seed) always gives the same weights: the only randomness is the
 ``numpy.random.default_rng(seed)`` permutation per epoch.
+
+A thread cannot be interrupted, so a caller that may give up on the training (a runner whose
+task was cancelled, or which is shutting down) passes ``stop``: it is asked before every batch,
+and once it answers True the training ends with :class:`TrainingStopped` instead of running its
+remaining epochs for nobody.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +29,21 @@ from parity.core.fl.aggregation import Weights, as_float32, check_same_layout
 from parity.core.fl.errors import AggregationError, ModelError
 from parity.core.fl.model import ModelSpec, evaluate, forward
 
-__all__ = ["TrainConfig", "TrainResult", "check_dataset", "parse_train_config", "train_local"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingStopped",
+    "check_dataset",
+    "parse_train_config",
+    "train_local",
+]
 
 MAX_EPOCHS = 1_000
 MAX_BATCH_SIZE = 1_000_000
+
+
+class TrainingStopped(Exception):
+    """The caller's ``stop`` asked :func:`train_local` to give up before it finished."""
 
 
 @dataclass(frozen=True)
@@ -136,8 +152,10 @@ def train_local(
     y: ArrayLike,
     config: TrainConfig,
     seed: int,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train from ``global_weights`` on ``(x, y)``; the inputs are not modified."""
+    """Train from ``global_weights`` on ``(x, y)``; the inputs are not modified. ``stop``, when
+    given, is asked before each batch: True ends the training with :class:`TrainingStopped`."""
     expected = {name: np.empty(shape, np.float32) for name, shape in spec.shapes().items()}
     try:
         check_same_layout(expected, global_weights, "the global model")
@@ -153,6 +171,8 @@ def train_local(
     for _ in range(config.local_epochs):
         order = rng.permutation(n)
         for begin in range(0, n, config.batch_size):
+            if stop is not None and stop():
+                raise TrainingStopped(f"training stopped after {steps} steps")
             batch = order[begin : begin + config.batch_size]
             grads = _gradients(spec, weights, features[batch], labels[batch])
             for name, grad in grads.items():
