@@ -13,6 +13,7 @@ tests/contract/llm_fakes.py, and the real llama.cpp server where xllamacpp is in
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,28 @@ def stream_chat(server: ServerProcess, key: str, model: str) -> tuple[list[str],
         return pieces, usage
     finally:
         client.close()
+
+
+def hang_up_when(
+    server: ServerProcess,
+    key: str,
+    path: str,
+    body: dict[str, Any],
+    enough: Callable[[int, str], bool],
+) -> None:
+    """Stream ``body`` to ``path`` and hang up at the first event line for which
+    ``enough(events so far, line)`` holds."""
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as http,
+        http.stream("POST", path, json=body, headers={"Authorization": f"Bearer {key}"}) as r,
+    ):
+        assert r.status_code == 200
+        events = 0
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                events += 1
+                if enough(events, line):
+                    return
 
 
 async def test_the_openai_client_streams_a_chat_completion_through_a_runner(
@@ -185,17 +208,8 @@ async def test_a_client_that_goes_away_mid_stream_cancels_the_work_on_the_runner
         runner.wait_registered()
         key = api_key(server)
         body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-        with (
-            httpx.Client(base_url=server.url, timeout=60) as http,
-            http.stream(
-                "POST", "/v1/chat/completions", json=body,
-                headers={"Authorization": f"Bearer {key}"},
-            ) as r,
-        ):  # fmt: skip
-            assert r.status_code == 200
-            for line in r.iter_lines():
-                if line.startswith("data: ") and REPLY[0] in line:
-                    break  # the first token came: hang up
+        # The first token came: hang up.
+        hang_up_when(server, key, "/v1/chat/completions", body, lambda n, line: REPLY[0] in line)
         # The gateway cancels the prompt; the runner hears of it and closes its backend stream.
         await until(lambda: backend.fake.disconnected.is_set(), timeout=30)
         # The runner then acknowledges the cancel (its fail report follows the hang-up).
@@ -236,19 +250,8 @@ async def test_a_client_leaving_a_real_backends_stream_is_reported_as_a_cancel(
             key = api_key(server)
             body = {"model": REAL_MODEL, "prompt": "Once upon a time,", "max_tokens": 400,
                     "stream": True}  # fmt: skip
-            with (
-                httpx.Client(base_url=server.url, timeout=60) as http,
-                http.stream(
-                    "POST", "/v1/completions", json=body,
-                    headers={"Authorization": f"Bearer {key}"},
-                ) as r,
-            ):  # fmt: skip
-                assert r.status_code == 200
-                deltas = 0
-                for line in r.iter_lines():
-                    deltas += line.startswith("data: {")
-                    if deltas == 5:
-                        break  # tokens keep coming: hang up
+            # Tokens keep coming: hang up after five.
+            hang_up_when(server, key, "/v1/completions", body, lambda n, line: n == 5)
             await until(lambda: latest_prompt(server, key)["status"] == "failed", timeout=30)
             prompt = latest_prompt(server, key)
             assert prompt["error"] == "cancelled", prompt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,18 +34,28 @@ def _container(database_url: str, home: Path, clock: FrozenClock, chain: FakeCha
     return c
 
 
+@contextlib.asynccontextmanager
+async def _serving(c: Container) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``c``'s app, its lifespan (the chain check at start) run around it."""
+    app = create_app(c, run_migrations=False, start_jobs=False)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://parity.test") as client,
+    ):
+        yield client
+
+
+async def _verdict(client: httpx.AsyncClient) -> str:
+    return str((await client.get("/api/status")).json()["backends"]["chain"])
+
+
 @pytest.fixture
 async def status_of(
     database_url: str, tmp_path: Path, clock: FrozenClock
 ) -> AsyncIterator[StatusOf]:
     async def status(chain: FakeChain) -> dict[str, Any]:
-        c = _container(database_url, tmp_path / "home", clock, chain)
-        app = create_app(c, run_migrations=False, start_jobs=False)
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://parity.test") as client,
-        ):
+        async with _serving(_container(database_url, tmp_path / "home", clock, chain)) as client:
             r = await client.get("/api/v1/status")
             assert r.status_code == 200, r.text
             body: dict[str, Any] = r.json()
@@ -75,20 +86,14 @@ async def test_an_unreachable_node_does_not_stop_start_up_and_is_rechecked(
 ):
     chain = FakeChain()
     chain.unreachable = True
-    c = _container(database_url, tmp_path / "home", clock, chain)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://parity.test") as client,
-    ):
-        assert (await client.get("/api/status")).json()["backends"]["chain"] == "unreachable"
+    async with _serving(_container(database_url, tmp_path / "home", clock, chain)) as client:
+        assert await _verdict(client) == "unreachable"
         chain.unreachable = False
         # Within the re-check interval the verdict stands...
-        assert (await client.get("/api/status")).json()["backends"]["chain"] == "unreachable"
+        assert await _verdict(client) == "unreachable"
         clock.advance(31)
         # ...after it, the node is asked again.
-        assert (await client.get("/api/status")).json()["backends"]["chain"] == "ok"
+        assert await _verdict(client) == "ok"
 
 
 async def test_a_node_on_another_chain_stops_start_up(
@@ -106,14 +111,8 @@ async def test_a_node_that_goes_away_after_start_up_shows_unreachable(
     database_url: str, tmp_path: Path, clock: FrozenClock
 ):
     chain = FakeChain()
-    c = _container(database_url, tmp_path / "home", clock, chain)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://parity.test") as client,
-    ):
-        assert (await client.get("/api/status")).json()["backends"]["chain"] == "ok"
+    async with _serving(_container(database_url, tmp_path / "home", clock, chain)) as client:
+        assert await _verdict(client) == "ok"
         chain.unreachable = True
         clock.advance(31)
         body = (await client.get("/api/status")).json()
@@ -121,4 +120,4 @@ async def test_a_node_that_goes_away_after_start_up_shows_unreachable(
         assert "unreachable" in body["chain"]["message"]
         chain.unreachable = False
         clock.advance(31)
-        assert (await client.get("/api/status")).json()["backends"]["chain"] == "ok"
+        assert await _verdict(client) == "ok"

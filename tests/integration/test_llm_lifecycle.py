@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -136,18 +137,32 @@ async def test_a_stream_that_keeps_delivering_outlasts_the_gateway_timeout(conta
             print(f"the event loop stood still for {stalls.longest:.1f} s: once more")
 
 
+@dataclass
+class StreamedChat:
+    """A streaming chat request in flight (``answer``) and its claim by the runner."""
+
+    key: str
+    runner: str
+    task_id: str
+    token: str
+    answer: asyncio.Task[httpx.Response]
+
+
+async def streamed_chat(http: httpx.AsyncClient) -> StreamedChat:
+    key, runner = await setup(http)
+    body = {**CHAT, "stream": True}
+    answer = asyncio.create_task(http.post("/v1/chat/completions", json=body, headers=bearer(key)))
+    got = await claim_when_routed(http, runner)
+    return StreamedChat(key, runner, got["task"]["id"], got["claim_token"], answer)
+
+
 async def test_a_stream_that_pauses_longer_than_the_limit_gets_an_error_event(
     container: Container,
 ):
     async with custom_client(container, LLM_GATEWAY_TIMEOUT_SECONDS=1) as (http, _):
-        key, runner = await setup(http)
-        body = {**CHAT, "stream": True}
-        answer = asyncio.create_task(
-            http.post("/v1/chat/completions", json=body, headers=bearer(key))
-        )
-        got = await claim_when_routed(http, runner)
-        task_id, token = got["task"]["id"], got["claim_token"]
-        stream = asyncio.create_task(paced(http, runner, task_id, token, ["Hel", "lo"], 2.5))
+        s = await streamed_chat(http)
+        stream = asyncio.create_task(paced(http, s.runner, s.task_id, s.token, ["Hel", "lo"], 2.5))
+        answer = s.answer
         events = sse_events((await asyncio.wait_for(answer, 20)).text)
         assert contents(events) == ["Hel"]
         assert events[-1] == "[DONE]" and "no token came for 1 s" in events[-2]["error"]["message"]
@@ -161,13 +176,8 @@ async def test_a_stream_open_when_the_server_stops_ends_with_an_error_event_in_t
     grace, then ends with an error event (not cut off mid-chunk when the grace runs out), and
     its prompt is cancelled, billed for what was relayed."""
     async with custom_client(container, SHUTDOWN_GRACE_SECONDS=2) as (http, c):
-        key, runner = await setup(http)
-        body = {**CHAT, "stream": True}
-        answer = asyncio.create_task(
-            http.post("/v1/chat/completions", json=body, headers=bearer(key))
-        )
-        got = await claim_when_routed(http, runner)
-        task_id, token = got["task"]["id"], got["claim_token"]
+        s = await streamed_chat(http)
+        key, runner, task_id, token, answer = s.key, s.runner, s.task_id, s.token, s.answer
         pieces = [f"w{i} " for i in range(20)]  # 0.25 s apart: 5 s, past the 1 s left
         stream = asyncio.create_task(paced(http, runner, task_id, token, pieces, 0.25))
         await asyncio.sleep(0.6)
