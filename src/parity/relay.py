@@ -20,8 +20,8 @@ Wake-ups queued while the previous notification was being sent are merged into o
 busy server sends a few notifications per round trip, not one per task. A notification is
 ``{"o": <sender's origin id>, "r": [<runner id>...], "n": <wake-any count>, "p": <poke the push
 loop>, "a": [<event owner>...] | null (every reader), "d": <webhook deliveries were queued>,
-"t": 1 (clear the token cache), "h": 1 (the sender listens)}``, keys left out when empty; a
-replica ignores its own.
+"t": 1 (clear the token cache), "h": 1 (the sender listens), "b": 1 (the sender stops: forget
+it now, not PEER_TTL_SECONDS later)}``, keys left out when empty; a replica ignores its own.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class WakeRelay:
         self._monotonic = monotonic
         self._peers: dict[str, float] = {}  # origin -> when last heard (monotonic)
         self._announcer: asyncio.Task[None] | None = None
+        self._farewell_sent = asyncio.Event()
         self.dropped = 0  # wake-ups not sent: no other replica listening
         # Called when a replica not heard in the last PEER_TTL_SECONDS speaks.
         self.on_new_peer: Callable[[], None] | None = None
@@ -127,7 +128,14 @@ class WakeRelay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout)
 
-    async def stop(self) -> None:
+    async def stop(self, farewell_timeout: float = 2.0) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
+        if self.connected and self.peers:
+            # Tell the others at once, so they stop counting (and waking) this replica.
+            self.send({"k": "bye"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._farewell_sent.wait(), farewell_timeout)
         self.wakeups.forward = None
         self.events.forward = None
         if self.tokens is not None:
@@ -176,8 +184,10 @@ class WakeRelay:
                 batch.append(self._queue.get_nowait())
             payload = encode(batch, self.origin)
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-            if any(m.get("k") != "hello" for m in batch):
+            if any(m.get("k") not in ("hello", "bye") for m in batch):
                 self.sent += 1
+            if any(m.get("k") == "bye" for m in batch):
+                self._farewell_sent.set()
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
         try:
@@ -187,6 +197,12 @@ class WakeRelay:
         if not isinstance(message, dict) or message.get("o") == self.origin:
             return
         origin, now = str(message.get("o")), self._monotonic()
+        if message.get("b"):  # that replica stops: apply what it sent with it, then forget it
+            self._peers.pop(origin, None)
+            if message.keys() - {"o", "h", "b"}:
+                self.received += 1
+                self.apply(message)
+            return
         last = self._peers.get(origin)
         newcomer = last is None or last < now - PEER_TTL_SECONDS
         self._peers[origin] = now
@@ -226,7 +242,7 @@ class WakeRelay:
                 )
 
 
-_ALWAYS_SENT = frozenset({"tokens", "hello"})
+_ALWAYS_SENT = frozenset({"tokens", "hello", "bye"})
 
 
 def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
@@ -235,11 +251,13 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
     owners: dict[str, None] | None = {}
     resources: dict[str, None] = {}
     any_count, pushes, events, deliveries, tokens = 0, False, False, False, False
-    hello = False
+    hello = bye = False
     for m in batch:
         kind = m.get("k")
         if kind == "hello":
             hello = True
+        elif kind == "bye":
+            bye = True
         elif kind == "runner":
             runners[str(m.get("r"))] = None
         elif kind == "any":
@@ -274,6 +292,8 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
         out["t"] = 1
     if hello:
         out["h"] = 1
+    if bye:
+        out["b"] = 1
     return out
 
 
@@ -285,7 +305,7 @@ def encode(batch: list[dict[str, Any]], origin: str) -> str:
     if len(payload) <= MAX_PAYLOAD:
         return payload
     everything: dict[str, Any] = {"o": origin, "n": 1 << 20, "p": True, "a": None}
-    for key in ("t", "h"):
+    for key in ("t", "h", "b"):
         if merged.get(key):
             everything[key] = 1
     return json.dumps(everything, separators=(",", ":"))

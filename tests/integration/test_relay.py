@@ -112,6 +112,25 @@ async def test_a_lone_replica_sends_no_wake_ups_and_starts_once_another_listens(
             await b.stop()
 
 
+async def test_a_replica_that_stops_is_forgotten_by_the_others_at_once(database_url: str):
+    """A stopping replica says so: the others stop counting it (in /api/status's wakeup_peers
+    and warnings) and stop sending it wake-ups now, not PEER_TTL_SECONDS (30 s) later."""
+    dsn = asyncpg_dsn(database_url)
+    a = WakeRelay(dsn, WakeHub(), EventHub(), origin="replica-a")
+    b = WakeRelay(dsn, WakeHub(), EventHub(), origin="replica-b")
+    await a.start()
+    await b.start()
+    try:
+        await _heard_each_other(a, b)
+        await b.stop()
+        await until(lambda: a.peers == 0)
+        a.wakeups.wake_any(1)  # a is alone again: nothing is sent
+        assert a.dropped == 1
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 async def test_a_token_cache_clear_reaches_another_replicas_cache(database_url: str):
     dsn = asyncpg_dsn(database_url)
     clock = FrozenClock()
@@ -179,7 +198,10 @@ async def test_a_task_created_on_one_server_ends_a_long_poll_on_another(
         await until(lambda: two.relay is not None and two.relay.peers == 1)
         status = (await http_b.get("/api/status")).json()
         assert status["backends"]["content_store"] == "local"
-        assert ["FILECOIN_IPFS_ENDPOINT" in w for w in status["warnings"]] == [True]
+        assert status["backends"]["streams"] == "in-process"
+        # Neither a shared content store nor a shared stream bus: both are named.
+        assert ["FILECOIN_IPFS_ENDPOINT" in w for w in status["warnings"]] == [True, False]
+        assert "STREAM_BUS_URL" in status["warnings"][1]
         alice = await sign_in(http_a, ALICE)
         runner_token, _ = await register_runner(http_b, await sign_in(http_b, BOB), device())
         poll = asyncio.create_task(

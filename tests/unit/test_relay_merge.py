@@ -129,3 +129,16 @@ def test_resource_wake_ups_travel_with_their_owners_and_are_applied():
     relay.events, relay.tokens = hub, None
     relay.apply({"o": "other", "a": ["0xb"], "s": ["p1"]})
     assert woken == [(["0xb"], ["p1"])]
+
+
+def test_a_farewell_forgets_its_sender_at_once_and_applies_what_came_with_it():
+    relay = WakeRelay("postgresql://unused", WakeHub(), EventHub(), origin="me")
+    relay._on_notify(None, 1, "parity_wake", json.dumps({"o": "peer", "h": 1}))
+    assert relay.peers == 1
+    batch = [{"k": "any", "n": 2}, {"k": "bye"}]
+    assert merge(batch, "peer") == {"o": "peer", "n": 2, "b": 1}
+    relay._on_notify(None, 1, "parity_wake", encode(batch, "peer"))
+    assert relay.peers == 0  # gone now, not PEER_TTL_SECONDS later
+    assert relay.received == 1  # its last wake-up was applied
+    big = [{"k": "runner", "r": str(uuid.uuid4())} for _ in range(400)] + [{"k": "bye"}]
+    assert json.loads(encode(big, "peer"))["b"] == 1  # an oversized batch keeps the farewell

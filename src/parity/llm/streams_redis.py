@@ -126,6 +126,13 @@ class RedisStreamBus:
         """The subscriber connection is up (every wanted key subscribed)."""
         return self._state == "up"
 
+    async def ping(self) -> bool:
+        """Whether Redis answers now (for /api/status; never raises)."""
+        try:
+            return bool(await self._redis.ping())
+        except _Errors:
+            return False
+
     # -- publishing ----------------------------------------------------------------------------
 
     async def publish(self, key: str, event: StreamEvent) -> int:

@@ -20,6 +20,16 @@ UNSHARED_STORE = (
     "content stored through one replica is not found through the others; set "
     "FILECOIN_IPFS_ENDPOINT on every replica to one kubo node"
 )
+UNSHARED_STREAMS = (
+    "another replica uses this database, and this one relays LLM token streams in process only: "
+    "a streaming client whose runner streams to another replica gets no tokens until the prompt "
+    "completes, then the whole text; set STREAM_BUS_URL on every replica to one Redis"
+)
+STREAM_BUS_DOWN = (
+    "STREAM_BUS_URL: Redis does not answer: LLM token deltas reach only the clients on the "
+    "replica that received them, the others get the whole text when the prompt completes "
+    "(the relay resumes once Redis answers)"
+)
 
 
 async def check_health(container: Container) -> dict[str, Any]:
@@ -54,6 +64,8 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             else "in-process",
             # Other replicas heard on the relay: wake-ups are sent only while there are some.
             "wakeup_peers": peers,
+            # LLM token deltas between replicas: Redis pub/sub (STREAM_BUS_URL) or none.
+            "streams": "redis" if s.stream_bus_url else "in-process",
         },
         # Settings that are wrong for how the server runs (empty when none).
         "warnings": await _warnings(container, session, peers),
@@ -68,10 +80,25 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
 
 async def _warnings(container: Container, session: AsyncSession, peers: int) -> list[str]:
     out = [UNSHARED_STORE] if peers and container.content_store.kind == "local" else []
+    streams = await _stream_warning(container, peers)
+    if streams is not None:
+        out.append(streams)
     unpaid = await unpaid_warning(container, session)
     if unpaid is not None:
         out.append(unpaid)
     return out
+
+
+async def _stream_warning(container: Container, peers: int) -> str | None:
+    """Token streams that cannot cross replicas: no STREAM_BUS_URL while another replica is
+    heard, or a Redis that does not answer (pinged now, so a wrong URL shows before the first
+    stream)."""
+    if not container.settings.stream_bus_url:
+        return UNSHARED_STREAMS if peers else None
+    ping = getattr(container.streams, "ping", None)
+    if ping is not None and not await ping():
+        return STREAM_BUS_DOWN
+    return None
 
 
 async def _chain_status(container: Container) -> ChainStatus:

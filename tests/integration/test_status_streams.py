@@ -1,0 +1,69 @@
+"""/api/status says when LLM token streams cannot cross replicas: no STREAM_BUS_URL while
+another replica shares the database (tests/integration/test_relay.py), or a STREAM_BUS_URL whose
+Redis does not answer, shown before any stream needed it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from parity.app import create_app
+from parity.clock import FrozenClock
+from parity.container import Container
+from parity.db.session import Database
+from tests.conftest import make_settings
+from tests.contract.redis_service import redis_url
+
+
+@asynccontextmanager
+async def _status(
+    database_url: str, home: Path, clock: FrozenClock, **settings: str
+) -> AsyncIterator[dict[str, Any]]:
+    s = make_settings(database_url, home, **settings)
+    c = Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
+    app = create_app(c, run_migrations=False, start_jobs=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
+        ):
+            r = await http.get("/api/status")
+            assert r.status_code == 200, r.text
+            yield r.json()
+    finally:
+        await c.close_streams()
+        await c.db.dispose()
+
+
+async def test_a_stream_bus_that_does_not_answer_is_a_warning(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    # Nothing listens on port 1: the relay is configured but cannot work.
+    bus = "redis://127.0.0.1:1/0"
+    async with _status(database_url, tmp_path / "h", clock, STREAM_BUS_URL=bus) as status:
+        assert status["backends"]["streams"] == "redis"
+        assert [
+            w.startswith("STREAM_BUS_URL: Redis does not answer") for w in status["warnings"]
+        ] == [True]
+
+
+async def test_a_stream_bus_that_answers_is_no_warning(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    url = redis_url()
+    async with _status(database_url, tmp_path / "h", clock, STREAM_BUS_URL=url) as status:
+        assert status["backends"]["streams"] == "redis"
+        assert status["warnings"] == []
+
+
+async def test_a_lone_server_without_a_stream_bus_is_no_warning(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    async with _status(database_url, tmp_path / "h", clock) as status:
+        assert status["backends"]["streams"] == "in-process"
+        assert status["warnings"] == []
