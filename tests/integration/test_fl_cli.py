@@ -349,6 +349,8 @@ def test_watch_gives_up_after_repeated_failed_polls(
     fake: Callable[[Handler], FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fl_cli, "RIDE_OUT_SECONDS", 0.0)
+    pauses: list[float] = []
+    monkeypatch.setattr(fl_cli, "_pause", pauses.append)
     script = ScriptedSession()
     script.outages = set(range(1, 100))
     fake(script)
@@ -356,13 +358,16 @@ def test_watch_gives_up_after_repeated_failed_polls(
     assert result.exit_code == 1
     assert f"did not answer {fl_cli.MAX_POLL_ERRORS} polls in a row" in result.stderr
     assert script.reads == fl_cli.MAX_POLL_ERRORS
+    # --interval 0 does not spin on a server that is down: a failed poll waits a second.
+    assert pauses == [fl_cli.FAILED_POLL_PAUSE_SECONDS] * (fl_cli.MAX_POLL_ERRORS - 1)
 
 
 def test_watch_rides_out_more_failed_polls_than_the_count_while_the_outage_is_short(
-    fake: Callable[[Handler], FakeServer],
+    fake: Callable[[Handler], FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server restart outlasts five polls at the default 2 s interval: failed polls alone
     ended the watch of a session that went on (and completed) once the server was back."""
+    monkeypatch.setattr(fl_cli, "_pause", lambda seconds: None)
     script = ScriptedSession()
     script.outages = set(range(2, 2 + 2 * fl_cli.MAX_POLL_ERRORS))
     fake(script)

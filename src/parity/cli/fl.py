@@ -36,6 +36,7 @@ PAGE_SIZE = 100
 # machine; five polls at the default 2 s interval alone gave up before it was back).
 MAX_POLL_ERRORS = 5
 RIDE_OUT_SECONDS = 60.0
+FAILED_POLL_PAUSE_SECONDS = 1.0
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
 ListJsonOpt = Annotated[
@@ -287,6 +288,10 @@ def _poll(client: httpx.Client, path: str) -> Any:
     return r.json()
 
 
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 @fl_app.command("watch")
 def watch_cmd(
     session_id: SessionArg,
@@ -348,7 +353,9 @@ def watch_cmd(
                 )
                 if session.get("status") in view.TERMINAL:
                     break
-            time.sleep(interval)
+            # A failed poll waits at least a second: --interval 0 must not spin on a server
+            # that is down.
+            _pause(max(interval, FAILED_POLL_PAUSE_SECONDS) if errors else interval)
     if as_json:
         cli.print_json({"session": session, "metrics": metrics})
     status = session.get("status")
