@@ -52,6 +52,7 @@ class FakeResolver:
         ("169.254.169.254", "metadata"),
         ("169.254.170.2", "link-local"),
         ("168.63.129.16", "metadata"),
+        ("100.100.100.200", "metadata"),
         ("::1", "loopback"),
         ("fe80::1", "link-local"),
         ("fc00::1", "private"),
@@ -168,7 +169,7 @@ async def test_resolve_refuses_metadata_answer() -> None:
 
 @pytest.mark.parametrize(
     "answer", ["169.254.169.254", "169.254.170.2", "fe80::1", "fd00:ec2::254",
-               "::ffff:169.254.169.254"],
+               "::ffff:169.254.169.254", "100.100.100.200"],
 )  # fmt: skip
 async def test_metadata_and_link_local_are_refused_even_when_private_targets_are_allowed(
     answer: str,

@@ -12,9 +12,17 @@ delay is never more than the rest of the current turn."""
 from __future__ import annotations
 
 import asyncio
+import json
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEAD_BYTES = 64 * 1024
+"""The most a request line and its headers may take together (431 past it)."""
+HEAD_TIMEOUT_SECONDS = 60.0
+"""How long a connection may take to send a request's line and headers, counted from when
+it opened (its first request) or from the first byte of the request (later ones): 408 then."""
 
 
 class CoalescingTransport:
@@ -73,7 +81,92 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a :class:`CoalescingTransport`."""
+    """uvicorn's httptools protocol over a :class:`CoalescingTransport`, with the head of each
+    request limited to :data:`MAX_HEAD_BYTES` (431) and :data:`HEAD_TIMEOUT_SECONDS` (408)."""
+
+    # Request heads (the request line and headers): bounded in size and in time. httptools keeps
+    # a header value it has not seen the end of in memory without a limit, and uvicorn times a
+    # connection out only between requests, so without these a client could hold a connection
+    # (and its file descriptor) open for ever by sending its head slowly, or grow the server's
+    # memory by the size of one endless header.
+
+    _in_head = True
+    _head_bytes = 0
+    _heads_done = 0
+    _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        in_head, heads_before = self._in_head, self._heads_done
+        super().data_received(data)
+        if not (in_head and self._in_head) or self._heads_done != heads_before:
+            return  # a head began or ended in this chunk: its share is bounded by the chunk's size
+        if self.transport.is_closing():
+            return
+        self._head_bytes += len(data)  # every byte of this chunk belongs to an unfinished head
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head(
+                431,
+                "request_header_too_large",
+                f"request line and headers exceed {MAX_HEAD_BYTES} bytes",
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._heads_done += 1
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_SECONDS, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self._responding():
+            self._arm_head_timer()  # a pipelined head: the answer being sent is not cut off
+            return
+        if self._head_bytes == 0 and self.cycle is None:
+            self.transport.close()  # a connection that never sent anything: nothing to answer
+            return
+        self._refuse_head(
+            408,
+            "request_timeout",
+            f"request line and headers not received within {HEAD_TIMEOUT_SECONDS:g} s",
+        )
+
+    def _responding(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _refuse_head(self, status: int, code: str, message: str) -> None:
+        self._cancel_head_timer()
+        if self._responding():  # no answer can go in the middle of another one
+            self.transport.close()
+            return
+        body = json.dumps({"error": {"code": code, "message": message, "details": {}}}).encode()
+        reason = HTTPStatus(status).phrase.encode("ascii")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+        )
+        self.transport.close()

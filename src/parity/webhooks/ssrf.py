@@ -42,6 +42,7 @@ _METADATA = frozenset(
         ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack, ...
         ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
         ipaddress.ip_address("168.63.129.16"),  # Azure WireServer: a public-looking address
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud ECS, inside 100.64.0.0/10
     }
 )
 # Refused whatever WEBHOOK_ALLOW_PRIVATE says (the reasons of :func:`classify`, embedded or not).
