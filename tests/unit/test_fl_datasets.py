@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits
 
 from parity.core.fl.model import parse_model_spec
 from parity.errors import InvalidInput
+from parity.fl import datasets
 from parity.fl.datasets import (
     check_model_fit,
     decode_arrays,
@@ -318,3 +319,36 @@ def test_partition_refusals_name_the_option() -> None:
     with pytest.raises(InvalidInput) as caught:
         plan(metadata={})
     assert caught.value.field == "training_data.metadata.alpha"
+
+
+def test_a_data_set_too_large_to_read_is_refused_before_it_is_inflated() -> None:
+    """A compressed NPZ of a few hundred KB may hold tens of millions of values: the server
+    counts them from the arrays' headers, before anything is decompressed; a runner reading
+    its own file (bounded=False) reads it whole."""
+    rows = datasets.MAX_DATASET_VALUES // 2 + 1
+    buf = io.BytesIO()
+    np.savez_compressed(buf, X=np.zeros((rows, 2), np.uint8), y=np.zeros(1, np.int64))
+    bomb = buf.getvalue()
+    assert len(bomb) < 200_000
+    with pytest.raises(InvalidInput) as caught:
+        load_dataset(bomb, "npz")
+    assert f"hold {2 * rows + 1} values" in caught.value.message
+    assert caught.value.field == "training_data.dataset_cid"
+
+    wide = "a,b,label\n" + "0,0,1\n" * (datasets.MAX_TEXT_VALUES // 3 + 1)
+    with pytest.raises(InvalidInput, match="a text data set may hold at most"):
+        load_dataset(wide.encode(), "csv")
+    numbers = json.dumps({"features": [[0, 0]] * (datasets.MAX_TEXT_VALUES // 3 + 1),
+                          "labels": [0] * (datasets.MAX_TEXT_VALUES // 3 + 1)})  # fmt: skip
+    with pytest.raises(InvalidInput, match="a text data set may hold at most"):
+        load_dataset(numbers.encode(), "json")
+    small = "a,b,label\n" + "0,1,1\n1,0,0\n" * 10
+    x, y, _ = load_dataset(small.encode(), "csv")
+    assert x.shape == (20, 2) and set(y) == {0, 1}
+
+
+def test_a_runner_reads_its_own_large_file_whole() -> None:
+    rows = datasets.MAX_TEXT_VALUES // 3 + 1
+    text = "a,b,label\n" + "0,1,1\n" * rows
+    x, y, _ = load_dataset(text.encode(), "csv", bounded=False)
+    assert x.shape == (rows, 2) and set(y) == {1}

@@ -65,6 +65,12 @@ Indices = NDArray[np.int64]
 RowName = Callable[[int], str]
 DATA_FIELD = "training_data.dataset_cid"
 NPY_MAGIC = b"\x93NUMPY"  # a single .npy array (refused below with its own reason)
+# What the server reads into memory from one data set, checked before reading it: a
+# compressed NPZ of 570 KB can hold 50 M values, and a text format costs a Python object per
+# value while it is parsed (a 24 MB CSV of 4 M rows took 1.7 GB). Larger data sets stay on
+# the runners (training_data.runner_dataset).
+MAX_DATASET_VALUES = 1 << 24  # an NPZ's X and y together (16,777,216)
+MAX_TEXT_VALUES = 1 << 21  # a CSV's cells, a JSON file's numbers (2,097,152)
 _NPZ_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so the same arrays always give the same bytes (CID)
 
 
@@ -75,17 +81,21 @@ def _bad(problem: str, field: str = DATA_FIELD) -> InvalidInput:
 # -- reading
 
 
-def load_dataset(data: bytes, data_format: str) -> tuple[Features, Labels, list[str]]:
-    """``(features float32 [rows, columns], labels int64 class ids, class names)``."""
+def load_dataset(
+    data: bytes, data_format: str, *, bounded: bool = True
+) -> tuple[Features, Labels, list[str]]:
+    """``(features float32 [rows, columns], labels int64 class ids, class names)``. ``bounded``
+    (the server reading an uploaded data set): refused past MAX_DATASET_VALUES /
+    MAX_TEXT_VALUES before it is read; a runner reading its own files reads them whole."""
     row_name: RowName
     if data_format == "csv":
-        x, raw_labels, lines = _read_csv(data)
+        x, raw_labels, lines = _read_csv(data, bounded)
         row_name = _line_of(lines)
     elif data_format == "npz":
-        x, raw_labels = _read_npz(data, DATA_FIELD, "X")
+        x, raw_labels = _read_npz(data, DATA_FIELD, "X", bounded)
         row_name = "X[{}]".format
     elif data_format == "json":
-        x, raw_labels = _read_json(data)
+        x, raw_labels = _read_json(data, bounded)
         row_name = "features[{}]".format
     else:
         raise _bad(f"unknown data_format {data_format!r}", "training_data.data_format")
@@ -100,13 +110,16 @@ def _line_of(lines: Sequence[int]) -> RowName:
     return name
 
 
-def _read_csv(data: bytes) -> tuple[NDArray[Any], NDArray[Any], list[int]]:
+def _read_csv(data: bytes, bounded: bool) -> tuple[NDArray[Any], NDArray[Any], list[int]]:
     """The features, the labels (text) and each data row's line in the file (1-based, the
     header is line 1; blank lines are skipped, so the lines are kept)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _bad(f"the CSV file is not UTF-8 text (byte {exc.start})") from None
+    if bounded:
+        first = text.split("\n", 1)[0]
+        _check_text_values((text.count("\n") + 1) * (first.count(",") + 1), "CSV cells")
     reader = csv.reader(io.StringIO(text))
     try:
         header = next(reader, None)
@@ -142,7 +155,9 @@ def _first_bad_cell(rows: Sequence[tuple[int, list[str]]], header: list[str]) ->
     return "a feature value is not a number"
 
 
-def _read_npz(data: bytes, field: str, x_key: str) -> tuple[NDArray[Any], NDArray[Any]]:
+def _read_npz(
+    data: bytes, field: str, x_key: str, bounded: bool = True
+) -> tuple[NDArray[Any], NDArray[Any]]:
     if not data.startswith(NPY_MAGIC) and not zipfile.is_zipfile(io.BytesIO(data)):
         # numpy takes any other bytes for a pickle and says the file "contains pickled data"
         # and how to load it unsafely: wrong about a CSV or text file, and bad advice.
@@ -151,6 +166,8 @@ def _read_npz(data: bytes, field: str, x_key: str) -> tuple[NDArray[Any], NDArra
             f"not a readable NPZ file: not a zip of .npy arrays (as numpy.savez writes){hint}",
             field,
         )
+    if bounded:
+        _check_npz_values(data, field)
     try:
         loaded = np.load(io.BytesIO(data), allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -172,7 +189,46 @@ def _read_npz(data: bytes, field: str, x_key: str) -> tuple[NDArray[Any], NDArra
     return x.reshape(x.shape[0], -1).astype(np.float64), y
 
 
-def _read_json(data: bytes) -> tuple[NDArray[Any], NDArray[Any]]:
+def _check_text_values(count: int, what: str) -> None:
+    if count > MAX_TEXT_VALUES:
+        raise _bad(
+            f"about {count} {what}: a text data set may hold at most {MAX_TEXT_VALUES} values "
+            "(write a larger one as NPZ, or keep it on the runners: training_data.runner_dataset)"
+        )
+
+
+def _check_npz_values(data: bytes, field: str) -> None:
+    """The arrays' sizes from their headers, before anything is decompressed."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            total = sum(_npy_values(archive, info) for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # np.load names what is wrong with it
+    if total > MAX_DATASET_VALUES:
+        raise _bad(
+            f"the NPZ arrays hold {total} values: at most {MAX_DATASET_VALUES} are read by "
+            "the server (keep a larger data set on the runners: training_data.runner_dataset)",
+            field,
+        )
+
+
+def _npy_values(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """The values of one member, from its .npy header (zipfile never inflates a member past
+    its stated size, so for a header format this does not read, that size bounds them)."""
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape = np.lib.format.read_array_header_1_0(member)[0]
+        elif version == (2, 0):
+            shape = np.lib.format.read_array_header_2_0(member)[0]
+        else:
+            return int(info.file_size)
+    return math.prod(shape)
+
+
+def _read_json(data: bytes, bounded: bool) -> tuple[NDArray[Any], NDArray[Any]]:
+    if bounded:
+        _check_text_values(data.count(b",") + 1, "JSON values")
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply

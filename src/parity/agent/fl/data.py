@@ -80,7 +80,7 @@ def load_local(path: Path) -> Arrays:
     except OSError as exc:
         raise FlDataError(f"cannot read {path}: {exc}") from exc
     try:
-        x, y, _ = load_dataset(data, fmt)
+        x, y, _ = load_dataset(data, fmt, bounded=False)  # its own data: read whole
     except InvalidInput as exc:
         raise FlDataError(f"{path}: {exc.message.removeprefix(exc.field + ': ')}") from exc
     return x, y
