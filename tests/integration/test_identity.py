@@ -196,6 +196,10 @@ async def test_api_key_lifecycle(client: httpx.AsyncClient):
     # An API key authenticates like a session.
     me = await client.get("/api/v1/auth/me", headers=bearer(key))
     assert me.json()["kind"] == "api_key"
+    # ...except that it makes no keys: a leaked one could mint others that outlive it.
+    child = await client.post("/api/v1/auth/keys", json={"name": "child"}, headers=bearer(key))
+    assert child.status_code == 403, child.text
+    assert child.json()["error"]["code"] == "session_token_required"
     listed = await client.get("/api/v1/auth/keys", headers=bearer(token))
     assert [k["name"] for k in listed.json()["items"]] == ["ci"]
     assert "key" not in listed.json()["items"][0]

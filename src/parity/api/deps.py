@@ -14,7 +14,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.auth import service as auth_service
-from parity.auth.errors import TokenInvalid, WalletTokenRequired
+from parity.auth.errors import SessionTokenRequired, TokenInvalid, WalletTokenRequired
 from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.db.hooks import run_after_commit
@@ -130,6 +130,21 @@ async def get_wallet_principal(principal: CurrentPrincipal) -> Principal:
 
 # The caller of a route that creates or changes paid work, or mints or revokes credentials.
 WalletPrincipal = Annotated[Principal, Depends(get_wallet_principal)]
+
+
+async def get_session_principal(principal: CurrentPrincipal) -> Principal:
+    """A signed-in wallet session (not a runner token, not an API key)."""
+    refuse_runner_token(principal)
+    if principal.kind == "api_key":
+        raise SessionTokenRequired(
+            "sign in (a wallet session) to create API keys: an API key cannot make more keys, "
+            "so a leaked one can be revoked for good"
+        )
+    return principal
+
+
+# The caller of a route that mints credentials (an API key).
+SessionPrincipal = Annotated[Principal, Depends(get_session_principal)]
 
 
 async def get_idempotency(

@@ -19,6 +19,13 @@ class TokenInvalid(Unauthenticated):
     code = "token_invalid"
 
 
+class SessionTokenRequired(Forbidden):
+    """An API key on a route that mints credentials: a leaked key must not be able to make
+    more keys that outlive its own revocation."""
+
+    code = "session_token_required"
+
+
 class WalletTokenRequired(Forbidden):
     """A runner token on a route that spends the wallet's money or mints its credentials: the
     runner token lives on a machine that runs other people's work, so it does neither."""

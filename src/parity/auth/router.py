@@ -13,6 +13,7 @@ from parity.api.deps import (
     CurrentPrincipal,
     Idempotency,
     ReadSession,
+    SessionPrincipal,
     WalletPrincipal,
     WriteSession,
 )
@@ -83,7 +84,7 @@ async def whoami(principal: CurrentPrincipal) -> MeRead:
 @router.post("/auth/keys", status_code=201, response_model=ApiKeyCreated)
 async def create_api_key(
     body: ApiKeyCreate,
-    principal: WalletPrincipal,
+    principal: SessionPrincipal,
     session: WriteSession,
     idem: Idempotency,
     c: ContainerDep,
