@@ -185,6 +185,27 @@ async def test_the_write_connection_never_checkpoints_on_the_loops_thread(tmp_pa
         await db.dispose()
 
 
+async def test_the_wal_file_shrinks_back_once_the_log_restarts_after_a_burst(tmp_path: Path):
+    """A burst (no checkpoint for 8 MB of writes) grows the WAL file; once a checkpoint has
+    copied it all, the next commit restarts the log and cuts the file back to the limit
+    instead of keeping the burst's size until the server stops."""
+    path = tmp_path / "burst.db"
+    wal = tmp_path / "burst.db-wal"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    assert db.checkpointer is not None
+    db.checkpointer.every = 10**9
+    db.checkpointer.wal_size_limit = 2**20
+    try:
+        await _write_megabytes(db, 8)
+        assert wal.stat().st_size > 8 * 2**20
+        await asyncio.get_running_loop().run_in_executor(None, db.checkpointer._checkpoint)
+        async with db.transaction() as s:
+            await s.execute(text("INSERT INTO blobs (b) VALUES (x'00')"))
+        assert wal.stat().st_size <= 2**20
+    finally:
+        await db.dispose()
+
+
 async def test_the_log_is_checkpointed_on_a_worker_thread_while_writes_go_on(tmp_path: Path):
     path = tmp_path / "checkpointed.db"
     db = Database(f"sqlite+aiosqlite:///{path}")

@@ -10,6 +10,12 @@ checkpoint is off (``PRAGMA wal_autocheckpoint=0``); :class:`WalCheckpointer` ru
 checkpoint (it never waits for readers or the writer, which go on meanwhile) on a worker
 thread, on a connection of its own, after every ``every`` write transactions. One runs at a
 time; a failed one is logged and the next is tried ``every`` transactions later.
+
+A PASSIVE checkpoint never shrinks the WAL file: SQLite rewrites it from the start once it was
+wholly copied, but the file keeps the size of its largest burst (one where readers kept the log
+from restarting: 46 MiB beside a 12 MiB database after ten minutes of mixed load) until the
+server stops. The write connection sets ``journal_size_limit`` (``wal_size_limit``), so the
+commit that restarts the log truncates the file back to that size.
 """
 
 from __future__ import annotations
@@ -25,12 +31,23 @@ log = get_logger("parity.db")
 # keeps the log near SQLite's own threshold (1,000 pages) for the usual writes, and a checkpoint
 # with little to copy costs about a millisecond on the worker thread.
 CHECKPOINT_EVERY = 100
+# Bytes the WAL file is cut back to when the log restarts (PRAGMA journal_size_limit): above
+# what 100 usual write transactions log, so only a burst's file is cut.
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 
 class WalCheckpointer:
-    def __init__(self, path: str, *, every: int = CHECKPOINT_EVERY, busy_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        every: int = CHECKPOINT_EVERY,
+        busy_ms: int = 5000,
+        wal_size_limit: int = WAL_SIZE_LIMIT,
+    ) -> None:
         self.path = path
         self.every = every
+        self.wal_size_limit = wal_size_limit
         self.busy_s = busy_ms / 1000
         self.writes = 0
         self.checkpoints = 0

@@ -64,6 +64,7 @@ def _sqlite_engine(
         cur.execute(f"PRAGMA busy_timeout={0 if inline else int(busy_ms)}")
         if checkpointer is not None:
             cur.execute("PRAGMA wal_autocheckpoint=0")
+            cur.execute(f"PRAGMA journal_size_limit={int(checkpointer.wal_size_limit)}")
         cur.close()
 
     if begin is not None:
