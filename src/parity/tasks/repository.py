@@ -177,9 +177,18 @@ async def count_by_status(session: AsyncSession) -> dict[str, int]:
 
 
 async def delete_logs_of_tasks_finished_before(session: AsyncSession, before: datetime) -> int:
-    """Drop the log chunks of tasks that ended (completed, failed, cancelled) before ``before``."""
-    finished = select(Task.id).where(
-        Task.status.in_([s.value for s in TERMINAL]), Task.completed_at < before
+    """Drop the log chunks of tasks that ended (completed, failed, cancelled) before ``before``.
+    Walks the log chunks (kept few by this very pruning) and looks each one's task up by its
+    key: an ``IN (finished tasks)`` made SQLite read every task that ever finished on each tick
+    (975 ms at 467,000 tasks, with the write lock held, against 12 ms this way)."""
+    finished = (
+        select(1)
+        .where(
+            Task.id == TaskLog.task_id,
+            Task.status.in_([s.value for s in TERMINAL]),
+            Task.completed_at < before,
+        )
+        .correlate(TaskLog)
     )
-    result = await session.execute(delete(TaskLog).where(TaskLog.task_id.in_(finished)))
+    result = await session.execute(delete(TaskLog).where(exists(finished)))
     return int(getattr(result, "rowcount", 0) or 0)
