@@ -585,23 +585,31 @@ def test_no_fl_with_a_dataset_is_a_usage_error_before_anything_is_asked(tmp_path
     assert "--fl-dataset needs FL" in result.output
 
 
+class EndlessTraining:
+    """A stand-in for ``train_local`` that trains until its ``stop`` (the last argument) says
+    so: ``running`` once it started, ``stopped`` once it was asked to stop (or the test gave
+    up: set ``stopped`` to end the thread)."""
+
+    def __init__(self) -> None:
+        self.running, self.stopped = threading.Event(), threading.Event()
+
+    def __call__(self, *args: Any) -> Any:
+        should_stop = args[-1]
+        self.running.set()
+        while not should_stop():
+            if self.stopped.wait(0.01):  # the test gave up: end the thread
+                raise AssertionError("never asked to stop")
+        self.stopped.set()
+        raise TrainingStopped("stopped")
+
+
 async def test_a_cancelled_task_stops_its_training_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker thread cannot be interrupted: without the stop signal a cancelled task's
     training ran on for its remaining epochs, burning the CPU for nobody and holding up the
     runner's exit (asyncio waits for its worker threads) until it was done."""
-    stopped = threading.Event()
-    running = threading.Event()
-
-    def endless(*args: Any) -> Any:
-        should_stop = args[-1]
-        running.set()
-        while not should_stop():
-            if stopped.wait(0.01):  # the test gave up: end the thread
-                raise AssertionError("never asked to stop")
-        stopped.set()
-        raise TrainingStopped("stopped")
-
-    monkeypatch.setattr(executor_module, "train_local", endless)
+    training = EndlessTraining()
+    monkeypatch.setattr(executor_module, "train_local", training)
+    running, stopped = training.running, training.stopped
     client = client_for(Server())
     executor = FlExecutor(client)
     executor.claim_token_of = lambda task_id: TOKEN

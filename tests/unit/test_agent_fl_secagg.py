@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,9 +45,18 @@ from parity.core.fl.secagg import (
 from parity.core.fl.secagg_client import SecAggClient
 from parity.core.fl.secagg_config import SecAggConfig
 from parity.core.fl.secagg_server import route_shares, sum_masked, unmask_request, unmask_sum
-from parity.core.fl.train import TrainingStopped
 from tests.conftest import until
-from tests.unit.test_agent_fl import GLOBAL, TOKEN, Server, X, Y, client_for, expected, fl_task
+from tests.unit.test_agent_fl import (
+    GLOBAL,
+    TOKEN,
+    EndlessTraining,
+    Server,
+    X,
+    Y,
+    client_for,
+    expected,
+    fl_task,
+)
 from tests.unit.test_agent_fl import fl_config as plain_config
 
 CONFIG = SecAggConfig(
@@ -407,18 +415,9 @@ async def test_a_cancel_during_the_key_stages_stops_the_training_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The training of a cancelled SecAgg+ round ran on to its last epoch for nobody."""
-    asked_to_stop, running = threading.Event(), threading.Event()
-
-    def endless(*args: Any) -> Any:
-        should_stop = args[-1]
-        running.set()
-        while not should_stop():
-            if asked_to_stop.wait(0.01):  # the test gave up: end the thread
-                raise AssertionError("never asked to stop")
-        asked_to_stop.set()
-        raise TrainingStopped("stopped")
-
-    monkeypatch.setattr(executor_module, "train_local", endless)
+    training = EndlessTraining()
+    monkeypatch.setattr(executor_module, "train_local", training)
+    asked_to_stop, running = training.stopped, training.running
     server = SecAggServer()
     cancel = CancelToken()
     server.hold.add("advertise_keys")
