@@ -141,19 +141,43 @@ async def expire_offers(container: Container) -> int:
 
 
 @contextlib.asynccontextmanager
+async def started(c: Container) -> AsyncIterator[httpx.ASGITransport]:
+    """An app on ``c``, started (its lifespan run, no background jobs), and a transport to it;
+    the container's stream bus and database closed after (also when start-up failed)."""
+    app = create_app(c, run_migrations=False, start_jobs=False)
+    try:
+        async with app.router.lifespan_context(app):
+            yield httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    finally:
+        await c.close_streams()
+        await c.db.dispose()
+
+
+@contextlib.asynccontextmanager
+async def served(c: Container) -> AsyncIterator[httpx.AsyncClient]:
+    """:func:`started`, with a client of the app."""
+    async with (
+        started(c) as transport,
+        httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
+    ):
+        yield http
+
+
+def _beside(container: Container, **settings: Any) -> Container:
+    """A container on the same database and clock as ``container`` with extra settings."""
+    s = make_settings(container.settings.resolved_database_url, container.settings.home, **settings)
+    return Container(settings=s, db=Database(s.resolved_database_url), clock=container.clock)
+
+
+@contextlib.asynccontextmanager
 async def asgi_app(
     container: Container, **settings: Any
 ) -> AsyncIterator[tuple[httpx.ASGITransport, Container]]:
     """An app on the same database and clock as ``container`` with extra settings, started
     (no background jobs), and a transport to it; its database closed after."""
-    s = make_settings(container.settings.resolved_database_url, container.settings.home, **settings)
-    c = Container(settings=s, db=Database(s.resolved_database_url), clock=container.clock)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    try:
-        async with app.router.lifespan_context(app):
-            yield httpx.ASGITransport(app=app, raise_app_exceptions=False), c
-    finally:
-        await c.db.dispose()
+    c = _beside(container, **settings)
+    async with started(c) as transport:
+        yield transport, c
 
 
 @contextlib.asynccontextmanager
@@ -161,10 +185,8 @@ async def custom_client(
     container: Container, **settings: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
     """An app on the same database and clock as ``container`` with extra settings."""
-    async with (
-        asgi_app(container, **settings) as (transport, c),
-        httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
-    ):
+    c = _beside(container, **settings)
+    async with served(c) as http:
         yield http, c
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from parity.container import Container
 from parity.db.session import Database
 from parity.errors import ConfigError
 from tests.conftest import make_settings
+from tests.integration.queue_helpers import served
 
 FAKE = FakeChain()
 StatusOf = Callable[[FakeChain], Awaitable[dict[str, Any]]]
@@ -34,18 +34,6 @@ def _container(database_url: str, home: Path, clock: FrozenClock, chain: FakeCha
     return c
 
 
-@contextlib.asynccontextmanager
-async def _serving(c: Container) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of ``c``'s app, its lifespan (the chain check at start) run around it."""
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://parity.test") as client,
-    ):
-        yield client
-
-
 async def _verdict(client: httpx.AsyncClient) -> str:
     return str((await client.get("/api/status")).json()["backends"]["chain"])
 
@@ -55,7 +43,7 @@ async def status_of(
     database_url: str, tmp_path: Path, clock: FrozenClock
 ) -> AsyncIterator[StatusOf]:
     async def status(chain: FakeChain) -> dict[str, Any]:
-        async with _serving(_container(database_url, tmp_path / "home", clock, chain)) as client:
+        async with served(_container(database_url, tmp_path / "home", clock, chain)) as client:
             r = await client.get("/api/v1/status")
             assert r.status_code == 200, r.text
             body: dict[str, Any] = r.json()
@@ -86,7 +74,7 @@ async def test_an_unreachable_node_does_not_stop_start_up_and_is_rechecked(
 ):
     chain = FakeChain()
     chain.unreachable = True
-    async with _serving(_container(database_url, tmp_path / "home", clock, chain)) as client:
+    async with served(_container(database_url, tmp_path / "home", clock, chain)) as client:
         assert await _verdict(client) == "unreachable"
         chain.unreachable = False
         # Within the re-check interval the verdict stands...
@@ -111,7 +99,7 @@ async def test_a_node_that_goes_away_after_start_up_shows_unreachable(
     database_url: str, tmp_path: Path, clock: FrozenClock
 ):
     chain = FakeChain()
-    async with _serving(_container(database_url, tmp_path / "home", clock, chain)) as client:
+    async with served(_container(database_url, tmp_path / "home", clock, chain)) as client:
         assert await _verdict(client) == "ok"
         chain.unreachable = True
         clock.advance(31)

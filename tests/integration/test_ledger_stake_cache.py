@@ -16,14 +16,20 @@ from typing import Any
 import httpx
 from eth_account import Account
 
-from parity.app import create_app
 from parity.chain.fake import FakeChain, FakeChainClient
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
 from parity.ledger.settlement import SettlementConfig, SettlementWorker
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
-from tests.integration.queue_helpers import act, claimed, create_task, device, register_runner
+from tests.integration.queue_helpers import (
+    act,
+    claimed,
+    create_task,
+    device,
+    register_runner,
+    served,
+)
 from tests.settlement_support import run_until_idle
 
 V1 = "/api/v1"
@@ -64,16 +70,8 @@ async def replica(
     s = make_settings(database_url, home, **PRICED)
     c = Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
     c.chain = FakeChainClient(chain)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
-        ):
-            yield Replica(http, c, clock)
-    finally:
-        await c.db.dispose()
+    async with served(c) as http:
+        yield Replica(http, c, clock)
 
 
 def settlement_worker(db_url: str, chain: FakeChain, clock: FrozenClock) -> SettlementWorker:

@@ -9,14 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from parity.app import create_app
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
 from tests.conftest import make_settings
 from tests.contract.redis_service import redis_url
+from tests.integration.queue_helpers import served
 
 
 @asynccontextmanager
@@ -24,20 +22,12 @@ async def _status(
     database_url: str, home: Path, clock: FrozenClock, **settings: str
 ) -> AsyncIterator[dict[str, Any]]:
     s = make_settings(database_url, home, **settings)
-    c = Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
-        ):
-            r = await http.get("/api/status")
-            assert r.status_code == 200, r.text
-            yield r.json()
-    finally:
-        await c.close_streams()
-        await c.db.dispose()
+    async with served(
+        Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
+    ) as http:
+        r = await http.get("/api/status")
+        assert r.status_code == 200, r.text
+        yield r.json()
 
 
 async def test_a_stream_bus_that_does_not_answer_is_a_warning(

@@ -14,14 +14,20 @@ import httpx
 import pytest
 from eth_account import Account
 
-from parity.app import create_app
 from parity.chain.fake import FakeChain, FakeChainClient
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
 from parity.ledger.settlement import SettlementConfig, SettlementWorker
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in
-from tests.integration.queue_helpers import V1, claimed, create_task, device, register_runner
+from tests.integration.queue_helpers import (
+    V1,
+    claimed,
+    create_task,
+    device,
+    register_runner,
+    served,
+)
 from tests.integration.test_ledger import CHAIN, PRICING
 from tests.settlement_support import Crash, CrashAt, settlements
 
@@ -44,16 +50,8 @@ async def _server(
     c = Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
     if chain is not None:
         c.chain = FakeChainClient(chain)
-    app = create_app(c, run_migrations=False, start_jobs=False)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(transport=transport, base_url="http://parity.test") as http,
-        ):
-            yield Server(http, c)
-    finally:
-        await c.db.dispose()
+    async with served(c) as http:
+        yield Server(http, c)
 
 
 async def _complete_one(server: Server, runner_token: str, client_token: str) -> str:
