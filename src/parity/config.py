@@ -270,13 +270,11 @@ class Settings(BaseSettings):
     def _rpc_is_an_http_url(cls, v: str) -> str:
         """The chain node's JSON-RPC endpoint: the adapter speaks JSON-RPC over HTTP(S)."""
         v = v.strip()
-        if v:
-            parts = urlsplit(v)
-            if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-                raise ValueError(
-                    "must be the http:// or https:// URL of the chain node's JSON-RPC endpoint "
-                    "(e.g. http://127.0.0.1:8545), or empty for no chain"
-                )
+        if v and not _is_http_url(v):
+            raise ValueError(
+                "must be the http:// or https:// URL of the chain node's JSON-RPC endpoint "
+                "(e.g. http://127.0.0.1:8545), or empty for no chain"
+            )
         return v
 
     @field_validator("server_public_url", "filecoin_ipfs_endpoint", "filecoin_gateway_url")
@@ -285,14 +283,11 @@ class Settings(BaseSettings):
         """Base URLs the server builds links and requests on: a typo (no scheme, another
         scheme) would otherwise surface only as broken links or 500s at the first use."""
         v = v.strip()
-        if v:
-            parts = urlsplit(v)
-            scheme_ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-            if not (scheme_ok and _has_valid_port(v)):
-                raise ValueError(
-                    f"must be an http:// or https:// URL with a host (e.g. "
-                    f"{_URL_EXAMPLES[info.field_name or '']}), or empty"
-                )
+        if v and not (_is_http_url(v) and _has_valid_port(v)):
+            raise ValueError(
+                f"must be an http:// or https:// URL with a host (e.g. "
+                f"{_URL_EXAMPLES[info.field_name or '']}), or empty"
+            )
         return v
 
     @field_validator("stream_bus_url")
@@ -476,12 +471,19 @@ _URL_EXAMPLES = {
 }
 
 
+def _is_http_url(url: str) -> bool:
+    """An http:// or https:// URL with a host."""
+    parts = urlsplit(url)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
 def _has_valid_port(url: str) -> bool:
-    """False for a URL whose port is not a number from 0 to 65535 (urlsplit raises on it)."""
+    """False for a URL whose port is not a number from 0 to 65535 (reading it raises)."""
     try:
-        return urlsplit(url).port != -1  # always true: reading .port is the check
+        urlsplit(url).port  # noqa: B018 - reading the port is the check
     except ValueError:
         return False
+    return True
 
 
 def _is_hex(v: str) -> bool:
