@@ -186,6 +186,18 @@ def _changed(path: Path, size: int, read: int) -> str:
     )
 
 
+def output_file(output: Path | None, name: str) -> Path:
+    """Where a download is written: ``output`` (``~`` expanded), ``name`` inside it when it is
+    a directory (as ``cp`` takes one), or ``./name`` when none is given."""
+    path = output.expanduser() if output is not None else Path(name)
+    return path / name if path.is_dir() else path
+
+
+def part_file(final: Path) -> Path:
+    """The ``.part`` file beside ``final`` a download goes to until it is checked."""
+    return final.with_name(final.name + ".part")
+
+
 def upload_headers(size: int) -> dict[str, str]:
     """The headers of a streamed raw upload of ``size`` bytes."""
     return {"Content-Length": str(size), "Content-Type": "application/octet-stream"}

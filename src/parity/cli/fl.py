@@ -385,15 +385,6 @@ def _download(client: httpx.Client, session_id: str, part: Path) -> str:
     return digest.hexdigest()
 
 
-def _model_path(session_id: str, output: Path | None) -> Path:
-    """``-o FILE`` as given; a directory (as ``cp`` takes one) or nothing: ``ID.safetensors``
-    in it, or here."""
-    name = f"{session_id}.safetensors"
-    if output is None:
-        return Path(name)
-    return output / name if output.is_dir() else output
-
-
 @fl_app.command("model")
 def model_cmd(
     session_id: SessionArg,
@@ -413,8 +404,8 @@ def model_cmd(
 ) -> None:
     """Download session ID's latest global model (safetensors) and check its sha256 against the
     one the server records. During the session it is the latest round's (intermediate) model."""
-    final = _model_path(session_id, output)
-    part = final.with_name(final.name + ".part")
+    final = cli.output_file(output, f"{session_id}.safetensors")
+    part = cli.part_file(final)
     with cli.connect(server, keystore, token) as client:
         meta = cli.request_json(client, "GET", _session_path(session_id, "model"))
         try:

@@ -137,26 +137,21 @@ def _output_path(output: Path | None, cid: str) -> Path | None:
     file CID inside it, as with the default ./CID)."""
     if output is not None and str(output) == "-":
         return None
-    path = output.expanduser() if output is not None else Path(cid)
-    return path / cid if path.is_dir() else path
+    return cli.output_file(output, cid)
 
 
 def _open_part(final: Path) -> BinaryIO:
     """The ``.part`` file beside ``final`` that the download goes to until it is checked."""
     try:
-        return open(_part_of(final), "wb")
+        return open(cli.part_file(final), "wb")
     except OSError as exc:
         raise cli.fail(f"cannot write {final}: {exc.strerror or exc}") from None
-
-
-def _part_of(final: Path) -> Path:
-    return final.with_name(final.name + ".part")
 
 
 def _keep(final: Path) -> None:
     """Move the checked download from its ``.part`` file to ``final``."""
     try:
-        _part_of(final).replace(final)
+        cli.part_file(final).replace(final)
     except OSError as exc:
         raise cli.fail(f"cannot write {final}: {exc.strerror or exc}") from None
 
@@ -207,7 +202,7 @@ def get(
     finally:
         if final is not None and not kept:  # refused, cut off, wrong bytes or Ctrl-C: no debris
             sink.close()
-            _part_of(final).unlink(missing_ok=True)
+            cli.part_file(final).unlink(missing_ok=True)
     if final is not None:
         typer.echo(str(final), err=True)
 
