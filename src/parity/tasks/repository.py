@@ -78,24 +78,18 @@ async def exclusions(session: AsyncSession, task_id: uuid.UUID) -> list[uuid.UUI
     return list(rows.all())
 
 
-async def some_runner_fits(session: AsyncSession, task_id: uuid.UUID) -> bool:
-    """Some online runner is big enough for the task (free capacity and exclusions aside)."""
+async def some_runner_fits(
+    session: AsyncSession, task_id: uuid.UUID, *, unexcluded: bool = False
+) -> bool:
+    """Some online runner is big enough for the task (free capacity aside); with
+    ``unexcluded``, one that has not failed it (then a runner that failed it waits; otherwise
+    the task may go back to one that did)."""
     other = st.RUNNERS.alias("other")
-    fits = exists().where(*st.runner_fits(other, st.TASKS)).correlate_except(other)
+    conditions = [*st.runner_fits(other, st.TASKS)]
+    if unexcluded:
+        conditions.append(~st.excluded_for(other.c.id))
+    fits = exists().where(*conditions).correlate_except(other)
     q = select(st.TASKS.c.id).where(st.TASKS.c.id == task_id, fits)
-    return (await session.execute(q)).first() is not None
-
-
-async def unexcluded_runner_could(session: AsyncSession, task_id: uuid.UUID) -> bool:
-    """Some online runner that has not failed this task fits it (then a runner that failed it
-    waits; otherwise the task may go back to one that did)."""
-    other = st.RUNNERS.alias("other")
-    could = (
-        exists()
-        .where(*st.runner_fits(other, st.TASKS), ~st.excluded_for(other.c.id))
-        .correlate_except(other)
-    )
-    q = select(st.TASKS.c.id).where(st.TASKS.c.id == task_id, could)
     return (await session.execute(q)).first() is not None
 
 

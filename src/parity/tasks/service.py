@@ -144,7 +144,7 @@ async def offer(session: AsyncSession, deps: TaskDeps, task: Task) -> uuid.UUID 
         ]
         need = Resources(task.req_cpu_cores, task.req_memory_mb, task.req_gpus, task.req_docker)
         excluded = {str(x) for x in await repo.exclusions(session, task.id)}
-        if excluded and not await repo.unexcluded_runner_could(session, task.id):
+        if excluded and not await repo.some_runner_fits(session, task.id, unexcluded=True):
             excluded = set()  # exclusion is a preference: no other runner could take it
         labels = {k: str(v) for k, v in (task.required_labels or {}).items()}
         target = await _reserve_runner(
