@@ -120,15 +120,19 @@ async def check_at_start(client: ChainClient | None, settings: Settings) -> Chai
     return status
 
 
-async def recheck_if_stale(
-    client: ChainClient | None, settings: Settings, status: ChainStatus, age_seconds: float
-) -> ChainStatus | None:
-    """A fresh verdict when the last one is older than RECHECK_SECONDS (a node that was fine
-    at start-up may have gone away since, one that was not may be back), else None; "off" never
-    changes. A node found on the wrong chain only now is logged as an error (the server is
-    already serving; restart it with the right settings)."""
-    if status.state == "off" or age_seconds < RECHECK_SECONDS:
-        return None
+def is_stale(status: ChainStatus, age_seconds: float) -> bool:
+    """Whether a verdict this old is to be checked again: any but "off" (which never
+    changes) once it is RECHECK_SECONDS old (a node that was fine at start-up may have gone
+    away since, one that was not may be back)."""
+    return status.state != "off" and age_seconds >= RECHECK_SECONDS
+
+
+async def recheck(
+    client: ChainClient | None, settings: Settings, status: ChainStatus
+) -> ChainStatus:
+    """A fresh verdict in place of ``status``, its change logged. A node found on the wrong
+    chain only now is logged as an error (the server is already serving; restart it with the
+    right settings)."""
     fresh = await check_chain(client, settings)
     if fresh.state == "wrong_chain":
         log.error("chain_wrong_chain", **fresh.describe())

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity import __version__
 from parity.auth import service as auth_service
-from parity.chain.startup import OFF, RECHECK_SECONDS, ChainStatus, recheck_if_stale
+from parity.chain.startup import OFF, ChainStatus, is_stale, recheck
 from parity.container import Container
 from parity.ledger import service as ledger_service
 from parity.runners import stats as runner_stats
@@ -109,12 +109,8 @@ async def _chain_status(container: Container) -> ChainStatus:
     if status is None:
         return OFF if container.chain is None else ChainStatus("unreachable", "not checked yet")
     now = container.clock.monotonic()
-    age = now - container.chain_checked_monotonic
-    if age < RECHECK_SECONDS:
+    if not is_stale(status, now - container.chain_checked_monotonic):
         return status
     container.chain_checked_monotonic = now  # taken by this request (a slow node: one waits)
-    fresh = await recheck_if_stale(container.chain, container.settings, status, age)
-    if fresh is not None:
-        container.chain_status = fresh
-        status = fresh
-    return status
+    container.chain_status = await recheck(container.chain, container.settings, status)
+    return container.chain_status
