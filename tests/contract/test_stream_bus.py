@@ -210,3 +210,15 @@ async def test_stream_bus_url_picks_the_adapter_and_refuses_other_schemes():
     await bus.aclose()
     with pytest.raises(ConfigError, match="STREAM_BUS_URL"):
         load_settings({"STREAM_BUS_URL": "nats://127.0.0.1:4222"}, env_file=None)
+
+
+async def test_a_bus_that_is_up_answers_its_ping(buses: Buses):
+    assert all([await bus.ping() for bus in buses])
+
+
+async def test_a_redis_bus_whose_redis_is_gone_says_so_without_raising():
+    bus = RedisStreamBus("redis://127.0.0.1:1/0", timeout=0.5)  # nothing listens on port 1
+    try:
+        assert await bus.ping() is False
+    finally:
+        await bus.aclose()

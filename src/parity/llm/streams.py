@@ -86,6 +86,11 @@ class StreamBus(Protocol):
         prompt)."""
         ...
 
+    async def ping(self) -> bool:
+        """Whether the shared bus answers now (always, for the in-process bus); never raises:
+        the status page reports a shared bus that does not."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections and background work (at shutdown)."""
         ...
@@ -178,6 +183,9 @@ class LocalStreamBus:
 
     async def subscribers(self, key: str) -> int:
         return self.count(key)
+
+    async def ping(self) -> bool:
+        return True
 
     async def aclose(self) -> None:
         return None

@@ -95,10 +95,7 @@ async def _stream_warning(container: Container, peers: int) -> str | None:
     stream)."""
     if not container.settings.stream_bus_url:
         return UNSHARED_STREAMS if peers else None
-    ping = getattr(container.streams, "ping", None)
-    if ping is not None and not await ping():
-        return STREAM_BUS_DOWN
-    return None
+    return None if await container.streams.ping() else STREAM_BUS_DOWN
 
 
 async def _chain_status(container: Container) -> ChainStatus:
