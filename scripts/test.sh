@@ -35,6 +35,10 @@ echo "== Redis (stream-bus tests; skipped, saying why, when there is none)"
 eval "$(scripts/ensure_redis.sh)"
 echo "using ${PARITY_TEST_REDIS_URL:-none}"
 
+echo "== NATS (stream-bus tests; skipped, saying why, when there is none)"
+eval "$(scripts/ensure_nats.sh)"
+echo "using ${PARITY_TEST_NATS_URL:-none}"
+
 # Tests that never touch the database (unit, contract, CLI, embedded-only processes) give the
 # same answer on either database, so they run once; tests marked `db` (tests/conftest.py marks
 # every test whose fixtures reach the test database) run on both.

@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     task_retry_max_seconds: float = Field(300.0, ge=0)
     long_poll_recheck_seconds: float = Field(2.0, gt=0)
     wakeup_relay: Literal["auto", "off"] = "auto"
-    # LLM token relay between replicas: empty = in-process (one replica), else a Redis URL.
+    # LLM token relay between replicas: empty = in-process (one replica), else a Redis URL
+    # or NATS URLs.
     stream_bus_url: str = Field("", repr=False)
     push_interval_seconds: float = Field(1.0, gt=0)
     runner_min_version: str = "0.0.0"
@@ -294,8 +295,15 @@ class Settings(BaseSettings):
     @classmethod
     def _stream_bus_scheme(cls, v: str) -> str:
         v = v.strip()
-        if v and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be empty (in-process) or a redis://, rediss:// or unix:// URL")
+        if not v or v.startswith(("redis://", "rediss://", "unix://")):
+            return v
+        servers = [part.strip() for part in v.split(",")]
+        if all(_is_nats_url(part) for part in servers):
+            return ",".join(servers)
+        raise ValueError(
+            "must be empty (in-process), a redis://, rediss:// or unix:// URL, or nats:// or "
+            "tls:// URLs with a host (several servers of one NATS cluster comma-separated)"
+        )
         return v
 
     @field_validator("min_stake_tokens")
@@ -475,6 +483,12 @@ def _is_http_url(url: str) -> bool:
     """An http:// or https:// URL with a host."""
     parts = urlsplit(url)
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def _is_nats_url(url: str) -> bool:
+    """A nats:// or tls:// URL with a host and a valid port (one server of STREAM_BUS_URL)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("nats", "tls") and bool(parts.hostname) and _has_valid_port(url)
 
 
 def _has_valid_port(url: str) -> bool:

@@ -1,11 +1,15 @@
 """The StreamBus contract, run against every adapter: the in-process bus (publisher and
-subscriber on one bus) and the Redis bus (publisher and subscriber on two buses sharing one
-Redis: two replicas). Then what only the Redis adapter does: ignore its own messages coming
-back, carry on without Redis, and re-subscribe after its connection is dropped.
+subscriber on one bus), the Redis bus and the NATS bus (publisher and subscriber on two buses
+sharing one Redis or one NATS server: two replicas). Then what only the Redis adapter does:
+ignore its own messages coming back, carry on without Redis, and re-subscribe after its
+connection is dropped (the NATS adapter's own are in test_stream_bus_nats.py).
+
+A publish's count includes another replica's subscribers as the bus last counted them (the NATS
+bus counts only in ``subscribers``), so the tests that check it count first.
 
 Where a test must know that every earlier event was handled before it looks, it publishes a
 barrier event on a second key and waits for it: one replica's subscriptions share one
-connection, and Redis delivers in publish order."""
+connection, and Redis and NATS deliver in publish order."""
 
 from __future__ import annotations
 
@@ -24,23 +28,30 @@ from parity.llm.streams import (
     Subscription,
     open_stream_bus,
 )
+from parity.llm.streams_nats import NatsStreamBus
 from parity.llm.streams_redis import RedisStreamBus
 from tests.conftest import until
+from tests.contract.nats_service import nats_url
 from tests.contract.redis_service import redis_url
 
 BUFFER = 4
 Buses = tuple[StreamBus, StreamBus]  # (where the runner's stream lands, where the client waits)
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "nats"])
 async def buses(request: pytest.FixtureRequest) -> AsyncIterator[Buses]:
+    a: StreamBus
+    b: StreamBus
     if request.param == "local":
         bus = LocalStreamBus(buffer=BUFFER)
         yield bus, bus
         return
-    url = redis_url()
-    a = RedisStreamBus(url, buffer=BUFFER, origin="replica-a")
-    b = RedisStreamBus(url, buffer=BUFFER, origin="replica-b")
+    if request.param == "redis":
+        a = RedisStreamBus(redis_url(), buffer=BUFFER, origin="replica-a")
+        b = RedisStreamBus(redis_url(), buffer=BUFFER, origin="replica-b")
+    else:
+        a = NatsStreamBus(nats_url(), buffer=BUFFER, origin="replica-a")
+        b = NatsStreamBus(nats_url(), buffer=BUFFER, origin="replica-b")
     yield a, b
     await a.aclose()
     await b.aclose()
@@ -68,6 +79,7 @@ async def test_a_subscriber_gets_each_event_published_after_it_subscribed_in_ord
     k = key()
     sent = [delta("Hé"), delta("llo\n"), delta("wörld", 2), StreamEvent("end", 2, broken=True)]
     async with sub_bus.subscribe(k) as sub:
+        assert await pub.subscribers(k) == 1
         for event in sent:
             assert await pub.publish(k, event) >= 1
         assert await read(sub, len(sent)) == sent
@@ -90,6 +102,7 @@ async def test_every_subscriber_of_a_key_gets_each_event_and_no_other_keys_event
         sub_bus.subscribe(k) as two,
         sub_bus.subscribe(other) as elsewhere,
     ):
+        assert await pub.subscribers(k) >= 1
         assert await pub.publish(k, delta("x")) >= 1
         await pub.publish(other, StreamEvent("end", 1))
         assert await read(elsewhere, 1) == [StreamEvent("end", 1)]
@@ -209,7 +222,7 @@ async def test_stream_bus_url_picks_the_adapter_and_refuses_other_schemes():
     assert isinstance(bus, RedisStreamBus)
     await bus.aclose()
     with pytest.raises(ConfigError, match="STREAM_BUS_URL"):
-        load_settings({"STREAM_BUS_URL": "nats://127.0.0.1:4222"}, env_file=None)
+        load_settings({"STREAM_BUS_URL": "amqp://127.0.0.1:5672"}, env_file=None)
 
 
 async def test_a_bus_that_is_up_answers_its_ping(buses: Buses):

@@ -1,6 +1,6 @@
 """/api/status says when LLM token streams cannot cross replicas: no STREAM_BUS_URL while
 another replica shares the database (tests/integration/test_relay.py), or a STREAM_BUS_URL whose
-Redis does not answer, shown before any stream needed it."""
+Redis or NATS server does not answer, shown before any stream needed it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
 from tests.conftest import make_settings
+from tests.contract.nats_service import nats_url
 from tests.contract.redis_service import redis_url
 from tests.integration.queue_helpers import served
 
@@ -48,6 +49,21 @@ async def test_a_stream_bus_that_answers_is_no_warning(
     url = redis_url()
     async with _status(database_url, tmp_path / "h", clock, STREAM_BUS_URL=url) as status:
         assert status["backends"]["streams"] == "redis"
+        assert status["warnings"] == []
+
+
+async def test_a_nats_stream_bus_is_reported_and_one_that_does_not_answer_is_a_warning(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    down = "nats://127.0.0.1:1"
+    async with _status(database_url, tmp_path / "a", clock, STREAM_BUS_URL=down) as status:
+        assert status["backends"]["streams"] == "nats"
+        assert [
+            w.startswith("STREAM_BUS_URL: NATS does not answer") for w in status["warnings"]
+        ] == [True]
+    up = nats_url()
+    async with _status(database_url, tmp_path / "b", clock, STREAM_BUS_URL=up) as status:
+        assert status["backends"]["streams"] == "nats"
         assert status["warnings"] == []
 
 

@@ -1,6 +1,6 @@
-"""Two server replicas on one database and one Redis (STREAM_BUS_URL): the client's streaming
-request waits on one, the runner streams its tokens to the other, and the client gets them
-token by token through Redis."""
+"""Two server replicas on one database and one Redis or one NATS server (STREAM_BUS_URL): the
+client's streaming request waits on one, the runner streams its tokens to the other, and the
+client gets them token by token through the shared bus."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from parity.app import create_app
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
+from parity.llm.streams_nats import NatsStreamBus
 from parity.llm.streams_redis import RedisStreamBus
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in, until
+from tests.contract.nats_service import nats_url
 from tests.contract.redis_service import redis_url
 from tests.integration.queue_helpers import act
 from tests.integration.test_gateway_api import (
@@ -32,11 +34,11 @@ from tests.integration.test_llm_api import llm_runner, model
 Replica = tuple[Container, httpx.AsyncClient]
 
 
-@pytest.fixture
+@pytest.fixture(params=["redis", "nats"])
 async def replicas(
-    database_url: str, tmp_path: Path, clock: FrozenClock
+    request: pytest.FixtureRequest, database_url: str, tmp_path: Path, clock: FrozenClock
 ) -> AsyncIterator[tuple[Replica, Replica]]:
-    url = redis_url()
+    url = redis_url() if request.param == "redis" else nats_url()
     out: list[Replica] = []
     async with contextlib.AsyncExitStack() as stack:
         for name in ("one", "two"):
@@ -58,7 +60,8 @@ async def test_tokens_streamed_to_one_replica_reach_the_client_waiting_on_anothe
     replicas: tuple[Replica, Replica],
 ):
     (one, http_one), (two, http_two) = replicas
-    assert isinstance(one.streams, RedisStreamBus) and isinstance(two.streams, RedisStreamBus)
+    kind = RedisStreamBus if two.settings.stream_bus_url.startswith("redis") else NatsStreamBus
+    assert isinstance(one.streams, kind) and isinstance(two.streams, kind)
     key = await api_key(http_one, ALICE)
     runner, _ = await llm_runner(http_two, await sign_in(http_two, BOB), model("m1"))
     body = {**CHAT, "stream": True}

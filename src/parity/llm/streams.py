@@ -1,8 +1,9 @@
 """The streaming leg's relay (ARCHITECTURE §4): token deltas a runner posts for a prompt reach
 the client connections that wait on it. ``StreamBus`` is the port; ``LocalStreamBus`` relays
 within one process (one replica); ``RedisStreamBus`` (``streams_redis``, chosen by
-``STREAM_BUS_URL``) relays between replicas, so the runner's stream and the client's connection
-may reach different servers. ``open_stream_bus`` picks one.
+``STREAM_BUS_URL=redis://…``) and ``NatsStreamBus`` (``streams_nats``, ``nats://…``) relay
+between replicas, so the runner's stream and the client's connection may reach different
+servers. ``open_stream_bus`` picks one.
 
 Buffers are bounded: a subscriber that falls behind by more than ``buffer`` events is cut off
 with an ``overflow`` terminal event rather than holding the runner's request up; the gateway
@@ -24,13 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 EventKind = Literal["delta", "end", "overflow"]
 DEFAULT_BUFFER = 1024
+NATS_SCHEMES = ("nats://", "tls://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,11 @@ class Subscription(Protocol):
 class StreamBus(Protocol):
     async def publish(self, key: str, event: StreamEvent) -> int:
         """Hand ``event`` to every subscriber of ``key``, on any replica sharing the bus;
-        returns how many it reached (0: nobody listens). Never raises for an unreachable
-        shared bus: the event is dropped, as the stored result carries the text anyway."""
+        returns how many it reached (0: nobody listens) as far as the bus can tell without
+        waiting: exactly for the in-process and Redis buses; the NATS bus counts this
+        replica's subscribers and the other replicas' as :meth:`subscribers` last counted
+        them. Never raises for an unreachable shared bus: the event is dropped, as the stored
+        result carries the text anyway."""
         ...
 
     async def publish_many(self, key: str, events: Sequence[StreamEvent]) -> None:
@@ -94,6 +101,35 @@ class StreamBus(Protocol):
     async def aclose(self) -> None:
         """Release connections and background work (at shutdown)."""
         ...
+
+
+def encode(origin: str, event: StreamEvent) -> bytes:
+    """An event as a shared bus carries it between replicas, with its sender's origin id."""
+    body: dict[str, Any] = {
+        "o": origin, "k": event.kind, "a": event.attempt, "t": event.text, "b": event.broken,
+    }  # fmt: skip
+    if event.seq is not None:
+        body["s"] = event.seq
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(data: object) -> tuple[str, StreamEvent] | None:
+    """(origin, event) of a message, or None for anything this bus did not write. Only
+    ``delta`` and ``end`` travel: ``overflow`` is a subscriber's own state. A message without
+    a number (``s``: an older replica's) decodes without one."""
+    try:
+        body = json.loads(cast(bytes, data))
+        kind = body["k"]
+        if kind not in ("delta", "end"):
+            return None
+        seq = body.get("s")
+        event = StreamEvent(
+            kind, int(body["a"]), str(body["t"]), bool(body["b"]),
+            None if seq is None else int(seq),
+        )  # fmt: skip
+        return str(body["o"]), event
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class _LocalSubscription:
@@ -205,11 +241,16 @@ class LocalStreamBus:
 
 
 def open_stream_bus(url: str, *, buffer: int = DEFAULT_BUFFER) -> StreamBus:
-    """The bus STREAM_BUS_URL names: empty → in-process (one replica); ``redis://`` or
-    ``rediss://`` → Redis pub/sub shared by the replicas. The Redis client is imported only
-    when configured."""
+    """The bus STREAM_BUS_URL names: empty → in-process (one replica); ``redis://``,
+    ``rediss://`` or ``unix://`` → Redis pub/sub shared by the replicas; ``nats://`` or
+    ``tls://`` (several servers of one cluster comma-separated) → NATS. A shared bus's client
+    is imported only when configured."""
     if not url:
         return LocalStreamBus(buffer)
+    if url.startswith(NATS_SCHEMES):
+        from parity.llm.streams_nats import NatsStreamBus
+
+        return NatsStreamBus(url, buffer=buffer)
     from parity.llm.streams_redis import RedisStreamBus
 
     return RedisStreamBus(url, buffer=buffer)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -40,7 +39,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from parity.llm.streams import DEFAULT_BUFFER, LocalStreamBus, StreamEvent, Subscription
+from parity.llm.streams import (
+    DEFAULT_BUFFER,
+    LocalStreamBus,
+    StreamEvent,
+    Subscription,
+    decode,
+    encode,
+)
 from parity.logging import get_logger
 
 CHANNEL_PREFIX = "parity:stream:"
@@ -49,34 +55,6 @@ RECONNECT_MAX_SECONDS = 5.0
 PUBLISH_PAUSE_SECONDS = 1.0  # after a failed PUBLISH, events stay local this long
 log = get_logger("parity.streams")
 _Errors = (RedisError, OSError)
-
-
-def encode(origin: str, event: StreamEvent) -> bytes:
-    body: dict[str, Any] = {
-        "o": origin, "k": event.kind, "a": event.attempt, "t": event.text, "b": event.broken,
-    }  # fmt: skip
-    if event.seq is not None:
-        body["s"] = event.seq
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def decode(data: object) -> tuple[str, StreamEvent] | None:
-    """(origin, event) of a message, or None for anything this bus did not write. Only
-    ``delta`` and ``end`` travel: ``overflow`` is a subscriber's own state. A message without
-    a number (``s``: an older replica's) decodes without one."""
-    try:
-        body = json.loads(cast(bytes, data))
-        kind = body["k"]
-        if kind not in ("delta", "end"):
-            return None
-        seq = body.get("s")
-        event = StreamEvent(
-            kind, int(body["a"]), str(body["t"]), bool(body["b"]),
-            None if seq is None else int(seq),
-        )  # fmt: skip
-        return str(body["o"]), event
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 @dataclass

@@ -54,8 +54,9 @@ class Backends(BaseModel):
     chain: str = Field(description="off, ok, wrong_chain, no_contract or unreachable")
     wakeups: Literal["postgres-notify", "in-process"]
     wakeup_peers: int = Field(description="other replicas heard on the wake-up relay")
-    streams: Literal["redis", "in-process"] = Field(
-        description="how LLM token deltas reach other replicas: redis (STREAM_BUS_URL) or not"
+    streams: Literal["redis", "nats", "in-process"] = Field(
+        description="how LLM token deltas reach other replicas: redis or nats (STREAM_BUS_URL), "
+        "or not"
     )
 
 

@@ -11,6 +11,7 @@ from parity.auth import service as auth_service
 from parity.chain.startup import OFF, ChainStatus, is_stale, recheck
 from parity.container import Container
 from parity.ledger import service as ledger_service
+from parity.llm.streams import NATS_SCHEMES
 from parity.runners import stats as runner_stats
 from parity.system.unpaid import unpaid_warning
 from parity.tasks import stats as task_stats
@@ -23,12 +24,12 @@ UNSHARED_STORE = (
 UNSHARED_STREAMS = (
     "another replica uses this database, and this one relays LLM token streams in process only: "
     "a streaming client whose runner streams to another replica gets no tokens until the prompt "
-    "completes, then the whole text; set STREAM_BUS_URL on every replica to one Redis"
+    "completes, then the whole text; set STREAM_BUS_URL on every replica to one Redis or NATS"
 )
 STREAM_BUS_DOWN = (
-    "STREAM_BUS_URL: Redis does not answer: LLM token deltas reach only the clients on the "
+    "STREAM_BUS_URL: {bus} does not answer: LLM token deltas reach only the clients on the "
     "replica that received them, the others get the whole text when the prompt completes "
-    "(the relay resumes once Redis answers)"
+    "(the relay resumes once {bus} answers)"
 )
 
 
@@ -64,8 +65,8 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             else "in-process",
             # Other replicas heard on the relay: wake-ups are sent only while there are some.
             "wakeup_peers": peers,
-            # LLM token deltas between replicas: Redis pub/sub (STREAM_BUS_URL) or none.
-            "streams": "redis" if s.stream_bus_url else "in-process",
+            # LLM token deltas between replicas: Redis or NATS pub/sub (STREAM_BUS_URL) or none.
+            "streams": _stream_bus_kind(s.stream_bus_url),
         },
         # Settings that are wrong for how the server runs (empty when none).
         "warnings": await _warnings(container, session, peers),
@@ -95,7 +96,16 @@ async def _stream_warning(container: Container, peers: int) -> str | None:
     stream)."""
     if not container.settings.stream_bus_url:
         return UNSHARED_STREAMS if peers else None
-    return None if await container.streams.ping() else STREAM_BUS_DOWN
+    if await container.streams.ping():
+        return None
+    bus = "NATS" if _stream_bus_kind(container.settings.stream_bus_url) == "nats" else "Redis"
+    return STREAM_BUS_DOWN.format(bus=bus)
+
+
+def _stream_bus_kind(url: str) -> str:
+    if not url:
+        return "in-process"
+    return "nats" if url.startswith(NATS_SCHEMES) else "redis"
 
 
 async def _chain_status(container: Container) -> ChainStatus:
