@@ -9,10 +9,14 @@ import functools
 import os
 import shutil
 import socket
+import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.e2e.procs import free_port
 
 NATS_URL = os.environ.get("PARITY_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
@@ -51,3 +55,33 @@ def nats_server_binary() -> str:
     if found is None:
         pytest.skip("nats-server is not installed (Debian: apt-get install nats-server)")
     return found
+
+
+class NatsServer:
+    """A private ``nats-server`` on a loopback port of its own that a test stops and starts
+    again: stopped, its clients' connections break and what is published meanwhile is lost, as
+    in an outage."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not greets(self.url, 0.5):
+            assert self.proc.poll() is None, "nats-server exited"
+            assert time.monotonic() < deadline, "nats-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None

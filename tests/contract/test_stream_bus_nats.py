@@ -8,7 +8,6 @@ they stop and start."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,11 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from parity.config import ConfigError, load_settings
+from parity.llm import streams_nats
 from parity.llm.streams import StreamEvent, open_stream_bus
 from parity.llm.streams_nats import NatsStreamBus, subject_token
 from tests.conftest import until
-from tests.contract.nats_service import greets, nats_server_binary, nats_url
-from tests.e2e.procs import free_port
+from tests.contract.nats_service import NatsServer, nats_server_binary, nats_url
 
 
 def key() -> str:
@@ -98,36 +97,9 @@ async def test_without_nats_publish_and_subscribe_still_work_within_the_replica(
         await bus.aclose()
 
 
-class _PrivateNats:
-    """A ``nats-server`` on a fixed loopback port that a test stops and starts again."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not greets(self.url, 0.5):
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture
-def private_nats() -> Iterator[_PrivateNats]:
-    server = _PrivateNats(nats_server_binary())
+def private_nats() -> Iterator[NatsServer]:
+    server = NatsServer(nats_server_binary())
     server.start()
     try:
         yield server
@@ -136,7 +108,7 @@ def private_nats() -> Iterator[_PrivateNats]:
 
 
 async def test_after_the_server_comes_back_every_key_is_subscribed_again_and_the_gap_cuts_off(
-    private_nats: _PrivateNats,
+    private_nats: NatsServer,
 ):
     a = NatsStreamBus(private_nats.url, origin="replica-a", timeout=1.0)
     b = NatsStreamBus(private_nats.url, origin="replica-b", timeout=1.0)
@@ -187,16 +159,21 @@ async def test_a_nats_url_picks_the_nats_bus_and_the_setting_names_what_is_wrong
             load_settings({"STREAM_BUS_URL": wrong}, env_file=None)
 
 
-async def test_subscribers_answers_without_waiting_out_its_timeout_when_nobody_else_listens():
+async def test_subscribers_answers_without_waiting_out_its_timeout_when_nobody_else_listens(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Only the server's "no responders" status can end these counts early: no answer window.
+    monkeypatch.setattr(streams_nats, "ANSWER_SECONDS", 30.0)
     a = NatsStreamBus(nats_url(), origin="replica-a", timeout=30)
     b = NatsStreamBus(nats_url(), origin="replica-b", timeout=30)
     try:
         k = key()
         async with b.subscribe(k):
             assert await a.subscribers(k) == 1
+        # b drained its subscriptions on leaving: the server no longer sends b the request
+        # (sent to b and dropped unanswered, it would leave a to wait out its 30 s).
         started = time.monotonic()
         assert await a.subscribers(k) == 0
-        # The server's "no responders" status ends the count, not the 30 s timeout.
         assert time.monotonic() - started < 10
     finally:
         await a.aclose()

@@ -4,10 +4,10 @@ overflow, and the client gets the rest of the text from the completed prompt.
 
 - the bus: deltas are numbered within their attempt; a subscription that sees a number skipped
   is cut off with the ``overflow`` event;
-- two replicas on one database and one Redis (a private ``redis-server`` this test stops and
-  starts again): the client streams from replica one, the runner streams to replica two, and
-  Redis goes away and comes back mid-stream, or before the first delta. The client gets the
-  whole text, contiguous, and no error."""
+- two replicas on one database and one Redis or NATS server (a private ``redis-server`` or
+  ``nats-server`` this test stops and starts again): the client streams from replica one, the
+  runner streams to replica two, and the bus goes away and comes back mid-stream, or before the
+  first delta. The client gets the whole text, contiguous, and no error."""
 
 from __future__ import annotations
 
@@ -28,10 +28,12 @@ from parity.app import create_app
 from parity.clock import FrozenClock
 from parity.container import Container
 from parity.db.session import Database
-from parity.llm import streams_redis
+from parity.llm import streams_nats, streams_redis
 from parity.llm.streams import LocalStreamBus, StreamEvent
+from parity.llm.streams_nats import NatsStreamBus
 from parity.llm.streams_redis import RedisStreamBus
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in, until
+from tests.contract.nats_service import NatsServer, nats_server_binary
 from tests.e2e.procs import free_port
 from tests.integration.queue_helpers import act
 from tests.integration.test_gateway_api import CHAT, api_key, claim_when_routed, sse_events
@@ -100,11 +102,17 @@ class RedisServer:
         self.proc = None
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed: the outage needs a Redis this test can stop")
-    server = RedisServer()
+@pytest.fixture(params=["redis", "nats"])
+def bus_server(request: pytest.FixtureRequest) -> Iterator[RedisServer | NatsServer]:
+    server: RedisServer | NatsServer
+    if request.param == "redis":
+        if shutil.which("redis-server") is None:
+            pytest.skip(
+                "redis-server is not installed: the outage needs a Redis this test can stop"
+            )
+        server = RedisServer()
+    else:
+        server = NatsServer(nats_server_binary())
     server.start()
     try:
         yield server
@@ -114,17 +122,18 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def replicas(
-    database_url: str, tmp_path: Path, clock: FrozenClock, redis_server: RedisServer,
+    database_url: str, tmp_path: Path, clock: FrozenClock, bus_server: RedisServer | NatsServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[Replica, Replica]]:  # fmt: skip
-    # Back to Redis at once after it returns: the next publish tries it, the reader reconnects
-    # within a fraction of a second.
+    # Back to the bus at once after it returns: the next publish tries it, the reader
+    # reconnects within a fraction of a second.
     monkeypatch.setattr(streams_redis, "PUBLISH_PAUSE_SECONDS", 0.0)
     monkeypatch.setattr(streams_redis, "RECONNECT_MAX_SECONDS", 0.2)
+    monkeypatch.setattr(streams_nats, "RECONNECT_MAX_SECONDS", 0.2)
     out: list[Replica] = []
     async with contextlib.AsyncExitStack() as stack:
         for name in ("one", "two"):
-            s = make_settings(database_url, tmp_path / name, STREAM_BUS_URL=redis_server.url)
+            s = make_settings(database_url, tmp_path / name, STREAM_BUS_URL=bus_server.url)
             c = Container(settings=s, db=Database(s.resolved_database_url), clock=clock)
             stack.push_async_callback(c.db.dispose)
             app = create_app(c, run_migrations=False, start_jobs=False)
@@ -170,20 +179,20 @@ class RunnerStream:
         return await asyncio.wait_for(self.request, 20)
 
 
-def bus(c: Container) -> RedisStreamBus:
-    assert isinstance(c.streams, RedisStreamBus)
+def bus(c: Container) -> RedisStreamBus | NatsStreamBus:
+    assert isinstance(c.streams, (RedisStreamBus, NatsStreamBus))
     return c.streams
 
 
 @pytest.mark.parametrize("outage", ["mid_stream", "before_the_first_delta"])
-async def test_deltas_lost_while_redis_was_away_leave_no_hole_in_the_clients_text(
-    replicas: tuple[Replica, Replica], redis_server: RedisServer, outage: str
+async def test_deltas_lost_while_the_bus_was_away_leave_no_hole_in_the_clients_text(
+    replicas: tuple[Replica, Replica], bus_server: RedisServer | NatsServer, outage: str
 ):
     (one, http_one), (_two, http_two) = replicas
     key = await api_key(http_one, ALICE)
     runner, _ = await llm_runner(http_two, await sign_in(http_two, BOB), model("m1"))
     if outage == "before_the_first_delta":
-        redis_server.stop()  # the client subscribes while Redis is away
+        bus_server.stop()  # the client subscribes while the bus is away
     answer = asyncio.create_task(
         http_one.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer(key))
     )
@@ -192,14 +201,14 @@ async def test_deltas_lost_while_redis_was_away_leave_no_hole_in_the_clients_tex
     stream = RunnerStream(http_two, runner, task_id, token)
     if outage == "mid_stream":
         await stream.send("Hel")
-        await until(lambda: bus(one).received == 1)  # relayed through Redis
-        redis_server.stop()
+        await until(lambda: bus(one).received == 1)  # relayed through the bus
+        bus_server.stop()
         await until(lambda: not bus(one).connected)
-        await stream.send("lo")  # published while Redis is away: lost to replica one
+        await stream.send("lo")  # published while the bus is away: lost to replica one
     else:
         await stream.send("Hel")
         await stream.send("lo")
-    redis_server.start()
+    bus_server.start()
     await until(lambda: bus(one).connected)  # subscribed again
     before = bus(one).received
     for text in (" wor", "ld"):

@@ -13,11 +13,12 @@ overflow and drop rules as on one replica, and the callback never waits on a sub
 Counting: :meth:`NatsStreamBus.subscribers` sends one request on the key's who-subject. With no
 other replica subscribed the server answers at once with its "no responders" status; otherwise
 every replica holding the key answers with its number of subscriptions, gathered until
-``gather`` seconds pass without another answer. A request that reaches a replica just as its
-last subscriber of the key leaves gets neither (its client has dropped the subscription the
-server still delivered to), so the first answer is awaited for ``ANSWER_SECONDS`` at most, not
-the full ``timeout``. A publish adds the other replicas' count as last gathered for its key, so
-it never waits on a round of answers.
+``gather`` seconds pass without another answer. The last local subscriber of a key drains its
+subscriptions (unsubscribe, then a round trip that delivers whatever the server sent before):
+a request that reached the server just before a replica left is still answered, with 0. The
+first answer is awaited for ``ANSWER_SECONDS`` at most (a replica whose event loop is stuck
+does not hold the count for the full ``timeout``). A publish adds the other replicas' count as
+last gathered for its key, so it never waits on a round of answers.
 
 NATS unreachable: a publish still reaches this replica's subscribers; a subscribe proceeds
 without waiting for the relay (it waits, up to ``timeout``, only for the first connection);
@@ -56,7 +57,7 @@ from parity.llm.streams import (
 from parity.logging import get_logger
 
 SUBJECT_PREFIX = "parity.stream"
-ANSWER_SECONDS = 0.25  # how long "who listens" waits for a first answer (or "no responders")
+ANSWER_SECONDS = 1.0  # how long "who listens" waits for a first answer (or "no responders")
 GATHER_SECONDS = 0.01  # after an answer to "who listens", how long to wait for another
 RECONNECT_MAX_SECONDS = 5.0
 REMOTE_COUNTS_KEPT = 4096  # keys whose other-replica count a publish may add
@@ -359,7 +360,16 @@ class NatsStreamBus:
             return
         del self._channels[key]
         if ch.conn is not None and ch.conn is self._nc:
-            await _unsubscribe(ch.subs)
+            await self._drain(ch.subs)
+
+    async def _drain(self, subs: list[NatsSubscription]) -> None:
+        """Unsubscribe ``subs``, answering what the server sent before it had the UNSUB (a
+        "who listens" request in flight gets its answer instead of silence)."""
+        try:
+            drains = (s.drain() for s in subs)  # type: ignore[no-untyped-call]
+            await asyncio.wait_for(asyncio.gather(*drains), self.timeout)
+        except _Errors:
+            await _unsubscribe(subs)
 
     async def aclose(self) -> None:
         """Stop relaying; subscriptions still open go on with this replica's own events."""
