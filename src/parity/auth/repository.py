@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Row, bindparam, delete, or_, select, update
+from sqlalchemy import ColumnElement, Row, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -121,20 +121,6 @@ async def list_api_keys(
     q = select(AuthToken).where(AuthToken.address == address, AuthToken.kind == "api_key")
     q = newest_first(q, AuthToken.created_at, AuthToken.id, after, limit)
     return list((await session.scalars(q)).all())
-
-
-async def prune(session: AsyncSession, now: datetime, token_grace_before: datetime) -> int:
-    """Delete expired nonces and tokens that expired or were revoked before the grace cut-off."""
-    n1 = await session.execute(delete(AuthNonce).where(AuthNonce.expires_at < now))
-    n2 = await session.execute(
-        delete(AuthToken).where(
-            or_(
-                AuthToken.expires_at < token_grace_before,
-                AuthToken.revoked_at < token_grace_before,
-            )
-        )
-    )
-    return int(getattr(n1, "rowcount", 0)) + int(getattr(n2, "rowcount", 0))
 
 
 async def count_accounts(session: AsyncSession) -> int:

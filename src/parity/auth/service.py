@@ -285,9 +285,5 @@ async def revoke_runner_tokens(session: AsyncSession, runner_id: uuid.UUID, now:
     return n
 
 
-async def prune_expired(session: AsyncSession, now: datetime) -> int:
-    return await repo.prune(session, now, now - timedelta(days=7))
-
-
 async def count_accounts(session: AsyncSession) -> int:
     return await repo.count_accounts(session)

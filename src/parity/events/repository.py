@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import String, Table, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import String, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.db.pagination import Cursor, newest_first
@@ -398,37 +398,3 @@ async def deliveries_due_now(session: AsyncSession, endpoint_id: uuid.UUID, now:
         .execution_options(synchronize_session=False)
     )
     return _rowcount(res)
-
-
-# -- retention
-
-
-async def prune(session: AsyncSession, before: datetime) -> int:
-    """Delete finished deliveries (with their attempts) and events created before ``before``.
-    An event's remaining deliveries and attempts go with it (ON DELETE CASCADE)."""
-    old = select(WebhookDelivery.id).where(
-        WebhookDelivery.status.in_([DELIVERED, FAILED]), WebhookDelivery.created_at < before
-    )
-    await session.execute(
-        delete(WebhookDeliveryAttempt)
-        .where(WebhookDeliveryAttempt.delivery_id.in_(old))
-        .execution_options(synchronize_session=False)
-    )
-    n = _rowcount(
-        await session.execute(
-            delete(WebhookDelivery)
-            .where(
-                WebhookDelivery.status.in_([DELIVERED, FAILED]),
-                WebhookDelivery.created_at < before,
-            )
-            .execution_options(synchronize_session=False)
-        )
-    )
-    n += _rowcount(
-        await session.execute(
-            delete(Event)
-            .where(Event.created_at < before)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    return n

@@ -389,7 +389,3 @@ async def read_events(
         types=types,
         limit=limit,
     )
-
-
-async def prune(session: AsyncSession, now: datetime, retention_days: float) -> int:
-    return await repo.prune(session, now - timedelta(days=retention_days))

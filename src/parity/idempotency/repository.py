@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime
-
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.idempotency.models import IdempotencyRecord
@@ -23,8 +21,3 @@ async def add(session: AsyncSession, record: IdempotencyRecord) -> None:
 async def remove(session: AsyncSession, record: IdempotencyRecord) -> None:
     await session.delete(record)
     await session.flush()
-
-
-async def prune(session: AsyncSession, now: datetime) -> int:
-    res = await session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now))
-    return int(getattr(res, "rowcount", 0))

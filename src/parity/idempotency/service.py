@@ -100,7 +100,3 @@ class IdempotencyGuard:
                 expires_at=self.now + timedelta(seconds=self.ttl_seconds),
             ),
         )
-
-
-async def prune(session: AsyncSession, now: datetime) -> int:
-    return await repo.prune(session, now)

@@ -478,10 +478,3 @@ async def get_logs(
 ) -> tuple[Task, list[TaskLog]]:
     task = await get_task(session, principal, task_id)
     return task, await repo.read_logs(session, task.id, attempt, after, limit)
-
-
-async def prune_logs(session: AsyncSession, now: datetime, retention_days: float) -> int:
-    """Retention: log chunks of tasks finished more than ``retention_days`` ago."""
-    return await repo.delete_logs_of_tasks_finished_before(
-        session, now - timedelta(days=retention_days)
-    )
