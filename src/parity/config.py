@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     auth_session_ttl_seconds: int = Field(86400, gt=0)
     auth_nonce_ttl_seconds: int = Field(300, gt=0)
     auth_max_open_nonces: int = Field(5, ge=1)
+    # Sign-in nonces one client address may ask for per minute (0 = unlimited), in bursts of up
+    # to AUTH_NONCE_BURST; past it 429 with Retry-After. Counted per process.
+    auth_nonce_rate_per_minute: float = Field(60.0, ge=0, le=1_000_000, allow_inf_nan=False)
+    auth_nonce_burst: int = Field(60, ge=1, le=1_000_000)
     # Seconds an authenticated bearer token is remembered in process (0 = look it up every time).
     auth_cache_seconds: float = Field(5.0, ge=0, le=300)
     idempotency_ttl_seconds: int = Field(86400, gt=0)

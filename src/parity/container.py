@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from parity.auth.cache import TokenCache
+from parity.auth.ratelimit import ClientRateLimiter
 from parity.auth.service import AuthConfig, AuthDeps
 from parity.chain.factory import open_chain_client
 from parity.chain.ports import ChainClient
@@ -164,6 +165,13 @@ class Container:
         """Authenticated principals by token hash (AUTH_CACHE_SECONDS); every revocation clears
         it, and the wake-up relay carries the clear to the other replicas."""
         return TokenCache(self.settings.auth_cache_seconds, self.clock)
+
+    @functools.cached_property
+    def nonce_limiter(self) -> ClientRateLimiter:
+        """Sign-in nonce requests per client address (AUTH_NONCE_RATE_PER_MINUTE, bursts of
+        AUTH_NONCE_BURST), counted in this process."""
+        s = self.settings
+        return ClientRateLimiter(s.auth_nonce_rate_per_minute, s.auth_nonce_burst, self.clock)
 
     @functools.cached_property
     def ledger(self) -> LedgerDeps:

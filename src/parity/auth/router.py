@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from parity.api.deps import (
@@ -47,9 +47,20 @@ def _key_read(row: AuthToken) -> ApiKeyRead:
     )
 
 
-@router.post("/auth/nonce", response_model=NonceRead)
+async def _nonce_rate_limit(request: Request, c: ContainerDep) -> None:
+    """Resolved before the write session: a refused request takes no database connection."""
+    service.limit_nonce_requests(c.nonce_limiter, request.client.host if request.client else None)
+
+
+@router.post(
+    "/auth/nonce",
+    response_model=NonceRead,
+    dependencies=[Depends(_nonce_rate_limit)],
+    responses={429: {"description": "Too many nonce requests from this client address"}},
+)
 async def create_nonce(body: NonceCreate, session: WriteSession, c: ContainerDep) -> NonceRead:
-    """Issue a single-use nonce and the EIP-4361 message to sign (expires in 5 minutes)."""
+    """Issue a single-use nonce and the EIP-4361 message to sign (expires in 5 minutes).
+    Limited per client address (AUTH_NONCE_RATE_PER_MINUTE): past it 429 with Retry-After."""
     row = await service.issue_nonce(session, c.auth, body.address)
     return NonceRead(nonce=row.nonce, message=row.message, expires_at=row.expires_at)
 

@@ -6,6 +6,7 @@ written here and makes that cache forget: the write unit of work carries the cac
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -25,6 +26,7 @@ from parity.auth.errors import (
     TokenInvalid,
 )
 from parity.auth.models import AuthNonce, AuthToken
+from parity.auth.ratelimit import ClientRateLimiter, client_key
 from parity.auth.schemas import Principal
 from parity.auth.signatures import checksum, normalize_address, recover_signer
 from parity.clock import Clock
@@ -32,6 +34,7 @@ from parity.core.identity import siwe
 from parity.core.tokens import hash_token, make_token, token_kind
 from parity.db.hooks import after_commit
 from parity.db.pagination import Cursor
+from parity.errors import RateLimited
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,29 @@ class AuthDeps:
     random_bytes: Callable[[int], bytes]
 
 
+def limit_nonce_requests(limiter: ClientRateLimiter, client_host: str | None) -> None:
+    """Count a nonce request of the client at ``client_host`` (the connection's peer address,
+    never a forwarded header); refused with 429 ``rate_limited`` and a ``Retry-After`` in whole
+    seconds past AUTH_NONCE_RATE_PER_MINUTE with bursts of AUTH_NONCE_BURST. Called before the
+    request's unit of work: a refused request does no database work."""
+    wait = limiter.acquire(client_key(client_host))
+    if not wait:
+        return
+    retry_after = max(1, math.ceil(wait))
+    err = RateLimited(
+        f"too many sign-in nonce requests from this client address: at most "
+        f"{limiter.rate_per_minute:g} per minute in bursts of up to {limiter.burst} "
+        f"(AUTH_NONCE_RATE_PER_MINUTE, AUTH_NONCE_BURST); retry in {retry_after} s",
+        details={
+            "limit_per_minute": limiter.rate_per_minute,
+            "burst": limiter.burst,
+            "retry_after_seconds": retry_after,
+        },
+    )
+    err.retry_after = retry_after
+    raise err
+
+
 async def issue_nonce(session: AsyncSession, deps: AuthDeps, address: str) -> AuthNonce:
     """Create a single-use nonce and store the exact SIWE message the client must sign."""
     addr = normalize_address(address)
@@ -58,7 +84,8 @@ async def issue_nonce(session: AsyncSession, deps: AuthDeps, address: str) -> Au
     # No per-address cap: anyone may ask for an address's nonces without a token, so a cap
     # would let a third party lock a wallet out of sign-in. A token request naming its nonce
     # finds it however many others were issued; one without tries the newest
-    # AUTH_MAX_OPEN_NONCES. Expired nonces are pruned by the retention job.
+    # AUTH_MAX_OPEN_NONCES. Expired nonces are pruned by the retention job. What one client may
+    # ask for is capped per client address instead (limit_nonce_requests, before this).
     nonce = siwe.make_nonce(deps.random_bytes(16))
     url = urlsplit(deps.config.public_url)
     expires = now + timedelta(seconds=deps.config.nonce_ttl_seconds)
