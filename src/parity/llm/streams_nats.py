@@ -12,8 +12,10 @@ overflow and drop rules as on one replica, and the callback never waits on a sub
 
 Counting: :meth:`NatsStreamBus.subscribers` sends one request on the key's who-subject. With no
 other replica subscribed the server answers at once with its "no responders" status; otherwise
-every replica holding the key answers with its number of subscriptions, gathered until
-``gather`` seconds pass without another answer. The last local subscriber of a key drains its
+every replica holding the key answers with its number of subscriptions, gathered until no other
+answer came for as long as the first one took (at least ``GATHER_MIN_SECONDS``, at most
+``gather``): the replicas share the server, so their answers arrive within about one round trip
+of each other. The last local subscriber of a key drains its
 subscriptions (unsubscribe, then a round trip that delivers whatever the server sent before):
 a request that reached the server just before a replica left is still answered, with 0. The
 first answer is awaited for ``ANSWER_SECONDS`` at most (a replica whose event loop is stuck
@@ -58,7 +60,8 @@ from parity.logging import get_logger
 
 SUBJECT_PREFIX = "parity.stream"
 ANSWER_SECONDS = 1.0  # how long "who listens" waits for a first answer (or "no responders")
-GATHER_SECONDS = 0.01  # after an answer to "who listens", how long to wait for another
+GATHER_SECONDS = 0.01  # after an answer to "who listens", the longest wait for another
+GATHER_MIN_SECONDS = 0.002  # ... and the shortest (the first answer's round trip if longer)
 RECONNECT_MAX_SECONDS = 5.0
 REMOTE_COUNTS_KEPT = 4096  # keys whose other-replica count a publish may add
 log = get_logger("parity.streams")
@@ -307,8 +310,9 @@ class NatsStreamBus:
         try:
             await nc.publish(self._who(key), b"", reply=inbox)
             total = 0
-            deadline = time.monotonic() + self.timeout
-            wait = ANSWER_SECONDS  # for the first answer; then ``gather`` for each next one
+            started = time.monotonic()
+            deadline = started + self.timeout
+            wait = ANSWER_SECONDS  # for the first answer; then as long as it took, for each next
             while (left := deadline - time.monotonic()) > 0:
                 try:
                     msg = await answers.next_msg(timeout=min(wait, left))
@@ -317,7 +321,9 @@ class NatsStreamBus:
                 if msg.headers and msg.headers.get("Status") == "503":
                     break  # no responders: nobody else holds the key
                 total += _count(msg.data, self.origin)
-                wait = self.gather
+                if wait == ANSWER_SECONDS:
+                    took = time.monotonic() - started
+                    wait = min(self.gather, max(GATHER_MIN_SECONDS, took))
             return total
         finally:
             with contextlib.suppress(*_Errors):
