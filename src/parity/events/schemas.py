@@ -8,8 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-# Every event a subscription may name. prompt.* and fl.* are accepted now and emitted once
-# those features exist.
+# Every event a subscription may name (README "Webhooks" says when each is emitted).
 EVENT_TYPES: tuple[str, ...] = (
     "task.created",
     "task.offered",

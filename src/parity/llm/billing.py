@@ -3,8 +3,9 @@
 The task queue calls :func:`close_prompt` when a prompt's task reaches a terminal status
 (``tasks.billing.CLOSERS``), in that transition's transaction: a completion is metered from
 the runner's reported usage (cross-checked against the estimate, output capped at
-``max_tokens``), billed at the price snapshotted at dispatch as exactly one posting, and the
-runner's latency EWMA is updated. A streamed prompt whose attempt broke off after its first
+``max_tokens``), billed at the price snapshotted at dispatch as exactly one posting, the
+runner's latency EWMA is updated, and its ``prompt.completed`` event is recorded (once: a
+prompt is metered once). A streamed prompt whose attempt broke off after its first
 token (the runner failed, or the client went away and the work was cancelled) is billed the same
 way for what it delivered: :func:`keep_partial` stores that attempt's report with the prompt
 (``tasks.billing.PARTIALS``) and the closer meters it when the task ends failed or cancelled.
@@ -28,6 +29,8 @@ from parity.core.llm.metering import LlmPrice, Metered, estimate_text_tokens, me
 from parity.core.llm.request import parse_llm_config
 from parity.core.llm.routing import update_latency_ewma
 from parity.core.tasks.states import TaskStatus, TaskType
+from parity.events import service as events_service
+from parity.events.service import EventDeps
 from parity.ledger import service as ledger
 from parity.ledger.deps import LedgerDeps
 from parity.llm import repository as repo
@@ -91,9 +94,12 @@ def latency_ms(prompt: Prompt, completed_at: datetime | None) -> float | None:
     return max((completed_at - prompt.created_at).total_seconds() * 1000, 0.0)
 
 
-async def record_completion(session: AsyncSession, prompt: Prompt, now: datetime) -> bool:
-    """Meter a completed prompt once: store its usage, cost and latency, and feed the serving
-    runner's latency EWMA. False when it is not completed or was metered already."""
+async def record_completion(
+    session: AsyncSession, prompt: Prompt, now: datetime, events: EventDeps
+) -> bool:
+    """Meter a completed prompt once: store its usage, cost and latency, feed the serving
+    runner's latency EWMA and record its ``prompt.completed`` event. False when it is not
+    completed or was metered already."""
     if prompt.metered_at is not None:
         return False
     f = await repo.completion_facts(session, prompt.task_id)
@@ -101,16 +107,17 @@ async def record_completion(session: AsyncSession, prompt: Prompt, now: datetime
         return False
     claimed = f.claimed_at if f.runner_id is not None and f.completed_at is not None else None
     item = repo.ToMeter(prompt, f.runner_id, f.completed_at, claimed, f.output, dict(f.usage or {}))
-    await record_completions(session, [item], now)
+    await record_completions(session, [item], now, events)
     return True
 
 
 async def record_completions(
-    session: AsyncSession, items: Sequence[repo.ToMeter], now: datetime
+    session: AsyncSession, items: Sequence[repo.ToMeter], now: datetime, events: EventDeps
 ) -> None:
     """Meter completed prompts (read by ``repository.to_meter``): their usage, cost and
     latency, then each serving runner's latency EWMA fed with its samples in completion
-    order, one stats row lock per (runner, model)."""
+    order, one stats row lock per (runner, model); their ``prompt.completed`` events in one
+    insert."""
     samples: dict[tuple[uuid.UUID, str], list[float]] = {}
     for item in sorted(items, key=lambda i: (i.completed_at is None, i.completed_at)):
         prompt = item.prompt
@@ -134,6 +141,38 @@ async def record_completions(
             stats.samples += 1
         stats.updated_at = now
     await session.flush()
+    await events_service.emit_many(
+        session,
+        events,
+        [
+            events_service.NewEvent(
+                PROMPT_COMPLETED,
+                item.prompt.creator_address,
+                completed_event_data(item.prompt, item.runner_id),
+                str(item.prompt.id),
+            )
+            for item in items
+        ],
+    )
+
+
+PROMPT_COMPLETED = "prompt.completed"
+
+
+def completed_event_data(prompt: Prompt, runner_id: uuid.UUID | None) -> dict[str, Any]:
+    """The data of a metered prompt's ``prompt.completed`` event: what it was billed."""
+    return {
+        "prompt_id": str(prompt.id),
+        "task_id": str(prompt.task_id),
+        "model": prompt.model,
+        "status": TaskStatus.COMPLETED.value,
+        "runner_id": None if runner_id is None else str(runner_id),
+        "input_tokens": prompt.input_tokens,
+        "output_tokens": prompt.output_tokens,
+        "cost": None if prompt.cost is None else str(prompt.cost),
+        "latency_ms": prompt.latency_ms,
+        "flagged": bool((prompt.usage or {}).get("flagged")),
+    }
 
 
 async def keep_partial(
@@ -277,7 +316,9 @@ async def _payee(session: AsyncSession, deps: LedgerDeps, runner_id: Any) -> str
     return ledger.runner_account(deps, runner.owner_address, runner.device_id)
 
 
-async def close_prompt(session: AsyncSession, deps: LedgerDeps, task: Any) -> None:
+async def close_prompt(
+    session: AsyncSession, deps: LedgerDeps, task: Any, events: EventDeps
+) -> None:
     """The prompt's task ended (a closer of ``tasks.billing``): bill a completion, or what a
     stream delivered before it broke off, as one posting at the dispatch price; release the
     escrow otherwise."""
@@ -289,7 +330,7 @@ async def close_prompt(session: AsyncSession, deps: LedgerDeps, task: Any) -> No
     facts: dict[str, Any] = {}
     partial = partial_report(prompt)
     if task.status == TaskStatus.COMPLETED and task.runner_id is not None:
-        await record_completion(session, prompt, deps.clock.now())
+        await record_completion(session, prompt, deps.clock.now(), events)
         payee = await _payee(session, deps, task.runner_id)
         amount = prompt.cost
         facts = _facts(prompt)

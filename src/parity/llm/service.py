@@ -502,7 +502,7 @@ async def meter_completed(session: AsyncSession, deps: LlmDeps, now: datetime) -
     """What no closer metered (pricing off): completions (usage, cost 0, latency, EWMA) and
     what streams that broke off delivered (usage, cost 0)."""
     items = await repo.to_meter(session, JOB_BATCH)
-    await record_completions(session, items, now)
+    await record_completions(session, items, now, deps.tasks.events)
     broken = await repo.partials_to_meter(session, JOB_BATCH, PARTIAL)
     for prompt in broken:
         partial = partial_report(prompt)

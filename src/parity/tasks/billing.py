@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parity.core.tasks.states import TaskStatus
+from parity.events.service import EventDeps
 from parity.ledger import service as ledger
 from parity.ledger.deps import LedgerDeps
 from parity.runners import service as runners_service
@@ -59,10 +60,11 @@ def escrow_ledger(deps: TaskDeps) -> LedgerDeps | None:
     return deps.ledger if deps.ledger is not None and deps.ledger.escrow.possible else None
 
 
-Closer = Callable[[AsyncSession, LedgerDeps, Any], Awaitable[None]]
+Closer = Callable[[AsyncSession, LedgerDeps, Any, EventDeps], Awaitable[None]]
 CLOSERS: dict[str, Closer] = {}
 """Task type → how its escrow closes, for types not billed by run time (a prompt bills its
-tokens). Registered by the domain that owns the type, at start-up."""
+tokens), with the events it records (a prompt's ``prompt.completed``). Registered by the domain
+that owns the type, at start-up."""
 
 
 PartialKeeper = Callable[[AsyncSession, Any, Any, str | None, dict[str, Any]], Awaitable[bool]]
@@ -80,7 +82,7 @@ async def close(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
         return
     closer = CLOSERS.get(task.type)
     if closer is not None:
-        await closer(session, ledger_deps, task)
+        await closer(session, ledger_deps, task, deps.events)
         return
     reservation = await ledger.open_task_reservation(session, task.id)
     if reservation is None:

@@ -1,0 +1,116 @@
+"""``prompt.completed``: each completed prompt's creator hears it once, with what it was billed,
+on the events stream and on webhooks subscribed to it. With pricing on it is recorded in the
+completion's transaction (where the prompt is metered); with pricing off the prompts job meters
+the completion and records it then."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from parity.clock import FrozenClock
+from parity.container import Container
+from parity.events.models import Event, WebhookDelivery
+from tests.conftest import ALICE, BOB, bearer, sign_in
+from tests.integration.queue_helpers import act, claimed, custom_client
+from tests.integration.test_llm_api import (
+    PRICING,
+    Net,
+    llm_runner,
+    model,
+    net,
+    submitted,
+    tick,
+)
+
+__all__ = ["PRICING", "net"]  # a fixture, used by name
+V1 = "/api/v1"
+
+
+async def prompt_events(http: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
+    r = await http.get(f"{V1}/events", params={"types": "prompt.completed"}, headers=bearer(token))
+    assert r.status_code == 200, r.text
+    return list(r.json()["items"])
+
+
+async def test_a_completed_prompt_is_announced_once_when_the_job_meters_it(
+    container: Container, clock: FrozenClock
+):
+    async with custom_client(container, webhook_allow_private=True) as (client, c):
+        await _announced_once(client, c, clock)
+
+
+async def _announced_once(client: httpx.AsyncClient, container: Container, clock: FrozenClock):
+    alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+    hook = await client.post(
+        f"{V1}/webhooks",
+        json={"url": "http://127.0.0.1:9/hook", "events": ["prompt.completed"]},
+        headers=bearer(alice),
+    )
+    assert hook.status_code == 201, hook.text
+    runner, runner_id = await llm_runner(client, bob, model())
+    p = await submitted(client, alice, max_tokens=8)
+    got = await claimed(client, runner, start=True)
+    clock.advance(3)
+    usage = {"input_tokens": 7, "output_tokens": 2, "finish_reason": "stop"}
+    r = await act(client, runner, p["id"], "complete", got["claim_token"], output="Hi", usage=usage)
+    assert r.status_code == 200, r.text
+    # Pricing is off: nothing metered it yet, so nothing announced it yet.
+    clock.advance(2)
+    assert await prompt_events(client, alice) == []
+
+    assert await tick(container) == 1
+    assert await tick(container) == 0  # metered once: announced once
+    clock.advance(2)
+    [event] = await prompt_events(client, alice)
+    assert event["type"] == "prompt.completed"
+    assert event["data"] == {
+        "prompt_id": p["id"],
+        "task_id": p["id"],
+        "model": "m1",
+        "status": "completed",
+        "runner_id": runner_id,
+        "input_tokens": 7,
+        "output_tokens": 2,
+        "cost": "0",
+        "latency_ms": 3000.0,
+        "flagged": False,
+    }
+    assert await prompt_events(client, bob) == []  # the runner's owner is not the creator
+    async with container.db.read_session() as s:
+        [row] = (await s.scalars(select(Event).where(Event.type == "prompt.completed"))).all()
+        deliveries = (
+            await s.scalars(select(WebhookDelivery).where(WebhookDelivery.event_id == row.id))
+        ).all()
+    assert [str(d.endpoint_id) for d in deliveries] == [hook.json()["id"]]
+
+
+async def test_with_pricing_the_event_carries_the_billed_cost_from_the_completion(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    bob = await sign_in(net.http, BOB)
+    await net.stake(ALICE, 100_000)
+    runner, runner_id = await llm_runner(net.http, bob, model(price=(1000, 2000)))
+    p = await submitted(net.http, alice, prompt="Say hello", max_tokens=100)
+    got = await claimed(net.http, runner)
+    net.clock.advance(2)
+    body = {
+        "claim_token": got["claim_token"],
+        "response": "Hello!",
+        "prompt_tokens": 12,
+        "response_tokens": 3,
+    }
+    for _ in range(2):  # a repeated completion posts nothing and announces nothing again
+        r = await net.http.post(
+            f"{V1}/llm/prompts/{p['id']}/complete", json=body, headers=bearer(runner)
+        )
+        assert r.status_code == 200, r.text
+    net.clock.advance(2)
+    [event] = await prompt_events(net.http, alice)  # no job ran: the completion recorded it
+    data = event["data"]
+    assert (data["prompt_id"], data["runner_id"], data["cost"]) == (p["id"], runner_id, "18")
+    assert (data["input_tokens"], data["output_tokens"]) == (12, 3)
+    assert await tick(net.container) == 0
+    net.clock.advance(2)
+    assert len(await prompt_events(net.http, alice)) == 1
