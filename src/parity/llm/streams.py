@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -238,6 +239,26 @@ class LocalStreamBus:
                 subs.discard(sub)
                 if not subs:
                     del self._subs[key]
+
+
+class SharedBusEnd:
+    """What every shared bus's end in a replica holds: its origin id (carried by each message
+    it publishes), its local subscribers (a ``LocalStreamBus``: the same buffer, overflow and
+    gap rules as on one replica) and the count of events other replicas relayed here."""
+
+    def __init__(self, buffer: int, origin: str | None) -> None:
+        self.origin = origin or uuid.uuid4().hex[:12]
+        self.local = LocalStreamBus(buffer)
+        self.received = 0  # events from other replicas handed to subscribers here
+
+    def deliver_remote(self, key: str, data: object) -> None:
+        """Hand a message of the shared bus to this replica's subscribers of ``key``, unless
+        this bus did not write it or this replica published it (delivered then)."""
+        decoded = decode(data)
+        if decoded is None or decoded[0] == self.origin:
+            return
+        self.received += 1
+        self.local.deliver(key, decoded[1])
 
 
 def open_stream_bus(url: str, *, buffer: int = DEFAULT_BUFFER) -> StreamBus:

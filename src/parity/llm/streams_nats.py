@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -50,10 +49,9 @@ from nats.errors import Error as NatsError
 
 from parity.llm.streams import (
     DEFAULT_BUFFER,
-    LocalStreamBus,
+    SharedBusEnd,
     StreamEvent,
     Subscription,
-    decode,
     encode,
 )
 from parity.logging import get_logger
@@ -85,7 +83,7 @@ class _Channel:
     subs: list[NatsSubscription] = field(default_factory=list)
 
 
-class NatsStreamBus:
+class NatsStreamBus(SharedBusEnd):
     """One replica's end of the shared bus (see the module's docstring). ``timeout`` bounds
     every wait on NATS: a connection, a subscription's confirmation, the first answer to "who
     listens" (the gateway subscribes inside the submit's transaction, so it must stay short)."""
@@ -100,13 +98,11 @@ class NatsStreamBus:
         origin: str | None = None,
         gather: float = GATHER_SECONDS,
     ) -> None:
+        super().__init__(buffer, origin)
         self.servers = [part.strip() for part in url.split(",") if part.strip()]
-        self.origin = origin or uuid.uuid4().hex[:12]
         self.timeout = timeout
         self.gather = gather
         self.prefix = prefix
-        self.local = LocalStreamBus(buffer)
-        self.received = 0  # events from other replicas handed to subscribers here
         self._channels: dict[str, _Channel] = {}
         self._remote: OrderedDict[str, int] = OrderedDict()
         self._nc: NatsClient | None = None
@@ -213,7 +209,7 @@ class NatsStreamBus:
         ch.subs = []
 
         async def on_event(msg: Msg) -> None:
-            self._deliver(key, msg.data)
+            self.deliver_remote(key, msg.data)
 
         async def on_who(msg: Msg) -> None:
             if msg.reply:
@@ -235,13 +231,6 @@ class NatsStreamBus:
         for ch in self._channels.values():
             ch.conn = None
             ch.subs = []
-
-    def _deliver(self, key: str, data: bytes) -> None:
-        decoded = decode(data)
-        if decoded is None or decoded[0] == self.origin:
-            return  # not ours to read, or published here (delivered then)
-        self.received += 1
-        self.local.deliver(key, decoded[1])
 
     async def ping(self) -> bool:
         """Whether NATS answers now (for /api/status; never raises)."""

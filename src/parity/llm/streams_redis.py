@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -41,10 +40,9 @@ from redis.exceptions import RedisError
 
 from parity.llm.streams import (
     DEFAULT_BUFFER,
-    LocalStreamBus,
+    SharedBusEnd,
     StreamEvent,
     Subscription,
-    decode,
     encode,
 )
 from parity.logging import get_logger
@@ -63,7 +61,7 @@ class _Channel:
     count: int = 0  # local subscriptions of the key
 
 
-class RedisStreamBus:
+class RedisStreamBus(SharedBusEnd):
     """One replica's end of the shared bus (see the module's docstring). ``timeout`` bounds
     every Redis call and the wait for a SUBSCRIBE's confirmation (the gateway subscribes
     inside the submit's transaction, so it must stay short)."""
@@ -78,11 +76,9 @@ class RedisStreamBus:
         origin: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.origin = origin or uuid.uuid4().hex[:12]
+        super().__init__(buffer, origin)
         self.timeout = timeout
         self.prefix = prefix
-        self.local = LocalStreamBus(buffer)
-        self.received = 0  # events from other replicas handed to subscribers here
         # One retry: a pooled connection the server closed while idle is reopened once; longer
         # outages are the reader's and the publish pause's business, not a stalled caller's.
         self._redis = aioredis.Redis.from_url(
@@ -284,11 +280,7 @@ class RedisStreamBus:
             if ch is not None and not ch.ready.done():
                 ch.ready.set_result(None)
         elif kind == "message" and channel.startswith(self.prefix):
-            decoded = decode(message.get("data"))
-            if decoded is None or decoded[0] == self.origin:
-                return  # not ours to read, or published here (delivered then)
-            self.received += 1
-            self.local.deliver(channel[len(self.prefix) :], decoded[1])
+            self.deliver_remote(channel[len(self.prefix) :], message.get("data"))
 
     async def aclose(self) -> None:
         """Stop relaying; subscriptions still open go on with this replica's own events."""
