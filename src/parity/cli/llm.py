@@ -91,7 +91,8 @@ def prompt_cmd(
     prints the prompt's id (read it later at /api/v1/llm/prompts/ID) and exits 0; a failed
     prompt exits 1 with its reason. With --stream the answer is printed as the runner produces
     it (the server's own time limit applies, not --wait) and the token usage and cost at the
-    end."""
+    end; one that breaks off after its first token exits 1 with its error, after the usage and
+    cost billed for the part printed."""
     body: dict[str, Any] = {"model": model, "prompt": text}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
@@ -169,6 +170,9 @@ def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
                 if isinstance(event.get("error"), dict):
                     if printed:
                         typer.echo("")
+                    billed = _billed_partial(client, prompt_id)
+                    if billed is not None:
+                        typer.echo(billed, err=True)
                     err = event["error"]
                     raise cli.fail(f"{err.get('message')} ({err.get('code')})")
                 for choice in event.get("choices") or ():
@@ -189,15 +193,35 @@ def _stream_prompt(client: httpx.Client, body: dict[str, Any]) -> None:
     typer.echo(spent + (f", cost {cost} base units" if cost is not None else ""), err=True)
 
 
-def _streamed_cost(client: httpx.Client, prompt_id: str | None) -> str | None:
-    """The cost of the prompt just streamed: the stream carries the usage but not the cost,
-    which the prompt's record holds (the gateway names the prompt in its answer's
+def _record(client: httpx.Client, prompt_id: str | None) -> dict[str, Any] | None:
+    """The record of the prompt just streamed (the gateway names the prompt in its answer's
     ``X-Parity-Prompt-Id`` header). None when it cannot be read (nothing else depends on it)."""
     if not prompt_id:
         return None
     try:
         r = client.get(f"{API}/prompts/{prompt_id}")
-        cost = r.json().get("cost") if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, AttributeError):
+        doc = r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _streamed_cost(client: httpx.Client, prompt_id: str | None) -> str | None:
+    """The cost of the prompt just streamed: the stream carries the usage but not the cost,
+    which the prompt's record holds. None when it cannot be read."""
+    cost = (_record(client, prompt_id) or {}).get("cost")
     return None if cost is None else str(cost)
+
+
+def _billed_partial(client: httpx.Client, prompt_id: str | None) -> str | None:
+    """What a stream that broke off after its first token is billed for (the text printed
+    before its error: the prompt's ``response``, ``usage.partial``), as the line that says so;
+    None when it is billed nothing or its record cannot be read."""
+    doc = _record(client, prompt_id) or {}
+    usage = doc.get("usage")
+    if not isinstance(usage, dict) or usage.get("partial") is not True:
+        return None
+    return (
+        f"billed for the partial answer: {usage.get('input_tokens')} input + "
+        f"{usage.get('output_tokens')} output tokens, cost {doc.get('cost')} base units"
+    )

@@ -122,13 +122,21 @@ class PromptRead(BaseModel):
     status: str = Field(description="queued | processing | completed | failed")
     model_name: str
     request: dict[str, Any]
-    response: str
+    response: str = Field(
+        description="The answer; a failed prompt billed for part of a streamed answer "
+        "(`usage.partial`) shows that part (the text its client received, else the runner's "
+        "partial output)"
+    )
     error: str | None
     runner_id: uuid.UUID | None = Field(description="The runner holding it, else routed to")
     attempts: int
     max_attempts: int
-    usage: UsageRead | None
-    cost: str | None
+    usage: UsageRead | None = Field(
+        description="The tokens billed (metered alike when pricing is off): a completion's, "
+        "or those of the part a stream delivered before it broke off (`partial`); null when "
+        "none are"
+    )
+    cost: str | None = Field(description="What it is billed, token base units (decimal string)")
     price: PriceRead | None = Field(description="The serving runner's price at dispatch")
     max_price: dict[str, str] | None
     reserved: str | None
