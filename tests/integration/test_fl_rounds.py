@@ -674,6 +674,18 @@ async def test_each_accepted_update_earns_its_share_of_the_round_pool_once(price
     assert pool is not None and pool.status == "released" and pool.price["released"] == "1"
 
 
+async def test_an_fl_train_tasks_reward_points_to_its_sessions_pool(priced: World):
+    runners = await priced.add_runners(2)
+    await priced.started(min_participants=2, total_rounds=1, reward_pool="1000")
+    task = (await claim_task(priced, runners[0]))["task"]
+    r = await priced.client.get(f"{V1}/tasks/{task['id']}/reward", headers=priced.auth)
+    assert r.status_code == 200, r.text
+    reward = r.json()
+    # Not "created while pricing was off": pricing is on, the pool pays the update.
+    assert (reward["status"], reward["price"], reward["reward"]) == ("not_priced", None, None)
+    assert "reward pool" in reward["message"]
+
+
 # -- re-entrant aggregation ------------------------------------------------------------------
 
 

@@ -1,7 +1,10 @@
-"""``prompt.completed``: each completed prompt's creator hears it once, with what it was billed,
+"""What a prompt's creator hears and reads of it besides the prompt itself.
+
+``prompt.completed``: each completed prompt's creator hears it once, with what it was billed,
 on the events stream and on webhooks subscribed to it. With pricing on it is recorded in the
 completion's transaction (where the prompt is metered); with pricing off the prompts job meters
-the completion and records it then."""
+the completion and records it then. The prompt's ``llm`` task answers ``/reward`` with what the
+prompt was billed, and ``/result`` of a failed one points to the prompt."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from tests.integration.test_llm_api import (
 
 __all__ = ["PRICING", "net"]  # a fixture, used by name
 V1 = "/api/v1"
+USAGE = {"input_tokens": 12, "output_tokens": 3}
 
 
 async def prompt_events(http: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
@@ -114,3 +118,35 @@ async def test_with_pricing_the_event_carries_the_billed_cost_from_the_completio
     assert await tick(net.container) == 0
     net.clock.advance(2)
     assert len(await prompt_events(net.http, alice)) == 1
+
+
+async def test_a_prompts_task_reward_is_what_the_prompt_was_billed(net: Net):
+    alice = await sign_in(net.http, ALICE)
+    bob = await sign_in(net.http, BOB)
+    await net.stake(ALICE, 100_000)
+    runner, _ = await llm_runner(net.http, bob, model(price=(1000, 2000)))
+    p = await submitted(net.http, alice, prompt="Say hello", max_tokens=100)
+    held = await net.http.get(f"{V1}/tasks/{p['id']}/reward", headers=bearer(alice))
+    assert (held.json()["status"], held.json()["reserved"]) == ("reserved", p["reserved"])
+    got = await claimed(net.http, runner)
+    body = {"claim_token": got["claim_token"], "response": "Hello!", "usage": USAGE}
+    r = await net.http.post(
+        f"{V1}/llm/prompts/{p['id']}/complete", json=body, headers=bearer(runner)
+    )
+    assert r.status_code == 200, r.text
+    reward = (await net.http.get(f"{V1}/tasks/{p['id']}/reward", headers=bearer(alice))).json()
+    # ceil((12 * 1000 + 3 * 2000) / 1000) = 18: 17 to the runner's owner, 1 to the protocol.
+    assert (reward["price"], reward["reward"], reward["fee"]) == ("18", "17", "1")
+    assert reward["status"] == "unsettled" and reward["reserved"] == p["reserved"]
+
+
+async def test_a_failed_prompts_task_result_points_to_the_prompt(client: httpx.AsyncClient):
+    alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+    runner, _ = await llm_runner(client, bob, model())
+    p = await submitted(client, alice, max_attempts=1)
+    got = await claimed(client, runner, start=True)
+    r = await act(client, runner, p["id"], "fail", got["claim_token"], error="backend down")
+    assert r.status_code == 200, r.text
+    r = await client.get(f"{V1}/tasks/{p['id']}/result", headers=bearer(alice))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "result_not_found"
+    assert f"GET /api/v1/llm/prompts/{p['id']}" in r.json()["error"]["message"]

@@ -466,12 +466,22 @@ class TaskReward:
 
 
 async def task_reward(
-    session: AsyncSession, deps: LedgerDeps, task_id: uuid.UUID, *, settling: bool = True
+    session: AsyncSession,
+    deps: LedgerDeps,
+    task_id: uuid.UUID,
+    *,
+    settling: bool = True,
+    task_type: str = "command",
 ) -> TaskReward:
     """What a task costs its client and pays its runner, and whether it is paid on chain.
     ``settling`` is whether this server runs the settlement worker: without it an unpaid
-    posting does not move, and the message says so."""
-    reservation = await repo.reservation_for(session, TASK, str(task_id))
+    posting does not move, and the message says so. An ``llm`` task is its prompt's: reserved
+    and billed under the prompt (its tokens); an ``fl_train`` task holds nothing of its own
+    (its session's reward pool pays the update)."""
+    if task_type == "fl_train":
+        return TaskReward("not_priced", None, None, None, None, [], _FL_TRAIN)
+    source, kind = (PROMPT, PROMPT_PAYMENT) if task_type == "llm" else (TASK, TASK_PAYMENT)
+    reservation = await repo.reservation_for(session, source, str(task_id))
     if reservation is None:
         return TaskReward("not_priced", None, None, None, None, [], _NOT_PRICED)
     if reservation.status != "consumed":
@@ -482,7 +492,7 @@ async def task_reward(
             else "the task ended without a completion; nothing is owed"
         )
         return TaskReward(status, None, None, None, reservation.amount, [], message)
-    posting = await repo.posting_for(session, TASK, str(task_id), TASK_PAYMENT)
+    posting = await repo.posting_for(session, source, str(task_id), kind)
     entries = await repo.entries_of_posting(session, posting.id) if posting else []
     price = -sum(e.amount for e in entries if e.role == "payer")
     reward = sum(e.amount for e in entries if e.role == "payee")
@@ -511,6 +521,10 @@ async def task_reward(
 
 
 _NOT_PRICED = "this task was created while pricing was off; it costs nothing"
+_FL_TRAIN = (
+    "an FL training task is not priced itself: its session's reward pool pays each accepted "
+    "update (see the session's rewards)"
+)
 _HELD = "a settlement failed (another transaction used its nonce) and waits for an operator"
 _NO_WORKER = (
     "this server does not settle (its settlement worker is off: no FILECOIN_RPC or no "

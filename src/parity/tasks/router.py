@@ -235,11 +235,13 @@ async def task_attempts(
 async def task_reward(
     task_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSession, c: ContainerDep
 ) -> RewardRead:
-    """What the task costs and pays, from the ledger, and whether it is paid on chain. A task
-    created while pricing was off is ``not_priced`` (it costs nothing)."""
+    """What the task costs and pays, from the ledger, and whether it is paid on chain: for a
+    prompt's ``llm`` task, what the prompt was billed (its tokens). A task created while pricing
+    was off is ``not_priced`` (it costs nothing), and so is an ``fl_train`` task (its session's
+    reward pool pays the update)."""
     task = await service.get_task(session, principal, task_id)
     r = await ledger_service.task_reward(
-        session, c.ledger, task.id, settling=c.settlement is not None
+        session, c.ledger, task.id, settling=c.settlement is not None, task_type=task.type
     )
 
     def text(v: int | None) -> str | None:

@@ -453,10 +453,13 @@ def _no_result(task: Task) -> str:
     """Why there is no result: not yet, or never (only a completed task has one)."""
     if task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         why = f" (last error: {task.last_error})" if task.last_error else ""
-        return (
-            f"task {task.id} is {task.status}{why}: only a completed task has a result; "
-            "its logs and attempts say what happened"
+        where = (
+            f"the prompt (GET /api/v1/llm/prompts/{task.id}) shows what of its answer was "
+            "delivered and billed"
+            if task.type == "llm"
+            else "its logs and attempts say what happened"
         )
+        return f"task {task.id} is {task.status}{why}: only a completed task has a result; {where}"
     return f"task {task.id} has no result yet (it is {task.status})"
 
 
