@@ -42,7 +42,7 @@ from parity.storage.router import UPLOAD_PATH
 from parity.storage.router import router as storage_router
 from parity.system.router import root_router
 from parity.system.router import router as system_router
-from parity.system.service import UNSHARED_STORE
+from parity.system.service import UNSHARED_STORE, replica_setup
 from parity.system.unpaid import warn_unpaid_at_start
 from parity.tasks import handoff
 from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job, reoffer_job
@@ -159,6 +159,7 @@ def create_app(
                 container.wakeups,
                 container.event_hub,
                 tokens=container.token_cache,
+                setup=replica_setup(settings.stream_bus_url),
             )
             container.relay.on_new_peer = lambda: _warn_unshared_store(container)
             await container.relay.start()

@@ -21,7 +21,9 @@ busy server sends a few notifications per round trip, not one per task. A notifi
 ``{"o": <sender's origin id>, "r": [<runner id>...], "n": <wake-any count>, "p": <poke the push
 loop>, "a": [<event owner>...] | null (every reader), "d": <webhook deliveries were queued>,
 "t": 1 (clear the token cache), "h": 1 (the sender listens), "b": 1 (the sender stops: forget
-it now, not PEER_TTL_SECONDS later)}``, keys left out when empty; a replica ignores its own.
+it now, not PEER_TTL_SECONDS later), "f": {<setting>: <fingerprint>} (with "h": the sender's
+settings that must agree between replicas, e.g. which stream bus it relays tokens over, as a
+hash: URLs may hold credentials)}``, keys left out when empty; a replica ignores its own.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class WakeRelay:
         reconnect_seconds: float = 2.0,
         tokens: TokenCache | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        setup: dict[str, str] | None = None,
     ) -> None:
         self.dsn = dsn
         self.origin = origin or uuid.uuid4().hex[:12]
@@ -80,6 +83,8 @@ class WakeRelay:
         self._ready = asyncio.Event()
         self._monotonic = monotonic
         self._peers: dict[str, float] = {}  # origin -> when last heard (monotonic)
+        self.setup = dict(setup or {})  # what this replica announces of its settings
+        self._setups: dict[str, dict[str, str]] = {}  # origin -> what it announced
         self._announcer: asyncio.Task[None] | None = None
         self._farewell_sent = asyncio.Event()
         self.dropped = 0  # wake-ups not sent: no other replica listening
@@ -92,7 +97,13 @@ class WakeRelay:
         cutoff = self._monotonic() - PEER_TTL_SECONDS
         for origin in [o for o, at in self._peers.items() if at < cutoff]:
             del self._peers[origin]
+            self._setups.pop(origin, None)
         return len(self._peers)
+
+    def peer_setups(self) -> list[dict[str, str]]:
+        """What each replica heard within PEER_TTL_SECONDS announced of its settings."""
+        self.peers  # noqa: B018 - forgets the replicas not heard lately
+        return list(self._setups.values())
 
     # -- wiring ----------------------------------------------------------------------------------
 
@@ -114,7 +125,7 @@ class WakeRelay:
             self._queue.put_nowait(message)
 
     def announce(self) -> None:
-        self.send({"k": "hello"})
+        self.send({"k": "hello", "f": self.setup} if self.setup else {"k": "hello"})
 
     async def _announce_loop(self) -> None:
         while True:
@@ -199,6 +210,7 @@ class WakeRelay:
         origin, now = str(message.get("o")), self._monotonic()
         if message.get("b"):  # that replica stops: apply what it sent with it, then forget it
             self._peers.pop(origin, None)
+            self._setups.pop(origin, None)
             if message.keys() - {"o", "h", "b"}:
                 self.received += 1
                 self.apply(message)
@@ -206,11 +218,14 @@ class WakeRelay:
         last = self._peers.get(origin)
         newcomer = last is None or last < now - PEER_TTL_SECONDS
         self._peers[origin] = now
+        setup = message.get("f")
+        if isinstance(setup, dict):
+            self._setups[origin] = {str(k): str(v) for k, v in setup.items()}
         if message.get("h") and newcomer:
             self.announce()  # let a replica that just started know we listen
         if newcomer and self.on_new_peer is not None:
             self.on_new_peer()
-        if message.keys() - {"o", "h"}:
+        if message.keys() - {"o", "h", "f"}:
             self.received += 1
             self.apply(message)
 
@@ -252,10 +267,12 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
     resources: dict[str, None] = {}
     any_count, pushes, events, deliveries, tokens = 0, False, False, False, False
     hello = bye = False
+    setup: dict[str, str] | None = None
     for m in batch:
         kind = m.get("k")
         if kind == "hello":
             hello = True
+            setup = m.get("f") or setup
         elif kind == "bye":
             bye = True
         elif kind == "runner":
@@ -292,6 +309,8 @@ def merge(batch: list[dict[str, Any]], origin: str) -> dict[str, Any]:
         out["t"] = 1
     if hello:
         out["h"] = 1
+        if setup:
+            out["f"] = setup
     if bye:
         out["b"] = 1
     return out
@@ -308,4 +327,6 @@ def encode(batch: list[dict[str, Any]], origin: str) -> str:
     for key in ("t", "h", "b"):
         if merged.get(key):
             everything[key] = 1
+    if merged.get("f"):
+        everything["f"] = merged["f"]
     return json.dumps(everything, separators=(",", ":"))

@@ -9,6 +9,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +24,8 @@ from parity.events.hub import EventHub
 from parity.relay import WakeRelay, asyncpg_dsn
 from parity.tasks.wakeups import WakeHub
 from tests.conftest import ALICE, BOB, bearer, make_settings, sign_in, until
+from tests.contract.nats_service import nats_url
+from tests.contract.redis_service import redis_url
 from tests.integration.queue_helpers import create_task, device, register_runner
 
 pytestmark = pytest.mark.postgres_only
@@ -158,13 +161,17 @@ async def test_a_token_cache_clear_reaches_another_replicas_cache(database_url: 
 
 @contextlib.asynccontextmanager
 async def _two_servers(
-    database_url: str, tmp_path: Path, clock: FrozenClock
+    database_url: str,
+    tmp_path: Path,
+    clock: FrozenClock,
+    settings: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
 ) -> AsyncIterator[tuple[Container, httpx.AsyncClient, Container, httpx.AsyncClient]]:
-    """Two servers on one database, each with its own relay: (a, its client, b, its client)."""
+    """Two servers on one database, each with its own relay: (a, its client, b, its client);
+    ``settings`` adds settings of a and of b."""
     containers = []
-    for name in ("a", "b"):
+    for name, extra in zip(("a", "b"), settings, strict=True):
         # A long re-check, so only a relayed wake-up can end the long-poll early.
-        s = make_settings(database_url, tmp_path / name, LONG_POLL_RECHECK_SECONDS=60)
+        s = make_settings(database_url, tmp_path / name, LONG_POLL_RECHECK_SECONDS=60, **extra)
         containers.append(Container(settings=s, db=Database(s.resolved_database_url), clock=clock))
     one, two = containers
     app_a = create_app(one, run_migrations=False, start_jobs=False)
@@ -184,6 +191,24 @@ async def _two_servers(
     finally:
         for c in containers:
             await c.db.dispose()
+
+
+async def test_replicas_on_different_stream_buses_are_told_apart_from_one_shared_bus(
+    container: Container, database_url: str, tmp_path: Path, clock: FrozenClock
+):
+    redis, nats = redis_url(), nats_url()
+
+    async def stream_warnings(a: str, b: str, where: Path) -> list[str]:
+        both = ({"STREAM_BUS_URL": a}, {"STREAM_BUS_URL": b})
+        async with _two_servers(database_url, where, clock, both) as (_one, _ha, two, http_b):
+            await until(lambda: two.relay is not None and two.relay.peer_setups() != [])
+            status = (await http_b.get("/api/status")).json()
+        return [w for w in status["warnings"] if "STREAM_BUS_URL" in w]
+
+    # One on Redis, the other on NATS: tokens cannot cross, and the status says so.
+    [mixed] = await stream_warnings(redis, nats, tmp_path / "mixed")
+    assert mixed.startswith("another replica relays LLM token streams over a different")
+    assert await stream_warnings(nats, nats, tmp_path / "same") == []
 
 
 async def test_a_task_created_on_one_server_ends_a_long_poll_on_another(

@@ -79,6 +79,30 @@ def test_an_announcement_merges_into_the_notification_and_survives_an_oversized_
     assert json.loads(encode(batch, "me"))["h"] == 1
 
 
+def test_an_announcement_carries_its_settings_and_the_peers_are_remembered_until_they_leave():
+    setup = {"streams": "ab12"}
+    merged = merge([{"k": "hello", "f": setup}, {"k": "any", "n": 1}], "me")
+    assert merged == {"o": "me", "n": 1, "h": 1, "f": setup}
+    batch = [{"k": "runner", "r": str(uuid.uuid4())} for _ in range(400)]
+    assert json.loads(encode([*batch, {"k": "hello", "f": setup}], "me"))["f"] == setup
+    now = [1000.0]
+    relay = WakeRelay(
+        "postgresql://unused", WakeHub(), EventHub(), origin="me", monotonic=lambda: now[0],
+        setup={"streams": "mine"},
+    )  # fmt: skip
+    relay.announce()
+    assert relay._queue.get_nowait() == {"k": "hello", "f": {"streams": "mine"}}
+    relay._on_notify(None, 1, "parity_wake", json.dumps({"o": "p1", "h": 1, "f": setup}))
+    relay._on_notify(None, 1, "parity_wake", json.dumps({"o": "p2", "h": 1}))  # an older one
+    assert relay.peer_setups() == [setup]
+    assert relay.received == 0  # an announcement is not a wake-up
+    relay._on_notify(None, 1, "parity_wake", json.dumps({"o": "p1", "b": 1}))
+    assert relay.peer_setups() == []
+    relay._on_notify(None, 1, "parity_wake", json.dumps({"o": "p1", "h": 1, "f": setup}))
+    now[0] += 31  # not heard for PEER_TTL_SECONDS: forgotten with its settings
+    assert relay.peer_setups() == [] and relay.peers == 0
+
+
 def test_wake_ups_go_out_only_while_another_replica_was_heard_recently():
     now = [1000.0]
     relay = WakeRelay(

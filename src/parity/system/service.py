@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +26,11 @@ UNSHARED_STREAMS = (
     "another replica uses this database, and this one relays LLM token streams in process only: "
     "a streaming client whose runner streams to another replica gets no tokens until the prompt "
     "completes, then the whole text; set STREAM_BUS_URL on every replica to one Redis or NATS"
+)
+MIXED_STREAMS = (
+    "another replica relays LLM token streams over a different STREAM_BUS_URL (or in process "
+    "only): a streaming client on one and a runner streaming to the other get no tokens until "
+    "the prompt completes, then the whole text; set the same STREAM_BUS_URL on every replica"
 )
 STREAM_BUS_DOWN = (
     "STREAM_BUS_URL: {bus} does not answer: LLM token deltas reach only the clients on the "
@@ -90,12 +96,24 @@ async def _warnings(container: Container, session: AsyncSession, peers: int) -> 
     return out
 
 
+def replica_setup(stream_bus_url: str) -> dict[str, str]:
+    """What a replica announces of its settings on the wake-up relay, for the others to compare
+    with theirs: the stream bus it relays tokens over, as a hash (the URL may hold a password)."""
+    digest = hashlib.sha256(stream_bus_url.encode()).hexdigest()[:16] if stream_bus_url else ""
+    return {"streams": digest}
+
+
 async def _stream_warning(container: Container, peers: int) -> str | None:
     """Token streams that cannot cross replicas: no STREAM_BUS_URL while another replica is
-    heard, or a Redis that does not answer (pinged now, so a wrong URL shows before the first
-    stream)."""
+    heard, another replica heard on a different one, or a bus that does not answer (pinged
+    now, so a wrong URL shows before the first stream)."""
     if not container.settings.stream_bus_url:
         return UNSHARED_STREAMS if peers else None
+    relay = container.relay
+    if relay is not None and peers:
+        mine = relay.setup.get("streams")
+        if any(s.get("streams", mine) != mine for s in relay.peer_setups()):
+            return MIXED_STREAMS
     if await container.streams.ping():
         return None
     bus = "NATS" if _stream_bus_kind(container.settings.stream_bus_url) == "nats" else "Redis"
