@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 
+from parity.agent import token_stream
 from parity.agent.client import ServerError
 from parity.agent.token_stream import BROKEN, CANCELLED, TokenStream
 
@@ -68,3 +70,36 @@ async def test_a_server_error_is_broken_without_a_lease_check() -> None:
     )
     _, ends = await run_stream(client)
     assert ends == [BROKEN] and client.lease_checks == []
+
+
+class RecordingClient:
+    """Takes the whole body: each line as the request would carry it (None: a blank line)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str | None] = []
+
+    async def stream(
+        self, task_id: str, token: str, deltas: AsyncIterator[str | None]
+    ) -> dict[str, Any]:
+        async for line in deltas:
+            self.lines.append(line)
+        return {"deltas": sum(1 for x in self.lines if x is not None), "listeners": 1}
+
+
+async def test_a_silent_backend_keeps_the_request_alive_with_blank_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(token_stream, "STREAM_KEEPALIVE_SECONDS", 0.05)
+    client = RecordingClient()
+    stream = TokenStream(client, "t-1", "claim-1")  # type: ignore[arg-type]
+    stream.open()  # the backend has produced nothing yet
+    await asyncio.sleep(0.3)
+    stream.send("Hel")
+    stream.send("lo")
+    await stream.close(timeout=5)
+    silent = client.lines[: client.lines.index("Hel")]
+    assert len(silent) >= 3 and set(silent) == {None}  # a blank line every 0.05 s of silence
+    assert client.lines[client.lines.index("Hel") :] == ["Hel", "lo"]
+    assert stream.sent_text == "Hello"  # blank lines are not part of the text
+    await asyncio.sleep(0.2)
+    assert client.lines[-1] == "lo"  # nothing after the close

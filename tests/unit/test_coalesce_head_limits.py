@@ -109,3 +109,69 @@ async def test_a_slow_head_is_408_and_a_silent_connection_is_closed(
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without an answer
     writer.close()
+
+
+# -- bodies ----------------------------------------------------------------------------------
+
+
+async def test_a_body_that_stops_arriving_closes_the_connection(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(coalesce, "BODY_IDLE_SECONDS", 0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /stalled HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\npart")
+    # Closed without an answer (the application was reading the body: nothing can go first).
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+
+async def test_a_slow_body_that_keeps_arriving_is_served(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(coalesce, "BODY_IDLE_SECONDS", 0.3)
+    chunks = [b"x" * 10] * 8  # 0.1 s apart: 0.8 s in all, never 0.3 s without a byte
+    head = b"POST /slow HTTP/1.1\r\nhost: t\r\nconnection: close\r\ncontent-length: 80\r\n\r\n"
+    answer = await _exchange(port, head, *chunks, pause=0.1)
+    assert _status(answer) == 200
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["body_bytes"] == 80
+
+
+async def test_a_client_waiting_for_100_continue_is_not_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server holds the body up until the application asks for it (100 Continue): that
+    wait is not the client's idleness."""
+    monkeypatch.setattr(coalesce, "BODY_IDLE_SECONDS", 0.3)
+
+    async def late_reader(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(1.0)  # e.g. checks before it reads the body
+        await _app(scope, receive, send)
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        late_reader, log_config=None, access_log=False, lifespan="off",
+        http=CoalescingHttpToolsProtocol,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(
+            b"POST /later HTTP/1.1\r\nhost: t\r\nconnection: close\r\nexpect: 100-continue\r\n"
+            b"content-length: 5\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100")
+        writer.write(b"hello")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert _status(answer) == 200
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["body_bytes"] == 5
+    finally:
+        server.should_exit = True
+        await task

@@ -180,13 +180,16 @@ class ServerClient:
         _raise(r)
         return dict(r.json())
 
-    async def stream(self, task_id: str, token: str, deltas: AsyncIterator[str]) -> dict[str, Any]:
+    async def stream(
+        self, task_id: str, token: str, deltas: AsyncIterator[str | None]
+    ) -> dict[str, Any]:
         """Relay an llm task's token deltas as one chunked NDJSON request (fenced by the claim
-        token in ``X-Claim-Token``); answers once ``deltas`` ends."""
+        token in ``X-Claim-Token``); answers once ``deltas`` ends. A None is sent as a blank
+        line (the server skips it): it keeps a silent stream's request alive."""
 
         async def body() -> AsyncIterator[bytes]:
             async for text in deltas:
-                yield (json.dumps({"delta": text}) + "\n").encode()
+                yield b"\n" if text is None else (json.dumps({"delta": text}) + "\n").encode()
 
         r = await self.http.post(
             f"/api/v1/runners/tasks/{task_id}/stream",

@@ -34,6 +34,11 @@ CANCELLED = "cancelled"
 BROKEN = "broken"
 # How long a failed stream's lease check may take (the backend generates meanwhile).
 LEASE_CHECK_SECONDS = 5.0
+# While the backend is silent (a long prompt before its first token), a blank line this often
+# keeps the request alive: the server closes a request whose body stops arriving for
+# BODY_IDLE_SECONDS (300 s, parity.api.coalesce).
+STREAM_KEEPALIVE_SECONDS = 30.0
+_KEEPALIVE = object()  # queued by the keep-alive timer: a blank line, not a delta
 
 
 class TokenStream:
@@ -48,8 +53,10 @@ class TokenStream:
         self.task_id = task_id
         self.claim_token = claim_token
         self.on_end = on_end
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[str | object | None] = asyncio.Queue()
         self._job: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._last_line = 0.0  # the loop's time of the last line queued
         self.closed = False
         # What went into the request body, in order (what the server may have relayed).
         self.sent_parts: list[str] = []
@@ -64,23 +71,53 @@ class TokenStream:
         """Send the request now; its body's lines follow as tokens arrive."""
         if self._job is None and not self.closed:
             self._job = asyncio.create_task(self._post(), name=f"stream:{self.task_id}")
+            self._last_line = asyncio.get_running_loop().time()
+            self._arm_keepalive(STREAM_KEEPALIVE_SECONDS)
 
     def send(self, text: str) -> None:
         if self.closed:
             return
         self.open()
         self._queue.put_nowait(text)
+        self._last_line = asyncio.get_running_loop().time()
 
-    async def _deltas(self) -> AsyncIterator[str]:
+    def _arm_keepalive(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._keepalive = loop.call_later(delay, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        """A blank line when nothing was queued for STREAM_KEEPALIVE_SECONDS; checked again
+        when that much time has passed since the last line (no timer per delta)."""
+        self._keepalive = None
+        if self.closed:
+            return
+        now = asyncio.get_running_loop().time()
+        idle = now - self._last_line
+        if idle >= STREAM_KEEPALIVE_SECONDS:
+            self._queue.put_nowait(_KEEPALIVE)
+            self._last_line, idle = now, 0.0
+        self._arm_keepalive(STREAM_KEEPALIVE_SECONDS - idle)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    async def _deltas(self) -> AsyncIterator[str | None]:
         while (item := await self._queue.get()) is not None:
-            self.sent_parts.append(item)
-            yield item
+            if item is _KEEPALIVE:
+                yield None  # a blank line
+                continue
+            text = str(item)
+            self.sent_parts.append(text)
+            yield text
 
     async def _post(self) -> None:
         try:
             answer = await self.client.stream(self.task_id, self.claim_token, self._deltas())
         except Exception as exc:
             self.closed = True
+            self._stop_keepalive()
             refused = isinstance(exc, ServerError) and exc.status < 500
             if self.sent_parts and not refused:
                 if not isinstance(exc, ServerError) and await self._cancel_requested():
@@ -98,6 +135,7 @@ class TokenStream:
             return
         if answer.get("cancelled") is True:
             self.closed = True
+            self._stop_keepalive()
             log.info("token_stream_cancelled", task_id=self.task_id)
             self._end(CANCELLED)
 
@@ -122,6 +160,7 @@ class TokenStream:
     async def close(self, timeout: float) -> None:
         """End the request (its last deltas land before the caller reports the outcome)."""
         self.closed = True
+        self._stop_keepalive()
         if self._job is None:
             return
         self._queue.put_nowait(None)

@@ -23,6 +23,12 @@ MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 60.0
 """How long a connection may take to send a request's line and headers, counted from when
 it opened (its first request) or from the first byte of the request (later ones): 408 then."""
+BODY_IDLE_SECONDS = 300.0
+"""How long a request's body may stop arriving (no byte at all) before the connection is
+closed. Not counted while the server holds the body up itself (reading paused because the
+application has not taken what came, or a ``100-continue`` not yet sent). A slow upload goes
+on as long as bytes come; ``parity-runner``'s token stream sends a blank line every
+``STREAM_KEEPALIVE_SECONDS`` while its backend is silent."""
 
 
 class CoalescingTransport:
@@ -94,6 +100,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     _head_bytes = 0
     _heads_done = 0
     _head_timer: asyncio.TimerHandle | None = None
+    # A request's body, once its head is in: a connection whose body stops arriving is closed
+    # after BODY_IDLE_SECONDS (uvicorn has no limit: the application would wait for ever).
+    _in_body = False
+    _body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -101,6 +111,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -129,6 +140,40 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._heads_done += 1
         self._cancel_head_timer()
         super().on_headers_complete()
+        self._in_body = True
+        self._arm_body_timer()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        if self._in_body:
+            self._cancel_body_timer()
+            self._arm_body_timer()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._cancel_body_timer()
+        super().on_message_complete()
+
+    def _arm_body_timer(self) -> None:
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(BODY_IDLE_SECONDS, self._body_timed_out)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            self._arm_body_timer()  # the server holds the body up, not the client
+            return
+        # The application is reading the body (or has answered): no answer can be put in
+        # between, so the connection is closed; the application sees the client gone.
+        self.transport.close()
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
