@@ -7,8 +7,10 @@ estimation. ``FakeChain`` is the chain (share one between several clients);
 ``FakeChainClient`` is the port over it. Knobs for tests: ``unreachable`` (every call raises
 ChainRetryableError), ``automine`` (off: transactions wait for :meth:`FakeChain.mine`),
 ``payment_ref`` (off: behaves like the originally deployed StakeWallet), :meth:`remove_code`,
-:meth:`FakeChain.drop` (a pending transaction leaves the mempool) and :meth:`FakeChain.reorg`
-(the last blocks are undone).
+:meth:`FakeChain.drop` (a pending transaction leaves the mempool), :meth:`FakeChain.reorg`
+(the last blocks are undone) and :meth:`FakeChain.reset` (a restarted node that kept nothing).
+As on an EVM chain, a transaction to an address without code is mined as a success that does
+nothing.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class _Tx:
     tx_hash: str
     sender: str
     nonce: int
-    call: Call
+    call: Call | None  # None: a nonce filler, which moves nothing
     block_number: int | None = None
 
 
@@ -140,6 +142,7 @@ class FakeChain:
         # For reorg(): the state after each block, and how often each height was replaced.
         self.snapshots: dict[int, _State] = {self.block: _State()}
         self.forks: dict[int, int] = {}
+        self.resets = 0  # reset() changes every block's hash
 
     # -- test knobs ------------------------------------------------------------------------------
 
@@ -150,7 +153,8 @@ class FakeChain:
 
     def block_hash(self, number: int) -> str:
         """The hash of block ``number``; :meth:`reorg` changes it for the blocks it replaces."""
-        return "0x" + keccak(f"fake-block:{number}:{self.forks.get(number, 0)}".encode()).hex()
+        fork = f"{number}:{self.forks.get(number, 0)}:{self.resets}"
+        return "0x" + keccak(f"fake-block:{fork}".encode()).hex()
 
     def reorg(self, depth: int) -> None:
         """Undo the last ``depth`` blocks: their transactions leave the chain (as after
@@ -182,6 +186,24 @@ class FakeChain:
     def remove_code(self, address: str) -> None:
         self.code.pop(_addr(address), None)
 
+    def reset(self, *, redeploy: bool = False) -> None:
+        """The node restarted with nothing kept (a restarted anvil): no blocks, no
+        transactions, nonces, balances or stakes, and (unless ``redeploy``) no contract code;
+        the blocks get other hashes. ``redeploy`` puts the contracts back at the same
+        addresses, empty (as ``dev-chain`` deploying again from the same account does)."""
+        self.resets += 1
+        self.block = 1
+        self.state = _State()
+        self.nonces = {}
+        self.txs = {}
+        self.receipts = {}
+        self.pending = {}
+        self.snapshots = {self.block: _State()}
+        self.forks = {}
+        self.code = {}
+        if redeploy:
+            self.code = {self.token_address: FAKE_CODE, self.stake_wallet_address: FAKE_CODE}
+
     def mine(self) -> None:
         """Include every pending transaction whose nonce is next, in nonce order."""
         progressed = True
@@ -202,7 +224,8 @@ class FakeChain:
     def _include(self, tx: _Tx) -> None:
         trial = copy.deepcopy(self.state)
         try:
-            self._execute(trial, tx.sender, tx.call)
+            if tx.call is not None and self._target(tx.call) in self.code:
+                self._execute(trial, tx.sender, tx.call)
             status = 1
             self.state = trial
         except ContractReverted:
@@ -214,6 +237,9 @@ class FakeChain:
         self.receipts[tx.tx_hash] = Receipt(
             tx.tx_hash, status, self.block, FAKE_GAS, block_hash=self.block_hash(self.block)
         )
+
+    def _target(self, call: Call) -> str:
+        return self.token_address if call.contract == "token" else self.stake_wallet_address
 
     def _mint(self, to: str, amount: int) -> None:
         self.state.balances[to] = self.state.balances.get(to, 0) + amount
@@ -380,6 +406,9 @@ class FakeChainClient(TransactingClient):
     async def block_number(self) -> int:
         return self._up().block
 
+    async def genesis_hash(self) -> str:
+        return self._up().block_hash(0)
+
     async def code_at(self, address: str) -> bytes:
         return self._up().code.get(_addr(address), b"")
 
@@ -488,6 +517,20 @@ class FakeChainClient(TransactingClient):
             fees=fees,
         )
 
+    async def sign_nonce_filler(
+        self, signer: Signer, *, nonce: int, fees: Fees | None = None
+    ) -> SignedTx:
+        sender = _addr(signer.address)
+        fees = fees or await self.suggest_fees()
+        body = {
+            "from": sender,
+            "nonce": nonce,
+            "filler": True,
+            "fees": [fees.max_fee_per_gas, fees.max_priority_fee_per_gas],
+        }
+        raw = json.dumps(body, sort_keys=True).encode()
+        return SignedTx("0x" + keccak(raw).hex(), raw, sender, nonce, FAKE_GAS, fees)
+
     async def send_raw(self, raw: bytes) -> str:
         chain = self._up()
         tx_hash = "0x" + keccak(raw).hex()
@@ -495,16 +538,14 @@ class FakeChainClient(TransactingClient):
             return tx_hash  # already known or mined: a re-broadcast is harmless
         try:
             body = json.loads(raw)
-            args = [
-                bytes.fromhex(a) if i in body["bytes_args"] else a
-                for i, a in enumerate(body["args"])
-            ]
-            tx = _Tx(
-                tx_hash,
-                _addr(body["from"]),
-                int(body["nonce"]),
-                Call(body["contract"], body["function"], tuple(args)),
-            )
+            call = None
+            if not body.get("filler"):
+                args = [
+                    bytes.fromhex(a) if i in body["bytes_args"] else a
+                    for i, a in enumerate(body["args"])
+                ]
+                call = Call(body["contract"], body["function"], tuple(args))
+            tx = _Tx(tx_hash, _addr(body["from"]), int(body["nonce"]), call)
         except (ValueError, KeyError, TypeError):
             raise ChainError("chain node refused: invalid raw transaction") from None
         if tx.nonce < chain.nonces.get(tx.sender, 0):
@@ -538,7 +579,12 @@ class FakeChainClient(TransactingClient):
         tx = chain.txs.get(tx_hash.lower())
         if tx is None:
             return None
-        to = chain.token_address if tx.call.contract == "token" else chain.stake_wallet_address
+        if tx.call is None:
+            to = tx.sender
+        elif tx.call.contract == "token":
+            to = chain.token_address
+        else:
+            to = chain.stake_wallet_address
         return TxInfo(tx.tx_hash, tx.sender, tx.nonce, to, tx.block_number)
 
     async def aclose(self) -> None:

@@ -151,6 +151,11 @@ class ChainClient(Protocol):
         """The latest block number."""
         ...
 
+    async def genesis_hash(self) -> str:
+        """The hash of block 0 (lowercase 0x hex): another one means another chain, or the same
+        chain started again from scratch (a restarted dev-chain)."""
+        ...
+
     async def code_at(self, address: str) -> bytes:
         """The runtime bytecode at ``address``; empty when no contract is there."""
         ...
@@ -257,6 +262,14 @@ class ChainClient(Protocol):
         EIP-1559 fees (``suggest_fees`` unless given) and the nonce (the node's pending count
         unless given), and sign locally. Estimation runs the call, so a call that would revert
         raises ContractReverted here, before anything is broadcast. Nothing is sent."""
+        ...
+
+    async def sign_nonce_filler(
+        self, signer: Signer, *, nonce: int, fees: Fees | None = None
+    ) -> SignedTx:
+        """Sign, locally, a transaction that moves nothing (no value, no data, to the signer
+        itself) at ``nonce``: it only uses the nonce up, so transactions of the signer waiting
+        behind a nonce nothing else will fill can be mined. Nothing is sent."""
         ...
 
     async def send_raw(self, raw: bytes) -> str:

@@ -12,7 +12,10 @@
 * ``unreachable`` — the node did not answer. The server starts anyway and re-checks later.
 
 Every verdict but ``off`` is re-checked once it is RECHECK_SECONDS old (by the status page), so
-a node that goes away after start-up shows ``unreachable`` and one that comes back ``ok``.
+a node that goes away after start-up shows ``unreachable`` and one that comes back ``ok``. A
+re-check that finds another genesis block than before (the chain was started again from
+scratch under the server, e.g. a restarted dev-chain) logs ``chain_reset`` and says so in
+``reset`` until the server restarts, whatever the verdict.
 """
 
 from __future__ import annotations
@@ -44,9 +47,15 @@ class ChainStatus:
     token_address: str | None = None
     decimals: int | None = None
     payment_ref: bool | None = None
+    reset: str | None = None  # set once a re-check saw the genesis block change
+    genesis_hash: str | None = None  # compared between checks, not shown
 
     def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if v is not None and v != "" and k != "genesis_hash"
+        }
 
 
 OFF = ChainStatus("off", "FILECOIN_RPC is not set")
@@ -68,7 +77,12 @@ async def check_chain(client: ChainClient | None, settings: Settings) -> ChainSt
             chain_id=actual,
             expected_chain_id=expected,
         )
-    found = ChainStatus("ok", chain_id=actual, expected_chain_id=expected)
+    try:
+        genesis: str | None = await client.genesis_hash()
+    except ChainError:
+        # Only for noticing a reset: a node that does not serve block 0 is still usable.
+        genesis = None
+    found = ChainStatus("ok", chain_id=actual, expected_chain_id=expected, genesis_hash=genesis)
     return await _check_contracts(client, settings, found)
 
 
@@ -133,7 +147,7 @@ async def recheck(
     """A fresh verdict in place of ``status``, its change logged. A node found on the wrong
     chain only now is logged as an error (the server is already serving; restart it with the
     right settings)."""
-    fresh = await check_chain(client, settings)
+    fresh = _compare_genesis(await check_chain(client, settings), status)
     if fresh.state == "wrong_chain":
         log.error("chain_wrong_chain", **fresh.describe())
     elif fresh.state != status.state and fresh.state != "ok":
@@ -141,3 +155,27 @@ async def recheck(
     elif fresh.state != status.state:
         log.info("chain_rechecked", **fresh.describe())
     return fresh
+
+
+def _compare_genesis(fresh: ChainStatus, before: ChainStatus) -> ChainStatus:
+    """``fresh`` with the reset noted (and logged) when its genesis block is not the one seen
+    before; a noted reset stays, and a check that could not read the genesis keeps the one
+    seen before."""
+    if fresh.genesis_hash is None:
+        return replace(fresh, genesis_hash=before.genesis_hash, reset=before.reset)
+    if before.genesis_hash is None or fresh.genesis_hash == before.genesis_hash:
+        return replace(fresh, reset=before.reset)
+    reset = (
+        f"the chain at FILECOIN_RPC was started again from scratch while this server ran (its "
+        f"genesis block is now {fresh.genesis_hash}, was {before.genesis_hash}; e.g. a "
+        "restarted dev-chain): payments confirmed before are not on it, stakes must be made "
+        "again, and nothing is settled until the contracts are deployed again at "
+        "FILECOIN_STAKE_WALLET_ADDRESS (restart the server if their addresses changed)"
+    )
+    log.error(
+        "chain_reset",
+        genesis=fresh.genesis_hash,
+        previous_genesis=before.genesis_hash,
+        state=fresh.state,
+    )
+    return replace(fresh, reset=reset)

@@ -179,6 +179,10 @@ class Web3ChainClient(TransactingClient):
     async def block_number(self) -> int:
         return int(await self._rpc(self._w3.eth.block_number))
 
+    async def genesis_hash(self) -> str:
+        block = await self._rpc(self._w3.eth.get_block(0))
+        return _hex(block["hash"])
+
     async def code_at(self, address: str) -> bytes:
         return bytes(await self._rpc(self._w3.eth.get_code(_checksum(address))))
 
@@ -262,6 +266,11 @@ class Web3ChainClient(TransactingClient):
         data = contract.encode_abi(call.function, args=args)
         return await self._sign(signer, str(contract.address), data, nonce, fees, gas)
 
+    async def sign_nonce_filler(
+        self, signer: Signer, *, nonce: int, fees: Fees | None = None
+    ) -> SignedTx:
+        return await self._sign(signer, signer.address, "0x", nonce, fees, None)
+
     async def _sign(
         self,
         signer: Signer,
@@ -311,7 +320,10 @@ class Web3ChainClient(TransactingClient):
                 return tx_hash
             raise
         except ChainError as exc:
-            if "already known" in str(exc).lower() or "known transaction" in str(exc).lower():
+            # Ours is already in the node's pool (anvil says "already imported" for one held
+            # behind a nonce gap): a re-broadcast, fine.
+            known = ("already known", "known transaction", "already imported")
+            if any(k in str(exc).lower() for k in known):
                 return tx_hash
             raise
         return _hex(sent)

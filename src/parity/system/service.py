@@ -75,7 +75,7 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             "streams": _stream_bus_kind(s.stream_bus_url),
         },
         # Settings that are wrong for how the server runs (empty when none).
-        "warnings": await _warnings(container, session, peers),
+        "warnings": await _warnings(container, session, peers, chain),
         "storage": await container.content_store.describe(),
         "chain": chain.describe(),
         "billing": await ledger_service.describe(
@@ -85,8 +85,12 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
     }
 
 
-async def _warnings(container: Container, session: AsyncSession, peers: int) -> list[str]:
+async def _warnings(
+    container: Container, session: AsyncSession, peers: int, chain: ChainStatus
+) -> list[str]:
     out = [UNSHARED_STORE] if peers and container.content_store.kind == "local" else []
+    if chain.reset:
+        out.append(f"FILECOIN_RPC: {chain.reset}")
     streams = await _stream_warning(container, peers)
     if streams is not None:
         out.append(streams)

@@ -31,6 +31,7 @@ class SettlementContext:
     hook: Hook | None = None  # called at HOOK_POINTS; raising there simulates a crash
     alert: Alert | None = None
     events: EventDeps | None = None  # payment.settled / payment.reverted for payer and payee
+    missing_contract: bool = False  # no StakeWallet code: alerted, nothing sent until it is back
 
     @property
     def address(self) -> str:

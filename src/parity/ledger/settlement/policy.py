@@ -79,6 +79,7 @@ class PassReport:
     broadcast: int = 0
     rebroadcast: int = 0
     bumped: int = 0
+    filled: int = 0  # nonces a reset chain lost, used up so held payments can be mined
     mined: int = 0
     reorged: int = 0
     confirmed: int = 0

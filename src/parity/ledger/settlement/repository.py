@@ -179,6 +179,25 @@ async def add_transaction(session: AsyncSession, tx: SettlementTx) -> None:
     await session.flush()
 
 
+async def nonce_holders(
+    session: AsyncSession, sender: str, low: int, high: int
+) -> Sequence[tuple[int, str, str | None]]:
+    """``(nonce, status, tx_hash)`` of the settlements whose stored transactions from
+    ``sender`` use a nonce in ``[low, high)``; ``tx_hash`` is the settlement's (the mined one,
+    once mined)."""
+    q = (
+        select(SettlementTx.nonce, Settlement.status, Settlement.tx_hash)
+        .join(Settlement, Settlement.id == SettlementTx.settlement_id)
+        .where(
+            SettlementTx.sender == sender,
+            SettlementTx.nonce >= low,
+            SettlementTx.nonce < high,
+        )
+        .order_by(SettlementTx.nonce)
+    )
+    return [(int(n), str(status), h) for n, status, h in (await session.execute(q)).all()]
+
+
 async def mark_broadcast(session: AsyncSession, tx_hash: str, now: datetime) -> None:
     await session.execute(
         update(SettlementTx).where(SettlementTx.tx_hash == tx_hash).values(broadcast_at=now)

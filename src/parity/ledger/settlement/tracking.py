@@ -9,13 +9,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parity.chain.errors import ChainError, ChainRetryableError, NonceTooLow
 from parity.chain.ports import Fees, Receipt
 from parity.events import service as events_service
 from parity.ledger.models import Settlement, SettlementTx
 from parity.ledger.settlement import repository as repo
 from parity.ledger.settlement.context import SettlementContext, load, log, transactions
 from parity.ledger.settlement.policy import PassReport, bumped_fees
-from parity.ledger.settlement.repository import BROADCAST, CONFIRMED, MINED, REVERTED
+from parity.ledger.settlement.repository import BROADCAST, CONFIRMED, MINED, REVERTED, SIGNED
 from parity.ledger.settlement.sending import find_receipt, payment_call, send_stored, tx_row
 
 # -- 4. receipt --------------------------------------------------------------------------------
@@ -49,7 +50,7 @@ async def check_receipts(ctx: SettlementContext, report: PassReport, *, rebroadc
             report.rebroadcast += sent
             if dropped or not sent:
                 continue
-        if await _nonce_gap(ctx, st, latest):
+        if await _nonce_gap(ctx, st, latest, report):
             continue  # a fee bump cannot help: the nonces below it are missing
         waited = ctx.clock.now() - (latest.broadcast_at or latest.created_at)
         if waited >= timedelta(seconds=ctx.config.fee_bump_seconds) and await _bump(
@@ -58,20 +59,26 @@ async def check_receipts(ctx: SettlementContext, report: PassReport, *, rebroadc
             report.bumped += 1
 
 
-async def _nonce_gap(ctx: SettlementContext, st: Settlement, latest: SettlementTx) -> bool:
+async def _nonce_gap(
+    ctx: SettlementContext, st: Settlement, latest: SettlementTx, report: PassReport
+) -> bool:
     """True when the node holds the transaction behind nonces nothing fills: the chain's next
-    nonce for the signer is below it and no pending transaction of the signer covers the gap
-    (the chain forgot transactions this server sent, e.g. a development chain was restarted;
-    they were the payments before it). Recorded in ``last_error`` and alerted once."""
+    nonce for the signer is below it and no pending transaction of the signer covers the gap.
+    When the chain has lost a payment it had mined (it was reset, e.g. a restarted dev-chain),
+    the lost nonces are filled (:func:`_fill_lost_nonces`) and the transaction can be mined;
+    otherwise the gap is recorded in ``last_error`` and alerted once."""
     chain_next = await ctx.chain.transaction_count(latest.sender, pending=True)
     if latest.nonce <= chain_next:
         return False
+    filled = await _fill_lost_nonces(ctx, latest.sender, chain_next, latest.nonce)
+    if filled:
+        report.filled += filled
+        return True
     error = (
         f"transaction {latest.tx_hash} (nonce {latest.nonce} of {latest.sender}) cannot be "
         f"mined: the chain's next nonce for that address is {chain_next} and nothing fills "
         f"nonces {chain_next} to {latest.nonce - 1}, which this server used before; the "
-        "chain has lost those transactions (was it reset, e.g. a restarted dev-chain? Then "
-        "run the server on a new database too)"
+        "chain has lost those transactions"
     )
     if st.last_error == error:
         return True
@@ -81,6 +88,71 @@ async def _nonce_gap(ctx: SettlementContext, st: Settlement, latest: SettlementT
         )
     ctx.raise_alert("settlement_nonce_gap", st, error=error, tx_hash=latest.tx_hash)
     return True
+
+
+async def _fill_lost_nonces(ctx: SettlementContext, sender: str, low: int, high: int) -> int:
+    """Use up, with transactions that move nothing, the nonces from ``low`` on whose payments
+    the chain has lost although it had mined them (confirmed or reverted settlements whose
+    transactions the node does not know: the chain was reset under the database), skipping
+    those an unfinished settlement of ours holds (it is sent again itself). A settlement is
+    never sent again at another nonce, and a nonce no payment of ours used is not touched (it
+    stops the filling: whoever used it before may use it again, as dev-chain's deployment
+    does). Returns how many were sent (alerted as ``settlement_chain_reset``)."""
+    if sender != ctx.address:
+        return 0  # signed by another key: only that key can fill its nonces
+    async with ctx.db.read_session() as s:
+        holders = await repo.nonce_holders(s, sender, low, high)
+    live = {n for n, status, _ in holders if status in (SIGNED, BROADCAST, MINED)}
+    final = {
+        n: tx_hash
+        for n, status, tx_hash in holders
+        if status in (CONFIRMED, REVERTED) and tx_hash is not None
+    }
+    fillable: list[int] = []
+    for nonce in range(low, high):
+        if nonce in live:
+            continue
+        if nonce not in final:
+            break
+        fillable.append(nonce)
+    if not fillable:
+        return 0
+    lost = (fillable[0], final[fillable[0]])
+    if await ctx.chain.get_transaction(lost[1]) is not None:
+        return 0  # the chain has it: not a reset (e.g. a node behind the others)
+    fees = await ctx.chain.suggest_fees()
+    filled: list[int] = []
+    for nonce in fillable:
+        signed = await ctx.chain.sign_nonce_filler(ctx.signer, nonce=nonce, fees=fees)
+        try:
+            await ctx.chain.send_raw(signed.raw)
+        except ChainRetryableError:
+            raise
+        except NonceTooLow:
+            continue  # used after all: nothing to fill
+        except ChainError as exc:
+            log.warning("settlement_nonce_fill_refused", nonce=nonce, detail=str(exc))
+            break
+        filled.append(nonce)
+    if not filled:
+        return 0
+    ctx.send_alert(
+        "settlement_chain_reset",
+        {
+            "signer": sender,
+            "lost_tx_hash": lost[1],
+            "lost_nonce": lost[0],
+            "filled_nonces": ",".join(map(str, filled[:100])) + ("…" if len(filled) > 100 else ""),
+            "error": (
+                f"the chain no longer has transaction {lost[1]} (nonce {lost[0]} of {sender}), "
+                "which paid a settlement it had mined: the chain was reset (e.g. a restarted "
+                f"dev-chain). {len(filled)} nonce(s) of payments it lost were used up by "
+                "transactions that move nothing, so the payments waiting behind them can be "
+                "mined; payments confirmed before the reset are not paid again"
+            ),
+        },
+    )
+    return len(filled)
 
 
 async def _bump(ctx: SettlementContext, st: Settlement, latest: SettlementTx) -> bool:

@@ -25,10 +25,14 @@ LOCK_KEY = job_key("settlement")
 async def run_pass(ctx: SettlementContext, *, first: bool) -> PassReport:
     """Every step once. ``first`` (a worker's first pass, e.g. after a restart) also checks the
     signer owns the StakeWallet and re-broadcasts every unmined transaction, which the node may
-    have lost. A chain that does not answer ends the pass early with ``unavailable`` set."""
+    have lost. A chain that does not answer, or has no StakeWallet code at the configured
+    address, ends the pass early with ``unavailable`` set."""
     report = PassReport()
     try:
         await make_intents(ctx, report)
+        if not await contract_present(ctx):
+            report.unavailable = True
+            return report
         if first:
             await check_owner(ctx)
         await sign_pending(ctx, report)
@@ -39,6 +43,34 @@ async def run_pass(ctx: SettlementContext, *, first: bool) -> PassReport:
         report.unavailable = True
         log.warning("settlement_chain_unavailable", detail=str(exc))
     return report
+
+
+async def contract_present(ctx: SettlementContext) -> bool:
+    """Whether the StakeWallet has code. Without it (a chain reset under the server, e.g. a
+    restarted dev-chain before the contracts are deployed again, or a wrong address) nothing
+    is signed, sent or confirmed: a call to an address without code is mined as a success
+    that moves nothing. Alerted once until the code is back."""
+    address = ctx.chain.stake_wallet_address
+    if address and await ctx.chain.code_at(address):
+        if ctx.missing_contract:
+            ctx.missing_contract = False
+            log.info("settlement_contract_back", stake_wallet=address)
+        return True
+    if not ctx.missing_contract:
+        ctx.missing_contract = True
+        ctx.send_alert(
+            "settlement_no_contract",
+            {
+                "stake_wallet": address,
+                "error": (
+                    f"no contract code at the StakeWallet address {address}: was the chain "
+                    "reset (e.g. a restarted dev-chain)? Nothing is settled until the "
+                    "contracts are there (deploy them again and point "
+                    "FILECOIN_STAKE_WALLET_ADDRESS at them)"
+                ),
+            },
+        )
+    return False
 
 
 async def check_owner(ctx: SettlementContext) -> None:
