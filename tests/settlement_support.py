@@ -1,18 +1,72 @@
 """Shared pieces of the settlement tests (fake chain and anvil): postings written as rows, a
-crash hook, passes until the worker is idle, and the exactly-once checks."""
+crash hook, passes until the worker is idle, the exactly-once checks, and the fake-chain world
+(a database, the in-memory chain with the payer staked, a worker factory, the alerts)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import pytest
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from sqlalchemy import select
 
-from parity.clock import Clock
+from parity.chain.fake import FakeChain, FakeChainClient
+from parity.clock import Clock, FrozenClock
 from parity.db.session import Database
 from parity.ledger.models import Entry, Posting, Settlement, SettlementTx
-from parity.ledger.settlement import PassReport, SettlementWorker
+from parity.ledger.settlement import PassReport, SettlementConfig, SettlementWorker
+
+OWNER = Account.from_key("0x" + "a1" * 32)  # the settlement signer
+CLIENT = Account.from_key("0x" + "c1" * 32)
+RUNNER = Account.from_key("0x" + "d1" * 32).address.lower()
+PAYER = CLIENT.address.lower()
+
+
+@dataclass
+class World:
+    db: Database
+    clock: FrozenClock
+    chain: FakeChain
+    client: FakeChainClient
+    alerts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def worker(self, hook: Any = None, **config: Any) -> SettlementWorker:
+        cfg = SettlementConfig(**{"confirmations": 1, **config})
+        return SettlementWorker(
+            self.db,
+            self.client,
+            OWNER,
+            self.clock,
+            cfg,
+            hook=hook,
+            alert=lambda kind, data: self.alerts.append((kind, data)),
+        )
+
+    async def stake(self, who: LocalAccount, amount: int) -> None:
+        self.chain.mint(who.address, amount)
+        await self.client.approve(who, amount)
+        await self.client.add_funds(who, who.address.lower(), amount)
+
+    async def stake_of(self, account: str) -> int:
+        return await self.client.stake_of(account)
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.alerts]
+
+
+@pytest.fixture
+async def world(database_url: str, clock: FrozenClock) -> AsyncIterator[World]:
+    """The settlement signer OWNER's worker on the in-memory chain; CLIENT staked 1000."""
+    db = Database(database_url)
+    chain = FakeChain(owner=OWNER.address)
+    w = World(db, clock, chain, FakeChainClient(chain))
+    await w.stake(CLIENT, 1000)
+    yield w
+    await db.dispose()
 
 
 class Crash(Exception):

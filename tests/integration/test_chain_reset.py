@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 
 from parity.chain.devchain import Anvil, deploy_dev_contracts, dev_accounts, free_port
 from parity.chain.fake import FakeChain, FakeChainClient
@@ -32,55 +28,20 @@ from tests.chain_support import anvil_binary
 from tests.conftest import make_settings
 from tests.integration.queue_helpers import served
 from tests.settlement_support import (
+    CLIENT,
+    OWNER,
+    PAYER,
+    RUNNER,
+    World,
     assert_all_settled,
     post,
     run_until_idle,
     settlements,
     transactions,
+    world,
 )
 
-OWNER = Account.from_key("0x" + "a1" * 32)
-CLIENT = Account.from_key("0x" + "c1" * 32)
-RUNNER = Account.from_key("0x" + "d1" * 32).address.lower()
-PAYER = CLIENT.address.lower()
-
-
-@dataclass
-class World:
-    db: Database
-    clock: FrozenClock
-    chain: FakeChain
-    client: FakeChainClient
-    alerts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def worker(self, **config: Any) -> SettlementWorker:
-        cfg = SettlementConfig(**{"confirmations": 1, **config})
-        return SettlementWorker(
-            self.db,
-            self.client,
-            OWNER,
-            self.clock,
-            cfg,
-            alert=lambda kind, data: self.alerts.append((kind, data)),
-        )
-
-    async def stake(self, who: LocalAccount, amount: int) -> None:
-        self.chain.mint(who.address, amount)
-        await self.client.approve(who, amount)
-        await self.client.add_funds(who, who.address.lower(), amount)
-
-    def kinds(self) -> list[str]:
-        return [kind for kind, _ in self.alerts]
-
-
-@pytest.fixture
-async def world(database_url: str, clock: FrozenClock) -> AsyncIterator[World]:
-    db = Database(database_url)
-    chain = FakeChain(owner=OWNER.address)
-    w = World(db, clock, chain, FakeChainClient(chain))
-    await w.stake(CLIENT, 1000)
-    yield w
-    await db.dispose()
+__all__ = ["world"]  # a fixture, used by name
 
 
 async def assert_confirmed_on_chain(client: ChainClient, db: Database, since: set[str]) -> None:

@@ -7,14 +7,11 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from sqlalchemy import select
 
 from parity.chain import keystore
@@ -38,61 +35,27 @@ from parity.ledger.settlement import (
 from parity.ledger.signer import load_settlement_signer
 from tests.conftest import make_settings, until
 from tests.settlement_support import (
+    CLIENT,
+    OWNER,
+    PAYER,
+    RUNNER,
     Crash,
     CrashAt,
+    World,
     assert_all_settled,
     entries,
     post,
     run_until_idle,
     settlements,
     transactions,
+    world,
 )
 
-OWNER = Account.from_key("0x" + "a1" * 32)
-CLIENT = Account.from_key("0x" + "c1" * 32)
-RUNNER = Account.from_key("0x" + "d1" * 32).address.lower()
 RUNNER2 = Account.from_key("0x" + "d2" * 32).address.lower()
 PROTOCOL = Account.from_key("0x" + "e1" * 32).address.lower()
-PAYER = CLIENT.address.lower()
 
 
-@dataclass
-class World:
-    db: Database
-    clock: FrozenClock
-    chain: FakeChain
-    client: FakeChainClient
-    alerts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def worker(self, hook: Any = None, **config: Any) -> SettlementWorker:
-        cfg = SettlementConfig(**{"confirmations": 1, **config})
-        return SettlementWorker(
-            self.db,
-            self.client,
-            OWNER,
-            self.clock,
-            cfg,
-            hook=hook,
-            alert=lambda kind, data: self.alerts.append((kind, data)),
-        )
-
-    async def stake(self, who: LocalAccount, amount: int) -> None:
-        self.chain.mint(who.address, amount)
-        await self.client.approve(who, amount)
-        await self.client.add_funds(who, who.address.lower(), amount)
-
-    async def stake_of(self, account: str) -> int:
-        return await self.client.stake_of(account)
-
-
-@pytest.fixture
-async def world(database_url: str, clock: FrozenClock) -> AsyncIterator[World]:
-    db = Database(database_url)
-    chain = FakeChain(owner=OWNER.address)
-    w = World(db, clock, chain, FakeChainClient(chain))
-    await w.stake(CLIENT, 1000)
-    yield w
-    await db.dispose()
+__all__ = ["world"]  # a fixture, used by name
 
 
 async def test_credits_are_paid_once_and_confirmed_at_depth(world: World):
