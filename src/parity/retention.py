@@ -111,32 +111,31 @@ async def _delete(session: AsyncSession, statement: Delete) -> int:
 Step = Callable[[AsyncSession, Cutoffs, _Budget], Awaitable[tuple[int, bool]]]
 
 
-async def _nonces(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple[int, bool]:
-    n_ = aliased(AuthNonce)
-    pick = select(n_.id).where(n_.expires_at < cut.now).limit(budget.batch_size)
-    n = await _delete(session, delete(AuthNonce).where(AuthNonce.id.in_(pick)))
+async def _batch(
+    session: AsyncSession, budget: _Budget, table: Any, key: Any, *where: Any
+) -> tuple[int, bool]:
+    """Delete at most a batch of ``table``'s rows matching ``where`` (conditions on the aliased
+    ``key`` column's table), picked by ``key``."""
+    pick = select(key).where(*where).limit(budget.batch_size)
+    n = await _delete(session, delete(table).where(getattr(table, key.key).in_(pick)))
     budget.spend(n)
     return n, n < budget.batch_size
+
+
+async def _nonces(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple[int, bool]:
+    n_ = aliased(AuthNonce)
+    return await _batch(session, budget, AuthNonce, n_.id, n_.expires_at < cut.now)
 
 
 async def _tokens(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple[int, bool]:
     t = aliased(AuthToken)
-    pick = (
-        select(t.id)
-        .where(or_(t.expires_at < cut.tokens_before, t.revoked_at < cut.tokens_before))
-        .limit(budget.batch_size)
-    )
-    n = await _delete(session, delete(AuthToken).where(AuthToken.id.in_(pick)))
-    budget.spend(n)
-    return n, n < budget.batch_size
+    old = or_(t.expires_at < cut.tokens_before, t.revoked_at < cut.tokens_before)
+    return await _batch(session, budget, AuthToken, t.id, old)
 
 
 async def _idempotency(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple[int, bool]:
     r = aliased(IdempotencyRecord)
-    pick = select(r.id).where(r.expires_at < cut.now).limit(budget.batch_size)
-    n = await _delete(session, delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(pick)))
-    budget.spend(n)
-    return n, n < budget.batch_size
+    return await _batch(session, budget, IdempotencyRecord, r.id, r.expires_at < cut.now)
 
 
 async def _task_logs(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple[int, bool]:
@@ -154,10 +153,7 @@ async def _task_logs(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tu
         )
         .correlate(chunk)
     )
-    pick = select(chunk.id).where(exists(finished)).limit(budget.batch_size)
-    n = await _delete(session, delete(TaskLog).where(TaskLog.id.in_(pick)))
-    budget.spend(n)
-    return n, n < budget.batch_size
+    return await _batch(session, budget, TaskLog, chunk.id, exists(finished))
 
 
 async def _deliveries(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple[int, bool]:
@@ -198,10 +194,7 @@ async def _events(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple
     """Events created before the cut-off. An event's remaining deliveries (pending ones, or
     finished ones newer than the cut-off) and their attempts go with it (ON DELETE CASCADE)."""
     e = aliased(Event)
-    pick = select(e.seq).where(e.created_at < cut.events_before).limit(budget.batch_size)
-    n = await _delete(session, delete(Event).where(Event.seq.in_(pick)))
-    budget.spend(n)
-    return n, n < budget.batch_size
+    return await _batch(session, budget, Event, e.seq, e.created_at < cut.events_before)
 
 
 # In this order: a delivery's attempts before it, finished deliveries before their events.
