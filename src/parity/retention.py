@@ -21,18 +21,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Delete, delete, exists, or_, select
+from sqlalchemy import Delete, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from parity.auth.models import AuthNonce, AuthToken
-from parity.core.tasks.states import TERMINAL
 from parity.db.hooks import after_commit
 from parity.events.models import Event, WebhookDelivery, WebhookDeliveryAttempt
 from parity.events.repository import DELIVERED, FAILED
 from parity.idempotency.models import IdempotencyRecord
 from parity.jobs.runner import PeriodicJob
-from parity.tasks.models import Task, TaskLog
+from parity.tasks import service as tasks_service
 
 # At most this many rows per DELETE, and by default per pass: a batch of finished deliveries
 # took about 35 ms to delete on SQLite (SQLite runs the write connection's statements on the
@@ -43,7 +42,6 @@ BATCH_SIZE = 1_000
 MAX_BATCH_SIZE = 30_000
 # Tokens that expired or were revoked this long ago go (expired nonces go at once).
 TOKEN_GRACE = timedelta(days=7)
-_TERMINAL_VALUES = [s.value for s in TERMINAL]
 _FINISHED_DELIVERIES = [DELIVERED, FAILED]
 
 
@@ -139,21 +137,11 @@ async def _idempotency(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> 
 
 
 async def _task_logs(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple[int, bool]:
-    """Log chunks of tasks that ended (completed, failed, cancelled) before the cut-off; logs
-    of tasks still open are kept whatever their age. Walks the log chunks (kept few by this
-    very pruning) and looks each one's task up by its key: an ``IN (finished tasks)`` made
-    SQLite read every task that ever finished."""
-    chunk = aliased(TaskLog)
-    finished = (
-        select(1)
-        .where(
-            Task.id == chunk.task_id,
-            Task.status.in_(_TERMINAL_VALUES),
-            Task.completed_at < cut.task_logs_before,
-        )
-        .correlate(chunk)
-    )
-    return await _batch(session, budget, TaskLog, chunk.id, exists(finished))
+    """Log chunks of tasks that ended before the cut-off (the task domain's own statement:
+    logs of tasks still open are kept whatever their age)."""
+    n = await tasks_service.prune_finished_logs(session, cut.task_logs_before, budget.batch_size)
+    budget.spend(n)
+    return n, n < budget.batch_size
 
 
 async def _deliveries(session: AsyncSession, cut: Cutoffs, budget: _Budget) -> tuple[int, bool]:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, and_, exists, func, insert, or_, select
+from sqlalchemy import Row, Table, and_, delete, exists, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from parity.core.tasks.states import ACTIVE, TaskStatus, TaskType
+from parity.core.tasks.states import ACTIVE, TERMINAL, TaskStatus, TaskType
 from parity.db.pagination import Cursor, older_than
 from parity.tasks.models import Task, TaskAttempt, TaskExclusion, TaskLog, TaskResult
 from parity.tasks.queue import statements as st
@@ -167,3 +169,26 @@ async def list_tasks(
 async def count_by_status(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(select(Task.status, func.count()).group_by(Task.status))
     return {s: int(n) for s, n in rows.all()}
+
+
+async def delete_finished_logs(session: AsyncSession, before: datetime, limit: int) -> int:
+    """Drop at most ``limit`` log chunks of tasks that ended (completed, failed, cancelled)
+    before ``before``; logs of tasks still open are kept whatever their age. Walks the log
+    chunks (kept few by this very pruning) and looks each one's task up by its key: an ``IN
+    (finished tasks)`` made SQLite read every task that ever finished (975 ms at 467,000
+    tasks, with the write lock held, against 12 ms this way)."""
+    chunk = aliased(TaskLog)
+    finished = (
+        select(1)
+        .where(
+            Task.id == chunk.task_id,
+            Task.status.in_([s.value for s in TERMINAL]),
+            Task.completed_at < before,
+        )
+        .correlate(chunk)
+    )
+    pick = select(chunk.id).where(exists(finished)).limit(limit)
+    result = await session.execute(
+        delete(TaskLog).where(TaskLog.id.in_(pick)).execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -463,6 +463,11 @@ def _no_result(task: Task) -> str:
     return f"task {task.id} has no result yet (it is {task.status})"
 
 
+async def prune_finished_logs(session: AsyncSession, before: datetime, limit: int) -> int:
+    """Retention: at most ``limit`` log chunks of tasks that ended before ``before``."""
+    return await repo.delete_finished_logs(session, before, limit)
+
+
 async def get_attempts(
     session: AsyncSession, principal: Principal, task_id: uuid.UUID
 ) -> list[TaskAttempt]:
