@@ -73,6 +73,10 @@ async def test_keys_that_are_not_one_subject_token_still_reach_only_their_subscr
         assert await one.next(0.05) is None
 
 
+async def _counted(bus: NatsStreamBus, key: str, n: int) -> bool:
+    return await bus.subscribers(key) == n
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,7 +130,8 @@ async def test_after_the_server_comes_back_every_key_is_subscribed_again_and_the
             private_nats.start()
 
             async def both_back() -> bool:
-                return await a.subscribers(k) == 1  # b reconnected and subscribed k again
+                # b reconnected and subscribed k again (and is done subscribing what it holds)
+                return b.connected and await a.subscribers(k) == 1
 
             await until(both_back)
             assert await a.ping() is True
@@ -134,7 +139,7 @@ async def test_after_the_server_comes_back_every_key_is_subscribed_again_and_the
             # The delta after the gap shows the hole: cut off, never " world" after "Hel".
             assert await sub.next(5) == StreamEvent("overflow")
             async with b.subscribe(later) as fresh:  # a new key on the new connection
-                assert await a.subscribers(later) == 1
+                await until(lambda: _counted(a, later, 1))
                 await a.publish(later, StreamEvent("end", 1))
                 assert await fresh.next(5) == StreamEvent("end", 1)
     finally:

@@ -160,8 +160,9 @@ class NatsStreamBus(SharedBusEnd):
     async def _connect(self) -> None:
         """Open a connection and subscribe every key wanted here (keys joined while this runs
         included: it loops until none is missing)."""
-        self._lost.clear()
-        lost = self._lost
+        # One event per connection: a late callback of the connection before (its close
+        # reported after this one opened) must not end this one.
+        lost = self._lost = asyncio.Event()
 
         async def closed() -> None:
             lost.set()
@@ -187,12 +188,15 @@ class NatsStreamBus(SharedBusEnd):
             return
         self._nc = nc
         try:
+            # Until a check finds every wanted key subscribed, with no await between that check
+            # and "up" below: a key joined while this awaits (its subscribe saw the bus down
+            # and left it to this loop) is subscribed here, not missed.
             while todo := [(k, ch) for k, ch in self._channels.items() if ch.conn is not nc]:
                 for key, ch in todo:
                     await self._subscribe_on(nc, key, ch)
                     if self._channels.get(key) is not ch:  # left meanwhile
                         await _unsubscribe(ch.subs)
-            await _flush(nc, self.timeout)
+                await _flush(nc, self.timeout)
         except BaseException:
             self._nc = None
             with contextlib.suppress(*_Errors):
