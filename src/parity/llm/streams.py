@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol, cast
 EventKind = Literal["delta", "end", "overflow"]
 DEFAULT_BUFFER = 1024
 NATS_SCHEMES = ("nats://", "tls://")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+BusKind = Literal["in-process", "redis", "nats"]
 
 
 @dataclass(frozen=True)
@@ -261,14 +261,22 @@ class SharedBusEnd:
         self.local.deliver(key, decoded[1])
 
 
+def stream_bus_kind(url: str) -> BusKind:
+    """Which bus STREAM_BUS_URL names (as /api/status reports it)."""
+    if not url:
+        return "in-process"
+    return "nats" if url.startswith(NATS_SCHEMES) else "redis"
+
+
 def open_stream_bus(url: str, *, buffer: int = DEFAULT_BUFFER) -> StreamBus:
     """The bus STREAM_BUS_URL names: empty → in-process (one replica); ``redis://``,
     ``rediss://`` or ``unix://`` → Redis pub/sub shared by the replicas; ``nats://`` or
     ``tls://`` (several servers of one cluster comma-separated) → NATS. A shared bus's client
     is imported only when configured."""
-    if not url:
+    kind = stream_bus_kind(url)
+    if kind == "in-process":
         return LocalStreamBus(buffer)
-    if url.startswith(NATS_SCHEMES):
+    if kind == "nats":
         from parity.llm.streams_nats import NatsStreamBus
 
         return NatsStreamBus(url, buffer=buffer)

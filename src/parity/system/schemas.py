@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from parity.llm.streams import BusKind
+
 
 class RunnerCounts(BaseModel):
     """Runners by the status the runner list shows; ``busy`` is derived (online with a claim),
@@ -54,7 +56,7 @@ class Backends(BaseModel):
     chain: str = Field(description="off, ok, wrong_chain, no_contract or unreachable")
     wakeups: Literal["postgres-notify", "in-process"]
     wakeup_peers: int = Field(description="other replicas heard on the wake-up relay")
-    streams: Literal["redis", "nats", "in-process"] = Field(
+    streams: BusKind = Field(
         description="how LLM token deltas reach other replicas: redis or nats (STREAM_BUS_URL), "
         "or not"
     )

@@ -12,7 +12,7 @@ from parity.auth import service as auth_service
 from parity.chain.startup import OFF, ChainStatus, is_stale, recheck
 from parity.container import Container
 from parity.ledger import service as ledger_service
-from parity.llm.streams import NATS_SCHEMES
+from parity.llm.streams import stream_bus_kind
 from parity.runners import stats as runner_stats
 from parity.system.unpaid import unpaid_warning
 from parity.tasks import stats as task_stats
@@ -72,7 +72,7 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             # Other replicas heard on the relay: wake-ups are sent only while there are some.
             "wakeup_peers": peers,
             # LLM token deltas between replicas: Redis or NATS pub/sub (STREAM_BUS_URL) or none.
-            "streams": _stream_bus_kind(s.stream_bus_url),
+            "streams": stream_bus_kind(s.stream_bus_url),
         },
         # Settings that are wrong for how the server runs (empty when none).
         "warnings": await _warnings(container, session, peers, chain),
@@ -120,14 +120,8 @@ async def _stream_warning(container: Container, peers: int) -> str | None:
             return MIXED_STREAMS
     if await container.streams.ping():
         return None
-    bus = "NATS" if _stream_bus_kind(container.settings.stream_bus_url) == "nats" else "Redis"
+    bus = "NATS" if stream_bus_kind(container.settings.stream_bus_url) == "nats" else "Redis"
     return STREAM_BUS_DOWN.format(bus=bus)
-
-
-def _stream_bus_kind(url: str) -> str:
-    if not url:
-        return "in-process"
-    return "nats" if url.startswith(NATS_SCHEMES) else "redis"
 
 
 async def _chain_status(container: Container) -> ChainStatus:
