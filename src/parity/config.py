@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_seconds: float = Field(20.0, gt=0)
     server_keepalive_seconds: float = Field(75.0, gt=0)
+    server_max_connections: int = Field(0, ge=0)  # 0: from the open-file limit
     max_request_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
 
     # -- database

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -86,3 +87,31 @@ def test_a_second_server_of_another_database_cannot_share_a_running_blockstore(
         again.wait_healthy()
     finally:
         again.stop()
+
+
+def test_server_max_connections_bounds_the_connections_it_holds(tmp_path: Path):
+    server = ServerProcess(tmp_path / "parity", SERVER_MAX_CONNECTIONS="2").start()
+    clients = [httpx.Client(base_url=server.url, timeout=10) for _ in range(3)]
+    try:
+        server.wait_healthy()
+        [limit] = [e for e in _events(server.log()) if e.get("event") == "connection_limit"]
+        assert limit["max_connections"] == 2
+        first, second, third = clients
+        assert first.get("/api/health").status_code == 200
+        assert second.get("/api/health").status_code == 200  # both kept alive
+        busy = third.get("/api/health")
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "server_busy"
+        first.close()  # a place frees up
+        for _ in range(50):
+            answer = httpx.get(f"{server.url}/api/health", timeout=5)
+            if answer.status_code == 200:
+                break
+            time.sleep(0.1)  # the server has yet to see the close
+        assert answer.status_code == 200
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+    assert "connection_limit_reached" in server.log()

@@ -14,9 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from parity.api import connlimit
+from parity.api.connlimit import ConnectionLimits
+from parity.logging import get_logger
+
+log = get_logger("parity.http")
 
 MAX_HEAD_BYTES = 64 * 1024
 """The most a request line and its headers may take together (431 past it)."""
@@ -88,7 +94,15 @@ class CoalescingTransport:
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a :class:`CoalescingTransport`, with the head of each
-    request limited to :data:`MAX_HEAD_BYTES` (431) and :data:`HEAD_TIMEOUT_SECONDS` (408)."""
+    request limited to :data:`MAX_HEAD_BYTES` (431) and :data:`HEAD_TIMEOUT_SECONDS` (408), and,
+    in a class made by :meth:`limited`, the number of connections (:mod:`parity.api.connlimit`)."""
+
+    limits: ClassVar[ConnectionLimits | None] = None
+
+    @classmethod
+    def limited(cls, limits: ConnectionLimits) -> type[CoalescingHttpToolsProtocol]:
+        """This protocol with connections bounded by ``limits`` (one class per server)."""
+        return type(cls.__name__, (cls,), {"limits": limits})
 
     # Request heads (the request line and headers): bounded in size and in time. httptools keeps
     # a header value it has not seen the end of in memory without a limit, and uvicorn times a
@@ -104,9 +118,18 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     # after BODY_IDLE_SECONDS (uvicorn has no limit: the application would wait for ever).
     _in_body = False
     _body_timer: asyncio.TimerHandle | None = None
+    # A connection opened past the soft connection mark has a short head deadline.
+    _head_seconds: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        limits = self.limits
+        if limits is not None and len(self.connections) > limits.soft:
+            if len(self.connections) > limits.hard:
+                self._note_refused(limits, "connection closed unanswered")
+                self.transport.close()
+                return
+            self._head_seconds = connlimit.BUSY_HEAD_SECONDS
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -139,9 +162,34 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._heads_done += 1
         self._cancel_head_timer()
-        super().on_headers_complete()
+        limits = self.limits
+        if limits is not None and (
+            len(self.connections) > limits.soft or len(self.tasks) >= limits.soft
+        ):
+            # uvicorn takes the application for this request from self.app here: this one
+            # request is answered busy, the connection's application stays what it was.
+            self._note_refused(limits, "request answered 503")
+            app, self.app = self.app, _busy_app(limits)
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        else:
+            super().on_headers_complete()
         self._in_body = True
         self._arm_body_timer()
+
+    def _note_refused(self, limits: ConnectionLimits, what: str) -> None:
+        count = limits.refused()
+        if count is not None:
+            log.warning(
+                "connection_limit_reached",
+                refused=count,
+                last=what,
+                open_connections=len(self.connections),
+                max_connections=limits.soft,
+                detail="raise SERVER_MAX_CONNECTIONS (and the open-file limit) or add replicas",
+            )
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
@@ -177,7 +225,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_SECONDS, self._head_timed_out)
+            seconds = self._head_seconds or HEAD_TIMEOUT_SECONDS
+            self._head_timer = self.loop.call_later(seconds, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -197,7 +246,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._refuse_head(
             408,
             "request_timeout",
-            f"request line and headers not received within {HEAD_TIMEOUT_SECONDS:g} s",
+            "request line and headers not received within "
+            f"{self._head_seconds or HEAD_TIMEOUT_SECONDS:g} s",
         )
 
     def _responding(self) -> bool:
@@ -215,3 +265,36 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
         )
         self.transport.close()
+
+
+BUSY_BODY_READ_BYTES = 64 * 1024
+"""How much of a busy request's body is read (and dropped) before the answer, so a small body
+does not turn the close into a reset that loses the answer."""
+
+
+def _busy_app(limits: ConnectionLimits) -> Any:
+    body = connlimit.busy_body(limits)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(connlimit.RETRY_AFTER_SECONDS).encode()),
+        (b"connection", b"close"),
+    ]
+
+    async def busy(scope: Any, receive: Any, send: Any) -> None:
+        read = 0
+        try:
+            async with asyncio.timeout(0.5):
+                while read <= BUSY_BODY_READ_BYTES:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client has gone
+                    read += len(message.get("body", b""))
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            pass
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return busy

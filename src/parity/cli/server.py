@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 
 from parity.api.coalesce import CoalescingHttpToolsProtocol
+from parity.api.connlimit import limits_for, raise_open_file_limit
 from parity.app import create_app
 from parity.chain.factory import open_chain_client
 from parity.chain.startup import ChainStatus, check_at_start
@@ -131,6 +132,10 @@ def run_server(settings: Settings) -> None:
         container.chain_status = asyncio.run(_check_chain_once(settings))
         container.chain_checked_monotonic = container.clock.monotonic()
         app = create_app(container, run_migrations=False)
+        limits = limits_for(
+            settings.server_max_connections, raise_open_file_limit(), settings.database_pool_size
+        )
+        log.info("connection_limit", max_connections=limits.soft, closed_past=limits.hard)
         config = uvicorn.Config(
             app,
             host=settings.server_host,
@@ -142,7 +147,8 @@ def run_server(settings: Settings) -> None:
             timeout_keep_alive=int(settings.server_keepalive_seconds),
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             lifespan="on",
-            http=CoalescingHttpToolsProtocol,  # one send per response (parity.api.coalesce)
+            # One send per response, bounded heads and bodies, bounded connections.
+            http=CoalescingHttpToolsProtocol.limited(limits),
         )
         DrainingServer(config, container).run(sockets=[sock])
     finally:
