@@ -3,11 +3,14 @@
 ``prompt.completed``: each completed prompt's creator hears it once, with what it was billed,
 on the events stream and on webhooks subscribed to it. With pricing on it is recorded in the
 completion's transaction (where the prompt is metered); with pricing off the prompts job meters
-the completion and records it then. The prompt's ``llm`` task answers ``/reward`` with what the
-prompt was billed, and ``/result`` of a failed one points to the prompt."""
+the completion and records it then. ``prompt.failed``: a prompt whose task ends failed or
+cancelled is announced once, in that transaction, pricing on or off, with why and what was
+billed for the part a broken stream delivered. The prompt's ``llm`` task answers ``/reward``
+with what the prompt was billed, and ``/result`` of a failed one points to the prompt."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -15,9 +18,11 @@ from sqlalchemy import select
 
 from parity.clock import FrozenClock
 from parity.container import Container
+from parity.core.llm.metering import estimate_text_tokens
 from parity.events.models import Event, WebhookDelivery
 from tests.conftest import ALICE, BOB, bearer, sign_in
 from tests.integration.queue_helpers import act, claimed, custom_client
+from tests.integration.test_gateway_api import api_key, claim_when_routed
 from tests.integration.test_llm_api import (
     PRICING,
     Net,
@@ -27,14 +32,20 @@ from tests.integration.test_llm_api import (
     submitted,
     tick,
 )
+from tests.integration.test_llm_partial_billing import paid
+from tests.integration.test_llm_partial_billing import setup as partial_setup
+from tests.integration.test_llm_partial_output import CHAT as PARTIAL_CHAT
+from tests.integration.test_llm_partial_output import break_stream
 
 __all__ = ["PRICING", "net"]  # a fixture, used by name
 V1 = "/api/v1"
 USAGE = {"input_tokens": 12, "output_tokens": 3}
 
 
-async def prompt_events(http: httpx.AsyncClient, token: str) -> list[dict[str, Any]]:
-    r = await http.get(f"{V1}/events", params={"types": "prompt.completed"}, headers=bearer(token))
+async def prompt_events(
+    http: httpx.AsyncClient, token: str, kind: str = "prompt.completed"
+) -> list[dict[str, Any]]:
+    r = await http.get(f"{V1}/events", params={"types": kind}, headers=bearer(token))
     assert r.status_code == 200, r.text
     return list(r.json()["items"])
 
@@ -150,3 +161,130 @@ async def test_a_failed_prompts_task_result_points_to_the_prompt(client: httpx.A
     r = await client.get(f"{V1}/tasks/{p['id']}/result", headers=bearer(alice))
     assert r.status_code == 404 and r.json()["error"]["code"] == "result_not_found"
     assert f"GET /api/v1/llm/prompts/{p['id']}" in r.json()["error"]["message"]
+
+
+# -- prompt.failed ------------------------------------------------------------------------------
+
+
+async def test_a_prompt_that_runs_out_of_attempts_is_announced_failed_once(
+    container: Container, clock: FrozenClock
+):
+    async with custom_client(container, webhook_allow_private=True) as (client, c):
+        alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+        hook = await client.post(
+            f"{V1}/webhooks",
+            json={"url": "http://127.0.0.1:9/hook", "events": ["prompt.failed"]},
+            headers=bearer(alice),
+        )
+        assert hook.status_code == 201, hook.text
+        runner, runner_id = await llm_runner(client, bob, model())
+        p = await submitted(client, alice, max_attempts=1)
+        got = await claimed(client, runner)
+        r = await act(client, runner, p["id"], "fail", got["claim_token"], error="backend down")
+        assert r.status_code == 200, r.text
+        clock.advance(2)
+        [event] = await prompt_events(client, alice, "prompt.failed")  # no job needed
+        assert event["data"] == {
+            "prompt_id": p["id"],
+            "task_id": p["id"],
+            "model": "m1",
+            "status": "failed",
+            "error": "backend down",
+            "attempts": 1,
+            "runner_id": runner_id,
+            "partial": False,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cost": "0",
+        }
+        assert await prompt_events(client, alice) == []  # never prompt.completed
+        assert await prompt_events(client, bob, "prompt.failed") == []
+        await tick(c)
+        clock.advance(2)
+        assert len(await prompt_events(client, alice, "prompt.failed")) == 1
+        async with c.db.read_session() as s:
+            [row] = (await s.scalars(select(Event).where(Event.type == "prompt.failed"))).all()
+            [delivery] = (
+                await s.scalars(select(WebhookDelivery).where(WebhookDelivery.event_id == row.id))
+            ).all()
+        assert str(delivery.endpoint_id) == hook.json()["id"]
+
+
+async def test_a_failed_run_with_attempts_left_is_not_announced_failed(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+    runner, _ = await llm_runner(client, bob, model())
+    p = await submitted(client, alice, max_attempts=2)
+    got = await claimed(client, runner)
+    r = await act(client, runner, p["id"], "fail", got["claim_token"], error="boom")
+    assert r.status_code == 200, r.text
+    clock.advance(2)
+    assert await prompt_events(client, alice, "prompt.failed") == []  # it goes on
+
+
+async def test_a_prompt_cancelled_while_queued_is_announced_cancelled(
+    client: httpx.AsyncClient, clock: FrozenClock
+):
+    alice = await sign_in(client, ALICE)
+    p = await submitted(client, alice, max_tokens=16)
+    r = await client.delete(f"{V1}/tasks/{p['task_id']}", headers=bearer(alice))
+    assert r.status_code == 200, r.text
+    clock.advance(2)
+    [event] = await prompt_events(client, alice, "prompt.failed")
+    data = event["data"]
+    assert (data["status"], data["error"], data["runner_id"], data["partial"]) == (
+        "cancelled",
+        "cancelled",
+        None,
+        False,
+    )
+
+
+async def test_a_stream_broken_after_its_first_token_is_announced_with_what_it_was_billed(
+    net: Net,
+):
+    key, runner = await partial_setup(net)
+    alice = await sign_in(net.http, ALICE)
+    answer = asyncio.create_task(
+        net.http.post("/v1/chat/completions", json=PARTIAL_CHAT, headers=bearer(key))
+    )
+    got = await claim_when_routed(net.http, runner)
+    task_id, token = got["task"]["id"], got["claim_token"]
+    await break_stream(net.http, runner, task_id, token, ["Hel", "lo"])
+    await asyncio.wait_for(answer, 20)
+    net.clock.advance(2)
+    [event] = await prompt_events(net.http, alice, "prompt.failed")
+    data = event["data"]
+    shown = (await net.http.get(f"{V1}/llm/prompts/{task_id}", headers=bearer(key))).json()
+    assert (data["status"], data["partial"], data["error"]) == ("failed", True, shown["error"])
+    assert "stream broke off" in data["error"]
+    # What the event says was billed is what the prompt shows and the ledger posted.
+    assert (data["input_tokens"], data["output_tokens"]) == (
+        shown["usage"]["input_tokens"],
+        shown["usage"]["output_tokens"],
+    )
+    assert data["output_tokens"] == estimate_text_tokens("Hello")
+    assert data["cost"] == shown["cost"] == str(await paid(net, task_id))
+    assert data["cost"] != "0"
+
+
+async def test_with_pricing_off_a_broken_streams_part_is_metered_when_it_is_announced(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    key = await api_key(client, ALICE)
+    alice = await sign_in(client, ALICE)
+    runner, _ = await llm_runner(client, await sign_in(client, BOB), model("m1"))
+    answer = asyncio.create_task(
+        client.post("/v1/chat/completions", json=PARTIAL_CHAT, headers=bearer(key))
+    )
+    got = await claim_when_routed(client, runner)
+    task_id, token = got["task"]["id"], got["claim_token"]
+    await break_stream(client, runner, task_id, token, ["Hel", "lo"])
+    await asyncio.wait_for(answer, 20)
+    clock.advance(2)
+    [event] = await prompt_events(client, alice, "prompt.failed")
+    data = event["data"]
+    assert (data["partial"], data["cost"]) == (True, "0")
+    assert data["output_tokens"] == estimate_text_tokens("Hello")
+    assert await tick(container) == 0  # already metered, in the failing transaction

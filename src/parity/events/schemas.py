@@ -17,6 +17,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "task.failed",
     "task.cancelled",
     "prompt.completed",
+    "prompt.failed",
     "fl.session.started",
     "fl.round.completed",
     "fl.session.completed",

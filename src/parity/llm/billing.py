@@ -14,7 +14,9 @@ runner's partial report too, streamed or not; a stream's output at most the toke
 relayed to the client before it left.
 Any other end releases the escrow. When nothing can hold
 escrow (pricing off) the queue skips closers, so the prompts job meters those completions
-with the same :func:`record_completion`."""
+with the same :func:`record_completion`. A prompt that ends failed or cancelled, pricing on or
+off, is announced by :func:`prompt_failed` (``tasks.billing.ENDERS``) in that transaction,
+which also meters a broken stream's part when no closer did."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from parity.llm import repository as repo
 from parity.llm.models import Prompt
 from parity.runners import service as runners_service
 from parity.tasks import billing as task_billing
+from parity.tasks.deps import TaskDeps
 
 INPUT_KEYS = ("input_tokens", "prompt_tokens")
 PARTIAL = "partial"  # key of a broken attempt's report in Prompt.usage until it is metered
@@ -352,7 +355,59 @@ async def close_prompt(
     )
 
 
+PROMPT_FAILED = "prompt.failed"
+
+
+async def prompt_failed(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
+    """The prompt's task ended failed or cancelled (an ender of ``tasks.billing.ENDERS``),
+    after the closer ran when pricing is on: meter what a broken stream delivered if nothing
+    has yet (pricing off), and record the prompt's one ``prompt.failed`` event."""
+    prompt = await repo.get(session, task.id, lock=True)
+    if prompt is None:
+        return
+    partial = partial_report(prompt)  # None once metered
+    if partial is not None:
+        record_partial(prompt, partial, deps.clock.now())
+    await events_service.emit_many(
+        session,
+        deps.events,
+        [
+            events_service.NewEvent(
+                PROMPT_FAILED,
+                prompt.creator_address,
+                failed_event_data(prompt, task),
+                str(prompt.id),
+            )
+        ],
+    )
+
+
+def failed_event_data(prompt: Prompt, task: Any) -> dict[str, Any]:
+    """The data of a ``prompt.failed`` event: why, and what was billed for a stream that broke
+    off after its first token (``partial``; nothing otherwise). The attempt that delivered a
+    part is the task's last (no failover after a first token): its runner is the task's."""
+    partial = prompt.metered_at is not None and bool((prompt.usage or {}).get(PARTIAL))
+    runner_id = task.runner_id
+    status = TaskStatus(task.status)
+    error = task.last_error or ("cancelled" if status == TaskStatus.CANCELLED else None)
+    return {
+        "prompt_id": str(prompt.id),
+        "task_id": str(prompt.task_id),
+        "model": prompt.model,
+        "status": status.value,
+        "error": error,
+        "attempts": task.attempts,
+        "runner_id": None if runner_id is None else str(runner_id),
+        "partial": partial,
+        "input_tokens": prompt.input_tokens if partial else 0,
+        "output_tokens": prompt.output_tokens if partial else 0,
+        "cost": str(prompt.cost or 0) if partial else "0",
+    }
+
+
 def register() -> None:
-    """At start-up: prompts close their escrow by tokens, not by run time."""
+    """At start-up: prompts close their escrow by tokens, not by run time, and tell their
+    creator when they fail."""
     task_billing.CLOSERS[TaskType.LLM.value] = close_prompt
     task_billing.PARTIALS[TaskType.LLM.value] = keep_partial
+    task_billing.ENDERS[TaskType.LLM.value] = prompt_failed

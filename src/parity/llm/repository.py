@@ -325,25 +325,6 @@ async def to_meter(session: AsyncSession, limit: int) -> list[ToMeter]:
     ]
 
 
-async def partials_to_meter(session: AsyncSession, limit: int, key: str) -> list[Prompt]:
-    """Up to ``limit`` failed or cancelled prompts not metered yet that keep a broken
-    attempt's report under ``usage[key]``, oldest first (rows locked, skipping those another
-    replica is metering)."""
-    q = (
-        select(Prompt)
-        .join(TASKS, _T.id == Prompt.task_id)
-        .where(
-            Prompt.metered_at.is_(None),
-            _T.status.in_((TaskStatus.FAILED.value, TaskStatus.CANCELLED.value)),
-            Prompt.usage[key].as_string().is_not(None),  # an object: its JSON text
-        )
-        .order_by(Prompt.created_at)
-        .limit(limit)
-        .with_for_update(of=Prompt, skip_locked=True)
-    )
-    return list((await session.scalars(q)).all())
-
-
 _TASK_ID = bindparam("b_task_id", type_=_T.id.type)
 # What metering reads of a prompt's task, in one statement (see :func:`completion_facts`).
 COMPLETION_FACTS = (

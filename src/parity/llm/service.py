@@ -34,13 +34,7 @@ from parity.events.hub import EventHub
 from parity.ledger import service as ledger
 from parity.llm import dispatch, submit_sql
 from parity.llm import repository as repo
-from parity.llm.billing import (
-    PARTIAL,
-    mark_client_gone,
-    partial_report,
-    record_completions,
-    record_partial,
-)
+from parity.llm.billing import mark_client_gone, record_completions
 from parity.llm.deps import LlmDeps
 from parity.llm.errors import ModelNotServed, PromptNotFound
 from parity.llm.models import Prompt
@@ -499,13 +493,8 @@ async def slot_holders(session: AsyncSession, models: set[str]) -> list[uuid.UUI
 
 
 async def meter_completed(session: AsyncSession, deps: LlmDeps, now: datetime) -> int:
-    """What no closer metered (pricing off): completions (usage, cost 0, latency, EWMA) and
-    what streams that broke off delivered (usage, cost 0)."""
+    """What no closer metered (pricing off): completions (usage, cost 0, latency, EWMA). What a
+    stream that broke off delivered is metered in its failing transaction (``prompt.failed``)."""
     items = await repo.to_meter(session, JOB_BATCH)
     await record_completions(session, items, now, deps.tasks.events)
-    broken = await repo.partials_to_meter(session, JOB_BATCH, PARTIAL)
-    for prompt in broken:
-        partial = partial_report(prompt)
-        if partial is not None:
-            record_partial(prompt, partial, now)
-    return len(items) + len(broken)
+    return len(items)

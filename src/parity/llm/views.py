@@ -37,14 +37,14 @@ def prompt_status(task_status: str) -> str:
 
 def metered(row: PromptRow) -> tuple[dict[str, Any], int, float | None] | None:
     """(usage, cost, latency) of a completed prompt, or of what a broken stream delivered: as
-    stored when metered, else computed the same way from its result or kept report (the
-    prompts job stores it within a tick)."""
+    stored when metered, else computed the same way from its result (the prompts job stores
+    it within a tick) or kept report (a row that ended before its part was metered)."""
     p = row.prompt
     if p.metered_at is not None and p.usage is not None:
         return p.usage, p.cost or 0, p.latency_ms
     if row.status in (_S.FAILED, _S.CANCELLED):
         # A stream that broke off after its first token: what it delivered (billed when
-        # pricing is on, free otherwise), until the closer or the prompts job stores it.
+        # pricing is on, free otherwise), normally stored when the task ended.
         partial = partial_report(p)
         if partial is None:
             return None

@@ -75,6 +75,20 @@ off, for the closer to bill. Returns True when that work already reached the cli
 task must not be run again elsewhere. Registered by the domain that owns the type."""
 
 
+Ender = Callable[[AsyncSession, TaskDeps, Any], Awaitable[None]]
+ENDERS: dict[str, Ender] = {}
+"""Task type → what follows when its task ends failed or cancelled, pricing on or off, in that
+transition's transaction after its escrow closed (a prompt's ``prompt.failed``). Registered by
+the domain that owns the type."""
+
+
+async def ended(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
+    """The task ended failed or cancelled: its type's ender, if it has one."""
+    ender = ENDERS.get(task.type)
+    if ender is not None:
+        await ender(session, deps, task)
+
+
 async def close(session: AsyncSession, deps: TaskDeps, task: Any) -> None:
     """The task reached a terminal state: bill a completion, release anything else."""
     ledger_deps = escrow_ledger(deps)

@@ -264,6 +264,8 @@ async def settle(
         after_commit(session, wake)
     if edge.target in TERMINAL:
         await billing.close(session, deps, task)
+        if edge.target != TaskStatus.COMPLETED:
+            await billing.ended(session, deps, task)
 
 
 # -- the statement path: Core values over the tasks table ------------------------------------
