@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
@@ -48,6 +49,7 @@ from parity.tasks import handoff
 from parity.tasks.jobs import lease_expiry_job, liveness_job, offer_expiry_job, reoffer_job
 from parity.tasks.pushes import PushLoop
 from parity.tasks.router import router as tasks_router
+from parity.tasks.runner_router import OUTPUT_PATH_PATTERN
 from parity.tasks.runner_router import router as runner_tasks_router
 
 log = get_logger("parity.app")
@@ -233,7 +235,10 @@ def create_app(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_body_bytes,
         quiet_paths=frozenset({f"{prefix}/v1/runners/heartbeat", f"{prefix}/health"}),
-        # Storage uploads stream and enforce STORAGE_MAX_UPLOAD_BYTES themselves.
-        unlimited_paths=frozenset({f"{prefix}/v1{UPLOAD_PATH}", f"{prefix}{UPLOAD_PATH}"}),
+        # Storage uploads and runners' outputs stream and enforce STORAGE_MAX_UPLOAD_BYTES
+        # themselves.
+        unlimited_paths=re.compile(
+            rf"{re.escape(prefix)}(?:/v1)?(?:{re.escape(UPLOAD_PATH)}|{OUTPUT_PATH_PATTERN})"
+        ),
     )
     return app

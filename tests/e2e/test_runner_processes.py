@@ -259,5 +259,10 @@ def test_large_output_is_stored_under_a_cid(
         whole = api.c.get(f"/api/v1/storage/download/{result['output_cid']}")
         assert whole.status_code == 200
         assert whole.content == b"0123456789\n" * (200000 // 11) + b"0123456789\n"[: 200000 % 11]
+        # Stored through the task's output route: pinned for the task's creator, named for it.
+        pins = api.c.get("/api/v1/storage/pins").json()["items"]
+        assert [p["name"] for p in pins if p["cid"] == result["output_cid"]] == [
+            f"output of task {tid}"
+        ]
     finally:
         runner.stop()

@@ -230,6 +230,25 @@ class ServerClient:
         _raise(r)
         return str(r.json()["cid"])
 
+    async def upload_output(self, task_id: str, claim_token: str, data: bytes) -> str:
+        """Store the output of a task this runner holds; returns the CID. The server pins it
+        for the task's creator. A server without that route (404/405: an earlier version) gets
+        a plain upload instead, pinned for this runner's wallet as such servers did."""
+        r = await self.http.put(
+            f"/api/v1/runners/tasks/{task_id}/output",
+            content=data,
+            headers={
+                **self._auth(),
+                "content-type": "application/octet-stream",
+                "X-Claim-Token": claim_token,
+            },
+            timeout=httpx.Timeout(120.0),
+        )
+        if r.status_code in (404, 405) and _error(r).code in ("not_found", "method_not_allowed"):
+            return await self.upload(data)
+        _raise(r)
+        return str(r.json()["cid"])
+
     async def model_update(self, content: bytes) -> dict[str, Any]:
         """Post an FL model update (a JSON body, fenced by its task's claim token); the server
         completes the task when it accepts the update."""

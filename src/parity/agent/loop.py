@@ -824,7 +824,7 @@ class Runner:
             # a repeated upload is harmless).
             try:
                 body["output_cid"] = await self._until_settled(
-                    a, "upload", lambda: self.client.upload(full)
+                    a, "upload", lambda: self.client.upload_output(a.task_id, a.token, full)
                 )
             except Exception as exc:
                 log.warning("output_upload_failed", task_id=a.task_id, error=_why(exc))

@@ -47,11 +47,12 @@ class RequestContextMiddleware:
         app: ASGIApp,
         max_body_bytes: int,
         quiet_paths: frozenset[str],
-        unlimited_paths: frozenset[str] = frozenset(),
+        unlimited_paths: re.Pattern[str] | None = None,
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.quiet = quiet_paths
+        # Paths (matched whole) whose bodies the route limits itself: streamed uploads.
         self.unlimited = unlimited_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,7 +66,8 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=rid)
         start = time.perf_counter()
         status = 500
-        limit = float("inf") if scope.get("path", "") in self.unlimited else self.max_body
+        unlimited = self.unlimited is not None and self.unlimited.fullmatch(scope.get("path", ""))
+        limit = float("inf") if unlimited else self.max_body
 
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:

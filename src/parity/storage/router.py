@@ -59,7 +59,7 @@ async def _precheck(c: Container, principal: Principal, declared: int | None, pi
     service.check_declared_size(c.storage, declared)
     if pin:
         async with c.db.read_session() as session:
-            await service.check_quota_room(session, c.storage, principal, declared)
+            await service.check_quota_room(session, c.storage, principal.address, declared)
 
 
 async def _store(c: Container, body: Any) -> Stored:
@@ -78,7 +78,7 @@ async def _record(
             session,
             c.content_store,
             c.storage,
-            principal,
+            principal.address,
             stored,
             pin=pin,
             name=name,

@@ -134,14 +134,14 @@ def _too_large(cfg: StorageConfig) -> UploadTooLarge:
 
 
 async def check_quota_room(
-    session: AsyncSession, cfg: StorageConfig, principal: Principal, declared: int | None
+    session: AsyncSession, cfg: StorageConfig, owner: str, declared: int | None
 ) -> None:
-    """Refuse early when pinning ``declared`` more bytes would exceed the account's quota (the
-    pin itself re-checks under the usage row lock)."""
-    usage = await repo.get_usage(session, principal.address)
+    """Refuse early when pinning ``declared`` more bytes would exceed the ``owner`` account's
+    quota (the pin itself re-checks under the usage row lock)."""
+    usage = await repo.get_usage(session, owner)
     used = usage.pinned_bytes if usage is not None else 0
     count = usage.pin_count if usage is not None else 0
-    _check_quota(cfg, principal.address, used, count, declared or 0)
+    _check_quota(cfg, owner, used, count, declared or 0)
 
 
 def _check_quota(cfg: StorageConfig, address: str, used: int, count: int, adding: int) -> None:
@@ -194,22 +194,23 @@ async def record_upload(
     session: AsyncSession,
     store: ContentStore,
     cfg: StorageConfig,
-    principal: Principal,
+    owner: str,
     stored: Stored,
     *,
     pin: bool,
     name: str | None,
     now: datetime,
 ) -> ContentRead:
+    """Record stored content; with ``pin``, pinned for the ``owner`` account (its quota)."""
     key = stored.cid.encode()
     v0 = stored.cid_v0.encode() if stored.cid_v0 is not None else None
     obj = await repo.ensure_object(session, key, v0, stored.size, now)
     mine = False
     if pin:
-        await _pin(session, store, cfg, principal, stored.cid, stored.size, name, now)
+        await _pin(session, store, cfg, owner, stored.cid, stored.size, name, now)
         mine = True
     else:
-        mine = await repo.get_pin(session, principal.address, key) is not None
+        mine = await repo.get_pin(session, owner, key) is not None
     retained = mine or await repo.count_pins_of(session, key) > 0
     return _content_read(cfg, stored.cid, stored.size, obj, pinned=mine, retained=retained)
 
@@ -221,7 +222,7 @@ async def _pin(
     session: AsyncSession,
     store: ContentStore,
     cfg: StorageConfig,
-    principal: Principal,
+    address: str,
     cid: Cid,
     size: int,
     name: str | None,
@@ -234,7 +235,6 @@ async def _pin(
             check_name(name)
         except ValueError as exc:
             raise InvalidInput("name", str(exc)) from None
-    address = principal.address
     key = cid.encode()
     usage = await repo.lock_usage(session, address, now)
     existing = await repo.get_pin(session, address, key)
@@ -265,7 +265,7 @@ async def pin_content(
     """Pin content the store holds for the caller; returns the pin and whether it is new."""
     cid, size = await resolve(session, store, text)
     await repo.ensure_object(session, cid.encode(), None, size, now)
-    row, created = await _pin(session, store, cfg, principal, cid, size, name, now)
+    row, created = await _pin(session, store, cfg, principal.address, cid, size, name, now)
     return pin_read(row), created
 
 

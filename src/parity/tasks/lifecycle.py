@@ -89,15 +89,28 @@ async def start(
 
 
 async def current_attempt(
-    session: AsyncSession, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
+    session: AsyncSession,
+    runner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    token: str,
+    doing: str = "stream",
 ) -> tuple[Task, int]:
     """The task and attempt number of a claim that is current and active (assigned, running,
-    cancel requested), else the fence's refusal: for runner calls that change no state (the
-    streaming leg)."""
+    cancel requested), else the fence's refusal ("cannot ``doing``"): for runner calls that
+    change no task state (the streaming leg, storing the output)."""
     f = await _fence(session, task_id, runner_id, hash_token(token))
     if not f.current:
-        raise _not_current(f, "stream")
+        raise _not_current(f, doing)
     return f.task, f.attempt.attempt
+
+
+async def output_owner(
+    session: AsyncSession, runner_id: uuid.UUID, task_id: uuid.UUID, token: str
+) -> str:
+    """Whose the output a runner stores for a task it holds is: the task's creator (the pin
+    goes to them), once the claim is the current one; else the fence's refusal."""
+    task, _ = await current_attempt(session, runner_id, task_id, token, "store its output")
+    return str(task.creator_address)
 
 
 def holds_current_claim(

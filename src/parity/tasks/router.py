@@ -99,7 +99,7 @@ async def _with_image(
         session,
         c.content_store,
         c.storage,
-        principal,
+        principal.address,
         stored,
         pin=True,
         name=image.filename[:255] if image.filename else None,  # a pin name holds 255

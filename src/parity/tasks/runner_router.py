@@ -1,5 +1,5 @@
 """The runner side of the queue (runner token): available, claim (long-poll), reconcile, lease,
-start, complete, fail, release, logs."""
+start, store a large output, complete, fail, release, logs."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
 
 from parity.api.deps import ContainerDep, CurrentRunner, WriteSession
 from parity.api.jsonbody import JsonRoute
 from parity.api.queryflags import Flag
 from parity.container import Container
 from parity.errors import InvalidInput
+from parity.storage import service as storage_service
+from parity.storage.schemas import ContentRead
 from parity.tasks import hotpath, lifecycle, runner_side, service
 from parity.tasks.claims import available_for
 from parity.tasks.queue.ops import Claim
@@ -33,6 +36,9 @@ from parity.tasks.views import task_read
 router = APIRouter(route_class=JsonRoute, tags=["runner tasks"])
 
 MAX_WAIT_SECONDS = 30.0
+OUTPUT_PATH_PATTERN = r"/runners/tasks/[^/]+/output"
+"""The output upload's path (after the API prefix), as a pattern: its body is limited by
+STORAGE_MAX_UPLOAD_BYTES, not MAX_REQUEST_BODY_BYTES."""
 
 
 class ClaimBatchRead(BaseModel):
@@ -207,6 +213,63 @@ async def complete_task(
     )
     task = await hotpath.complete_task(c.db, c.tasks, runner_id, task_id, body.claim_token, report)
     return task_read(task)
+
+
+@router.put(
+    "/runners/tasks/{task_id}/output",
+    status_code=201,
+    response_model=ContentRead,
+    summary="Store the output of a task the runner holds (raw body, streamed)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+async def store_output(
+    task_id: uuid.UUID,
+    request: Request,
+    runner_id: CurrentRunner,
+    c: ContainerDep,
+    claim_token: Annotated[
+        str | None, Header(alias="X-Claim-Token", description="The claim token of this task")
+    ] = None,
+) -> ContentRead:
+    """An output too large to report inline, into the content store, then reported by its CID
+    (``complete``'s ``output_cid``). Fenced by ``X-Claim-Token``: only the current claim of an
+    active task stores. The output is the task creator's: pinned for them (their quota,
+    ``STORAGE_QUOTA_BYTES`` / ``STORAGE_MAX_PINS``; named "output of task ID"), never for the
+    runner, so a runner's own pins do not fill up with the outputs it produced. Size limit
+    ``STORAGE_MAX_UPLOAD_BYTES`` (413); the same bytes give the same CID, so a repeat is
+    harmless."""
+    if not claim_token:
+        raise InvalidInput("X-Claim-Token", "required: the claim token of this task")
+    length = request.headers.get("content-length", "")
+    declared = int(length) if length.isdigit() else None
+    storage_service.check_declared_size(c.storage, declared)
+    async with c.db.read_session() as session:
+        owner = await lifecycle.output_owner(session, runner_id, task_id, claim_token)
+        await storage_service.check_quota_room(session, c.storage, owner, declared)
+    try:
+        stored = await storage_service.store_stream(c.content_store, c.storage, request.stream())
+    except ClientDisconnect:
+        raise InvalidInput("body", "the runner went away before the upload ended") from None
+    async with c.db.transaction() as session:
+        # The claim may have moved while the bytes arrived: checked again where the pin is made.
+        owner = await lifecycle.output_owner(session, runner_id, task_id, claim_token)
+        return await storage_service.record_upload(
+            session,
+            c.content_store,
+            c.storage,
+            owner,
+            stored,
+            pin=True,
+            name=f"output of task {task_id}",
+            now=c.clock.now(),
+        )
 
 
 @router.post("/runners/tasks/{task_id}/fail", response_model=TaskRead)
