@@ -9,8 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-DEFAULT_URL=${PARITY_NATS_DEFAULT_URL:-nats://127.0.0.1:4222}
-DIR=/tmp/parity-test-nats
+source scripts/service_lib.sh
 
 answers() {  # a NATS server greets every connection with an INFO line
   "$PY" - "$1" <<'PYEOF' >/dev/null 2>&1
@@ -23,31 +22,13 @@ with socket.create_connection((u.hostname, u.port or 4222), timeout=2) as s:
 PYEOF
 }
 
-emit() { echo "export PARITY_TEST_NATS_URL='$1'"; }
+url_for() { echo "nats://127.0.0.1:$1"; }
 
-if [ -n "${PARITY_TEST_NATS_URL:-}" ] && answers "$PARITY_TEST_NATS_URL"; then
-  emit "$PARITY_TEST_NATS_URL"; exit 0
-fi
-if answers "$DEFAULT_URL"; then emit "$DEFAULT_URL"; exit 0; fi
-if [ -f "$DIR/port" ]; then
-  url="nats://127.0.0.1:$(cat "$DIR/port")"
-  if answers "$url"; then emit "$url"; exit 0; fi
-fi
+start() {
+  setsid nohup "$NATS_SERVER" -a 127.0.0.1 -p "$1" -l "$2/nats.log" -P "$2/nats.pid" \
+    >/dev/null 2>&1 < /dev/null &
+}
 
 NATS_SERVER=$(command -v nats-server || ls /usr/sbin/nats-server 2>/dev/null || true)
-if [ -n "$NATS_SERVER" ]; then
-  port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$DIR"
-  echo "starting nats-server on 127.0.0.1:$port" >&2
-  setsid nohup "$NATS_SERVER" -a 127.0.0.1 -p "$port" -l "$DIR/nats.log" -P "$DIR/nats.pid" \
-    >/dev/null 2>&1 < /dev/null &
-  echo "$port" > "$DIR/port"
-  url="nats://127.0.0.1:$port"
-  for _ in $(seq 50); do
-    if answers "$url"; then emit "$url"; exit 0; fi
-    sleep 0.1
-  done
-  echo "nats-server did not answer (see $DIR/nats.log)" >&2
-  exit 0
-fi
-echo "no NATS (none at $DEFAULT_URL, no nats-server installed): the NATS tests are skipped" >&2
+ensure_service PARITY_TEST_NATS_URL "${PARITY_NATS_DEFAULT_URL:-nats://127.0.0.1:4222}" \
+  /tmp/parity-test-nats "$NATS_SERVER" NATS
