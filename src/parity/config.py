@@ -300,7 +300,7 @@ class Settings(BaseSettings):
     @classmethod
     def _stream_bus_scheme(cls, v: str) -> str:
         v = v.strip()
-        if not v or v.startswith(("redis://", "rediss://", "unix://")):
+        if not v or v.startswith(REDIS_BUS_SCHEMES):
             return v
         servers = [part.strip() for part in v.split(",")]
         if all(_is_nats_url(part) for part in servers):
@@ -309,7 +309,6 @@ class Settings(BaseSettings):
             "must be empty (in-process), a redis://, rediss:// or unix:// URL, or nats:// or "
             "tls:// URLs with a host (several servers of one NATS cluster comma-separated)"
         )
-        return v
 
     @field_validator("min_stake_tokens")
     @classmethod
@@ -490,10 +489,16 @@ def _is_http_url(url: str) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
+REDIS_BUS_SCHEMES = ("redis://", "rediss://", "unix://")
+"""STREAM_BUS_URL prefixes of a Redis bus (parity.llm.streams opens the bus they name)."""
+NATS_BUS_SCHEMES = ("nats://", "tls://")
+"""STREAM_BUS_URL prefixes of a NATS bus (each server of a comma-separated list)."""
+
+
 def _is_nats_url(url: str) -> bool:
     """A nats:// or tls:// URL with a host and a valid port (one server of STREAM_BUS_URL)."""
     parts = urlsplit(url)
-    return parts.scheme in ("nats", "tls") and bool(parts.hostname) and _has_valid_port(url)
+    return url.startswith(NATS_BUS_SCHEMES) and bool(parts.hostname) and _has_valid_port(url)
 
 
 def _has_valid_port(url: str) -> bool:

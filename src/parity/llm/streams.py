@@ -32,9 +32,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
+from parity.config import NATS_BUS_SCHEMES
+
 EventKind = Literal["delta", "end", "overflow"]
 DEFAULT_BUFFER = 1024
-NATS_SCHEMES = ("nats://", "tls://")
 BusKind = Literal["in-process", "redis", "nats"]
 
 
@@ -265,7 +266,7 @@ def stream_bus_kind(url: str) -> BusKind:
     """Which bus STREAM_BUS_URL names (as /api/status reports it)."""
     if not url:
         return "in-process"
-    return "nats" if url.startswith(NATS_SCHEMES) else "redis"
+    return "nats" if url.startswith(NATS_BUS_SCHEMES) else "redis"
 
 
 def open_stream_bus(url: str, *, buffer: int = DEFAULT_BUFFER) -> StreamBus:
