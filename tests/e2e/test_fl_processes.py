@@ -154,6 +154,39 @@ def test_fl_session_learns_digits_and_survives_a_runner_killed_mid_session(
         server.stop()
 
 
+def test_runners_training_with_pytorch_and_numpy_learn_together(
+    tmp_path: Path, database_url: str
+) -> None:
+    pytest.importorskip("torch", reason="PyTorch is not installed: no torch trainer to run")
+    url = database_url if TEST_DB == "postgres" else ""
+    server = ServerProcess(tmp_path / "home", url, **FAST).start()
+    keystore = keystore_with(tmp_path, RUNNER_KEY)
+    runners = [
+        RunnerProcess(server.url, keystore, "fl-torch", tmp_path, "--fl-trainer", "torch"),
+        RunnerProcess(server.url, keystore, "fl-numpy", tmp_path),
+    ]
+    try:
+        server.wait_healthy()
+        for r in runners:
+            r.start().wait_registered()
+        api = Client(server.url)
+        assert wait_for(lambda: api.online_fl_runners() == 2, timeout=30)
+        cid = api.upload(digits_csv())
+        sid = api.create(session_body(cid, participants=2, rounds=4, round_timeout_seconds=30))
+        api.start(sid)
+        assert wait_for(lambda: api.session(sid)["status"] in TERMINAL, timeout=180)
+        session = api.session(sid)
+        assert session["status"] == "completed", session["failure_reason"]
+        rounds = api.metrics(sid)
+        assert [r["participants"] for r in rounds] == [2, 2, 2, 2]
+        assert rounds[-1]["test_accuracy"] >= 0.85, rounds[-1]
+        assert "fl=yes (torch)" in runners[0].log()
+    finally:
+        for r in runners:
+            r.stop()
+        server.stop()
+
+
 def test_fl_session_resumes_after_a_server_restart_mid_round(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -21,6 +21,7 @@ from parity.agent.executors import Executor
 from parity.agent.executors.command import CommandExecutor, SandboxMode, detect_sandbox
 from parity.agent.executors.docker import DockerExecutor, HttpDockerEngine
 from parity.agent.fl import FlExecutor, parse_dataset_specs
+from parity.agent.fl.executor import trainer_named
 from parity.agent.llm import (
     BackendSpec,
     LlmExecutor,
@@ -357,8 +358,10 @@ def main_cmd(
         str,
         typer.Option(
             "--fl-trainer",
-            metavar="numpy|noop",
-            help="numpy trains; noop sends the global model back untrained with the partition's "
+            metavar="numpy|torch|noop",
+            envvar="RUNNER_FL_TRAINER",
+            help="numpy trains; torch trains the same steps with PyTorch (installed "
+            "separately); noop sends the global model back untrained with the partition's "
             "row count (for measuring pure coordination cost, never for real sessions)",
         ),
     ] = "numpy",
@@ -378,8 +381,10 @@ def main_cmd(
     configure_logging(log_level, "json")
     llm_specs, llm_prices = llm_config(llm_backend or [], llm_price or [], ollama_url)
     fl_datasets = fl_config(fl, fl_dataset or [])
-    if fl_trainer not in ("numpy", "noop"):
-        raise typer.BadParameter("--fl-trainer is numpy or noop", param_hint="--fl-trainer")
+    try:
+        trainer_named(fl_trainer)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fl-trainer") from None
     keystore_path = _keystore(keystore)
     chosen = _server(server, keystore_path)
     url = chosen.url
@@ -395,7 +400,11 @@ def main_cmd(
         executors["command"] = command
     has_docker = asyncio.run(engine.ping())
     llm_names = " ".join(f"{s.kind}={s.url}" for s in llm_specs) or "none"
-    fl_names = "no" if fl_datasets is None else "yes" + "".join(f" {n}" for n in fl_datasets)
+    fl_names = (
+        "no"
+        if fl_datasets is None
+        else f"yes ({fl_trainer})" + "".join(f" {n}" for n in fl_datasets)
+    )
     typer.echo(
         f"parity-runner {RUNNER_VERSION}: sandbox={mode.value} "
         f"docker={'yes' if has_docker else f'no (no engine at {engine.socket_path})'} "
@@ -426,7 +435,7 @@ def main_cmd(
             executors["docker"] = DockerExecutor(engine, fetch=client.download)
         if fl_datasets is not None:
             # Global models and partitions come from the server's content store by CID.
-            executors["fl_train"] = FlExecutor(client, fl_datasets, noop=fl_trainer == "noop")
+            executors["fl_train"] = FlExecutor(client, fl_datasets, trainer=fl_trainer)
         models: ModelDiscovery | None = None
         if llm_specs:
             llm = LlmExecutor([build_backend(spec) for spec in llm_specs])

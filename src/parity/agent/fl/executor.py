@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from parity.agent.client import ServerClient, ServerError
 from parity.agent.executors import CancelToken, LogSink, Outcome
-from parity.agent.fl import local_dp
+from parity.agent.fl import local_dp, torch_trainer
 from parity.agent.fl.config import Blob, FlTask, LocalData, parse_fl_task
 from parity.agent.fl.data import FlDataError, LocalDatasets
 from parity.agent.fl.fetch import FetchError, decode_partition, fetch_verified
@@ -67,10 +67,10 @@ class FlExecutor:
         client: ServerClient,
         datasets: LocalDatasets | Mapping[str, Path] | None = None,
         *,
-        noop: bool = False,
+        trainer: str = "numpy",
     ) -> None:
         self.client = client
-        self.noop = noop  # benchmarks of coordination: the global model goes back untrained
+        self.trainer = trainer_named(trainer)
         self.datasets = datasets if isinstance(datasets, LocalDatasets) else LocalDatasets(datasets)
         self.claim_token_of: Callable[[str], str | None] | None = None
         self._partitions: dict[Blob, Arrays] = {}  # content-addressed, so never stale
@@ -102,7 +102,7 @@ class FlExecutor:
         # and round would compete with the round's updates for the server's write path.
         log.info("fl_training", task_id=task_id, detail=_intro(job, x.shape[0]))
         started = time.monotonic()
-        trainer = _untrained if self.noop else train_local
+        trainer = self.trainer
         # Set when the outcome no longer needs the training (cancelled, shutting down, the
         # round went on without it): the worker thread then ends at its next batch instead
         # of running on for nobody and holding up the runner's exit until it is done.
@@ -287,6 +287,25 @@ def _privatizer(
     """DP for a SecAgg+ round (local, or central mode's clip): applied to the trained model
     before it is quantized."""
     return lambda result, global_weights: _private(local, result, global_weights, job)
+
+
+Trainer = Callable[..., TrainResult]
+TRAINERS = ("numpy", "torch", "noop")
+
+
+def trainer_named(name: str) -> Trainer:
+    """The local trainer ``--fl-trainer`` names: ``numpy`` (the reference), ``torch`` (the
+    same steps on PyTorch, which must be installed: ValueError otherwise) or ``noop``
+    (benchmarks of coordination: the global model goes back untrained)."""
+    if name == "numpy":
+        return train_local
+    if name == "noop":
+        return _untrained
+    if name == "torch":
+        if not torch_trainer.available():
+            raise ValueError("--fl-trainer torch needs PyTorch: pip install torch")
+        return torch_trainer.train_local_torch
+    raise ValueError(f"--fl-trainer is one of {', '.join(TRAINERS)}, not {name!r}")
 
 
 def _untrained(

@@ -17,7 +17,7 @@ remaining epochs for nobody.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,10 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingStopped",
+    "batches",
     "check_dataset",
+    "check_inputs",
+    "finish",
     "parse_train_config",
     "train_local",
 ]
@@ -156,29 +159,54 @@ def train_local(
 ) -> TrainResult:
     """Train from ``global_weights`` on ``(x, y)``; the inputs are not modified. ``stop``, when
     given, is asked before each batch: True ends the training with :class:`TrainingStopped`."""
+    features, labels = check_inputs(spec, global_weights, x, y)
+    start = as_float32(global_weights)
+    weights = as_float32(global_weights)
+    lr, mu = np.float32(config.learning_rate), np.float32(config.mu)
+    steps = 0
+    for batch in batches(features.shape[0], config, seed):
+        if stop is not None and stop():
+            raise TrainingStopped(f"training stopped after {steps} steps")
+        grads = _gradients(spec, weights, features[batch], labels[batch])
+        for name, grad in grads.items():
+            if mu:
+                grad = grad + mu * (weights[name] - start[name])
+            weights[name] -= lr * grad
+        steps += 1
+    return finish(spec, weights, features, labels, steps)
+
+
+def check_inputs(
+    spec: ModelSpec, global_weights: Mapping[str, NDArray[Any]], x: ArrayLike, y: ArrayLike
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """What every trainer checks first: the global model has the spec's tensors and shapes,
+    and the data fits the model (:func:`check_dataset`); errors name what does not fit."""
     expected = {name: np.empty(shape, np.float32) for name, shape in spec.shapes().items()}
     try:
         check_same_layout(expected, global_weights, "the global model")
     except AggregationError as exc:
         raise ModelError(exc.field, exc.reason) from exc
-    features, labels = check_dataset(spec, x, y)
-    start = as_float32(global_weights)
-    weights = as_float32(global_weights)
+    return check_dataset(spec, x, y)
+
+
+def batches(rows: int, config: TrainConfig, seed: int) -> Iterator[NDArray[np.int64]]:
+    """The row indices of each SGD step, in order: per epoch a fresh permutation of
+    ``numpy.random.default_rng(seed)``, ``batch_size`` at a time (the last may be short).
+    Every trainer visits the rows in this order, so they compute the same steps."""
     rng = np.random.default_rng(seed)
-    lr, mu = np.float32(config.learning_rate), np.float32(config.mu)
-    n = features.shape[0]
-    steps = 0
     for _ in range(config.local_epochs):
-        order = rng.permutation(n)
-        for begin in range(0, n, config.batch_size):
-            if stop is not None and stop():
-                raise TrainingStopped(f"training stopped after {steps} steps")
-            batch = order[begin : begin + config.batch_size]
-            grads = _gradients(spec, weights, features[batch], labels[batch])
-            for name, grad in grads.items():
-                if mu:
-                    grad = grad + mu * (weights[name] - start[name])
-                weights[name] -= lr * grad
-            steps += 1
+        order = rng.permutation(rows)
+        for begin in range(0, rows, config.batch_size):
+            yield order[begin : begin + config.batch_size]
+
+
+def finish(
+    spec: ModelSpec,
+    weights: Weights,
+    features: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    steps: int,
+) -> TrainResult:
+    """The result of a training: its weights with their loss and accuracy on its rows."""
     result = evaluate(spec, weights, features, labels)
-    return TrainResult(weights, n, result.loss, result.accuracy, steps)
+    return TrainResult(weights, features.shape[0], result.loss, result.accuracy, steps)

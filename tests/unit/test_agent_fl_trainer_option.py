@@ -1,0 +1,29 @@
+"""``parity-runner --fl-trainer``: which local trainer runs ``fl_train`` tasks, refused with a
+message that says what to do when PyTorch is missing or the name is unknown (with or without
+PyTorch installed)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from parity.agent import cli as runner_cli
+from parity.agent.fl import executor, torch_trainer
+from parity.core.fl.train import train_local
+
+
+def test_without_pytorch_the_torch_trainer_is_refused_saying_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch_trainer, "available", lambda: False)
+    with pytest.raises(ValueError, match="needs PyTorch: pip install torch"):
+        executor.trainer_named("torch")
+    assert executor.trainer_named("numpy") is train_local
+
+
+def test_the_runner_refuses_an_unknown_trainer_naming_the_option(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(
+        runner_cli.app, ["--fl-trainer", "jax", "--keystore", str(tmp_path / "none.json")]
+    )
+    assert result.exit_code == 2
+    assert "--fl-trainer" in result.output and "numpy, torch, noop" in result.output
