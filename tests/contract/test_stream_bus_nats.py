@@ -73,8 +73,34 @@ async def test_keys_that_are_not_one_subject_token_still_reach_only_their_subscr
         assert await one.next(0.05) is None
 
 
-async def _counted(bus: NatsStreamBus, key: str, n: int) -> bool:
-    return await bus.subscribers(key) == n
+# Rounds of "b subscribes a new key, a counts it / publishes to it at once": the moment in which
+# a subscription could reach the server only after its subscribe returned is short, so it is
+# probed many times.
+ROUNDS = 300
+ROUNDS_AFTER_OUTAGE = 100
+
+
+async def _fresh_keys_are_seen_at_once(a: NatsStreamBus, b: NatsStreamBus, rounds: int) -> None:
+    """Each round, ``b`` subscribes a new key on its connection, already up, and ``a`` asks at
+    once: once ``subscribe`` returned, the server has the subscription, so ``a``'s count
+    includes it and ``a``'s publish reaches it."""
+    for n in range(rounds):
+        counted, published = key(), key()
+        async with b.subscribe(counted):
+            assert await a.subscribers(counted) == 1, f"round {n}: b's subscription not counted"
+        async with b.subscribe(published) as sub:
+            await a.publish(published, StreamEvent("end", 1))
+            assert await sub.next(5) == StreamEvent("end", 1), f"round {n}: a's event lost"
+
+
+async def test_once_subscribe_returns_another_replica_counts_it_and_its_publishes_reach_it(
+    replicas: tuple[NatsStreamBus, NatsStreamBus],
+):
+    a, b = replicas
+    async with b.subscribe(key()):  # both connections up: each later key subscribes on them
+        assert await a.subscribers(key()) == 0
+        assert a.connected and b.connected
+        await _fresh_keys_are_seen_at_once(a, b, ROUNDS)
 
 
 def _closed_port() -> int:
@@ -139,9 +165,10 @@ async def test_after_the_server_comes_back_every_key_is_subscribed_again_and_the
             # The delta after the gap shows the hole: cut off, never " world" after "Hel".
             assert await sub.next(5) == StreamEvent("overflow")
             async with b.subscribe(later) as fresh:  # a new key on the new connection
-                await until(lambda: _counted(a, later, 1))
+                assert await a.subscribers(later) == 1  # b's subscribe returned: the server has it
                 await a.publish(later, StreamEvent("end", 1))
                 assert await fresh.next(5) == StreamEvent("end", 1)
+            await _fresh_keys_are_seen_at_once(a, b, ROUNDS_AFTER_OUTAGE)
     finally:
         await a.aclose()
         await b.aclose()

@@ -5,10 +5,11 @@ Two subjects per prompt key: ``parity.stream.d.<key>`` carries its events and
 ``parity.stream.w.<key>`` asks who listens. Each replica holds one NATS connection for all its
 subscriptions, opened with ``no_echo`` (the server never hands a replica its own publishes
 back: it delivered them to its own subscribers at once). The first local subscriber of a key
-subscribes both subjects and waits for the server's answer to a PING (so nothing published
-after ``subscribe`` returns is missed); the last one to leave unsubscribes. Each message is
-handed to the local subscribers' bounded queues, a ``LocalStreamBus``: the same buffer,
-overflow and drop rules as on one replica, and the callback never waits on a subscriber.
+subscribes both subjects and waits for the server's answer to a PING sent after them (so
+nothing published, and no "who listens" asked, after ``subscribe`` returns misses it); the
+last one to leave unsubscribes. Each message is handed to the local subscribers' bounded
+queues, a ``LocalStreamBus``: the same buffer, overflow and drop rules as on one replica, and
+the callback never waits on a subscriber.
 
 Counting: :meth:`NatsStreamBus.subscribers` sends one request on the key's who-subject. With no
 other replica subscribed the server answers at once with its "no responders" status; otherwise
@@ -386,9 +387,21 @@ class NatsStreamBus(SharedBusEnd):
 
 
 async def _flush(nc: NatsClient, timeout: float) -> None:
-    """A PING answered: the server has everything sent before it (nats-py's annotation says
-    int; the timeout goes to ``asyncio.wait_for``, which takes seconds as a float)."""
-    await nc.flush(cast(int, timeout))
+    """The server has everything sent on ``nc`` so far: the commands nats-py still holds are
+    written, then a PING is answered, all within ``timeout``.
+
+    nats-py queues a SUB, UNSUB or PUB in its buffer for its flusher task but writes a PING
+    straight to the socket, ahead of that buffer: its PONG alone could come back before the
+    server read a SUB sent just before (another replica's request or publish would then miss
+    the subscription). So the buffer is handed to the socket first (awaiting the flusher),
+    and the PING follows it on the wire. (nats-py's annotation says int; the timeout goes to
+    ``asyncio.wait_for``, which takes seconds as a float.)"""
+    deadline = time.monotonic() + timeout
+    await asyncio.wait_for(nc._flush_pending(force_flush=True), timeout)
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("NATS did not take the pending commands in time")
+    await nc.flush(cast(int, left))
 
 
 async def _unsubscribe(subs: list[NatsSubscription]) -> None:
