@@ -21,7 +21,15 @@ from parity.container import Container
 from parity.core.llm.metering import estimate_text_tokens
 from parity.events.models import Event, WebhookDelivery
 from tests.conftest import ALICE, BOB, bearer, sign_in
-from tests.integration.queue_helpers import act, claimed, custom_client
+from tests.integration.queue_helpers import (
+    act,
+    claimed,
+    create_task,
+    custom_client,
+    device,
+    expire_leases,
+    register_runner,
+)
 from tests.integration.test_gateway_api import api_key, claim_when_routed
 from tests.integration.test_llm_api import (
     PRICING,
@@ -288,3 +296,124 @@ async def test_with_pricing_off_a_broken_streams_part_is_metered_when_it_is_anno
     assert (data["partial"], data["cost"]) == (True, "0")
     assert data["output_tokens"] == estimate_text_tokens("Hello")
     assert await tick(container) == 0  # already metered, in the failing transaction
+
+
+async def _failed_events_and_task(
+    http: httpx.AsyncClient, token: str, clock: FrozenClock, task_id: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    clock.advance(2)
+    events = await prompt_events(http, token, "prompt.failed")
+    r = await http.get(f"{V1}/tasks/{task_id}", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    return [e["data"] for e in events], r.json()
+
+
+async def test_a_running_prompt_cancelled_then_failed_by_its_runner_carries_the_runners_error(
+    client: httpx.AsyncClient, clock: FrozenClock
+):
+    """A cancel of a running prompt is acknowledged by its runner's fail: the event's error is
+    the one the task and the prompt keep, not a placeholder or an earlier attempt's."""
+    alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+    runner, runner_id = await llm_runner(client, bob, model())
+    p = await submitted(client, alice, max_tokens=16)
+    got = await claimed(client, runner, start=True)
+    r = await client.delete(f"{V1}/tasks/{p['task_id']}", headers=bearer(alice))
+    assert r.status_code == 200 and r.json()["status"] == "cancel_requested", r.text
+    r = await act(client, runner, p["id"], "fail", got["claim_token"], error="stopped on request")
+    assert r.status_code == 200, r.text
+    [data], task = await _failed_events_and_task(client, alice, clock, p["task_id"])
+    assert (task["status"], task["last_error"]) == ("cancelled", "stopped on request")
+    shown = (await client.get(f"{V1}/llm/prompts/{p['id']}", headers=bearer(alice))).json()
+    assert shown["error"] == "stopped on request"
+    assert (data["status"], data["error"], data["runner_id"]) == (
+        "cancelled",
+        "stopped on request",
+        runner_id,
+    )
+
+
+async def test_a_cancelled_prompt_whose_lease_runs_out_is_announced_with_the_tasks_error(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+    runner, _ = await llm_runner(client, bob, model())
+    p = await submitted(client, alice, max_tokens=16)
+    await claimed(client, runner, start=True)
+    r = await client.delete(f"{V1}/tasks/{p['task_id']}", headers=bearer(alice))
+    assert r.status_code == 200, r.text
+    clock.advance(container.tasks.lease_seconds + 1)
+    assert await expire_leases(container) == 1
+    [data], task = await _failed_events_and_task(client, alice, clock, p["task_id"])
+    assert task["status"] == "cancelled"
+    assert task["last_error"] and task["last_error"].startswith("lease expired on runner")
+    assert (data["status"], data["error"]) == ("cancelled", task["last_error"])
+
+
+async def test_a_prompt_whose_last_lease_runs_out_is_announced_failed_once(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+    runner, runner_id = await llm_runner(client, bob, model())
+    p = await submitted(client, alice, max_attempts=1)
+    await claimed(client, runner, start=True)
+    clock.advance(container.tasks.lease_seconds + 1)
+    assert await expire_leases(container) == 1
+    assert await expire_leases(container) == 0
+    await tick(container)
+    [data], task = await _failed_events_and_task(client, alice, clock, p["task_id"])
+    assert task["status"] == "failed"
+    assert (data["status"], data["error"], data["runner_id"], data["attempts"]) == (
+        "failed",
+        task["last_error"],
+        runner_id,
+        1,
+    )
+
+
+async def test_a_prompt_past_its_deadline_is_announced_cancelled_once_with_the_reason(
+    client: httpx.AsyncClient, container: Container, clock: FrozenClock
+):
+    """The deadline ends the prompt's task ``cancelled`` (the prompt reads ``failed``): the
+    event's status is the task's."""
+    alice = await sign_in(client, ALICE)
+    p = await submitted(client, alice, model_name="nobody-has-it", deadline_seconds=30)
+    clock.advance(31)
+    assert await tick(container) == 1
+    await tick(container)
+    [data], task = await _failed_events_and_task(client, alice, clock, p["task_id"])
+    assert (data["status"], data["error"]) == ("cancelled", task["last_error"])
+    assert data["error"].startswith("no runner with model nobody-has-it became available")
+    assert (data["runner_id"], data["partial"], data["cost"]) == (None, False, "0")
+
+
+async def test_a_runner_going_offline_with_a_prompt_it_can_retry_announces_nothing(
+    client: httpx.AsyncClient, clock: FrozenClock
+):
+    alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+    runner, _ = await llm_runner(client, bob, model())
+    p = await submitted(client, alice, max_attempts=1)
+    await claimed(client, runner, start=True)
+    r = await client.post(
+        f"{V1}/runners/heartbeat", json={"status": "offline"}, headers=bearer(runner)
+    )
+    assert r.status_code == 200, r.text
+    events, task = await _failed_events_and_task(client, alice, clock, p["task_id"])
+    assert task["status"] == "pending"  # given back untouched: not an end
+    assert events == []
+
+
+async def test_an_ordinary_task_that_fails_is_no_prompt_event(
+    client: httpx.AsyncClient, clock: FrozenClock
+):
+    alice, bob = await sign_in(client, ALICE), await sign_in(client, BOB)
+    runner, _ = await register_runner(client, bob, device())
+    task = await create_task(client, alice, max_attempts=1)
+    got = await claimed(client, runner)
+    r = await act(client, runner, task["id"], "fail", got["claim_token"], error="boom")
+    assert r.status_code == 200 and r.json()["status"] == "failed", r.text
+    r = await client.delete(
+        f"{V1}/tasks/{(await create_task(client, alice))['id']}", headers=bearer(alice)
+    )
+    assert r.status_code == 200, r.text
+    clock.advance(2)
+    assert await prompt_events(client, alice, "prompt.failed") == []

@@ -121,3 +121,34 @@ async def test_the_creators_quota_limits_it_and_the_upload_limit_not_the_body_li
         assert error_code(over) == "storage_quota_exceeded"
         assert ALICE.address.lower() in over.json()["error"]["message"].lower()
         assert await _usage(http, alice) == (len(OUTPUT), 1)
+
+
+async def test_the_api_mirror_is_routed_and_only_the_output_path_escapes_the_body_limit(
+    container: Container,
+):
+    async with custom_client(
+        container, max_request_body_bytes=50_000, storage_max_upload_bytes=150_000
+    ) as (http, _):
+        alice, _bob, runner, task_id, token = await _held(http)
+        headers = {**bearer(runner), "content-type": "application/octet-stream"}
+        mirror = await http.put(
+            f"/api/runners/tasks/{task_id}/output",
+            content=OUTPUT,
+            headers={**headers, "X-Claim-Token": token},
+        )
+        assert mirror.status_code == 201, mirror.text
+        [pin] = await _pins(http, alice)
+        assert pin["cid"] == mirror.json()["cid"]
+        # Past STORAGE_MAX_UPLOAD_BYTES the route's own 413, never the body limit's (which
+        # parity-runner reads as a server without the route).
+        big = await _store(http, runner, task_id, token, b"z" * 200_000)
+        assert big.status_code == 413 and error_code(big) == "upload_too_large", big.text
+        # Neighbouring paths keep MAX_REQUEST_BODY_BYTES.
+        for path in (
+            f"{V1}/runners/tasks/{task_id}/output/x",
+            f"{V1}/runners/tasks/{task_id}/complete",
+            f"/api/v2/runners/tasks/{task_id}/output",
+            f"{V1}/tasks/{task_id}/output",
+        ):
+            r = await http.put(path, content=OUTPUT, headers=headers)
+            assert r.status_code == 413 and error_code(r) == "payload_too_large", (path, r.text)

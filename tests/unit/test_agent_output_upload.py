@@ -1,6 +1,7 @@
 """parity-runner stores a large output through the task's output route (fenced by its claim
 token, pinned for the task's creator); against a server without that route (an earlier
-version: 404 not_found / 405) it falls back to a plain upload; any other refusal is raised."""
+version: 404 not_found / 405, or 413 payload_too_large past its request body limit) it
+falls back to a plain upload; any other refusal, the route's own 413 included, is raised."""
 
 from __future__ import annotations
 
@@ -35,7 +36,15 @@ async def test_the_output_goes_to_the_tasks_route_with_its_claim_token() -> None
     assert request.content == b"data"
 
 
-@pytest.mark.parametrize("status,code", [(404, "not_found"), (405, "method_not_allowed")])
+@pytest.mark.parametrize(
+    "status,code",
+    [
+        (404, "not_found"),
+        (405, "method_not_allowed"),
+        # An output past an earlier server's MAX_REQUEST_BODY_BYTES: refused before routing.
+        (413, "payload_too_large"),
+    ],
+)
 async def test_a_server_without_the_route_gets_a_plain_upload(status: int, code: str) -> None:
     paths: list[str] = []
 
@@ -61,4 +70,18 @@ async def test_a_refusal_of_the_route_is_not_retried_as_a_plain_upload() -> None
     with pytest.raises(ServerError) as caught:
         await client.upload_output("t1", "claim-1", b"data")
     assert caught.value.code == "storage_quota_exceeded"
+    assert paths == ["/api/v1/runners/tasks/t1/output"]
+
+
+async def test_the_routes_own_size_limit_is_not_retried_as_a_plain_upload() -> None:
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return _error(413, "upload_too_large")
+
+    client = _client(handler)
+    with pytest.raises(ServerError) as caught:
+        await client.upload_output("t1", "claim-1", b"data")
+    assert caught.value.code == "upload_too_large"
     assert paths == ["/api/v1/runners/tasks/t1/output"]

@@ -134,3 +134,62 @@ def test_the_marks_leave_the_reserve_to_the_server() -> None:
     assert limits_for(0, open_files=100, database_pool_size=10).soft == 32  # never below 32
     with pytest.raises(ValueError, match="at least 1"):
         ConnectionLimits.of(0)
+
+
+_release: asyncio.Event  # made by the fixture, in the test's event loop
+
+
+async def _holding_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    """``/hold`` answers once ``_release`` is set; anything else at once."""
+    if scope["path"] == "/hold":
+        await _release.wait()
+    await _app(scope, receive, send)
+
+
+@pytest.fixture
+async def holding_port() -> AsyncIterator[int]:
+    global _release
+    _release = asyncio.Event()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    protocol = CoalescingHttpToolsProtocol.limited(ConnectionLimits(soft=2, hard=3))
+    config = uvicorn.Config(
+        _holding_app, log_config=None, access_log=False, lifespan="off", http=protocol
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield sock.getsockname()[1]
+    _release.set()
+    server.should_exit = True
+    await task
+
+
+HOLD = b"GET /hold HTTP/1.1\r\nhost: t\r\n\r\n"
+
+
+async def _response(conn: Conn) -> int:
+    head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if line)
+    await conn.reader.readexactly(int(headers["content-length"]))
+    return int(lines[0].split(" ")[1])
+
+
+async def test_a_pipelined_request_within_the_mark_is_not_counted_twice(holding_port: int) -> None:
+    """Two connections, the mark's two, each with a request in progress: a request pipelined
+    behind one of them runs after it on the same connection (no task more at any time), so it
+    is served, not answered busy."""
+    a, b = await Conn.open(holding_port), await Conn.open(holding_port)
+    b.writer.write(HOLD)
+    a.writer.write(HOLD + GET)  # the second waits for the first on this connection
+    await a.writer.drain()
+    await b.writer.drain()
+    await asyncio.sleep(0.3)  # both heads read, both requests held
+    _release.set()
+    assert await _response(b) == 200
+    assert await _response(a) == 200
+    assert await _response(a) == 200  # the pipelined one: served
+    a.close()
+    b.close()

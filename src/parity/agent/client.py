@@ -66,6 +66,12 @@ def _error(r: httpx.Response) -> ServerError:
     )
 
 
+# The answers of a server without ``PUT /runners/tasks/{id}/output`` (an earlier version).
+_NO_OUTPUT_ROUTE = frozenset(
+    {(404, "not_found"), (405, "method_not_allowed"), (413, "payload_too_large")}
+)
+
+
 def _raise(r: httpx.Response) -> None:
     if r.status_code >= 400:
         raise _error(r)
@@ -232,8 +238,11 @@ class ServerClient:
 
     async def upload_output(self, task_id: str, claim_token: str, data: bytes) -> str:
         """Store the output of a task this runner holds; returns the CID. The server pins it
-        for the task's creator. A server without that route (404/405: an earlier version) gets
-        a plain upload instead, pinned for this runner's wallet as such servers did."""
+        for the task's creator. A server without that route (an earlier version: 404/405, or
+        413 ``payload_too_large`` when the output passes its ``MAX_REQUEST_BODY_BYTES``, which
+        it applies before routing) gets a plain upload instead, pinned for this runner's
+        wallet as such servers did. A server with the route limits it by
+        ``STORAGE_MAX_UPLOAD_BYTES`` alone (413 ``upload_too_large``)."""
         r = await self.http.put(
             f"/api/v1/runners/tasks/{task_id}/output",
             content=data,
@@ -244,7 +253,7 @@ class ServerClient:
             },
             timeout=httpx.Timeout(120.0),
         )
-        if r.status_code in (404, 405) and _error(r).code in ("not_found", "method_not_allowed"):
+        if (r.status_code, _error(r).code) in _NO_OUTPUT_ROUTE:
             return await self.upload(data)
         _raise(r)
         return str(r.json()["cid"])

@@ -163,8 +163,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._heads_done += 1
         self._cancel_head_timer()
         limits = self.limits
+        # A request pipelined behind this connection's unfinished one waits for it (uvicorn
+        # queues it): it adds no task, so the one running here is not counted against it.
+        queued = self.cycle is not None and not self.cycle.response_complete
         if limits is not None and (
-            len(self.connections) > limits.soft or len(self.tasks) >= limits.soft
+            len(self.connections) > limits.soft or len(self.tasks) - queued >= limits.soft
         ):
             # uvicorn takes the application for this request from self.app here: this one
             # request is answered busy, the connection's application stays what it was.

@@ -222,7 +222,9 @@ async def _retry_or_fail(
     now = deps.clock.now()
     if task.status == TaskStatus.CANCEL_REQUESTED:
         # The client asked to stop: a failure is the acknowledgement, never a retry, and the
-        # attempt ends cancelled (a lease that ran out meanwhile keeps saying so).
+        # attempt ends cancelled (a lease that ran out meanwhile keeps saying so). The reason
+        # is set first: what the transition's enders announce (``prompt.failed``) reads it.
+        task.last_error = reason
         await tr.transition(
             session,
             deps,
@@ -233,7 +235,6 @@ async def _retry_or_fail(
             outcome="cancelled" if outcome == "failed" else outcome,
             event_data={"last_error": reason},
         )
-        task.last_error = reason
         return
     used = task.attempts - task.releases
     decision = deps.retry.decide_after_failure(used, task.max_attempts, now, deps.rand())
