@@ -16,6 +16,7 @@ import uvicorn
 
 from parity.api import coalesce
 from parity.api.coalesce import CoalescingHttpToolsProtocol
+from tests.unit.uvicorn_support import serving
 
 
 async def _app(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -35,18 +36,8 @@ async def _app(scope, receive, send):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        _app, log_config=None, access_log=False, lifespan="off", http=CoalescingHttpToolsProtocol
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    await task
+    async with serving(_app, CoalescingHttpToolsProtocol) as bound:
+        yield bound
 
 
 async def _exchange(port: int, *chunks: bytes, pause: float = 0.0) -> bytes:

@@ -17,6 +17,7 @@ import uvicorn
 from parity.api import connlimit
 from parity.api.coalesce import CoalescingHttpToolsProtocol
 from parity.api.connlimit import ConnectionLimits, limits_for
+from tests.unit.uvicorn_support import serving
 
 
 async def _app(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -32,17 +33,10 @@ async def _app(scope, receive, send):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    protocol = CoalescingHttpToolsProtocol.limited(ConnectionLimits(soft=2, hard=3))
-    config = uvicorn.Config(_app, log_config=None, access_log=False, lifespan="off", http=protocol)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield sock.getsockname()[1]
-    server.should_exit = True
-    await task
+    async with serving(
+        _app, CoalescingHttpToolsProtocol.limited(ConnectionLimits(soft=2, hard=3))
+    ) as bound:
+        yield bound
 
 
 GET = b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n"
