@@ -103,6 +103,44 @@ async def test_once_subscribe_returns_another_replica_counts_it_and_its_publishe
         await _fresh_keys_are_seen_at_once(a, b, ROUNDS)
 
 
+async def test_a_subscribe_and_a_leave_write_their_commands_before_the_confirming_ping(
+    replicas: tuple[NatsStreamBus, NatsStreamBus],
+):
+    """On the wire: SUB before the PING whose PONG confirms it (so a ``subscribe`` that returned
+    is known to the server), UNSUB before the PING of the drain (so the server has stopped
+    routing "who listens" to the subscription when the drain ends: otherwise such a request is
+    dropped and its asker waits out its timeout)."""
+    _, b = replicas
+    async with b.subscribe(key()):  # connected
+        pass
+    nc = b._nc
+    assert nc is not None
+    transport = nc._transport
+    wire: list[bytes] = []
+    write, writelines = transport.write, transport.writelines
+
+    def recorded_write(data: bytes) -> None:
+        wire.append(bytes(data))
+        write(data)
+
+    def recorded_writelines(parts: list[bytes]) -> None:
+        wire.append(b"".join(parts))
+        writelines(parts)
+
+    transport.write, transport.writelines = recorded_write, recorded_writelines
+    try:
+        for _ in range(20):
+            wire.clear()
+            async with b.subscribe(key()):
+                subscribed = b"".join(wire)
+                wire.clear()
+            left = b"".join(wire)
+            assert subscribed.index(b"SUB ") < subscribed.rindex(b"PING"), subscribed
+            assert left.index(b"UNSUB ") < left.rindex(b"PING"), left
+    finally:
+        transport.write, transport.writelines = write, writelines
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -187,6 +187,7 @@ class NatsStreamBus(SharedBusEnd):
         if self._state == "closed":
             await nc.close()
             return
+        _ping_after_pending(nc)
         self._nc = nc
         try:
             # Until a check finds every wanted key subscribed, with no await between that check
@@ -386,22 +387,34 @@ class NatsStreamBus(SharedBusEnd):
                 await nc.close()
 
 
-async def _flush(nc: NatsClient, timeout: float) -> None:
-    """The server has everything sent on ``nc`` so far: the commands nats-py still holds are
-    written, then a PING is answered, all within ``timeout``.
+def _ping_after_pending(nc: NatsClient) -> None:
+    """Make every flush of ``nc`` (this module's and nats-py's own, the one a subscription's
+    ``drain`` makes after its UNSUB) write the commands nats-py still holds before its PING.
 
     nats-py queues a SUB, UNSUB or PUB in its buffer for its flusher task but writes a PING
-    straight to the socket, ahead of that buffer: its PONG alone could come back before the
-    server read a SUB sent just before (another replica's request or publish would then miss
-    the subscription). So the buffer is handed to the socket first (awaiting the flusher),
-    and the PING follows it on the wire. (nats-py's annotation says int; the timeout goes to
-    ``asyncio.wait_for``, which takes seconds as a float.)"""
-    deadline = time.monotonic() + timeout
-    await asyncio.wait_for(nc._flush_pending(force_flush=True), timeout)
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("NATS did not take the pending commands in time")
-    await nc.flush(cast(int, left))
+    straight to the socket, ahead of that buffer: its PONG could come back before the server
+    read a SUB sent just before (another replica's request or publish would then miss the
+    subscription), or an UNSUB (a drain would end while the server still routes "who listens"
+    requests to the subscription, which nats-py then drops: the asker waits out its timeout).
+    So the buffer goes to the socket first (the flusher awaited), and the PING follows it."""
+    ping = nc.flush
+
+    async def flush(timeout: int = 10) -> None:
+        started = time.monotonic()
+        await asyncio.wait_for(nc._flush_pending(force_flush=True), timeout)
+        left = timeout - (time.monotonic() - started)
+        if left <= 0:
+            raise TimeoutError("NATS did not take the pending commands in time")
+        await ping(cast(int, left))
+
+    nc.flush = flush  # type: ignore[method-assign]
+
+
+async def _flush(nc: NatsClient, timeout: float) -> None:
+    """The server has everything sent on ``nc`` so far (:func:`_ping_after_pending`): a PING
+    answered within ``timeout`` (nats-py's annotation says int; the timeout goes to
+    ``asyncio.wait_for``, which takes seconds as a float)."""
+    await nc.flush(cast(int, timeout))
 
 
 async def _unsubscribe(subs: list[NatsSubscription]) -> None:
