@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from parity.api.connlimit import ConnectionLimits
 from parity.auth.cache import TokenCache
 from parity.auth.ratelimit import ClientRateLimiter
 from parity.auth.service import AuthConfig, AuthDeps
@@ -51,6 +52,8 @@ class Container:
     random_bytes: Callable[[int], bytes] = secrets.token_bytes
     started_monotonic: float = field(default_factory=time.monotonic)
     draining: bool = False
+    # The HTTP server's connection marks and counts (run_server sets them; none in process).
+    connection_limits: ConnectionLimits | None = None
     settlement: SettlementWorker | None = None  # runs in this process (chain + signer)
     relay: WakeRelay | None = None  # cross-replica wake-ups (PostgreSQL LISTEN/NOTIFY)
     wakeups: WakeHub = field(default_factory=WakeHub)

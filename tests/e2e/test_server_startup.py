@@ -99,10 +99,14 @@ def test_server_max_connections_bounds_the_connections_it_holds(tmp_path: Path):
         first, second, third = clients
         assert first.get("/api/health").status_code == 200
         assert second.get("/api/health").status_code == 200  # both kept alive
+        status = second.get("/api/status").json()
+        assert status["connections"] == {"open": 2, "max": 2, "refused": 0}
+        assert any("2 of 2 connections in use" in w for w in status["warnings"])
         busy = third.get("/api/health")
         assert busy.status_code == 503
         assert busy.headers["retry-after"] == "1"
         assert busy.json()["error"]["code"] == "server_busy"
+        assert second.get("/api/status").json()["connections"]["refused"] == 1
         first.close()  # a place frees up
         for _ in range(50):
             answer = httpx.get(f"{server.url}/api/health", timeout=5)

@@ -187,3 +187,15 @@ async def test_a_pipelined_request_within_the_mark_is_not_counted_twice(holding_
     assert await _response(a) == 200  # the pipelined one: served
     a.close()
     b.close()
+
+
+def test_status_warns_once_nine_tenths_of_the_connections_are_in_use() -> None:
+    limits = ConnectionLimits.of(10)
+    limits.open = 8
+    assert limits.warning() is None
+    limits.open = 9
+    warning = limits.warning()
+    assert warning is not None and "9 of 10 connections in use" in warning
+    assert "SERVER_MAX_CONNECTIONS" in warning
+    assert limits.refused() is not None and limits.refused() is None  # reported once a while
+    assert limits.describe() == {"open": 9, "max": 10, "refused": 2}

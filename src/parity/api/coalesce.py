@@ -124,6 +124,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         limits = self.limits
+        if limits is not None:
+            limits.open = len(self.connections)
         if limits is not None and len(self.connections) > limits.soft:
             if len(self.connections) > limits.hard:
                 self._note_refused(limits, "connection closed unanswered")
@@ -136,6 +138,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self._cancel_body_timer()
         super().connection_lost(exc)
+        if self.limits is not None:
+            self.limits.open = len(self.connections)
 
     def data_received(self, data: bytes) -> None:
         in_head, heads_before = self._in_head, self._heads_done

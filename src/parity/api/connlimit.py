@@ -28,10 +28,19 @@ OWN_FILES_RESERVE = 256
 WARN_EVERY_SECONDS = 10.0
 
 
+BUSY_SHARE = 0.9
+"""``/api/status`` warns when this share of the soft mark is in use."""
+
+
 @dataclass
 class ConnectionLimits:
+    """The two marks, and what the protocol counts against them in this process: connections
+    open now and requests or connections refused since start (``/api/status`` shows both)."""
+
     soft: int
     hard: int
+    open: int = 0
+    refused_total: int = 0
     _warned_at: float = field(default=float("-inf"), repr=False)
     _refused: int = field(default=0, repr=False)
 
@@ -45,11 +54,25 @@ class ConnectionLimits:
         """Count one refusal; the number refused since the last report when one is due (at
         most every WARN_EVERY_SECONDS), else None."""
         self._refused += 1
+        self.refused_total += 1
         now = time.monotonic()
         if now - self._warned_at < WARN_EVERY_SECONDS:
             return None
         self._warned_at, count, self._refused = now, self._refused, 0
         return count
+
+    def describe(self) -> dict[str, int]:
+        return {"open": self.open, "max": self.soft, "refused": self.refused_total}
+
+    def warning(self) -> str | None:
+        """A line for ``/api/status`` when the connections in use near the soft mark."""
+        if self.open < self.soft * BUSY_SHARE:
+            return None
+        return (
+            f"SERVER_MAX_CONNECTIONS: {self.open} of {self.soft} connections in use; past it "
+            "requests are answered 503 server_busy (raise it with the open-file limit, or add "
+            "replicas)"
+        )
 
 
 def raise_open_file_limit() -> int:

@@ -136,6 +136,7 @@ def run_server(settings: Settings) -> None:
             settings.server_max_connections, raise_open_file_limit(), settings.database_pool_size
         )
         log.info("connection_limit", max_connections=limits.soft, closed_past=limits.hard)
+        container.connection_limits = limits
         config = uvicorn.Config(
             app,
             host=settings.server_host,

@@ -62,6 +62,15 @@ class Backends(BaseModel):
     )
 
 
+class ConnectionsRead(BaseModel):
+    open: int = Field(description="client connections open on this server process now")
+    max: int = Field(description="SERVER_MAX_CONNECTIONS in force (or derived at start)")
+    refused: int = Field(
+        description="requests answered 503 server_busy and connections closed unanswered "
+        "since start"
+    )
+
+
 class StatusRead(BaseModel):
     service: str
     version: str
@@ -74,6 +83,11 @@ class StatusRead(BaseModel):
     chain: dict[str, Any]
     billing: dict[str, Any]
     draining: bool
+    connections: ConnectionsRead | None = Field(
+        None,
+        description="this process's client connections (null when not served by "
+        "parity-server server)",
+    )
     warnings: list[str] = Field(
         default_factory=list,
         description="Settings that are wrong for how the server runs (e.g. replicas that do not "

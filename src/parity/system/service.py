@@ -50,6 +50,7 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
     uptime = container.clock.monotonic() - container.started_monotonic
     chain = await _chain_status(container)
     peers = container.relay.peers if container.relay is not None else 0
+    limits = container.connection_limits
     return {
         "service": "parity-server",
         "version": __version__,
@@ -82,6 +83,7 @@ async def describe_status(container: Container, session: AsyncSession) -> dict[s
             session, container.ledger, settling=container.settlement is not None
         ),
         "draining": container.draining,
+        "connections": limits.describe() if limits is not None else None,
     }
 
 
@@ -97,6 +99,9 @@ async def _warnings(
     unpaid = await unpaid_warning(container, session)
     if unpaid is not None:
         out.append(unpaid)
+    busy = container.connection_limits.warning() if container.connection_limits else None
+    if busy is not None:
+        out.append(busy)
     return out
 
 
