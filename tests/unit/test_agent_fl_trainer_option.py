@@ -27,3 +27,16 @@ def test_the_runner_refuses_an_unknown_trainer_naming_the_option(tmp_path) -> No
     )
     assert result.exit_code == 2
     assert "--fl-trainer" in result.output and "numpy, torch, noop" in result.output
+
+
+def test_with_fl_off_a_trainer_that_is_not_installed_is_not_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch_trainer, "available", lambda: False)
+    checked: list[str] = []
+    monkeypatch.setattr(runner_cli, "trainer_named", lambda name: checked.append(name))
+    result = CliRunner().invoke(
+        runner_cli.app, ["--no-fl", "--fl-trainer", "torch", "--keystore", "/nonexistent/k.json"]
+    )
+    assert "--fl-trainer" not in result.output  # got past the option (then stops on the keystore)
+    assert checked == []

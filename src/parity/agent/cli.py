@@ -382,7 +382,8 @@ def main_cmd(
     llm_specs, llm_prices = llm_config(llm_backend or [], llm_price or [], ollama_url)
     fl_datasets = fl_config(fl, fl_dataset or [])
     try:
-        trainer_named(fl_trainer)
+        if fl_datasets is not None or fl_trainer not in ("numpy", "torch"):
+            trainer_named(fl_trainer)  # with --no-fl a trainer that is not installed is unused
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--fl-trainer") from None
     keystore_path = _keystore(keystore)
