@@ -4,6 +4,9 @@ PyTorch installed)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -40,3 +43,24 @@ def test_with_fl_off_a_trainer_that_is_not_installed_is_not_refused(
     )
     assert "--fl-trainer" not in result.output  # got past the option (then stops on the keystore)
     assert checked == []
+
+
+def test_a_pytorch_that_is_installed_but_does_not_import_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed PyTorch that fails to import (here a shared library it cannot load) passed
+    the start check, and then every round's training failed with the import's error."""
+    broken = tmp_path / "site" / "torch"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(
+        'raise OSError("libtorch_cpu.so: cannot open shared object file")\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    with pytest.raises(ValueError, match=r"PyTorch does not import: OSError: libtorch_cpu\.so"):
+        executor.trainer_named("torch")
+    result = CliRunner().invoke(
+        runner_cli.app, ["--fl-trainer", "torch", "--keystore", str(tmp_path / "none.json")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--fl-trainer" in result.output and "libtorch_cpu.so" in result.output

@@ -7,6 +7,8 @@ test` installs it when its CPU wheel is at hand)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -91,3 +93,32 @@ def test_the_runner_option_names_the_trainers() -> None:
     assert trainer_named("numpy") is train_local
     with pytest.raises(ValueError, match="numpy, torch, noop"):
         trainer_named("jax")
+
+
+def test_rows_in_reverse_or_read_only_train_as_the_numpy_trainer_does() -> None:
+    """torch.from_numpy refuses negative strides (``x[::-1]``) and warns on a read-only
+    array: the numpy trainer takes both."""
+    start = init_weights(MLP, 3)
+    config = TrainConfig(learning_rate=0.1, batch_size=16, local_epochs=1)
+    frozen = X.copy()
+    frozen.flags.writeable = False
+    for x, y in ((X[::-1], Y[::-1]), (frozen, Y)):
+        reference = train_local(MLP, start, x, y, config, seed=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = torch_trainer.train_local_torch(MLP, start, x, y, config, seed=4)
+        for name, value in reference.weights.items():
+            np.testing.assert_allclose(result.weights[name], value, rtol=1e-4, atol=1e-5)
+    assert not frozen.flags.writeable  # the caller's rows are left as they were
+
+
+def test_a_training_leaves_torchs_random_generator_alone() -> None:
+    """The layers are not initialized (the global model is loaded into them): an
+    initialization drew from torch's process-wide generator, shared with anything else in
+    the process that seeds it."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    torch_trainer.train_local_torch(
+        MLP, init_weights(MLP, 1), X, Y, TrainConfig(0.1, 32, 1), seed=2
+    )
+    assert torch.equal(torch.get_rng_state(), before)

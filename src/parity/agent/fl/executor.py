@@ -295,8 +295,9 @@ TRAINERS = ("numpy", "torch", "noop")
 
 def trainer_named(name: str) -> Trainer:
     """The local trainer ``--fl-trainer`` names: ``numpy`` (the reference), ``torch`` (the
-    same steps on PyTorch, which must be installed: ValueError otherwise) or ``noop``
-    (benchmarks of coordination: the global model goes back untrained)."""
+    same steps on PyTorch, which must be installed and importable: it is imported here, and a
+    ValueError says what is wrong otherwise) or ``noop`` (benchmarks of coordination: the
+    global model goes back untrained)."""
     if name == "numpy":
         return train_local
     if name == "noop":
@@ -304,6 +305,11 @@ def trainer_named(name: str) -> Trainer:
     if name == "torch":
         if not torch_trainer.available():
             raise ValueError("--fl-trainer torch needs PyTorch: pip install torch")
+        problem = torch_trainer.import_problem()
+        if problem is not None:
+            raise ValueError(
+                f"--fl-trainer torch: the installed PyTorch does not import: {problem}"
+            )
         return torch_trainer.train_local_torch
     raise ValueError(f"--fl-trainer is one of {', '.join(TRAINERS)}, not {name!r}")
 

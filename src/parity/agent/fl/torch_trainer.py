@@ -9,7 +9,8 @@ order (:func:`parity.core.fl.train.batches`, seeded), the loss is the mean softm
 cross-entropy of the batch, and each step is ``w <- w - lr * (grad + mu * (w - w_global))``
 (FedProx's proximal term; ``mu = 0`` is FedAvg), so both trainers give the same weights within
 float32 rounding. The loss and accuracy reported are computed as the numpy trainer does, on the
-trained weights. PyTorch is optional: :func:`available` says whether it can be imported."""
+trained weights. PyTorch is optional: :func:`available` says whether it is installed,
+:func:`import_problem` why an installed one cannot be imported."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def import_problem() -> str | None:
+    """Why the installed PyTorch cannot be imported (``None`` when it can). Importing it when
+    the runner starts finds a broken installation (a missing shared library, a numpy it was
+    not built for) before any task is claimed, and keeps the import's seconds out of the first
+    round's training."""
+    try:
+        import torch  # noqa: F401
+    except Exception as exc:  # ImportError, OSError, RuntimeError: whatever the import raised
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def train_local_torch(
     spec: ModelSpec,
     global_weights: Mapping[str, NDArray[Any]],
@@ -51,6 +64,9 @@ def train_local_torch(
     from torch.nn import functional
 
     features, labels = check_inputs(spec, global_weights, x, y)
+    # torch.from_numpy takes no negative strides (x[::-1]) and warns on a read-only array: such
+    # rows are copied, any others shared.
+    features = np.require(features, requirements=("C_CONTIGUOUS", "WRITEABLE"))
     torch.set_num_threads(1)
     model = _module(spec)
     start = {name: torch.from_numpy(np.array(value, dtype=np.float32)) for name, value in
@@ -86,6 +102,7 @@ def _module(spec: ModelSpec) -> Any:
     """The spec's network as a torch module with ``fc1`` … ``fcN`` linear layers."""
     import torch
     from torch import nn
+    from torch.nn.utils import skip_init
 
     class Network(nn.Module):  # type: ignore[misc]  # torch is not type-checked here
         def __init__(self) -> None:
@@ -93,7 +110,9 @@ def _module(spec: ModelSpec) -> Any:
             self.count = spec.num_layers
             for i in range(spec.num_layers):
                 fan_in, fan_out = spec.layer_sizes[i], spec.layer_sizes[i + 1]
-                setattr(self, f"fc{i + 1}", nn.Linear(fan_in, fan_out))
+                # Not initialized: the global model's weights are loaded next, and an
+                # initialization would draw from torch's process-wide random generator.
+                setattr(self, f"fc{i + 1}", skip_init(nn.Linear, fan_in, fan_out))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             for i in range(1, self.count + 1):
