@@ -21,7 +21,8 @@ class Client(ServerClient):
         self.refuse = refuse
         self.sent: list[tuple[str, str, dict[str, Any]]] = []
 
-    async def upload(self, data: bytes) -> str:
+    async def upload_output(self, task_id: str, claim_token: str, data: bytes) -> str:
+        assert (task_id, claim_token) == ("t-1", "claim-token-0123456789")  # the task's route
         if self.refuse is not None:
             raise self.refuse
         return "bafy-whole-output"
