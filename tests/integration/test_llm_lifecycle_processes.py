@@ -49,6 +49,19 @@ def runners(
     ]
     for r in out:
         r.wait_registered()
+    # Served once listed: a backend slow to list its models at registration is found at a later
+    # heartbeat (the runners' discovery retries), and a prompt sent before then is a 404.
+    key = api_key(server)
+
+    def listed() -> bool:
+        r = httpx.get(f"{server.url}/api/v1/llm/models", headers={"Authorization": f"Bearer {key}"})
+        served = [m for m in r.json().get("models", []) if m["model_name"] == model]
+        return bool(served) and served[0].get("runner_count", n) >= n
+
+    deadline = time.monotonic() + 60
+    while not listed():
+        assert time.monotonic() < deadline, "the runners never reported " + model
+        time.sleep(0.2)
     return out
 
 
