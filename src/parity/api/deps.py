@@ -18,7 +18,7 @@ from parity.auth.errors import SessionTokenRequired, TokenInvalid, WalletTokenRe
 from parity.auth.schemas import Principal
 from parity.container import Container
 from parity.db.hooks import run_after_commit
-from parity.errors import Unauthenticated
+from parity.errors import InvalidInput, Unauthenticated
 from parity.idempotency.service import IdempotencyGuard, request_fingerprint
 from parity.runners.errors import RunnerTokenRequired
 
@@ -185,3 +185,18 @@ async def get_runner_id(principal: CurrentPrincipal) -> uuid.UUID:
 
 
 CurrentRunner = Annotated[uuid.UUID, Depends(get_runner_id)]
+
+
+async def get_claim_token(
+    claim_token: Annotated[
+        str | None, Header(alias="X-Claim-Token", description="The claim token of this task")
+    ] = None,
+) -> str:
+    """The ``X-Claim-Token`` header of a runner call that carries no JSON body (the token
+    stream, an output upload): 422 naming it when missing or empty."""
+    if not claim_token:
+        raise InvalidInput("X-Claim-Token", "required: the claim token of this task")
+    return claim_token
+
+
+ClaimTokenHeader = Annotated[str, Depends(get_claim_token)]

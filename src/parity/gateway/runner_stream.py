@@ -25,15 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
 from parity.api import jsonbody
-from parity.api.deps import ContainerDep, CurrentRunner
+from parity.api.deps import ClaimTokenHeader, ContainerDep, CurrentRunner
 from parity.api.jsonbody import JsonRoute
 from parity.container import Container
 from parity.core.tasks.states import TaskStatus, TaskType
@@ -88,13 +87,11 @@ async def stream_deltas(
     request: Request,
     runner_id: CurrentRunner,
     c: ContainerDep,
-    claim_token: Annotated[str | None, Header(alias="X-Claim-Token")] = None,
+    claim_token: ClaimTokenHeader,
 ) -> StreamAccepted | JSONResponse:
     """Relay an ``llm`` task's token deltas (NDJSON ``{"delta": text}`` lines) to the clients
     streaming the prompt. Fenced by ``X-Claim-Token`` like every runner call: a stale or
     foreign claim is refused before anything is relayed."""
-    if not claim_token:
-        raise InvalidInput("X-Claim-Token", "required: the claim token of this task")
     broken = cancelled = False
     # Watched before the fence's read: a cancel committed after that read wakes the watch.
     with c.event_hub.watch_resource(str(task_id)) as watch:

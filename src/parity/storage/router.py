@@ -50,7 +50,8 @@ NameQuery = Annotated[
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
-def _declared(request: Request) -> int | None:
+def declared_size(request: Request) -> int | None:
+    """The body's size its ``Content-Length`` declares, when it declares one."""
     value = request.headers.get("content-length", "")
     return int(value) if value.isdigit() else None
 
@@ -62,7 +63,8 @@ async def _precheck(c: Container, principal: Principal, declared: int | None, pi
             await service.check_quota_room(session, c.storage, principal.address, declared)
 
 
-async def _store(c: Container, body: Any) -> Stored:
+async def store_body(c: Container, body: Any) -> Stored:
+    """An upload's body into the content store (no pin yet); a client gone mid-body is 422."""
     try:
         return await service.store_stream(c.content_store, c.storage, body)
     except ClientDisconnect:
@@ -104,8 +106,8 @@ async def upload_raw(
 ) -> ContentRead:
     """The body is the file. Size limit STORAGE_MAX_UPLOAD_BYTES (413); the CID is computed as
     the bytes arrive and equals ``ipfs add --cid-version=1 --raw-leaves``."""
-    await _precheck(c, principal, _declared(request), pin)
-    stored = await _store(c, request.stream())
+    await _precheck(c, principal, declared_size(request), pin)
+    stored = await store_body(c, request.stream())
     return await _record(c, principal, stored, pin, name)
 
 
@@ -138,14 +140,14 @@ async def upload_form(
 ) -> ContentRead:
     """The original README's form upload. The file part streams into the store; the pin is
     named after the part's filename (its first 255 characters) unless ``name`` is given."""
-    declared = _declared(request)
+    declared = declared_size(request)
     payload = None if declared is None else max(declared - MULTIPART_SLACK, 0)
     await _precheck(c, principal, payload, pin)
     # The part's filename names the pin when `name` does not: checked as a name as soon as the
     # part's headers are read, before any of its bytes reach the store.
     check = None if name else _check_filename
     form = MultipartFile(request.stream(), request.headers.get("content-type"), check)
-    stored = await _store(c, form)
+    stored = await store_body(c, form)
     filename = form.filename[:MAX_NAME] if form.filename else None
     return await _record(c, principal, stored, pin, name or filename)
 

@@ -7,16 +7,16 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.requests import ClientDisconnect
 
-from parity.api.deps import ContainerDep, CurrentRunner, WriteSession
+from parity.api.deps import ClaimTokenHeader, ContainerDep, CurrentRunner, WriteSession
 from parity.api.jsonbody import JsonRoute
 from parity.api.queryflags import Flag
 from parity.container import Container
 from parity.errors import InvalidInput
 from parity.storage import service as storage_service
+from parity.storage.router import declared_size, store_body
 from parity.storage.schemas import ContentRead
 from parity.tasks import hotpath, lifecycle, runner_side, service
 from parity.tasks.claims import available_for
@@ -234,9 +234,7 @@ async def store_output(
     request: Request,
     runner_id: CurrentRunner,
     c: ContainerDep,
-    claim_token: Annotated[
-        str | None, Header(alias="X-Claim-Token", description="The claim token of this task")
-    ] = None,
+    claim_token: ClaimTokenHeader,
 ) -> ContentRead:
     """An output too large to report inline, into the content store, then reported by its CID
     (``complete``'s ``output_cid``). Fenced by ``X-Claim-Token``: only the current claim of an
@@ -245,18 +243,12 @@ async def store_output(
     runner, so a runner's own pins do not fill up with the outputs it produced. Size limit
     ``STORAGE_MAX_UPLOAD_BYTES`` (413); the same bytes give the same CID, so a repeat is
     harmless."""
-    if not claim_token:
-        raise InvalidInput("X-Claim-Token", "required: the claim token of this task")
-    length = request.headers.get("content-length", "")
-    declared = int(length) if length.isdigit() else None
+    declared = declared_size(request)
     storage_service.check_declared_size(c.storage, declared)
     async with c.db.read_session() as session:
         owner = await lifecycle.output_owner(session, runner_id, task_id, claim_token)
         await storage_service.check_quota_room(session, c.storage, owner, declared)
-    try:
-        stored = await storage_service.store_stream(c.content_store, c.storage, request.stream())
-    except ClientDisconnect:
-        raise InvalidInput("body", "the runner went away before the upload ended") from None
+    stored = await store_body(c, request.stream())
     async with c.db.transaction() as session:
         # The claim may have moved while the bytes arrived: checked again where the pin is made.
         owner = await lifecycle.output_owner(session, runner_id, task_id, claim_token)
