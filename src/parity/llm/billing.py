@@ -368,17 +368,13 @@ async def prompt_failed(session: AsyncSession, deps: TaskDeps, task: Any) -> Non
     partial = partial_report(prompt)  # None once metered
     if partial is not None:
         record_partial(prompt, partial, deps.clock.now())
-    await events_service.emit_many(
+    await events_service.emit(
         session,
         deps.events,
-        [
-            events_service.NewEvent(
-                PROMPT_FAILED,
-                prompt.creator_address,
-                failed_event_data(prompt, task),
-                str(prompt.id),
-            )
-        ],
+        PROMPT_FAILED,
+        prompt.creator_address,
+        failed_event_data(prompt, task),
+        str(prompt.id),
     )
 
 
